@@ -1,0 +1,1 @@
+//! api crate (being built).

@@ -1,0 +1,1 @@
+//! bmc crate (being built).

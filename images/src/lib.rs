@@ -1,0 +1,1 @@
+//! images crate (being built).

@@ -1,0 +1,1 @@
+//! inventory crate (being built).

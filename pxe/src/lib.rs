@@ -1,0 +1,1 @@
+//! pxe crate (being built).
