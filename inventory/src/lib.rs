@@ -1,1 +1,41 @@
-//! inventory crate (being built).
+//! rackshare's inventory: the one place machine, group, user, lease, image, job and audit
+//! state lives. Backed by SQLite (default, embedded) or PostgreSQL through sqlx's `Any`
+//! driver, so every query is written once in portable SQL.
+//!
+//! This crate knows nothing of sockets or HTTP: callers pass plain values in and get model
+//! types and typed [`Error`]s back.
+
+mod audit;
+mod db;
+mod error;
+mod export;
+mod machines;
+mod model;
+mod people;
+mod secrets;
+mod sites;
+mod state;
+
+pub use audit::{AuditEvent, AuditFilter, NewAuditEvent, Outcome};
+pub use db::{Backend, Inventory};
+pub use error::{Error, Result};
+pub use export::{
+    ExportBmc, ExportGroup, ExportMachine, ExportRack, ExportSite, ExportToken, ExportUser,
+    ImportSummary, InventoryExport, EXPORT_FORMAT, EXPORT_VERSION,
+};
+pub use machines::{BmcAccess, BmcHealth, MachineFilter, MachinePatch, NewBmc, NewMachine};
+pub use model::{
+    Bmc, BmcProtocol, Disk, MacAddress, Machine, MemberGroup, Nic, Rack, Role, Site, User,
+};
+pub use people::{ApiToken, IssuedToken, NewUser, TokenOwner};
+pub use secrets::SecretBox;
+pub use state::MachineState;
+
+/// Milliseconds since the Unix epoch, the unit of every time in the database.
+pub fn now_ms() -> i64 {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

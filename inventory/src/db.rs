@@ -1,0 +1,150 @@
+//! Connecting, migrating, and the handle every operation hangs off.
+
+use crate::{Error, Result, SecretBox};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::Migrator;
+use sqlx::{AnyPool, Executor};
+use std::str::FromStr;
+use std::time::Duration;
+
+static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// Which database engine is behind the handle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite (the default).
+    Sqlite,
+    /// PostgreSQL, for cooperatives that outgrow one box.
+    Postgres,
+}
+
+/// The inventory database. Cheap to clone; all clones share one pool.
+#[derive(Clone, Debug)]
+pub struct Inventory {
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
+    pub(crate) secrets: SecretBox,
+}
+
+impl Inventory {
+    /// Opens (creating if needed) the database at `url` and brings its schema up to date.
+    /// `sqlite://PATH` or `postgres://…`. A database written by a newer rackshare is refused.
+    pub async fn open(url: &str, secrets: SecretBox) -> Result<Inventory> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("sqlite:") {
+            let url = if url.contains('?') {
+                url.to_string()
+            } else {
+                format!("{url}?mode=rwc")
+            };
+            (Backend::Sqlite, url)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_string())
+        } else {
+            return Err(Error::invalid(
+                "database_url",
+                "must start with sqlite:// or postgres://",
+            ));
+        };
+        let opts = AnyConnectOptions::from_str(&url)?;
+        let pool = match backend {
+            // One writer at a time is SQLite's nature; WAL lets readers go on meanwhile and
+            // busy_timeout makes writers queue instead of failing.
+            Backend::Sqlite => {
+                AnyPoolOptions::new()
+                    .max_connections(8)
+                    .after_connect(|conn, _meta| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                                 PRAGMA foreign_keys=ON; PRAGMA busy_timeout=30000;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect_with(opts)
+                    .await?
+            }
+            Backend::Postgres => {
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(opts)
+                    .await?
+            }
+        };
+        let inv = Inventory {
+            pool,
+            backend,
+            secrets,
+        };
+        inv.migrate().await?;
+        Ok(inv)
+    }
+
+    /// Which engine this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    fn migrator(&self) -> &'static Migrator {
+        match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        }
+    }
+
+    /// The newest schema version this binary knows.
+    pub fn supported_schema_version(&self) -> i64 {
+        self.migrator().iter().map(|m| m.version).max().unwrap_or(0)
+    }
+
+    /// The schema version recorded in the database (0 for a new one).
+    pub async fn schema_version(&self) -> Result<i64> {
+        // The table does not exist in a new database; that is version 0, not an error.
+        let v: Result<Option<i64>, sqlx::Error> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success = TRUE")
+                .fetch_one(&self.pool)
+                .await;
+        Ok(v.ok().flatten().unwrap_or(0))
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let found = self.schema_version().await?;
+        let supported = self.supported_schema_version();
+        if found > supported {
+            return Err(Error::SchemaTooNew { found, supported });
+        }
+        self.migrator().run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Whether the database answers (for `/healthz`).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The secret box used for BMC passwords.
+    pub fn secrets(&self) -> &SecretBox {
+        &self.secrets
+    }
+}
+
+/// Serialises a list field to the JSON text stored in the database.
+pub(crate) fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
+}
+
+/// Parses a JSON text column, naming the column if the stored text is damaged.
+pub(crate) fn from_json<T: serde::de::DeserializeOwned>(column: &str, text: &str) -> Result<T> {
+    serde_json::from_str(text)
+        .map_err(|e| Error::invalid(column, format!("stored JSON is damaged: {e}")))
+}

@@ -1,0 +1,395 @@
+//! The inventory against both backends.
+
+mod common;
+
+use inventory::*;
+use std::sync::Arc;
+
+fn machine(name: &str, mac: &str) -> NewMachine {
+    NewMachine {
+        name: name.into(),
+        macs: vec![mac.parse().expect("mac")],
+        ram_mib: Some(65536),
+        cpu_count: Some(16),
+        tags: vec!["gpu".into()],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn enrol_list_update_delete() {
+    for db in common::both().await {
+        let inv = &db.inv;
+        let l = db.label;
+        inv.add_site("alice", "basement", "").await.expect("site");
+        inv.add_rack("alice", "basement", "r1", "row 1")
+            .await
+            .expect("rack");
+        let mut m = machine("node-1", "52:54:00:00:00:01");
+        m.site = Some("basement".into());
+        m.rack = Some("r1".into());
+        m.bmc = Some(NewBmc {
+            url: "redfish+https://127.0.0.1:8443".into(),
+            username: "root".into(),
+            password: Some("calvin-secret".into()),
+            ..Default::default()
+        });
+        let got = inv.add_machine("alice", &m).await.expect("add");
+        assert_eq!(got.state, MachineState::New, "{l}");
+        assert_eq!(got.nics.len(), 1);
+        assert!(got.nics[0].pxe);
+        assert_eq!(got.rack.as_deref(), Some("r1"));
+        let b = got.bmc.expect("bmc");
+        assert!(b.has_password);
+        assert_eq!(
+            inv.bmc_access("node-1")
+                .await
+                .expect("access")
+                .password
+                .as_deref(),
+            Some("calvin-secret")
+        );
+
+        // Duplicate MAC: a conflict naming the owner, and nothing written.
+        let err = inv
+            .add_machine("alice", &machine("node-2", "52:54:00:00:00:01"))
+            .await
+            .expect_err("dup mac");
+        assert!(
+            matches!(&err, Error::Conflict { field, message } if field == "mac" && message.contains("node-1")),
+            "{l}: {err}"
+        );
+        assert!(
+            matches!(inv.machine("node-2").await, Err(Error::NotFound { .. })),
+            "{l}"
+        );
+
+        inv.add_machine("alice", &machine("node-2", "52:54:00:00:00:02"))
+            .await
+            .expect("add 2");
+        let all = inv.machines(&MachineFilter::default()).await.expect("list");
+        assert_eq!(
+            all.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            ["node-1", "node-2"],
+            "{l}"
+        );
+        let big = inv
+            .machines(&MachineFilter {
+                min_ram_mib: Some(65536),
+                tag: Some("gpu".into()),
+                site: Some("basement".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("filter");
+        assert_eq!(big.len(), 1, "{l}");
+        let by_mac = inv
+            .machine_by_mac("52:54:00:00:00:02".parse().expect("mac"))
+            .await
+            .expect("by mac");
+        assert_eq!(by_mac.map(|m| m.name), Some("node-2".into()));
+
+        let patched = inv
+            .update_machine(
+                "alice",
+                "node-2",
+                &MachinePatch {
+                    add_tags: vec!["big".into()],
+                    notes: Some("fan noisy".into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("patch");
+        assert_eq!(patched.tags, ["gpu", "big"]);
+        assert_eq!(patched.notes, "fan noisy");
+
+        inv.delete_machine("alice", "node-2").await.expect("delete");
+        assert!(inv.machine("node-2").await.is_err());
+        let events = inv
+            .events(&AuditFilter {
+                machine: Some("node-2".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("events");
+        let actions: Vec<_> = events.iter().map(|e| e.action.as_str()).collect();
+        assert_eq!(
+            actions,
+            ["machine.delete", "machine.update", "machine.create"],
+            "{l}"
+        );
+        assert!(events.iter().all(|e| e.actor == "alice"));
+    }
+}
+
+#[tokio::test]
+async fn forbidden_transition_is_refused_and_changes_nothing() {
+    for db in common::both().await {
+        let inv = &db.inv;
+        inv.add_machine("bob", &machine("n", "52:54:00:00:01:01"))
+            .await
+            .expect("add");
+        let err = inv
+            .transition("bob", "n", MachineState::Deployed, "skip", None)
+            .await
+            .expect_err("forbidden");
+        assert!(matches!(err, Error::ForbiddenTransition { .. }), "{err}");
+        assert!(
+            err.to_string().contains("inspecting"),
+            "the error lists what is allowed: {err}"
+        );
+        assert_eq!(inv.machine("n").await.expect("m").state, MachineState::New);
+        let m = inv
+            .transition("bob", "n", MachineState::Available, "checked by hand", None)
+            .await
+            .expect("ok");
+        assert_eq!(m.state, MachineState::Available);
+        assert_eq!(m.state_reason, "checked by hand");
+    }
+}
+
+#[tokio::test]
+async fn one_hundred_racers_one_winner() {
+    for db in common::both().await {
+        let inv = Arc::new(db.inv.clone());
+        inv.add_machine("staff", &machine("contested", "52:54:00:00:02:01"))
+            .await
+            .expect("add");
+        inv.transition("staff", "contested", MachineState::Available, "", None)
+            .await
+            .expect("avail");
+        let mut tasks = Vec::new();
+        for i in 0..100 {
+            let inv = inv.clone();
+            tasks.push(tokio::spawn(async move {
+                inv.transition(
+                    &format!("racer-{i}"),
+                    "contested",
+                    MachineState::Allocated,
+                    "race",
+                    Some(MachineState::Available),
+                )
+                .await
+            }));
+        }
+        let mut wins = 0;
+        for t in tasks {
+            match t.await.expect("join") {
+                Ok(_) => wins += 1,
+                Err(Error::StateChanged { .. }) => {}
+                Err(e) => panic!("{}: unexpected error {e}", db.label),
+            }
+        }
+        assert_eq!(wins, 1, "{}: exactly one racer wins", db.label);
+        let ev = inv
+            .events(&AuditFilter {
+                machine: Some("contested".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("ev");
+        assert_eq!(
+            ev.iter()
+                .filter(|e| e.action == "machine.transition")
+                .count(),
+            2,
+            "{}",
+            db.label
+        );
+    }
+}
+
+#[tokio::test]
+async fn tokens_are_hashed_revocable_and_shown_once() {
+    for db in common::both().await {
+        let inv = &db.inv;
+        let first = inv
+            .bootstrap_admin()
+            .await
+            .expect("boot")
+            .expect("first token");
+        assert!(
+            inv.bootstrap_admin().await.expect("again").is_none(),
+            "only on an empty database"
+        );
+        let owner = inv
+            .authenticate(&first.token)
+            .await
+            .expect("auth")
+            .expect("valid");
+        assert_eq!(owner.role, Role::Admin);
+        assert!(inv
+            .authenticate("rs_000000000000_nope")
+            .await
+            .expect("auth")
+            .is_none());
+        assert!(inv
+            .authenticate(&format!("{}x", first.token))
+            .await
+            .expect("auth")
+            .is_none());
+        let export = serde_json::to_string(&inv.export(true).await.expect("export")).expect("json");
+        assert!(
+            !export.contains(&first.token),
+            "the token itself is stored nowhere"
+        );
+        inv.revoke_token("admin", &first.prefix)
+            .await
+            .expect("revoke");
+        assert!(inv
+            .authenticate(&first.token)
+            .await
+            .expect("auth")
+            .is_none());
+    }
+}
+
+#[tokio::test]
+async fn export_import_export_is_identical() {
+    for (a, b) in [
+        (common::sqlite().await, common::postgres().await),
+        (common::postgres().await, common::sqlite().await),
+    ] {
+        let inv = &a.inv;
+        inv.bootstrap_admin().await.expect("boot");
+        b.inv.bootstrap_admin().await.expect("boot");
+        inv.add_site("admin", "hall", "the big hall")
+            .await
+            .expect("site");
+        inv.add_rack("admin", "hall", "a1", "north wall")
+            .await
+            .expect("rack");
+        inv.add_group("admin", "tenants-union", "")
+            .await
+            .expect("group");
+        inv.set_group_settings(
+            "admin",
+            "tenants-union",
+            Some(4),
+            None,
+            &["ssh-ed25519 AAAA x@y".into()],
+        )
+        .await
+        .expect("quota");
+        inv.add_user(
+            "admin",
+            &NewUser {
+                name: "rosa".into(),
+                role: Role::Member,
+                member_group: Some("tenants-union".into()),
+            },
+        )
+        .await
+        .expect("user");
+        let mut m = machine("m1", "52:54:00:00:03:01");
+        m.site = Some("hall".into());
+        m.rack = Some("a1".into());
+        m.disks = vec![Disk {
+            name: "sda".into(),
+            size_bytes: 1 << 30,
+            model: None,
+            serial: Some("S1".into()),
+        }];
+        m.bmc = Some(NewBmc {
+            url: "ipmi://127.0.0.1:6230".into(),
+            username: "u".into(),
+            password: Some("pw-xyz".into()),
+            ..Default::default()
+        });
+        inv.add_machine("admin", &m).await.expect("m1");
+        inv.add_machine("admin", &machine("m2", "52:54:00:00:03:02"))
+            .await
+            .expect("m2");
+        inv.transition("admin", "m2", MachineState::Maintenance, "psu", None)
+            .await
+            .expect("maint");
+
+        let plain = inv.export(false).await.expect("export");
+        assert!(
+            !serde_json::to_string(&plain)
+                .expect("json")
+                .contains("pw-xyz"),
+            "no secrets without --with-secrets"
+        );
+        b.inv.import("admin", &plain).await.expect("import");
+        assert_eq!(
+            b.inv.export(false).await.expect("export b"),
+            plain,
+            "{} -> {}",
+            a.label,
+            b.label
+        );
+
+        let secret = inv.export(true).await.expect("export secrets");
+        let c = common::sqlite().await;
+        c.inv.bootstrap_admin().await.expect("boot");
+        c.inv
+            .import("admin", &secret)
+            .await
+            .expect("import secrets");
+        assert_eq!(
+            c.inv
+                .bmc_access("m1")
+                .await
+                .expect("access")
+                .password
+                .as_deref(),
+            Some("pw-xyz")
+        );
+
+        // A second import collides on machine names and changes nothing.
+        let before = b.inv.export(false).await.expect("before");
+        assert!(matches!(
+            b.inv.import("admin", &plain).await,
+            Err(Error::Conflict { .. })
+        ));
+        assert_eq!(b.inv.export(false).await.expect("after"), before);
+    }
+}
+
+#[tokio::test]
+async fn newer_database_is_refused() {
+    let db = common::sqlite().await;
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&db.url).await.expect("raw");
+    sqlx::query("INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) VALUES (9999, 'future', CURRENT_TIMESTAMP, TRUE, x'00', 0)")
+        .execute(&pool)
+        .await
+        .expect("fake future migration");
+    pool.close().await;
+    db.inv.close().await;
+    let err = Inventory::open(&db.url, common::key())
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(err, Error::SchemaTooNew { found: 9999, .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("newer than this rackshare"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn bmc_password_is_encrypted_at_rest() {
+    let db = common::sqlite().await;
+    let mut m = machine("enc", "52:54:00:00:04:01");
+    m.bmc = Some(NewBmc {
+        url: "redfish+http://127.0.0.1:8000".into(),
+        password: Some("s3cr3t-pass".into()),
+        ..Default::default()
+    });
+    db.inv.add_machine("a", &m).await.expect("add");
+    db.inv.close().await;
+    let path = db.url.trim_start_matches("sqlite://").to_string();
+    let mut bytes = std::fs::read(&path).expect("db file");
+    if let Ok(wal) = std::fs::read(format!("{path}-wal")) {
+        bytes.extend(wal);
+    }
+    assert!(
+        !bytes.windows(11).any(|w| w == b"s3cr3t-pass"),
+        "the password must not be in the database file in clear"
+    );
+}
