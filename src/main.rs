@@ -1,1 +1,33 @@
-fn main() {}
+//! `rackshare`: the server (`rackshare serve`) and its command-line client, in one binary.
+
+mod cli;
+mod client;
+mod output;
+mod serve;
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() {
+    let args = cli::Cli::parse();
+    let result = match args.command {
+        cli::Command::Serve(s) => serve::run(*s).await,
+        other => cli::run(args.global, other).await,
+    };
+    if let Err(e) = result {
+        // One clear line, the causes joined, and a non-zero exit.
+        eprintln!("error: {}", format_chain(&e));
+        std::process::exit(1);
+    }
+}
+
+fn format_chain(e: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if !parts.iter().any(|p| p.contains(&s)) {
+            parts.push(s);
+        }
+    }
+    parts.join(": ")
+}

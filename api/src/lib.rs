@@ -1,1 +1,15 @@
-//! api crate (being built).
+//! rackshare's service layer: the HTTP API (axum) and the wiring of inventory, boot services,
+//! BMC controller and images. The binary calls [`Server::start`]; everything else is behind it.
+
+mod auth;
+mod config;
+mod error;
+mod json;
+mod metrics;
+mod openapi;
+mod routes;
+mod server;
+
+pub use config::Config;
+pub use error::{ApiError, StartError};
+pub use server::{RunningServer, Server};

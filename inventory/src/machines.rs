@@ -192,6 +192,7 @@ pub struct MachineFilter {
     /// In this rack.
     pub rack: Option<String>,
     /// Leased to this member group.
+    #[serde(alias = "group")]
     pub member_group: Option<String>,
     /// With at least this much RAM (MiB).
     pub min_ram_mib: Option<i64>,

@@ -1,0 +1,99 @@
+//! Who is calling: bearer tokens, roles, and the member-group scope.
+
+use crate::server::AppState;
+use crate::ApiError;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use inventory::{NewAuditEvent, Outcome, Role, TokenOwner};
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller(pub TokenOwner);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| {
+                ApiError::unauthenticated(
+                    "this endpoint needs an API token: send 'Authorization: Bearer TOKEN'",
+                )
+            })?;
+        let token = header.strip_prefix("Bearer ").ok_or_else(|| {
+            ApiError::unauthenticated("the Authorization header must be 'Bearer TOKEN'")
+        })?;
+        match state.inv.authenticate(token.trim()).await? {
+            Some(owner) => Ok(Caller(owner)),
+            None => Err(ApiError::unauthenticated(
+                "the API token is unknown, revoked or expired",
+            )),
+        }
+    }
+}
+
+impl Caller {
+    /// The user name, for the audit log.
+    pub fn name(&self) -> &str {
+        &self.0.user
+    }
+
+    /// The caller's role.
+    pub fn role(&self) -> Role {
+        self.0.role
+    }
+
+    /// For members, the only group whose resources they may see.
+    pub fn scope(&self) -> Option<&str> {
+        match self.0.role {
+            Role::Member => self.0.member_group.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// Whether the caller may see resources of `group` (None: not held by any group).
+    pub fn can_see_group(&self, group: Option<&str>) -> bool {
+        match self.scope() {
+            None => self.0.role != Role::Member,
+            Some(own) => group == Some(own),
+        }
+    }
+
+    /// Fails unless the caller has one of `roles`; the refusal is audited.
+    pub async fn require(
+        &self,
+        state: &AppState,
+        roles: &[Role],
+        action: &str,
+        target: &str,
+    ) -> Result<(), ApiError> {
+        if roles.contains(&self.0.role) {
+            return Ok(());
+        }
+        let ev = NewAuditEvent::ok(
+            self.name(),
+            action,
+            action.split('.').next().unwrap_or("api"),
+            target,
+        )
+        .outcome(Outcome::Denied)
+        .group(self.0.member_group.clone())
+        .detail(serde_json::json!({"role": self.0.role}));
+        if let Err(e) = state.inv.record(ev).await {
+            tracing::warn!(error = %e, "could not audit a denied request");
+        }
+        let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        Err(ApiError::forbidden(format!(
+            "{action} needs the role {}; you are {}",
+            names.join(" or "),
+            self.0.role
+        )))
+    }
+}
+
+/// Roles that manage the inventory.
+pub const STAFF: &[Role] = &[Role::Admin, Role::Staff];
+/// Only admins.
+pub const ADMIN: &[Role] = &[Role::Admin];

@@ -1,0 +1,33 @@
+//! The validated service configuration. The binary turns flags and the config file into this.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Everything `rackshare serve` needs, already validated.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the database (SQLite), secret key and admin token live.
+    pub data_dir: PathBuf,
+    /// API listen address.
+    pub listen: SocketAddr,
+    /// `sqlite://…` or `postgres://…`; default: SQLite in the data dir.
+    pub database_url: Option<String>,
+}
+
+impl Config {
+    /// A configuration for a laptop: `./rackshare-data`, loopback, SQLite.
+    pub fn local_default() -> Self {
+        Config {
+            data_dir: PathBuf::from("rackshare-data"),
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            database_url: None,
+        }
+    }
+
+    /// The database URL actually used.
+    pub fn effective_database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("rackshare.db").display()))
+    }
+}

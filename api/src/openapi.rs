@@ -1,0 +1,211 @@
+//! The OpenAPI 3.1 document served at `/api/v1/openapi.json`, built from one table of
+//! operations. `api/tests` checks that every operation listed here is routed.
+
+use serde_json::{json, Map, Value};
+
+/// One documented operation: method, path, summary, who may call it, request schema, response schema.
+pub struct Operation {
+    /// Lowercase HTTP method.
+    pub method: &'static str,
+    /// Path under the server root.
+    pub path: &'static str,
+    /// What it does.
+    pub summary: &'static str,
+    /// Which roles may call it.
+    pub roles: &'static str,
+    /// Request body schema name, if any.
+    pub body: Option<&'static str>,
+    /// Success response schema (a name, `[Name]` for an array, or None for no body).
+    pub response: Option<&'static str>,
+}
+
+macro_rules! op {
+    ($m:literal, $p:literal, $s:literal, $r:literal, $b:expr, $resp:expr) => {
+        Operation {
+            method: $m,
+            path: $p,
+            summary: $s,
+            roles: $r,
+            body: $b,
+            response: $resp,
+        }
+    };
+}
+
+/// Every operation of the API.
+pub const OPERATIONS: &[Operation] = &[
+    op!("get", "/healthz", "Liveness and database reachability", "anyone", None, Some("Status")),
+    op!("get", "/metrics", "Prometheus metrics (text format)", "anyone", None, None),
+    op!("get", "/api/v1/openapi.json", "This document", "anyone", None, None),
+    op!("get", "/api/v1/whoami", "The caller's identity", "any role", None, Some("TokenOwner")),
+    op!("get", "/api/v1/sites", "List sites", "any role", None, Some("[Site]")),
+    op!("post", "/api/v1/sites", "Add a site", "admin, staff", Some("NewSite"), Some("Site")),
+    op!("get", "/api/v1/racks", "List racks (?site=)", "any role", None, Some("[Rack]")),
+    op!("post", "/api/v1/racks", "Add a rack", "admin, staff", Some("NewRack"), Some("Rack")),
+    op!("get", "/api/v1/machines", "List machines (?state=&arch=&tag=&site=&rack=&group=&min_ram_mib=&min_cpus=&mac=); members see their group's", "any role", None, Some("[Machine]")),
+    op!("post", "/api/v1/machines", "Enrol a machine", "admin, staff", Some("NewMachine"), Some("Machine")),
+    op!("get", "/api/v1/machines/{name}", "Show a machine", "any role (members: own group's)", None, Some("Machine")),
+    op!("patch", "/api/v1/machines/{name}", "Edit a machine", "admin, staff", Some("MachinePatch"), Some("Machine")),
+    op!("delete", "/api/v1/machines/{name}", "Delete a machine not in use", "admin, staff", None, None),
+    op!("post", "/api/v1/machines/{name}/state", "Move a machine along its lifecycle (compare-and-set)", "admin, staff", Some("StateChange"), Some("Machine")),
+    op!("get", "/api/v1/groups", "List member groups", "any role (members: own)", None, Some("[MemberGroup]")),
+    op!("post", "/api/v1/groups", "Add a member group", "admin, staff", Some("NewGroup"), Some("MemberGroup")),
+    op!("get", "/api/v1/groups/{name}", "Show a member group", "any role (members: own)", None, Some("MemberGroup")),
+    op!("patch", "/api/v1/groups/{name}", "Set quotas and SSH keys", "admin, staff", Some("GroupPatch"), Some("MemberGroup")),
+    op!("get", "/api/v1/users", "List users", "admin, staff", None, Some("[User]")),
+    op!("post", "/api/v1/users", "Add a user (staff may add members)", "admin, staff", Some("NewUser"), Some("User")),
+    op!("get", "/api/v1/tokens", "List tokens (never the secret)", "any role (own)", None, Some("[ApiToken]")),
+    op!("post", "/api/v1/tokens", "Create a token; the response is the only time it is shown", "any role (own); admin, staff for others", Some("TokenRequest"), Some("IssuedToken")),
+    op!("delete", "/api/v1/tokens/{prefix}", "Revoke a token", "owner, admin", None, None),
+    op!("get", "/api/v1/events", "The audit log (?machine=&group=&after=&limit=); members see their group's ledger", "any role", None, Some("[AuditEvent]")),
+    op!("get", "/api/v1/export", "Export the inventory (?with_secrets=true for BMC passwords and token hashes)", "admin", None, Some("InventoryExport")),
+    op!("post", "/api/v1/import", "Import an export, all or nothing", "admin", Some("InventoryExport"), Some("ImportResult")),
+];
+
+fn schema_ref(name: &str) -> Value {
+    match name.strip_prefix('[').and_then(|n| n.strip_suffix(']')) {
+        Some(inner) => {
+            json!({"type": "array", "items": {"$ref": format!("#/components/schemas/{inner}")}})
+        }
+        None => json!({"$ref": format!("#/components/schemas/{name}")}),
+    }
+}
+
+fn schemas() -> Value {
+    let state = json!({"type": "string", "enum": ["new","inspecting","available","allocated","deploying","deployed","releasing","maintenance","failed","retired"]});
+    let role = json!({"type": "string", "enum": ["admin","staff","technician","member"]});
+    let nic = json!({"type": "object", "required": ["mac"], "properties": {"mac": {"type": "string", "example": "52:54:00:12:34:56"}, "name": {"type": "string"}, "pxe": {"type": "boolean"}}});
+    let disk = json!({"type": "object", "required": ["name", "size_bytes"], "properties": {"name": {"type": "string"}, "size_bytes": {"type": "integer"}, "model": {"type": "string"}, "serial": {"type": "string"}}});
+    let new_bmc = json!({"type": "object", "required": ["url"], "properties": {
+        "url": {"type": "string", "description": "redfish+https://host[:port][/redfish/v1/Systems/ID], redfish+http://…, or ipmi://host[:port]"},
+        "protocol": {"type": "string", "enum": ["redfish", "ipmi"]}, "username": {"type": "string"},
+        "password": {"type": "string", "writeOnly": true, "description": "stored encrypted; never returned"},
+        "tls_ca_pem": {"type": "string"}, "tls_fingerprint": {"type": "string"}, "tls_insecure": {"type": "boolean"}}});
+    let machine_fields = json!({
+        "serial": {"type": "string"}, "vendor": {"type": "string"}, "model": {"type": "string"},
+        "arch": {"type": "string", "enum": ["x86_64", "aarch64", "riscv64", "ppc64le"]},
+        "cpu_count": {"type": "integer"}, "cpu_model": {"type": "string"}, "ram_mib": {"type": "integer"},
+        "disks": {"type": "array", "items": {"$ref": "#/components/schemas/Disk"}},
+        "tags": {"type": "array", "items": {"type": "string"}},
+        "site": {"type": "string"}, "rack": {"type": "string"}, "rack_unit": {"type": "string"}, "notes": {"type": "string"}
+    });
+    let mut new_machine = machine_fields.clone();
+    new_machine["name"] = json!({"type": "string"});
+    new_machine["nics"] = json!({"type": "array", "items": {"$ref": "#/components/schemas/Nic"}});
+    new_machine["macs"] = json!({"type": "array", "items": {"type": "string"}});
+    new_machine["bmc"] = json!({"$ref": "#/components/schemas/NewBmc"});
+    let mut patch = machine_fields.clone();
+    patch["nics"] = json!({"type": "array", "items": {"$ref": "#/components/schemas/Nic"}});
+    patch["add_tags"] = json!({"type": "array", "items": {"type": "string"}});
+    patch["remove_tags"] = json!({"type": "array", "items": {"type": "string"}});
+    patch["bmc"] = json!({"$ref": "#/components/schemas/NewBmc"});
+    patch["remove_bmc"] = json!({"type": "boolean"});
+    let mut machine = machine_fields;
+    machine["id"] = json!({"type": "integer"});
+    machine["name"] = json!({"type": "string"});
+    machine["nics"] = json!({"type": "array", "items": {"$ref": "#/components/schemas/Nic"}});
+    machine["state"] = json!({"$ref": "#/components/schemas/MachineState"});
+    machine["state_reason"] = json!({"type": "string"});
+    machine["state_changed_at"] = json!({"type": "integer", "description": "unix ms"});
+    machine["lease_id"] = json!({"type": ["integer", "null"]});
+    machine["member_group"] = json!({"type": ["string", "null"]});
+    machine["energy_wh"] = json!({"type": "number"});
+    machine["bmc"] = json!({"type": ["object", "null"], "description": "protocol, url, username, has_password, TLS settings and health; never the password"});
+    json!({
+        "Status": {"type": "object", "properties": {"status": {"type": "string"}}},
+        "Error": {"type": "object", "properties": {"error": {"type": "object", "required": ["code", "message"], "properties": {
+            "code": {"type": "string"}, "message": {"type": "string"}, "field": {"type": "string"}}}}},
+        "MachineState": state,
+        "Role": role,
+        "Nic": nic,
+        "Disk": disk,
+        "NewBmc": new_bmc,
+        "NewMachine": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": new_machine},
+        "MachinePatch": {"type": "object", "additionalProperties": false, "properties": patch},
+        "Machine": {"type": "object", "properties": machine},
+        "StateChange": {"type": "object", "required": ["state"], "additionalProperties": false, "properties": {
+            "state": {"$ref": "#/components/schemas/MachineState"}, "reason": {"type": "string"},
+            "expected_state": {"$ref": "#/components/schemas/MachineState"}}},
+        "NewSite": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": {"type": "string"}, "description": {"type": "string"}}},
+        "Site": {"type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string"}, "description": {"type": "string"}}},
+        "NewRack": {"type": "object", "required": ["site", "name"], "additionalProperties": false, "properties": {"site": {"type": "string"}, "name": {"type": "string"}, "position": {"type": "string"}}},
+        "Rack": {"type": "object", "properties": {"id": {"type": "integer"}, "site": {"type": "string"}, "name": {"type": "string"}, "position": {"type": "string"}}},
+        "NewGroup": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": {"type": "string"}, "description": {"type": "string"}}},
+        "GroupPatch": {"type": "object", "additionalProperties": false, "properties": {"quota_max_machines": {"type": "integer"}, "quota_machine_hours_month": {"type": "integer"}, "ssh_keys": {"type": "array", "items": {"type": "string"}}}},
+        "MemberGroup": {"type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string"}, "description": {"type": "string"},
+            "quota_max_machines": {"type": ["integer", "null"]}, "quota_machine_hours_month": {"type": ["integer", "null"]}, "ssh_keys": {"type": "array", "items": {"type": "string"}}}},
+        "NewUser": {"type": "object", "required": ["name", "role"], "properties": {"name": {"type": "string"}, "role": {"$ref": "#/components/schemas/Role"}, "member_group": {"type": "string"}}},
+        "User": {"type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string"}, "role": {"$ref": "#/components/schemas/Role"}, "member_group": {"type": ["string", "null"]}}},
+        "TokenOwner": {"type": "object", "properties": {"user_id": {"type": "integer"}, "user": {"type": "string"}, "role": {"$ref": "#/components/schemas/Role"}, "member_group": {"type": ["string", "null"]}, "token_prefix": {"type": "string"}}},
+        "TokenRequest": {"type": "object", "additionalProperties": false, "properties": {"user": {"type": "string"}, "description": {"type": "string"}, "expires_in_secs": {"type": "integer"}}},
+        "IssuedToken": {"type": "object", "properties": {"token": {"type": "string"}, "prefix": {"type": "string"}, "user": {"type": "string"}}},
+        "ApiToken": {"type": "object", "properties": {"prefix": {"type": "string"}, "user": {"type": "string"}, "description": {"type": "string"},
+            "created_at": {"type": "integer"}, "expires_at": {"type": ["integer", "null"]}, "revoked_at": {"type": ["integer", "null"]}, "last_used_at": {"type": ["integer", "null"]}}},
+        "AuditEvent": {"type": "object", "properties": {"id": {"type": "integer"}, "at": {"type": "integer"}, "actor": {"type": "string"}, "action": {"type": "string"},
+            "target_kind": {"type": "string"}, "target": {"type": "string"}, "machine": {"type": ["string", "null"]}, "member_group": {"type": ["string", "null"]},
+            "outcome": {"type": "string", "enum": ["ok", "denied", "failed"]}, "detail": {"type": "object"}}},
+        "InventoryExport": {"type": "object", "required": ["format", "version", "sites", "racks", "groups", "users", "machines"],
+            "description": "The open exchange format; see docs/export-format.md",
+            "properties": {"format": {"const": "rackshare-inventory"}, "version": {"const": 1}, "sites": {"type": "array"}, "racks": {"type": "array"},
+            "groups": {"type": "array"}, "users": {"type": "array"}, "machines": {"type": "array"}, "tokens": {"type": "array"}}},
+        "ImportResult": {"type": "object", "properties": {"imported": {"type": "object"}}}
+    })
+}
+
+/// The whole document.
+pub fn document() -> Value {
+    let mut paths: Map<String, Value> = Map::new();
+    for op in OPERATIONS {
+        let mut o = json!({
+            "summary": op.summary,
+            "description": format!("Allowed: {}.", op.roles),
+            "responses": {
+                "default": {"description": "error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            }
+        });
+        let ok = match op.response {
+            Some(r) => {
+                json!({"description": "success", "content": {"application/json": {"schema": schema_ref(r)}}})
+            }
+            None => json!({"description": "success"}),
+        };
+        let code =
+            if op.method == "post" && op.path != "/api/v1/import" && !op.path.ends_with("/state") {
+                "201"
+            } else if op.response.is_none() && op.method == "delete" {
+                "204"
+            } else {
+                "200"
+            };
+        o["responses"][code] = ok;
+        if let Some(b) = op.body {
+            o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema_ref(b)}}});
+        }
+        if op.roles != "anyone" {
+            o["security"] = json!([{"bearer": []}]);
+        }
+        let params: Vec<Value> = op
+            .path
+            .split('/')
+            .filter_map(|seg| seg.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+            .map(|p| json!({"name": p, "in": "path", "required": true, "schema": {"type": "string"}}))
+            .collect();
+        if !params.is_empty() {
+            o["parameters"] = Value::Array(params);
+        }
+        let entry = paths
+            .entry(op.path.to_string())
+            .or_insert_with(|| json!({}));
+        entry[op.method] = o;
+    }
+    json!({
+        "openapi": "3.1.0",
+        "info": {"title": "rackshare API", "version": env!("CARGO_PKG_VERSION"),
+                 "description": "Bare-metal provisioning for hardware cooperatives. Errors are {\"error\":{\"code\",\"message\",\"field\"}}."},
+        "paths": paths,
+        "components": {
+            "schemas": schemas(),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
+        }
+    })
+}

@@ -1,0 +1,110 @@
+//! Machines: enrol, list, show, edit, delete, and lifecycle moves.
+
+use crate::auth::{Caller, STAFF};
+use crate::json::{ApiJson, ApiQuery};
+use crate::server::AppState;
+use crate::ApiError;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use inventory::{Machine, MachineFilter, MachinePatch, MachineState, NewMachine};
+use serde::Deserialize;
+
+/// A machine the caller may see, or 404 (never 403: a member must not learn it exists).
+pub async fn visible_machine(st: &AppState, c: &Caller, name: &str) -> Result<Machine, ApiError> {
+    let m = st.inv.machine(name).await?;
+    if c.can_see_group(m.member_group.as_deref()) {
+        Ok(m)
+    } else {
+        Err(ApiError::not_found(format!("machine '{name}' not found")))
+    }
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiQuery(mut f): ApiQuery<MachineFilter>,
+) -> Result<Json<Vec<Machine>>, ApiError> {
+    if let Some(own) = c.scope() {
+        if f.member_group.as_deref().is_some_and(|g| g != own) {
+            return Ok(Json(vec![]));
+        }
+        f.member_group = Some(own.to_string());
+    } else if c.role() == inventory::Role::Member {
+        return Ok(Json(vec![]));
+    }
+    Ok(Json(st.inv.machines(&f).await?))
+}
+
+pub async fn show(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Machine>, ApiError> {
+    Ok(Json(visible_machine(&st, &c, &name).await?))
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiJson(m): ApiJson<NewMachine>,
+) -> Result<(StatusCode, Json<Machine>), ApiError> {
+    c.require(&st, STAFF, "machine.create", &m.name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(st.inv.add_machine(c.name(), &m).await?),
+    ))
+}
+
+pub async fn update(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    ApiJson(p): ApiJson<MachinePatch>,
+) -> Result<Json<Machine>, ApiError> {
+    visible_machine(&st, &c, &name).await?;
+    c.require(&st, STAFF, "machine.update", &name).await?;
+    Ok(Json(st.inv.update_machine(c.name(), &name, &p).await?))
+}
+
+pub async fn remove(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    visible_machine(&st, &c, &name).await?;
+    c.require(&st, STAFF, "machine.delete", &name).await?;
+    st.inv.delete_machine(c.name(), &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateChange {
+    state: MachineState,
+    #[serde(default)]
+    reason: String,
+    /// Only move if the machine is in this state now (compare-and-set).
+    #[serde(default)]
+    expected_state: Option<MachineState>,
+}
+
+pub async fn set_state(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<StateChange>,
+) -> Result<Json<Machine>, ApiError> {
+    visible_machine(&st, &c, &name).await?;
+    c.require(&st, STAFF, "machine.transition", &name).await?;
+    let reason = if b.reason.is_empty() {
+        format!("set by {}", c.name())
+    } else {
+        b.reason
+    };
+    Ok(Json(
+        st.inv
+            .transition(c.name(), &name, b.state, &reason, b.expected_state)
+            .await?,
+    ))
+}

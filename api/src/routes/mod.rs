@@ -1,0 +1,81 @@
+//! The HTTP surface. One file per resource; this file assembles the router.
+
+mod events;
+mod machines;
+mod people;
+mod sites;
+mod system;
+
+use crate::server::AppState;
+use crate::ApiError;
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{delete, get, post};
+use axum::Router;
+
+/// Every route of the service.
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/openapi.json", get(system::openapi))
+        .route("/whoami", get(system::whoami))
+        .route("/sites", get(sites::list_sites).post(sites::add_site))
+        .route("/racks", get(sites::list_racks).post(sites::add_rack))
+        .route("/machines", get(machines::list).post(machines::create))
+        .route(
+            "/machines/{name}",
+            get(machines::show)
+                .patch(machines::update)
+                .delete(machines::remove),
+        )
+        .route("/machines/{name}/state", post(machines::set_state))
+        .route("/groups", get(people::list_groups).post(people::add_group))
+        .route(
+            "/groups/{name}",
+            get(people::show_group).patch(people::update_group),
+        )
+        .route("/users", get(people::list_users).post(people::add_user))
+        .route(
+            "/tokens",
+            get(people::list_tokens).post(people::create_token),
+        )
+        .route("/tokens/{prefix}", delete(people::revoke_token))
+        .route("/events", get(events::list))
+        .route("/export", get(system::export))
+        .route("/import", post(system::import));
+    Router::new()
+        .route("/healthz", get(system::healthz))
+        .route("/metrics", get(system::metrics))
+        .nest("/api/v1", v1)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            count_requests,
+        ))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "no such endpoint: {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError {
+        status: axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        code: "method_not_allowed",
+        message: format!("{} is not supported on {}", req.method(), req.uri().path()),
+        field: None,
+    }
+}
+
+async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let method = req.method().to_string();
+    let resp = next.run(req).await;
+    state.http_metrics.observe(&method, resp.status().as_u16());
+    resp
+}

@@ -1,0 +1,225 @@
+//! Member groups, users and API tokens.
+
+use crate::auth::{Caller, ADMIN, STAFF};
+use crate::json::{ApiJson, ApiQuery};
+use crate::server::AppState;
+use crate::ApiError;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use inventory::{now_ms, ApiToken, IssuedToken, MemberGroup, NewUser, Role, User};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewGroup {
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+pub async fn list_groups(
+    State(st): State<AppState>,
+    c: Caller,
+) -> Result<Json<Vec<MemberGroup>>, ApiError> {
+    let mut groups = st.inv.groups().await?;
+    if c.role() == Role::Member {
+        groups.retain(|g| Some(g.name.as_str()) == c.scope());
+    }
+    Ok(Json(groups))
+}
+
+pub async fn show_group(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<MemberGroup>, ApiError> {
+    if !c.can_see_group(Some(&name)) {
+        return Err(ApiError::not_found(format!("group '{name}' not found")));
+    }
+    Ok(Json(st.inv.group(&name).await?))
+}
+
+pub async fn add_group(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiJson(b): ApiJson<NewGroup>,
+) -> Result<(StatusCode, Json<MemberGroup>), ApiError> {
+    c.require(&st, STAFF, "group.create", &b.name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(st.inv.add_group(c.name(), &b.name, &b.description).await?),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupPatch {
+    quota_max_machines: Option<i64>,
+    quota_machine_hours_month: Option<i64>,
+    ssh_keys: Option<Vec<String>>,
+}
+
+pub async fn update_group(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    ApiJson(p): ApiJson<GroupPatch>,
+) -> Result<Json<MemberGroup>, ApiError> {
+    if !c.can_see_group(Some(&name)) {
+        return Err(ApiError::not_found(format!("group '{name}' not found")));
+    }
+    c.require(&st, STAFF, "group.update", &name).await?;
+    let cur = st.inv.group(&name).await?;
+    for (field, v) in [
+        ("quota_max_machines", p.quota_max_machines),
+        ("quota_machine_hours_month", p.quota_machine_hours_month),
+    ] {
+        if v.is_some_and(|n| n < 0) {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} must not be negative"),
+            ));
+        }
+    }
+    let keys = p.ssh_keys.unwrap_or(cur.ssh_keys);
+    for k in &keys {
+        let kind = k.split_whitespace().next().unwrap_or("");
+        if !(kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
+            || k.split_whitespace().count() < 2
+        {
+            return Err(ApiError::invalid(
+                "ssh_keys",
+                format!(
+                    "'{}' does not look like an OpenSSH public key",
+                    k.chars().take(40).collect::<String>()
+                ),
+            ));
+        }
+    }
+    st.inv
+        .set_group_settings(
+            c.name(),
+            &name,
+            p.quota_max_machines.or(cur.quota_max_machines),
+            p.quota_machine_hours_month
+                .or(cur.quota_machine_hours_month),
+            &keys,
+        )
+        .await?;
+    Ok(Json(st.inv.group(&name).await?))
+}
+
+pub async fn list_users(
+    State(st): State<AppState>,
+    c: Caller,
+) -> Result<Json<Vec<User>>, ApiError> {
+    c.require(&st, STAFF, "user.list", "users").await?;
+    Ok(Json(st.inv.users().await?))
+}
+
+pub async fn add_user(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiJson(u): ApiJson<NewUser>,
+) -> Result<(StatusCode, Json<User>), ApiError> {
+    // Staff enrol members; only admins create staff, technicians and other admins.
+    let needed = if u.role == Role::Member { STAFF } else { ADMIN };
+    c.require(&st, needed, "user.create", &u.name).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(st.inv.add_user(c.name(), &u).await?),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// Whose token; default the caller.
+    user: Option<String>,
+    #[serde(default)]
+    description: String,
+    /// Lifetime in seconds; default: does not expire.
+    expires_in_secs: Option<i64>,
+}
+
+/// Whether `c` may manage tokens of `user`.
+async fn may_manage_tokens_of(st: &AppState, c: &Caller, user: &str) -> Result<(), ApiError> {
+    if user == c.name() || c.role() == Role::Admin {
+        return Ok(());
+    }
+    if c.role() == Role::Staff {
+        // Staff look after members' tokens, not other staff's.
+        if let Ok(u) = st.inv.user(user).await {
+            if u.role == Role::Member {
+                return Ok(());
+            }
+        }
+    }
+    c.require(st, ADMIN, "token.manage", user).await
+}
+
+pub async fn create_token(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiJson(b): ApiJson<TokenRequest>,
+) -> Result<(StatusCode, Json<IssuedToken>), ApiError> {
+    let user = b.user.unwrap_or_else(|| c.name().to_string());
+    may_manage_tokens_of(&st, &c, &user).await?;
+    let expires_at = match b.expires_in_secs {
+        Some(s) if s <= 0 => return Err(ApiError::invalid("expires_in_secs", "must be positive")),
+        Some(s) => Some(now_ms().saturating_add(s.saturating_mul(1000))),
+        None => None,
+    };
+    Ok((
+        StatusCode::CREATED,
+        Json(
+            st.inv
+                .create_token(c.name(), &user, &b.description, expires_at)
+                .await?,
+        ),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenQuery {
+    user: Option<String>,
+}
+
+pub async fn list_tokens(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiQuery(q): ApiQuery<TokenQuery>,
+) -> Result<Json<Vec<ApiToken>>, ApiError> {
+    let user = match (q.user, c.role()) {
+        (None, Role::Admin) => None,
+        (Some(u), _) => {
+            may_manage_tokens_of(&st, &c, &u).await?;
+            Some(u)
+        }
+        (None, _) => Some(c.name().to_string()),
+    };
+    Ok(Json(st.inv.tokens(user.as_deref()).await?))
+}
+
+pub async fn revoke_token(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(prefix): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let owner = st
+        .inv
+        .tokens(None)
+        .await?
+        .into_iter()
+        .find(|t| t.prefix == prefix)
+        .map(|t| t.user)
+        .ok_or_else(|| ApiError::not_found(format!("token '{prefix}' not found")))?;
+    if owner != c.name() && c.role() == Role::Member {
+        return Err(ApiError::not_found(format!("token '{prefix}' not found")));
+    }
+    may_manage_tokens_of(&st, &c, &owner).await?;
+    st.inv.revoke_token(c.name(), &prefix).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

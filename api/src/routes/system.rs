@@ -1,0 +1,80 @@
+//! Health, metrics, the OpenAPI document, identity, export and import.
+
+use crate::auth::{Caller, ADMIN};
+use crate::json::{ApiJson, ApiQuery};
+use crate::server::AppState;
+use crate::ApiError;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::Json;
+use inventory::{InventoryExport, MachineFilter, MachineState};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::fmt::Write;
+
+pub async fn healthz(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    st.inv.ping().await?;
+    Ok(Json(json!({"status": "ok"})))
+}
+
+pub async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let mut out = String::new();
+    st.http_metrics.render(&mut out);
+    let machines = st.inv.machines(&MachineFilter::default()).await?;
+    let _ = writeln!(
+        out,
+        "# HELP rackshare_machines Machines in the inventory, by state."
+    );
+    let _ = writeln!(out, "# TYPE rackshare_machines gauge");
+    for s in MachineState::ALL {
+        let n = machines.iter().filter(|m| m.state == s).count();
+        let _ = writeln!(out, "rackshare_machines{{state=\"{s}\"}} {n}");
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
+}
+
+pub async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document())
+}
+
+pub async fn whoami(caller: Caller) -> Json<Value> {
+    Json(json!(caller.0))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportQuery {
+    #[serde(default)]
+    with_secrets: bool,
+}
+
+pub async fn export(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiQuery(q): ApiQuery<ExportQuery>,
+) -> Result<Json<InventoryExport>, ApiError> {
+    caller
+        .require(&st, ADMIN, "inventory.export", "inventory")
+        .await?;
+    let x = st.inv.export(q.with_secrets).await?;
+    st.inv
+        .record(
+            inventory::NewAuditEvent::ok(caller.name(), "inventory.export", "inventory", "export")
+                .detail(json!({"with_secrets": q.with_secrets})),
+        )
+        .await?;
+    Ok(Json(x))
+}
+
+pub async fn import(
+    State(st): State<AppState>,
+    caller: Caller,
+    ApiJson(x): ApiJson<InventoryExport>,
+) -> Result<Json<Value>, ApiError> {
+    caller
+        .require(&st, ADMIN, "inventory.import", "inventory")
+        .await?;
+    let summary = st.inv.import(caller.name(), &x).await?;
+    Ok(Json(json!({ "imported": summary })))
+}

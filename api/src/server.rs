@@ -1,0 +1,129 @@
+//! Start-up, shared state and graceful shutdown.
+
+use crate::metrics::HttpMetrics;
+use crate::{Config, StartError};
+use inventory::{Inventory, SecretBox};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// State shared by every request handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The inventory database.
+    pub inv: Inventory,
+    /// HTTP counters.
+    pub http_metrics: Arc<HttpMetrics>,
+}
+
+/// The service, before it starts.
+pub struct Server;
+
+/// A started service.
+pub struct RunningServer {
+    /// The address the API listens on (useful with port 0).
+    pub addr: SocketAddr,
+    /// The admin token, only on the very first start of a new database.
+    pub admin_token: Option<String>,
+    /// Where the admin token was written, when it was.
+    pub admin_token_file: Option<std::path::PathBuf>,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<std::io::Result<()>>,
+    inv: Inventory,
+}
+
+impl Server {
+    /// Opens the data dir and database, bootstraps the admin on a new database, binds the
+    /// listener and starts serving in the background.
+    pub async fn start(config: Config) -> Result<RunningServer, StartError> {
+        let data_dir = &config.data_dir;
+        create_private_dir(data_dir).map_err(|source| StartError::DataDir {
+            path: data_dir.display().to_string(),
+            source,
+        })?;
+        let secrets = SecretBox::load_or_create(data_dir)?;
+        let inv = Inventory::open(&config.effective_database_url(), secrets).await?;
+        let issued = inv.bootstrap_admin().await?;
+        let mut admin_token_file = None;
+        if let Some(t) = &issued {
+            let path = data_dir.join("admin-token");
+            write_token_file(&path, &t.token).map_err(|source| StartError::DataDir {
+                path: path.display().to_string(),
+                source,
+            })?;
+            admin_token_file = Some(path);
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.listen.to_string(),
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.listen.to_string(),
+            source,
+        })?;
+        let state = AppState {
+            inv: inv.clone(),
+            http_metrics: Arc::new(HttpMetrics::default()),
+        };
+        let app = crate::routes::router(state);
+        let (shutdown, mut rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = rx.wait_for(|stop| *stop).await;
+                })
+                .await
+        });
+        tracing::info!(%addr, database = ?inv.backend(), "rackshare API listening");
+        Ok(RunningServer {
+            addr,
+            admin_token: issued.map(|t| t.token),
+            admin_token_file,
+            shutdown,
+            task,
+            inv,
+        })
+    }
+}
+
+impl RunningServer {
+    /// Stops accepting, lets in-flight requests finish, closes the database.
+    pub async fn shutdown(self) -> std::io::Result<()> {
+        let _ = self.shutdown.send(true);
+        let res = match self.task.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        self.inv.close().await;
+        res
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    }
+    Ok(())
+}
+
+fn write_token_file(path: &Path, token: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    #[cfg(unix)]
+    use std::os::unix::fs::OpenOptionsExt;
+    // A stale file from a database that was wiped would hold a dead token: replace it.
+    let _ = std::fs::remove_file(path);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    opts.mode(0o600);
+    let mut f = opts.open(path)?;
+    writeln!(f, "{token}")?;
+    f.sync_all()
+}

@@ -1,0 +1,868 @@
+//! The command line. Everything but `serve` is a client of the API.
+
+use crate::client::{enc, Client};
+use crate::output::{self, Format};
+use anyhow::{anyhow, bail, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Map, Value};
+use std::path::PathBuf;
+
+/// rackshare: bare-metal provisioning for hardware cooperatives.
+#[derive(Debug, Parser)]
+#[command(name = "rackshare", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every client command takes.
+#[derive(Debug, Args, Clone)]
+pub struct Global {
+    /// The rackshare API
+    #[arg(
+        long,
+        global = true,
+        env = "RACKSHARE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub url: String,
+    /// API token [default: the contents of ./rackshare-data/admin-token, if readable]
+    #[arg(long, global = true, env = "RACKSHARE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Output format
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the rackshare service (API; boot services when configured)
+    Serve(Box<crate::serve::ServeArgs>),
+    /// Machines: enrol, list, show, edit, delete, change state
+    #[command(subcommand)]
+    Machine(MachineCmd),
+    /// Sites
+    #[command(subcommand)]
+    Site(SiteCmd),
+    /// Racks
+    #[command(subcommand)]
+    Rack(RackCmd),
+    /// Member groups
+    #[command(subcommand)]
+    Group(GroupCmd),
+    /// Users
+    #[command(subcommand)]
+    User(UserCmd),
+    /// API tokens
+    #[command(subcommand)]
+    Token(TokenCmd),
+    /// The audit log
+    Events(EventsArgs),
+    /// Write the whole inventory as JSON to standard output
+    Export {
+        /// Include BMC passwords (in clear) and token hashes
+        #[arg(long)]
+        with_secrets: bool,
+    },
+    /// Import an export file (all or nothing)
+    Import {
+        /// The file written by `rackshare export`
+        file: PathBuf,
+    },
+    /// Show who the token belongs to
+    Whoami,
+}
+
+#[derive(Debug, Args, Default)]
+pub struct BmcArgs {
+    /// BMC URL: redfish+https://host[:port][/redfish/v1/Systems/ID], redfish+http://…, ipmi://host[:port]
+    #[arg(long)]
+    pub bmc: Option<String>,
+    /// BMC user name
+    #[arg(long)]
+    pub bmc_user: Option<String>,
+    /// File holding the BMC password (never pass a password on the command line)
+    #[arg(long)]
+    pub bmc_password_file: Option<PathBuf>,
+    /// Skip TLS verification for this BMC (audited)
+    #[arg(long)]
+    pub bmc_insecure: bool,
+    /// Pin the BMC certificate by its SHA-256 fingerprint
+    #[arg(long)]
+    pub bmc_fingerprint: Option<String>,
+    /// PEM file with the CA that signed the BMC certificate
+    #[arg(long)]
+    pub bmc_ca: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MachineCmd {
+    /// Enrol a machine
+    Add {
+        name: String,
+        /// MAC address of a NIC (repeat; the first one PXE-boots)
+        #[arg(long = "mac", required = true)]
+        macs: Vec<String>,
+        #[command(flatten)]
+        bmc: BmcArgs,
+        /// CPU architecture
+        #[arg(long)]
+        arch: Option<String>,
+        /// Tag (repeat)
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Site
+        #[arg(long)]
+        site: Option<String>,
+        /// Rack (needs --site)
+        #[arg(long)]
+        rack: Option<String>,
+        /// Position in the rack, e.g. U12
+        #[arg(long)]
+        rack_unit: Option<String>,
+        /// Serial number
+        #[arg(long)]
+        serial: Option<String>,
+        /// Memory in GiB
+        #[arg(long)]
+        ram_gib: Option<i64>,
+        /// Logical CPUs
+        #[arg(long)]
+        cpus: Option<i64>,
+        /// Notes
+        #[arg(long)]
+        notes: Option<String>,
+    },
+    /// List machines
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        tag: Option<String>,
+        #[arg(long)]
+        arch: Option<String>,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        rack: Option<String>,
+        /// Leased to this group
+        #[arg(long)]
+        group: Option<String>,
+        #[arg(long)]
+        min_ram_gib: Option<i64>,
+        #[arg(long)]
+        min_cpus: Option<i64>,
+        #[arg(long)]
+        mac: Option<String>,
+    },
+    /// Show one machine
+    Show { name: String },
+    /// Change a machine's details
+    Edit {
+        name: String,
+        /// Replace the NICs with these MACs (the first one PXE-boots)
+        #[arg(long = "mac")]
+        macs: Vec<String>,
+        #[arg(long = "add-tag")]
+        add_tags: Vec<String>,
+        #[arg(long = "remove-tag")]
+        remove_tags: Vec<String>,
+        #[arg(long)]
+        arch: Option<String>,
+        #[arg(long)]
+        site: Option<String>,
+        #[arg(long)]
+        rack: Option<String>,
+        #[arg(long)]
+        rack_unit: Option<String>,
+        #[arg(long)]
+        serial: Option<String>,
+        #[arg(long)]
+        ram_gib: Option<i64>,
+        #[arg(long)]
+        cpus: Option<i64>,
+        #[arg(long)]
+        notes: Option<String>,
+        #[command(flatten)]
+        bmc: BmcArgs,
+        /// Remove the BMC
+        #[arg(long)]
+        remove_bmc: bool,
+    },
+    /// Delete a machine that is not in use
+    Delete { name: String },
+    /// Move a machine to another lifecycle state (staff override, audited)
+    State {
+        name: String,
+        state: String,
+        /// Why (kept with the machine and in the audit log)
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only if the machine is in this state now
+        #[arg(long)]
+        expect: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SiteCmd {
+    /// Add a site
+    Add {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List sites
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RackCmd {
+    /// Add a rack to a site
+    Add {
+        name: String,
+        #[arg(long)]
+        site: String,
+        #[arg(long, default_value = "")]
+        position: String,
+    },
+    /// List racks
+    List {
+        #[arg(long)]
+        site: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCmd {
+    /// Add a member group
+    Add {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List member groups
+    List,
+    /// Show a member group
+    Show { name: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCmd {
+    /// Add a user
+    Add {
+        name: String,
+        /// admin, staff, technician or member
+        #[arg(long)]
+        role: String,
+        /// Member group (members only)
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// List users
+    List,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCmd {
+    /// Create a token (printed once)
+    Create {
+        /// Whose token [default: yours]
+        #[arg(long)]
+        user: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Lifetime, e.g. 90d, 12h, 30m
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List tokens (never the secret)
+    List {
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Revoke a token by its prefix
+    Revoke { prefix: String },
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Only about this machine
+    #[arg(long)]
+    pub machine: Option<String>,
+    /// Only concerning this member group
+    #[arg(long)]
+    pub group: Option<String>,
+    /// At most this many, newest first
+    #[arg(long, default_value_t = 100)]
+    pub limit: i64,
+}
+
+/// Parses `90d`, `12h`, `30m`, `45s` into seconds.
+pub fn parse_duration(s: &str) -> anyhow::Result<i64> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: i64 = num
+        .parse()
+        .map_err(|_| anyhow!("'{s}' is not a duration like 90d, 12h, 30m"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        "w" => 604_800,
+        _ => bail!("'{s}' is not a duration like 90d, 12h, 30m"),
+    };
+    Ok(n.saturating_mul(mult))
+}
+
+fn token_or_default(t: Option<String>) -> Option<String> {
+    t.or_else(|| {
+        std::fs::read_to_string("rackshare-data/admin-token")
+            .ok()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+    })
+}
+
+fn query(pairs: &[(&str, Option<String>)]) -> String {
+    let q: Vec<String> = pairs
+        .iter()
+        .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k}={}", enc(v))))
+        .collect();
+    if q.is_empty() {
+        String::new()
+    } else {
+        format!("?{}", q.join("&"))
+    }
+}
+
+fn bmc_body(b: &BmcArgs) -> anyhow::Result<Option<Value>> {
+    let Some(url) = &b.bmc else {
+        if b.bmc_user.is_some() || b.bmc_password_file.is_some() {
+            bail!("--bmc-user and --bmc-password-file need --bmc URL");
+        }
+        return Ok(None);
+    };
+    let mut o = json!({"url": url, "username": b.bmc_user.clone().unwrap_or_default(), "tls_insecure": b.bmc_insecure});
+    if let Some(f) = &b.bmc_password_file {
+        let pw = std::fs::read_to_string(f)
+            .with_context(|| format!("reading --bmc-password-file {}", f.display()))?;
+        o["password"] = json!(pw.trim_end_matches(['\n', '\r']));
+    }
+    if let Some(fp) = &b.bmc_fingerprint {
+        o["tls_fingerprint"] = json!(fp);
+    }
+    if let Some(ca) = &b.bmc_ca {
+        o["tls_ca_pem"] = json!(std::fs::read_to_string(ca)
+            .with_context(|| format!("reading --bmc-ca {}", ca.display()))?);
+    }
+    Ok(Some(o))
+}
+
+const MACHINE_COLUMNS: &[(&str, &str)] = &[
+    ("NAME", "name"),
+    ("STATE", "state"),
+    ("ARCH", "arch"),
+    ("CPUS", "cpu_count"),
+    ("RAM_MIB", "ram_mib"),
+    ("GROUP", "member_group"),
+    ("SITE", "site"),
+    ("RACK", "rack"),
+    ("TAGS", "tags"),
+];
+
+fn show_machine(fmt: Format, m: &Value) {
+    if fmt == Format::Json {
+        return output::json(m);
+    }
+    output::record(
+        fmt,
+        m,
+        &[
+            ("Name", "name"),
+            ("State", "state"),
+            ("Reason", "state_reason"),
+            ("Since", "state_changed_at"),
+            ("Group", "member_group"),
+            ("Arch", "arch"),
+            ("CPUs", "cpu_count"),
+            ("CPU model", "cpu_model"),
+            ("RAM (MiB)", "ram_mib"),
+            ("Vendor", "vendor"),
+            ("Model", "model"),
+            ("Serial", "serial"),
+            ("Site", "site"),
+            ("Rack", "rack"),
+            ("Rack unit", "rack_unit"),
+            ("Tags", "tags"),
+            ("Energy (Wh)", "energy_wh"),
+            ("BMC", "bmc.url"),
+            ("BMC user", "bmc.username"),
+            ("BMC power", "bmc.power_state"),
+            ("BMC last ok", "bmc.last_success_at"),
+            ("BMC failures", "bmc.consecutive_failures"),
+            ("BMC last error", "bmc.last_error"),
+            ("Notes", "notes"),
+        ],
+    );
+    if let Some(nics) = m["nics"].as_array() {
+        for n in nics {
+            let pxe = if n["pxe"].as_bool() == Some(true) {
+                " (PXE)"
+            } else {
+                ""
+            };
+            println!("NIC          {}{pxe}", output::cell(&n["mac"]));
+        }
+    }
+    if let Some(disks) = m["disks"].as_array() {
+        for d in disks {
+            println!(
+                "Disk         {} {} bytes",
+                output::cell(&d["name"]),
+                output::cell(&d["size_bytes"])
+            );
+        }
+    }
+}
+
+/// Runs a client command.
+pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
+    let c = Client::new(&g.url, token_or_default(g.token))?;
+    let fmt = g.output;
+    match cmd {
+        Command::Serve(_) => unreachable!("serve is dispatched in main"),
+        Command::Machine(m) => machine(&c, fmt, m).await,
+        Command::Site(SiteCmd::Add { name, description }) => {
+            let v = c
+                .post(
+                    "/api/v1/sites",
+                    &json!({"name": name, "description": description}),
+                )
+                .await?;
+            output::record(fmt, &v, &[("Site", "name"), ("Description", "description")]);
+            Ok(())
+        }
+        Command::Site(SiteCmd::List) => {
+            output::list(
+                fmt,
+                &c.get("/api/v1/sites").await?,
+                &[("NAME", "name"), ("DESCRIPTION", "description")],
+            );
+            Ok(())
+        }
+        Command::Rack(RackCmd::Add {
+            name,
+            site,
+            position,
+        }) => {
+            let v = c
+                .post(
+                    "/api/v1/racks",
+                    &json!({"name": name, "site": site, "position": position}),
+                )
+                .await?;
+            output::record(
+                fmt,
+                &v,
+                &[("Rack", "name"), ("Site", "site"), ("Position", "position")],
+            );
+            Ok(())
+        }
+        Command::Rack(RackCmd::List { site }) => {
+            let v = c
+                .get(&format!("/api/v1/racks{}", query(&[("site", site)])))
+                .await?;
+            output::list(
+                fmt,
+                &v,
+                &[("SITE", "site"), ("NAME", "name"), ("POSITION", "position")],
+            );
+            Ok(())
+        }
+        Command::Group(GroupCmd::Add { name, description }) => {
+            let v = c
+                .post(
+                    "/api/v1/groups",
+                    &json!({"name": name, "description": description}),
+                )
+                .await?;
+            output::record(
+                fmt,
+                &v,
+                &[("Group", "name"), ("Description", "description")],
+            );
+            Ok(())
+        }
+        Command::Group(GroupCmd::List) => {
+            let v = c.get("/api/v1/groups").await?;
+            output::list(
+                fmt,
+                &v,
+                &[
+                    ("NAME", "name"),
+                    ("MAX_MACHINES", "quota_max_machines"),
+                    ("HOURS/MONTH", "quota_machine_hours_month"),
+                    ("DESCRIPTION", "description"),
+                ],
+            );
+            Ok(())
+        }
+        Command::Group(GroupCmd::Show { name }) => {
+            let v = c.get(&format!("/api/v1/groups/{}", enc(&name))).await?;
+            output::record(
+                fmt,
+                &v,
+                &[
+                    ("Group", "name"),
+                    ("Description", "description"),
+                    ("Max machines", "quota_max_machines"),
+                    ("Hours/month", "quota_machine_hours_month"),
+                    ("SSH keys", "ssh_keys"),
+                ],
+            );
+            Ok(())
+        }
+        Command::User(UserCmd::Add { name, role, group }) => {
+            let v = c
+                .post(
+                    "/api/v1/users",
+                    &json!({"name": name, "role": role, "member_group": group}),
+                )
+                .await?;
+            output::record(
+                fmt,
+                &v,
+                &[
+                    ("User", "name"),
+                    ("Role", "role"),
+                    ("Group", "member_group"),
+                ],
+            );
+            Ok(())
+        }
+        Command::User(UserCmd::List) => {
+            output::list(
+                fmt,
+                &c.get("/api/v1/users").await?,
+                &[
+                    ("NAME", "name"),
+                    ("ROLE", "role"),
+                    ("GROUP", "member_group"),
+                ],
+            );
+            Ok(())
+        }
+        Command::Token(TokenCmd::Create {
+            user,
+            description,
+            expires_in,
+        }) => {
+            let expires = expires_in.as_deref().map(parse_duration).transpose()?;
+            let v = c
+                .post(
+                    "/api/v1/tokens",
+                    &json!({"user": user, "description": description, "expires_in_secs": expires}),
+                )
+                .await?;
+            match fmt {
+                Format::Json => output::json(
+                    &json!({"token": v["token"], "prefix": v["prefix"], "user": v["user"]}),
+                ),
+                Format::Table => {
+                    println!("{}", output::cell(&v["token"]));
+                    eprintln!(
+                        "(token for {}; prefix {}; shown once — store it now)",
+                        output::cell(&v["user"]),
+                        output::cell(&v["prefix"])
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Token(TokenCmd::List { user }) => {
+            let v = c
+                .get(&format!("/api/v1/tokens{}", query(&[("user", user)])))
+                .await?;
+            output::list(
+                fmt,
+                &v,
+                &[
+                    ("PREFIX", "prefix"),
+                    ("USER", "user"),
+                    ("DESCRIPTION", "description"),
+                    ("CREATED", "created_at"),
+                    ("EXPIRES", "expires_at"),
+                    ("REVOKED", "revoked_at"),
+                    ("LAST_USED", "last_used_at"),
+                ],
+            );
+            Ok(())
+        }
+        Command::Token(TokenCmd::Revoke { prefix }) => {
+            let prefix = prefix
+                .strip_prefix("rs_")
+                .and_then(|p| p.split('_').next())
+                .unwrap_or(&prefix)
+                .to_string();
+            c.delete(&format!("/api/v1/tokens/{}", enc(&prefix)))
+                .await?;
+            done(fmt, &format!("revoked token {prefix}"));
+            Ok(())
+        }
+        Command::Events(a) => {
+            let v = c
+                .get(&format!(
+                    "/api/v1/events{}",
+                    query(&[
+                        ("machine", a.machine),
+                        ("group", a.group),
+                        ("limit", Some(a.limit.to_string()))
+                    ])
+                ))
+                .await?;
+            output::list(
+                fmt,
+                &v,
+                &[
+                    ("AT", "at"),
+                    ("ACTOR", "actor"),
+                    ("ACTION", "action"),
+                    ("TARGET", "target"),
+                    ("GROUP", "member_group"),
+                    ("OUTCOME", "outcome"),
+                    ("DETAIL", "detail"),
+                ],
+            );
+            Ok(())
+        }
+        Command::Export { with_secrets } => {
+            let v = c
+                .get(&format!(
+                    "/api/v1/export{}",
+                    if with_secrets {
+                        "?with_secrets=true"
+                    } else {
+                        ""
+                    }
+                ))
+                .await?;
+            output::json(&v);
+            Ok(())
+        }
+        Command::Import { file } => {
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("reading {}", file.display()))?;
+            let body: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{} is not JSON", file.display()))?;
+            let v = c.post("/api/v1/import", &body).await?;
+            match fmt {
+                Format::Json => output::json(&v),
+                Format::Table => {
+                    let i = &v["imported"];
+                    println!(
+                        "imported {} machines, {} sites, {} racks, {} groups, {} users, {} tokens",
+                        i["machines"], i["sites"], i["racks"], i["groups"], i["users"], i["tokens"]
+                    );
+                }
+            }
+            Ok(())
+        }
+        Command::Whoami => {
+            let v = c.get("/api/v1/whoami").await?;
+            output::record(
+                fmt,
+                &v,
+                &[
+                    ("User", "user"),
+                    ("Role", "role"),
+                    ("Group", "member_group"),
+                    ("Token", "token_prefix"),
+                ],
+            );
+            Ok(())
+        }
+    }
+}
+
+fn done(fmt: Format, message: &str) {
+    match fmt {
+        Format::Json => output::json(&json!({"ok": true, "message": message})),
+        Format::Table => println!("{message}"),
+    }
+}
+
+async fn machine(c: &Client, fmt: Format, cmd: MachineCmd) -> anyhow::Result<()> {
+    match cmd {
+        MachineCmd::Add {
+            name,
+            macs,
+            bmc,
+            arch,
+            tags,
+            site,
+            rack,
+            rack_unit,
+            serial,
+            ram_gib,
+            cpus,
+            notes,
+        } => {
+            let mut body = json!({"name": name, "macs": macs, "tags": tags});
+            let o = body
+                .as_object_mut()
+                .ok_or_else(|| anyhow!("internal: body"))?;
+            put(o, "arch", arch);
+            put(o, "site", site);
+            put(o, "rack", rack);
+            put(o, "rack_unit", rack_unit);
+            put(o, "serial", serial);
+            put(o, "notes", notes);
+            put(o, "ram_mib", ram_gib.map(|g| g.saturating_mul(1024)));
+            put(o, "cpu_count", cpus);
+            if let Some(b) = bmc_body(&bmc)? {
+                o.insert("bmc".into(), b);
+            }
+            let v = c.post("/api/v1/machines", &body).await?;
+            show_machine(fmt, &v);
+        }
+        MachineCmd::List {
+            state,
+            tag,
+            arch,
+            site,
+            rack,
+            group,
+            min_ram_gib,
+            min_cpus,
+            mac,
+        } => {
+            let q = query(&[
+                ("state", state),
+                ("tag", tag),
+                ("arch", arch),
+                ("site", site),
+                ("rack", rack),
+                ("group", group),
+                (
+                    "min_ram_mib",
+                    min_ram_gib.map(|g| (g.saturating_mul(1024)).to_string()),
+                ),
+                ("min_cpus", min_cpus.map(|n| n.to_string())),
+                ("mac", mac),
+            ]);
+            output::list(
+                fmt,
+                &c.get(&format!("/api/v1/machines{q}")).await?,
+                MACHINE_COLUMNS,
+            );
+        }
+        MachineCmd::Show { name } => {
+            show_machine(
+                fmt,
+                &c.get(&format!("/api/v1/machines/{}", enc(&name))).await?,
+            );
+        }
+        MachineCmd::Edit {
+            name,
+            macs,
+            add_tags,
+            remove_tags,
+            arch,
+            site,
+            rack,
+            rack_unit,
+            serial,
+            ram_gib,
+            cpus,
+            notes,
+            bmc,
+            remove_bmc,
+        } => {
+            let mut body =
+                json!({"add_tags": add_tags, "remove_tags": remove_tags, "remove_bmc": remove_bmc});
+            let o = body
+                .as_object_mut()
+                .ok_or_else(|| anyhow!("internal: body"))?;
+            if !macs.is_empty() {
+                o.insert(
+                    "nics".into(),
+                    Value::Array(macs.iter().map(|m| json!({"mac": m})).collect()),
+                );
+            }
+            put(o, "arch", arch);
+            put(o, "site", site);
+            put(o, "rack", rack);
+            put(o, "rack_unit", rack_unit);
+            put(o, "serial", serial);
+            put(o, "notes", notes);
+            put(o, "ram_mib", ram_gib.map(|g| g.saturating_mul(1024)));
+            put(o, "cpu_count", cpus);
+            if let Some(b) = bmc_body(&bmc)? {
+                o.insert("bmc".into(), b);
+            }
+            show_machine(
+                fmt,
+                &c.patch(&format!("/api/v1/machines/{}", enc(&name)), &body)
+                    .await?,
+            );
+        }
+        MachineCmd::Delete { name } => {
+            c.delete(&format!("/api/v1/machines/{}", enc(&name)))
+                .await?;
+            done(fmt, &format!("deleted machine {name}"));
+        }
+        MachineCmd::State {
+            name,
+            state,
+            reason,
+            expect,
+        } => {
+            let mut body = json!({"state": state, "reason": reason.unwrap_or_default()});
+            if let Some(e) = expect {
+                body["expected_state"] = json!(e);
+            }
+            let v = c
+                .post(&format!("/api/v1/machines/{}/state", enc(&name)), &body)
+                .await?;
+            match fmt {
+                Format::Json => output::json(&v),
+                Format::Table => println!(
+                    "{} is now {}",
+                    output::cell(&v["name"]),
+                    output::cell(&v["state"])
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+fn put<T: Into<Value>>(o: &mut Map<String, Value>, key: &str, v: Option<T>) {
+    if let Some(v) = v {
+        o.insert(key.into(), v.into());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90d").ok(), Some(90 * 86_400));
+        assert_eq!(parse_duration("12h").ok(), Some(43_200));
+        assert_eq!(parse_duration("30").ok(), Some(30));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("5y").is_err());
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

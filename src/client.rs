@@ -1,0 +1,101 @@
+//! The CLI's HTTP client: one place that knows the URL, the token and the error format.
+
+use anyhow::{anyhow, Context};
+use reqwest::Method;
+use serde_json::Value;
+
+/// A client of one rackshare API.
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    http: reqwest::Client,
+}
+
+impl Client {
+    /// A client for `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
+        let url = url::Url::parse(base).with_context(|| format!("--url '{base}' is not a URL"))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(anyhow!("--url must be http:// or https://, got '{base}'"));
+        }
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            token,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(120))
+                .build()
+                .context("building the HTTP client")?,
+        })
+    }
+
+    /// Sends a request and returns the JSON body (Null for an empty one), or the API's error
+    /// message as the error.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> anyhow::Result<Value> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method.clone(), &url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach rackshare at {}: {}",
+                self.base,
+                root_cause(&e)
+            )
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the response")?;
+        if status.is_success() {
+            if text.trim().is_empty() {
+                return Ok(Value::Null);
+            }
+            return serde_json::from_str(&text)
+                .with_context(|| format!("{method} {path}: the response is not JSON"));
+        }
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{} {}", status, text.trim()));
+        Err(anyhow!("{message} (HTTP {})", status.as_u16()))
+    }
+
+    /// GET.
+    pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(Method::GET, path, None).await
+    }
+    /// POST.
+    pub async fn post(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(Method::POST, path, Some(body)).await
+    }
+    /// PATCH.
+    pub async fn patch(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+    /// DELETE.
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.call(Method::DELETE, path, None).await
+    }
+}
+
+fn root_cause(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
+}
+
+/// Percent-encodes one path segment or query value.
+pub fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
+}
