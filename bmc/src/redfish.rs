@@ -231,6 +231,7 @@ pub struct RedfishDriver {
     base: String,
     client: reqwest::Client,
     credentials: Credentials,
+    request_timeout_secs: f64,
     state: Mutex<State>,
 }
 
@@ -262,6 +263,7 @@ impl RedfishDriver {
             bmc,
             client,
             credentials,
+            request_timeout_secs: options.request_timeout.as_secs_f64(),
             state: Mutex::new(State {
                 auth: Auth::Unknown,
                 system_path: url.system_id().map(|id| format!("/redfish/v1/Systems/{id}")),
@@ -289,7 +291,7 @@ impl RedfishDriver {
             BmcError::Timeout {
                 bmc: self.bmc.clone(),
                 op: format!("{method} {path}"),
-                secs: 0.0,
+                secs: self.request_timeout_secs,
             }
         } else if lower.contains("certificate")
             || lower.contains("fingerprint")

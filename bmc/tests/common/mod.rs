@@ -55,11 +55,15 @@ pub struct Proc {
 }
 
 impl Proc {
-    pub fn spawn(name: &str, mut cmd: Command, log: PathBuf) -> Proc {
+    pub fn spawn(name: &str, cmd: Command, log: PathBuf) -> Proc {
+        Proc::spawn_with_stdin(name, cmd, log, Stdio::null())
+    }
+
+    pub fn spawn_with_stdin(name: &str, mut cmd: Command, log: PathBuf, stdin: Stdio) -> Proc {
         let out = std::fs::File::create(&log).unwrap();
         let err = out.try_clone().unwrap();
         let child = cmd
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(out)
             .stderr(err)
             .spawn()
