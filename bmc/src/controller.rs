@@ -172,8 +172,12 @@ impl BmcHandle {
 
     /// Reads the power state (retried).
     pub async fn power_state(&self) -> Result<PowerState, BmcError> {
-        self.call("power status", true, |d| async move { d.power_state().await })
-            .await
+        self.call(
+            "power status",
+            true,
+            |d| async move { d.power_state().await },
+        )
+        .await
     }
 
     /// Performs a power action and polls until its state is reached or the deadline passes.
@@ -217,8 +221,12 @@ impl BmcHandle {
 
     /// Reads the power draw in watts (retried); `None` when the BMC does not measure it.
     pub async fn power_reading(&self) -> Result<Option<f64>, BmcError> {
-        self.call("power reading", true, |d| async move { d.power_reading().await })
-            .await
+        self.call(
+            "power reading",
+            true,
+            |d| async move { d.power_reading().await },
+        )
+        .await
     }
 
     /// Ends the driver's session (waits for the queue).
@@ -323,11 +331,7 @@ impl BmcHandle {
 
     fn record(&self, outcome: Result<(), &BmcError>) {
         let snapshot = {
-            let mut h = self
-                .slot
-                .health
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
+            let mut h = self.slot.health.lock().unwrap_or_else(|p| p.into_inner());
             match outcome {
                 Ok(()) => {
                     h.last_success = Some(SystemTime::now());

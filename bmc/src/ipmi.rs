@@ -92,7 +92,11 @@ pub struct IpmiDriver {
 
 impl IpmiDriver {
     /// A driver for an `ipmi://` URL that runs the real `ipmitool`.
-    pub fn new(url: &BmcUrl, credentials: Credentials, options: DriverOptions) -> Result<Self, BmcError> {
+    pub fn new(
+        url: &BmcUrl,
+        credentials: Credentials,
+        options: DriverOptions,
+    ) -> Result<Self, BmcError> {
         Self::with_runner(url, credentials, options, Arc::new(ProcessRunner))
     }
 
@@ -124,8 +128,21 @@ impl IpmiDriver {
     /// The invocation for `command` with `cipher`; public so tests can check the argv.
     pub fn invocation(&self, cipher: u8, command: &[&str]) -> IpmiInvocation {
         let mut args: Vec<String> = [
-            "-I", "lanplus", "-H", &self.host, "-p", &self.port.to_string(), "-U",
-            &self.credentials.username, "-E", "-C", &cipher.to_string(), "-N", "2", "-R", "2",
+            "-I",
+            "lanplus",
+            "-H",
+            &self.host,
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            &self.credentials.username,
+            "-E",
+            "-C",
+            &cipher.to_string(),
+            "-N",
+            "2",
+            "-R",
+            "2",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -261,7 +278,9 @@ fn field(pairs: &[(String, String)], keys: &[&str]) -> Option<String> {
     keys.iter().find_map(|k| {
         pairs
             .iter()
-            .find(|(pk, v)| pk == k && !v.is_empty() && v != "Unknown" && !v.starts_with("Unknown ("))
+            .find(|(pk, v)| {
+                pk == k && !v.is_empty() && v != "Unknown" && !v.starts_with("Unknown (")
+            })
             .map(|(_, v)| v.clone())
     })
 }
@@ -270,7 +289,10 @@ fn field(pairs: &[(String, String)], keys: &[&str]) -> Option<String> {
 fn parse_dcmi_watts(stdout: &str) -> Option<f64> {
     stdout.lines().find_map(|l| {
         let (k, v) = l.split_once(':')?;
-        if !k.to_ascii_lowercase().contains("instantaneous power reading") {
+        if !k
+            .to_ascii_lowercase()
+            .contains("instantaneous power reading")
+        {
             return None;
         }
         v.split_whitespace().next()?.parse::<f64>().ok()
@@ -284,7 +306,9 @@ impl BmcDriver for IpmiDriver {
     }
 
     async fn power_state(&self) -> Result<PowerState, BmcError> {
-        let out = self.run("power status", &["chassis", "power", "status"]).await?;
+        let out = self
+            .run("power status", &["chassis", "power", "status"])
+            .await?;
         parse_power(&out).ok_or_else(|| BmcError::BadResponse {
             bmc: self.bmc.clone(),
             what: "chassis power status".into(),
@@ -328,7 +352,9 @@ impl BmcDriver for IpmiDriver {
         if !options.is_empty() {
             cmd.push(&opt);
         }
-        self.run(&format!("set boot device {device}"), &cmd).await.map(drop)
+        self.run(&format!("set boot device {device}"), &cmd)
+            .await
+            .map(drop)
     }
 
     async fn inspect(&self) -> Result<HardwareInfo, BmcError> {
@@ -359,7 +385,10 @@ impl BmcDriver for IpmiDriver {
     }
 
     async fn power_reading(&self) -> Result<Option<f64>, BmcError> {
-        match self.run("dcmi power reading", &["dcmi", "power", "reading"]).await {
+        match self
+            .run("dcmi power reading", &["dcmi", "power", "reading"])
+            .await
+        {
             Ok(out) => Ok(parse_dcmi_watts(&out)),
             // BMCs without DCMI answer "Invalid command" / "not supported": no reading, no error.
             Err(BmcError::Command { .. }) => Ok(None),
@@ -371,6 +400,152 @@ impl BmcDriver for IpmiDriver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// Records every invocation and answers from a script.
+    struct Mock {
+        seen: Mutex<Vec<IpmiInvocation>>,
+        answer: Box<dyn Fn(&IpmiInvocation) -> std::io::Result<IpmiOutput> + Send + Sync>,
+    }
+
+    #[async_trait]
+    impl IpmiRunner for Mock {
+        async fn run(&self, inv: &IpmiInvocation, _t: Duration) -> std::io::Result<IpmiOutput> {
+            self.seen.lock().expect("lock").push(inv.clone());
+            (self.answer)(inv)
+        }
+    }
+
+    fn ok(stdout: &str) -> std::io::Result<IpmiOutput> {
+        Ok(IpmiOutput {
+            status: Some(0),
+            stdout: stdout.into(),
+            stderr: String::new(),
+        })
+    }
+
+    fn fail(stderr: &str) -> std::io::Result<IpmiOutput> {
+        Ok(IpmiOutput {
+            status: Some(1),
+            stdout: String::new(),
+            stderr: stderr.into(),
+        })
+    }
+
+    fn driver(mock: Arc<Mock>) -> IpmiDriver {
+        let url: BmcUrl = "ipmi://10.1.2.3:6230".parse().expect("url");
+        IpmiDriver::with_runner(
+            &url,
+            Credentials::new("root", "calvin-secret"),
+            DriverOptions::default(),
+            mock,
+        )
+        .expect("driver")
+    }
+
+    fn mock(
+        answer: impl Fn(&IpmiInvocation) -> std::io::Result<IpmiOutput> + Send + Sync + 'static,
+    ) -> Arc<Mock> {
+        Arc::new(Mock {
+            seen: Mutex::new(Vec::new()),
+            answer: Box::new(answer),
+        })
+    }
+
+    #[tokio::test]
+    async fn argv_never_holds_the_password_and_cipher_17_comes_first() {
+        // A BMC without suite 17: the session fails, suite 3 works and is remembered.
+        let m = mock(|inv| {
+            if inv.args.windows(2).any(|w| w[0] == "-C" && w[1] == "17") {
+                fail("Authentication algorithm 0x01 is not what we requested 0x03\nError: Unable to establish IPMI v2 / RMCP+ session")
+            } else {
+                ok("Chassis Power is on\n")
+            }
+        });
+        let d = driver(m.clone());
+        assert_eq!(d.power_state().await.expect("state"), PowerState::On);
+        d.set_boot_device(BootDevice::Pxe, false, BootMode::Uefi)
+            .await
+            .expect("bootdev");
+        d.set_boot_device(BootDevice::Disk, true, BootMode::Legacy)
+            .await
+            .expect("bootdev");
+        let seen = m.seen.lock().expect("lock").clone();
+        let ciphers: Vec<&str> = seen
+            .iter()
+            .map(|i| i.args[i.args.iter().position(|a| a == "-C").expect("-C") + 1].as_str())
+            .collect();
+        assert_eq!(ciphers, ["17", "3", "3", "3"]);
+        for inv in &seen {
+            assert_eq!(inv.program, "ipmitool");
+            assert!(
+                inv.args.iter().all(|a| !a.contains("calvin-secret")),
+                "{:?}",
+                inv.args
+            );
+            assert!(inv.args.contains(&"-E".to_string()));
+            assert!(!inv.args.contains(&"-P".to_string()));
+            assert_eq!(
+                &inv.args[..8],
+                ["-I", "lanplus", "-H", "10.1.2.3", "-p", "6230", "-U", "root"]
+            );
+            assert_eq!(inv.password.expose(), "calvin-secret");
+            assert!(!format!("{inv:?}").contains("calvin-secret"));
+        }
+        assert_eq!(
+            seen[2].args[seen[2].args.len() - 4..],
+            ["chassis", "bootdev", "pxe", "options=efiboot"]
+        );
+        assert_eq!(
+            seen[3].args[seen[3].args.len() - 4..],
+            ["chassis", "bootdev", "disk", "options=persistent"]
+        );
+    }
+
+    #[tokio::test]
+    async fn errors_are_classified_and_scrubbed() {
+        let d = driver(mock(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no such file",
+            ))
+        }));
+        let e = d.power_state().await.expect_err("missing");
+        assert!(matches!(e, BmcError::ToolMissing { .. }));
+        assert!(e.to_string().contains("Debian package `ipmitool`"), "{e}");
+        assert!(e.to_string().contains("10.1.2.3:6230"), "{e}");
+
+        let d = driver(mock(|_| {
+            fail("Error in open session response message : insufficient resources for session\nRAKP 2 message indicates an error : unauthorized name")
+        }));
+        let e = d.power_state().await.expect_err("auth");
+        assert!(matches!(e, BmcError::AuthFailed { .. }), "{e}");
+
+        let m = mock(|_| fail("Error: weird echo calvin-secret"));
+        let d = driver(m.clone());
+        let e = d.power(PowerAction::Cycle).await.expect_err("cmd");
+        assert!(matches!(e, BmcError::Command { .. }), "{e}");
+        assert!(!e.to_string().contains("calvin-secret"), "{e}");
+        // A command error on suite 17 is not a session problem: suite 3 is not tried.
+        assert_eq!(m.seen.lock().expect("lock").len(), 1);
+
+        let d = driver(mock(|_| {
+            Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "slow"))
+        }));
+        assert!(matches!(
+            d.power_state().await,
+            Err(BmcError::Timeout { .. })
+        ));
+
+        let d = driver(mock(|_| {
+            fail("    DCMI request failed because: Invalid command (c1)")
+        }));
+        assert_eq!(d.power_reading().await.expect("no dcmi"), None);
+        let d = driver(mock(|_| {
+            ok("    Instantaneous power reading:   187 Watts\n")
+        }));
+        assert_eq!(d.power_reading().await.expect("dcmi"), Some(187.0));
+    }
 
     #[test]
     fn parsers() {
@@ -381,9 +556,16 @@ mod tests {
         assert_eq!(parse_dcmi_watts(dcmi), Some(218.0));
         let fru = "FRU Device Description : Builtin FRU Device (ID 0)\n Product Manufacturer  : Dell Inc.\n Product Name          : PowerEdge R640\n Product Serial        : ABC1234\n";
         let f = fields(fru);
-        assert_eq!(field(&f, &["Product Manufacturer"]).as_deref(), Some("Dell Inc."));
+        assert_eq!(
+            field(&f, &["Product Manufacturer"]).as_deref(),
+            Some("Dell Inc.")
+        );
         assert_eq!(field(&f, &["Product Serial"]).as_deref(), Some("ABC1234"));
-        let mc = "Manufacturer Name         : Unknown\nProduct Name              : Unknown (0x00)\n";
-        assert_eq!(field(&fields(mc), &["Manufacturer Name", "Product Name"]), None);
+        let mc =
+            "Manufacturer Name         : Unknown\nProduct Name              : Unknown (0x00)\n";
+        assert_eq!(
+            field(&fields(mc), &["Manufacturer Name", "Product Name"]),
+            None
+        );
     }
 }

@@ -266,7 +266,9 @@ impl RedfishDriver {
             request_timeout_secs: options.request_timeout.as_secs_f64(),
             state: Mutex::new(State {
                 auth: Auth::Unknown,
-                system_path: url.system_id().map(|id| format!("/redfish/v1/Systems/{id}")),
+                system_path: url
+                    .system_id()
+                    .map(|id| format!("/redfish/v1/Systems/{id}")),
             }),
         })
     }
@@ -311,7 +313,10 @@ impl RedfishDriver {
     }
 
     fn http_error(&self, method: &Method, path: &str, reply: &Reply) -> BmcError {
-        let message = scrub(&redfish_message(&reply.body), self.credentials.password.expose());
+        let message = scrub(
+            &redfish_message(&reply.body),
+            self.credentials.password.expose(),
+        );
         if reply.status == StatusCode::UNAUTHORIZED {
             return BmcError::AuthFailed {
                 bmc: self.bmc.clone(),
@@ -351,13 +356,12 @@ impl RedfishDriver {
                 )
             }
             Auth::Session { token, .. } => {
-                let mut v = HeaderValue::from_str(token.expose()).map_err(|_| {
-                    BmcError::BadResponse {
+                let mut v =
+                    HeaderValue::from_str(token.expose()).map_err(|_| BmcError::BadResponse {
                         bmc: self.bmc.clone(),
                         what: "session login".into(),
                         cause: "X-Auth-Token is not a valid header value".into(),
-                    }
-                })?;
+                    })?;
                 v.set_sensitive(true);
                 req = req.header("X-Auth-Token", v);
             }
@@ -462,7 +466,8 @@ impl RedfishDriver {
         match location.find("://") {
             Some(i) => {
                 let rest = &location[i + 3..];
-                rest.find('/').map_or("/".to_string(), |j| rest[j..].to_string())
+                rest.find('/')
+                    .map_or("/".to_string(), |j| rest[j..].to_string())
             }
             None => location.to_string(),
         }
@@ -569,7 +574,11 @@ impl RedfishDriver {
 }
 
 /// Soft failures of a sub-resource become warnings; connection and auth failures stop inspection.
-fn soft<T>(result: Result<T, BmcError>, what: &str, warnings: &mut Vec<String>) -> Result<Option<T>, BmcError> {
+fn soft<T>(
+    result: Result<T, BmcError>,
+    what: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Option<T>, BmcError> {
     match result {
         Ok(v) => Ok(Some(v)),
         Err(e @ (BmcError::Http { .. } | BmcError::BadResponse { .. })) => {
@@ -637,9 +646,16 @@ fn reset_type(action: PowerAction, allowed: &[String]) -> Option<&'static str> {
         PowerAction::Reset => &["ForceRestart", "PowerCycle"],
     };
     if allowed.is_empty() {
-        return prefs.iter().copied().find(|p| *p != "PowerCycle").or(prefs.first().copied());
+        return prefs
+            .iter()
+            .copied()
+            .find(|p| *p != "PowerCycle")
+            .or(prefs.first().copied());
     }
-    prefs.iter().copied().find(|p| allowed.iter().any(|a| a == p))
+    prefs
+        .iter()
+        .copied()
+        .find(|p| allowed.iter().any(|a| a == p))
 }
 
 #[async_trait]
@@ -666,11 +682,16 @@ impl BmcDriver for RedfishDriver {
         let Some(kind) = reset_type(action, &allowed) else {
             return Err(BmcError::Unsupported {
                 bmc: self.bmc.clone(),
-                what: format!("power {action} (ResetType allows only {})", allowed.join(", ")),
+                what: format!(
+                    "power {action} (ResetType allows only {})",
+                    allowed.join(", ")
+                ),
             });
         };
         let body = json!({ "ResetType": kind });
-        let reply = self.request(Method::POST, &target, Some(&body), None).await?;
+        let reply = self
+            .request(Method::POST, &target, Some(&body), None)
+            .await?;
         if !reply.status.is_success() {
             return Err(self.http_error(&Method::POST, &target, &reply));
         }
@@ -780,9 +801,13 @@ impl BmcDriver for RedfishDriver {
         }
         if info.cpu_model.is_none() {
             if let Some(procs) = &sys.processors {
-                if let Some(members) = soft(self.members(&procs.id).await, "Processors", &mut warnings)? {
+                if let Some(members) =
+                    soft(self.members(&procs.id).await, "Processors", &mut warnings)?
+                {
                     if let Some(first) = members.first() {
-                        if let Some(p) = soft(self.get::<Processor>(first).await, first, &mut warnings)? {
+                        if let Some(p) =
+                            soft(self.get::<Processor>(first).await, first, &mut warnings)?
+                        {
                             info.cpu_model = p.model;
                         }
                     }
@@ -796,9 +821,15 @@ impl BmcDriver for RedfishDriver {
             .filter(|g| g.is_finite() && *g > 0.0)
             .map(|g| (g * 1024.0 * 1024.0 * 1024.0).round() as u64);
         if let Some(nics) = &sys.ethernet_interfaces {
-            if let Some(members) = soft(self.members(&nics.id).await, "EthernetInterfaces", &mut warnings)? {
+            if let Some(members) = soft(
+                self.members(&nics.id).await,
+                "EthernetInterfaces",
+                &mut warnings,
+            )? {
                 for m in members {
-                    if let Some(nic) = soft(self.get::<EthernetInterface>(&m).await, &m, &mut warnings)? {
+                    if let Some(nic) =
+                        soft(self.get::<EthernetInterface>(&m).await, &m, &mut warnings)?
+                    {
                         let mac = nic
                             .permanent_mac
                             .as_deref()
@@ -815,7 +846,8 @@ impl BmcDriver for RedfishDriver {
         }
         let mut got_disks = false;
         if let Some(storage) = &sys.storage {
-            if let Some(members) = soft(self.members(&storage.id).await, "Storage", &mut warnings)? {
+            if let Some(members) = soft(self.members(&storage.id).await, "Storage", &mut warnings)?
+            {
                 got_disks = true;
                 'outer: for m in members {
                     if let Some(st) = soft(self.get::<Storage>(&m).await, &m, &mut warnings)? {
@@ -823,7 +855,9 @@ impl BmcDriver for RedfishDriver {
                             if info.disks.len() >= MAX_MEMBERS {
                                 break 'outer;
                             }
-                            if let Some(drive) = soft(self.get::<Drive>(&d.id).await, &d.id, &mut warnings)? {
+                            if let Some(drive) =
+                                soft(self.get::<Drive>(&d.id).await, &d.id, &mut warnings)?
+                            {
                                 info.disks.push(DiskInfo {
                                     name: drive.name,
                                     model: drive.model,
@@ -838,9 +872,15 @@ impl BmcDriver for RedfishDriver {
         }
         if !got_disks {
             if let Some(simple) = &sys.simple_storage {
-                if let Some(members) = soft(self.members(&simple.id).await, "SimpleStorage", &mut warnings)? {
+                if let Some(members) = soft(
+                    self.members(&simple.id).await,
+                    "SimpleStorage",
+                    &mut warnings,
+                )? {
                     for m in members {
-                        if let Some(ss) = soft(self.get::<SimpleStorage>(&m).await, &m, &mut warnings)? {
+                        if let Some(ss) =
+                            soft(self.get::<SimpleStorage>(&m).await, &m, &mut warnings)?
+                        {
                             for d in ss.devices.into_iter().take(MAX_MEMBERS) {
                                 info.disks.push(DiskInfo {
                                     name: d.name,
@@ -928,13 +968,27 @@ mod tests {
 
     #[test]
     fn reset_types() {
-        let sushy: Vec<String> = ["On", "ForceOff", "GracefulShutdown", "GracefulRestart", "ForceRestart", "Nmi", "ForceOn"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let sushy: Vec<String> = [
+            "On",
+            "ForceOff",
+            "GracefulShutdown",
+            "GracefulRestart",
+            "ForceRestart",
+            "Nmi",
+            "ForceOn",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         assert_eq!(reset_type(PowerAction::Cycle, &sushy), Some("ForceRestart"));
-        assert_eq!(reset_type(PowerAction::SoftOff, &sushy), Some("GracefulShutdown"));
-        assert_eq!(reset_type(PowerAction::Cycle, &["PowerCycle".to_string()]), Some("PowerCycle"));
+        assert_eq!(
+            reset_type(PowerAction::SoftOff, &sushy),
+            Some("GracefulShutdown")
+        );
+        assert_eq!(
+            reset_type(PowerAction::Cycle, &["PowerCycle".to_string()]),
+            Some("PowerCycle")
+        );
         assert_eq!(reset_type(PowerAction::Cycle, &[]), Some("ForceRestart"));
         assert_eq!(reset_type(PowerAction::Off, &["On".to_string()]), None);
     }
@@ -944,7 +998,10 @@ mod tests {
         let body = r#"{"error":{"code":"Base.1.0.GeneralError","message":"boom","@Message.ExtendedInfo":[{"Message":"disk on fire"}]}}"#;
         assert_eq!(redfish_message(body), "boom; disk on fire");
         assert_eq!(redfish_message(""), "(empty body)");
-        assert_eq!(redfish_message("<html>\n<b>oops</b>\n</html>"), "<html>; <b>oops</b>; </html>");
+        assert_eq!(
+            redfish_message("<html>\n<b>oops</b>\n</html>"),
+            "<html>; <b>oops</b>; </html>"
+        );
     }
 
     #[test]
@@ -970,9 +1027,12 @@ mod tests {
         .expect("power");
         assert_eq!(p.power_control[0].consumed_watts, Some(344.0));
         let e: EnvironmentMetrics =
-            serde_json::from_str(r#"{"PowerWatts":{"DataSourceUri":"/x","Reading":374.2}}"#).expect("env");
+            serde_json::from_str(r#"{"PowerWatts":{"DataSourceUri":"/x","Reading":374.2}}"#)
+                .expect("env");
         assert_eq!(e.power_watts.and_then(|w| w.reading), Some(374.2));
-        let d: Drive = serde_json::from_str(r#"{"Name":"Disk 0","CapacityBytes":null,"Model":null}"#).expect("drive");
+        let d: Drive =
+            serde_json::from_str(r#"{"Name":"Disk 0","CapacityBytes":null,"Model":null}"#)
+                .expect("drive");
         assert_eq!(d.capacity, None);
     }
 }

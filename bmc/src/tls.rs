@@ -111,5 +111,7 @@ pub(crate) fn http_client(
             builder.use_preconfigured_tls(config)
         }
     };
-    builder.build().map_err(|e| format!("HTTP client setup: {e}"))
+    builder
+        .build()
+        .map_err(|e| format!("HTTP client setup: {e}"))
 }

@@ -204,7 +204,11 @@ impl FromStr for PowerAction {
             "soft" | "soft-off" | "softoff" => PowerAction::SoftOff,
             "cycle" => PowerAction::Cycle,
             "reset" => PowerAction::Reset,
-            _ => return Err(format!("unknown power action {s:?} (on, off, soft-off, cycle, reset)")),
+            _ => {
+                return Err(format!(
+                    "unknown power action {s:?} (on, off, soft-off, cycle, reset)"
+                ))
+            }
         })
     }
 }
@@ -359,8 +363,14 @@ mod tests {
 
     #[test]
     fn macs() {
-        assert_eq!(normalize_mac("52:54:00:AA:bb:01").as_deref(), Some("52:54:00:aa:bb:01"));
-        assert_eq!(normalize_mac("5254.00aa.bb01").as_deref(), Some("52:54:00:aa:bb:01"));
+        assert_eq!(
+            normalize_mac("52:54:00:AA:bb:01").as_deref(),
+            Some("52:54:00:aa:bb:01")
+        );
+        assert_eq!(
+            normalize_mac("5254.00aa.bb01").as_deref(),
+            Some("52:54:00:aa:bb:01")
+        );
         assert_eq!(normalize_mac("00:00:00:00:00:00"), None);
         assert_eq!(normalize_mac("nope"), None);
     }

@@ -134,7 +134,11 @@ impl FromStr for BmcUrl {
                     "scheme must say the protocol: use redfish+https:// or redfish+http://",
                 ))
             }
-            _ => return Err(fail("unknown scheme (use redfish+https, redfish+http or ipmi)")),
+            _ => {
+                return Err(fail(
+                    "unknown scheme (use redfish+https, redfish+http or ipmi)",
+                ))
+            }
         };
         if rest.contains('?') || rest.contains('#') {
             return Err(fail("query strings and fragments are not allowed"));
@@ -158,7 +162,10 @@ impl FromStr for BmcUrl {
                 .map_err(|_| fail("not a valid IPv6 address between [ ]"))?;
             let port = match tail {
                 "" => None,
-                t => Some(t.strip_prefix(':').ok_or_else(|| fail("expected :PORT after ]"))?),
+                t => Some(
+                    t.strip_prefix(':')
+                        .ok_or_else(|| fail("expected :PORT after ]"))?,
+                ),
             };
             (h.to_ascii_lowercase(), port)
         } else {
@@ -168,7 +175,11 @@ impl FromStr for BmcUrl {
                     let (h, p) = authority.split_once(':').unwrap_or((authority, ""));
                     (h.to_ascii_lowercase(), Some(p))
                 }
-                _ => return Err(fail("IPv6 addresses must be written in brackets, e.g. [fd00::1]")),
+                _ => {
+                    return Err(fail(
+                        "IPv6 addresses must be written in brackets, e.g. [fd00::1]",
+                    ))
+                }
             }
         };
         if host.is_empty() {
@@ -207,7 +218,9 @@ impl FromStr for BmcUrl {
                         || id.contains('/')
                         || id.chars().any(|c| c.is_whitespace() || c.is_control())
                     {
-                        return Err(fail("the System ID after /redfish/v1/Systems/ is malformed"));
+                        return Err(fail(
+                            "the System ID after /redfish/v1/Systems/ is malformed",
+                        ));
                     }
                     Some(id.to_string())
                 } else {
@@ -233,13 +246,21 @@ mod tests {
     #[test]
     fn parses_and_displays() {
         let cases = [
-            ("redfish+https://bmc1.example.org", "redfish+https://bmc1.example.org", 443),
+            (
+                "redfish+https://bmc1.example.org",
+                "redfish+https://bmc1.example.org",
+                443,
+            ),
             (
                 "redfish+https://10.0.0.5:8443/redfish/v1/Systems/1/",
                 "redfish+https://10.0.0.5:8443/redfish/v1/Systems/1",
                 8443,
             ),
-            ("redfish+http://127.0.0.1:8000/redfish/v1", "redfish+http://127.0.0.1:8000", 8000),
+            (
+                "redfish+http://127.0.0.1:8000/redfish/v1",
+                "redfish+http://127.0.0.1:8000",
+                8000,
+            ),
             ("ipmi://[FD00::1]:6230", "ipmi://[fd00::1]:6230", 6230),
             ("IPMI://bmc", "ipmi://bmc", 623),
         ];

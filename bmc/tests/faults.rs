@@ -7,7 +7,9 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bmc::{BmcError, BootDevice, BootMode, Controller, Credentials, PowerAction, PowerState, TlsPolicy};
+use bmc::{
+    BmcError, BootDevice, BootMode, Controller, Credentials, PowerAction, PowerState, TlsPolicy,
+};
 use common::*;
 
 fn creds() -> Credentials {
@@ -29,7 +31,9 @@ async fn stopped_emulator_gives_bounded_retries_and_a_clear_error() {
     let elapsed = t.elapsed();
     eprintln!("{err} (after {:.1} s)", elapsed.as_secs_f64());
     assert!(matches!(err, BmcError::Unreachable { .. }), "{err}");
-    assert!(err.to_string().contains(&format!("127.0.0.1:{}", sushy.port)));
+    assert!(err
+        .to_string()
+        .contains(&format!("127.0.0.1:{}", sushy.port)));
     // 3 attempts with 0.2 s and 0.4 s backoff in between.
     assert!(elapsed >= Duration::from_millis(600), "{elapsed:?}");
     assert!(elapsed < Duration::from_secs(10), "{elapsed:?}");
@@ -57,7 +61,10 @@ async fn one_request_in_flight_per_bmc_under_concurrent_callers() {
                 0 => h.power_state().await.map(drop),
                 1 => h.inspect().await.map(drop),
                 2 => h.power_reading().await.map(drop),
-                _ => h.set_boot_device(BootDevice::Pxe, false, BootMode::Uefi).await,
+                _ => {
+                    h.set_boot_device(BootDevice::Pxe, false, BootMode::Uefi)
+                        .await
+                }
             }
         }));
     }
@@ -69,7 +76,11 @@ async fn one_request_in_flight_per_bmc_under_concurrent_callers() {
         t.await.unwrap().unwrap();
     }
     assert_eq!(on.await.unwrap().unwrap(), PowerState::On);
-    eprintln!("{} requests, at most {} in flight", stats.total(), stats.max());
+    eprintln!(
+        "{} requests, at most {} in flight",
+        stats.total(),
+        stats.max()
+    );
     assert!(stats.total() >= 20, "{}", stats.total());
     assert_eq!(stats.max(), 1, "more than one request in flight to one BMC");
     task.abort();
@@ -92,8 +103,15 @@ async fn http_5xx_retried_for_reads_never_for_power_actions() {
     let err = h.power_state().await.unwrap_err();
     eprintln!("{err} (after {:.1} s)", t.elapsed().as_secs_f64());
     assert!(matches!(err, BmcError::Http { status: 503, .. }), "{err}");
-    assert!(err.to_string().contains("injected fault: service temporarily overloaded"), "{err}");
-    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+    assert!(
+        err.to_string()
+            .contains("injected fault: service temporarily overloaded"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
     assert_eq!(stats.total() - before, 3, "one GET per attempt, 3 attempts");
     assert!(t.elapsed() < Duration::from_secs(5));
 
@@ -103,7 +121,10 @@ async fn http_5xx_retried_for_reads_never_for_power_actions() {
     let err = h.power(PowerAction::Cycle).await.unwrap_err();
     eprintln!("{err}");
     assert!(matches!(err, BmcError::Http { status: 500, .. }), "{err}");
-    assert_eq!(stats.count("POST", "ComputerSystem.Reset") - posts_before, 1);
+    assert_eq!(
+        stats.count("POST", "ComputerSystem.Reset") - posts_before,
+        1
+    );
     // The state read before the action succeeded, so this is the only failure since.
     assert_eq!(h.health().consecutive_failures, 1);
     assert_eq!(h.health().last_error_kind.as_deref(), Some("http"));
@@ -131,8 +152,14 @@ async fn slow_bmc_times_out_within_bounds() {
     let elapsed = t.elapsed();
     eprintln!("{err} (after {:.1} s)", elapsed.as_secs_f64());
     assert!(matches!(err, BmcError::Timeout { .. }), "{err}");
-    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
-    assert!(elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(6), "{elapsed:?}");
+    assert!(
+        err.to_string().contains(&format!("127.0.0.1:{port}")),
+        "{err}"
+    );
+    assert!(
+        elapsed >= Duration::from_secs(2) && elapsed < Duration::from_secs(6),
+        "{elapsed:?}"
+    );
     task.abort();
 }
 

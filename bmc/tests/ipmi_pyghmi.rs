@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use bmc::{BmcError, BootDevice, BootMode, Controller, Credentials, PowerAction, PowerState, TlsPolicy};
+use bmc::{
+    BmcError, BootDevice, BootMode, Controller, Credentials, PowerAction, PowerState, TlsPolicy,
+};
 use common::*;
 
 /// A pyghmi `Bmc` subclass that keeps its state in a JSON file the test reads.
@@ -81,11 +83,20 @@ impl FakeBmc {
         let mut cmd = Command::new(python);
         cmd.arg(&script).arg(port.to_string()).arg(user).arg(&state);
         let stdin = std::fs::File::open(&pw_file).unwrap();
-        let mut proc_ = Proc::spawn_with_stdin("pyghmi fake BMC", cmd, dir.path().join("bmc.log"), stdin.into());
+        let mut proc_ = Proc::spawn_with_stdin(
+            "pyghmi fake BMC",
+            cmd,
+            dir.path().join("bmc.log"),
+            stdin.into(),
+        );
         let start = Instant::now();
         while !state.exists() {
             proc_.assert_running();
-            assert!(start.elapsed() < Duration::from_secs(20), "pyghmi BMC did not start:\n{}", proc_.log_text());
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "pyghmi BMC did not start:\n{}",
+                proc_.log_text()
+            );
             std::thread::sleep(Duration::from_millis(100));
         }
         FakeBmc {
@@ -107,21 +118,30 @@ async fn power_and_bootdev_through_ipmitool() {
     let ctl = Controller::new(fast_policy());
     let url: bmc::BmcUrl = format!("ipmi://127.0.0.1:{}", sim.port).parse().unwrap();
     let h = ctl
-        .connect(&url, Credentials::new("admin", "ipmi-pass-42"), &TlsPolicy::Verify)
+        .connect(
+            &url,
+            Credentials::new("admin", "ipmi-pass-42"),
+            &TlsPolicy::Verify,
+        )
         .unwrap();
 
     assert_eq!(h.power_state().await.unwrap(), PowerState::Off);
     assert_eq!(h.power(PowerAction::On).await.unwrap(), PowerState::On);
     assert_eq!(sim.state()["power"], "on");
 
-    h.set_boot_device(BootDevice::Pxe, false, BootMode::Uefi).await.unwrap();
+    h.set_boot_device(BootDevice::Pxe, false, BootMode::Uefi)
+        .await
+        .unwrap();
     assert_eq!(sim.state()["bootdev"], "network");
 
     assert_eq!(h.power(PowerAction::Cycle).await.unwrap(), PowerState::On);
     assert_eq!(h.power(PowerAction::Off).await.unwrap(), PowerState::Off);
     assert_eq!(sim.state()["power"], "off");
     let commands = sim.state()["commands"].clone();
-    assert_eq!(commands, serde_json::json!(["on", "bootdev network", "cycle", "off"]));
+    assert_eq!(
+        commands,
+        serde_json::json!(["on", "bootdev network", "cycle", "off"])
+    );
 
     // pyghmi has no DCMI: no reading, no error.
     assert_eq!(h.power_reading().await.unwrap(), None);
@@ -138,7 +158,11 @@ async fn wrong_ipmi_password_fails_clearly_and_bounded() {
     let ctl = Controller::new(policy);
     let url: bmc::BmcUrl = format!("ipmi://127.0.0.1:{}", sim.port).parse().unwrap();
     let h = ctl
-        .connect(&url, Credentials::new("admin", "not-the-pass-99"), &TlsPolicy::Verify)
+        .connect(
+            &url,
+            Credentials::new("admin", "not-the-pass-99"),
+            &TlsPolicy::Verify,
+        )
         .unwrap();
     let t = Instant::now();
     let err = h.power_state().await.unwrap_err();
@@ -147,7 +171,13 @@ async fn wrong_ipmi_password_fails_clearly_and_bounded() {
     assert!(msg.contains(&format!("127.0.0.1:{}", sim.port)), "{msg}");
     assert!(!msg.contains("not-the-pass-99"), "{msg}");
     // pyghmi answers a bad password with silence, so ipmitool cannot tell it from a dead BMC.
-    assert!(matches!(err, BmcError::Unreachable { .. } | BmcError::AuthFailed { .. }), "{msg}");
+    assert!(
+        matches!(
+            err,
+            BmcError::Unreachable { .. } | BmcError::AuthFailed { .. }
+        ),
+        "{msg}"
+    );
     assert!(t.elapsed() < Duration::from_secs(60));
     assert_eq!(sim.state()["commands"], serde_json::json!([]));
 }
@@ -162,14 +192,20 @@ async fn password_never_on_the_command_line_of_a_running_ipmitool() {
     policy.attempts = 1;
     let ctl = Controller::new(policy);
     let h = ctl
-        .connect(&url, Credentials::new("admin", "argv-secret-77"), &TlsPolicy::Verify)
+        .connect(
+            &url,
+            Credentials::new("admin", "argv-secret-77"),
+            &TlsPolicy::Verify,
+        )
         .unwrap();
     let task = tokio::spawn(async move { h.power_state().await });
     let start = Instant::now();
     let mut seen = false;
     while start.elapsed() < Duration::from_secs(10) && !task.is_finished() {
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             if cmdline.contains("ipmitool") && cmdline.contains(&format!("{port}")) {
                 seen = true;

@@ -5,7 +5,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use bmc::{BmcError, BootDevice, BootMode, Controller, Credentials, PowerAction, PowerState, TlsPolicy};
+use bmc::{
+    BmcError, BootDevice, BootMode, Controller, Credentials, PowerAction, PowerState, TlsPolicy,
+};
 use common::*;
 
 fn creds(user: &str, pass: &str) -> Credentials {
@@ -19,7 +21,11 @@ async fn power_on_cycle_off_land_despite_emulator_delay() {
     let ctl = Controller::new(fast_policy());
     // The URL names only the service root: the driver finds the System itself.
     let h = ctl
-        .connect(&sushy.url().parse().unwrap(), creds("admin", "unused"), &TlsPolicy::Verify)
+        .connect(
+            &sushy.url().parse().unwrap(),
+            creds("admin", "unused"),
+            &TlsPolicy::Verify,
+        )
         .unwrap();
     assert_eq!(h.power_state().await.unwrap(), PowerState::Off);
 
@@ -29,12 +35,21 @@ async fn power_on_cycle_off_land_despite_emulator_delay() {
         (PowerAction::Off, PowerState::Off),
     ] {
         let t = Instant::now();
-        let got = h.power(action).await.unwrap_or_else(|e| panic!("{action}: {e}"));
+        let got = h
+            .power(action)
+            .await
+            .unwrap_or_else(|e| panic!("{action}: {e}"));
         assert_eq!(got, want, "{action}");
         // The emulator itself agrees.
         let raw = sushy.system_json(default_system().uuid, None).await;
-        assert_eq!(raw["PowerState"], want.to_string().replace("on", "On").replace("off", "Off"));
-        eprintln!("power {action} landed after {:.1} s", t.elapsed().as_secs_f64());
+        assert_eq!(
+            raw["PowerState"],
+            want.to_string().replace("on", "On").replace("off", "Off")
+        );
+        eprintln!(
+            "power {action} landed after {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
     }
     // Already off: nothing to do, returns at once.
     let t = Instant::now();
@@ -61,16 +76,28 @@ async fn one_time_pxe_inspection_and_basic_auth() {
     // This time the URL names the System.
     let url = format!("{}/redfish/v1/Systems/{uuid}", sushy.url());
     let h = ctl
-        .connect(&url.parse().unwrap(), creds("admin", "correct-horse"), &TlsPolicy::Verify)
+        .connect(
+            &url.parse().unwrap(),
+            creds("admin", "correct-horse"),
+            &TlsPolicy::Verify,
+        )
         .unwrap();
 
-    h.set_boot_device(BootDevice::Pxe, false, BootMode::Uefi).await.unwrap();
-    let raw = sushy.system_json(uuid, Some(("admin", "correct-horse"))).await;
+    h.set_boot_device(BootDevice::Pxe, false, BootMode::Uefi)
+        .await
+        .unwrap();
+    let raw = sushy
+        .system_json(uuid, Some(("admin", "correct-horse")))
+        .await;
     assert_eq!(raw["Boot"]["BootSourceOverrideTarget"], "Pxe");
     assert_eq!(raw["Boot"]["BootSourceOverrideMode"], "UEFI");
 
-    h.set_boot_device(BootDevice::Disk, true, BootMode::Unchanged).await.unwrap();
-    let raw = sushy.system_json(uuid, Some(("admin", "correct-horse"))).await;
+    h.set_boot_device(BootDevice::Disk, true, BootMode::Unchanged)
+        .await
+        .unwrap();
+    let raw = sushy
+        .system_json(uuid, Some(("admin", "correct-horse")))
+        .await;
     assert_eq!(raw["Boot"]["BootSourceOverrideTarget"], "Hdd");
 
     let info = h.inspect().await.unwrap();
@@ -78,7 +105,11 @@ async fn one_time_pxe_inspection_and_basic_auth() {
     assert_eq!(info.vendor.as_deref(), Some("Sushy Emulator"));
     assert_eq!(info.nic_macs, default_system().macs);
     // sushy's fake driver answers Storage with 500: a warning, not a failure.
-    assert!(info.warnings.iter().any(|w| w.contains("Storage")), "{:?}", info.warnings);
+    assert!(
+        info.warnings.iter().any(|w| w.contains("Storage")),
+        "{:?}",
+        info.warnings
+    );
     assert_eq!(info.cpu_count, None);
 
     // sushy has no Power resource under its Chassis: no reading, no error.
@@ -96,7 +127,11 @@ async fn wrong_password_is_a_clear_auth_error_without_the_password() {
     );
     let ctl = Controller::new(fast_policy());
     let h = ctl
-        .connect(&sushy.url().parse().unwrap(), creds("admin", "Tr0ub4dor&3"), &TlsPolicy::Verify)
+        .connect(
+            &sushy.url().parse().unwrap(),
+            creds("admin", "Tr0ub4dor&3"),
+            &TlsPolicy::Verify,
+        )
         .unwrap();
     let t = Instant::now();
     let err = h.power_state().await.unwrap_err();
@@ -130,12 +165,54 @@ impl Certs {
         )
         .unwrap();
         let steps: [&[&str]; 3] = [
-            &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-              "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=rackshare test CA"],
-            &["req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-              "-keyout", "bmc.key", "-out", "bmc.csr", "-subj", "/CN=127.0.0.1"],
-            &["x509", "-req", "-in", "bmc.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-              "-out", "bmc.pem", "-days", "2", "-extfile", "ext.cnf"],
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=rackshare test CA",
+            ],
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                "bmc.key",
+                "-out",
+                "bmc.csr",
+                "-subj",
+                "/CN=127.0.0.1",
+            ],
+            &[
+                "x509",
+                "-req",
+                "-in",
+                "bmc.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                "bmc.pem",
+                "-days",
+                "2",
+                "-extfile",
+                "ext.cnf",
+            ],
         ];
         for args in steps {
             let out = std::process::Command::new("openssl")
@@ -143,7 +220,11 @@ impl Certs {
                 .current_dir(d)
                 .output()
                 .expect("openssl (Debian package openssl) is needed for the TLS tests");
-            assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Certs { dir }
     }
@@ -185,7 +266,9 @@ async fn tls_verify_fails_clearly_pins_and_ca_work_insecure_works() {
     let err = try_with(TlsPolicy::Verify).await.unwrap_err();
     eprintln!("verify: {err}");
     assert!(matches!(err, BmcError::Tls { .. }), "{err}");
-    assert!(err.to_string().contains(&format!("127.0.0.1:{}", sushy.port)));
+    assert!(err
+        .to_string()
+        .contains(&format!("127.0.0.1:{}", sushy.port)));
 
     let pin = TlsPolicy::fingerprint(&certs.fingerprint("bmc.pem")).unwrap();
     assert_eq!(try_with(pin).await.unwrap(), PowerState::Off);
@@ -197,7 +280,13 @@ async fn tls_verify_fails_clearly_pins_and_ca_work_insecure_works() {
     assert!(err.to_string().contains("fingerprint mismatch"), "{err}");
 
     let ca = std::fs::read_to_string(certs.path("ca.pem")).unwrap();
-    assert_eq!(try_with(TlsPolicy::CaPem(ca)).await.unwrap(), PowerState::Off);
+    assert_eq!(
+        try_with(TlsPolicy::CaPem(ca)).await.unwrap(),
+        PowerState::Off
+    );
 
-    assert_eq!(try_with(TlsPolicy::Insecure).await.unwrap(), PowerState::Off);
+    assert_eq!(
+        try_with(TlsPolicy::Insecure).await.unwrap(),
+        PowerState::Off
+    );
 }

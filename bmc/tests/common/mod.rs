@@ -39,12 +39,20 @@ pub fn venv_tool(tool: &str) -> PathBuf {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A free UDP port on 127.0.0.1.
 pub fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A child process killed (and reaped) on drop; its output goes to a log file.
@@ -83,7 +91,11 @@ impl Proc {
     pub fn assert_running(&mut self) {
         if let Some(c) = self.child.as_mut() {
             if let Ok(Some(status)) = c.try_wait() {
-                panic!("{} exited early ({status}):\n{}", self.name, self.log_text());
+                panic!(
+                    "{} exited early ({status}):\n{}",
+                    self.name,
+                    self.log_text()
+                );
             }
         }
     }
@@ -107,12 +119,18 @@ pub fn wait_tcp(proc_: &mut Proc, port: u16, deadline: Duration) {
     let start = Instant::now();
     while start.elapsed() < deadline {
         proc_.assert_running();
-        if TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok() {
+        if TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
+            .is_ok()
+        {
             return;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("{} did not listen on {port} within {deadline:?}:\n{}", proc_.name, proc_.log_text());
+    panic!(
+        "{} did not listen on {port} within {deadline:?}:\n{}",
+        proc_.name,
+        proc_.log_text()
+    );
 }
 
 /// One fake system for sushy-tools' fake driver.
@@ -187,13 +205,24 @@ impl Sushy {
                     .spawn()
                     .unwrap();
                 use std::io::Write;
-                child.stdin.take().unwrap().write_all(pass.as_bytes()).unwrap();
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(pass.as_bytes())
+                    .unwrap();
                 let out = child.wait_with_output().unwrap();
                 assert!(out.status.success(), "bcrypt hashing failed");
-                lines.push_str(&format!("{user}:{}\n", String::from_utf8(out.stdout).unwrap().trim()));
+                lines.push_str(&format!(
+                    "{user}:{}\n",
+                    String::from_utf8(out.stdout).unwrap().trim()
+                ));
             }
             std::fs::write(&htpasswd, lines).unwrap();
-            conf.push_str(&format!("SUSHY_EMULATOR_AUTH_FILE = {:?}\n", htpasswd.display().to_string()));
+            conf.push_str(&format!(
+                "SUSHY_EMULATOR_AUTH_FILE = {:?}\n",
+                htpasswd.display().to_string()
+            ));
         }
         let conf_path = dir.path().join("sushy.conf");
         std::fs::write(&conf_path, conf).unwrap();
@@ -202,7 +231,10 @@ impl Sushy {
             .arg(&conf_path)
             .args(["-i", "127.0.0.1", "-p", &port.to_string()]);
         if let Some((cert, key)) = &opts.tls {
-            cmd.arg("--ssl-certificate").arg(cert).arg("--ssl-key").arg(key);
+            cmd.arg("--ssl-certificate")
+                .arg(cert)
+                .arg("--ssl-key")
+                .arg(key);
         }
         let mut proc_ = Proc::spawn("sushy-emulator", cmd, dir.path().join("sushy.log"));
         wait_tcp(&mut proc_, port, Duration::from_secs(30));
@@ -215,7 +247,11 @@ impl Sushy {
     }
 
     pub fn url(&self) -> String {
-        let scheme = if self.tls { "redfish+https" } else { "redfish+http" };
+        let scheme = if self.tls {
+            "redfish+https"
+        } else {
+            "redfish+http"
+        };
         format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
@@ -225,7 +261,10 @@ impl Sushy {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        let mut req = client.get(format!("http://127.0.0.1:{}/redfish/v1/Systems/{uuid}", self.port));
+        let mut req = client.get(format!(
+            "http://127.0.0.1:{}/redfish/v1/Systems/{uuid}",
+            self.port
+        ));
         if let Some((u, p)) = auth {
             req = req.basic_auth(u, Some(p));
         }
@@ -280,7 +319,10 @@ impl Response {
         for (k, v) in &self.headers {
             head.push_str(&format!("{k}: {v}\r\n"));
         }
-        head.push_str(&format!("Content-Length: {}\r\nConnection: close\r\n\r\n", self.body.len()));
+        head.push_str(&format!(
+            "Content-Length: {}\r\nConnection: close\r\n\r\n",
+            self.body.len()
+        ));
         let mut out = head.into_bytes();
         out.extend_from_slice(&self.body);
         out
@@ -389,7 +431,10 @@ pub async fn serve(handler: Handler) -> (u16, Arc<Stats>, tokio::task::JoinHandl
                 let now = st.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                 st.max_in_flight.fetch_max(now, Ordering::SeqCst);
                 st.total.fetch_add(1, Ordering::SeqCst);
-                st.log.lock().unwrap().push((req.method.clone(), req.path.clone()));
+                st.log
+                    .lock()
+                    .unwrap()
+                    .push((req.method.clone(), req.path.clone()));
                 let resp = handler(req).await;
                 // Counted as done before the client can see the answer.
                 st.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -415,7 +460,10 @@ pub enum Fault {
 /// Forwards one request to 127.0.0.1:`upstream` and returns the whole response.
 pub async fn forward(upstream: u16, req: &Request) -> Response {
     let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await else {
-        return Response::json(502, &serde_json::json!({"error": {"message": "proxy: upstream down"}}));
+        return Response::json(
+            502,
+            &serde_json::json!({"error": {"message": "proxy: upstream down"}}),
+        );
     };
     let mut head = String::new();
     for (i, line) in req.raw_head.split("\r\n").enumerate() {
@@ -429,14 +477,23 @@ pub async fn forward(upstream: u16, req: &Request) -> Response {
     let mut out = head.into_bytes();
     out.extend_from_slice(&req.body);
     if up.write_all(&out).await.is_err() {
-        return Response::json(502, &serde_json::json!({"error": {"message": "proxy: write failed"}}));
+        return Response::json(
+            502,
+            &serde_json::json!({"error": {"message": "proxy: write failed"}}),
+        );
     }
     let mut raw = Vec::new();
     let read = tokio::time::timeout(Duration::from_secs(30), up.read_to_end(&mut raw)).await;
     if !matches!(read, Ok(Ok(_))) {
-        return Response::json(504, &serde_json::json!({"error": {"message": "proxy: upstream timeout"}}));
+        return Response::json(
+            504,
+            &serde_json::json!({"error": {"message": "proxy: upstream timeout"}}),
+        );
     }
-    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").unwrap_or(raw.len());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(raw.len());
     let head = String::from_utf8_lossy(&raw[..split]).to_string();
     let body = raw.get(split + 4..).unwrap_or_default().to_vec();
     let mut lines = head.split("\r\n");
@@ -461,7 +518,10 @@ pub async fn forward(upstream: u16, req: &Request) -> Response {
 }
 
 /// A proxy to 127.0.0.1:`upstream` that applies `fault` (changeable at run time).
-pub async fn proxy(upstream: u16, fault: Arc<Mutex<Fault>>) -> (u16, Arc<Stats>, tokio::task::JoinHandle<()>) {
+pub async fn proxy(
+    upstream: u16,
+    fault: Arc<Mutex<Fault>>,
+) -> (u16, Arc<Stats>, tokio::task::JoinHandle<()>) {
     let handler: Handler = Arc::new(move |req: Request| {
         let fault = *fault.lock().unwrap();
         Box::pin(async move {
@@ -471,11 +531,13 @@ pub async fn proxy(upstream: u16, fault: Arc<Mutex<Fault>>) -> (u16, Arc<Stats>,
                     tokio::time::sleep(d).await;
                     forward(upstream, &req).await
                 }
-                Fault::Status(code, method) if method.is_none_or(|m| m == req.method) => Response::json(
-                    code,
-                    &serde_json::json!({"error": {"code": "Base.1.0.GeneralError",
+                Fault::Status(code, method) if method.is_none_or(|m| m == req.method) => {
+                    Response::json(
+                        code,
+                        &serde_json::json!({"error": {"code": "Base.1.0.GeneralError",
                         "message": "injected fault: service temporarily overloaded"}}),
-                ),
+                    )
+                }
                 Fault::Status(..) => forward(upstream, &req).await,
             }
         })
