@@ -402,10 +402,12 @@ mod tests {
     use super::*;
     use std::sync::Mutex;
 
+    type Answer = Box<dyn Fn(&IpmiInvocation) -> std::io::Result<IpmiOutput> + Send + Sync>;
+
     /// Records every invocation and answers from a script.
     struct Mock {
         seen: Mutex<Vec<IpmiInvocation>>,
-        answer: Box<dyn Fn(&IpmiInvocation) -> std::io::Result<IpmiOutput> + Send + Sync>,
+        answer: Answer,
     }
 
     #[async_trait]
