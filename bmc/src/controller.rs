@@ -38,7 +38,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             driver: DriverOptions::default(),
-            op_timeout: Duration::from_secs(90),
+            op_timeout: Duration::from_secs(180),
             queue_timeout: Duration::from_secs(300),
             attempts: 4,
             backoff_initial: Duration::from_secs(1),

@@ -19,7 +19,8 @@ fn creds() -> Credentials {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopped_emulator_gives_bounded_retries_and_a_clear_error() {
     let mut sushy = Sushy::start(&[default_system()], SushyOpts::default());
-    let ctl = Controller::new(fast_policy());
+    let observer = Arc::new(Recorder::default());
+    let ctl = Controller::new(fast_policy()).with_observer(observer.clone());
     let h = ctl
         .connect(&sushy.url().parse().unwrap(), creds(), &TlsPolicy::Verify)
         .unwrap();
@@ -41,6 +42,25 @@ async fn stopped_emulator_gives_bounded_retries_and_a_clear_error() {
     assert_eq!(health.consecutive_failures, 1);
     assert_eq!(health.last_error_kind.as_deref(), Some("unreachable"));
     assert!(health.last_success.is_some());
+    // The observer saw the success, then the failure (one record per operation, not per try).
+    let seen = observer.seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0], (format!("127.0.0.1:{}", sushy.port), 0));
+    assert_eq!(seen[1].1, 1);
+}
+
+#[derive(Default)]
+struct Recorder {
+    seen: Mutex<Vec<(String, u32)>>,
+}
+
+impl bmc::HealthObserver for Recorder {
+    fn health_changed(&self, bmc: &str, health: &bmc::BmcHealth) {
+        self.seen
+            .lock()
+            .unwrap()
+            .push((bmc.to_string(), health.consecutive_failures));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
