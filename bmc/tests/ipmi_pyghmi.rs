@@ -72,6 +72,17 @@ struct FakeBmc {
 impl FakeBmc {
     fn start(user: &str, password: &str) -> FakeBmc {
         let python = venv_tool("python3");
+        let probe = Command::new(&python)
+            .args(["-c", "import pyghmi.ipmi.bmc"])
+            .output()
+            .unwrap();
+        assert!(
+            probe.status.success(),
+            "{} cannot import pyghmi: install it into the venv ($RACKSHARE_VENV/bin/pip install pyghmi; \
+             scripts/test does this): {}",
+            python.display(),
+            String::from_utf8_lossy(&probe.stderr)
+        );
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("fakebmc.py");
         std::fs::write(&script, FAKE_BMC_PY).unwrap();
