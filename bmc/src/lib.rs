@@ -1,1 +1,45 @@
-//! bmc crate (being built).
+//! Talks to baseboard management controllers (BMCs) over Redfish and IPMI.
+//!
+//! The crate knows nothing of the database or HTTP routing. It offers:
+//! - [`BmcUrl`], [`Credentials`], [`TlsPolicy`]: what the inventory stores about a BMC;
+//! - [`BmcDriver`]: one small async interface, implemented by [`RedfishDriver`] and [`IpmiDriver`];
+//! - [`Controller`] / [`BmcHandle`]: politeness (one command in flight per BMC, timeouts, retries
+//!   of idempotent operations, polling after power actions) and a [`BmcHealth`] record;
+//! - [`energy_wh`]: integrates power samples into watt-hours.
+
+mod controller;
+mod energy;
+mod error;
+mod ipmi;
+mod redfish;
+mod tls;
+mod types;
+mod url;
+
+pub use controller::{BmcHandle, BmcHealth, Controller, HealthObserver, Policy};
+pub use energy::{energy_wh, PowerSample};
+pub use error::BmcError;
+pub use ipmi::{IpmiDriver, IpmiInvocation, IpmiOutput, IpmiRunner, ProcessRunner};
+pub use redfish::RedfishDriver;
+pub use types::{
+    BmcDriver, BootDevice, BootMode, Credentials, DiskInfo, DriverOptions, HardwareInfo,
+    PowerAction, PowerState, Secret, TlsPolicy,
+};
+pub use url::{BmcProtocol, BmcUrl, BmcUrlError};
+
+use std::sync::Arc;
+
+/// Builds the driver the URL's scheme asks for (Redfish or IPMI).
+pub fn driver_for(
+    url: &BmcUrl,
+    credentials: Credentials,
+    tls: &TlsPolicy,
+    options: DriverOptions,
+) -> Result<Arc<dyn BmcDriver>, BmcError> {
+    Ok(match url.protocol() {
+        BmcProtocol::RedfishHttps | BmcProtocol::RedfishHttp => {
+            Arc::new(RedfishDriver::new(url, credentials, tls, options)?)
+        }
+        BmcProtocol::Ipmi => Arc::new(IpmiDriver::new(url, credentials, options)?),
+    })
+}
