@@ -42,7 +42,7 @@ pub enum Command {
     Serve(Box<crate::serve::ServeArgs>),
     /// Machines: enrol, list, show, edit, delete, change state
     #[command(subcommand)]
-    Machine(MachineCmd),
+    Machine(Box<MachineCmd>),
     /// Sites
     #[command(subcommand)]
     Site(SiteCmd),
@@ -435,7 +435,7 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
     let fmt = g.output;
     match cmd {
         Command::Serve(_) => unreachable!("serve is dispatched in main"),
-        Command::Machine(m) => machine(&c, fmt, m).await,
+        Command::Machine(m) => machine(&c, fmt, *m).await,
         Command::Site(SiteCmd::Add { name, description }) => {
             let v = c
                 .post(

@@ -393,3 +393,76 @@ async fn bmc_password_is_encrypted_at_rest() {
         "the password must not be in the database file in clear"
     );
 }
+
+#[tokio::test]
+async fn database_built_json_equals_the_typed_list() {
+    for db in common::both().await {
+        let inv = &db.inv;
+        inv.add_site("a", "hall", "").await.expect("site");
+        inv.add_rack("a", "hall", "r1", "").await.expect("rack");
+        let mut m1 = machine("alpha", "52:54:00:00:05:01");
+        m1.nics.push(Nic {
+            mac: "52:54:00:00:05:02".parse().expect("mac"),
+            name: "eno2".into(),
+            pxe: false,
+        });
+        m1.site = Some("hall".into());
+        m1.rack = Some("r1".into());
+        m1.disks = vec![Disk {
+            name: "nvme0n1".into(),
+            size_bytes: 1 << 40,
+            model: Some("Samsung \"PM\"".into()),
+            serial: None,
+        }];
+        m1.bmc = Some(NewBmc {
+            url: "redfish+https://127.0.0.1:1".into(),
+            password: Some("x".into()),
+            tls_insecure: true,
+            ..Default::default()
+        });
+        inv.add_machine("a", &m1).await.expect("alpha");
+        let mut m2 = NewMachine {
+            name: "beta".into(),
+            macs: vec!["52:54:00:00:05:03".parse().expect("mac")],
+            ..Default::default()
+        };
+        m2.notes = Some("ünïcode ☃ and \\ backslash".into());
+        inv.add_machine("a", &m2).await.expect("beta");
+        inv.record_bmc_health(
+            "alpha",
+            &BmcHealth::Failure("BMC 127.0.0.1:1: refused".into()),
+        )
+        .await
+        .expect("health");
+        for f in [
+            MachineFilter::default(),
+            MachineFilter {
+                tag: Some("gpu".into()),
+                ..Default::default()
+            },
+            MachineFilter {
+                state: Some(MachineState::Available),
+                ..Default::default()
+            },
+            MachineFilter {
+                mac: Some("52:54:00:00:05:02".parse().expect("mac")),
+                ..Default::default()
+            },
+        ] {
+            let typed = inv.machines(&f).await.expect("typed");
+            let json = inv.machines_json(&f).await.expect("json");
+            let parsed: Vec<Machine> =
+                serde_json::from_str(&json).unwrap_or_else(|e| panic!("{}: {e}: {json}", db.label));
+            assert_eq!(parsed, typed, "{}: filter {f:?}", db.label);
+        }
+        assert_eq!(
+            inv.machines_json(&MachineFilter {
+                arch: Some("riscv64".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("empty"),
+            "[]"
+        );
+    }
+}

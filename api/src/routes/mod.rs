@@ -8,7 +8,7 @@ mod system;
 
 use crate::server::AppState;
 use crate::ApiError;
-use axum::extract::{Request, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
 use axum::routing::{delete, get, post};
@@ -42,7 +42,11 @@ pub fn router(state: AppState) -> Router {
         .route("/tokens/{prefix}", delete(people::revoke_token))
         .route("/events", get(events::list))
         .route("/export", get(system::export))
-        .route("/import", post(system::import));
+        .route(
+            "/import",
+            // A whole cooperative's inventory is larger than axum's 2 MB default.
+            post(system::import).layer(DefaultBodyLimit::max(512 * 1024 * 1024)),
+        );
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))

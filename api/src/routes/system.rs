@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
-use inventory::{InventoryExport, MachineFilter, MachineState};
+use inventory::{InventoryExport, MachineState};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::fmt::Write;
@@ -21,14 +21,17 @@ pub async fn healthz(State(st): State<AppState>) -> Result<Json<Value>, ApiError
 pub async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let mut out = String::new();
     st.http_metrics.render(&mut out);
-    let machines = st.inv.machines(&MachineFilter::default()).await?;
+    let counts = st.inv.machine_counts().await?;
     let _ = writeln!(
         out,
         "# HELP rackshare_machines Machines in the inventory, by state."
     );
     let _ = writeln!(out, "# TYPE rackshare_machines gauge");
     for s in MachineState::ALL {
-        let n = machines.iter().filter(|m| m.state == s).count();
+        let n = counts
+            .iter()
+            .find(|(st, _)| *st == s)
+            .map_or(0, |(_, n)| *n);
         let _ = writeln!(out, "rackshare_machines{{state=\"{s}\"}} {n}");
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out))
