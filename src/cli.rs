@@ -58,6 +58,24 @@ pub enum Command {
     /// API tokens
     #[command(subcommand)]
     Token(TokenCmd),
+    /// Power status and actions through the machine's BMC
+    Power {
+        name: String,
+        /// status, on, off (hard), soft, cycle, reset
+        action: String,
+    },
+    /// Set the next boot device through the machine's BMC
+    Bootdev {
+        name: String,
+        /// pxe, disk or cd
+        device: String,
+        /// Keep it for every boot, not just the next
+        #[arg(long)]
+        persistent: bool,
+        /// Boot mode: uefi or legacy [default: leave as is]
+        #[arg(long)]
+        mode: Option<String>,
+    },
     /// The audit log
     Events(EventsArgs),
     /// Write the whole inventory as JSON to standard output
@@ -193,6 +211,8 @@ pub enum MachineCmd {
     },
     /// Delete a machine that is not in use
     Delete { name: String },
+    /// Read hardware facts from the BMC into the inventory
+    Inspect { name: String },
     /// Move a machine to another lifecycle state (staff override, audited)
     State {
         name: String,
@@ -613,6 +633,44 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
             done(fmt, &format!("revoked token {prefix}"));
             Ok(())
         }
+        Command::Power { name, action } => {
+            let path = format!("/api/v1/machines/{}/power", enc(&name));
+            let v = if action == "status" {
+                c.get(&path).await?
+            } else {
+                c.post(&path, &json!({"action": action})).await?
+            };
+            match fmt {
+                Format::Json => output::json(&v),
+                Format::Table => println!("{}: power {}", name, output::cell(&v["power_state"])),
+            }
+            Ok(())
+        }
+        Command::Bootdev {
+            name,
+            device,
+            persistent,
+            mode,
+        } => {
+            let v = c
+                .post(
+                    &format!("/api/v1/machines/{}/bootdev", enc(&name)),
+                    &json!({"device": device, "persistent": persistent, "mode": mode}),
+                )
+                .await?;
+            match fmt {
+                Format::Json => output::json(&v),
+                Format::Table => println!(
+                    "{name}: boots from {device} {}",
+                    if persistent {
+                        "from now on"
+                    } else {
+                        "on the next boot"
+                    }
+                ),
+            }
+            Ok(())
+        }
         Command::Events(a) => {
             let v = c
                 .get(&format!(
@@ -809,6 +867,27 @@ async fn machine(c: &Client, fmt: Format, cmd: MachineCmd) -> anyhow::Result<()>
                 &c.patch(&format!("/api/v1/machines/{}", enc(&name)), &body)
                     .await?,
             );
+        }
+        MachineCmd::Inspect { name } => {
+            let v = c
+                .post(
+                    &format!("/api/v1/machines/{}/inspect", enc(&name)),
+                    &json!({}),
+                )
+                .await?;
+            show_machine(
+                fmt,
+                if fmt == Format::Json {
+                    &v
+                } else {
+                    &v["machine"]
+                },
+            );
+            if fmt == Format::Table {
+                for w in v["warnings"].as_array().into_iter().flatten() {
+                    eprintln!("warning: {}", output::cell(w));
+                }
+            }
         }
         MachineCmd::Delete { name } => {
             c.delete(&format!("/api/v1/machines/{}", enc(&name)))

@@ -24,6 +24,9 @@ pub struct ServeSettings {
     /// Log filter, e.g. info, debug, rackshare=debug [default: info]
     #[arg(long)]
     pub log_level: Option<String>,
+    /// Seconds between power readings of every BMC, for the energy ledger; 0 turns it off [default: 60]
+    #[arg(long)]
+    pub energy_interval_secs: Option<u64>,
 }
 
 /// `rackshare serve` arguments.
@@ -44,6 +47,7 @@ impl ServeSettings {
             listen: self.listen.or(file.listen),
             database_url: self.database_url.or(file.database_url),
             log_level: self.log_level.or(file.log_level),
+            energy_interval_secs: self.energy_interval_secs.or(file.energy_interval_secs),
         }
     }
 }
@@ -74,6 +78,9 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
             bail!("--database-url must start with sqlite:// or postgres://, got '{url}'");
         }
         config.database_url = Some(url);
+    }
+    if let Some(secs) = s.energy_interval_secs {
+        config.energy_interval = (secs > 0).then(|| std::time::Duration::from_secs(secs));
     }
     Ok((config, s.log_level.unwrap_or_else(|| "info".into())))
 }

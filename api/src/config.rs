@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// Everything `rackshare serve` needs, already validated.
 #[derive(Debug, Clone)]
@@ -12,6 +13,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// `sqlite://…` or `postgres://…`; default: SQLite in the data dir.
     pub database_url: Option<String>,
+    /// How often to read every BMC's power draw; None: never.
+    pub energy_interval: Option<Duration>,
+    /// Timeouts, retries and polling for BMC commands.
+    pub bmc_policy: bmc::Policy,
 }
 
 impl Config {
@@ -21,6 +26,8 @@ impl Config {
             data_dir: PathBuf::from("rackshare-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             database_url: None,
+            energy_interval: Some(Duration::from_secs(60)),
+            bmc_policy: bmc::Policy::default(),
         }
     }
 

@@ -2,6 +2,7 @@
 //! BMC controller and images. The binary calls [`Server::start`]; everything else is behind it.
 
 mod auth;
+mod bmc_service;
 mod config;
 mod error;
 mod json;

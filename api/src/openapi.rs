@@ -48,6 +48,11 @@ pub const OPERATIONS: &[Operation] = &[
     op!("patch", "/api/v1/machines/{name}", "Edit a machine", "admin, staff", Some("MachinePatch"), Some("Machine")),
     op!("delete", "/api/v1/machines/{name}", "Delete a machine not in use", "admin, staff", None, None),
     op!("post", "/api/v1/machines/{name}/state", "Move a machine along its lifecycle (compare-and-set)", "admin, staff", Some("StateChange"), Some("Machine")),
+    op!("get", "/api/v1/machines/{name}/power", "Read the power state from the BMC", "any role (members: own group's)", None, Some("PowerStatus")),
+    op!("post", "/api/v1/machines/{name}/power", "Power on, off, soft, cycle or reset; waits for the state (audited)", "admin, staff, technician, member (own)", Some("PowerRequest"), Some("PowerStatus")),
+    op!("get", "/api/v1/machines/{name}/power/reading", "Current power draw (W) and energy so far (Wh)", "any role (members: own group's)", None, Some("PowerReading")),
+    op!("post", "/api/v1/machines/{name}/bootdev", "Set the next (or every) boot device (audited)", "admin, staff, technician, member (own)", Some("BootRequest"), None),
+    op!("post", "/api/v1/machines/{name}/inspect", "Read hardware facts from the BMC into the inventory", "admin, staff, technician", None, Some("InspectResult")),
     op!("get", "/api/v1/groups", "List member groups", "any role (members: own)", None, Some("[MemberGroup]")),
     op!("post", "/api/v1/groups", "Add a member group", "admin, staff", Some("NewGroup"), Some("MemberGroup")),
     op!("get", "/api/v1/groups/{name}", "Show a member group", "any role (members: own)", None, Some("MemberGroup")),
@@ -148,6 +153,11 @@ fn schemas() -> Value {
             "description": "The open exchange format; see docs/export-format.md",
             "properties": {"format": {"const": "rackshare-inventory"}, "version": {"const": 1}, "sites": {"type": "array"}, "racks": {"type": "array"},
             "groups": {"type": "array"}, "users": {"type": "array"}, "machines": {"type": "array"}, "tokens": {"type": "array"}}},
+        "PowerRequest": {"type": "object", "required": ["action"], "additionalProperties": false, "properties": {"action": {"type": "string", "enum": ["on", "off", "soft", "cycle", "reset"]}}},
+        "PowerStatus": {"type": "object", "properties": {"machine": {"type": "string"}, "power_state": {"type": "string"}}},
+        "PowerReading": {"type": "object", "properties": {"machine": {"type": "string"}, "watts": {"type": ["number", "null"]}, "energy_wh": {"type": "number"}}},
+        "BootRequest": {"type": "object", "required": ["device"], "additionalProperties": false, "properties": {"device": {"type": "string", "enum": ["pxe", "disk", "cd"]}, "persistent": {"type": "boolean"}, "mode": {"type": "string", "enum": ["uefi", "legacy"]}}},
+        "InspectResult": {"type": "object", "properties": {"machine": {"$ref": "#/components/schemas/Machine"}, "warnings": {"type": "array", "items": {"type": "string"}}}},
         "ImportResult": {"type": "object", "properties": {"imported": {"type": "object"}}}
     })
 }

@@ -1,5 +1,6 @@
 //! Start-up, shared state and graceful shutdown.
 
+use crate::bmc_service::BmcService;
 use crate::metrics::HttpMetrics;
 use crate::{Config, StartError};
 use inventory::{Inventory, SecretBox};
@@ -16,6 +17,8 @@ pub struct AppState {
     pub inv: Inventory,
     /// HTTP counters.
     pub http_metrics: Arc<HttpMetrics>,
+    /// The BMC controller.
+    pub bmc: Arc<BmcService>,
 }
 
 /// The service, before it starts.
@@ -31,6 +34,7 @@ pub struct RunningServer {
     pub admin_token_file: Option<std::path::PathBuf>,
     shutdown: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
+    background: Vec<JoinHandle<()>>,
     inv: Inventory,
 }
 
@@ -65,12 +69,28 @@ impl Server {
             addr: config.listen.to_string(),
             source,
         })?;
+        let bmc = Arc::new(BmcService::new(inv.clone(), config.bmc_policy));
         let state = AppState {
             inv: inv.clone(),
             http_metrics: Arc::new(HttpMetrics::default()),
+            bmc: bmc.clone(),
         };
         let app = crate::routes::router(state);
         let (shutdown, mut rx) = watch::channel(false);
+        let mut background = Vec::new();
+        if let Some(every) = config.energy_interval {
+            let mut stop = shutdown.subscribe();
+            background.push(tokio::spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tokio::select! {
+                        _ = tick.tick() => bmc.sample_energy(every).await,
+                        _ = stop.changed() => break,
+                    }
+                }
+            }));
+        }
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
@@ -85,6 +105,7 @@ impl Server {
             admin_token_file,
             shutdown,
             task,
+            background,
             inv,
         })
     }
@@ -94,6 +115,9 @@ impl RunningServer {
     /// Stops accepting, lets in-flight requests finish, closes the database.
     pub async fn shutdown(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);
+        for t in self.background {
+            let _ = t.await;
+        }
         let res = match self.task.await {
             Ok(r) => r,
             Err(e) => Err(std::io::Error::other(e)),

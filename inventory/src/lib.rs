@@ -7,6 +7,7 @@
 
 mod audit;
 mod db;
+mod energy;
 mod error;
 mod export;
 mod machines;
@@ -18,6 +19,7 @@ mod state;
 
 pub use audit::{AuditEvent, AuditFilter, NewAuditEvent, Outcome};
 pub use db::{Backend, Inventory};
+pub use energy::PowerSample;
 pub use error::{Error, Result};
 pub use export::{
     ExportBmc, ExportGroup, ExportMachine, ExportRack, ExportSite, ExportToken, ExportUser,

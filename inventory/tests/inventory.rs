@@ -466,3 +466,53 @@ async fn database_built_json_equals_the_typed_list() {
         );
     }
 }
+
+#[tokio::test]
+async fn power_samples_integrate_to_watt_hours() {
+    for db in common::both().await {
+        let inv = &db.inv;
+        inv.add_machine("a", &machine("meter", "52:54:00:00:06:01"))
+            .await
+            .expect("add");
+        let t0 = 1_000_000_000_000;
+        assert_eq!(
+            inv.add_power_sample("meter", t0, 100.0, 150_000)
+                .await
+                .expect("first"),
+            0.0
+        );
+        // 60 s at 100 W then 200 W: trapezoid 150 W for 1/60 h = 2.5 Wh.
+        let wh = inv
+            .add_power_sample("meter", t0 + 60_000, 200.0, 150_000)
+            .await
+            .expect("second");
+        assert!((wh - 2.5).abs() < 1e-9, "{wh}");
+        // A gap longer than the bound adds nothing.
+        assert_eq!(
+            inv.add_power_sample("meter", t0 + 3_600_000, 200.0, 150_000)
+                .await
+                .expect("gap"),
+            0.0
+        );
+        assert!(
+            (inv.machine("meter").await.expect("m").energy_wh - 2.5).abs() < 1e-9,
+            "{}",
+            db.label
+        );
+        assert_eq!(
+            inv.power_samples("meter", t0, t0 + 3_600_000)
+                .await
+                .expect("samples")
+                .len(),
+            3
+        );
+        assert!(inv
+            .add_power_sample("meter", t0 + 3_700_000, f64::NAN, 1)
+            .await
+            .is_err());
+        assert!(matches!(
+            inv.add_power_sample("ghost", t0, 1.0, 1).await,
+            Err(Error::NotFound { .. })
+        ));
+    }
+}

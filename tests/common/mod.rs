@@ -18,40 +18,9 @@ pub enum Db {
 
 pub const BOTH: [Db; 2] = [Db::Sqlite, Db::Postgres];
 
-/// The PostgreSQL server the test command starts.
-pub fn postgres_admin_url() -> String {
-    std::env::var("RACKSHARE_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-        panic!(
-            "RACKSHARE_TEST_POSTGRES_URL is not set. Run the suite with ./scripts/test, which starts a \
-             throwaway PostgreSQL (Debian package 'postgresql'), or point it at a server you own."
-        )
-    })
-}
-
 /// A fresh, empty PostgreSQL database; returns its URL.
 pub async fn fresh_postgres() -> String {
-    use sqlx::Connection;
-    let admin = postgres_admin_url();
-    let name = format!(
-        "rs_e2e_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    let mut conn = sqlx::PgConnection::connect(&admin)
-        .await
-        .expect("connect to the test PostgreSQL");
-    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
-        .await
-        .expect("create database");
-    let (head, tail) = admin
-        .split_once('?')
-        .map(|(h, t)| (h, format!("?{t}")))
-        .unwrap_or((admin.as_str(), String::new()));
-    let base = head.rsplit_once('/').map(|(b, _)| b).unwrap_or(head);
-    format!("{base}/{name}{tail}")
+    testkit::fresh_postgres_database("rs_e2e").await
 }
 
 /// A running `rackshare serve`, stopped on drop.

@@ -54,6 +54,9 @@ pub async fn create(
     ApiJson(m): ApiJson<NewMachine>,
 ) -> Result<(StatusCode, Json<Machine>), ApiError> {
     c.require(&st, STAFF, "machine.create", &m.name).await?;
+    if let Some(b) = &m.bmc {
+        crate::bmc_service::validate_url(&b.url)?;
+    }
     Ok((
         StatusCode::CREATED,
         Json(st.inv.add_machine(c.name(), &m).await?),
@@ -68,6 +71,9 @@ pub async fn update(
 ) -> Result<Json<Machine>, ApiError> {
     visible_machine(&st, &c, &name).await?;
     c.require(&st, STAFF, "machine.update", &name).await?;
+    if let Some(b) = &p.bmc {
+        crate::bmc_service::validate_url(&b.url)?;
+    }
     Ok(Json(st.inv.update_machine(c.name(), &name, &p).await?))
 }
 

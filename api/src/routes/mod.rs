@@ -1,8 +1,9 @@
 //! The HTTP surface. One file per resource; this file assembles the router.
 
 mod events;
-mod machines;
+pub(crate) mod machines;
 mod people;
+mod power;
 mod sites;
 mod system;
 
@@ -29,6 +30,13 @@ pub fn router(state: AppState) -> Router {
                 .delete(machines::remove),
         )
         .route("/machines/{name}/state", post(machines::set_state))
+        .route(
+            "/machines/{name}/power",
+            get(power::status).post(power::power),
+        )
+        .route("/machines/{name}/power/reading", get(power::reading))
+        .route("/machines/{name}/bootdev", post(power::bootdev))
+        .route("/machines/{name}/inspect", post(power::inspect))
         .route("/groups", get(people::list_groups).post(people::add_group))
         .route(
             "/groups/{name}",

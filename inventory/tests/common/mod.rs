@@ -3,16 +3,6 @@
 
 use inventory::{Inventory, SecretBox};
 
-/// The PostgreSQL server the test command starts (scripts/test sets this).
-pub fn postgres_admin_url() -> String {
-    std::env::var("RACKSHARE_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-        panic!(
-            "RACKSHARE_TEST_POSTGRES_URL is not set. Run the suite with ./scripts/test, which starts a \
-             throwaway PostgreSQL (Debian package 'postgresql'), or point the variable at a server you own."
-        )
-    })
-}
-
 /// A database that removes itself when dropped.
 pub struct TestDb {
     pub inv: Inventory,
@@ -39,8 +29,7 @@ pub async fn sqlite() -> TestDb {
 
 /// A brand-new PostgreSQL database on the test server.
 pub async fn postgres() -> TestDb {
-    let admin = postgres_admin_url();
-    let url = fresh_postgres_database(&admin).await;
+    let url = testkit::fresh_postgres_database("rs_inv").await;
     let inv = Inventory::open(&url, key()).await.expect("open postgres");
     TestDb {
         inv,
@@ -48,31 +37,6 @@ pub async fn postgres() -> TestDb {
         label: "postgres",
         _dir: None,
     }
-}
-
-pub async fn fresh_postgres_database(admin: &str) -> String {
-    use sqlx::Connection;
-    let name = format!(
-        "rs_test_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0)
-    );
-    let mut conn = sqlx::PgConnection::connect(admin)
-        .await
-        .expect("connect to test PostgreSQL");
-    sqlx::Executor::execute(&mut conn, format!("CREATE DATABASE {name}").as_str())
-        .await
-        .expect("create database");
-    // Swap the database name in the admin URL: postgres://user@host/DB?params
-    let (head, tail) = admin
-        .split_once('?')
-        .map(|(h, t)| (h, format!("?{t}")))
-        .unwrap_or((admin, String::new()));
-    let base = head.rsplit_once('/').map(|(b, _)| b).unwrap_or(head);
-    format!("{base}/{name}{tail}")
 }
 
 pub async fn both() -> Vec<TestDb> {

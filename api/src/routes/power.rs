@@ -1,0 +1,233 @@
+//! Power, boot device and inspection through the machine's BMC. Every action is audited
+//! with who did it and how it ended.
+
+use crate::auth::Caller;
+use crate::bmc_service::Watts;
+use crate::json::ApiJson;
+use crate::routes::machines::visible_machine;
+use crate::server::AppState;
+use crate::ApiError;
+use axum::extract::{Path, State};
+use axum::Json;
+use bmc::{BootDevice, BootMode, PowerAction};
+use inventory::{Disk, MachinePatch, NewAuditEvent, Nic, Outcome, Role};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+/// Who may power-cycle and set boot devices: everyone but members on foreign machines
+/// (visibility already hides those).
+const OPERATORS: &[Role] = &[Role::Admin, Role::Staff, Role::Technician, Role::Member];
+const INSPECTORS: &[Role] = &[Role::Admin, Role::Staff, Role::Technician];
+
+async fn audit(
+    st: &AppState,
+    c: &Caller,
+    action: &str,
+    machine: &str,
+    group: Option<String>,
+    res: Result<&Value, &ApiError>,
+) {
+    let (outcome, detail) = match res {
+        Ok(v) => (Outcome::Ok, v.clone()),
+        Err(e) => (Outcome::Failed, json!({"error": e.message})),
+    };
+    let ev = NewAuditEvent::ok(c.name(), action, "machine", machine)
+        .outcome(outcome)
+        .group(group)
+        .detail(detail);
+    if let Err(e) = st.inv.record(ev).await {
+        tracing::warn!(error = %e, "could not audit {action}");
+    }
+}
+
+pub async fn status(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    visible_machine(&st, &c, &name).await?;
+    let s = st
+        .bmc
+        .run(&name, |h| async move { h.power_state().await })
+        .await?;
+    Ok(Json(json!({"machine": name, "power_state": s.to_string()})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PowerRequest {
+    /// on, off, soft, cycle, reset
+    action: String,
+}
+
+pub async fn power(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<PowerRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let m = visible_machine(&st, &c, &name).await?;
+    let action: PowerAction = b.action.parse().map_err(|_| {
+        ApiError::invalid(
+            "action",
+            format!(
+                "'{}' is not a power action (on, off, soft, cycle, reset)",
+                b.action
+            ),
+        )
+    })?;
+    c.require(&st, OPERATORS, "machine.power", &name).await?;
+    let res = st
+        .bmc
+        .run(&name, |h| async move { h.power(action).await })
+        .await
+        .map(|s| json!({"machine": name, "action": b.action, "power_state": s.to_string()}));
+    audit(
+        &st,
+        &c,
+        "machine.power",
+        &name,
+        m.member_group,
+        res.as_ref(),
+    )
+    .await;
+    res.map(Json)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootRequest {
+    /// pxe, disk, cd
+    device: String,
+    #[serde(default)]
+    persistent: bool,
+    /// uefi or legacy; default: leave as is
+    #[serde(default)]
+    mode: Option<String>,
+}
+
+pub async fn bootdev(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<BootRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let m = visible_machine(&st, &c, &name).await?;
+    let device: BootDevice = b.device.parse().map_err(|_| {
+        ApiError::invalid(
+            "device",
+            format!("'{}' is not a boot device (pxe, disk, cd)", b.device),
+        )
+    })?;
+    let mode = match b.mode.as_deref() {
+        None => BootMode::Unchanged,
+        Some("uefi") => BootMode::Uefi,
+        Some("legacy") => BootMode::Legacy,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "mode",
+                format!("'{other}' is not uefi or legacy"),
+            ))
+        }
+    };
+    c.require(&st, OPERATORS, "machine.bootdev", &name).await?;
+    let persistent = b.persistent;
+    let res = st
+        .bmc
+        .run(&name, |h| async move { h.set_boot_device(device, persistent, mode).await })
+        .await
+        .map(|()| json!({"machine": name, "device": b.device, "persistent": persistent, "mode": b.mode}));
+    audit(
+        &st,
+        &c,
+        "machine.bootdev",
+        &name,
+        m.member_group,
+        res.as_ref(),
+    )
+    .await;
+    res.map(Json)
+}
+
+pub async fn inspect(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let m = visible_machine(&st, &c, &name).await?;
+    c.require(&st, INSPECTORS, "machine.inspect", &name).await?;
+    let info = match st
+        .bmc
+        .run(&name, |h| async move { h.inspect().await })
+        .await
+    {
+        Ok(i) => i,
+        Err(e) => {
+            audit(&st, &c, "machine.inspect", &name, m.member_group, Err(&e)).await;
+            return Err(e);
+        }
+    };
+    // New MACs join the machine's NICs; the PXE NIC stays the one staff chose.
+    let mut nics = m.nics.clone();
+    for mac in &info.nic_macs {
+        if let Ok(mac) = mac.parse() {
+            if !nics.iter().any(|n: &Nic| n.mac == mac) {
+                nics.push(Nic {
+                    mac,
+                    name: String::new(),
+                    pxe: nics.is_empty(),
+                });
+            }
+        }
+    }
+    let disks: Vec<Disk> = info
+        .disks
+        .iter()
+        .enumerate()
+        .filter_map(|(i, d)| {
+            Some(Disk {
+                name: d.name.clone().unwrap_or_else(|| format!("disk{i}")),
+                size_bytes: d.size_bytes?,
+                model: d.model.clone(),
+                serial: d.serial.clone(),
+            })
+        })
+        .collect();
+    let patch = MachinePatch {
+        vendor: info.vendor.clone(),
+        model: info.model.clone(),
+        serial: info.serial.clone(),
+        cpu_count: info.cpu_count.map(i64::from),
+        cpu_model: info.cpu_model.clone(),
+        ram_mib: info.ram_bytes.map(|b| (b / (1024 * 1024)) as i64),
+        disks: (!disks.is_empty()).then_some(disks),
+        nics: (nics.len() != m.nics.len()).then_some(nics),
+        ..Default::default()
+    };
+    let updated = st.inv.update_machine(c.name(), &name, &patch).await?;
+    audit(
+        &st,
+        &c,
+        "machine.inspect",
+        &name,
+        m.member_group,
+        Ok(&json!({"warnings": info.warnings})),
+    )
+    .await;
+    Ok(Json(json!({"machine": updated, "warnings": info.warnings})))
+}
+
+pub async fn reading(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let m = visible_machine(&st, &c, &name).await?;
+    let Watts(w) = st
+        .bmc
+        .run(&name, |h| async move { h.power_reading().await.map(Watts) })
+        .await?;
+    Ok(Json(
+        json!({"machine": name, "watts": w, "energy_wh": m.energy_wh}),
+    ))
+}

@@ -1,0 +1,98 @@
+//! Power samples from BMCs, integrated into watt-hours per machine.
+
+use crate::{Error, Inventory, Result};
+use serde::Serialize;
+use sqlx::Row;
+
+/// One stored power reading.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PowerSample {
+    /// When (unix ms).
+    pub at: i64,
+    /// Watts.
+    pub watts: f64,
+}
+
+impl Inventory {
+    /// Stores a reading and adds the energy since the previous one (trapezoid rule) to the
+    /// machine's total, unless the gap exceeds `max_gap_ms`.
+    pub async fn add_power_sample(
+        &self,
+        machine: &str,
+        at: i64,
+        watts: f64,
+        max_gap_ms: i64,
+    ) -> Result<f64> {
+        if !watts.is_finite() || watts < 0.0 {
+            return Err(Error::invalid(
+                "watts",
+                format!("{watts} is not a power reading"),
+            ));
+        }
+        let mut tx = self.pool.begin().await?;
+        // Write first, so SQLite takes the write lock before reading.
+        let n = sqlx::query(
+            "INSERT INTO energy_samples (machine_id, at, watts) SELECT id, $1, $2 FROM machines WHERE name = $3",
+        )
+        .bind(at)
+        .bind(watts)
+        .bind(machine)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(Error::not_found("machine", machine));
+        }
+        let prev = sqlx::query(
+            "SELECT e.at, e.watts FROM energy_samples e JOIN machines m ON m.id = e.machine_id \
+             WHERE m.name = $1 AND e.at < $2 ORDER BY e.at DESC LIMIT 1",
+        )
+        .bind(machine)
+        .bind(at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let mut wh = 0.0;
+        if let Some(p) = prev {
+            let (pat, pw): (i64, f64) = (p.try_get("at")?, p.try_get("watts")?);
+            let gap = at - pat;
+            if gap > 0 && gap <= max_gap_ms {
+                wh = (pw + watts) / 2.0 * (gap as f64) / 3_600_000.0;
+            }
+        }
+        if wh > 0.0 {
+            sqlx::query("UPDATE machines SET energy_wh = energy_wh + $1 WHERE name = $2")
+                .bind(wh)
+                .bind(machine)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(wh)
+    }
+
+    /// Readings of a machine between two times (unix ms), oldest first.
+    pub async fn power_samples(
+        &self,
+        machine: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<PowerSample>> {
+        let rows = sqlx::query(
+            "SELECT e.at, e.watts FROM energy_samples e JOIN machines m ON m.id = e.machine_id \
+             WHERE m.name = $1 AND e.at >= $2 AND e.at <= $3 ORDER BY e.at",
+        )
+        .bind(machine)
+        .bind(from)
+        .bind(to)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(PowerSample {
+                    at: r.try_get("at")?,
+                    watts: r.try_get("watts")?,
+                })
+            })
+            .collect()
+    }
+}
