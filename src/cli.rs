@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 /// rackshare: bare-metal provisioning for hardware cooperatives.
 #[derive(Debug, Parser)]
-#[command(name = "rackshare", version, about, propagate_version = true)]
+#[command(name = "rackshare", version, about)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
@@ -58,6 +58,9 @@ pub enum Command {
     /// API tokens
     #[command(subcommand)]
     Token(TokenCmd),
+    /// OS images: add (upload a file or import a URL), list, show, delete
+    #[command(subcommand)]
+    Image(ImageCmd),
     /// Power status and actions through the machine's BMC
     Power {
         name: String,
@@ -224,6 +227,36 @@ pub enum MachineCmd {
         #[arg(long)]
         expect: Option<String>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Add an image from a local file (uploaded, streamed) or an http(s) URL (the server downloads it)
+    Add {
+        name: String,
+        /// A file path, or an http:// / https:// URL
+        source: String,
+        #[arg(long, default_value = "")]
+        version: String,
+        /// Architecture [default: x86_64]
+        #[arg(long)]
+        arch: Option<String>,
+        /// raw, qcow2 or raw.zst [default: detected from the bytes]
+        #[arg(long)]
+        format: Option<String>,
+        /// Expected SHA-256; the upload is refused if the bytes differ
+        #[arg(long)]
+        sha256: Option<String>,
+        /// Owning member group [default: public; members: their group]
+        #[arg(long)]
+        group: Option<String>,
+    },
+    /// List images
+    List,
+    /// Show an image (NAME or NAME:VERSION)
+    Show { reference: String },
+    /// Delete an image (refused while a pending job uses it)
+    Delete { reference: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -633,6 +666,7 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
             done(fmt, &format!("revoked token {prefix}"));
             Ok(())
         }
+        Command::Image(cmd) => image(&c, fmt, cmd).await,
         Command::Power { name, action } => {
             let path = format!("/api/v1/machines/{}/power", enc(&name));
             let v = if action == "status" {
@@ -915,6 +949,82 @@ async fn machine(c: &Client, fmt: Format, cmd: MachineCmd) -> anyhow::Result<()>
                     output::cell(&v["state"])
                 ),
             }
+        }
+    }
+    Ok(())
+}
+
+const IMAGE_FIELDS: &[(&str, &str)] = &[
+    ("Image", "name"),
+    ("Version", "version"),
+    ("Arch", "arch"),
+    ("Format", "format"),
+    ("Size (bytes)", "size_bytes"),
+    ("SHA-256", "sha256"),
+    ("Group", "owner_group"),
+    ("Added by", "created_by"),
+    ("Added", "created_at"),
+];
+
+async fn image(c: &Client, fmt: Format, cmd: ImageCmd) -> anyhow::Result<()> {
+    match cmd {
+        ImageCmd::Add {
+            name,
+            source,
+            version,
+            arch,
+            format,
+            sha256,
+            group,
+        } => {
+            let v = if source.starts_with("http://") || source.starts_with("https://") {
+                c.post(
+                    "/api/v1/images/import",
+                    &json!({"name": name, "version": version, "arch": arch, "format": format, "sha256": sha256, "group": group, "url": source}),
+                )
+                .await?
+            } else {
+                let q = query(&[
+                    ("name", Some(name)),
+                    ("version", Some(version)),
+                    ("arch", arch),
+                    ("format", format),
+                    ("sha256", sha256),
+                    ("group", group),
+                ]);
+                c.upload(&format!("/api/v1/images{q}"), std::path::Path::new(&source))
+                    .await?
+            };
+            output::record(fmt, &v, IMAGE_FIELDS);
+        }
+        ImageCmd::List => {
+            let v = c.get("/api/v1/images").await?;
+            output::list(
+                fmt,
+                &v,
+                &[
+                    ("NAME", "name"),
+                    ("VERSION", "version"),
+                    ("ARCH", "arch"),
+                    ("FORMAT", "format"),
+                    ("SIZE", "size_bytes"),
+                    ("GROUP", "owner_group"),
+                    ("SHA256", "sha256"),
+                ],
+            );
+        }
+        ImageCmd::Show { reference } => {
+            output::record(
+                fmt,
+                &c.get(&format!("/api/v1/images/{}", enc(&reference)))
+                    .await?,
+                IMAGE_FIELDS,
+            );
+        }
+        ImageCmd::Delete { reference } => {
+            c.delete(&format!("/api/v1/images/{}", enc(&reference)))
+                .await?;
+            done(fmt, &format!("deleted image {reference}"));
         }
     }
     Ok(())

@@ -67,6 +67,44 @@ impl Client {
         Err(anyhow!("{message} (HTTP {})", status.as_u16()))
     }
 
+    /// POSTs a file as the raw body, streamed (never read into memory whole).
+    pub async fn upload(&self, path: &str, file: &std::path::Path) -> anyhow::Result<Value> {
+        let f = tokio::fs::File::open(file)
+            .await
+            .with_context(|| format!("opening {}", file.display()))?;
+        let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let body =
+            reqwest::Body::wrap_stream(tokio_util::io::ReaderStream::with_capacity(f, 1 << 20));
+        let url = format!("{}{}", self.base, path);
+        let mut req = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .header(reqwest::header::CONTENT_LENGTH, len)
+            .timeout(std::time::Duration::from_secs(24 * 3600))
+            .body(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot upload to rackshare at {}: {}",
+                self.base,
+                root_cause(&e)
+            )
+        })?;
+        let status = resp.status();
+        let text = resp.text().await.context("reading the response")?;
+        if status.is_success() {
+            return serde_json::from_str(&text).context("the response is not JSON");
+        }
+        let message = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| format!("{} {}", status, text.trim()));
+        Err(anyhow!("{message} (HTTP {})", status.as_u16()))
+    }
+
     /// GET.
     pub async fn get(&self, path: &str) -> anyhow::Result<Value> {
         self.call(Method::GET, path, None).await

@@ -507,7 +507,10 @@ async fn every_documented_operation_is_routed() {
     assert!(paths.len() >= 15);
     for (path, ops) in paths {
         for method in ops.as_object().expect("ops").keys() {
-            let concrete = path.replace("{name}", "nope").replace("{prefix}", "nope");
+            let concrete = path
+                .replace("{name}", "nope")
+                .replace("{prefix}", "nope")
+                .replace("{reference}", "nope");
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
             let r = http
                 .request(m, format!("{}{concrete}", s.url))

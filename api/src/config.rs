@@ -17,6 +17,8 @@ pub struct Config {
     pub energy_interval: Option<Duration>,
     /// Timeouts, retries and polling for BMC commands.
     pub bmc_policy: bmc::Policy,
+    /// Largest image upload accepted, in bytes.
+    pub max_image_bytes: u64,
 }
 
 impl Config {
@@ -28,6 +30,7 @@ impl Config {
             database_url: None,
             energy_interval: Some(Duration::from_secs(60)),
             bmc_policy: bmc::Policy::default(),
+            max_image_bytes: 64 << 30,
         }
     }
 

@@ -127,6 +127,9 @@ pub enum StartError {
     /// The database could not be opened or migrated.
     #[error("database: {0}")]
     Inventory(#[from] inventory::Error),
+    /// The image store could not be opened.
+    #[error("image store: {0}")]
+    Images(images::Error),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

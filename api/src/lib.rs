@@ -1,5 +1,6 @@
 //! rackshare's service layer: the HTTP API (axum) and the wiring of inventory, boot services,
 //! BMC controller and images. The binary calls [`Server::start`]; everything else is behind it.
+#![recursion_limit = "256"]
 
 mod auth;
 mod bmc_service;

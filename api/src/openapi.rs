@@ -53,6 +53,12 @@ pub const OPERATIONS: &[Operation] = &[
     op!("get", "/api/v1/machines/{name}/power/reading", "Current power draw (W) and energy so far (Wh)", "any role (members: own group's)", None, Some("PowerReading")),
     op!("post", "/api/v1/machines/{name}/bootdev", "Set the next (or every) boot device (audited)", "admin, staff, technician, member (own)", Some("BootRequest"), None),
     op!("post", "/api/v1/machines/{name}/inspect", "Read hardware facts from the BMC into the inventory", "admin, staff, technician", None, Some("InspectResult")),
+    op!("get", "/api/v1/images", "List images (members: public and their group's)", "any role", None, Some("[Image]")),
+    op!("post", "/api/v1/images", "Upload an image as the raw body (?name=&version=&arch=&format=&sha256=&group=); streamed, hashed, verified", "any role (members: for their group)", None, Some("Image")),
+    op!("post", "/api/v1/images/import", "Have the server download an image from an http(s) URL", "any role (members: for their group)", Some("ImageImport"), Some("Image")),
+    op!("get", "/api/v1/images/{reference}", "Show an image (NAME or NAME:VERSION)", "any role (members: public and own)", None, Some("Image")),
+    op!("delete", "/api/v1/images/{reference}", "Delete an image not used by a pending job", "admin, staff; members: own group's", None, None),
+    op!("get", "/api/v1/images/{reference}/content", "Download the bytes (Range supported)", "any role (members: public and own)", None, None),
     op!("get", "/api/v1/groups", "List member groups", "any role (members: own)", None, Some("[MemberGroup]")),
     op!("post", "/api/v1/groups", "Add a member group", "admin, staff", Some("NewGroup"), Some("MemberGroup")),
     op!("get", "/api/v1/groups/{name}", "Show a member group", "any role (members: own)", None, Some("MemberGroup")),
@@ -158,6 +164,11 @@ fn schemas() -> Value {
         "PowerReading": {"type": "object", "properties": {"machine": {"type": "string"}, "watts": {"type": ["number", "null"]}, "energy_wh": {"type": "number"}}},
         "BootRequest": {"type": "object", "required": ["device"], "additionalProperties": false, "properties": {"device": {"type": "string", "enum": ["pxe", "disk", "cd"]}, "persistent": {"type": "boolean"}, "mode": {"type": "string", "enum": ["uefi", "legacy"]}}},
         "InspectResult": {"type": "object", "properties": {"machine": {"$ref": "#/components/schemas/Machine"}, "warnings": {"type": "array", "items": {"type": "string"}}}},
+        "Image": {"type": "object", "properties": {"id": {"type": "integer"}, "name": {"type": "string"}, "version": {"type": "string"}, "arch": {"type": "string"},
+            "format": {"type": "string", "enum": ["raw", "qcow2", "raw.zst"]}, "size_bytes": {"type": "integer"}, "sha256": {"type": "string"},
+            "owner_group": {"type": ["string", "null"]}, "created_by": {"type": "string"}, "created_at": {"type": "integer"}}},
+        "ImageImport": {"type": "object", "required": ["name", "url"], "additionalProperties": false, "properties": {"name": {"type": "string"}, "version": {"type": "string"},
+            "arch": {"type": "string"}, "format": {"type": "string"}, "sha256": {"type": "string"}, "group": {"type": "string"}, "url": {"type": "string"}}},
         "ImportResult": {"type": "object", "properties": {"imported": {"type": "object"}}}
     })
 }

@@ -19,6 +19,10 @@ pub struct AppState {
     pub http_metrics: Arc<HttpMetrics>,
     /// The BMC controller.
     pub bmc: Arc<BmcService>,
+    /// Image bytes.
+    pub images: images::ImageStore,
+    /// Largest image accepted.
+    pub max_image_bytes: u64,
 }
 
 /// The service, before it starts.
@@ -70,10 +74,15 @@ impl Server {
             source,
         })?;
         let bmc = Arc::new(BmcService::new(inv.clone(), config.bmc_policy));
+        let image_store = images::ImageStore::open(data_dir.join("images"))
+            .await
+            .map_err(StartError::Images)?;
         let state = AppState {
             inv: inv.clone(),
             http_metrics: Arc::new(HttpMetrics::default()),
             bmc: bmc.clone(),
+            images: image_store,
+            max_image_bytes: config.max_image_bytes,
         };
         let app = crate::routes::router(state);
         let (shutdown, mut rx) = watch::channel(false);

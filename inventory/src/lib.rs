@@ -10,6 +10,7 @@ mod db;
 mod energy;
 mod error;
 mod export;
+mod images;
 mod machines;
 mod model;
 mod people;
@@ -25,6 +26,7 @@ pub use export::{
     ExportBmc, ExportGroup, ExportMachine, ExportRack, ExportSite, ExportToken, ExportUser,
     ImportSummary, InventoryExport, EXPORT_FORMAT, EXPORT_VERSION,
 };
+pub use images::{Image, NewImage};
 pub use machines::{BmcAccess, BmcHealth, MachineFilter, MachinePatch, NewBmc, NewMachine};
 pub use model::{
     Bmc, BmcProtocol, Disk, MacAddress, Machine, MemberGroup, Nic, Rack, Role, Site, User,

@@ -1,6 +1,7 @@
 //! The HTTP surface. One file per resource; this file assembles the router.
 
 mod events;
+mod images;
 pub(crate) mod machines;
 mod people;
 mod power;
@@ -37,6 +38,19 @@ pub fn router(state: AppState) -> Router {
         .route("/machines/{name}/power/reading", get(power::reading))
         .route("/machines/{name}/bootdev", post(power::bootdev))
         .route("/machines/{name}/inspect", post(power::inspect))
+        .route(
+            "/images",
+            // Our own size limit applies while streaming; axum's 2 MB default must not.
+            get(images::list)
+                .post(images::upload)
+                .layer(DefaultBodyLimit::disable()),
+        )
+        .route("/images/import", post(images::import))
+        .route(
+            "/images/{reference}",
+            get(images::show).delete(images::remove),
+        )
+        .route("/images/{reference}/content", get(images::content))
         .route("/groups", get(people::list_groups).post(people::add_group))
         .route(
             "/groups/{name}",

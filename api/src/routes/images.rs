@@ -1,0 +1,285 @@
+//! Images: upload (streamed), import from a URL, list, show, delete, download (with Range).
+
+use crate::auth::Caller;
+use crate::json::{ApiJson, ApiQuery};
+use crate::server::AppState;
+use crate::ApiError;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use futures::TryStreamExt;
+use images::{ImageFormat, StoredBlob};
+use inventory::{Image, NewImage, Role};
+use serde::Deserialize;
+use tower::ServiceExt;
+
+/// Who may add images: everyone; members only for their own group.
+const ADDERS: &[Role] = &[Role::Admin, Role::Staff, Role::Technician, Role::Member];
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageMeta {
+    name: String,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    arch: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    sha256: Option<String>,
+    /// Owning group; members always own what they add.
+    #[serde(default)]
+    group: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageImport {
+    name: String,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    arch: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    sha256: Option<String>,
+    #[serde(default)]
+    group: Option<String>,
+    /// An http(s) URL the server downloads the image from.
+    url: String,
+}
+
+fn store_error(e: images::Error) -> ApiError {
+    match e {
+        images::Error::Io { .. } => ApiError::internal(e),
+        images::Error::BadDigest(_) => ApiError::invalid("sha256", e.to_string()),
+        images::Error::TooLarge { .. } => ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "too_large",
+            message: e.to_string(),
+            field: None,
+        },
+        other => ApiError::invalid("body", other.to_string()),
+    }
+}
+
+/// Checks the caller may add an image owned by `group`, and settles the owner.
+async fn owner_for(
+    st: &AppState,
+    c: &Caller,
+    group: Option<String>,
+    name: &str,
+) -> Result<Option<String>, ApiError> {
+    c.require(st, ADDERS, "image.create", name).await?;
+    match (c.scope(), group) {
+        (Some(own), None) => Ok(Some(own.to_string())),
+        (Some(own), Some(g)) if g == own => Ok(Some(g)),
+        (Some(_), Some(g)) => Err(ApiError::not_found(format!("group '{g}' not found"))),
+        (None, Some(g)) => {
+            st.inv.group(&g).await?;
+            Ok(Some(g))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+async fn register(
+    st: &AppState,
+    c: &Caller,
+    meta: ImageMeta,
+    owner: Option<String>,
+    blob: StoredBlob,
+) -> Result<Image, ApiError> {
+    let format = match meta.format.as_deref() {
+        None => blob.sniffed,
+        Some(f) => {
+            let f: ImageFormat = f
+                .parse()
+                .map_err(|m: String| ApiError::invalid("format", m))?;
+            if f != blob.sniffed
+                && (blob.sniffed != ImageFormat::Raw
+                    || f == ImageFormat::Qcow2
+                    || f == ImageFormat::RawZst)
+            {
+                if !blob.deduplicated {
+                    let _ = st.images.remove(&blob.sha256).await;
+                }
+                return Err(ApiError::invalid(
+                    "format",
+                    format!(
+                        "the image says it is {f} but its bytes are {}",
+                        blob.sniffed
+                    ),
+                ));
+            }
+            f
+        }
+    };
+    let new = NewImage {
+        name: meta.name.clone(),
+        version: meta.version.clone(),
+        arch: meta.arch.clone().unwrap_or_else(|| "x86_64".into()),
+        format: format.to_string(),
+        size_bytes: i64::try_from(blob.size).unwrap_or(i64::MAX),
+        sha256: blob.sha256.clone(),
+        owner_group: owner,
+    };
+    match st.inv.add_image(c.name(), &new).await {
+        Ok(i) => Ok(i),
+        Err(e) => {
+            // Bytes nobody refers to must not stay behind.
+            if !blob.deduplicated {
+                let _ = st.images.remove(&blob.sha256).await;
+            }
+            Err(e.into())
+        }
+    }
+}
+
+/// `POST /api/v1/images?name=…` with the image as the raw body, streamed to disk.
+pub async fn upload(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiQuery(meta): ApiQuery<ImageMeta>,
+    req: Request,
+) -> Result<(StatusCode, Json<Image>), ApiError> {
+    let owner = owner_for(&st, &c, meta.group.clone(), &meta.name).await?;
+    let stream = req.into_body().into_data_stream();
+    let blob = st
+        .images
+        .ingest(stream, meta.sha256.as_deref(), st.max_image_bytes)
+        .await
+        .map_err(store_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(register(&st, &c, meta, owner, blob).await?),
+    ))
+}
+
+/// `POST /api/v1/images/import`: the server downloads the image from a URL.
+pub async fn import(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiJson(b): ApiJson<ImageImport>,
+) -> Result<(StatusCode, Json<Image>), ApiError> {
+    let url = url_checked(&b.url)?;
+    let meta = ImageMeta {
+        name: b.name,
+        version: b.version,
+        arch: b.arch,
+        format: b.format,
+        sha256: b.sha256,
+        group: b.group,
+    };
+    let owner = owner_for(&st, &c, meta.group.clone(), &meta.name).await?;
+    let resp = reqwest::Client::new()
+        .get(url.clone())
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| ApiError::invalid("url", format!("cannot download {url}: {e}")))?;
+    let stream = resp.bytes_stream().map_err(|e| e.to_string());
+    let blob = st
+        .images
+        .ingest(stream, meta.sha256.as_deref(), st.max_image_bytes)
+        .await
+        .map_err(store_error)?;
+    Ok((
+        StatusCode::CREATED,
+        Json(register(&st, &c, meta, owner, blob).await?),
+    ))
+}
+
+fn url_checked(u: &str) -> Result<reqwest::Url, ApiError> {
+    let url = reqwest::Url::parse(u)
+        .map_err(|e| ApiError::invalid("url", format!("'{u}' is not a URL: {e}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ApiError::invalid(
+            "url",
+            "only http:// and https:// URLs can be imported",
+        ));
+    }
+    Ok(url)
+}
+
+/// Splits `NAME[:VERSION]`.
+fn split(reference: &str) -> (&str, Option<&str>) {
+    match reference.split_once(':') {
+        Some((n, v)) => (n, Some(v)),
+        None => (reference, None),
+    }
+}
+
+/// An image the caller may see, or 404.
+async fn visible_image(st: &AppState, c: &Caller, reference: &str) -> Result<Image, ApiError> {
+    let (name, version) = split(reference);
+    let img = st.inv.image(name, version).await?;
+    if img.owner_group.is_none() || c.can_see_group(img.owner_group.as_deref()) {
+        Ok(img)
+    } else {
+        Err(ApiError::not_found(format!(
+            "image '{reference}' not found"
+        )))
+    }
+}
+
+pub async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<Vec<Image>>, ApiError> {
+    let scope = match c.role() {
+        Role::Member => Some(c.scope().unwrap_or("").to_string()),
+        _ => None,
+    };
+    Ok(Json(st.inv.images(scope.as_deref()).await?))
+}
+
+pub async fn show(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(reference): Path<String>,
+) -> Result<Json<Image>, ApiError> {
+    Ok(Json(visible_image(&st, &c, &reference).await?))
+}
+
+pub async fn remove(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(reference): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let img = visible_image(&st, &c, &reference).await?;
+    // Members may delete their group's images; public ones belong to the cooperative.
+    let allowed: &[Role] = if img.owner_group.is_some() {
+        ADDERS
+    } else {
+        crate::auth::STAFF
+    };
+    c.require(&st, allowed, "image.delete", &reference).await?;
+    let still_used = st
+        .inv
+        .delete_image(c.name(), &img.name, Some(&img.version))
+        .await?;
+    if !still_used {
+        if let Err(e) = st.images.remove(&img.sha256).await {
+            tracing::warn!(image = %reference, error = %e, "could not remove image bytes");
+        }
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The bytes, streamed, with Range support (an interrupted download resumes).
+pub async fn content(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(reference): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let img = visible_image(&st, &c, &reference).await?;
+    let path = st.images.path(&img.sha256).map_err(store_error)?;
+    let resp = tower_http::services::ServeFile::new(path)
+        .oneshot(req)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(resp.map(Body::new).into_response())
+}
