@@ -532,7 +532,7 @@ impl DhcpCore {
             opts.insert(DhcpOption::InterfaceMtu(mtu));
         }
         if with_lease {
-            let secs = pool.lease_time.as_secs().clamp(60, u64::from(u32::MAX - 1)) as u32;
+            let secs = pool.lease_time.as_secs().clamp(10, u64::from(u32::MAX - 1)) as u32;
             opts.insert(DhcpOption::AddressLeaseTime(secs));
             opts.insert(DhcpOption::Renewal(secs / 2));
             opts.insert(DhcpOption::Rebinding(secs / 8 * 7));
