@@ -25,13 +25,14 @@ pub struct ServerSeen {
     pub proxy: bool,
 }
 
-/// The interface's MAC from sysfs, if readable.
+/// The interface's MAC (from the kernel via getifaddrs, so it follows the network namespace).
 pub fn interface_mac(interface: &str) -> Option<MacAddr> {
-    std::fs::read_to_string(format!("/sys/class/net/{interface}/address"))
+    nix::ifaddrs::getifaddrs()
         .ok()?
-        .trim()
-        .parse()
-        .ok()
+        .filter(|a| a.interface_name == interface)
+        .find_map(|a| a.address.as_ref()?.as_link_addr()?.addr())
+        .filter(|m| m.iter().any(|b| *b != 0))
+        .map(MacAddr)
 }
 
 /// Broadcasts a DHCPDISCOVER (as a PXE client, so proxy servers answer too) on `interface`

@@ -313,7 +313,8 @@ pub fn request(mac: [u8; 6], xid: u32, mt: MessageType, extra: Vec<DhcpOption>) 
     let mut m = Message::default();
     m.set_opcode(Opcode::BootRequest)
         .set_xid(xid)
-        .set_chaddr(&mac);
+        .set_chaddr(&mac)
+        .set_flags(dhcproto::v4::Flags::default().set_broadcast());
     m.opts_mut().insert(DhcpOption::MessageType(mt));
     for o in extra {
         m.opts_mut().insert(o);
