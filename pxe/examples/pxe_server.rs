@@ -11,7 +11,10 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pxe::{DhcpMode, FileLeaseStore, LeaseStore, Metrics, NullLeaseStore, PoolConfig, PxeConfig, StaticDirectory};
+use pxe::{
+    DhcpMode, FileLeaseStore, LeaseStore, Metrics, NullLeaseStore, PoolConfig, PxeConfig,
+    StaticDirectory,
+};
 use tokio_util::sync::CancellationToken;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,7 +31,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut pool_range: Option<(Ipv4Addr, Ipv4Addr)> = None;
     let mut it = args.iter().skip(2);
     while let Some(a) = it.next() {
-        let mut val = || it.next().cloned().ok_or_else(|| format!("{a} needs a value"));
+        let mut val = || {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{a} needs a value"))
+        };
         match a.as_str() {
             "--authoritative" => {
                 let v = val()?;
@@ -47,7 +54,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if let Some((s, e)) = pool_range {
         // Mask: the smallest common prefix of start and end.
         let diff = u32::from(s) ^ u32::from(e);
-        let mask = if diff == 0 { u32::MAX } else { u32::MAX << (32 - diff.leading_zeros()) };
+        let mask = if diff == 0 {
+            u32::MAX
+        } else {
+            u32::MAX << (32 - diff.leading_zeros())
+        };
         let mut pool = PoolConfig::new(s, e, Ipv4Addr::from(mask));
         pool.lease_time = Duration::from_secs(lease_secs);
         cfg.mode = DhcpMode::Authoritative { pools: vec![pool] };

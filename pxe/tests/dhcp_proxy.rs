@@ -40,7 +40,7 @@ fn start_dnsmasq(lab: &Lab) -> String {
     ns
 }
 
-fn opt<'a>(m: &'a Message, code: OptionCode) -> Option<&'a DhcpOption> {
+fn opt(m: &Message, code: OptionCode) -> Option<&DhcpOption> {
     m.opts().get(code)
 }
 

@@ -804,6 +804,257 @@ mod tests {
         );
     }
 
+    use crate::boot::{BootFiles, BootIntent};
+    use crate::directory::StaticDirectory;
+    use dhcproto::Decodable;
+
+    const SRV: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+    const MAC: [u8; 6] = [0x52, 0x54, 0, 0, 0, 1];
+
+    fn core(dir: StaticDirectory, pools: Vec<PoolConfig>) -> DhcpCore {
+        DhcpCore::new(
+            CoreConfig {
+                interface: "t0".into(),
+                server_ip: SRV,
+                http_base: "http://10.0.0.1:8080".into(),
+                discovery: false,
+                files: BootFiles::default(),
+                mode: DhcpMode::Authoritative { pools },
+            },
+            Arc::new(dir),
+            Arc::new(Metrics::new()),
+            Vec::new(),
+        )
+    }
+
+    fn req(mt: MessageType, extra: Vec<DhcpOption>) -> Message {
+        let mut m = Message::default();
+        m.set_opcode(Opcode::BootRequest)
+            .set_xid(42)
+            .set_chaddr(&MAC);
+        m.opts_mut().insert(DhcpOption::MessageType(mt));
+        for o in extra {
+            m.opts_mut().insert(o);
+        }
+        m
+    }
+
+    fn run(c: &DhcpCore, m: &Message) -> Outcome {
+        let src = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
+        futures::executor::block_on(c.handle(&m.to_vec().expect("encode"), Port::Dhcp, src))
+    }
+
+    fn reply_of(o: &Outcome) -> (Message, SocketAddrV4) {
+        let r = match o {
+            Outcome::Reply(r) => r,
+            Outcome::Durable { reply: Some(r), .. } => r,
+            other => panic!("no reply: {other:?}"),
+        };
+        let m = Message::decode(&mut dhcproto::Decoder::new(&r.bytes)).expect("decode");
+        (m, r.dest)
+    }
+
+    #[test]
+    fn dora_renew_release_decline() {
+        let mut p = pool();
+        p.router = Some(SRV);
+        p.dns = vec![SRV];
+        p.mtu = Some(9000);
+        let c = core(StaticDirectory::new(), vec![p]);
+        let (offer, dest) = reply_of(&run(&c, &req(MessageType::Discover, vec![])));
+        assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
+        assert_eq!(dest.to_string(), "255.255.255.255:68");
+        let ip = offer.yiaddr();
+        assert_eq!(ip, Ipv4Addr::new(10, 0, 0, 10));
+        assert!(offer.opts().get(OptionCode::InterfaceMtu).is_some());
+        // Plain client: no boot file.
+        assert!(offer.opts().get(OptionCode::BootfileName).is_none());
+        let o = run(
+            &c,
+            &req(
+                MessageType::Request,
+                vec![
+                    DhcpOption::ServerIdentifier(SRV),
+                    DhcpOption::RequestedIpAddress(ip),
+                ],
+            ),
+        );
+        let Outcome::Durable { changes, .. } = &o else {
+            panic!("ACK must wait for the store: {o:?}")
+        };
+        assert!(matches!(&changes[..], [LeaseChange::Upsert(l)] if l.ip == ip));
+        let (ack, _) = reply_of(&o);
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(ack.yiaddr(), ip);
+        // Renew: unicast to ciaddr.
+        let mut renew = req(MessageType::Request, vec![]);
+        renew.set_ciaddr(ip);
+        let (ack, dest) = reply_of(&run(&c, &renew));
+        assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(dest, SocketAddrV4::new(ip, 68));
+        // Another client asking for this address gets a NAK.
+        let mut other = req(
+            MessageType::Request,
+            vec![DhcpOption::RequestedIpAddress(ip)],
+        );
+        other.set_chaddr(&[2, 0, 0, 0, 0, 9]);
+        let (nak, _) = reply_of(&run(&c, &other));
+        assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
+        // Wrong network: NAK.
+        let bad = req(
+            MessageType::Request,
+            vec![DhcpOption::RequestedIpAddress(Ipv4Addr::new(
+                192, 168, 1, 5,
+            ))],
+        );
+        let (nak, _) = reply_of(&run(&c, &bad));
+        assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
+        // Selecting another server: silently dropped.
+        let o = run(
+            &c,
+            &req(
+                MessageType::Request,
+                vec![
+                    DhcpOption::ServerIdentifier(Ipv4Addr::new(10, 0, 0, 2)),
+                    DhcpOption::RequestedIpAddress(ip),
+                ],
+            ),
+        );
+        assert_eq!(o, Outcome::Drop(DropReason::NotForUs));
+        // INFORM: options, no address, unicast to ciaddr.
+        let mut inform = req(MessageType::Inform, vec![]);
+        inform.set_ciaddr(Ipv4Addr::new(10, 0, 0, 77));
+        let (ack, dest) = reply_of(&run(&c, &inform));
+        assert!(ack.yiaddr().is_unspecified());
+        assert!(ack.opts().get(OptionCode::AddressLeaseTime).is_none());
+        assert!(ack.opts().get(OptionCode::Router).is_some());
+        assert_eq!(dest.to_string(), "10.0.0.77:68");
+        // RELEASE: stored as released.
+        let mut rel = req(
+            MessageType::Release,
+            vec![DhcpOption::ServerIdentifier(SRV)],
+        );
+        rel.set_ciaddr(ip);
+        match run(&c, &rel) {
+            Outcome::Durable {
+                changes,
+                reply: None,
+            } => {
+                assert!(
+                    matches!(&changes[..], [LeaseChange::Upsert(l)] if l.state == LeaseState::Released)
+                )
+            }
+            other => panic!("{other:?}"),
+        }
+        // The released client gets its address back; then DECLINE quarantines it.
+        let (offer, _) = reply_of(&run(&c, &req(MessageType::Discover, vec![])));
+        assert_eq!(offer.yiaddr(), ip);
+        run(
+            &c,
+            &req(
+                MessageType::Request,
+                vec![
+                    DhcpOption::ServerIdentifier(SRV),
+                    DhcpOption::RequestedIpAddress(ip),
+                ],
+            ),
+        );
+        let o = run(
+            &c,
+            &req(
+                MessageType::Decline,
+                vec![
+                    DhcpOption::RequestedIpAddress(ip),
+                    DhcpOption::ServerIdentifier(SRV),
+                ],
+            ),
+        );
+        assert!(matches!(o, Outcome::Durable { reply: None, .. }), "{o:?}");
+        let (offer, _) = reply_of(&run(&c, &req(MessageType::Discover, vec![])));
+        assert_ne!(offer.yiaddr(), ip, "declined address offered again");
+    }
+
+    #[test]
+    fn relay_giaddr_and_option_82() {
+        let relayed = PoolConfig::new(
+            Ipv4Addr::new(10, 9, 0, 100),
+            Ipv4Addr::new(10, 9, 0, 110),
+            Ipv4Addr::new(255, 255, 255, 0),
+        );
+        let c = core(StaticDirectory::new(), vec![pool(), relayed]);
+        let mut m = req(MessageType::Discover, vec![]);
+        m.set_giaddr(Ipv4Addr::new(10, 9, 0, 1)).set_hops(1);
+        let mut raw = m.to_vec().expect("encode");
+        // Append option 82 (circuit id "port7", remote id "sw1") before END.
+        let end = raw.iter().rposition(|b| *b == 255).expect("end");
+        raw.truncate(end);
+        let opt82 = [
+            82u8, 12, 1, 5, b'p', b'o', b'r', b't', b'7', 2, 3, b's', b'w', b'1',
+        ];
+        raw.extend_from_slice(&opt82[..2]);
+        raw.extend_from_slice(&opt82[2..]);
+        raw[end + 1] = 12;
+        raw.push(255);
+        let o = futures::executor::block_on(c.handle(
+            &raw,
+            Port::Dhcp,
+            SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 1), 67),
+        ));
+        let Outcome::Reply(r) = &o else {
+            panic!("{o:?}")
+        };
+        assert_eq!(r.dest.to_string(), "10.9.0.1:67");
+        let (offer, _) = reply_of(&o);
+        assert_eq!(
+            offer.yiaddr(),
+            Ipv4Addr::new(10, 9, 0, 100),
+            "pool chosen by giaddr"
+        );
+        assert_eq!(offer.giaddr(), Ipv4Addr::new(10, 9, 0, 1));
+        let tail = &r.bytes[240..];
+        assert!(
+            tail.windows(14).any(|w| w == opt82),
+            "option 82 echoed byte for byte"
+        );
+        // A relay from a subnet with no pool: dropped.
+        let mut m = req(MessageType::Discover, vec![]);
+        m.set_giaddr(Ipv4Addr::new(172, 16, 0, 1));
+        assert_eq!(run(&c, &m), Outcome::Drop(DropReason::NotForUs));
+    }
+
+    #[test]
+    fn pxe_client_gets_boot_file_in_authoritative_mode() {
+        let dir = StaticDirectory::new();
+        dir.insert(
+            MacAddr(MAC),
+            MachineEntry {
+                intent: BootIntent::LocalDisk,
+                reserved_ip: None,
+                hostname: Some("n1".into()),
+            },
+        );
+        let c = core(dir, vec![pool()]);
+        let m = req(
+            MessageType::Discover,
+            vec![
+                DhcpOption::ClassIdentifier(b"PXEClient:Arch:00007:UNDI:003016".to_vec()),
+                DhcpOption::ClientSystemArchitecture(7u16.into()),
+            ],
+        );
+        let (offer, _) = reply_of(&run(&c, &m));
+        assert_eq!(offer.siaddr(), SRV);
+        assert_eq!(
+            offer.opts().get(OptionCode::BootfileName),
+            Some(&DhcpOption::BootfileName(b"snponly.efi".to_vec()))
+        );
+        assert_eq!(
+            offer.opts().get(OptionCode::Hostname),
+            Some(&DhcpOption::Hostname("n1".into()))
+        );
+        // Proxy-only options stay out of authoritative answers.
+        assert!(offer.opts().get(OptionCode::VendorExtensions).is_none());
+    }
+
     fn pool() -> PoolConfig {
         PoolConfig::new(
             Ipv4Addr::new(10, 0, 0, 10),
