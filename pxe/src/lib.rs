@@ -251,8 +251,85 @@ pub mod fuzzing {
         }
     }
 
-    /// Parses one TFTP packet.
+    /// Parses one TFTP packet and resolves a requested file name against a fixed root.
     pub fn tftp_packet(data: &[u8]) {
-        let _ = tftp::parse_tftp_packet(data);
+        if let Ok(tftp::TftpPacket::Rrq(r)) = tftp::parse_tftp_packet(data) {
+            let _ = tftp::resolve_path(std::path::Path::new("/nonexistent-fuzz-root"), &r.filename);
+        }
+    }
+}
+
+#[cfg(test)]
+mod smoke_fuzz {
+    //! A cheap stable-toolchain stand-in for `pxe/fuzz`: mutated packets must never panic.
+    use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
+    use dhcproto::Encodable;
+
+    fn seeds() -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for mt in [
+            MessageType::Discover,
+            MessageType::Request,
+            MessageType::Inform,
+            MessageType::Release,
+            MessageType::Decline,
+        ] {
+            let mut m = Message::default();
+            m.set_opcode(Opcode::BootRequest)
+                .set_xid(1)
+                .set_chaddr(&[2, 0, 0, 0, 0, 1]);
+            m.opts_mut().insert(DhcpOption::MessageType(mt));
+            m.opts_mut().insert(DhcpOption::ClassIdentifier(
+                b"PXEClient:Arch:00007".to_vec(),
+            ));
+            m.opts_mut()
+                .insert(DhcpOption::ClientSystemArchitecture(7u16.into()));
+            m.opts_mut().insert(DhcpOption::UserClass(b"iPXE".to_vec()));
+            m.opts_mut()
+                .insert(DhcpOption::RequestedIpAddress([10, 0, 0, 11].into()));
+            if let Ok(b) = m.to_vec() {
+                out.push(b);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn mutated_packets_never_panic() {
+        let mut x: u64 = 0x2545_F491_4F6C_DD1D;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let seeds = seeds();
+        for i in 0..3000 {
+            let mut p = seeds[i % seeds.len()].clone();
+            for _ in 0..(1 + rnd() % 8) {
+                let len = p.len().max(1);
+                match rnd() % 4 {
+                    0 => {
+                        let at = (rnd() as usize) % len;
+                        if let Some(b) = p.get_mut(at) {
+                            *b = rnd() as u8;
+                        }
+                    }
+                    1 => p.truncate((rnd() as usize) % len),
+                    2 => {
+                        let at = 236 + (rnd() as usize) % 40;
+                        if at <= p.len() {
+                            p.insert(at, rnd() as u8);
+                        }
+                    }
+                    _ => p.extend((0..rnd() % 16).map(|_| rnd() as u8)),
+                }
+            }
+            super::fuzzing::dhcp_packet(&p);
+            super::fuzzing::tftp_packet(&p);
+            let mut t = vec![0, (rnd() % 7) as u8];
+            t.extend(p.iter().take((rnd() % 64) as usize));
+            super::fuzzing::tftp_packet(&t);
+        }
     }
 }
