@@ -24,16 +24,19 @@ ip -n $C addr add 10.77.0.9/24 dev eth0; ip -n $C link set eth0 up; ip -n $C lin
 mkdir -p "$W/tftp" "$W/out"; : > "$W/tftp/undionly.kpxe"; : > "$W/tftp/snponly.efi"
 head -c 1048576 /dev/urandom > "$W/tftp/file.bin"
 WANT=$(sha256sum < "$W/tftp/file.bin")
+# Server CPU seconds (utime+stime+children's), to separate it from the 200 curl processes.
+cpu() { awk -v t="$(getconf CLK_TCK)" '{printf "  server CPU: %.2f s\n", ($14+$15+$16+$17)/t}' /proc/$1/stat; }
 fetch() {
   rm -f "$W"/out/*
   T0=$(date +%s.%N)
-  ip netns exec $C sh -c "i=0; while [ \$i -lt $N ]; do curl -s --max-time 60 --tftp-blksize 1468 -o $W/out/\$i tftp://10.77.0.1/file.bin & i=\$((i+1)); done; wait"
+  ip netns exec $C sh -c "i=0; while [ \$i -lt $N ]; do (curl -sS --max-time 60 --tftp-blksize 1468 -o $W/out/\$i tftp://10.77.0.1/file.bin 2>$W/out/err\$i || echo \$? >> $W/out/err\$i) & i=\$((i+1)); done; wait"
   T1=$(date +%s.%N)
   BAD=0; for f in $(seq 0 $((N - 1))); do [ "$(sha256sum < "$W/out/$f" 2>/dev/null)" = "$WANT" ] || BAD=$((BAD+1)); done
+  cat $W/out/err* 2>/dev/null | sort | uniq -c | head -5
   echo "$1: $N clients x 1 MiB in $(echo "$T1 - $T0" | bc) s, failures $BAD"
 }
 ip netns exec $S "$BIN" br0 "$W/tftp" > "$W/pxe.out" 2>&1 & SP=$!
-sleep 0.5; fetch "rackshare pxe"; kill -INT $SP; wait $SP 2>/dev/null || true; SP=
-grep -E '^rackshare_tftp_(completed|timeouts|aborted)' "$W/pxe.out" | tr '\n' ' '; echo
+sleep 0.5; fetch "rackshare pxe"; cpu $SP; kill -INT $SP; wait $SP 2>/dev/null || true; SP=
+grep -E '^rackshare_tftp_' "$W/pxe.out" | tr '\n' ' '; echo
 ip netns exec $S in.tftpd --listen --foreground --address 10.77.0.1:69 --secure "$W/tftp" & SP=$!
-sleep 0.5; fetch "tftpd-hpa"; kill $SP; wait $SP 2>/dev/null || true; SP=
+sleep 0.5; fetch "tftpd-hpa"; cpu $SP; kill $SP; wait $SP 2>/dev/null || true; SP=

@@ -32,7 +32,11 @@ pub(crate) fn bound_udp_socket(
         source,
     };
     let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
-    s.set_reuse_address(true).map_err(err)?;
+    // Only for well-known ports: with SO_REUSEADDR the kernel may hand the same ephemeral
+    // port to two sockets (port 0), mixing up TFTP transfers.
+    if addr.port() != 0 {
+        s.set_reuse_address(true).map_err(err)?;
+    }
     s.set_broadcast(true).map_err(err)?;
     if !interface.is_empty() {
         s.bind_device(Some(interface.as_bytes())).map_err(err)?;
