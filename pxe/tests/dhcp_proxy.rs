@@ -11,35 +11,6 @@ use common::*;
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 use pxe::{BootIntent, DropReason, MachineEntry, NullLeaseStore, PxeConfig, StaticDirectory};
 
-const DNSMASQ_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
-
-fn start_dnsmasq(lab: &Lab) -> String {
-    require("dnsmasq", "dnsmasq-base");
-    let ns = lab.add_host("dnsmasq", "02:00:00:00:00:02", Some("10.77.0.2/24"));
-    let lease = lab.path("dnsmasq.leases").display().to_string();
-    let pid = lab.path("dnsmasq.pid").display().to_string();
-    lab.spawn(
-        &ns,
-        &[
-            "dnsmasq",
-            "-d",
-            "--no-ping",
-            "--port=0",
-            "--conf-file=/dev/null",
-            "-u",
-            "root",
-            "--interface=eth0",
-            "--bind-interfaces",
-            "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
-            &format!("--dhcp-leasefile={lease}"),
-            &format!("--pid-file={pid}"),
-            "--log-dhcp",
-        ],
-        &lab.path("dnsmasq.log"),
-    );
-    ns
-}
-
 fn opt(m: &Message, code: OptionCode) -> Option<&DhcpOption> {
     m.opts().get(code)
 }

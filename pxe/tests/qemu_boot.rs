@@ -66,7 +66,7 @@ fn http_server(
     })
 }
 
-fn boot(tag: &str, uefi: bool) {
+fn boot(tag: &str, uefi: bool, proxy: bool) {
     require("qemu-system-x86_64", "qemu-system-x86");
     for (f, pkg) in [
         ("/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu"),
@@ -112,7 +112,11 @@ fn boot(tag: &str, uefi: bool) {
         Ipv4Addr::new(255, 255, 255, 0),
     );
     pool.router = Some(SERVER_IP);
-    cfg.mode = DhcpMode::Authoritative { pools: vec![pool] };
+    if proxy {
+        start_dnsmasq(&lab);
+    } else {
+        cfg.mode = DhcpMode::Authoritative { pools: vec![pool] };
+    }
     let srv = Server::start(
         &lab.srv,
         cfg,
@@ -180,7 +184,16 @@ fn boot(tag: &str, uefi: bool) {
         log
     );
     assert!(hits.load(Ordering::Relaxed) >= 1);
-    assert!(get(&srv.metrics.leases_acked) >= 1);
+    if proxy {
+        assert_eq!(
+            get(&srv.metrics.leases_acked),
+            0,
+            "proxy mode handed out a lease"
+        );
+        assert!(get(&srv.metrics.dhcp_answered) >= 1);
+    } else {
+        assert!(get(&srv.metrics.leases_acked) >= 1);
+    }
     if uefi {
         assert!(
             get(&srv.metrics.tftp_completed) >= 1,
@@ -188,22 +201,26 @@ fn boot(tag: &str, uefi: bool) {
         );
     }
     eprintln!(
-        "{tag}: tftp completed {} aborted-by-client {} timeouts {}; dhcp acks {}; http hits {}",
+        "{tag} (proxy {proxy}): tftp completed {} aborted-by-client {} timeouts {}; dhcp acks {} answered {}; http hits {}",
         get(&srv.metrics.tftp_completed),
         get(&srv.metrics.tftp_aborted_by_client),
         get(&srv.metrics.tftp_timeouts),
         get(&srv.metrics.leases_acked),
+        get(&srv.metrics.dhcp_answered),
         hits.load(Ordering::Relaxed)
     );
     srv.stop().unwrap();
 }
 
+// Each test boots one VM at a time (authoritative, then proxy beside dnsmasq) to spare the CPU.
 #[test]
 fn bios_ipxe_rom_boots_script() {
-    boot("qbios", false);
+    boot("qbios", false, false);
+    boot("qbiosp", false, true);
 }
 
 #[test]
 fn uefi_ovmf_pxe_tftp_then_script() {
-    boot("quefi", true);
+    boot("quefi", true, false);
+    boot("quefip", true, true);
 }
