@@ -174,6 +174,7 @@ pub async fn run(
             leases,
         ));
         let senders = Arc::new(Senders {
+            interface: config.interface.clone(),
             dhcp: Arc::clone(main),
             proxy: dhcp_socks
                 .iter()

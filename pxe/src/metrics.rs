@@ -64,6 +64,10 @@ pub struct Metrics {
     /// DHCP replies sent.
     pub dhcp_answered: AtomicU64,
     dhcp_dropped: [AtomicU64; 9],
+    /// Replies unicast to yiaddr after adding an ARP entry (SIOCSARP).
+    pub dhcp_arp_unicast: AtomicU64,
+    /// SIOCSARP failures (reply broadcast instead).
+    pub dhcp_arp_failed: AtomicU64,
     /// PXE clients given no boot information (not PXE, unknown MAC, ignored, arch).
     pub boot_ignored: AtomicU64,
     /// Unknown machines reported to the directory.

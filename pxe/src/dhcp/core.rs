@@ -46,6 +46,8 @@ pub struct Reply {
     pub via: Port,
     /// DHCP message type (for counting).
     pub msg_type: MessageType,
+    /// Unicast to this address/MAC via an ARP entry instead of broadcasting (`dest` is the fallback).
+    pub arp_unicast: Option<(Ipv4Addr, MacAddr)>,
 }
 
 /// What to do with a packet.
@@ -466,12 +468,21 @@ impl DhcpCore {
     }
 
     fn encode(&self, m: &Message, dest: SocketAddrV4, via: Port, mt: MessageType) -> Option<Reply> {
+        let arp_unicast = (dest.ip().is_broadcast()
+            && matches!(mt, MessageType::Offer | MessageType::Ack)
+            && m.giaddr().is_unspecified()
+            && m.ciaddr().is_unspecified()
+            && !m.flags().broadcast()
+            && !m.yiaddr().is_unspecified())
+        .then(|| MacAddr::from_chaddr(m.chaddr()).map(|mac| (m.yiaddr(), mac)))
+        .flatten();
         match m.to_vec() {
             Ok(bytes) => Some(Reply {
                 bytes,
                 dest,
                 via,
                 msg_type: mt,
+                arp_unicast,
             }),
             Err(e) => {
                 tracing::error!("encoding DHCP reply failed: {e}");
@@ -743,8 +754,8 @@ impl DhcpCore {
     }
 }
 
-/// Where a reply goes (RFC 2131 §4.1). Unicast to a client without an address would need
-/// an ARP entry; rackshare broadcasts instead (see docs/pxe-notes.md).
+/// Where a reply goes (RFC 2131 §4.1). For a client without an address and no broadcast flag
+/// this is the broadcast fallback; [`Reply::arp_unicast`] then asks for unicast to yiaddr.
 pub fn reply_destination(req: &Message, reply: MessageType, _yiaddr: Ipv4Addr) -> SocketAddrV4 {
     let giaddr = req.giaddr();
     if !giaddr.is_unspecified() {
@@ -861,9 +872,14 @@ mod tests {
         p.dns = vec![SRV];
         p.mtu = Some(9000);
         let c = core(StaticDirectory::new(), vec![p]);
-        let (offer, dest) = reply_of(&run(&c, &req(MessageType::Discover, vec![])));
+        let o = run(&c, &req(MessageType::Discover, vec![]));
+        let (offer, dest) = reply_of(&o);
         assert_eq!(offer.opts().msg_type(), Some(MessageType::Offer));
         assert_eq!(dest.to_string(), "255.255.255.255:68");
+        // No broadcast flag: unicast to yiaddr through an ARP entry, broadcast as fallback.
+        assert!(
+            matches!(&o, Outcome::Reply(r) if r.arp_unicast == Some((offer.yiaddr(), MacAddr(MAC))))
+        );
         let ip = offer.yiaddr();
         assert_eq!(ip, Ipv4Addr::new(10, 0, 0, 10));
         assert!(offer.opts().get(OptionCode::InterfaceMtu).is_some());

@@ -94,6 +94,7 @@ async fn recv_pktinfo(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> 
 
 /// The sockets replies leave from.
 pub(crate) struct Senders {
+    pub interface: String,
     pub dhcp: Arc<UdpSocket>,
     pub proxy: Option<Arc<UdpSocket>>,
     pub metrics: Arc<Metrics>,
@@ -108,11 +109,27 @@ impl Senders {
                 None => &self.dhcp,
             },
         };
-        match sock.send_to(&r.bytes, r.dest).await {
+        let mut dest = r.dest;
+        if let Some((ip, mac)) = r.arp_unicast {
+            match crate::dhcp::arp::set_arp_entry(sock.as_raw_fd(), &self.interface, ip, mac) {
+                Ok(()) => {
+                    dest = SocketAddrV4::new(ip, r.dest.port());
+                    self.metrics
+                        .dhcp_arp_unicast
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    if self.metrics.dhcp_arp_failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::warn!(%ip, %mac, "SIOCSARP failed ({e}); broadcasting replies instead");
+                    }
+                }
+            }
+        }
+        match sock.send_to(&r.bytes, dest).await {
             Ok(_) => {
                 self.metrics.dhcp_answered.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) => tracing::warn!(dest = %r.dest, "sending DHCP reply failed: {e}"),
+            Err(e) => tracing::warn!(%dest, "sending DHCP reply failed: {e}"),
         }
     }
 }
