@@ -83,25 +83,58 @@ pub trait LeaseStore: Send + Sync + 'static {
     fn commit(&self, changes: Vec<LeaseChange>) -> BoxFuture<'_, Result<(), LeaseStoreError>>;
 }
 
-/// Append-only JSON-lines lease file, fsync'd once per batch; compacted on load.
+/// Append-only JSON-lines lease file, fsync'd once per batch; compacted on load and whenever
+/// the log holds more than four times as many lines as live leases (and over 10,000).
 #[derive(Debug, Clone)]
 pub struct FileLeaseStore {
     path: PathBuf,
-    file: Arc<Mutex<Option<File>>>,
+    state: Arc<Mutex<FileState>>,
 }
+
+#[derive(Debug, Default)]
+struct FileState {
+    file: Option<File>,
+    live: HashMap<MacAddr, Lease>,
+    lines: usize,
+}
+
+const COMPACT_MIN_LINES: usize = 10_000;
 
 impl FileLeaseStore {
     /// Uses (and creates if needed) the file at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         FileLeaseStore {
             path: path.into(),
-            file: Arc::new(Mutex::new(None)),
+            state: Arc::new(Mutex::new(FileState::default())),
         }
     }
 
     /// The file's path.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Writes `leases` to a temporary file and renames it over the log; returns the reopened log.
+    fn rewrite(&self, leases: &[&Lease]) -> Result<File, LeaseStoreError> {
+        let tmp = self.path.with_extension("compact.tmp");
+        {
+            let mut f = File::create(&tmp)?;
+            let mut buf = Vec::new();
+            for l in leases {
+                serde_json::to_writer(&mut buf, &LeaseChange::Upsert((*l).clone()))
+                    .map_err(|e| LeaseStoreError::Other(e.to_string()))?;
+                buf.push(b'\n');
+            }
+            f.write_all(&buf)?;
+            f.sync_all()?;
+        }
+        std::fs::rename(&tmp, &self.path)?;
+        if let Some(dir) = self.path.parent() {
+            if let Ok(d) = File::open(dir) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(OpenOptions::new().append(true).open(&self.path)?)
     }
 
     fn load_blocking(&self) -> Result<Vec<Lease>, LeaseStoreError> {
@@ -127,29 +160,13 @@ impl FileLeaseStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
-        let mut leases: Vec<Lease> = map.into_values().collect();
+        let mut leases: Vec<Lease> = map.values().cloned().collect();
         leases.sort_by_key(|l| u32::from(l.ip));
-        // Compact: write a fresh file and rename it over the old one.
-        let tmp = self.path.with_extension("compact.tmp");
-        {
-            let mut f = File::create(&tmp)?;
-            let mut buf = Vec::new();
-            for l in &leases {
-                serde_json::to_writer(&mut buf, &LeaseChange::Upsert(l.clone()))
-                    .map_err(|e| LeaseStoreError::Other(e.to_string()))?;
-                buf.push(b'\n');
-            }
-            f.write_all(&buf)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path)?;
-        if let Some(dir) = self.path.parent() {
-            if let Ok(d) = File::open(dir) {
-                let _ = d.sync_all();
-            }
-        }
-        let f = OpenOptions::new().append(true).open(&self.path)?;
-        *self.file.lock().unwrap_or_else(PoisonError::into_inner) = Some(f);
+        let file = self.rewrite(&leases.iter().collect::<Vec<_>>())?;
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.file = Some(file);
+        st.lines = map.len();
+        st.live = map;
         Ok(leases)
     }
 
@@ -160,20 +177,45 @@ impl FileLeaseStore {
                 .map_err(|e| LeaseStoreError::Other(e.to_string()))?;
             buf.push(b'\n');
         }
-        let mut guard = self.file.lock().unwrap_or_else(PoisonError::into_inner);
-        if guard.is_none() {
-            *guard = Some(
+        let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let st = &mut *guard;
+        if st.file.is_none() {
+            st.file = Some(
                 OpenOptions::new()
                     .create(true)
                     .append(true)
                     .open(&self.path)?,
             );
         }
-        let f = guard
+        let f = st
+            .file
             .as_mut()
             .ok_or_else(|| LeaseStoreError::Other("lease file not open".into()))?;
         f.write_all(&buf)?;
         f.sync_data()?;
+        for c in changes {
+            match c {
+                LeaseChange::Upsert(l) => {
+                    st.live.insert(l.mac, l.clone());
+                }
+                LeaseChange::Delete { mac } => {
+                    st.live.remove(mac);
+                }
+            }
+        }
+        st.lines += changes.len();
+        if st.lines > COMPACT_MIN_LINES && st.lines > 4 * st.live.len() {
+            // Durable already; a failed compaction leaves the (valid) longer log.
+            match self.rewrite(&st.live.values().collect::<Vec<_>>()) {
+                Ok(file) => {
+                    st.file = Some(file);
+                    st.lines = st.live.len();
+                }
+                Err(e) => {
+                    tracing::warn!(path = %self.path.display(), "lease log compaction failed: {e}")
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -261,5 +303,31 @@ mod tests {
         assert_eq!(got, vec![moved, lease(2, 11)]);
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(text.lines().count(), 2, "compacted: {text}");
+    }
+
+    #[tokio::test]
+    async fn file_store_compacts_while_running() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("leases.jsonl");
+        let store = FileLeaseStore::new(&path);
+        store.load().await.expect("load");
+        for round in 0..30 {
+            let batch = (0..500)
+                .map(|i| {
+                    let mut l = lease((i % 5) as u8, (i % 5) as u8);
+                    l.expires_at = round * 1000 + i as i64;
+                    LeaseChange::Upsert(l)
+                })
+                .collect();
+            store.commit(batch).await.expect("commit");
+        }
+        let lines = std::fs::read_to_string(&path)
+            .expect("read")
+            .lines()
+            .count();
+        assert!(lines < 10_000, "log never compacted: {lines} lines");
+        let got = FileLeaseStore::new(&path).load().await.expect("load");
+        assert_eq!(got.len(), 5);
+        assert!(got.iter().all(|l| l.expires_at >= 29_000));
     }
 }
