@@ -35,8 +35,15 @@ fetch() {
   cat $W/out/err* 2>/dev/null | sort | uniq -c | head -5
   echo "$1: $N clients x 1 MiB in $(echo "$T1 - $T0" | bc) s, failures $BAD"
 }
+# One-process client (pxe/examples/tftp_load.rs), if built: compares servers without N curls.
+LOAD=${LOAD:-target/release/examples/tftp_load}
+light() {
+  [ -x "$LOAD" ] || return 0
+  echo "  light client, windowsize 1: $(ip netns exec $C "$LOAD" 10.77.0.1 file.bin "$N" --blksize 1468 --expect-size 1048576 2>&1 | tail -1)"
+  echo "  light client, windowsize 8: $(ip netns exec $C "$LOAD" 10.77.0.1 file.bin "$N" --blksize 1468 --windowsize 8 --expect-size 1048576 2>&1 | tail -1)"
+}
 ip netns exec $S "$BIN" br0 "$W/tftp" > "$W/pxe.out" 2>&1 & SP=$!
-sleep 0.5; fetch "rackshare pxe"; cpu $SP; kill -INT $SP; wait $SP 2>/dev/null || true; SP=
-grep -E '^rackshare_tftp_' "$W/pxe.out" | tr '\n' ' '; echo
+sleep 0.5; fetch "rackshare pxe"; cpu $SP; light; kill -INT $SP; wait $SP 2>/dev/null || true; SP=
+grep -E '^rackshare_tftp_(completed|timeouts|refused)' "$W/pxe.out" | tr '\n' ' '; echo
 ip netns exec $S in.tftpd --listen --foreground --address 10.77.0.1:69 --secure "$W/tftp" & SP=$!
-sleep 0.5; fetch "tftpd-hpa"; cpu $SP; kill $SP; wait $SP 2>/dev/null || true; SP=
+sleep 0.5; fetch "tftpd-hpa"; cpu $SP; light; kill $SP; wait $SP 2>/dev/null || true; SP=
