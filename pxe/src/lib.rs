@@ -30,7 +30,7 @@ pub use config::{DhcpMode, PoolConfig, PxeConfig, TftpConfig};
 pub use dhcp::probe::{probe_dhcp_servers, ServerSeen};
 pub use directory::{DirectoryError, MachineDirectory, MachineEntry, StaticDirectory};
 pub use error::PxeError;
-pub use files::{check_tftp_root, populate_tftp_root, DEBIAN_IPXE_DIR};
+pub use files::{check_tftp_root, populate_tftp_root, RootCheck, DEBIAN_IPXE_DIR};
 pub use lease::{
     FileLeaseStore, Lease, LeaseChange, LeaseState, LeaseStore, LeaseStoreError, NullLeaseStore,
 };
@@ -44,6 +44,11 @@ use dhcp::net::{bound_udp_socket, dhcp_loop, lease_writer, Senders};
 
 /// The first IPv4 address of `interface`.
 pub fn interface_ipv4(interface: &str) -> Result<Ipv4Addr, PxeError> {
+    interface_ipv4_with_mask(interface).map(|(ip, _)| ip)
+}
+
+/// The first IPv4 address of `interface` and its netmask (for a [`PoolConfig`]'s `subnet_mask`).
+pub fn interface_ipv4_with_mask(interface: &str) -> Result<(Ipv4Addr, Ipv4Addr), PxeError> {
     let addrs = nix::ifaddrs::getifaddrs().map_err(|e| PxeError::Io {
         context: "listing interface addresses".into(),
         source: e.into(),
@@ -55,7 +60,13 @@ pub fn interface_ipv4(interface: &str) -> Result<Ipv4Addr, PxeError> {
         }
         exists = true;
         if let Some(sin) = a.address.as_ref().and_then(|s| s.as_sockaddr_in()) {
-            return Ok(sin.ip());
+            let mask = a
+                .netmask
+                .as_ref()
+                .and_then(|m| m.as_sockaddr_in())
+                .map(|m| m.ip())
+                .unwrap_or(Ipv4Addr::new(255, 255, 255, 0));
+            return Ok((sin.ip(), mask));
         }
     }
     if exists {

@@ -371,3 +371,43 @@ fn probe_lists_servers() {
     );
     srv.stop().unwrap();
 }
+
+/// The server address and mask come from the interface (inside the namespace); a missing or
+/// address-less interface is a clear start-up error.
+#[test]
+fn interface_address_and_startup_errors() {
+    let lab = Lab::new("ifaddr");
+    lab.add_host("cli", "52:54:00:aa:bb:05", None);
+    let got = in_ns(&lab.srv, || pxe::interface_ipv4_with_mask("br0").unwrap());
+    assert_eq!(got, (SERVER_IP, Ipv4Addr::new(255, 255, 255, 0)));
+    let err = in_ns(&lab.srv, || {
+        pxe::interface_ipv4("nope0").unwrap_err().to_string()
+    });
+    assert!(err.contains("nope0 not found"), "{err}");
+    let ns = format!("{}-cli", lab.prefix);
+    let err = in_ns(&ns, || pxe::interface_ipv4("eth0").unwrap_err().to_string());
+    assert!(err.contains("has no IPv4 address"), "{err}");
+    // Missing iPXE binaries: run() refuses to start and names the package.
+    let empty = lab.path("empty-root");
+    std::fs::create_dir_all(&empty).unwrap();
+    let srv_ns = lab.srv.clone();
+    let err = in_ns(&srv_ns, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(pxe::run(
+            PxeConfig::new("br0", empty),
+            Arc::new(StaticDirectory::new()),
+            Arc::new(NullLeaseStore),
+            Arc::new(pxe::Metrics::new()),
+            tokio_util::sync::CancellationToken::new(),
+        ))
+        .unwrap_err()
+        .to_string()
+    });
+    assert!(
+        err.contains("undionly.kpxe") && err.contains("`ipxe`"),
+        "{err}"
+    );
+}
