@@ -1,0 +1,230 @@
+//! DHCP sockets (SO_BINDTODEVICE, IP_PKTINFO), receive loops and the group-commit writer.
+
+use std::io::{self, IoSliceMut};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use nix::sys::socket::{recvmsg, setsockopt, sockopt, ControlMessageOwned, MsgFlags, SockaddrIn};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::dhcp::core::{DhcpCore, Outcome, Port, Reply};
+use crate::error::PxeError;
+use crate::lease::{LeaseChange, LeaseStore};
+use crate::metrics::{DropReason, Metrics};
+
+/// Creates a UDP socket bound to `interface` (SO_BINDTODEVICE) on `addr`, broadcast allowed.
+pub(crate) fn bound_udp_socket(
+    what: &'static str,
+    interface: &str,
+    addr: SocketAddrV4,
+    pktinfo: bool,
+) -> Result<UdpSocket, PxeError> {
+    let err = |source: io::Error| PxeError::Bind {
+        what,
+        addr: SocketAddr::V4(addr),
+        interface: interface.to_string(),
+        source,
+    };
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP)).map_err(err)?;
+    // Only for well-known ports: with SO_REUSEADDR the kernel may hand the same ephemeral
+    // port to two sockets (port 0), mixing up TFTP transfers.
+    if addr.port() != 0 {
+        s.set_reuse_address(true).map_err(err)?;
+    }
+    s.set_broadcast(true).map_err(err)?;
+    if !interface.is_empty() {
+        s.bind_device(Some(interface.as_bytes())).map_err(err)?;
+    }
+    if pktinfo {
+        setsockopt(&s, sockopt::Ipv4PacketInfo, &true).map_err(|e| err(e.into()))?;
+    }
+    s.set_nonblocking(true).map_err(err)?;
+    s.bind(&SocketAddr::V4(addr).into()).map_err(err)?;
+    UdpSocket::from_std(s.into()).map_err(err)
+}
+
+/// One received datagram.
+struct Received {
+    len: usize,
+    src: SocketAddrV4,
+    truncated: bool,
+    ifindex: Option<i32>,
+}
+
+async fn recv_pktinfo(sock: &UdpSocket, buf: &mut [u8]) -> io::Result<Received> {
+    let fd = sock.as_raw_fd();
+    loop {
+        sock.readable().await?;
+        let r = sock.try_io(Interest::READABLE, || {
+            let mut iov = [IoSliceMut::new(&mut *buf)];
+            let mut cmsg = nix::cmsg_space!(libc::in_pktinfo);
+            let msg = recvmsg::<SockaddrIn>(fd, &mut iov, Some(&mut cmsg), MsgFlags::empty())
+                .map_err(io::Error::from)?;
+            let mut ifindex = None;
+            if let Ok(cmsgs) = msg.cmsgs() {
+                for c in cmsgs {
+                    if let ControlMessageOwned::Ipv4PacketInfo(info) = c {
+                        ifindex = Some(info.ipi_ifindex);
+                    }
+                }
+            }
+            let src = msg
+                .address
+                .map(|a| SocketAddrV4::new(a.ip(), a.port()))
+                .unwrap_or_else(|| SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
+            Ok(Received {
+                len: msg.bytes,
+                src,
+                truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
+                ifindex,
+            })
+        });
+        match r {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            other => return other,
+        }
+    }
+}
+
+/// The sockets replies leave from.
+pub(crate) struct Senders {
+    pub interface: String,
+    pub dhcp: Arc<UdpSocket>,
+    pub proxy: Option<Arc<UdpSocket>>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Senders {
+    pub(crate) async fn send(&self, r: &Reply) {
+        let sock = match r.via {
+            Port::Dhcp => &self.dhcp,
+            Port::Proxy => match &self.proxy {
+                Some(s) => s,
+                None => &self.dhcp,
+            },
+        };
+        let mut dest = r.dest;
+        if let Some((ip, mac)) = r.arp_unicast {
+            match crate::dhcp::arp::set_arp_entry(sock.as_raw_fd(), &self.interface, ip, mac) {
+                Ok(()) => {
+                    dest = SocketAddrV4::new(ip, r.dest.port());
+                    self.metrics
+                        .dhcp_arp_unicast
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    if self.metrics.dhcp_arp_failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                        tracing::warn!(%ip, %mac, "SIOCSARP failed ({e}); broadcasting replies instead");
+                    }
+                }
+            }
+        }
+        match sock.send_to(&r.bytes, dest).await {
+            Ok(_) => {
+                self.metrics.dhcp_answered.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tracing::warn!(%dest, "sending DHCP reply failed: {e}"),
+        }
+    }
+}
+
+/// Work for the lease writer: changes to make durable, then a reply to send.
+pub(crate) struct Pending {
+    pub changes: Vec<LeaseChange>,
+    pub reply: Option<Reply>,
+}
+
+/// Group commit: takes everything queued, stores it in one batch, then sends the replies.
+pub(crate) async fn lease_writer(
+    store: Arc<dyn LeaseStore>,
+    mut rx: mpsc::Receiver<Pending>,
+    senders: Arc<Senders>,
+    metrics: Arc<Metrics>,
+) {
+    let mut batch: Vec<Pending> = Vec::with_capacity(1024);
+    while rx.recv_many(&mut batch, 4096).await > 0 {
+        let changes: Vec<LeaseChange> = batch
+            .iter_mut()
+            .flat_map(|p| std::mem::take(&mut p.changes))
+            .collect();
+        let n = changes.len() as u64;
+        match store.commit(changes).await {
+            Ok(()) => {
+                metrics.lease_batches.fetch_add(1, Ordering::Relaxed);
+                metrics.lease_writes.fetch_add(n, Ordering::Relaxed);
+                for p in batch.drain(..) {
+                    if let Some(r) = p.reply {
+                        senders.send(&r).await;
+                    }
+                }
+            }
+            Err(e) => {
+                // No ACK without a durable lease: the clients retry.
+                metrics.lease_store_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::error!("lease store commit failed ({n} changes): {e}");
+                batch.clear();
+            }
+        }
+    }
+}
+
+/// Receive loop of one DHCP socket.
+pub(crate) async fn dhcp_loop(
+    sock: Arc<UdpSocket>,
+    port: Port,
+    core: Arc<DhcpCore>,
+    senders: Arc<Senders>,
+    writer: mpsc::Sender<Pending>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
+    let inflight = Arc::new(Semaphore::new(4096));
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let got = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            r = recv_pktinfo(&sock, &mut buf) => r,
+        };
+        let rx = match got {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("DHCP receive failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if rx.truncated || rx.len > buf.len() {
+            metrics.dhcp_received.fetch_add(1, Ordering::Relaxed);
+            metrics.drop_packet(DropReason::BadOptions);
+            continue;
+        }
+        let Ok(permit) = Arc::clone(&inflight).try_acquire_owned() else {
+            metrics.dhcp_received.fetch_add(1, Ordering::Relaxed);
+            metrics.drop_packet(DropReason::Overload);
+            continue;
+        };
+        let data = buf[..rx.len].to_vec();
+        let (core, senders, writer) = (Arc::clone(&core), Arc::clone(&senders), writer.clone());
+        let (src, ifindex) = (rx.src, rx.ifindex);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let outcome = core.handle(&data, port, src).await;
+            tracing::trace!(%src, ?ifindex, ?outcome, "DHCP packet");
+            match outcome {
+                Outcome::Reply(r) => senders.send(&r).await,
+                Outcome::Durable { changes, reply } => {
+                    if writer.send(Pending { changes, reply }).await.is_err() {
+                        tracing::warn!("lease writer gone; reply dropped");
+                    }
+                }
+                Outcome::Drop(_) | Outcome::Silent => {}
+            }
+        });
+    }
+}

@@ -1,0 +1,605 @@
+//! Read-only TFTP server (RFC 1350, 2347 options, 2348 blksize, 2349 tsize/timeout,
+//! 7440 windowsize) on tokio. A client ERROR ends its transfer at once.
+
+use std::collections::{HashSet, VecDeque};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::{Component, Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, BufReader};
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TftpConfig;
+use crate::dhcp::net::bound_udp_socket;
+use crate::metrics::Metrics;
+
+const OP_RRQ: u16 = 1;
+const OP_WRQ: u16 = 2;
+const OP_DATA: u16 = 3;
+const OP_ACK: u16 = 4;
+const OP_ERROR: u16 = 5;
+const OP_OACK: u16 = 6;
+
+/// TFTP error codes we send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TftpErrorCode {
+    /// 0: not defined (busy).
+    Undefined = 0,
+    /// 1: file not found.
+    NotFound = 1,
+    /// 2: access violation.
+    AccessViolation = 2,
+    /// 4: illegal operation.
+    IllegalOperation = 4,
+    /// 5: unknown transfer ID.
+    UnknownTid = 5,
+    /// 8: option negotiation refused.
+    BadOption = 8,
+}
+
+/// A decoded TFTP packet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TftpPacket {
+    /// Read request.
+    Rrq(Request),
+    /// Write request (always refused).
+    Wrq(Request),
+    /// Data block.
+    Data {
+        /// Block number.
+        block: u16,
+        /// Payload length.
+        len: usize,
+    },
+    /// Acknowledgement.
+    Ack(u16),
+    /// Error from the peer.
+    Error {
+        /// Code.
+        code: u16,
+        /// Message.
+        message: String,
+    },
+    /// Option acknowledgement.
+    OAck,
+}
+
+/// RRQ/WRQ contents.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    /// Requested file name.
+    pub filename: String,
+    /// Transfer mode (`octet`, `netascii`).
+    pub mode: String,
+    /// Options, names lower-cased.
+    pub options: Vec<(String, String)>,
+}
+
+/// Malformed TFTP packet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed TFTP packet: {0}")]
+pub struct TftpParseError(pub &'static str);
+
+fn cstrings(buf: &[u8]) -> Result<Vec<String>, TftpParseError> {
+    if buf.last() != Some(&0) {
+        return Err(TftpParseError("strings not NUL-terminated"));
+    }
+    let body = &buf[..buf.len() - 1];
+    let parts: Vec<String> = body
+        .split(|b| *b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    if parts.len() > 64 {
+        return Err(TftpParseError("too many options"));
+    }
+    Ok(parts)
+}
+
+/// Decodes one TFTP packet (never panics; fuzzed).
+pub fn parse_tftp_packet(buf: &[u8]) -> Result<TftpPacket, TftpParseError> {
+    if buf.len() < 4 {
+        return Err(TftpParseError("short packet"));
+    }
+    if buf.len() > 65468 {
+        return Err(TftpParseError("oversized packet"));
+    }
+    let op = u16::from_be_bytes([buf[0], buf[1]]);
+    let n = u16::from_be_bytes([buf[2], buf[3]]);
+    match op {
+        OP_RRQ | OP_WRQ => {
+            let parts = cstrings(&buf[2..])?;
+            let mut it = parts.into_iter();
+            let filename = it.next().ok_or(TftpParseError("no file name"))?;
+            let mode = it
+                .next()
+                .ok_or(TftpParseError("no mode"))?
+                .to_ascii_lowercase();
+            if filename.is_empty() {
+                return Err(TftpParseError("empty file name"));
+            }
+            if mode != "octet" && mode != "netascii" {
+                return Err(TftpParseError("unsupported mode"));
+            }
+            let rest: Vec<String> = it.collect();
+            if rest.len() % 2 != 0 {
+                return Err(TftpParseError("option without value"));
+            }
+            let options = rest
+                .chunks(2)
+                .map(|c| (c[0].to_ascii_lowercase(), c[1].clone()))
+                .collect();
+            let r = Request {
+                filename,
+                mode,
+                options,
+            };
+            Ok(if op == OP_RRQ {
+                TftpPacket::Rrq(r)
+            } else {
+                TftpPacket::Wrq(r)
+            })
+        }
+        OP_DATA => Ok(TftpPacket::Data {
+            block: n,
+            len: buf.len() - 4,
+        }),
+        OP_ACK => Ok(TftpPacket::Ack(n)),
+        OP_ERROR => {
+            let msg = buf.get(4..).unwrap_or_default();
+            let msg = msg.split(|b| *b == 0).next().unwrap_or_default();
+            Ok(TftpPacket::Error {
+                code: n,
+                message: String::from_utf8_lossy(msg).into_owned(),
+            })
+        }
+        OP_OACK => Ok(TftpPacket::OAck),
+        _ => Err(TftpParseError("unknown opcode")),
+    }
+}
+
+fn error_packet(code: TftpErrorCode, msg: &str) -> Vec<u8> {
+    let mut p = Vec::with_capacity(5 + msg.len());
+    p.extend_from_slice(&OP_ERROR.to_be_bytes());
+    p.extend_from_slice(&(code as u16).to_be_bytes());
+    p.extend_from_slice(msg.as_bytes());
+    p.push(0);
+    p
+}
+
+/// Why a path is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathRefusal {
+    /// `..`, absolute, or a symlink leading out of the root.
+    Escape,
+    /// No such regular file.
+    NotFound,
+}
+
+/// Resolves `name` inside `root` (canonical). Refuses `..`, absolute paths and symlinks
+/// that end outside the root; accepts `\` as a separator (Windows-style PXE requests).
+pub fn resolve_path(root: &Path, name: &str) -> Result<PathBuf, PathRefusal> {
+    if name.contains('\0') {
+        return Err(PathRefusal::Escape);
+    }
+    let name = name.replace('\\', "/");
+    let rel = Path::new(&name);
+    for c in rel.components() {
+        match c {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => {
+                return Err(PathRefusal::Escape)
+            }
+        }
+    }
+    let canon = std::fs::canonicalize(root.join(rel)).map_err(|_| PathRefusal::NotFound)?;
+    if !canon.starts_with(root) {
+        return Err(PathRefusal::Escape);
+    }
+    if !canon.is_file() {
+        return Err(PathRefusal::NotFound);
+    }
+    Ok(canon)
+}
+
+/// Shared state of the TFTP server.
+pub(crate) struct Tftp {
+    root: PathBuf,
+    local_ip: Ipv4Addr,
+    interface: String,
+    cfg: TftpConfig,
+    metrics: Arc<Metrics>,
+    active: Mutex<HashSet<SocketAddr>>,
+    slots: Arc<Semaphore>,
+}
+
+impl Tftp {
+    pub(crate) fn new(
+        root: PathBuf,
+        local_ip: Ipv4Addr,
+        interface: String,
+        cfg: TftpConfig,
+        metrics: Arc<Metrics>,
+    ) -> io::Result<Self> {
+        let root = std::fs::canonicalize(root)?;
+        let slots = Arc::new(Semaphore::new(cfg.max_transfers.max(1)));
+        Ok(Tftp {
+            root,
+            local_ip,
+            interface,
+            cfg,
+            metrics,
+            active: Mutex::new(HashSet::new()),
+            slots,
+        })
+    }
+
+    /// Listens on `sock` until shutdown.
+    pub(crate) async fn serve(self: Arc<Self>, sock: UdpSocket, shutdown: CancellationToken) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let got = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                r = sock.recv_from(&mut buf) => r,
+            };
+            let (n, peer) = match got {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("TFTP receive failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let Some(data) = buf.get(..n) else { continue };
+            match parse_tftp_packet(data) {
+                Ok(TftpPacket::Rrq(req)) => {
+                    if !self
+                        .active
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .insert(peer)
+                    {
+                        continue; // retransmitted RRQ of a running transfer
+                    }
+                    let Ok(permit) = Arc::clone(&self.slots).try_acquire_owned() else {
+                        self.forget(peer);
+                        self.metrics.tftp_refused.fetch_add(1, Ordering::Relaxed);
+                        let _ = sock
+                            .send_to(&error_packet(TftpErrorCode::Undefined, "server busy"), peer)
+                            .await;
+                        continue;
+                    };
+                    let this = Arc::clone(&self);
+                    let stop = shutdown.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        this.metrics.tftp_active.fetch_add(1, Ordering::Relaxed);
+                        tokio::select! {
+                            _ = stop.cancelled() => {}
+                            _ = this.transfer(peer, req) => {}
+                        }
+                        this.metrics.tftp_active.fetch_sub(1, Ordering::Relaxed);
+                        this.forget(peer);
+                    });
+                }
+                Ok(TftpPacket::Wrq(_)) => {
+                    self.metrics.tftp_refused.fetch_add(1, Ordering::Relaxed);
+                    let _ = sock
+                        .send_to(
+                            &error_packet(TftpErrorCode::AccessViolation, "read-only server"),
+                            peer,
+                        )
+                        .await;
+                }
+                Ok(_) => {
+                    // Stray DATA/ACK/ERROR to the listening port.
+                    self.metrics.tftp_malformed.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.metrics.tftp_malformed.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(%peer, "{e}");
+                }
+            }
+        }
+    }
+
+    fn forget(&self, peer: SocketAddr) {
+        self.active
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&peer);
+    }
+
+    async fn transfer(&self, peer: SocketAddr, req: Request) {
+        let sock = match bound_udp_socket(
+            "TFTP transfer",
+            &self.interface,
+            SocketAddrV4::new(self.local_ip, 0),
+            false,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("{e}");
+                return;
+            }
+        };
+        let refuse = |code, msg: &'static str| {
+            self.metrics.tftp_refused.fetch_add(1, Ordering::Relaxed);
+            let sock = &sock;
+            async move {
+                let _ = sock.send_to(&error_packet(code, msg), peer).await;
+            }
+        };
+        let path = match resolve_path(&self.root, &req.filename) {
+            Ok(p) => p,
+            Err(PathRefusal::Escape) => {
+                tracing::info!(%peer, file = %req.filename, "TFTP path outside the root refused");
+                return refuse(TftpErrorCode::AccessViolation, "access violation").await;
+            }
+            Err(PathRefusal::NotFound) => {
+                tracing::info!(%peer, file = %req.filename, "TFTP file not found");
+                return refuse(TftpErrorCode::NotFound, "file not found").await;
+            }
+        };
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(_) => return refuse(TftpErrorCode::NotFound, "file not found").await,
+        };
+        let size = match file.metadata().await {
+            Ok(m) => m.len(),
+            Err(_) => return refuse(TftpErrorCode::NotFound, "file not found").await,
+        };
+        self.metrics.tftp_transfers.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, file = %req.filename, size, "TFTP transfer");
+
+        // Option negotiation.
+        let mut blksize = 512usize;
+        let mut window = 1usize;
+        let mut timeout = self.cfg.timeout;
+        let mut oack: Vec<u8> = Vec::new();
+        for (name, value) in &req.options {
+            let v: Option<u64> = value.trim().parse().ok();
+            match (name.as_str(), v) {
+                ("blksize", Some(b)) if b >= 8 => {
+                    let b = b.min(u64::from(self.cfg.max_block_size)).min(65464) as usize;
+                    blksize = b;
+                    push_opt(&mut oack, "blksize", b as u64);
+                }
+                ("tsize", Some(_)) => push_opt(&mut oack, "tsize", size),
+                ("timeout", Some(t)) if (1..=255).contains(&t) => {
+                    timeout = Duration::from_secs(t);
+                    push_opt(&mut oack, "timeout", t);
+                }
+                ("windowsize", Some(w)) if w >= 1 => {
+                    let w = w.min(u64::from(self.cfg.max_window_size.max(1))).min(65535);
+                    window = w as usize;
+                    push_opt(&mut oack, "windowsize", w);
+                }
+                _ => {} // unknown or invalid options are ignored (RFC 2347)
+            }
+        }
+        let mut t = Transfer {
+            sock: &sock,
+            peer,
+            timeout,
+            retries: self.cfg.retries,
+            metrics: &self.metrics,
+        };
+        if !oack.is_empty() {
+            let mut pkt = OP_OACK.to_be_bytes().to_vec();
+            pkt.extend_from_slice(&oack);
+            match t.send_and_wait(&[pkt], 0, 1).await {
+                Wait::Acked(_) => {}
+                Wait::End => return,
+            }
+        }
+        let reader = BufReader::with_capacity(256 * 1024, file);
+        t.send_file(reader, blksize, window).await;
+    }
+}
+
+fn push_opt(out: &mut Vec<u8>, name: &str, v: u64) {
+    out.extend_from_slice(name.as_bytes());
+    out.push(0);
+    out.extend_from_slice(v.to_string().as_bytes());
+    out.push(0);
+}
+
+enum Wait {
+    /// Number of window packets acknowledged (≥ 1).
+    Acked(usize),
+    /// Transfer over (client error, timeout, socket failure).
+    End,
+}
+
+struct Transfer<'a> {
+    sock: &'a UdpSocket,
+    peer: SocketAddr,
+    timeout: Duration,
+    retries: u32,
+    metrics: &'a Metrics,
+}
+
+impl Transfer<'_> {
+    /// Sends `packets` (block numbers `first`, `first+1`, … on the wire; 0 for an OACK) and
+    /// waits for an ACK inside the window, retransmitting on timeout.
+    async fn send_and_wait<P: AsRef<[u8]>>(
+        &mut self,
+        packets: &[P],
+        first: u16,
+        count: usize,
+    ) -> Wait {
+        let mut buf = [0u8; 1024];
+        for _attempt in 0..=self.retries {
+            for p in packets {
+                if let Err(e) = self.sock.send_to(p.as_ref(), self.peer).await {
+                    tracing::debug!(peer = %self.peer, "TFTP send failed: {e}");
+                    return Wait::End;
+                }
+            }
+            let deadline = tokio::time::Instant::now() + self.timeout;
+            loop {
+                let r = tokio::time::timeout_at(deadline, self.sock.recv_from(&mut buf)).await;
+                let (n, from) = match r {
+                    Err(_) => break, // timeout: retransmit
+                    Ok(Err(_)) => return Wait::End,
+                    Ok(Ok(x)) => x,
+                };
+                if from != self.peer {
+                    let _ = self
+                        .sock
+                        .send_to(
+                            &error_packet(TftpErrorCode::UnknownTid, "unknown transfer id"),
+                            from,
+                        )
+                        .await;
+                    continue;
+                }
+                match buf.get(..n).map(parse_tftp_packet) {
+                    Some(Ok(TftpPacket::Ack(b))) => {
+                        let k = b.wrapping_sub(first) as usize;
+                        if k < count {
+                            return Wait::Acked(k + 1);
+                        }
+                        // Older duplicate ACK: ignore (sorcerer's apprentice).
+                    }
+                    Some(Ok(TftpPacket::Error { code, message })) => {
+                        tracing::debug!(peer = %self.peer, code, %message, "TFTP client aborted");
+                        self.metrics
+                            .tftp_aborted_by_client
+                            .fetch_add(1, Ordering::Relaxed);
+                        return Wait::End;
+                    }
+                    _ => {
+                        self.metrics.tftp_malformed.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+        tracing::debug!(peer = %self.peer, "TFTP transfer timed out");
+        self.metrics.tftp_timeouts.fetch_add(1, Ordering::Relaxed);
+        Wait::End
+    }
+
+    async fn send_file<R: tokio::io::AsyncRead + Unpin>(
+        &mut self,
+        mut reader: R,
+        blksize: usize,
+        window: usize,
+    ) {
+        // Window of encoded DATA packets; `base` is the block number of window[0].
+        let mut win: VecDeque<Vec<u8>> = VecDeque::with_capacity(window);
+        let mut base: u16 = 1;
+        let mut next: u16 = 1;
+        let mut eof = false;
+        loop {
+            while !eof && win.len() < window {
+                let mut pkt = Vec::with_capacity(4 + blksize);
+                pkt.extend_from_slice(&OP_DATA.to_be_bytes());
+                pkt.extend_from_slice(&next.to_be_bytes());
+                pkt.resize(4 + blksize, 0);
+                let mut filled = 0;
+                while filled < blksize {
+                    match reader.read(&mut pkt[4 + filled..]).await {
+                        Ok(0) => break,
+                        Ok(n) => filled += n,
+                        Err(e) => {
+                            tracing::warn!(peer = %self.peer, "TFTP read failed: {e}");
+                            let _ = self
+                                .sock
+                                .send_to(
+                                    &error_packet(TftpErrorCode::Undefined, "read error"),
+                                    self.peer,
+                                )
+                                .await;
+                            return;
+                        }
+                    }
+                }
+                pkt.truncate(4 + filled);
+                self.metrics
+                    .tftp_bytes
+                    .fetch_add(filled as u64, Ordering::Relaxed);
+                if filled < blksize {
+                    eof = true;
+                }
+                win.push_back(pkt);
+                next = next.wrapping_add(1);
+            }
+            if win.is_empty() {
+                self.metrics.tftp_completed.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+            let count = win.len();
+            let (a, b) = win.as_slices();
+            let all: Vec<&[u8]> = a.iter().chain(b.iter()).map(|v| v.as_slice()).collect();
+            match self.send_and_wait(&all, base, count).await {
+                Wait::End => return,
+                Wait::Acked(k) => {
+                    win.drain(..k.min(count));
+                    base = base.wrapping_add(k as u16);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_rrq() {
+        let p = b"\x00\x01undionly.kpxe\x00octet\x00blksize\x001468\x00TSIZE\x000\x00";
+        match parse_tftp_packet(p) {
+            Ok(TftpPacket::Rrq(r)) => {
+                assert_eq!(r.filename, "undionly.kpxe");
+                assert_eq!(r.options[1], ("tsize".to_string(), "0".to_string()));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_tftp_packet(b"\x00\x01abc").is_err());
+        assert!(parse_tftp_packet(b"\x00\x01abc\x00mail\x00").is_err());
+        assert!(parse_tftp_packet(b"\x00\x01abc\x00octet\x00blksize\x00").is_err());
+        assert!(parse_tftp_packet(b"\x00\x09\x00\x00").is_err());
+        assert_eq!(
+            parse_tftp_packet(b"\x00\x04\x00\x07"),
+            Ok(TftpPacket::Ack(7))
+        );
+        assert!(matches!(
+            parse_tftp_packet(b"\x00\x05\x00\x08tsize probe\x00"),
+            Ok(TftpPacket::Error { code: 8, .. })
+        ));
+        for n in 0..p.len() {
+            let _ = parse_tftp_packet(&p[..n]);
+        }
+    }
+
+    #[test]
+    fn path_rules() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = std::fs::canonicalize(dir.path()).expect("canon");
+        std::fs::write(root.join("a.efi"), b"x").expect("write");
+        std::fs::create_dir(root.join("sub")).expect("mkdir");
+        std::fs::write(root.join("sub/b"), b"x").expect("write");
+        std::os::unix::fs::symlink("/etc/hostname", root.join("out")).expect("symlink");
+        std::os::unix::fs::symlink("a.efi", root.join("in")).expect("symlink");
+        assert!(resolve_path(&root, "a.efi").is_ok());
+        assert!(resolve_path(&root, "sub/b").is_ok());
+        assert!(resolve_path(&root, "sub\\b").is_ok());
+        assert!(resolve_path(&root, "in").is_ok());
+        assert_eq!(
+            resolve_path(&root, "../etc/passwd"),
+            Err(PathRefusal::Escape)
+        );
+        assert_eq!(resolve_path(&root, "sub/../../x"), Err(PathRefusal::Escape));
+        assert_eq!(resolve_path(&root, "/etc/passwd"), Err(PathRefusal::Escape));
+        assert_eq!(resolve_path(&root, "out"), Err(PathRefusal::Escape));
+        assert_eq!(resolve_path(&root, "nope"), Err(PathRefusal::NotFound));
+        assert_eq!(resolve_path(&root, "sub"), Err(PathRefusal::NotFound));
+    }
+}
