@@ -94,6 +94,15 @@ pub enum Command {
     },
     /// Show who the token belongs to
     Whoami,
+    /// Look for DHCP servers on the network: broadcasts a DHCPDISCOVER and lists who answers
+    Doctor {
+        /// Interface to probe [default: every interface with an IPv4 address, except loopback]
+        #[arg(long)]
+        interface: Option<String>,
+        /// Seconds to wait for answers
+        #[arg(long, default_value_t = 3)]
+        timeout_secs: u64,
+    },
 }
 
 #[derive(Debug, Args, Default)]
@@ -487,7 +496,9 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
     let c = Client::new(&g.url, token_or_default(g.token))?;
     let fmt = g.output;
     match cmd {
-        Command::Serve(_) => unreachable!("serve is dispatched in main"),
+        Command::Serve(_) | Command::Doctor { .. } => {
+            unreachable!("serve and doctor are dispatched in main")
+        }
         Command::Machine(m) => machine(&c, fmt, *m).await,
         Command::Site(SiteCmd::Add { name, description }) => {
             let v = c

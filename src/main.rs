@@ -2,6 +2,7 @@
 
 mod cli;
 mod client;
+mod doctor;
 mod output;
 mod serve;
 
@@ -17,6 +18,10 @@ async fn main() {
     let args = cli::Cli::parse();
     let result = match args.command {
         cli::Command::Serve(s) => serve::run(*s).await,
+        cli::Command::Doctor {
+            interface,
+            timeout_secs,
+        } => doctor::run(interface, timeout_secs, args.global.output).await,
         other => cli::run(args.global, other).await,
     };
     if let Err(e) = result {

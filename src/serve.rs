@@ -4,7 +4,7 @@
 use anyhow::{bail, Context};
 use clap::Args;
 use serde::Deserialize;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 /// Every key of the config file is also a `serve` flag of the same name (kebab-case): both
@@ -27,6 +27,45 @@ pub struct ServeSettings {
     /// Seconds between power readings of every BMC, for the energy ledger; 0 turns it off [default: 60]
     #[arg(long)]
     pub energy_interval_secs: Option<u64>,
+    /// Network interface to serve PXE boot on (DHCP, TFTP, HTTP boot); boot services are off without it
+    #[arg(long)]
+    pub pxe_interface: Option<String>,
+    /// proxy (beside the network's DHCP server) or authoritative (rackshare hands out addresses) [default: proxy]
+    #[arg(long)]
+    pub pxe_mode: Option<String>,
+    /// Authoritative mode: the address pool, FIRST-LAST
+    #[arg(long)]
+    pub pxe_pool: Option<String>,
+    /// Authoritative mode: default gateway handed out
+    #[arg(long)]
+    pub pxe_router: Option<Ipv4Addr>,
+    /// Authoritative mode: DNS server handed out (repeat)
+    #[arg(long)]
+    #[serde(default)]
+    pub pxe_dns: Vec<Ipv4Addr>,
+    /// Authoritative mode: domain name handed out
+    #[arg(long)]
+    pub pxe_domain: Option<String>,
+    /// Authoritative mode: lease time in seconds [default: 3600]
+    #[arg(long)]
+    pub pxe_lease_secs: Option<u64>,
+    /// Address machines reach the boot server at [default: the interface's]
+    #[arg(long)]
+    pub pxe_server_ip: Option<Ipv4Addr>,
+    /// Enrol unknown machines that PXE-boot as `new` (they boot the discovery script)
+    #[arg(long)]
+    #[serde(default)]
+    pub pxe_discovery: bool,
+    /// Serve authoritative DHCP even when another DHCP server answers on the segment
+    #[arg(long)]
+    #[serde(default)]
+    pub pxe_force: bool,
+    /// Directory with the iPXE binaries [default: DATA_DIR/boot, filled from Debian's ipxe package]
+    #[arg(long)]
+    pub pxe_root: Option<PathBuf>,
+    /// URL machines use to reach the HTTP boot server [default: http://SERVER_IP:API_PORT]
+    #[arg(long)]
+    pub pxe_http_base: Option<String>,
 }
 
 /// `rackshare serve` arguments.
@@ -48,6 +87,22 @@ impl ServeSettings {
             database_url: self.database_url.or(file.database_url),
             log_level: self.log_level.or(file.log_level),
             energy_interval_secs: self.energy_interval_secs.or(file.energy_interval_secs),
+            pxe_interface: self.pxe_interface.or(file.pxe_interface),
+            pxe_mode: self.pxe_mode.or(file.pxe_mode),
+            pxe_pool: self.pxe_pool.or(file.pxe_pool),
+            pxe_router: self.pxe_router.or(file.pxe_router),
+            pxe_dns: if self.pxe_dns.is_empty() {
+                file.pxe_dns
+            } else {
+                self.pxe_dns
+            },
+            pxe_domain: self.pxe_domain.or(file.pxe_domain),
+            pxe_lease_secs: self.pxe_lease_secs.or(file.pxe_lease_secs),
+            pxe_server_ip: self.pxe_server_ip.or(file.pxe_server_ip),
+            pxe_discovery: self.pxe_discovery || file.pxe_discovery,
+            pxe_force: self.pxe_force || file.pxe_force,
+            pxe_root: self.pxe_root.or(file.pxe_root),
+            pxe_http_base: self.pxe_http_base.or(file.pxe_http_base),
         }
     }
 }
@@ -64,6 +119,7 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
     };
     let s = args.settings.or(file);
     let mut config = api::Config::local_default();
+    config.boot = boot_settings(&s)?;
     if let Some(d) = s.data_dir {
         config.data_dir = d;
     }
@@ -83,6 +139,61 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
         config.energy_interval = (secs > 0).then(|| std::time::Duration::from_secs(secs));
     }
     Ok((config, s.log_level.unwrap_or_else(|| "info".into())))
+}
+
+fn boot_settings(s: &ServeSettings) -> anyhow::Result<Option<api::BootSettings>> {
+    let Some(interface) = s.pxe_interface.clone() else {
+        if s.pxe_mode.is_some() || s.pxe_pool.is_some() {
+            bail!("--pxe-mode and --pxe-pool need --pxe-interface IF");
+        }
+        return Ok(None);
+    };
+    let mode = match s.pxe_mode.as_deref().unwrap_or("proxy") {
+        "proxy" => {
+            if s.pxe_pool.is_some() {
+                bail!("--pxe-pool is for --pxe-mode authoritative; proxy mode never hands out addresses");
+            }
+            api::BootMode::Proxy
+        }
+        "authoritative" => {
+            let pool = s
+                .pxe_pool
+                .as_deref()
+                .context("--pxe-mode authoritative needs --pxe-pool FIRST-LAST, e.g. 10.77.0.100-10.77.0.200")?;
+            let (a, b) = pool
+                .split_once('-')
+                .with_context(|| format!("--pxe-pool '{pool}' must be FIRST-LAST"))?;
+            let start: Ipv4Addr = a
+                .trim()
+                .parse()
+                .with_context(|| format!("--pxe-pool: '{a}' is not an IPv4 address"))?;
+            let end: Ipv4Addr = b
+                .trim()
+                .parse()
+                .with_context(|| format!("--pxe-pool: '{b}' is not an IPv4 address"))?;
+            if u32::from(start) > u32::from(end) {
+                bail!("--pxe-pool {pool}: the first address comes after the last");
+            }
+            api::BootMode::Authoritative {
+                pool_start: start,
+                pool_end: end,
+                router: s.pxe_router,
+                dns: s.pxe_dns.clone(),
+                domain: s.pxe_domain.clone(),
+                lease_secs: s.pxe_lease_secs.unwrap_or(3600),
+            }
+        }
+        other => bail!("--pxe-mode must be proxy or authoritative, not '{other}'"),
+    };
+    Ok(Some(api::BootSettings {
+        interface,
+        mode,
+        server_ip: s.pxe_server_ip,
+        discovery: s.pxe_discovery,
+        force: s.pxe_force,
+        root: s.pxe_root.clone(),
+        http_base: s.pxe_http_base.clone(),
+    }))
 }
 
 /// Runs the service until a signal.

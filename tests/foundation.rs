@@ -510,7 +510,8 @@ async fn every_documented_operation_is_routed() {
             let concrete = path
                 .replace("{name}", "nope")
                 .replace("{prefix}", "nope")
-                .replace("{reference}", "nope");
+                .replace("{reference}", "nope")
+                .replace("{file}", "nope");
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
             let r = http
                 .request(m, format!("{}{concrete}", s.url))

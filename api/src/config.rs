@@ -19,6 +19,8 @@ pub struct Config {
     pub bmc_policy: bmc::Policy,
     /// Largest image upload accepted, in bytes.
     pub max_image_bytes: u64,
+    /// PXE boot services (DHCP, TFTP, HTTP boot); None: off.
+    pub boot: Option<crate::BootSettings>,
 }
 
 impl Config {
@@ -31,6 +33,7 @@ impl Config {
             energy_interval: Some(Duration::from_secs(60)),
             bmc_policy: bmc::Policy::default(),
             max_image_bytes: 64 << 30,
+            boot: None,
         }
     }
 

@@ -130,6 +130,9 @@ pub enum StartError {
     /// The image store could not be opened.
     #[error("image store: {0}")]
     Images(images::Error),
+    /// The boot services could not start.
+    #[error("boot services: {0}")]
+    Boot(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

@@ -4,6 +4,7 @@
 
 mod auth;
 mod bmc_service;
+mod boot;
 mod config;
 mod error;
 mod json;
@@ -12,6 +13,7 @@ mod openapi;
 mod routes;
 mod server;
 
+pub use boot::{BootMode, BootSettings};
 pub use config::Config;
 pub use error::{ApiError, StartError};
 pub use server::{RunningServer, Server};

@@ -36,6 +36,7 @@ macro_rules! op {
 pub const OPERATIONS: &[Operation] = &[
     op!("get", "/healthz", "Liveness and database reachability", "anyone", None, Some("Status")),
     op!("get", "/metrics", "Prometheus metrics (text format)", "anyone", None, None),
+    op!("get", "/boot/{file}", "HTTP boot: MAC.ipxe renders the machine's iPXE script; other names are files of the boot root (Range supported)", "anyone (machines on the boot network)", None, None),
     op!("get", "/api/v1/openapi.json", "This document", "anyone", None, None),
     op!("get", "/api/v1/whoami", "The caller's identity", "any role", None, Some("TokenOwner")),
     op!("get", "/api/v1/sites", "List sites", "any role", None, Some("[Site]")),

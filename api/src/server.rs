@@ -23,6 +23,10 @@ pub struct AppState {
     pub images: images::ImageStore,
     /// Largest image accepted.
     pub max_image_bytes: u64,
+    /// The HTTP side of booting, when the boot services run.
+    pub boot: Option<crate::boot::BootHttp>,
+    /// Boot server counters.
+    pub pxe_metrics: Arc<pxe::Metrics>,
 }
 
 /// The service, before it starts.
@@ -39,6 +43,8 @@ pub struct RunningServer {
     shutdown: watch::Sender<bool>,
     task: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
+    pxe_shutdown: pxe::Shutdown,
+    pxe_task: Option<JoinHandle<Result<(), pxe::PxeError>>>,
     inv: Inventory,
 }
 
@@ -73,6 +79,19 @@ impl Server {
             addr: config.listen.to_string(),
             source,
         })?;
+        let pxe_metrics = Arc::new(pxe::Metrics::default());
+        let pxe_shutdown = pxe::Shutdown::new();
+        let mut boot_http = None;
+        let mut pxe_task = None;
+        if let Some(b) = &config.boot {
+            let (cfg, http) = crate::boot::prepare(b, data_dir, addr.port()).await?;
+            pxe_task = Some(
+                crate::boot::start(cfg, inv.clone(), pxe_metrics.clone(), pxe_shutdown.clone())
+                    .await?,
+            );
+            tracing::info!(interface = %b.interface, base = %http.base, "boot services running");
+            boot_http = Some(http);
+        }
         let bmc = Arc::new(BmcService::new(inv.clone(), config.bmc_policy));
         let image_store = images::ImageStore::open(data_dir.join("images"))
             .await
@@ -83,6 +102,8 @@ impl Server {
             bmc: bmc.clone(),
             images: image_store,
             max_image_bytes: config.max_image_bytes,
+            boot: boot_http,
+            pxe_metrics,
         };
         let app = crate::routes::router(state);
         let (shutdown, mut rx) = watch::channel(false);
@@ -115,6 +136,8 @@ impl Server {
             shutdown,
             task,
             background,
+            pxe_shutdown,
+            pxe_task,
             inv,
         })
     }
@@ -124,6 +147,12 @@ impl RunningServer {
     /// Stops accepting, lets in-flight requests finish, closes the database.
     pub async fn shutdown(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);
+        self.pxe_shutdown.cancel();
+        if let Some(t) = self.pxe_task {
+            if let Ok(Err(e)) = t.await {
+                tracing::warn!(error = %e, "boot services ended with an error");
+            }
+        }
         for t in self.background {
             let _ = t.await;
         }

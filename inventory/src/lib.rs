@@ -7,6 +7,7 @@
 
 mod audit;
 mod db;
+mod dhcp;
 mod energy;
 mod error;
 mod export;
@@ -20,6 +21,7 @@ mod state;
 
 pub use audit::{AuditEvent, AuditFilter, NewAuditEvent, Outcome};
 pub use db::{Backend, Inventory};
+pub use dhcp::{DhcpLease, DhcpLeaseChange};
 pub use energy::PowerSample;
 pub use error::{Error, Result};
 pub use export::{

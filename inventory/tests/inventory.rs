@@ -516,3 +516,49 @@ async fn power_samples_integrate_to_watt_hours() {
         ));
     }
 }
+
+#[tokio::test]
+async fn dhcp_lease_batches_are_atomic_and_ordered() {
+    for db in common::both().await {
+        let inv = &db.inv;
+        let lease = |mac: &str, ip: &str| DhcpLease {
+            mac: mac.into(),
+            ip: ip.into(),
+            hostname: Some("h".into()),
+            client_id: None,
+            state: "bound".into(),
+            expires_at: 1,
+        };
+        inv.apply_dhcp_lease_changes(&[
+            DhcpLeaseChange::Upsert(lease("52:54:00:00:07:01", "10.77.0.100")),
+            DhcpLeaseChange::Upsert(lease("52:54:00:00:07:02", "10.77.0.101")),
+        ])
+        .await
+        .expect("batch");
+        // The address moves from one MAC to another inside one batch.
+        inv.apply_dhcp_lease_changes(&[
+            DhcpLeaseChange::Delete {
+                mac: "52:54:00:00:07:01".into(),
+            },
+            DhcpLeaseChange::Upsert(lease("52:54:00:00:07:03", "10.77.0.100")),
+            DhcpLeaseChange::Upsert(DhcpLease {
+                expires_at: 99,
+                ..lease("52:54:00:00:07:02", "10.77.0.101")
+            }),
+        ])
+        .await
+        .expect("batch 2");
+        let all = inv.dhcp_leases().await.expect("leases");
+        assert_eq!(
+            all.iter()
+                .map(|l| (l.mac.as_str(), l.ip.as_str(), l.expires_at))
+                .collect::<Vec<_>>(),
+            [
+                ("52:54:00:00:07:02", "10.77.0.101", 99),
+                ("52:54:00:00:07:03", "10.77.0.100", 1)
+            ],
+            "{}",
+            db.label
+        );
+    }
+}

@@ -86,6 +86,53 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), PxeError> {
+    run_inner(config, directory, lease_store, metrics, shutdown, None).await
+}
+
+/// Like [`run`], but returns once every socket is bound and the leases are loaded, with the
+/// server running in a task: start-up errors come back here, serving errors from the task.
+pub async fn start(
+    config: PxeConfig,
+    directory: Arc<dyn MachineDirectory>,
+    lease_store: Arc<dyn LeaseStore>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<tokio::task::JoinHandle<Result<(), PxeError>>, PxeError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let mut task = tokio::spawn(run_inner(
+        config,
+        directory,
+        lease_store,
+        metrics,
+        shutdown,
+        Some(tx),
+    ));
+    tokio::select! {
+        ready = rx => match ready {
+            Ok(()) => Ok(task),
+            // The sender was dropped without a signal: the task ended with an error.
+            Err(_) => match (&mut task).await {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Ok(task),
+                Err(e) => Err(PxeError::Config(format!("PXE server task failed: {e}"))),
+            },
+        },
+        done = &mut task => match done {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Err(PxeError::Config("PXE server stopped during start-up".into())),
+            Err(e) => Err(PxeError::Config(format!("PXE server task failed: {e}"))),
+        },
+    }
+}
+
+async fn run_inner(
+    config: PxeConfig,
+    directory: Arc<dyn MachineDirectory>,
+    lease_store: Arc<dyn LeaseStore>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+    ready: Option<tokio::sync::oneshot::Sender<()>>,
+) -> Result<(), PxeError> {
     let server_ip = match config.server_ip {
         Some(ip) => ip,
         None => interface_ipv4(&config.interface)?,
@@ -167,6 +214,9 @@ pub async fn run(
         leases = leases.len(),
         "PXE boot server starting"
     );
+    if let Some(r) = ready {
+        let _ = r.send(());
+    }
 
     let mut tasks = tokio::task::JoinSet::new();
     let mut writer_task = None;

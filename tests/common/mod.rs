@@ -25,6 +25,8 @@ pub async fn fresh_postgres() -> String {
 
 /// A running `rackshare serve`, stopped on drop.
 pub struct Service {
+    /// The network namespace the service runs in (CLI calls enter it too).
+    pub netns: Option<String>,
     pub child: Option<Child>,
     pub url: String,
     pub admin_token: String,
@@ -58,8 +60,13 @@ impl Service {
 
     /// Starts the binary with exactly `args`, in `dir`.
     pub fn spawn(dir: tempfile::TempDir, args: Vec<String>) -> Service {
+        Self::spawn_in(None, dir, args)
+    }
+
+    /// Like `spawn`, inside network namespace `netns` when given.
+    pub fn spawn_in(netns: Option<&str>, dir: tempfile::TempDir, args: Vec<String>) -> Service {
         let log = dir.path().join("serve.log");
-        let mut child = Command::new(BIN)
+        let mut child = Self::command(netns)
             .args(&args)
             .current_dir(dir.path())
             .env_remove("RACKSHARE_DATABASE_URL")
@@ -100,6 +107,7 @@ impl Service {
             }
         }
         Service {
+            netns: netns.map(str::to_string),
             child: Some(child),
             url,
             admin_token: token,
@@ -108,9 +116,20 @@ impl Service {
         }
     }
 
+    fn command(netns: Option<&str>) -> Command {
+        match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, BIN]);
+                c
+            }
+            None => Command::new(BIN),
+        }
+    }
+
     /// Runs a CLI command against this service with `token`.
     pub fn cli_as(&self, token: &str, args: &[&str]) -> Output {
-        Command::new(BIN)
+        Self::command(self.netns.as_deref())
             .args(args)
             .env("RACKSHARE_URL", &self.url)
             .env("RACKSHARE_TOKEN", token)

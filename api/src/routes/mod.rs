@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
+        .route("/boot/{file}", get(crate::boot::boot_file))
         .nest("/api/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -1,0 +1,418 @@
+//! The boot services wired to the inventory: which machines PXE-boot into what, durable DHCP
+//! leases, discovery of unknown machines, and the HTTP side of booting (`/boot/…`).
+
+use crate::ApiError;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use inventory::{
+    DhcpLease, DhcpLeaseChange, Inventory, MacAddress, MachineState, NewAuditEvent, NewMachine,
+};
+use pxe::{
+    AgentBoot, AgentMode, BootIntent, BootScript, ClientArch, ClientInfo, DirectoryError, Lease,
+    LeaseChange, LeaseState, LeaseStore, LeaseStoreError, MacAddr, MachineDirectory, MachineEntry,
+};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tower::ServiceExt;
+
+/// What a machine in `state` boots into. One pure function: the DHCP side and the iPXE
+/// script side both ask it.
+pub fn intent_for(state: MachineState) -> BootIntent {
+    match state {
+        MachineState::Inspecting => BootIntent::Agent {
+            mode: AgentMode::Inspect,
+        },
+        MachineState::Deploying => BootIntent::Agent {
+            mode: AgentMode::Deploy,
+        },
+        MachineState::Releasing => BootIntent::Agent {
+            mode: AgentMode::Wipe,
+        },
+        MachineState::Retired => BootIntent::Ignore,
+        // Enrolled or discovered but never inspected: boot the agent to find out what it is,
+        // as MAAS enlists and Ironic inspects.
+        MachineState::New => BootIntent::Discover,
+        MachineState::Available
+        | MachineState::Allocated
+        | MachineState::Deployed
+        | MachineState::Maintenance
+        | MachineState::Failed => BootIntent::LocalDisk,
+    }
+}
+
+/// The inventory as the boot server's machine directory.
+pub struct InventoryDirectory {
+    /// The inventory.
+    pub inv: Inventory,
+}
+
+impl MachineDirectory for InventoryDirectory {
+    fn lookup(&self, mac: MacAddr) -> BoxFuture<'_, Result<Option<MachineEntry>, DirectoryError>> {
+        async move {
+            let m = self
+                .inv
+                .machine_by_mac(MacAddress(mac.0))
+                .await
+                .map_err(|e| DirectoryError(e.to_string()))?;
+            Ok(m.map(|m| MachineEntry {
+                intent: intent_for(m.state),
+                reserved_ip: None,
+                hostname: Some(m.name),
+            }))
+        }
+        .boxed()
+    }
+
+    fn discovered(&self, info: ClientInfo) -> BoxFuture<'_, Result<(), DirectoryError>> {
+        async move {
+            let mac = MacAddress(info.mac.0);
+            if self
+                .inv
+                .machine_by_mac(mac)
+                .await
+                .map_err(|e| DirectoryError(e.to_string()))?
+                .is_some()
+            {
+                return Ok(());
+            }
+            let arch = match info.arch {
+                Some(ClientArch::UefiArm64 | ClientArch::UefiArm64Http) => "aarch64",
+                _ => "x86_64",
+            };
+            let name = format!("new-{}", mac.to_string().replace(':', ""));
+            let new = NewMachine {
+                name: name.clone(),
+                macs: vec![mac],
+                arch: Some(arch.into()),
+                notes: Some(format!(
+                    "discovered by PXE on {} (vendor class {})",
+                    info.interface,
+                    info.vendor_class.as_deref().unwrap_or("none")
+                )),
+                ..Default::default()
+            };
+            match self
+                .inv
+                .add_machine_in_state(
+                    "pxe",
+                    &new,
+                    MachineState::New,
+                    "discovered by PXE",
+                    "machine.discover",
+                )
+                .await
+            {
+                Ok(_) => {
+                    tracing::info!(%mac, machine = %name, "discovered a new machine");
+                    Ok(())
+                }
+                // Two DHCP packets racing: the other one enrolled it.
+                Err(inventory::Error::Conflict { .. }) => Ok(()),
+                Err(e) => Err(DirectoryError(e.to_string())),
+            }
+        }
+        .boxed()
+    }
+}
+
+/// The inventory's `dhcp_leases` table as the boot server's lease store.
+pub struct InventoryLeaseStore {
+    /// The inventory.
+    pub inv: Inventory,
+}
+
+impl LeaseStore for InventoryLeaseStore {
+    fn load(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseStoreError>> {
+        async move {
+            let rows = self
+                .inv
+                .dhcp_leases()
+                .await
+                .map_err(|e| LeaseStoreError::Other(e.to_string()))?;
+            let mut out = Vec::with_capacity(rows.len());
+            for r in rows {
+                // A row that does not parse is skipped, not fatal: the address is re-leased.
+                let (Ok(mac), Ok(ip)) = (r.mac.parse::<MacAddr>(), r.ip.parse::<Ipv4Addr>()) else {
+                    tracing::warn!(mac = %r.mac, ip = %r.ip, "skipping a damaged DHCP lease row");
+                    continue;
+                };
+                out.push(Lease {
+                    mac,
+                    ip,
+                    hostname: r.hostname,
+                    client_id: r.client_id,
+                    expires_at: r.expires_at,
+                    state: if r.state == "released" {
+                        LeaseState::Released
+                    } else {
+                        LeaseState::Bound
+                    },
+                });
+            }
+            Ok(out)
+        }
+        .boxed()
+    }
+
+    fn commit(&self, changes: Vec<LeaseChange>) -> BoxFuture<'_, Result<(), LeaseStoreError>> {
+        async move {
+            let batch: Vec<DhcpLeaseChange> = changes
+                .into_iter()
+                .map(|c| match c {
+                    LeaseChange::Delete { mac } => DhcpLeaseChange::Delete {
+                        mac: mac.to_string(),
+                    },
+                    LeaseChange::Upsert(l) => DhcpLeaseChange::Upsert(DhcpLease {
+                        mac: l.mac.to_string(),
+                        ip: l.ip.to_string(),
+                        hostname: l.hostname,
+                        client_id: l.client_id,
+                        state: match l.state {
+                            LeaseState::Released => "released".into(),
+                            LeaseState::Bound => "bound".into(),
+                        },
+                        expires_at: l.expires_at,
+                    }),
+                })
+                .collect();
+            self.inv
+                .apply_dhcp_lease_changes(&batch)
+                .await
+                .map_err(|e| LeaseStoreError::Other(e.to_string()))
+        }
+        .boxed()
+    }
+}
+
+/// What the HTTP side of booting needs.
+#[derive(Clone)]
+pub struct BootHttp {
+    /// Where the iPXE binaries (and the agent, later) are served from.
+    pub root: PathBuf,
+    /// `http://SERVER:PORT` as machines on the boot network reach the API.
+    pub base: String,
+}
+
+/// `GET /boot/{file}`: `MAC.ipxe` renders the machine's script; anything else is a file of the
+/// boot root (plain names only: no directories, no escapes), streamed with Range support.
+pub async fn boot_file(
+    State(st): State<crate::server::AppState>,
+    Path(file): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let Some(boot) = st.boot.clone() else {
+        return Err(ApiError::not_found(
+            "the boot services are not configured (start with --pxe-interface)",
+        ));
+    };
+    if let Some(mac) = file.strip_suffix(".ipxe") {
+        let mac: MacAddr = mac
+            .parse()
+            .map_err(|_| ApiError::invalid("mac", format!("'{mac}' is not a MAC address")))?;
+        let machine = st.inv.machine_by_mac(MacAddress(mac.0)).await?;
+        let agent = |mode| AgentBoot {
+            kernel_url: format!("{}/boot/agent-vmlinuz", boot.base),
+            initrd_url: format!("{}/boot/agent-initrd.img", boot.base),
+            initrd_name: "agent-initrd.img".into(),
+            api_url: boot.base.clone(),
+            // Until the job engine issues one-time agent tokens (the reimage issue), the agent
+            // is booted without one and can report nothing back.
+            token: "none".into(),
+            mode,
+            extra_cmdline: "console=ttyS0 console=tty0".into(),
+        };
+        let script = match machine.as_ref().map(|m| intent_for(m.state)) {
+            Some(BootIntent::Agent { mode }) => BootScript::Agent(agent(mode)),
+            Some(BootIntent::LocalDisk) | Some(BootIntent::Ignore) => BootScript::LocalDisk,
+            Some(BootIntent::Discover) | None => BootScript::Discovery(agent(AgentMode::Inspect)),
+        };
+        let self_url = format!("{}/boot/{}.ipxe", boot.base, mac.to_url_form());
+        let text =
+            pxe::try_render_boot_script(mac, &script, &self_url).map_err(ApiError::internal)?;
+        if let Some(m) = &machine {
+            tracing::info!(machine = %m.name, state = %m.state, "served boot script");
+            let _ = st
+                .inv
+                .record(NewAuditEvent::ok("pxe", "machine.boot_script", "machine", &m.name).detail(
+                    serde_json::json!({"script": match script { BootScript::LocalDisk => "local-disk", BootScript::Agent(_) => "agent", BootScript::Discovery(_) => "discovery" }}),
+                ))
+                .await;
+        }
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
+    }
+    if file.is_empty() || file.contains(['/', '\\']) || file.starts_with('.') {
+        return Err(ApiError::not_found(format!("no boot file '{file}'")));
+    }
+    let path = boot.root.join(&file);
+    // Symlinks out of the root are refused like in TFTP.
+    let canon_root = std::fs::canonicalize(&boot.root).map_err(ApiError::internal)?;
+    match std::fs::canonicalize(&path) {
+        Ok(p) if p.starts_with(&canon_root) && p.is_file() => {}
+        _ => return Err(ApiError::not_found(format!("no boot file '{file}'"))),
+    }
+    let resp = tower_http::services::ServeFile::new(path)
+        .oneshot(req)
+        .await
+        .map_err(ApiError::internal)?;
+    Ok(resp.map(Body::new).into_response())
+}
+
+/// The boot services' settings, as `serve` flags give them.
+#[derive(Debug, Clone)]
+pub struct BootSettings {
+    /// Interface to serve DHCP/TFTP on.
+    pub interface: String,
+    /// Proxy or authoritative.
+    pub mode: BootMode,
+    /// Address to announce; default the interface's.
+    pub server_ip: Option<Ipv4Addr>,
+    /// Unknown machines are enrolled as `new` and boot discovery.
+    pub discovery: bool,
+    /// Serve authoritative DHCP even if another server answers.
+    pub force: bool,
+    /// TFTP/HTTP boot root; default `DATA_DIR/boot`, filled from Debian's `ipxe` package.
+    pub root: Option<PathBuf>,
+    /// Base URL machines use to reach the HTTP boot server; default `http://SERVER_IP:API_PORT`.
+    pub http_base: Option<String>,
+}
+
+/// DHCP mode.
+#[derive(Debug, Clone)]
+pub enum BootMode {
+    /// Beside the network's DHCP server: boot information only.
+    Proxy,
+    /// rackshare hands out addresses.
+    Authoritative {
+        /// First address of the pool.
+        pool_start: Ipv4Addr,
+        /// Last address of the pool.
+        pool_end: Ipv4Addr,
+        /// Default gateway.
+        router: Option<Ipv4Addr>,
+        /// DNS servers.
+        dns: Vec<Ipv4Addr>,
+        /// Domain name.
+        domain: Option<String>,
+        /// Lease time in seconds.
+        lease_secs: u64,
+    },
+}
+
+/// Builds the pxe crate's configuration; refuses authoritative mode where another DHCP
+/// server answers (unless forced).
+pub async fn prepare(
+    s: &BootSettings,
+    data_dir: &std::path::Path,
+    api_port: u16,
+) -> Result<(pxe::PxeConfig, BootHttp), crate::StartError> {
+    let err = |m: String| crate::StartError::Boot(m);
+    let root = s.root.clone().unwrap_or_else(|| data_dir.join("boot"));
+    let files = pxe::BootFiles::default();
+    if pxe::check_tftp_root(&root, &files).is_err() {
+        pxe::populate_tftp_root(&root, std::path::Path::new(pxe::DEBIAN_IPXE_DIR), &files)
+            .map_err(|e| err(e.to_string()))?;
+    }
+    let (if_ip, mask) =
+        pxe::interface_ipv4_with_mask(&s.interface).map_err(|e| err(e.to_string()))?;
+    let server_ip = s.server_ip.unwrap_or(if_ip);
+    let mode = match &s.mode {
+        BootMode::Proxy => pxe::DhcpMode::Proxy,
+        BootMode::Authoritative {
+            pool_start,
+            pool_end,
+            router,
+            dns,
+            domain,
+            lease_secs,
+        } => {
+            if !s.force {
+                let seen = pxe::probe_dhcp_servers(&s.interface, std::time::Duration::from_secs(3))
+                    .await
+                    .map_err(|e| {
+                        err(format!(
+                            "probing for other DHCP servers on {}: {e}",
+                            s.interface
+                        ))
+                    })?;
+                if let Some(other) = seen.iter().find(|x| !x.proxy) {
+                    return Err(err(format!(
+                        "another DHCP server ({}) answers on {}; refusing authoritative mode (use --pxe-mode proxy, or --pxe-force if you are sure)",
+                        other.server_id.map(|i| i.to_string()).unwrap_or_else(|| other.source.ip().to_string()),
+                        s.interface
+                    )));
+                }
+            }
+            let mut pool = pxe::PoolConfig::new(*pool_start, *pool_end, mask);
+            pool.router = *router;
+            pool.dns = dns.clone();
+            pool.domain = domain.clone();
+            pool.lease_time = std::time::Duration::from_secs(*lease_secs);
+            pxe::DhcpMode::Authoritative { pools: vec![pool] }
+        }
+    };
+    let base = s
+        .http_base
+        .clone()
+        .unwrap_or_else(|| format!("http://{server_ip}:{api_port}"));
+    let mut cfg = pxe::PxeConfig::new(s.interface.clone(), root.clone());
+    cfg.mode = mode;
+    cfg.server_ip = Some(server_ip);
+    cfg.http_port = api_port;
+    cfg.http_base = Some(base.clone());
+    cfg.discovery = s.discovery;
+    Ok((cfg, BootHttp { root, base }))
+}
+
+/// Starts DHCP and TFTP; returns once they are bound.
+pub async fn start(
+    cfg: pxe::PxeConfig,
+    inv: Inventory,
+    metrics: Arc<pxe::Metrics>,
+    shutdown: pxe::Shutdown,
+) -> Result<tokio::task::JoinHandle<Result<(), pxe::PxeError>>, crate::StartError> {
+    let directory = Arc::new(InventoryDirectory { inv: inv.clone() });
+    let leases = Arc::new(InventoryLeaseStore { inv });
+    pxe::start(cfg, directory, leases, metrics, shutdown)
+        .await
+        .map_err(|e| crate::StartError::Boot(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_state_has_a_boot_intent() {
+        for s in MachineState::ALL {
+            let i = intent_for(s);
+            match s {
+                MachineState::Deploying => assert_eq!(
+                    i,
+                    BootIntent::Agent {
+                        mode: AgentMode::Deploy
+                    }
+                ),
+                MachineState::Inspecting => assert_eq!(
+                    i,
+                    BootIntent::Agent {
+                        mode: AgentMode::Inspect
+                    }
+                ),
+                MachineState::Releasing => assert_eq!(
+                    i,
+                    BootIntent::Agent {
+                        mode: AgentMode::Wipe
+                    }
+                ),
+                MachineState::Retired => assert_eq!(i, BootIntent::Ignore),
+                MachineState::New => assert_eq!(i, BootIntent::Discover),
+                _ => assert_eq!(i, BootIntent::LocalDisk, "{s}"),
+            }
+        }
+    }
+}

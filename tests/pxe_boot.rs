@@ -1,0 +1,191 @@
+//! Real firmware PXE-boots from the real `rackshare serve`: a QEMU VM (TCG, SeaBIOS with the
+//! iPXE ROM) on a bridge inside a network namespace the test creates. Authoritative mode with
+//! a known machine (local-disk script, lease in the database), then proxy mode beside dnsmasq
+//! with discovery (an unknown VM is enrolled as `new`).
+
+mod common;
+
+use common::Service;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use testkit::netns::{require, Lab};
+
+fn check_firmware() {
+    require("qemu-system-x86_64", "qemu-system-x86");
+    require("dnsmasq", "dnsmasq-base");
+    for (f, pkg) in [
+        ("/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu"),
+        ("/usr/lib/ipxe/undionly.kpxe", "ipxe"),
+    ] {
+        assert!(
+            Path::new(f).exists(),
+            "{f} is missing: install the Debian package `{pkg}`"
+        );
+    }
+}
+
+/// Starts a BIOS VM with `mac` on tap0 and waits (bounded) for `marker` on its serial console.
+fn boot_vm(lab: &Lab, mac: &str, marker: &str) -> String {
+    let serial = lab.path(&format!("serial-{mac}.log"));
+    let sercon = lab.path("sercon");
+    std::fs::write(&sercon, [0xf8, 0x03]).expect("sercon");
+    let nic = format!("virtio-net-pci,netdev=n0,mac={mac}");
+    let serial_arg = format!("file:{}", serial.display());
+    let sercon_arg = format!("name=etc/sercon-port,file={}", sercon.display());
+    let argv = [
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-netdev",
+        "tap,id=n0,ifname=tap0,script=no,downscript=no",
+        "-device",
+        &nic,
+        "-serial",
+        &serial_arg,
+        "-boot",
+        "n",
+        "-fw_cfg",
+        &sercon_arg,
+    ];
+    let pid = lab.spawn(&lab.srv, &argv, &lab.path("qemu.log"));
+    let read = || String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).to_string();
+    let end = Instant::now() + Duration::from_secs(180);
+    while Instant::now() < end && !read().contains(marker) {
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    lab.kill(pid, nix::sys::signal::Signal::SIGKILL);
+    read()
+}
+
+fn serve_in(lab: &Lab, extra: &[&str]) -> Service {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut args: Vec<String> = ["serve", "--data-dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(dir.path().join("data").display().to_string());
+    args.extend(
+        [
+            "--listen",
+            "10.77.0.1:8080",
+            "--pxe-interface",
+            "br0",
+            "--energy-interval-secs",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Service::spawn_in(Some(&lab.srv), dir, args)
+}
+
+#[tokio::test]
+async fn bios_vm_boots_its_script_authoritative_then_discovered_in_proxy_mode() {
+    check_firmware();
+
+    // Authoritative: rackshare hands out the address and the machine's local-disk script.
+    let lab = Lab::new("e2eauth");
+    lab.ip(&lab.srv, "tuntap add tap0 mode tap");
+    lab.ip(&lab.srv, "link set tap0 master br0 up");
+    let mut s = serve_in(
+        &lab,
+        &[
+            "--pxe-mode",
+            "authoritative",
+            "--pxe-pool",
+            "10.77.0.100-10.77.0.150",
+            "--pxe-router",
+            "10.77.0.1",
+        ],
+    );
+    let mac = "52:54:00:b0:00:11";
+    s.cli(&["machine", "add", "vm1", "--mac", mac]);
+    s.cli(&["machine", "state", "vm1", "available"]);
+    let log = boot_vm(
+        &lab,
+        mac,
+        &format!("rackshare: booting {mac} from its local disk"),
+    );
+    assert!(
+        log.contains(&format!("rackshare: booting {mac} from its local disk")),
+        "serial console:\n{log}\nserver log:\n{}",
+        s.log_text()
+    );
+    let ev = s.cli_json(&["events", "--machine", "vm1"]);
+    assert!(
+        ev.as_array()
+            .expect("ev")
+            .iter()
+            .any(|e| e["action"] == "machine.boot_script" && e["detail"]["script"] == "local-disk"),
+        "{ev}"
+    );
+    // The lease is durable: it is in the database the service writes.
+    let db = s.data_dir().join("rackshare.db");
+    assert!(s.stop(), "SIGTERM stops DHCP, TFTP and the API cleanly");
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("db");
+    let leased: Vec<String> = sqlx::query_scalar("SELECT ip FROM dhcp_leases WHERE mac = $1")
+        .bind(mac)
+        .fetch_all(&pool)
+        .await
+        .expect("q");
+    assert_eq!(leased.len(), 1, "one durable lease for the VM");
+    assert!(leased[0].starts_with("10.77.0.1"), "{leased:?}");
+    pool.close().await;
+    drop(s);
+    drop(lab);
+
+    // Proxy beside dnsmasq, discovery on: an unknown machine boots discovery and is enrolled.
+    let lab = Lab::new("e2eproxy");
+    lab.ip(&lab.srv, "tuntap add tap0 mode tap");
+    lab.ip(&lab.srv, "link set tap0 master br0 up");
+    testkit_dnsmasq(&lab);
+    let s = serve_in(&lab, &["--pxe-mode", "proxy", "--pxe-discovery"]);
+    let unknown = "52:54:00:b0:00:22";
+    let log = boot_vm(&lab, unknown, &format!("rackshare: discovering {unknown}"));
+    assert!(
+        log.contains(&format!("rackshare: discovering {unknown}")),
+        "serial console:\n{log}\nserver log:\n{}",
+        s.log_text()
+    );
+    let found = s.cli_json(&["machine", "list", "--mac", unknown]);
+    assert_eq!(found[0]["name"], "new-525400b00022", "{found}");
+    assert_eq!(found[0]["state"], "new");
+    let dns_leases = std::fs::read_to_string(lab.path("dnsmasq.leases")).unwrap_or_default();
+    assert!(
+        dns_leases.contains(unknown),
+        "the address came from dnsmasq: {dns_leases}"
+    );
+}
+
+/// dnsmasq as the segment's own DHCP server (10.77.0.2), in its own namespace on the bridge.
+fn testkit_dnsmasq(lab: &Lab) {
+    let ns = lab.add_host("dnsmasq", "02:00:00:00:00:02", Some("10.77.0.2/24"));
+    let lease = lab.path("dnsmasq.leases").display().to_string();
+    lab.spawn(
+        &ns,
+        &[
+            "dnsmasq",
+            "-d",
+            "--no-ping",
+            "--port=0",
+            "--conf-file=/dev/null",
+            "-u",
+            "root",
+            "--interface=eth0",
+            "--bind-interfaces",
+            "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
+            &format!("--dhcp-leasefile={lease}"),
+            "--log-dhcp",
+        ],
+        &lab.path("dnsmasq.log"),
+    );
+}
