@@ -132,7 +132,7 @@ pub enum MachineCmd {
     /// Enrol a machine
     Add {
         name: String,
-        /// MAC address of a NIC (repeat; the first one PXE-boots)
+        /// MAC address of a NIC, optionally with a reserved IPv4 address: MAC or MAC=IP (repeat; the first one PXE-boots)
         #[arg(long = "mac", required = true)]
         macs: Vec<String>,
         #[command(flatten)]
@@ -192,7 +192,7 @@ pub enum MachineCmd {
     /// Change a machine's details
     Edit {
         name: String,
-        /// Replace the NICs with these MACs (the first one PXE-boots)
+        /// Replace the NICs with these: MAC or MAC=IP (the first one PXE-boots)
         #[arg(long = "mac")]
         macs: Vec<String>,
         #[arg(long = "add-tag")]
@@ -814,7 +814,7 @@ async fn machine(c: &Client, fmt: Format, cmd: MachineCmd) -> anyhow::Result<()>
             cpus,
             notes,
         } => {
-            let mut body = json!({"name": name, "macs": macs, "tags": tags});
+            let mut body = json!({"name": name, "nics": nics_body(&macs), "tags": tags});
             let o = body
                 .as_object_mut()
                 .ok_or_else(|| anyhow!("internal: body"))?;
@@ -1039,6 +1039,19 @@ async fn image(c: &Client, fmt: Format, cmd: ImageCmd) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// `--mac MAC[=IP]` values as the API's NIC list; the first NIC PXE-boots.
+fn nics_body(macs: &[String]) -> Value {
+    Value::Array(
+        macs.iter()
+            .enumerate()
+            .map(|(i, m)| match m.split_once('=') {
+                Some((mac, ip)) => json!({"mac": mac, "ip": ip, "pxe": i == 0}),
+                None => json!({"mac": m, "pxe": i == 0}),
+            })
+            .collect(),
+    )
 }
 
 fn put<T: Into<Value>>(o: &mut Map<String, Value>, key: &str, v: Option<T>) {

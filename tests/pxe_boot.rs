@@ -105,7 +105,14 @@ async fn bios_vm_boots_its_script_authoritative_then_discovered_in_proxy_mode() 
         ],
     );
     let mac = "52:54:00:b0:00:11";
-    s.cli(&["machine", "add", "vm1", "--mac", mac]);
+    // A static reservation outside the dynamic pool.
+    s.cli(&[
+        "machine",
+        "add",
+        "vm1",
+        "--mac",
+        &format!("{mac}=10.77.0.42"),
+    ]);
     s.cli(&["machine", "state", "vm1", "available"]);
     let log = boot_vm(
         &lab,
@@ -137,8 +144,15 @@ async fn bios_vm_boots_its_script_authoritative_then_discovered_in_proxy_mode() 
         .fetch_all(&pool)
         .await
         .expect("q");
-    assert_eq!(leased.len(), 1, "one durable lease for the VM");
-    assert!(leased[0].starts_with("10.77.0.1"), "{leased:?}");
+    assert_eq!(
+        leased,
+        ["10.77.0.42"],
+        "one durable lease for the VM, at its reserved address"
+    );
+    assert!(
+        log.contains("10.77.0.42"),
+        "the VM got its reserved address:\n{log}"
+    );
     pool.close().await;
     drop(s);
     drop(lab);

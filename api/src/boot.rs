@@ -61,7 +61,7 @@ impl MachineDirectory for InventoryDirectory {
                 .map_err(|e| DirectoryError(e.to_string()))?;
             Ok(m.map(|m| MachineEntry {
                 intent: intent_for(m.state),
-                reserved_ip: None,
+                reserved_ip: m.nics.iter().find(|n| n.mac.0 == mac.0).and_then(|n| n.ip),
                 hostname: Some(m.name),
             }))
         }

@@ -288,8 +288,8 @@ macro_rules! bind_filter {
 const SQLITE_MACHINE_JSON: &str = "json_object('id', m.id, 'name', m.name, 'serial', m.serial, 'vendor', m.vendor, \
     'model', m.model, 'arch', m.arch, 'cpu_count', m.cpu_count, 'cpu_model', m.cpu_model, 'ram_mib', m.ram_mib, \
     'disks', json(m.disks), \
-    'nics', (SELECT COALESCE(json_group_array(json_object('mac', n.mac, 'name', n.name, 'pxe', json(CASE WHEN n.pxe <> 0 THEN 'true' ELSE 'false' END))), '[]') \
-             FROM (SELECT mac, name, pxe FROM machine_nics WHERE machine_id = m.id ORDER BY id) AS n), \
+    'nics', (SELECT COALESCE(json_group_array(json_object('mac', n.mac, 'name', n.name, 'pxe', json(CASE WHEN n.pxe <> 0 THEN 'true' ELSE 'false' END), 'ip', n.ip)), '[]') \
+             FROM (SELECT mac, name, pxe, ip FROM machine_nics WHERE machine_id = m.id ORDER BY id) AS n), \
     'tags', json(m.tags), 'site', s.name, 'rack', r.name, 'rack_unit', m.rack_unit, 'notes', m.notes, \
     'state', m.state, 'state_reason', m.state_reason, 'state_changed_at', m.state_changed_at, 'lease_id', m.lease_id, \
     'member_group', g.name, \
@@ -305,7 +305,7 @@ const SQLITE_MACHINE_JSON: &str = "json_object('id', m.id, 'name', m.name, 'seri
 const POSTGRES_MACHINE_JSON: &str = "json_build_object('id', m.id, 'name', m.name, 'serial', m.serial, 'vendor', m.vendor, \
     'model', m.model, 'arch', m.arch, 'cpu_count', m.cpu_count, 'cpu_model', m.cpu_model, 'ram_mib', m.ram_mib, \
     'disks', m.disks::json, \
-    'nics', COALESCE((SELECT json_agg(json_build_object('mac', n.mac, 'name', n.name, 'pxe', n.pxe <> 0) ORDER BY n.id) \
+    'nics', COALESCE((SELECT json_agg(json_build_object('mac', n.mac, 'name', n.name, 'pxe', n.pxe <> 0, 'ip', n.ip) ORDER BY n.id) \
              FROM machine_nics n WHERE n.machine_id = m.id), '[]'::json), \
     'tags', m.tags::json, 'site', s.name, 'rack', r.name, 'rack_unit', m.rack_unit, 'notes', m.notes, \
     'state', m.state, 'state_reason', m.state_reason, 'state_changed_at', m.state_changed_at, 'lease_id', m.lease_id, \
@@ -410,12 +410,22 @@ fn normalise_nics(mut nics: Vec<Nic>, macs: &[MacAddress]) -> Result<Vec<Nic>> {
             mac: *m,
             name: String::new(),
             pxe: false,
+            ip: None,
         });
     }
     let mut seen = HashSet::new();
+    let mut ips = HashSet::new();
     for n in &nics {
         if !seen.insert(n.mac) {
             return Err(Error::invalid("mac", format!("{} is listed twice", n.mac)));
+        }
+        if let Some(ip) = n.ip {
+            if !ips.insert(ip) {
+                return Err(Error::invalid(
+                    "ip",
+                    format!("{ip} is reserved for two NICs"),
+                ));
+            }
         }
         if n.mac.0 == [0; 6] || n.mac.0[0] & 1 == 1 {
             return Err(Error::invalid(
@@ -478,13 +488,30 @@ impl Inventory {
                     format!("{mac} already belongs to machine '{owner}'"),
                 ));
             }
+            if let Some(ip) = n.ip {
+                let holder: Option<String> = sqlx::query_scalar(
+                    "SELECT m.name FROM machine_nics n JOIN machines m ON m.id = n.machine_id \
+                     WHERE n.ip = $1 AND n.machine_id <> $2",
+                )
+                .bind(ip.to_string())
+                .bind(machine_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+                if let Some(holder) = holder {
+                    return Err(Error::conflict(
+                        "ip",
+                        format!("{ip} is already reserved for machine '{holder}'"),
+                    ));
+                }
+            }
             sqlx::query(
-                "INSERT INTO machine_nics (machine_id, mac, name, pxe) VALUES ($1, $2, $3, $4)",
+                "INSERT INTO machine_nics (machine_id, mac, name, pxe, ip) VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(machine_id)
             .bind(&mac)
             .bind(&n.name)
             .bind(i64::from(n.pxe))
+            .bind(n.ip.map(|i| i.to_string()))
             .execute(&mut **tx)
             .await
             .map_err(|e| match e {
@@ -612,18 +639,24 @@ impl Inventory {
         }
         // One query for all NICs beats one per machine by two orders of magnitude at 10k.
         let rows = if machines.len() == 1 {
-            sqlx::query("SELECT machine_id, mac, name, pxe FROM machine_nics WHERE machine_id = $1 ORDER BY id")
+            sqlx::query("SELECT machine_id, mac, name, pxe, ip FROM machine_nics WHERE machine_id = $1 ORDER BY id")
                 .bind(machines[0].id)
                 .fetch_all(&self.pool)
                 .await?
         } else {
-            sqlx::query("SELECT machine_id, mac, name, pxe FROM machine_nics ORDER BY id")
+            sqlx::query("SELECT machine_id, mac, name, pxe, ip FROM machine_nics ORDER BY id")
                 .fetch_all(&self.pool)
                 .await?
         };
         let mut by_machine: HashMap<i64, Vec<Nic>> = HashMap::new();
         for r in &rows {
             let mac: String = r.try_get("mac")?;
+            let ip = match r.try_get::<Option<String>, _>("ip")? {
+                Some(t) => Some(t.parse().map_err(|_| {
+                    Error::invalid("ip", format!("stored address '{t}' is damaged"))
+                })?),
+                None => None,
+            };
             by_machine
                 .entry(r.try_get("machine_id")?)
                 .or_default()
@@ -631,6 +664,7 @@ impl Inventory {
                     mac: mac.parse()?,
                     name: r.try_get("name")?,
                     pxe: r.try_get::<i64, _>("pxe")? != 0,
+                    ip,
                 });
         }
         for m in machines {

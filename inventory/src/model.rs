@@ -169,6 +169,9 @@ pub struct Nic {
     /// Whether the machine PXE-boots from this NIC.
     #[serde(default)]
     pub pxe: bool,
+    /// Reserved IPv4 address: authoritative DHCP always hands this NIC this address.
+    #[serde(default)]
+    pub ip: Option<std::net::Ipv4Addr>,
 }
 
 /// A machine's BMC as the API shows it: never with its password.

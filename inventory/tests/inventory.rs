@@ -405,6 +405,7 @@ async fn database_built_json_equals_the_typed_list() {
             mac: "52:54:00:00:05:02".parse().expect("mac"),
             name: "eno2".into(),
             pxe: false,
+            ip: Some("10.77.0.50".parse().expect("ip")),
         });
         m1.site = Some("hall".into());
         m1.rack = Some("r1".into());
@@ -560,5 +561,42 @@ async fn dhcp_lease_batches_are_atomic_and_ordered() {
             "{}",
             db.label
         );
+    }
+}
+
+#[tokio::test]
+async fn reserved_addresses_are_unique() {
+    for db in common::both().await {
+        let inv = &db.inv;
+        let mut a = NewMachine {
+            name: "ra".into(),
+            ..Default::default()
+        };
+        a.nics.push(Nic {
+            mac: "52:54:00:00:08:01".parse().expect("mac"),
+            name: String::new(),
+            pxe: true,
+            ip: Some("10.77.0.60".parse().expect("ip")),
+        });
+        let got = inv.add_machine("s", &a).await.expect("add");
+        assert_eq!(got.nics[0].ip, Some("10.77.0.60".parse().expect("ip")));
+        let mut b = NewMachine {
+            name: "rb".into(),
+            ..Default::default()
+        };
+        b.nics.push(Nic {
+            mac: "52:54:00:00:08:02".parse().expect("mac"),
+            name: String::new(),
+            pxe: true,
+            ip: Some("10.77.0.60".parse().expect("ip")),
+        });
+        let err = inv.add_machine("s", &b).await.expect_err("taken");
+        assert!(
+            err.to_string()
+                .contains("already reserved for machine 'ra'"),
+            "{}: {err}",
+            db.label
+        );
+        assert!(inv.machine("rb").await.is_err(), "nothing written");
     }
 }

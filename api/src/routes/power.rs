@@ -176,6 +176,7 @@ pub async fn inspect(
                     mac,
                     name: String::new(),
                     pxe: nics.is_empty(),
+                    ip: None,
                 });
             }
         }
