@@ -8,7 +8,7 @@ mod common;
 use common::Service;
 use std::path::Path;
 use std::time::{Duration, Instant};
-use testkit::netns::{require, Lab};
+use testkit::netns::{require, start_dnsmasq, Lab};
 
 fn check_firmware() {
     require("qemu-system-x86_64", "qemu-system-x86");
@@ -161,7 +161,7 @@ async fn bios_vm_boots_its_script_authoritative_then_discovered_in_proxy_mode() 
     let lab = Lab::new("e2eproxy");
     lab.ip(&lab.srv, "tuntap add tap0 mode tap");
     lab.ip(&lab.srv, "link set tap0 master br0 up");
-    testkit_dnsmasq(&lab);
+    start_dnsmasq(&lab);
     let s = serve_in(&lab, &["--pxe-mode", "proxy", "--pxe-discovery"]);
     let unknown = "52:54:00:b0:00:22";
     let log = boot_vm(&lab, unknown, &format!("rackshare: discovering {unknown}"));
@@ -177,29 +177,5 @@ async fn bios_vm_boots_its_script_authoritative_then_discovered_in_proxy_mode() 
     assert!(
         dns_leases.contains(unknown),
         "the address came from dnsmasq: {dns_leases}"
-    );
-}
-
-/// dnsmasq as the segment's own DHCP server (10.77.0.2), in its own namespace on the bridge.
-fn testkit_dnsmasq(lab: &Lab) {
-    let ns = lab.add_host("dnsmasq", "02:00:00:00:00:02", Some("10.77.0.2/24"));
-    let lease = lab.path("dnsmasq.leases").display().to_string();
-    lab.spawn(
-        &ns,
-        &[
-            "dnsmasq",
-            "-d",
-            "--no-ping",
-            "--port=0",
-            "--conf-file=/dev/null",
-            "-u",
-            "root",
-            "--interface=eth0",
-            "--bind-interfaces",
-            "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
-            &format!("--dhcp-leasefile={lease}"),
-            "--log-dhcp",
-        ],
-        &lab.path("dnsmasq.log"),
     );
 }

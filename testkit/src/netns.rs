@@ -190,3 +190,34 @@ pub fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Where [`start_dnsmasq`] puts dnsmasq on the lab's bridge.
+pub const DNSMASQ_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 77, 0, 2);
+
+/// dnsmasq as the network's own DHCP server, in its own namespace on the bridge.
+pub fn start_dnsmasq(lab: &Lab) -> String {
+    require("dnsmasq", "dnsmasq-base");
+    let ns = lab.add_host("dnsmasq", "02:00:00:00:00:02", Some("10.77.0.2/24"));
+    let lease = lab.path("dnsmasq.leases").display().to_string();
+    let pid = lab.path("dnsmasq.pid").display().to_string();
+    lab.spawn(
+        &ns,
+        &[
+            "dnsmasq",
+            "-d",
+            "--no-ping",
+            "--port=0",
+            "--conf-file=/dev/null",
+            "-u",
+            "root",
+            "--interface=eth0",
+            "--bind-interfaces",
+            "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
+            &format!("--dhcp-leasefile={lease}"),
+            &format!("--pid-file={pid}"),
+            "--log-dhcp",
+        ],
+        &lab.path("dnsmasq.log"),
+    );
+    ns
+}

@@ -185,33 +185,3 @@ pub fn encode(m: &Message) -> Vec<u8> {
 pub fn bcast67() -> SocketAddrV4 {
     SocketAddrV4::new(Ipv4Addr::BROADCAST, 67)
 }
-
-pub const DNSMASQ_IP: Ipv4Addr = Ipv4Addr::new(10, 77, 0, 2);
-
-/// dnsmasq as the network's own DHCP server, in its own namespace on the bridge.
-pub fn start_dnsmasq(lab: &Lab) -> String {
-    require("dnsmasq", "dnsmasq-base");
-    let ns = lab.add_host("dnsmasq", "02:00:00:00:00:02", Some("10.77.0.2/24"));
-    let lease = lab.path("dnsmasq.leases").display().to_string();
-    let pid = lab.path("dnsmasq.pid").display().to_string();
-    lab.spawn(
-        &ns,
-        &[
-            "dnsmasq",
-            "-d",
-            "--no-ping",
-            "--port=0",
-            "--conf-file=/dev/null",
-            "-u",
-            "root",
-            "--interface=eth0",
-            "--bind-interfaces",
-            "--dhcp-range=10.77.0.100,10.77.0.150,255.255.255.0,1h",
-            &format!("--dhcp-leasefile={lease}"),
-            &format!("--pid-file={pid}"),
-            "--log-dhcp",
-        ],
-        &lab.path("dnsmasq.log"),
-    );
-    ns
-}
