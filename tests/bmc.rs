@@ -157,3 +157,49 @@ async fn power_bootdev_inspect_through_cli_and_audit() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn energy_sampler_integrates_bmc_power_readings() {
+    let bmc = testkit::fake_redfish::FakeRedfish::start(360.0).await;
+    let s = Service::start_with(Db::Sqlite, &["--energy-interval-secs", "1"]).await;
+    s.cli(&[
+        "machine",
+        "add",
+        "meter",
+        "--mac",
+        "52:54:00:12:35:01",
+        "--bmc",
+        &bmc.url(),
+        "--bmc-user",
+        "u",
+    ]);
+    let reading: Value = s
+        .http()
+        .get(format!("{}/api/v1/machines/meter/power/reading", s.url))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .await
+        .expect("reading")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(reading["watts"], 360.0);
+    // 360 W for a few 1-second intervals: 0.1 Wh per second.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut wh = 0.0;
+    while std::time::Instant::now() < deadline {
+        wh = s.cli_json(&["machine", "show", "meter"])["energy_wh"]
+            .as_f64()
+            .unwrap_or(0.0);
+        if wh >= 0.2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert!(wh >= 0.2, "energy accumulates from the sampler: {wh} Wh");
+    // Every sample is one trapezoid of 360 W: the total is a multiple of 0.1 Wh per second.
+    assert!(
+        wh < 360.0 / 3600.0 * 40.0,
+        "no more than the elapsed time allows: {wh}"
+    );
+}

@@ -2,6 +2,7 @@
 //! PostgreSQL) started as child processes that are killed on drop. Only loopback addresses.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod fake_redfish;
 pub mod netns;
 
 use std::net::{TcpListener, TcpStream, UdpSocket};
