@@ -179,3 +179,97 @@ async fn bios_vm_boots_its_script_authoritative_then_discovered_in_proxy_mode() 
         "the address came from dnsmasq: {dns_leases}"
     );
 }
+
+/// One DHCP exchange with busybox udhcpc from namespace `ns`; returns the address it was given.
+fn udhcpc_once(lab: &Lab, ns: &str, tag: &str) -> String {
+    require("udhcpc", "udhcpc");
+    let script = lab.path(&format!("udhcpc-{tag}.sh"));
+    let got = lab.path(&format!("udhcpc-{tag}.ip"));
+    // udhcpc calls the script with the lease in the environment; keep only the address.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip\" > '{}'\nexit 0\n",
+            got.display()
+        ),
+    )
+    .expect("script");
+    std::process::Command::new("chmod")
+        .arg("755")
+        .arg(&script)
+        .status()
+        .expect("chmod");
+    let out = lab.exec(
+        ns,
+        &[
+            "udhcpc",
+            "-f",
+            "-q",
+            "-n",
+            "-i",
+            "eth0",
+            "-s",
+            script.to_str().expect("p"),
+            "-t",
+            "5",
+            "-T",
+            "1",
+        ],
+        Duration::from_secs(20),
+    );
+    let ip = std::fs::read_to_string(&got)
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(
+        !ip.is_empty(),
+        "udhcpc got no lease: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ip
+}
+
+#[tokio::test]
+async fn dhcp_leases_survive_a_restart_of_the_service() {
+    let lab = Lab::new("e2erestart");
+    let client = lab.add_host("cli", "52:54:00:c0:00:01", None);
+    let args = [
+        "--pxe-mode",
+        "authoritative",
+        "--pxe-pool",
+        "10.77.0.100-10.77.0.150",
+        "--pxe-force",
+    ];
+    let mut s = serve_in(&lab, &args);
+    let first = udhcpc_once(&lab, &client, "a");
+    assert!(s.stop());
+    // Same data dir, new process: the lease comes back from the database.
+    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().expect("tmp"));
+    let data = dir.path().join("data").display().to_string();
+    let mut argv: Vec<String> = [
+        "serve",
+        "--data-dir",
+        &data,
+        "--listen",
+        "10.77.0.1:8080",
+        "--pxe-interface",
+        "br0",
+        "--energy-interval-secs",
+        "0",
+    ]
+    .iter()
+    .map(|x| x.to_string())
+    .collect();
+    argv.extend(args.iter().map(|x| x.to_string()));
+    // Another client takes an address meanwhile, so a forgetful server would hand ours out.
+    let s2 = Service::spawn_in(Some(&lab.srv), dir, argv);
+    let other = lab.add_host("cli2", "52:54:00:c0:00:02", None);
+    let second_client_ip = udhcpc_once(&lab, &other, "b");
+    let again = udhcpc_once(&lab, &client, "c");
+    assert_eq!(
+        again, first,
+        "the same client gets the same address after a restart"
+    );
+    assert_ne!(second_client_ip, first);
+    drop(s2);
+}

@@ -100,11 +100,8 @@ async fn register(
             let f: ImageFormat = f
                 .parse()
                 .map_err(|m: String| ApiError::invalid("format", m))?;
-            if f != blob.sniffed
-                && (blob.sniffed != ImageFormat::Raw
-                    || f == ImageFormat::Qcow2
-                    || f == ImageFormat::RawZst)
-            {
+            // qcow2 and zstd carry magic bytes and raw has none, so the bytes settle it.
+            if f != blob.sniffed {
                 if !blob.deduplicated {
                     let _ = st.images.remove(&blob.sha256).await;
                 }
