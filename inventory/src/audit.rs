@@ -169,7 +169,7 @@ fn event_from_row(r: &AnyRow) -> Result<AuditEvent> {
 impl Inventory {
     /// Records one event on its own (for actions with no other database write).
     pub async fn record(&self, ev: NewAuditEvent) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         record_in(&mut tx, &ev).await?;
         tx.commit().await?;
         Ok(())

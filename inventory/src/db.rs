@@ -126,6 +126,16 @@ impl Inventory {
         Ok(())
     }
 
+    /// A transaction that will write. On SQLite it is `BEGIN IMMEDIATE`: the write lock is
+    /// taken up front, so concurrent writers queue on busy_timeout instead of failing when a
+    /// deferred read transaction tries to upgrade.
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
     /// Whether the database answers (for `/healthz`).
     pub async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

@@ -58,7 +58,7 @@ impl Inventory {
 
     /// Applies a batch of changes in order, in one transaction: all or none.
     pub async fn apply_dhcp_lease_changes(&self, changes: &[DhcpLeaseChange]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for c in changes {
             match c {
                 DhcpLeaseChange::Delete { mac } => {

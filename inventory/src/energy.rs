@@ -29,8 +29,7 @@ impl Inventory {
                 format!("{watts} is not a power reading"),
             ));
         }
-        let mut tx = self.pool.begin().await?;
-        // Write first, so SQLite takes the write lock before reading.
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query(
             "INSERT INTO energy_samples (machine_id, at, watts) SELECT id, $1, $2 FROM machines WHERE name = $3",
         )

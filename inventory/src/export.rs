@@ -349,7 +349,7 @@ impl Inventory {
         }
         let mut summary = ImportSummary::default();
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
 
         let mut site_ids: HashMap<String, i64> = HashMap::new();
         for s in &x.sites {

@@ -82,7 +82,7 @@ impl Inventory {
             Some(g) => Some(self.group_id(g).await?),
             None => None,
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO images (name, version, arch, format, size_bytes, sha256, owner_group_id, created_by, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
@@ -154,8 +154,8 @@ impl Inventory {
         version: Option<&str>,
     ) -> Result<bool> {
         let img = self.image(name, version).await?;
-        let mut tx = self.pool.begin().await?;
-        // Write first (SQLite lock order): the delete, guarded by the job check in the same statement.
+        let mut tx = self.begin_write().await?;
+        // The job check and the delete are one statement: no window for a job to appear between.
         let n = sqlx::query(
             "DELETE FROM images WHERE id = $1 AND NOT EXISTS \
              (SELECT 1 FROM jobs WHERE image_id = $1 AND state IN ('queued', 'running'))",

@@ -586,7 +586,7 @@ impl Inventory {
             b.protocol()?;
         }
         let now = now_ms();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO machines (name, serial, vendor, model, arch, cpu_count, cpu_model, ram_mib, disks, tags, \
              site_id, rack_id, rack_unit, notes, state, state_reason, state_changed_at, created_at, updated_at) \
@@ -775,7 +775,7 @@ impl Inventory {
             Some(n) => Some(normalise_nics(n.clone(), &[])?),
             None => None,
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE machines SET serial = $1, vendor = $2, model = $3, arch = $4, cpu_count = $5, cpu_model = $6, \
              ram_mib = $7, disks = $8, tags = $9, site_id = $10, rack_id = $11, rack_unit = $12, notes = $13, updated_at = $14 \
@@ -854,7 +854,7 @@ impl Inventory {
                 ),
             ));
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let jobs: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM jobs WHERE machine_id = $1")
             .bind(cur.id)
             .fetch_one(&mut *tx)
@@ -910,8 +910,7 @@ impl Inventory {
                 allowed: format!(" (from {from} it can go to: {allowed})"),
             });
         }
-        let mut tx = self.pool.begin().await?;
-        // The write comes first so SQLite takes its write lock at once (no deferred upgrade).
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query(
             "UPDATE machines SET state = $1, state_reason = $2, state_changed_at = $3, updated_at = $3 \
              WHERE id = $4 AND state = $5",

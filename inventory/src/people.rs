@@ -94,7 +94,7 @@ impl Inventory {
             }
             (None, _) => None,
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO users (name, role, group_id, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -158,7 +158,7 @@ impl Inventory {
     ) -> Result<IssuedToken> {
         let u = self.user(user).await?;
         let (prefix, token) = new_token();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO api_tokens (user_id, prefix, hash, description, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6)",
@@ -256,7 +256,7 @@ impl Inventory {
     /// Revokes a token by prefix (or by the whole token).
     pub async fn revoke_token(&self, actor: &str, prefix_or_token: &str) -> Result<()> {
         let prefix = token_prefix(prefix_or_token).unwrap_or(prefix_or_token);
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query(
             "UPDATE api_tokens SET revoked_at = $1 WHERE prefix = $2 AND revoked_at IS NULL",
         )

@@ -31,7 +31,7 @@ impl Inventory {
     /// Adds a site.
     pub async fn add_site(&self, actor: &str, name: &str, description: &str) -> Result<Site> {
         check_name("name", name)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO sites (name, description, created_at) VALUES ($1, $2, $3) RETURNING id",
         )
@@ -93,7 +93,7 @@ impl Inventory {
     ) -> Result<Rack> {
         check_name("name", name)?;
         let site_id = self.site_id(site).await?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO racks (site_id, name, position, created_at) VALUES ($1, $2, $3, $4) RETURNING id",
         )
@@ -161,7 +161,7 @@ impl Inventory {
         description: &str,
     ) -> Result<MemberGroup> {
         check_name("name", name)?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO member_groups (name, description, created_at) VALUES ($1, $2, $3) RETURNING id",
         )
@@ -238,7 +238,7 @@ impl Inventory {
         quota_machine_hours_month: Option<i64>,
         ssh_keys: &[String],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let n = sqlx::query(
             "UPDATE member_groups SET quota_max_machines = $1, quota_machine_hours_month = $2, ssh_keys = $3 WHERE name = $4",
         )
