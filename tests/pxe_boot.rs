@@ -24,15 +24,25 @@ fn check_firmware() {
     }
 }
 
-/// Starts a BIOS VM with `mac` on tap0 and waits (bounded) for `marker` on its serial console.
-fn boot_vm(lab: &Lab, mac: &str, marker: &str) -> String {
+/// Starts a VM with `mac` on tap0 — SeaBIOS with the iPXE ROM, or with `uefi` OVMF's own PXE
+/// (no option ROM) — and waits (bounded) for `marker` on its serial console.
+fn boot_vm_with(lab: &Lab, mac: &str, marker: &str, uefi: bool) -> String {
     let serial = lab.path(&format!("serial-{mac}.log"));
     let sercon = lab.path("sercon");
     std::fs::write(&sercon, [0xf8, 0x03]).expect("sercon");
-    let nic = format!("virtio-net-pci,netdev=n0,mac={mac}");
+    let vars = lab.path(&format!("vars-{mac}.fd"));
+    let nic = if uefi {
+        std::fs::copy("/usr/share/OVMF/OVMF_VARS_4M.fd", &vars)
+            .expect("OVMF vars (Debian package ovmf)");
+        format!("virtio-net-pci,netdev=n0,mac={mac},romfile=")
+    } else {
+        format!("virtio-net-pci,netdev=n0,mac={mac}")
+    };
     let serial_arg = format!("file:{}", serial.display());
     let sercon_arg = format!("name=etc/sercon-port,file={}", sercon.display());
-    let argv = [
+    let code = "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE_4M.fd".to_string();
+    let vars_arg = format!("if=pflash,format=raw,file={}", vars.display());
+    let mut argv = vec![
         "qemu-system-x86_64",
         "-accel",
         "tcg",
@@ -49,10 +59,13 @@ fn boot_vm(lab: &Lab, mac: &str, marker: &str) -> String {
         &serial_arg,
         "-boot",
         "n",
-        "-fw_cfg",
-        &sercon_arg,
     ];
-    let pid = lab.spawn(&lab.srv, &argv, &lab.path("qemu.log"));
+    if uefi {
+        argv.extend(["-drive", code.as_str(), "-drive", vars_arg.as_str()]);
+    } else {
+        argv.extend(["-fw_cfg", sercon_arg.as_str()]);
+    }
+    let pid = lab.spawn(&lab.srv, &argv, &lab.path(&format!("qemu-{mac}.log")));
     let read = || String::from_utf8_lossy(&std::fs::read(&serial).unwrap_or_default()).to_string();
     let end = Instant::now() + Duration::from_secs(180);
     while Instant::now() < end && !read().contains(marker) {
@@ -60,6 +73,11 @@ fn boot_vm(lab: &Lab, mac: &str, marker: &str) -> String {
     }
     lab.kill(pid, nix::sys::signal::Signal::SIGKILL);
     read()
+}
+
+/// A BIOS VM (SeaBIOS with the iPXE ROM).
+fn boot_vm(lab: &Lab, mac: &str, marker: &str) -> String {
+    boot_vm_with(lab, mac, marker, false)
 }
 
 fn serve_in(lab: &Lab, extra: &[&str]) -> Service {
@@ -122,6 +140,24 @@ async fn bios_vm_boots_its_script_authoritative_then_discovered_in_proxy_mode() 
     assert!(
         log.contains(&format!("rackshare: booting {mac} from its local disk")),
         "serial console:\n{log}\nserver log:\n{}",
+        s.log_text()
+    );
+    // UEFI: OVMF's own PXE takes snponly.efi over TFTP (after its tsize probe), then iPXE
+    // fetches the same route.
+    let uefi_mac = "52:54:00:e0:00:12";
+    s.cli(&["machine", "add", "vm2", "--mac", uefi_mac]);
+    s.cli(&["machine", "state", "vm2", "available"]);
+    let ulog = boot_vm_with(
+        &lab,
+        uefi_mac,
+        &format!("rackshare: booting {uefi_mac} from its local disk"),
+        true,
+    );
+    assert!(
+        ulog.contains(&format!(
+            "rackshare: booting {uefi_mac} from its local disk"
+        )),
+        "UEFI serial console:\n{ulog}\nserver log:\n{}",
         s.log_text()
     );
     let ev = s.cli_json(&["events", "--machine", "vm1"]);
