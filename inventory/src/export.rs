@@ -254,20 +254,18 @@ impl Inventory {
             })
             .collect();
         let mut machines = Vec::new();
+        let mut accesses = self.bmc_accesses().await?;
         for m in self.machines(&MachineFilter::default()).await? {
-            let bmc = match &m.bmc {
-                Some(b) => {
-                    let access = self.bmc_access(&m.name).await?;
-                    Some(ExportBmc {
-                        url: b.url.clone(),
-                        username: b.username.clone(),
-                        password: if with_secrets { access.password } else { None },
-                        tls_ca_pem: access.tls_ca_pem,
-                        tls_fingerprint: access.tls_fingerprint,
-                        tls_insecure: access.tls_insecure,
-                    })
-                }
-                None => None,
+            let bmc = match (&m.bmc, accesses.remove(&m.name)) {
+                (Some(b), Some(access)) => Some(ExportBmc {
+                    url: b.url.clone(),
+                    username: b.username.clone(),
+                    password: if with_secrets { access.password } else { None },
+                    tls_ca_pem: access.tls_ca_pem,
+                    tls_fingerprint: access.tls_fingerprint,
+                    tls_insecure: access.tls_insecure,
+                }),
+                _ => None,
             };
             machines.push(ExportMachine {
                 name: m.name,

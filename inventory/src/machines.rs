@@ -250,6 +250,10 @@ const MACHINE_SELECT_COLUMNS: &str = "SELECT m.id, m.name, m.serial, m.vendor, m
     b.last_success_at AS bmc_last_success_at, b.last_failure_at AS bmc_last_failure_at, \
     b.consecutive_failures AS bmc_failures, b.last_error AS bmc_last_error, b.power_state AS bmc_power_state";
 
+/// A machine's BMC settings, ciphertext included.
+const BMC_ACCESS_SELECT: &str = "SELECT m.name AS machine_name, b.protocol, b.url, b.username, b.password_enc, \
+    b.tls_ca_pem, b.tls_fingerprint, b.tls_insecure FROM bmcs b JOIN machines m ON m.id = b.machine_id";
+
 /// The joins every machine query uses.
 const MACHINE_FROM: &str = "FROM machines m \
     LEFT JOIN sites s ON s.id = m.site_id \
@@ -949,14 +953,23 @@ impl Inventory {
 
     /// The BMC settings with the password decrypted, for the BMC controller only.
     pub async fn bmc_access(&self, name: &str) -> Result<BmcAccess> {
-        let row = sqlx::query(
-            "SELECT b.protocol, b.url, b.username, b.password_enc, b.tls_ca_pem, b.tls_fingerprint, b.tls_insecure \
-             FROM bmcs b JOIN machines m ON m.id = b.machine_id WHERE m.name = $1",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| Error::not_found("BMC of machine", name))?;
+        let row = sqlx::query(&format!("{BMC_ACCESS_SELECT} WHERE m.name = $1"))
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::not_found("BMC of machine", name))?;
+        self.bmc_access_from_row(&row)
+    }
+
+    /// Every machine's BMC settings, decrypted, by machine name (one query; for export).
+    pub async fn bmc_accesses(&self) -> Result<HashMap<String, BmcAccess>> {
+        let rows = sqlx::query(BMC_ACCESS_SELECT).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("machine_name")?, self.bmc_access_from_row(r)?)))
+            .collect()
+    }
+
+    fn bmc_access_from_row(&self, row: &AnyRow) -> Result<BmcAccess> {
         let password = match row.try_get::<Option<String>, _>("password_enc")? {
             Some(s) => Some(self.secrets.open(&s)?),
             None => None,
