@@ -50,14 +50,15 @@ impl Inventory {
         let opts = AnyConnectOptions::from_str(&url)?;
         let pool = match backend {
             // One writer at a time is SQLite's nature; WAL lets readers go on meanwhile and
-            // busy_timeout makes writers queue instead of failing.
+            // busy_timeout makes writers queue instead of failing. synchronous=FULL: a commit
+            // (a DHCP lease before its ACK, a job step) survives power loss, not only a crash.
             Backend::Sqlite => {
                 AnyPoolOptions::new()
                     .max_connections(8)
                     .after_connect(|conn, _meta| {
                         Box::pin(async move {
                             conn.execute(
-                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; \
+                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
                                  PRAGMA foreign_keys=ON; PRAGMA busy_timeout=30000;",
                             )
                             .await?;
