@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# TFTP under concurrency, side by side: N concurrent curl clients fetch a 1 MiB file from the
+# real `rackshare serve` (its boot services' TFTP) and from tftpd-hpa, one server at a time,
+# over the same veth. Prints wall time, failures (checksum-verified), server CPU and the ratio.
+# Optionally (if pxe's tftp_load example is built) a second, labelled variant with one
+# lightweight client process, at windowsize 1 and windowsize 8 (RFC 7440).
+#
+# Usage (root, from the workspace root, after `cargo build --release`):
+#   bench/tftp/run.sh            # N=200
+#   N=50 bench/tftp/run.sh
+#   (windowsize variant: cargo build -p pxe --release --example tftp_load)
+# Env: BIN (rackshare binary), LOAD (tftp_load binary), N (clients), BLKSIZE (default 1468).
+#
+# Traffic stays inside two namespaces created here (removed on exit): server namespace with
+# bridge br0 (10.77.0.1/24), client namespace (10.77.0.9/24), joined by a veth.
+set -euo pipefail
+
+BIN=${BIN:-target/release/rackshare}
+LOAD=${LOAD:-target/release/examples/tftp_load}
+N=${N:-200}
+BLKSIZE=${BLKSIZE:-1468}
+SRV=10.77.0.1 CLI=10.77.0.9
+
+need() { command -v "$1" >/dev/null || { echo "$1 missing: apt-get install $2" >&2; exit 1; }; }
+[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
+need curl curl
+need in.tftpd tftpd-hpa
+need ip iproute2
+need ss iproute2
+[ -x "$BIN" ] || { echo "$BIN missing: cargo build --release" >&2; exit 1; }
+BIN=$(realpath "$BIN")
+[ -x "$LOAD" ] && LOAD=$(realpath "$LOAD") || LOAD=
+
+S=rsb-tftp-$$-s C=rsb-tftp-$$-c
+W=$(mktemp -d /tmp/rsb-tftp.XXXXXX)
+SP=
+stop_server() {
+  if [ -n "$SP" ]; then
+    kill -TERM "$SP" 2>/dev/null || true
+    for _ in $(seq 50); do kill -0 "$SP" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SP" 2>/dev/null || true
+    wait "$SP" 2>/dev/null || true
+    SP=
+  fi
+}
+cleanup() {
+  stop_server
+  ip netns del "$S" 2>/dev/null || true
+  ip netns del "$C" 2>/dev/null || true
+  rm -rf "$W"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+ip netns add "$S"; ip netns add "$C"
+ip -n "$S" link set lo up; ip -n "$C" link set lo up
+ip -n "$S" link add br0 type bridge forward_delay 0 stp_state 0
+ip -n "$S" addr add "$SRV/24" dev br0
+ip -n "$S" link set br0 up
+ip -n "$S" link add h0 type veth peer name eth0 netns "$C"
+ip -n "$S" link set h0 master br0 up
+ip -n "$C" addr add "$CLI/24" dev eth0
+ip -n "$C" link set eth0 up
+
+# One served directory for both servers. World-readable: tftpd-hpa drops to user tftp after
+# chrooting into it (mktemp makes 0700 dirs).
+ROOT=$W/root
+mkdir -p "$ROOT" "$W/out" "$W/rs"
+chmod 755 "$W" "$ROOT"
+: > "$ROOT/undionly.kpxe"; : > "$ROOT/snponly.efi"   # rackshare wants its boot files present
+head -c 1048576 /dev/urandom > "$ROOT/file.bin"
+chmod 644 "$ROOT"/*
+WANT=$(sha256sum < "$ROOT/file.bin")
+
+wait_udp69() {
+  for _ in $(seq 150); do
+    ip netns exec "$S" ss -Hlun 'sport = :69' | grep -q . && return 0
+    kill -0 "$SP" 2>/dev/null || { echo "server exited early:" >&2; tail -20 "$W/server.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "server never bound UDP 69" >&2; tail -20 "$W/server.log" >&2; exit 1
+}
+
+start_rackshare() {
+  # Proxy mode: boot services (TFTP) start, but DHCP never hands out addresses.
+  ip netns exec "$S" "$BIN" serve --data-dir "$W/rs" --listen "$SRV:8080" \
+    --pxe-interface br0 --pxe-mode proxy --pxe-root "$ROOT" \
+    --energy-interval-secs 0 --log-level warn > "$W/server.log" 2>&1 &
+  SP=$!
+  for _ in $(seq 300); do
+    grep -q 'rackshare API listening' "$W/server.log" && break
+    kill -0 "$SP" 2>/dev/null || { echo "rackshare exited:" >&2; cat "$W/server.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  wait_udp69
+}
+start_tftpd() {
+  # --secure: chroot to ROOT (the file is named relative to it); --foreground: stay our child.
+  ip netns exec "$S" in.tftpd --listen --foreground --address "$SRV:69" --secure "$ROOT" > "$W/server.log" 2>&1 &
+  SP=$!
+  wait_udp69
+}
+
+# Server CPU seconds (utime+stime) of rackshare's single process. tftpd-hpa forks a process
+# per transfer that its parent does not account for (cutime stays ~0), so it is not measured.
+cpu_secs() {
+  if [ "$2" = tftpd-hpa ]; then echo "n/a (a process per transfer)"; return; fi
+  awk -v t="$(getconf CLK_TCK)" '{printf "%.2f s", ($14+$15)/t}' "/proc/$1/stat"
+}
+
+# N curl processes at once; each transfer bounded by --max-time. Prints "WALL FAILURES".
+curl_fetch() {
+  rm -f "$W"/out/*
+  local t0 t1 bad=0
+  t0=$(date +%s.%N)
+  ip netns exec "$C" bash -c '
+    for i in $(seq 0 $(('"$N"' - 1))); do
+      curl -sS --max-time 60 --tftp-blksize '"$BLKSIZE"' -o "'"$W"'/out/$i" \
+        "tftp://'"$SRV"'/file.bin" 2>"'"$W"'/out/err$i" &
+    done
+    wait' || true
+  t1=$(date +%s.%N)
+  for i in $(seq 0 $((N - 1))); do
+    [ "$(sha256sum < "$W/out/$i" 2>/dev/null)" = "$WANT" ] || bad=$((bad + 1))
+  done
+  # Distinct curl errors, if any, to stderr (e.g. "Operation timed out").
+  cat "$W"/out/err* 2>/dev/null | sed 's/after [0-9]* milliseconds/after N ms/' | sort | uniq -c | head -5 >&2
+  echo "$(echo "$t1 - $t0" | bc) $bad"
+}
+
+# The lightweight client (one process, N concurrent transfers). Prints its summary line.
+light() {
+  local out
+  out=$(ip netns exec "$C" timeout 300 "$LOAD" "$SRV" file.bin "$N" --blksize "$BLKSIZE" \
+    --windowsize "$1" --expect-size 1048576 2>"$W/light.err") || out="tftp_load failed (exit $?)"
+  tail -1 <<<"$out"
+  sort "$W/light.err" | uniq -c | head -3 >&2
+}
+
+declare -A WALL BAD CPU LW1 LW8
+for srv in rackshare tftpd-hpa; do
+  case $srv in rackshare) start_rackshare ;; tftpd-hpa) start_tftpd ;; esac
+  read -r WALL[$srv] BAD[$srv] < <(curl_fetch)
+  CPU[$srv]=$(cpu_secs "$SP" "$srv")
+  echo "$srv: $N curl clients x 1 MiB (blksize $BLKSIZE): wall ${WALL[$srv]} s, failures ${BAD[$srv]}, server CPU ${CPU[$srv]}"
+  if [ "$srv" = rackshare ]; then
+    ip netns exec "$S" curl -s --max-time 5 "http://$SRV:8080/metrics" \
+      | grep -E '^rackshare_tftp_(transfers|completed|timeouts|refused|aborted_by_client)_total' \
+      | tr '\n' ' ' | sed 's/^/  rackshare metrics: /'; echo
+  fi
+  if [ -n "$LOAD" ]; then
+    LW1[$srv]=$(light 1); echo "  [tftp_load, windowsize 1] ${LW1[$srv]}"
+    LW8[$srv]=$(light 8); echo "  [tftp_load, windowsize 8] ${LW8[$srv]}"
+  fi
+  stop_server
+done
+
+echo
+echo "Summary ($N concurrent curl clients, 1 MiB each):"
+for srv in rackshare tftpd-hpa; do
+  printf '  %-10s wall %6.2f s  failures %s  server CPU %s\n' "$srv" "${WALL[$srv]}" "${BAD[$srv]}" "${CPU[$srv]}"
+done
+awk -v r="${WALL[rackshare]}" -v t="${WALL[tftpd-hpa]}" 'BEGIN{
+  printf "  speed ratio rackshare/tftpd-hpa (tftpd-hpa wall / rackshare wall) = %.2f\n", t / r }'
+if [ -n "$LOAD" ]; then
+  echo "Windowsize variant (tftp_load: one client process, $N transfers; tftpd-hpa has no RFC 7440, so it answers windowsize 8 with windowsize 1):"
+  for srv in rackshare tftpd-hpa; do
+    printf '  %-10s ws1: %s | ws8: %s\n' "$srv" "${LW1[$srv]}" "${LW8[$srv]}"
+  done
+else
+  echo "(windowsize variant skipped: build it with cargo build -p pxe --release --example tftp_load)"
+fi
