@@ -256,6 +256,8 @@ pub async fn boot_file(
         _ => return Err(ApiError::not_found(format!("no boot file '{file}'"))),
     }
     let resp = tower_http::services::ServeFile::new(path)
+        // 1 MiB reads instead of 64 KiB: fewer wake-ups per GiB (bench/http).
+        .with_buf_chunk_size(1 << 20)
         .oneshot(req)
         .await
         .map_err(ApiError::internal)?;

@@ -275,6 +275,8 @@ pub async fn content(
     let img = visible_image(&st, &c, &reference).await?;
     let path = st.images.path(&img.sha256).map_err(store_error)?;
     let resp = tower_http::services::ServeFile::new(path)
+        // 1 MiB reads instead of 64 KiB: fewer wake-ups per GiB (bench/http).
+        .with_buf_chunk_size(1 << 20)
         .oneshot(req)
         .await
         .map_err(ApiError::internal)?;
