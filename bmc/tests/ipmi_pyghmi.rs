@@ -87,35 +87,49 @@ impl FakeBmc {
         let script = dir.path().join("fakebmc.py");
         std::fs::write(&script, FAKE_BMC_PY).unwrap();
         let state = dir.path().join("state.json");
-        let port = free_udp_port();
         // The simulator's password goes through a file on stdin, not its argv.
         let pw_file = dir.path().join("pw");
         std::fs::write(&pw_file, format!("{password}\n")).unwrap();
-        let mut cmd = Command::new(python);
-        cmd.arg(&script).arg(port.to_string()).arg(user).arg(&state);
-        let stdin = std::fs::File::open(&pw_file).unwrap();
-        let mut proc_ = Proc::spawn_with_stdin(
-            "pyghmi fake BMC",
-            cmd,
-            dir.path().join("bmc.log"),
-            stdin.into(),
-        );
-        let start = Instant::now();
-        while !state.exists() {
-            proc_.assert_running();
-            assert!(
-                start.elapsed() < Duration::from_secs(20),
-                "pyghmi BMC did not start:\n{}",
-                proc_.log_text()
+        // A port picked free can be taken by a parallel test before Python binds it: retry.
+        for attempt in 1..=3 {
+            let port = free_udp_port();
+            let mut cmd = Command::new(&python);
+            cmd.arg(&script).arg(port.to_string()).arg(user).arg(&state);
+            let stdin = std::fs::File::open(&pw_file).unwrap();
+            let mut proc_ = Proc::spawn_with_stdin(
+                "pyghmi fake BMC",
+                cmd,
+                dir.path().join("bmc.log"),
+                stdin.into(),
             );
-            std::thread::sleep(Duration::from_millis(100));
+            let start = Instant::now();
+            let mut lost_port = false;
+            while !state.exists() {
+                if let Some(Ok(Some(_))) = proc_.child.as_mut().map(|c| c.try_wait()) {
+                    lost_port = proc_.log_text().contains("Address already in use");
+                    if lost_port && attempt < 3 {
+                        break;
+                    }
+                    proc_.assert_running();
+                }
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "pyghmi BMC did not start:\n{}",
+                    proc_.log_text()
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            if lost_port {
+                continue;
+            }
+            return FakeBmc {
+                _dir: dir,
+                port,
+                state,
+                _proc: proc_,
+            };
         }
-        FakeBmc {
-            _dir: dir,
-            port,
-            state,
-            _proc: proc_,
-        }
+        unreachable!("the last attempt either starts or panics")
     }
 
     fn state(&self) -> serde_json::Value {
@@ -196,8 +210,10 @@ async fn wrong_ipmi_password_fails_clearly_and_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_never_on_the_command_line_of_a_running_ipmitool() {
     // While ipmitool waits for a BMC that never answers, its argv is visible in /proc.
-    let port = free_udp_port();
-    let _silent = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+    // Bind port 0 and keep the socket: picking a "free" port first and binding it later races
+    // the other tests' simulators.
+    let _silent = std::net::UdpSocket::bind(("127.0.0.1", 0)).unwrap();
+    let port = _silent.local_addr().unwrap().port();
     let url: bmc::BmcUrl = format!("ipmi://127.0.0.1:{port}").parse().unwrap();
     let mut policy = fast_policy();
     policy.attempts = 1;
