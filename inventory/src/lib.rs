@@ -12,6 +12,7 @@ mod energy;
 mod error;
 mod export;
 mod images;
+mod jobs;
 mod machines;
 mod model;
 mod people;
@@ -29,6 +30,10 @@ pub use export::{
     ImportSummary, InventoryExport, EXPORT_FORMAT, EXPORT_VERSION,
 };
 pub use images::{Image, NewImage};
+pub use jobs::{
+    AgentClaim, Job, JobEvent, JobFilter, JobKind, JobState, JobStep, NewJob, StepName, StepSpec,
+    AGENT_TOKEN_TTL_MS,
+};
 pub use machines::{BmcAccess, BmcHealth, MachineFilter, MachinePatch, NewBmc, NewMachine};
 pub use model::{
     Bmc, BmcProtocol, Disk, MacAddress, Machine, MemberGroup, Nic, Rack, Role, Site, User,
