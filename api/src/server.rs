@@ -27,6 +27,8 @@ pub struct AppState {
     pub boot: Option<crate::boot::BootHttp>,
     /// Boot server counters.
     pub pxe_metrics: Arc<pxe::Metrics>,
+    /// The job engine.
+    pub conductor: Arc<crate::conductor::Conductor>,
 }
 
 /// The service, before it starts.
@@ -96,6 +98,8 @@ impl Server {
         let image_store = images::ImageStore::open(data_dir.join("images"))
             .await
             .map_err(StartError::Images)?;
+        let conductor =
+            crate::conductor::Conductor::new(inv.clone(), bmc.clone(), config.conductor.clone());
         let state = AppState {
             inv: inv.clone(),
             http_metrics: Arc::new(HttpMetrics::default()),
@@ -104,6 +108,7 @@ impl Server {
             max_image_bytes: config.max_image_bytes,
             boot: boot_http,
             pxe_metrics,
+            conductor: conductor.clone(),
         };
         let app = crate::routes::router(state);
         let (shutdown, mut rx) = watch::channel(false);
@@ -121,6 +126,7 @@ impl Server {
                 }
             }));
         }
+        background.push(tokio::spawn(conductor.run(shutdown.subscribe())));
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {
