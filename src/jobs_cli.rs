@@ -184,7 +184,9 @@ pub async fn job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()> {
             }
         }
         JobCmd::Cancel { id } => {
-            let v = c.post(&format!("/api/v1/jobs/{id}/cancel"), &json!({})).await?;
+            let v = c
+                .post(&format!("/api/v1/jobs/{id}/cancel"), &json!({}))
+                .await?;
             match fmt {
                 Format::Json => output::json(&v),
                 Format::Table => println!(

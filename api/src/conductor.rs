@@ -310,7 +310,10 @@ impl Conductor {
         if self.has_bmc(job).await {
             if let Err(e) = self
                 .bmc
-                .run(&job.machine, |h| async move { h.power(PowerAction::Off).await })
+                .run(
+                    &job.machine,
+                    |h| async move { h.power(PowerAction::Off).await },
+                )
                 .await
             {
                 self.event(
@@ -562,11 +565,17 @@ impl Conductor {
                 )));
             }
         }
-        let seed = d.get("seed").and_then(Value::as_str).unwrap_or("not reported");
+        let seed = d
+            .get("seed")
+            .and_then(Value::as_str)
+            .unwrap_or("not reported");
         self.event(
             job.id,
             "info",
-            &format!("verified: disk holds {} (sha256 {read_back}); cloud-init seed {seed}", image.sha256),
+            &format!(
+                "verified: disk holds {} (sha256 {read_back}); cloud-init seed {seed}",
+                image.sha256
+            ),
         )
         .await;
         Ok(())
@@ -596,7 +605,12 @@ impl Conductor {
             .unwrap_or_default();
         // Known NICs keep their PXE flag and reservation; new MACs are added.
         let mut nics = m.nics.clone();
-        for n in r.get("nics").and_then(Value::as_array).into_iter().flatten() {
+        for n in r
+            .get("nics")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let (Some(mac), name) = (
                 n.get("mac")
                     .and_then(Value::as_str)

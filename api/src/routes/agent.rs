@@ -20,7 +20,9 @@ fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
-        .ok_or_else(|| ApiError::unauthenticated("the agent must send 'Authorization: Bearer TOKEN'"))
+        .ok_or_else(|| {
+            ApiError::unauthenticated("the agent must send 'Authorization: Bearer TOKEN'")
+        })
 }
 
 async fn session_job(st: &AppState, headers: &HeaderMap) -> Result<Job, ApiError> {
@@ -29,9 +31,9 @@ async fn session_job(st: &AppState, headers: &HeaderMap) -> Result<Job, ApiError
         .job_by_agent_session(token)
         .await
         .map_err(|e| match e {
-            inventory::Error::NotFound { .. } => ApiError::unauthenticated(
-                "the agent session is unknown or its job has ended",
-            ),
+            inventory::Error::NotFound { .. } => {
+                ApiError::unauthenticated("the agent session is unknown or its job has ended")
+            }
             other => other.into(),
         })
 }
@@ -61,7 +63,11 @@ pub async fn claim(
 ) -> Result<Json<Value>, ApiError> {
     let token = bearer(&headers)?;
     let macs = body.map(|Json(b)| b.macs).unwrap_or_default();
-    let macs: Vec<String> = macs.into_iter().take(64).map(|m| m.chars().take(32).collect()).collect();
+    let macs: Vec<String> = macs
+        .into_iter()
+        .take(64)
+        .map(|m| m.chars().take(32).collect())
+        .collect();
     let claim = st.inv.claim_agent(token, &macs).await.map_err(|e| match e {
         inventory::Error::NotFound { .. } => ApiError::unauthenticated(
             "the agent token is unknown, already used or expired; reboot the machine to get a new one",
@@ -91,7 +97,9 @@ pub async fn claim(
         task["user_data"] = json!(st.inv.job_user_data(job.id).await?);
     }
     tracing::info!(job = job.id, machine = %job.machine, "agent claimed its job");
-    Ok(Json(json!({"job_id": job.id, "session": claim.session, "task": task})))
+    Ok(Json(
+        json!({"job_id": job.id, "session": claim.session, "task": task}),
+    ))
 }
 
 pub async fn image(
@@ -104,10 +112,7 @@ pub async fn image(
         .image_id
         .ok_or_else(|| ApiError::not_found(format!("job {} has no image", job.id)))?;
     let img = st.inv.image_by_id(iid).await?;
-    let path = st
-        .images
-        .path(&img.sha256)
-        .map_err(ApiError::internal)?;
+    let path = st.images.path(&img.sha256).map_err(ApiError::internal)?;
     let resp = tower_http::services::ServeFile::new(path)
         .with_buf_chunk_size(1 << 20)
         .oneshot(req)
@@ -137,7 +142,13 @@ pub async fn progress(
     let phase: String = p.phase.chars().take(32).collect();
     let message = p.message.map(|m| m.chars().take(2000).collect::<String>());
     st.inv
-        .agent_progress(job.id, &phase, p.bytes.max(0), p.total.max(0), message.as_deref())
+        .agent_progress(
+            job.id,
+            &phase,
+            p.bytes.max(0),
+            p.total.max(0),
+            message.as_deref(),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -190,8 +190,14 @@ pub async fn cancel(
 ) -> Result<Json<Job>, ApiError> {
     let job = visible_job(&st, &c, id).await?;
     match job.kind {
-        JobKind::Reimage => c.require(&st, REIMAGERS, "job.cancel", &id.to_string()).await?,
-        _ => c.require(&st, OPERATORS, "job.cancel", &id.to_string()).await?,
+        JobKind::Reimage => {
+            c.require(&st, REIMAGERS, "job.cancel", &id.to_string())
+                .await?
+        }
+        _ => {
+            c.require(&st, OPERATORS, "job.cancel", &id.to_string())
+                .await?
+        }
     }
     let job = st.inv.cancel_job(c.name(), id).await?;
     st.conductor.wake();
