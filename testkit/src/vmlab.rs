@@ -110,6 +110,7 @@ impl LibvirtDaemon {
         require("libvirtd", "libvirt-daemon-system");
         require("tini", "tini");
         require("unshare", "util-linux");
+        require("setsid", "util-linux");
         require("timeout", "coreutils");
         require("qemu-system-x86_64", "qemu-system-x86");
         require_file(
@@ -164,18 +165,27 @@ impl LibvirtDaemon {
             domains = domains.display()
         );
         let out = File::create(&log).unwrap();
-        use std::os::unix::process::CommandExt;
-        // Own process group: a Ctrl-C or a killed test run must not take the shared daemon down.
-        // The Child is dropped without waiting on purpose: the daemon outlives this process.
-        Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        // `setsid -f` forks the daemon into a session of its own and returns at once: a Ctrl-C
+        // or a killed test run must not take the shared daemon down, and it is not our child
+        // to reap (it outlives this process).
+        let status = Command::new("setsid")
+            .args([
+                "-f",
+                "unshare",
+                "--mount",
+                "--propagation",
+                "private",
+                "--",
+                "sh",
+                "-c",
+            ])
             .arg(&script)
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
-            .process_group(0)
-            .spawn()
+            .status()
             .unwrap_or_else(|e| panic!("starting libvirtd: {e}"));
+        assert!(status.success(), "setsid -f unshare … libvirtd: {status}");
         let deadline = Duration::from_secs(60);
         while t0.elapsed() < deadline {
             if answers() {
@@ -263,7 +273,9 @@ impl VmLab {
         let veth_srv = format!("vmlab{n}");
         assert!(veth_root.len() <= 15, "interface name {veth_root} too long");
         let _ = Command::new("ip").args(["link", "del", &bridge]).output();
-        let _ = Command::new("ip").args(["link", "del", &veth_root]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &veth_root])
+            .output();
         let vl = VmLab {
             bridge: bridge.clone(),
             veth_root: veth_root.clone(),
@@ -504,8 +516,7 @@ pub struct Vm {
 impl Vm {
     /// What the firmware (SeaBIOS/iPXE via sercon, OVMF natively) printed on the serial port.
     pub fn serial_log(&self) -> String {
-        String::from_utf8_lossy(&std::fs::read(&self.serial_path).unwrap_or_default())
-            .into_owned()
+        String::from_utf8_lossy(&std::fs::read(&self.serial_path).unwrap_or_default()).into_owned()
     }
 
     /// QEMU's own log (command line, errors), written by libvirt.
@@ -666,7 +677,11 @@ impl SushyLibvirt {
                 .arg(key);
         }
         let t0 = Instant::now();
-        let mut proc_ = Proc::spawn("sushy-emulator (libvirt)", cmd, dir.path().join("sushy.log"));
+        let mut proc_ = Proc::spawn(
+            "sushy-emulator (libvirt)",
+            cmd,
+            dir.path().join("sushy.log"),
+        );
         wait_tcp(&mut proc_, port, Duration::from_secs(30));
         let mut s = SushyLibvirt {
             dir,
@@ -728,7 +743,15 @@ impl SushyLibvirt {
     ) -> (u16, serde_json::Value) {
         let url = format!("{}{path}", self.http_base());
         let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "120", "-X", method, "-w", "\n%{http_code}"]);
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "120",
+            "-X",
+            method,
+            "-w",
+            "\n%{http_code}",
+        ]);
         if self.tls {
             cmd.arg("-k");
         }
