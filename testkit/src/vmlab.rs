@@ -536,6 +536,25 @@ impl Vm {
         self.state() == "running"
     }
 
+    /// Waits (bounded) until the serial console shows `needle`; returns how long it took.
+    /// Panics with the serial and QEMU logs otherwise.
+    pub fn wait_serial(&self, needle: &str, limit: Duration) -> Duration {
+        let t0 = Instant::now();
+        loop {
+            if self.serial_log().contains(needle) {
+                return t0.elapsed();
+            }
+            assert!(
+                t0.elapsed() < limit,
+                "{}: {needle:?} not on the serial console within {limit:?}\n--- serial:\n{}\n--- qemu:\n{}",
+                self.name,
+                self.serial_log(),
+                self.qemu_log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// The domain's current XML (sushy-tools rewrites the boot order in it).
     pub fn xml(&self) -> String {
         virsh_ok(&["dumpxml", &self.name], Duration::from_secs(30))
@@ -627,7 +646,19 @@ impl SushyLibvirt {
 
     /// `venv` must be made with Debian's python and `--system-site-packages` so that
     /// `import libvirt` finds Debian's `python3-libvirt` (pip's libvirt-python would compile).
+    /// Serves every domain of the shared daemon (other test processes' VMs included): prefer
+    /// [`SushyLibvirt::start_scoped`] when the test counts systems.
     pub fn start(venv: &Path, opts: SushyOpts) -> SushyLibvirt {
+        SushyLibvirt::start_inner(venv, opts, None)
+    }
+
+    /// Like [`SushyLibvirt::start`], but the BMC serves only these domain UUIDs
+    /// (`SUSHY_EMULATOR_ALLOWED_INSTANCES`; others are 404 and absent from the collection).
+    pub fn start_scoped(venv: &Path, opts: SushyOpts, uuids: &[&str]) -> SushyLibvirt {
+        SushyLibvirt::start_inner(venv, opts, Some(uuids))
+    }
+
+    fn start_inner(venv: &Path, opts: SushyOpts, scope: Option<&[&str]>) -> SushyLibvirt {
         require("curl", "curl");
         let exe = venv.join("bin").join("sushy-emulator");
         assert!(
@@ -656,6 +687,9 @@ impl SushyLibvirt {
             "SUSHY_EMULATOR_LIBVIRT_URI = {LIBVIRT_URI:?}\nSUSHY_EMULATOR_STATE_DIR = {:?}\n",
             dir.path().join("state").display().to_string()
         );
+        if let Some(uuids) = scope {
+            conf.push_str(&format!("SUSHY_EMULATOR_ALLOWED_INSTANCES = {uuids:?}\n"));
+        }
         if !opts.users.is_empty() {
             let htpasswd = crate::write_htpasswd(&exe, dir.path(), &opts.users);
             conf.push_str(&format!(
