@@ -321,17 +321,46 @@ impl VmLab {
     pub fn new(lab: &Lab) -> VmLab {
         LibvirtDaemon::ensure();
         sweep_leftovers();
-        let n = VMLAB_COUNTER.fetch_add(1, Ordering::SeqCst);
         let pid = std::process::id();
-        // ≤ 15 chars (IFNAMSIZ): "rsv" + 3 + up to 3 digits + "v".
-        let bridge = format!("rsv{:03}{}", pid % 1000, n);
+        let secs = Duration::from_secs(10);
+        // Names are short (IFNAMSIZ is 15), so two live processes can share `pid % 1000`: never
+        // delete an existing link of that name (it may be theirs; a dead run's were swept
+        // above), take the next counter value instead. `ip link add` failing on an existing
+        // name is the atomic test.
+        let mut attempts = 0;
+        let (n, bridge) = loop {
+            let n = VMLAB_COUNTER.fetch_add(1, Ordering::SeqCst);
+            // "rsv" + 3 digits + n, and the root veth end adds "v": ≤ 15 with n < 100000.
+            let bridge = format!("rsv{:03}{n}", pid % 1000);
+            assert!(bridge.len() < 15, "interface name {bridge} too long");
+            let out = run_bounded(
+                &[
+                    "ip",
+                    "link",
+                    "add",
+                    &bridge,
+                    "type",
+                    "bridge",
+                    "forward_delay",
+                    "0",
+                    "stp_state",
+                    "0",
+                ],
+                secs,
+            );
+            if out.status.success() {
+                break (n, bridge);
+            }
+            attempts += 1;
+            assert!(
+                attempts < 20,
+                "cannot create a bridge named like {bridge}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
         let veth_root = format!("{bridge}v");
         let veth_srv = format!("vmlab{n}");
-        assert!(veth_root.len() <= 15, "interface name {veth_root} too long");
-        let _ = Command::new("ip").args(["link", "del", &bridge]).output();
-        let _ = Command::new("ip")
-            .args(["link", "del", &veth_root])
-            .output();
+        // From here on, a panic drops `vl`, which deletes what exists.
         let vl = VmLab {
             bridge: bridge.clone(),
             veth_root: veth_root.clone(),
@@ -341,22 +370,6 @@ impl VmLab {
             vms: AtomicUsize::new(0),
         };
         let alias = format!("{LINK_ALIAS}{pid}");
-        let secs = Duration::from_secs(10);
-        run_ok(
-            &[
-                "ip",
-                "link",
-                "add",
-                &bridge,
-                "type",
-                "bridge",
-                "forward_delay",
-                "0",
-                "stp_state",
-                "0",
-            ],
-            secs,
-        );
         run_ok(&["ip", "link", "set", &bridge, "alias", &alias], secs);
         run_ok(
             &[
