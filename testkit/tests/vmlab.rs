@@ -86,7 +86,11 @@ fn pxe_boot_through_redfish(firmware: Firmware, mac: &str, dhcp_limit: Duration)
     let vm = vmlab.define_vm(VmSpec::new(tag, firmware, mac, 64));
     eprintln!("timing: {tag}: virsh define took {:?}", vm.define_took);
     assert!(!vm.is_running(), "a defined VM must not be started yet");
-    assert_eq!(vm.disk_sha256(4096), vm.disk_sha256(4096));
+    // The disk is blank: SHA-256 of 4096 zero bytes.
+    assert_eq!(
+        vm.disk_sha256(4096),
+        "ad7facb2586fc6e966c004d7d1d16b024f5805ff7cb47c7a85dabd8b48892ca7"
+    );
 
     let sushy = SushyLibvirt::start_scoped(
         &SushyLibvirt::default_venv(),
