@@ -245,7 +245,12 @@ const VIRTLOGD_SOCK: &str = "/run/libvirt/virtlogd-sock";
 
 /// True when a libvirtd we did not start can run our VMs without a start-up under the lock.
 fn foreign_daemon_usable() -> bool {
-    Path::new(VIRTLOGD_SOCK).exists()
+    virtlogd_answers()
+}
+
+/// Connects rather than checking the path: a killed virtlogd leaves its socket file behind.
+fn virtlogd_answers() -> bool {
+    std::os::unix::net::UnixStream::connect(VIRTLOGD_SOCK).is_ok()
 }
 
 /// Someone else's libvirtd (Debian's default qemu.conf) answers: the domains' per-domain DAC
@@ -258,7 +263,7 @@ fn start_virtlogd_for_foreign_daemon() {
         "testkit::vmlab: using a libvirtd not started by testkit (no vmlab qemu.conf): defines \
          take ~11 s each there (Debian's default user libvirt-qemu)"
     );
-    if Path::new(VIRTLOGD_SOCK).exists() {
+    if virtlogd_answers() {
         return;
     }
     require("virtlogd", "libvirt-daemon-system");
@@ -274,7 +279,7 @@ fn start_virtlogd_for_foreign_daemon() {
         .unwrap_or_else(|e| panic!("starting virtlogd: {e}"));
     assert!(status.success(), "setsid -f tini -s -- virtlogd: {status}");
     let t0 = Instant::now();
-    while !Path::new(VIRTLOGD_SOCK).exists() {
+    while !virtlogd_answers() {
         assert!(
             t0.elapsed() < Duration::from_secs(15),
             "virtlogd did not create {VIRTLOGD_SOCK} within 15 s:\n{}",
