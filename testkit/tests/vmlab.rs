@@ -185,10 +185,13 @@ fn pxe_boot_through_redfish(firmware: Firmware, mac: &str, dhcp_limit: Duration)
         "expected vendor class {vendor_class} in:\n{dhcp}"
     );
     if firmware == Firmware::Bios {
-        let serial = vm.serial_log();
-        assert!(
-            serial.contains("iPXE"),
-            "no iPXE on the serial console:\n{serial}"
+        vm.wait_serial("iPXE", Duration::from_secs(10));
+        // The router advertiser reached the guest: iPXE configured a SLAAC address in fd77::/64
+        // instead of waiting ~13 s for an RA.
+        vm.wait_serial("fd77:", Duration::from_secs(20));
+        eprintln!(
+            "timing: {tag}: Redfish On -> iPXE shows its fd77:: address {:?}",
+            t_on.elapsed()
         );
     }
     assert_eq!(power_state(&sushy, &vm.uuid), "On");
