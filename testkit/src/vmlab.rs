@@ -724,6 +724,8 @@ pub struct SushyLibvirt {
     pub auth: Option<(String, String)>,
     /// From spawn to the first 200 on /redfish/v1/Systems (the first libvirt connection).
     pub ready_after: Duration,
+    /// The network namespace it listens in (its 127.0.0.1 is that namespace's), if not the root one.
+    pub netns: Option<String>,
 }
 
 impl SushyLibvirt {
@@ -741,16 +743,33 @@ impl SushyLibvirt {
     /// Serves every domain of the shared daemon (other test processes' VMs included): prefer
     /// [`SushyLibvirt::start_scoped`] when the test counts systems.
     pub fn start(venv: &Path, opts: SushyOpts) -> SushyLibvirt {
-        SushyLibvirt::start_inner(venv, opts, None)
+        SushyLibvirt::start_inner(venv, opts, None, None)
     }
 
     /// Like [`SushyLibvirt::start`], but the BMC serves only these domain UUIDs
     /// (`SUSHY_EMULATOR_ALLOWED_INSTANCES`; others are 404 and absent from the collection).
     pub fn start_scoped(venv: &Path, opts: SushyOpts, uuids: &[&str]) -> SushyLibvirt {
-        SushyLibvirt::start_inner(venv, opts, Some(uuids))
+        SushyLibvirt::start_inner(venv, opts, Some(uuids), None)
     }
 
-    fn start_inner(venv: &Path, opts: SushyOpts, scope: Option<&[&str]>) -> SushyLibvirt {
+    /// Like [`SushyLibvirt::start_scoped`], listening on 127.0.0.1 inside namespace `ns`, so a
+    /// rackshare running in that namespace reaches it (libvirtd's unix socket is not
+    /// namespaced, so the driver still works).
+    pub fn start_scoped_in(
+        ns: &str,
+        venv: &Path,
+        opts: SushyOpts,
+        uuids: &[&str],
+    ) -> SushyLibvirt {
+        SushyLibvirt::start_inner(venv, opts, Some(uuids), Some(ns))
+    }
+
+    fn start_inner(
+        venv: &Path,
+        opts: SushyOpts,
+        scope: Option<&[&str]>,
+        netns: Option<&str>,
+    ) -> SushyLibvirt {
         require("curl", "curl");
         let exe = venv.join("bin").join("sushy-emulator");
         assert!(
@@ -791,7 +810,14 @@ impl SushyLibvirt {
         }
         let conf_path = dir.path().join("sushy.conf");
         std::fs::write(&conf_path, conf).unwrap();
-        let mut cmd = Command::new(&exe);
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
         cmd.arg("--config")
             .arg(&conf_path)
             .args(["--libvirt-uri", LIBVIRT_URI])
@@ -808,7 +834,9 @@ impl SushyLibvirt {
             cmd,
             dir.path().join("sushy.log"),
         );
-        wait_tcp(&mut proc_, port, Duration::from_secs(30));
+        if netns.is_none() {
+            wait_tcp(&mut proc_, port, Duration::from_secs(30));
+        }
         let mut s = SushyLibvirt {
             dir,
             port,
@@ -816,6 +844,7 @@ impl SushyLibvirt {
             tls: opts.tls.is_some(),
             auth: opts.users.first().cloned(),
             ready_after: Duration::ZERO,
+            netns: netns.map(str::to_string),
         };
         // Listening is not ready: the first request opens the libvirt connection (~12 s).
         let deadline = Duration::from_secs(90);
@@ -868,7 +897,14 @@ impl SushyLibvirt {
         body: Option<&serde_json::Value>,
     ) -> (u16, serde_json::Value) {
         let url = format!("{}{path}", self.http_base());
-        let mut cmd = Command::new("curl");
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "curl"]);
+                c
+            }
+            None => Command::new("curl"),
+        };
         cmd.args([
             "-sS",
             "--max-time",
