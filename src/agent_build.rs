@@ -230,7 +230,7 @@ fn kernel_package(meta_deb: &Path) -> anyhow::Result<String> {
     )?;
     depends
         .split([',', '|'])
-        .map(|d| d.trim().split_whitespace().next().unwrap_or(""))
+        .map(|d| d.split_whitespace().next().unwrap_or(""))
         .find(|d| d.starts_with("linux-image-"))
         .map(str::to_string)
         .ok_or_else(|| {
