@@ -15,6 +15,8 @@ struct Seen {
     requests: Vec<(String, String, String)>,
     result: Option<serde_json::Value>,
     image_gets: usize,
+    /// GETs to the end of the image (no range end): the first of them breaks.
+    streams: usize,
 }
 
 struct Api {
@@ -77,15 +79,24 @@ fn handle(api: &Api, stream: TcpStream) -> std::io::Result<()> {
         }
         ("GET", "/api/v1/agent/image") if auth == "Bearer sess" => {
             seen.image_gets += 1;
-            let first = seen.image_gets == 1;
-            drop(seen);
-            let start: usize = range
+            let open_ended = !range
                 .as_deref()
-                .and_then(|r| r.strip_prefix("bytes="))
+                .is_some_and(|r| r.split('-').nth(1).is_some_and(|e| !e.is_empty()));
+            if open_ended {
+                seen.streams += 1;
+            }
+            let first = open_ended && seen.streams == 1;
+            drop(seen);
+            let spec = range.as_deref().and_then(|r| r.strip_prefix("bytes="));
+            let start: usize = spec
                 .and_then(|r| r.split('-').next())
                 .and_then(|s| s.parse().ok())
                 .unwrap_or(0);
-            let rest = &api.image[start..];
+            let end: usize = spec
+                .and_then(|r| r.split('-').nth(1))
+                .and_then(|s| s.parse::<usize>().ok())
+                .map_or(api.image.len(), |e| (e + 1).min(api.image.len()));
+            let rest = &api.image[start..end];
             let code = if range.is_some() {
                 "206 Partial Content"
             } else {
@@ -150,12 +161,13 @@ fn deploy_api(
     disk: &std::path::Path,
     data: &[u8],
     sha: &str,
+    image_format: &str,
 ) -> serde_json::Value {
     serde_json::json!({
         "job_id": 12, "session": "sess",
         "task": {"mode": "deploy",
             "image": {"url": format!("{base_holder}/api/v1/agent/image"), "sha256": sha,
-                      "size_bytes": data.len(), "format": "raw"},
+                      "size_bytes": data.len(), "format": image_format},
             "target_disk": disk.display().to_string(), "hostname": "node-7",
             "ssh_keys": ["ssh-ed25519 AAAA alice"], "user_data": null}
     })
@@ -163,11 +175,20 @@ fn deploy_api(
 
 /// Starts an API whose claim names a URL on itself.
 fn start(data: Vec<u8>, disk: &std::path::Path, sha: &str) -> (Arc<Api>, String) {
+    start_format(data, disk, sha, "raw")
+}
+
+fn start_format(
+    data: Vec<u8>,
+    disk: &std::path::Path,
+    sha: &str,
+    format: &str,
+) -> (Arc<Api>, String) {
     // Bind first to learn the address, then fill in the claim that points back at it.
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let base = format!("http://{}", l.local_addr().expect("addr"));
     let api = Arc::new(Api {
-        claim: deploy_api(&base, disk, &data, sha),
+        claim: deploy_api(&base, disk, &data, sha, format),
         image: data,
         seen: Mutex::new(Seen::default()),
     });
@@ -296,4 +317,63 @@ fn a_refused_token_stops_after_the_claim_window() {
         api.seen.lock().expect("lock").requests.len() >= 2,
         "the claim was retried"
     );
+}
+
+#[test]
+fn qcow2_over_http_uses_ranges_and_survives_a_broken_stream() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = dir.path().join("disk.raw");
+    let mut data = vec![0u8; 4 << 20];
+    data[..1 << 20].copy_from_slice(&image()[..1 << 20]);
+    data[3 << 20..(3 << 20) + 5000].fill(9);
+    std::fs::write(&raw, &data).expect("write");
+    let q = dir.path().join("disk.qcow2");
+    let out = std::process::Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&q)
+        .output()
+        .expect("qemu-img (Debian package qemu-utils)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let qbytes = std::fs::read(&q).expect("read");
+    let disk = dir.path().join("target");
+    std::fs::write(&disk, vec![0xFFu8; 5 << 20]).expect("write");
+    let (api, base) = start_format(
+        qbytes.clone(),
+        &disk,
+        &hex::encode(Sha256::digest(&qbytes)),
+        "qcow2",
+    );
+    let out = job::run(
+        &BootParams {
+            api: base,
+            token: "tok".into(),
+            mode: None,
+        },
+        &env(),
+    );
+    let seen = api.seen.lock().expect("lock");
+    let r = seen.result.clone().expect("a result");
+    assert_eq!(
+        out,
+        Outcome::Reported {
+            job_id: 12,
+            action: "none".into(),
+            ok: true
+        },
+        "{r}"
+    );
+    assert_eq!(r["deploy"]["sha256"], hex::encode(Sha256::digest(&data)));
+    assert_eq!(r["deploy"]["written_bytes"], data.len() as u64);
+    assert_eq!(
+        &std::fs::read(&disk).expect("read")[..data.len()],
+        &data[..]
+    );
+    // Header, L1, L2 by range; then the stream (broken once) and its resumption.
+    assert!(seen.image_gets >= 4, "{} GETs", seen.image_gets);
+    assert_eq!(seen.streams, 2, "one broken stream, one resumed");
 }
