@@ -584,7 +584,8 @@ fn assemble(
 
     let boot = data_dir.join("boot");
     std::fs::create_dir_all(&boot).with_context(|| format!("creating {}", boot.display()))?;
-    let initrd_tmp = boot.join("agent-initrd.img.tmp");
+    // Per-process temporary names: two builds at once must not rename each other's files.
+    let initrd_tmp = boot.join(format!("agent-initrd.img.tmp{}", std::process::id()));
     let out = std::fs::File::create(&initrd_tmp)?;
     let mut gzip = Command::new("gzip")
         .args(["-9", "-n", "-c"])
@@ -611,7 +612,7 @@ fn assemble(
     if !status.success() {
         bail!("gzip failed: {status}");
     }
-    let kernel_tmp = boot.join("agent-vmlinuz.tmp");
+    let kernel_tmp = boot.join(format!("agent-vmlinuz.tmp{}", std::process::id()));
     std::fs::copy(&vmlinuz, &kernel_tmp)?;
     std::fs::rename(&kernel_tmp, boot.join("agent-vmlinuz"))?;
     std::fs::rename(&initrd_tmp, boot.join("agent-initrd.img"))?;

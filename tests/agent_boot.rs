@@ -27,6 +27,9 @@ fn target_dir() -> PathBuf {
 
 /// The kernel and ramdisk, built once per (agent binary, build code) by `rackshare agent build`.
 fn agent_boot_files() -> PathBuf {
+    // The tests of this file run in parallel; one builds, the others wait and reuse.
+    static BUILD: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = BUILD.lock().unwrap_or_else(|e| e.into_inner());
     let target = target_dir();
     let agent = target.join("x86_64-unknown-linux-gnu/release/rackshare-agent");
     let agent_bytes = std::fs::read(&agent).unwrap_or_else(|e| {
@@ -44,6 +47,12 @@ fn agent_boot_files() -> PathBuf {
     let boot = data_dir.join("boot");
     if boot.join("agent-initrd.img").is_file() && boot.join("agent-vmlinuz").is_file() {
         return boot;
+    }
+    // Builds for older agents are of no further use (26 MiB each).
+    for old in std::fs::read_dir(&cache).into_iter().flatten().flatten() {
+        if old.file_name() != "debs" && old.file_name() != key.as_str() {
+            let _ = std::fs::remove_dir_all(old.path());
+        }
     }
     // The .debs are shared between keys, so only the first build ever downloads.
     let debs = cache.join("debs");
@@ -204,19 +213,32 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(40)..].join("\n")
 }
 
-#[test]
-fn the_agent_boots_in_qemu_and_deploys_an_image() {
+/// What one boot of the agent reported.
+struct Run {
+    result: serde_json::Value,
+    phases: Vec<String>,
+    claims: usize,
+    serial: String,
+}
+
+/// Boots the agent in a fresh lab with `disk` as its virtio disk (`drive_opts` appended to
+/// `-drive`), serves `image` and the claim `task(api_url)`, and waits (bounded) for the result.
+/// `inspect` gets the disk back while QEMU still runs.
+fn boot_agent(
+    what: &str,
+    image: Vec<u8>,
+    task: impl Fn(&str) -> serde_json::Value,
+    disk: &Path,
+    drive_opts: &str,
+) -> Run {
     testkit::netns::must_be_root();
     require("qemu-system-x86_64", "qemu-system-x86");
     let boot = agent_boot_files();
-
-    let lab = Lab::new("agent");
+    let lab = Lab::new(what);
     lab.ip(&lab.srv, "tuntap add tap0 mode tap");
     lab.ip(&lab.srv, "link set tap0 master br0 up");
     start_dnsmasq(&lab);
 
-    let image = pseudo_random(IMAGE_BYTES, 77);
-    let sha = hex::encode(Sha256::digest(&image));
     let api = Arc::new(Api {
         image,
         claim: std::sync::OnceLock::new(),
@@ -224,31 +246,15 @@ fn the_agent_boots_in_qemu_and_deploys_an_image() {
     });
     let port = serve_in_ns(&lab.srv, api.clone());
     let api_url = format!("http://10.77.0.1:{port}");
-    api.claim
-        .set(serde_json::json!({
-            "job_id": 41, "session": "sess",
-            "task": {"mode": "deploy",
-                "image": {"url": format!("{api_url}/api/v1/agent/image"),
-                          "sha256": sha, "size_bytes": IMAGE_BYTES, "format": "raw"},
-                "target_disk": null, "hostname": "vm-1",
-                "ssh_keys": ["ssh-ed25519 AAAAC3Nza test@rackshare"], "user_data": null}
-        }))
-        .expect("claim set once");
+    api.claim.set(task(&api_url)).expect("claim set once");
 
-    let disk = lab.path("disk.img");
-    std::fs::File::create(&disk)
-        .and_then(|f| f.set_len(64 << 20))
-        .expect("blank disk");
     let serial = lab.path("serial.log");
     let kernel = boot.join("agent-vmlinuz").display().to_string();
     let initrd = boot.join("agent-initrd.img").display().to_string();
     let append = format!(
-        "console=ttyS0 panic=-1 rackshare.api={api_url} rackshare.token=one-time rackshare.mode=deploy"
+        "console=ttyS0 panic=-1 rackshare.api={api_url} rackshare.token=one-time rackshare.mode={what}"
     );
-    let drive = format!(
-        "file={},format=raw,if=virtio,cache=writeback",
-        disk.display()
-    );
+    let drive = format!("file={},format=raw,if=virtio{drive_opts}", disk.display());
     let nic = format!("virtio-net-pci,netdev=n0,mac={MAC}");
     let serial_arg = format!("file:{}", serial.display());
     let started = Instant::now();
@@ -282,7 +288,7 @@ fn the_agent_boots_in_qemu_and_deploys_an_image() {
         &lab.path("qemu.log"),
     );
 
-    // TCG on a shared 2-core box: ~20 s expected, 240 s allowed.
+    // TCG on a shared 2-core box: ~10-20 s expected, 240 s allowed.
     let deadline = started + Duration::from_secs(240);
     let result = loop {
         if let Some(r) = api.seen.lock().expect("lock").result.clone() {
@@ -290,45 +296,137 @@ fn the_agent_boots_in_qemu_and_deploys_an_image() {
         }
         assert!(
             Instant::now() < deadline,
-            "no result from the agent within 240 s; serial console:\n{}\nqemu: {}",
+            "{what}: no result from the agent within 240 s; serial console:\n{}\nqemu: {}",
             tail(&serial),
             tail(&lab.path("qemu.log"))
         );
         std::thread::sleep(Duration::from_millis(200));
     };
-    let took = started.elapsed();
     let seen = api.seen.lock().expect("lock");
     eprintln!(
-        "boot to result under TCG: {:.1} s; phases {:?}",
-        took.as_secs_f64(),
+        "{what}: boot to result under TCG {:.1} s; phases {:?}",
+        started.elapsed().as_secs_f64(),
         seen.phases
     );
-    assert_eq!(result["ok"], true, "{result}\n{}", tail(&serial));
-    assert_eq!(result["deploy"]["sha256"], sha.as_str(), "{result}");
-    assert_eq!(result["deploy"]["written_bytes"], IMAGE_BYTES as u64);
-    assert_eq!(result["deploy"]["target_disk"], "/dev/vda");
+    Run {
+        result,
+        phases: seen.phases.clone(),
+        claims: seen.claims,
+        serial: tail(&serial),
+    }
+    // Dropping the lab stops QEMU and deletes the namespaces.
+}
+
+fn sha_hex(b: &[u8]) -> String {
+    hex::encode(Sha256::digest(b))
+}
+
+#[test]
+fn the_agent_boots_in_qemu_and_deploys_an_image() {
+    let image = pseudo_random(IMAGE_BYTES, 77);
+    let sha = sha_hex(&image);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(64 << 20))
+        .expect("blank disk");
+    let run = boot_agent(
+        "deploy",
+        image,
+        |api_url| {
+            serde_json::json!({
+                "job_id": 41, "session": "sess",
+                "task": {"mode": "deploy",
+                    "image": {"url": format!("{api_url}/api/v1/agent/image"),
+                              "sha256": sha, "size_bytes": IMAGE_BYTES, "format": "raw"},
+                    "target_disk": null, "hostname": "vm-1",
+                    "ssh_keys": ["ssh-ed25519 AAAAC3Nza test@rackshare"], "user_data": null}
+            })
+        },
+        &disk,
+        ",cache=writeback",
+    );
+    let r = &run.result;
+    assert_eq!(r["ok"], true, "{r}\n{}", run.serial);
+    assert_eq!(r["deploy"]["sha256"], sha.as_str(), "{r}");
+    assert_eq!(r["deploy"]["written_bytes"], IMAGE_BYTES as u64);
+    assert_eq!(r["deploy"]["target_disk"], "/dev/vda");
     assert_eq!(
-        result["deploy"]["seed"], "skipped: no Linux root filesystem on the image",
+        r["deploy"]["seed"], "skipped: no Linux root filesystem on the image",
         "random bytes have no filesystem"
     );
-    assert_eq!(seen.claims, 1);
+    assert_eq!(run.claims, 1);
     for phase in ["starting", "writing", "verifying", "seeding"] {
         assert!(
-            seen.phases.iter().any(|p| p == phase),
+            run.phases.iter().any(|p| p == phase),
             "{phase} missing from {:?}",
-            seen.phases
+            run.phases
         );
     }
-    drop(seen);
-    // The agent fsynced before hashing, and QEMU passes guest flushes to the file.
     let mut on_disk = vec![0u8; IMAGE_BYTES];
     std::fs::File::open(&disk)
         .and_then(|mut f| f.read_exact(&mut on_disk))
         .expect("read the VM's disk");
-    assert_eq!(
-        hex::encode(Sha256::digest(&on_disk)),
-        sha,
-        "the disk holds the image"
+    assert_eq!(sha_hex(&on_disk), sha, "the disk holds the image");
+}
+
+#[test]
+fn the_agent_wipes_then_inspects_a_vm() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("disk.img");
+    let size = 32usize << 20;
+    std::fs::write(&disk, pseudo_random(size, 5)).expect("disk full of data");
+    let run = boot_agent(
+        "wipe",
+        Vec::new(),
+        |_| serde_json::json!({"job_id": 42, "session": "sess", "task": {"mode": "wipe"}}),
+        &disk,
+        // QEMU punches holes in the file for the guest's discards, so they read back as zeros.
+        ",discard=unmap",
     );
-    drop(lab); // stops QEMU, deletes the namespaces
+    let r = &run.result;
+    assert_eq!(r["ok"], true, "{r}\n{}", run.serial);
+    let disks = r["wipe"]["disks"].as_array().expect("disks");
+    eprintln!("wipe: {r}");
+    assert_eq!(disks.len(), 1, "{r}");
+    assert_eq!(disks[0]["name"], "vda");
+    assert_eq!(disks[0]["size_bytes"], size as u64);
+    assert!(
+        ["discard", "zero"].contains(&disks[0]["method"].as_str().unwrap_or("")),
+        "{r}"
+    );
+    assert_eq!(
+        disks[0]["verification"], "66 sampled 1 MiB blocks read back as zero",
+        "{r}"
+    );
+    assert!(run.phases.iter().any(|p| p == "wiping"), "{:?}", run.phases);
+    let after = std::fs::read(&disk).expect("read the VM's disk");
+    assert!(
+        after.iter().all(|&b| b == 0),
+        "every byte of the disk is zero"
+    );
+
+    let run = boot_agent(
+        "inspect",
+        Vec::new(),
+        |_| serde_json::json!({"job_id": 43, "session": "sess", "task": {"mode": "inspect"}}),
+        &disk,
+        "",
+    );
+    let i = &run.result["inspect"];
+    assert_eq!(run.result["ok"], true, "{}\n{}", run.result, run.serial);
+    assert_eq!(i["arch"], "x86_64");
+    assert_eq!(i["cpu_count"], 1);
+    assert!(
+        (400..=512).contains(&i["ram_mib"].as_u64().unwrap_or(0)),
+        "{i}"
+    );
+    assert_eq!(i["vendor"], "QEMU", "{i}");
+    assert_eq!(
+        i["nics"],
+        serde_json::json!([{"name": "eth0", "mac": MAC}]),
+        "{i}"
+    );
+    assert_eq!(i["disks"][0]["name"], "vda", "{i}");
+    assert_eq!(i["disks"][0]["size_bytes"], size as u64, "{i}");
 }
