@@ -430,3 +430,114 @@ fn the_agent_wipes_then_inspects_a_vm() {
     assert_eq!(i["disks"][0]["name"], "vda", "{i}");
     assert_eq!(i["disks"][0]["size_bytes"], size as u64, "{i}");
 }
+
+/// A 32 MiB disk: an MBR with one Linux partition at 1 MiB holding ext4 with `/etc`.
+fn partitioned_ext4(dir: &Path) -> PathBuf {
+    require("mkfs.ext4", "e2fsprogs");
+    let root = dir.join("root");
+    std::fs::create_dir_all(root.join("etc")).expect("mkdir");
+    std::fs::write(root.join("etc/hostname"), "image\n").expect("write");
+    let img = dir.join("image.raw");
+    std::fs::File::create(&img)
+        .and_then(|f| f.set_len(32 << 20))
+        .expect("create");
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "offset=1048576", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .arg("24M")
+        .output()
+        .expect("mkfs.ext4");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The MBR by hand (no sfdisk needed): entry 1 = type 0x83, LBA 2048, 24 MiB.
+    let mut mbr = [0u8; 512];
+    mbr[446 + 4] = 0x83;
+    mbr[446 + 8..446 + 12].copy_from_slice(&2048u32.to_le_bytes());
+    mbr[446 + 12..446 + 16].copy_from_slice(&(24u32 * 2048).to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xAA;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&img)
+        .expect("open");
+    f.write_all(&mbr).expect("write mbr");
+    img
+}
+
+/// `cat PATH` inside the ext4 partition of a disk image, by debugfs (no mount).
+fn cat_in_partition(dir: &Path, disk: &Path, path: &str) -> String {
+    let part = dir.join("part.img");
+    let bytes = std::fs::read(disk).expect("read disk");
+    std::fs::write(&part, &bytes[1 << 20..25 << 20]).expect("write partition");
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(&part)
+        .output()
+        .expect("debugfs (e2fsprogs)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn the_agent_deploys_a_qcow2_and_seeds_cloud_init() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let raw = partitioned_ext4(dir.path());
+    let raw_bytes = std::fs::read(&raw).expect("read");
+    let qcow2 = dir.path().join("image.qcow2");
+    let out = Command::new("qemu-img")
+        .args(["convert", "-f", "raw", "-O", "qcow2"])
+        .arg(&raw)
+        .arg(&qcow2)
+        .output()
+        .expect("qemu-img (qemu-utils)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let image = std::fs::read(&qcow2).expect("read");
+    let (sha, size) = (sha_hex(&image), image.len());
+    let disk = dir.path().join("disk.img");
+    std::fs::write(&disk, pseudo_random(64 << 20, 9)).expect("a used disk");
+    let run = boot_agent(
+        "deploy",
+        image,
+        |api_url| {
+            serde_json::json!({
+                "job_id": 44, "session": "sess",
+                "task": {"mode": "deploy",
+                    "image": {"url": format!("{api_url}/api/v1/agent/image"),
+                              "sha256": sha, "size_bytes": size, "format": "qcow2"},
+                    "target_disk": "/dev/vda", "hostname": "vm-44",
+                    "ssh_keys": ["ssh-ed25519 AAAAC3Nza test@rackshare"],
+                    "user_data": "#cloud-config\npackages: [htop]\n"}
+            })
+        },
+        &disk,
+        ",cache=writeback",
+    );
+    let r = &run.result;
+    assert_eq!(r["ok"], true, "{r}\n{}", run.serial);
+    // The hash is of the image as written, before the seed changed the filesystem.
+    assert_eq!(r["deploy"]["sha256"], sha_hex(&raw_bytes), "{r}");
+    assert_eq!(r["deploy"]["written_bytes"], raw_bytes.len() as u64);
+    assert_eq!(
+        r["deploy"]["seed"], "written: /dev/vda1 (ext4) /var/lib/cloud/seed/nocloud",
+        "{r}\n{}",
+        run.serial
+    );
+    let md = cat_in_partition(dir.path(), &disk, "/var/lib/cloud/seed/nocloud/meta-data");
+    assert_eq!(
+        md,
+        "instance-id: \"rackshare-job-44\"\nlocal-hostname: \"vm-44\"\n"
+    );
+    let ud = cat_in_partition(dir.path(), &disk, "/var/lib/cloud/seed/nocloud/user-data");
+    assert_eq!(
+        ud,
+        "#cloud-config\npackages: [htop]\nssh_authorized_keys:\n  - \"ssh-ed25519 AAAAC3Nza test@rackshare\"\n"
+    );
+}
