@@ -79,9 +79,9 @@ fn handle(api: &Api, stream: TcpStream) -> std::io::Result<()> {
         }
         ("GET", "/api/v1/agent/image") if auth == "Bearer sess" => {
             seen.image_gets += 1;
-            let open_ended = !range
+            let open_ended = range
                 .as_deref()
-                .is_some_and(|r| r.split('-').nth(1).is_some_and(|e| !e.is_empty()));
+                .is_none_or(|r| r.split('-').nth(1).is_none_or(str::is_empty));
             if open_ended {
                 seen.streams += 1;
             }
