@@ -588,7 +588,8 @@ fn assemble(
     let initrd_tmp = boot.join(format!("agent-initrd.img.tmp{}", std::process::id()));
     let out = std::fs::File::create(&initrd_tmp)?;
     let mut gzip = Command::new("gzip")
-        .args(["-9", "-n", "-c"])
+        // -6, not -9: 1% bigger, eight times faster (25 s → 3 s for ~68 MB).
+        .args(["-6", "-n", "-c"])
         .stdin(Stdio::piped())
         .stdout(out)
         .spawn()

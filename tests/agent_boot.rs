@@ -526,7 +526,7 @@ fn the_agent_deploys_a_qcow2_and_seeds_cloud_init() {
     assert_eq!(r["deploy"]["sha256"], sha_hex(&raw_bytes), "{r}");
     assert_eq!(r["deploy"]["written_bytes"], raw_bytes.len() as u64);
     assert_eq!(
-        r["deploy"]["seed"], "written: /dev/vda1 (ext4) /var/lib/cloud/seed/nocloud",
+        r["deploy"]["seed"], "written: /dev/vda1 /var/lib/cloud/seed/nocloud",
         "{r}\n{}",
         run.serial
     );

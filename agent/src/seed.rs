@@ -183,7 +183,11 @@ pub fn seed(disk: &Path, sys: &Path, job_id: i64, task: &Task) -> Result<String,
         }
         nix::unistd::sync();
         match written {
-            Some(Ok(())) => return Ok(format!("written: {} ({fs}) /{SEED_DIR}", dev.display())),
+            Some(Ok(())) => {
+                crate::log!("seeded {} ({fs})", dev.display());
+                // The protocol's wording exactly: the API may show it as is.
+                return Ok(format!("written: {} /{SEED_DIR}", dev.display()));
+            }
             Some(Err(e)) => return Err(e),
             None => crate::log!(
                 "{} ({fs}) has no /etc; not a root filesystem",
