@@ -152,6 +152,11 @@ fn try_mount(dev: &Path, at: &Path) -> Option<&'static str> {
 /// Seeds cloud-init on the image just written to `disk`. Finding no Linux root filesystem is
 /// not an error (the image may be anything); failing to write into one is.
 pub fn seed(disk: &Path, sys: &Path, job_id: i64, task: &Task) -> Result<String, Error> {
+    use std::os::unix::fs::FileTypeExt;
+    // A regular file (tests, a run by hand) has no partitions to re-read or mount.
+    if !std::fs::metadata(disk).is_ok_and(|m| m.file_type().is_block_device()) {
+        return Ok(format!("skipped: {} is not a block device", disk.display()));
+    }
     // The kernel still has the old partition table; ask it to read the image's.
     match Command::new("blockdev")
         .arg("--rereadpt")
