@@ -95,6 +95,18 @@ while :; do
     # Without -s the lease is never applied to the interface (LAB-NOTES).
     if udhcpc -i "$i" -s /etc/udhcpc.script -q -n -t 10 -T 2; then
       echo "rackshare init: $(cat /proc/uptime | cut -d' ' -f1)s, $i is up"
+      # bench/reimage's baseline: the same VM, kernel and network writing the same image
+      # with busybox `wget | dd`, for comparison with the agent.
+      for w in $(cat /proc/cmdline); do
+        case "$w" in rackshare.baseline=*)
+          url=${w#rackshare.baseline=}
+          t0=$(cut -d' ' -f1 /proc/uptime)
+          wget -q -O - "$url" | dd of=/dev/vda bs=1M conv=fsync 2>/dev/null
+          t1=$(cut -d' ' -f1 /proc/uptime)
+          echo "rackshare baseline: wget|dd from $t0 to $t1"
+          poweroff -f
+        esac
+      done
       exec /bin/rackshare-agent
     fi
   done
