@@ -12,6 +12,7 @@ mod energy;
 mod error;
 mod export;
 mod images;
+mod leases;
 mod machines;
 mod model;
 mod people;
@@ -29,6 +30,11 @@ pub use export::{
     ImportSummary, InventoryExport, EXPORT_FORMAT, EXPORT_VERSION,
 };
 pub use images::{Image, NewImage};
+pub use leases::{
+    month_bounds, ssh_key_fingerprint, EndReason, GroupQuota, Lease, LeaseConstraints, LeaseDetail,
+    LeaseFilter, LeaseMachine, LeasePolicy, LeaseState, LeaseTick, NewLease, WipeCertificate,
+    DEFAULT_LEASE_HOURS,
+};
 pub use machines::{BmcAccess, BmcHealth, MachineFilter, MachinePatch, NewBmc, NewMachine};
 pub use model::{
     Bmc, BmcProtocol, Disk, MacAddress, Machine, MemberGroup, Nic, Rack, Role, Site, User,
