@@ -1329,11 +1329,6 @@ impl Inventory {
         .bind(l.id)
         .execute(&mut **tx)
         .await?;
-        sqlx::query("UPDATE machines SET lease_id = NULL, updated_at = $1 WHERE lease_id = $2")
-            .bind(now)
-            .bind(l.id)
-            .execute(&mut **tx)
-            .await?;
         let action = match (reason, l.state) {
             (_, LeaseState::Pending) => "lease.cancel",
             (EndReason::Expired, _) => "lease.expire",
@@ -1351,6 +1346,8 @@ impl Inventory {
                 .detail(serde_json::json!({"reason": reason.as_str(), "note": note, "machines": names})),
         )
         .await?;
+        // Wipes are queued while the machines still carry the lease, so the wipe jobs' audit
+        // events land in the group's ledger; then the machines leave the lease.
         for r in &machines {
             let state: MachineState = r.try_get::<String, _>("state")?.parse()?;
             queue_wipe(
@@ -1364,6 +1361,11 @@ impl Inventory {
             )
             .await?;
         }
+        sqlx::query("UPDATE machines SET lease_id = NULL, updated_at = $1 WHERE lease_id = $2")
+            .bind(now)
+            .bind(l.id)
+            .execute(&mut **tx)
+            .await?;
         Ok(())
     }
 
@@ -1686,10 +1688,11 @@ async fn save_keys(tx: &mut Transaction<'static, Any>, group: &str, keys: &[Stri
     Ok(())
 }
 
-/// Queues the wipe of a machine a lease let go. Until the job engine lands this moves the
-/// machine to `releasing` itself (compare-and-set); the engine's `insert_job_tx` will insert
-/// the wipe job and do the same move. A machine the lifecycle cannot send to `releasing`
-/// (mid-deploy) goes to `maintenance`: it must never reach another group unwiped.
+/// Queues the wipe of a machine a lease let go: a wipe job (the job engine moves the machine
+/// to `releasing`; the conductor makes it `available` once the wipe succeeded and stores the
+/// certificate). A machine with another job in progress, or one the lifecycle cannot send to
+/// `releasing` (mid-deploy), goes to `maintenance` instead: it must never reach another group
+/// unwiped, and staff decide what to do with it.
 async fn queue_wipe(
     tx: &mut Transaction<'static, Any>,
     actor: &str,
@@ -1699,24 +1702,30 @@ async fn queue_wipe(
     l: &Lease,
     now: i64,
 ) -> Result<()> {
-    let to = if state == MachineState::Releasing {
+    let job = crate::NewJob {
+        kind: crate::JobKind::Wipe,
+        machine_id,
+        image_id: None,
+        lease_id: Some(l.id),
+        user_data: None,
+    };
+    // insert_job_tx checks the lifecycle and the one-job-per-machine rule before it writes,
+    // so a refusal leaves the transaction usable.
+    match crate::jobs::insert_job_tx(tx, actor, &job).await {
+        Ok(_) => return Ok(()),
+        Err(Error::ForbiddenTransition { .. } | Error::Conflict { .. }) => {}
+        Err(e) => return Err(e),
+    }
+    if state == MachineState::Maintenance {
         return Ok(());
-    } else if state.can_go_to(MachineState::Releasing) {
-        MachineState::Releasing
-    } else {
-        MachineState::Maintenance
-    };
-    let reason = match to {
-        MachineState::Releasing => format!("wipe after lease {} of {}", l.id, l.group),
-        _ => format!(
-            "lease {} of {} ended while the machine was {state}; wipe it before it goes back to the pool",
-            l.id, l.group
-        ),
-    };
+    }
+    let reason = format!(
+        "lease {} of {} ended while the machine was {state} (or busy with a job); wipe it before it goes back to the pool",
+        l.id, l.group
+    );
     let n = sqlx::query(
-        "UPDATE machines SET state = $1, state_reason = $2, state_changed_at = $3, updated_at = $3 WHERE id = $4 AND state = $5",
+        "UPDATE machines SET state = 'maintenance', state_reason = $1, state_changed_at = $2, updated_at = $2 WHERE id = $3 AND state = $4",
     )
-    .bind(to.as_str())
     .bind(&reason)
     .bind(now)
     .bind(machine_id)
@@ -1733,9 +1742,9 @@ async fn queue_wipe(
     }
     record_in(
         tx,
-        &NewAuditEvent::ok(actor, "machine.wipe", "machine", name)
+        &NewAuditEvent::ok(actor, "machine.transition", "machine", name)
             .group(Some(l.group.clone()))
-            .detail(serde_json::json!({"lease": l.id, "from": state, "to": to, "reason": reason})),
+            .detail(serde_json::json!({"lease": l.id, "from": state, "to": "maintenance", "reason": reason})),
     )
     .await?;
     Ok(())

@@ -12,6 +12,7 @@ mod energy;
 mod error;
 mod export;
 mod images;
+mod jobs;
 mod leases;
 mod machines;
 mod model;
@@ -30,6 +31,10 @@ pub use export::{
     ImportSummary, InventoryExport, EXPORT_FORMAT, EXPORT_VERSION,
 };
 pub use images::{Image, NewImage};
+pub use jobs::{
+    AgentClaim, Job, JobEvent, JobFilter, JobKind, JobState, JobStep, NewJob, StepName, StepSpec,
+    AGENT_TOKEN_TTL_MS,
+};
 pub use leases::{
     month_bounds, ssh_key_fingerprint, EndReason, GroupQuota, Lease, LeaseConstraints, LeaseDetail,
     LeaseFilter, LeaseMachine, LeasePolicy, LeaseState, LeaseTick, NewLease, WipeCertificate,

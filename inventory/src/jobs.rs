@@ -1,0 +1,1162 @@
+//! Jobs: reimage, inspect and wipe, as persisted steps. The conductor (in `api`) drives them;
+//! this module only stores them, so a restart resumes from here. The agent's one-time token
+//! and session live on the job row, hashed.
+
+use crate::audit::record_in;
+use crate::secrets::sha256_hex;
+use crate::{now_ms, Error, Inventory, MachineState, NewAuditEvent, Result};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sqlx::any::AnyRow;
+use sqlx::{Any, Row, Transaction};
+use std::fmt;
+use std::str::FromStr;
+
+/// What a job does to a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobKind {
+    /// Write an image to the machine's disk and boot it.
+    Reimage,
+    /// Boot the agent and record the hardware.
+    Inspect,
+    /// Erase every disk (before the machine goes back to the pool).
+    Wipe,
+}
+
+impl JobKind {
+    /// The lowercase name used in the API and database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobKind::Reimage => "reimage",
+            JobKind::Inspect => "inspect",
+            JobKind::Wipe => "wipe",
+        }
+    }
+
+    /// The machine state while the job runs.
+    pub fn machine_state(self) -> MachineState {
+        match self {
+            JobKind::Reimage => MachineState::Deploying,
+            JobKind::Inspect => MachineState::Inspecting,
+            JobKind::Wipe => MachineState::Releasing,
+        }
+    }
+
+    /// The machine state when the job succeeds.
+    pub fn success_state(self) -> MachineState {
+        match self {
+            JobKind::Reimage => MachineState::Deployed,
+            JobKind::Inspect | JobKind::Wipe => MachineState::Available,
+        }
+    }
+
+    /// The agent mode for this kind of job.
+    pub fn agent_mode(self) -> &'static str {
+        match self {
+            JobKind::Reimage => "deploy",
+            JobKind::Inspect => "inspect",
+            JobKind::Wipe => "wipe",
+        }
+    }
+
+    /// The steps of this kind of job, in order.
+    pub fn plan(self) -> &'static [StepSpec] {
+        use StepName::*;
+        const fn s(name: StepName, max_attempts: i64, timeout_secs: i64) -> StepSpec {
+            StepSpec {
+                name,
+                max_attempts,
+                timeout_secs,
+            }
+        }
+        // Agent steps time out on silence (no progress report), not on total duration: a big
+        // image on a slow disk is fine as long as the agent keeps talking.
+        const REIMAGE: &[StepSpec] = &[
+            s(SetPxeBoot, 3, 120),
+            s(PowerCycle, 3, 300),
+            s(WaitAgent, 3, 600),
+            s(Deploy, 1, 300),
+            s(Verify, 1, 60),
+            s(SetDiskBoot, 3, 120),
+            s(Reboot, 3, 300),
+        ];
+        const INSPECT: &[StepSpec] = &[
+            s(SetPxeBoot, 3, 120),
+            s(PowerCycle, 3, 300),
+            s(WaitAgent, 3, 600),
+            s(Inspect, 1, 300),
+            s(SetDiskBoot, 3, 120),
+            s(PowerOff, 3, 300),
+        ];
+        const WIPE: &[StepSpec] = &[
+            s(SetPxeBoot, 3, 120),
+            s(PowerCycle, 3, 300),
+            s(WaitAgent, 3, 600),
+            s(Wipe, 1, 600),
+            s(SetDiskBoot, 3, 120),
+            s(PowerOff, 3, 300),
+        ];
+        match self {
+            JobKind::Reimage => REIMAGE,
+            JobKind::Inspect => INSPECT,
+            JobKind::Wipe => WIPE,
+        }
+    }
+}
+
+impl fmt::Display for JobKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "reimage" => Ok(JobKind::Reimage),
+            "inspect" => Ok(JobKind::Inspect),
+            "wipe" => Ok(JobKind::Wipe),
+            _ => Err(Error::invalid(
+                "kind",
+                format!("'{s}' is not a job kind (reimage, inspect, wipe)"),
+            )),
+        }
+    }
+}
+
+/// Where a job is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// Waiting for a free slot.
+    Queued,
+    /// Being driven by the conductor.
+    Running,
+    /// Done.
+    Succeeded,
+    /// Gave up; see `error`.
+    Failed,
+    /// Stopped by a person.
+    Cancelled,
+}
+
+impl JobState {
+    /// The lowercase name used in the API and database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the job has ended.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for JobState {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "queued" => Ok(JobState::Queued),
+            "running" => Ok(JobState::Running),
+            "succeeded" => Ok(JobState::Succeeded),
+            "failed" => Ok(JobState::Failed),
+            "cancelled" => Ok(JobState::Cancelled),
+            _ => Err(Error::invalid(
+                "state",
+                format!("'{s}' is not a job state (queued, running, succeeded, failed, cancelled)"),
+            )),
+        }
+    }
+}
+
+/// A step of a job plan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepName {
+    /// One-time network boot through the BMC.
+    SetPxeBoot,
+    /// Power the machine on, or cycle it, so it PXE-boots the agent.
+    PowerCycle,
+    /// Wait until the agent claims the job.
+    WaitAgent,
+    /// The agent writes the image.
+    Deploy,
+    /// Compare what the agent read back with the image.
+    Verify,
+    /// The agent reports the hardware.
+    Inspect,
+    /// The agent erases the disks.
+    Wipe,
+    /// Boot from disk from now on.
+    SetDiskBoot,
+    /// Power-cycle into the deployed image.
+    Reboot,
+    /// Leave the machine off.
+    PowerOff,
+}
+
+impl StepName {
+    /// The snake_case name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepName::SetPxeBoot => "set_pxe_boot",
+            StepName::PowerCycle => "power_cycle",
+            StepName::WaitAgent => "wait_agent",
+            StepName::Deploy => "deploy",
+            StepName::Verify => "verify",
+            StepName::Inspect => "inspect",
+            StepName::Wipe => "wipe",
+            StepName::SetDiskBoot => "set_disk_boot",
+            StepName::Reboot => "reboot",
+            StepName::PowerOff => "power_off",
+        }
+    }
+}
+
+impl FromStr for StepName {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        [
+            StepName::SetPxeBoot,
+            StepName::PowerCycle,
+            StepName::WaitAgent,
+            StepName::Deploy,
+            StepName::Verify,
+            StepName::Inspect,
+            StepName::Wipe,
+            StepName::SetDiskBoot,
+            StepName::Reboot,
+            StepName::PowerOff,
+        ]
+        .into_iter()
+        .find(|n| n.as_str() == s)
+        .ok_or_else(|| Error::invalid("step", format!("unknown step '{s}' in the database")))
+    }
+}
+
+impl fmt::Display for StepName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A step in a plan: its name, retry budget and timeout.
+#[derive(Debug, Clone, Copy)]
+pub struct StepSpec {
+    /// Which step.
+    pub name: StepName,
+    /// How many times it may be tried.
+    pub max_attempts: i64,
+    /// Seconds before an attempt counts as failed.
+    pub timeout_secs: i64,
+}
+
+/// A job to create.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    /// What it does.
+    pub kind: JobKind,
+    /// The machine.
+    pub machine_id: i64,
+    /// The image (reimage only).
+    pub image_id: Option<i64>,
+    /// The lease it belongs to (a wipe at lease end, a member's reimage).
+    pub lease_id: Option<i64>,
+    /// cloud-init user data (reimage only).
+    pub user_data: Option<String>,
+}
+
+/// A persisted step of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobStep {
+    /// Position in the plan, from 0.
+    pub seq: i64,
+    /// Which step.
+    pub name: String,
+    /// pending, running, succeeded, failed, skipped.
+    pub state: String,
+    /// Attempts made so far.
+    pub attempts: i64,
+    /// Retry budget.
+    pub max_attempts: i64,
+    /// Timeout of one attempt.
+    pub timeout_secs: i64,
+    /// When the last attempt started (unix ms).
+    pub started_at: Option<i64>,
+    /// When it ended (unix ms).
+    pub finished_at: Option<i64>,
+    /// Why the last attempt failed.
+    pub error: Option<String>,
+}
+
+/// A job, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Database id.
+    pub id: i64,
+    /// What it does.
+    pub kind: JobKind,
+    /// Where it is.
+    pub state: JobState,
+    /// Machine name.
+    pub machine: String,
+    /// Machine id.
+    pub machine_id: i64,
+    /// Image `name:version`, for a reimage.
+    pub image: Option<String>,
+    /// Image id.
+    pub image_id: Option<i64>,
+    /// The lease it belongs to.
+    pub lease_id: Option<i64>,
+    /// The member group concerned (through the lease or the machine's lease).
+    pub member_group: Option<String>,
+    /// Index of the current step.
+    pub current_step: i64,
+    /// Name of the current step.
+    pub step: Option<String>,
+    /// The agent's phase (writing, verifying, ...).
+    pub phase: String,
+    /// Bytes done in the current agent phase.
+    pub progress_bytes: i64,
+    /// Bytes to do in the current agent phase.
+    pub progress_total: i64,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// Who asked for it.
+    pub requested_by: String,
+    /// Who asked to cancel it, while it runs.
+    pub cancel_requested_by: Option<String>,
+    /// The agent's report (JSON), once it sent one.
+    pub result: Option<serde_json::Value>,
+    /// When the agent claimed the job (unix ms).
+    pub agent_claimed_at: Option<i64>,
+    /// When the agent last reported (unix ms).
+    pub last_agent_at: Option<i64>,
+    /// Created (unix ms).
+    pub created_at: i64,
+    /// Started (unix ms).
+    pub started_at: Option<i64>,
+    /// Ended (unix ms).
+    pub finished_at: Option<i64>,
+    /// Last change (unix ms).
+    pub updated_at: i64,
+    /// The steps (filled by [`Inventory::job`], empty in lists).
+    pub steps: Vec<JobStep>,
+}
+
+/// A line of a job's log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobEvent {
+    /// Database id (increasing).
+    pub id: i64,
+    /// The job.
+    pub job_id: i64,
+    /// When (unix ms).
+    pub at: i64,
+    /// info, warn, error.
+    pub level: String,
+    /// What happened.
+    pub message: String,
+}
+
+/// Which jobs to list.
+#[derive(Debug, Clone, Default)]
+pub struct JobFilter {
+    /// Only this machine's.
+    pub machine: Option<String>,
+    /// Only in this state.
+    pub state: Option<JobState>,
+    /// Only jobs concerning this member group (a member's view).
+    pub group: Option<String>,
+    /// At most this many, newest first (default 100).
+    pub limit: Option<i64>,
+}
+
+/// What the agent gets when it claims its job.
+#[derive(Debug, Clone)]
+pub struct AgentClaim {
+    /// The job.
+    pub job: Job,
+    /// The session token for the agent's later calls (shown once, stored hashed).
+    pub session: String,
+}
+
+const JOB_SELECT: &str = "SELECT j.id, j.kind, j.state, m.name AS machine, j.machine_id, \
+    i.name AS image_name, i.version AS image_version, j.image_id, j.lease_id, \
+    COALESCE(gj.name, gm.name) AS member_group, j.current_step, \
+    (SELECT s.name FROM job_steps s WHERE s.job_id = j.id AND s.seq = j.current_step) AS step, \
+    j.phase, j.progress_bytes, j.progress_total, j.error, j.requested_by, j.cancel_requested_by, \
+    j.result, j.agent_claimed_at, j.last_agent_at, j.created_at, j.started_at, j.finished_at, j.updated_at \
+    FROM jobs j JOIN machines m ON m.id = j.machine_id \
+    LEFT JOIN images i ON i.id = j.image_id \
+    LEFT JOIN leases lj ON lj.id = j.lease_id LEFT JOIN member_groups gj ON gj.id = lj.group_id \
+    LEFT JOIN leases lm ON lm.id = m.lease_id LEFT JOIN member_groups gm ON gm.id = lm.group_id";
+
+fn job_from_row(r: &AnyRow) -> Result<Job> {
+    let kind: String = r.try_get("kind")?;
+    let state: String = r.try_get("state")?;
+    let image_name: Option<String> = r.try_get("image_name")?;
+    let image_version: Option<String> = r.try_get("image_version")?;
+    let result: Option<String> = r.try_get("result")?;
+    Ok(Job {
+        id: r.try_get("id")?,
+        kind: kind.parse()?,
+        state: state.parse()?,
+        machine: r.try_get("machine")?,
+        machine_id: r.try_get("machine_id")?,
+        image: image_name.map(|n| match image_version.as_deref() {
+            Some(v) if !v.is_empty() => format!("{n}:{v}"),
+            _ => n,
+        }),
+        image_id: r.try_get("image_id")?,
+        lease_id: r.try_get("lease_id")?,
+        member_group: r.try_get("member_group")?,
+        current_step: r.try_get("current_step")?,
+        step: r.try_get("step")?,
+        phase: r.try_get("phase")?,
+        progress_bytes: r.try_get("progress_bytes")?,
+        progress_total: r.try_get("progress_total")?,
+        error: r.try_get("error")?,
+        requested_by: r.try_get("requested_by")?,
+        cancel_requested_by: r.try_get("cancel_requested_by")?,
+        result: match result {
+            Some(t) => Some(crate::db::from_json("jobs.result", &t)?),
+            None => None,
+        },
+        agent_claimed_at: r.try_get("agent_claimed_at")?,
+        last_agent_at: r.try_get("last_agent_at")?,
+        created_at: r.try_get("created_at")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        updated_at: r.try_get("updated_at")?,
+        steps: Vec::new(),
+    })
+}
+
+fn step_from_row(r: &AnyRow) -> Result<JobStep> {
+    Ok(JobStep {
+        seq: r.try_get("seq")?,
+        name: r.try_get("name")?,
+        state: r.try_get("state")?,
+        attempts: r.try_get("attempts")?,
+        max_attempts: r.try_get("max_attempts")?,
+        timeout_secs: r.try_get("timeout_secs")?,
+        started_at: r.try_get("started_at")?,
+        finished_at: r.try_get("finished_at")?,
+        error: r.try_get("error")?,
+    })
+}
+
+/// A random token for the agent: 32 bytes, hex, with a prefix saying what it is.
+fn agent_token(kind: &str) -> String {
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    format!("rsa{kind}_{}", hex::encode(b))
+}
+
+/// How long a minted boot token may wait for its claim.
+pub const AGENT_TOKEN_TTL_MS: i64 = 10 * 60 * 1000;
+
+/// Inserts a job, its steps, its first log line and an audit event, and moves the machine to
+/// the job's state with a compare-and-set, all inside the caller's write transaction.
+pub(crate) async fn insert_job_tx(
+    tx: &mut Transaction<'static, Any>,
+    actor: &str,
+    job: &NewJob,
+) -> Result<i64> {
+    let row = sqlx::query(
+        "SELECT m.name, m.state, g.name AS grp FROM machines m \
+         LEFT JOIN leases l ON l.id = m.lease_id LEFT JOIN member_groups g ON g.id = l.group_id \
+         WHERE m.id = $1",
+    )
+    .bind(job.machine_id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| Error::not_found("machine", job.machine_id.to_string()))?;
+    let name: String = row.try_get("name")?;
+    let state: String = row.try_get("state")?;
+    let group: Option<String> = row.try_get("grp")?;
+    let from: MachineState = state.parse()?;
+    let to = job.kind.machine_state();
+    if job.kind == JobKind::Reimage && job.image_id.is_none() {
+        return Err(Error::invalid("image", "a reimage job needs an image"));
+    }
+    let active: Option<i64> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE machine_id = $1 AND state IN ('queued', 'running') LIMIT 1",
+    )
+    .bind(job.machine_id)
+    .fetch_optional(&mut **tx)
+    .await?;
+    if let Some(other) = active {
+        return Err(Error::conflict(
+            "machine",
+            format!("machine '{name}' already has job {other} in progress; wait for it or cancel it ('rackshare job cancel {other}')"),
+        ));
+    }
+    // Re-deploying a machine that is already deploying (a failed job left it) is allowed;
+    // otherwise the lifecycle table decides.
+    if from != to && !from.can_go_to(to) {
+        let allowed = from
+            .allowed_next()
+            .iter()
+            .map(|s| s.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(Error::ForbiddenTransition {
+            machine: name,
+            from,
+            to,
+            allowed: format!(
+                " for a {} job (from {from} it can go to: {allowed})",
+                job.kind
+            ),
+        });
+    }
+    let now = now_ms();
+    let reason = format!("{} job queued by {actor}", job.kind);
+    let n = sqlx::query(
+        "UPDATE machines SET state = $1, state_reason = $2, state_changed_at = $3, updated_at = $3 \
+         WHERE id = $4 AND state = $5",
+    )
+    .bind(to.as_str())
+    .bind(&reason)
+    .bind(now)
+    .bind(job.machine_id)
+    .bind(from.as_str())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    if n == 0 {
+        return Err(Error::StateChanged {
+            machine: name,
+            expected: from,
+            actual: "something else".into(),
+        });
+    }
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO jobs (kind, machine_id, image_id, lease_id, state, requested_by, user_data, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, 'queued', $5, $6, $7, $7) RETURNING id",
+    )
+    .bind(job.kind.as_str())
+    .bind(job.machine_id)
+    .bind(job.image_id)
+    .bind(job.lease_id)
+    .bind(actor)
+    .bind(&job.user_data)
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await
+    .map_err(|e| {
+        if crate::error::is_unique_violation(&e) {
+            Error::conflict(
+                "machine",
+                format!("machine '{name}' already has a job in progress"),
+            )
+        } else {
+            e.into()
+        }
+    })?;
+    for (seq, s) in job.kind.plan().iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO job_steps (job_id, seq, name, state, max_attempts, timeout_secs) \
+             VALUES ($1, $2, $3, 'pending', $4, $5)",
+        )
+        .bind(id)
+        .bind(seq as i64)
+        .bind(s.name.as_str())
+        .bind(s.max_attempts)
+        .bind(s.timeout_secs)
+        .execute(&mut **tx)
+        .await?;
+    }
+    sqlx::query("INSERT INTO job_events (job_id, at, level, message) VALUES ($1, $2, 'info', $3)")
+        .bind(id)
+        .bind(now)
+        .bind(format!("{} of {name} queued by {actor}", job.kind))
+        .execute(&mut **tx)
+        .await?;
+    record_in(
+        tx,
+        &NewAuditEvent::ok(actor, &format!("job.{}", job.kind), "job", &id.to_string())
+            .machine(Some(name.clone()))
+            .group(group)
+            .detail(serde_json::json!({"machine": name, "image_id": job.image_id, "lease_id": job.lease_id})),
+    )
+    .await?;
+    Ok(id)
+}
+
+impl Inventory {
+    /// Creates a job and moves its machine to the job's state, in one transaction.
+    pub async fn create_job(&self, actor: &str, job: &NewJob) -> Result<Job> {
+        let mut tx = self.begin_write().await?;
+        let id = insert_job_tx(&mut tx, actor, job).await?;
+        tx.commit().await?;
+        self.job(id).await
+    }
+
+    /// One job with its steps.
+    pub async fn job(&self, id: i64) -> Result<Job> {
+        let row = sqlx::query(&format!("{JOB_SELECT} WHERE j.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| Error::not_found("job", id.to_string()))?;
+        let mut job = job_from_row(&row)?;
+        let steps = sqlx::query(
+            "SELECT seq, name, state, attempts, max_attempts, timeout_secs, started_at, finished_at, error \
+             FROM job_steps WHERE job_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        job.steps = steps.iter().map(step_from_row).collect::<Result<_>>()?;
+        Ok(job)
+    }
+
+    /// Jobs, newest first.
+    pub async fn jobs(&self, f: &JobFilter) -> Result<Vec<Job>> {
+        let rows = sqlx::query(&format!(
+            "{JOB_SELECT} WHERE ($1 IS NULL OR m.name = $1) AND ($2 IS NULL OR j.state = $2) \
+             AND ($3 IS NULL OR COALESCE(gj.name, gm.name) = $3) ORDER BY j.id DESC LIMIT $4"
+        ))
+        .bind(&f.machine)
+        .bind(f.state.map(|s| s.as_str()))
+        .bind(&f.group)
+        .bind(f.limit.unwrap_or(100).clamp(1, 10_000))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// Queued and running jobs, oldest first (the conductor's work list).
+    pub async fn active_jobs(&self) -> Result<Vec<Job>> {
+        let rows = sqlx::query(&format!(
+            "{JOB_SELECT} WHERE j.state IN ('queued', 'running') ORDER BY j.id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(job_from_row).collect()
+    }
+
+    /// A job's log lines after `after_id`, oldest first.
+    pub async fn job_events(&self, id: i64, after_id: i64) -> Result<Vec<JobEvent>> {
+        let rows = sqlx::query(
+            "SELECT id, job_id, at, level, message FROM job_events WHERE job_id = $1 AND id > $2 ORDER BY id LIMIT 10000",
+        )
+        .bind(id)
+        .bind(after_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(JobEvent {
+                    id: r.try_get("id")?,
+                    job_id: r.try_get("job_id")?,
+                    at: r.try_get("at")?,
+                    level: r.try_get("level")?,
+                    message: r.try_get("message")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Appends a line to a job's log.
+    pub async fn add_job_event(&self, id: i64, level: &str, message: &str) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query("INSERT INTO job_events (job_id, at, level, message) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(now_ms())
+            .bind(level)
+            .bind(message)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Asks for a job to stop. A queued job ends at once (its machine goes `failed`, since
+    /// it already left its old state); a running one is flagged for the conductor.
+    pub async fn cancel_job(&self, actor: &str, id: i64) -> Result<Job> {
+        let job = self.job(id).await?;
+        if job.state.is_final() {
+            return Err(Error::conflict(
+                "job",
+                format!("job {id} has already ended ({})", job.state),
+            ));
+        }
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        if job.state == JobState::Queued {
+            let n = sqlx::query(
+                "UPDATE jobs SET state = 'cancelled', error = $1, finished_at = $2, updated_at = $2, cancel_requested_by = $3 \
+                 WHERE id = $4 AND state = 'queued'",
+            )
+            .bind(format!("cancelled by {actor} before it started"))
+            .bind(now)
+            .bind(actor)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if n == 1 {
+                set_machine_state_tx(
+                    &mut tx,
+                    job.machine_id,
+                    job.kind.machine_state(),
+                    MachineState::Failed,
+                    &format!("{} job {id} cancelled by {actor}", job.kind),
+                )
+                .await?;
+            }
+        } else {
+            sqlx::query(
+                "UPDATE jobs SET cancel_requested_by = $1, updated_at = $2 WHERE id = $3 AND state = 'running'",
+            )
+            .bind(actor)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO job_events (job_id, at, level, message) VALUES ($1, $2, 'warn', $3)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(format!("cancel requested by {actor}"))
+        .execute(&mut *tx)
+        .await?;
+        record_in(
+            &mut tx,
+            &NewAuditEvent::ok(actor, "job.cancel", "job", &id.to_string())
+                .machine(Some(job.machine.clone()))
+                .group(job.member_group.clone()),
+        )
+        .await?;
+        tx.commit().await?;
+        self.job(id).await
+    }
+
+    /// Moves a queued job to running (compare-and-set). Returns whether this call did it.
+    pub async fn start_job(&self, id: i64) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        let n = sqlx::query(
+            "UPDATE jobs SET state = 'running', started_at = $1, updated_at = $1 WHERE id = $2 AND state = 'queued'",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n == 1)
+    }
+
+    /// Marks step `seq` running (one more attempt) and makes it the job's current step.
+    /// Returns the attempt number.
+    pub async fn begin_step(&self, id: i64, seq: i64) -> Result<i64> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE job_steps SET state = 'running', attempts = attempts + 1, started_at = $1, finished_at = NULL \
+             WHERE job_id = $2 AND seq = $3",
+        )
+        .bind(now)
+        .bind(id)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE jobs SET current_step = $1, updated_at = $2 WHERE id = $3")
+            .bind(seq)
+            .bind(now)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let attempts: i64 =
+            sqlx::query_scalar("SELECT attempts FROM job_steps WHERE job_id = $1 AND seq = $2")
+                .bind(id)
+                .bind(seq)
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        Ok(attempts)
+    }
+
+    /// Records how an attempt of step `seq` ended: `succeeded`, `failed` or `skipped`
+    /// (`running` again, with an error, for a failed attempt that will be retried).
+    pub async fn end_step(
+        &self,
+        id: i64,
+        seq: i64,
+        state: &str,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE job_steps SET state = $1, error = $2, finished_at = $3 WHERE job_id = $4 AND seq = $5",
+        )
+        .bind(state)
+        .bind(error)
+        .bind(now_ms())
+        .bind(id)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Ends a job: its final state, the machine's new state (compare-and-set from the job's
+    /// state), the audit event. `machine_to` None leaves the machine alone.
+    pub async fn finish_job(
+        &self,
+        id: i64,
+        state: JobState,
+        error: Option<&str>,
+        machine_to: Option<MachineState>,
+        reason: &str,
+    ) -> Result<()> {
+        let job = self.job(id).await?;
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        let n = sqlx::query(
+            "UPDATE jobs SET state = $1, error = $2, finished_at = $3, updated_at = $3, \
+             agent_armed_at = NULL, agent_token_hash = NULL, agent_token_expires_at = NULL \
+             WHERE id = $4 AND state IN ('queued', 'running')",
+        )
+        .bind(state.as_str())
+        .bind(error)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Ok(());
+        }
+        if let Some(to) = machine_to {
+            set_machine_state_tx(
+                &mut tx,
+                job.machine_id,
+                job.kind.machine_state(),
+                to,
+                reason,
+            )
+            .await?;
+        }
+        let level = if state == JobState::Succeeded {
+            "info"
+        } else {
+            "error"
+        };
+        sqlx::query("INSERT INTO job_events (job_id, at, level, message) VALUES ($1, $2, $3, $4)")
+            .bind(id)
+            .bind(now)
+            .bind(level)
+            .bind(match error {
+                Some(e) => format!("job {state}: {e}"),
+                None => format!("job {state}"),
+            })
+            .execute(&mut *tx)
+            .await?;
+        let outcome = if state == JobState::Succeeded {
+            crate::Outcome::Ok
+        } else {
+            crate::Outcome::Failed
+        };
+        record_in(
+            &mut tx,
+            &NewAuditEvent::ok(
+                "conductor",
+                &format!("job.{}.{}", job.kind, state),
+                "job",
+                &id.to_string(),
+            )
+            .outcome(outcome)
+            .machine(Some(job.machine.clone()))
+            .group(job.member_group.clone())
+            .detail(serde_json::json!({"error": error, "machine_state": machine_to})),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// From now on the boot script of the job's machine mints agent tokens (or stops, with
+    /// `armed` false).
+    pub async fn arm_agent(&self, id: i64, armed: bool) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE jobs SET agent_armed_at = $1, agent_token_hash = NULL, agent_token_expires_at = NULL WHERE id = $2",
+        )
+        .bind(if armed { Some(now_ms()) } else { None })
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// For a machine whose running job waits for its agent: a fresh one-time token (the
+    /// previous unclaimed one stops working) and the agent mode. None when nothing waits.
+    pub async fn mint_agent_token(
+        &self,
+        machine_id: i64,
+    ) -> Result<Option<(i64, String, JobKind)>> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "SELECT id, kind FROM jobs WHERE machine_id = $1 AND state = 'running' AND agent_armed_at IS NOT NULL",
+        )
+        .bind(machine_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: i64 = row.try_get("id")?;
+        let kind: String = row.try_get("kind")?;
+        let token = agent_token("t");
+        sqlx::query(
+            "UPDATE jobs SET agent_token_hash = $1, agent_token_expires_at = $2 WHERE id = $3",
+        )
+        .bind(sha256_hex(&token))
+        .bind(now_ms() + AGENT_TOKEN_TTL_MS)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some((id, token, kind.parse()?)))
+    }
+
+    /// The agent presents its one-time token: consumed here, exchanged for a session token.
+    pub async fn claim_agent(&self, token: &str, macs: &[String]) -> Result<AgentClaim> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE agent_token_hash = $1 AND state = 'running' \
+             AND agent_armed_at IS NOT NULL AND agent_token_expires_at > $2",
+        )
+        .bind(sha256_hex(token))
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else {
+            return Err(Error::not_found("agent token", "presented"));
+        };
+        let session = agent_token("s");
+        sqlx::query(
+            "UPDATE jobs SET agent_token_hash = NULL, agent_token_expires_at = NULL, agent_claimed_at = $1, \
+             last_agent_at = $1, agent_session_hash = $2, updated_at = $1 WHERE id = $3",
+        )
+        .bind(now)
+        .bind(sha256_hex(&session))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO job_events (job_id, at, level, message) VALUES ($1, $2, 'info', $3)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(format!("agent claimed the job (NICs {})", macs.join(", ")))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(AgentClaim {
+            job: self.job(id).await?,
+            session,
+        })
+    }
+
+    /// The running job an agent session belongs to.
+    pub async fn job_by_agent_session(&self, session: &str) -> Result<Job> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE agent_session_hash = $1 AND state = 'running'",
+        )
+        .bind(sha256_hex(session))
+        .fetch_optional(&self.pool)
+        .await?;
+        match id {
+            Some(id) => self.job(id).await,
+            None => Err(Error::not_found("agent session", "presented")),
+        }
+    }
+
+    /// The agent's progress report.
+    pub async fn agent_progress(
+        &self,
+        id: i64,
+        phase: &str,
+        bytes: i64,
+        total: i64,
+        message: Option<&str>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE jobs SET phase = $1, progress_bytes = $2, progress_total = $3, last_agent_at = $4, updated_at = $4 WHERE id = $5",
+        )
+        .bind(phase)
+        .bind(bytes)
+        .bind(total)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(m) = message {
+            sqlx::query(
+                "INSERT INTO job_events (job_id, at, level, message) VALUES ($1, $2, 'info', $3)",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(format!("agent: {m}"))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The agent's final report. The first one counts; a repeat (the agent retrying after a
+    /// lost answer) changes nothing.
+    pub async fn agent_result(&self, id: i64, result: &serde_json::Value) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        let n = sqlx::query(
+            "UPDATE jobs SET result = $1, last_agent_at = $2, updated_at = $2 WHERE id = $3 AND result IS NULL",
+        )
+        .bind(crate::db::to_json(result))
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            let ok = result.get("ok").and_then(|v| v.as_bool()).unwrap_or(false);
+            let msg = if ok {
+                "agent reported success".to_string()
+            } else {
+                format!(
+                    "agent reported failure: {}",
+                    result
+                        .get("error")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("no reason given")
+                )
+            };
+            sqlx::query(
+                "INSERT INTO job_events (job_id, at, level, message) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(if ok { "info" } else { "error" })
+            .bind(msg)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets the agent's result and session (a retried agent step starts afresh).
+    pub async fn reset_agent(&self, id: i64) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE jobs SET result = NULL, agent_session_hash = NULL, agent_claimed_at = NULL, \
+             phase = '', progress_bytes = 0, progress_total = 0 WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a wipe certificate for a wipe job.
+    pub async fn add_wipe_certificate(&self, job: &Job, body: &serde_json::Value) -> Result<i64> {
+        let mut tx = self.begin_write().await?;
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO wipe_certificates (job_id, machine_id, lease_id, body, created_at) \
+             VALUES ($1, $2, $3, $4, $5) RETURNING id",
+        )
+        .bind(job.id)
+        .bind(job.machine_id)
+        .bind(job.lease_id)
+        .bind(crate::db::to_json(body))
+        .bind(now_ms())
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(id)
+    }
+
+    /// The SSH keys of the member group holding a machine (injected on reimage).
+    pub async fn ssh_keys_for_machine(&self, machine_id: i64) -> Result<Vec<String>> {
+        let keys: Option<String> = sqlx::query_scalar(
+            "SELECT g.ssh_keys FROM machines m JOIN leases l ON l.id = m.lease_id \
+             JOIN member_groups g ON g.id = l.group_id WHERE m.id = $1",
+        )
+        .bind(machine_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        match keys {
+            Some(t) => crate::db::from_json("member_groups.ssh_keys", &t),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// The user data stored with a job.
+    pub async fn job_user_data(&self, id: i64) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT user_data FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten(),
+        )
+    }
+}
+
+/// Moves a machine from `from` to `to` inside a transaction, if it is still in `from` (a
+/// person may have put it in maintenance meanwhile; then it stays there).
+async fn set_machine_state_tx(
+    tx: &mut Transaction<'static, Any>,
+    machine_id: i64,
+    from: MachineState,
+    to: MachineState,
+    reason: &str,
+) -> Result<bool> {
+    let now = now_ms();
+    let n = sqlx::query(
+        "UPDATE machines SET state = $1, state_reason = $2, state_changed_at = $3, updated_at = $3 \
+         WHERE id = $4 AND state = $5",
+    )
+    .bind(to.as_str())
+    .bind(reason)
+    .bind(now)
+    .bind(machine_id)
+    .bind(from.as_str())
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(n == 1)
+}
