@@ -496,37 +496,54 @@ struct Candidate {
     tags: Vec<String>,
 }
 
-/// The first constraint the machine fails, as a phrase ("have less than 64 GiB RAM").
-fn first_failure(m: &Candidate, c: &LeaseConstraints) -> Option<String> {
+/// The first constraint the machine fails, as (singular, plural) phrases: "1 has less than
+/// 64 GiB RAM", "2 have less than 64 GiB RAM".
+fn first_failure(m: &Candidate, c: &LeaseConstraints) -> Option<(String, String)> {
+    let both = |s: String, p: String| Some((s, p));
     if let Some(a) = &c.arch {
         if &m.arch != a {
-            return Some(format!("are not {a}"));
+            return both(format!("is {}", m.arch), format!("are {}", m.arch));
         }
     }
     if let Some(s) = &c.site {
         if m.site.as_deref() != Some(s) {
-            return Some(format!("are not in site {s}"));
+            return match &m.site {
+                Some(other) => both(
+                    format!("is in site {other}"),
+                    format!("are in site {other}"),
+                ),
+                None => both("has no site".into(), "have no site".into()),
+            };
         }
     }
     if let Some(g) = c.min_ram_gib {
         if m.ram_mib.is_none_or(|r| r < g.saturating_mul(1024)) {
-            return Some(format!("have less than {g} GiB RAM"));
+            return both(
+                format!("has less than {g} GiB RAM"),
+                format!("have less than {g} GiB RAM"),
+            );
         }
     }
     if let Some(n) = c.min_cpus {
         if m.cpu_count.is_none_or(|r| r < n) {
-            return Some(format!("have fewer than {n} CPUs"));
+            return both(
+                format!("has fewer than {n} CPUs"),
+                format!("have fewer than {n} CPUs"),
+            );
         }
     }
     if let Some(g) = c.min_disk_gib {
         let need = u64::try_from(g.saturating_mul(GIB)).unwrap_or(0);
         if !m.disks.iter().any(|d| d.size_bytes >= need) {
-            return Some(format!("have no disk of {g} GiB or more"));
+            return both(
+                format!("has no disk of {g} GiB or more"),
+                format!("have no disk of {g} GiB or more"),
+            );
         }
     }
     for t in &c.tags {
         if !m.tags.contains(t) {
-            return Some(format!("lack tag {t}"));
+            return both(format!("lacks tag {t}"), format!("lack tag {t}"));
         }
     }
     None
@@ -641,7 +658,10 @@ impl Inventory {
             (None, None) => DEFAULT_LEASE_HOURS * HOUR_MS,
         };
         if duration_ms <= 0 {
-            return Err(Error::invalid("duration", "the lease must end after it starts"));
+            return Err(Error::invalid(
+                "duration",
+                "the lease must end after it starts",
+            ));
         }
         self.check_max_length(duration_ms).await?;
         let ends_at = starts_at.saturating_add(duration_ms);
@@ -662,11 +682,11 @@ impl Inventory {
                 return Err(Error::not_found("site", site.clone()));
             }
         }
-        self.check_quotas(&mut tx, group_id, group, req.count, starts_at, ends_at, None, now)
-            .await?;
-        let free = self
-            .capacity(&mut tx, &c, starts_at, ends_at, None)
-            .await?;
+        self.check_quotas(
+            &mut tx, group_id, group, req.count, starts_at, ends_at, None, now,
+        )
+        .await?;
+        let free = self.capacity(&mut tx, &c, starts_at, ends_at, None).await?;
         let available_now = if reservation {
             i64::MAX
         } else {
@@ -795,7 +815,7 @@ impl Inventory {
         .fetch_one(&mut **tx)
         .await?;
         let reserved: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(machine_count), 0) FROM leases WHERE state = 'pending' AND waiting = 0 \
+            "SELECT CAST(COALESCE(SUM(machine_count), 0) AS BIGINT) FROM leases WHERE state = 'pending' AND waiting = 0 \
              AND starts_at < $1 AND ends_at > $2 AND id <> $3",
         )
         .bind(end)
@@ -825,7 +845,7 @@ impl Inventory {
         let mut free = 0;
         let mut busy_matching = 0;
         let mut matching_pool = 0;
-        let mut reasons: Vec<(String, i64)> = Vec::new();
+        let mut reasons: Vec<((String, String), i64)> = Vec::new();
         for r in &rows {
             let state: String = r.try_get("state")?;
             let cand = Candidate {
@@ -872,13 +892,13 @@ impl Inventory {
         if !reasons.is_empty() {
             let parts: Vec<String> = reasons
                 .iter()
-                .map(|(phrase, n)| format!("{n} {phrase}"))
+                .map(|((one, many), n)| format!("{n} {}", if *n == 1 { one } else { many }))
                 .collect();
             msg.push_str(&format!(": {}", parts.join(", ")));
         }
         msg.push_str(&format!("; {fitting} fit"));
         let reserved: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(SUM(machine_count), 0) FROM leases WHERE state = 'pending' AND waiting = 0 \
+            "SELECT CAST(COALESCE(SUM(machine_count), 0) AS BIGINT) FROM leases WHERE state = 'pending' AND waiting = 0 \
              AND starts_at < $1 AND ends_at > $2",
         )
         .bind(end)
@@ -925,9 +945,9 @@ impl Inventory {
         if let Some(max) = max_machines {
             // Held by active leases still running at `start`, plus reservations overlapping.
             let held: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(SUM(CASE WHEN l.state = 'active' THEN \
+                "SELECT CAST(COALESCE(SUM(CASE WHEN l.state = 'active' THEN \
                     (SELECT COUNT(*) FROM lease_machines lm WHERE lm.lease_id = l.id AND lm.released_at IS NULL) \
-                    ELSE l.machine_count END), 0) \
+                    ELSE l.machine_count END), 0) AS BIGINT) \
                  FROM leases l WHERE l.group_id = $1 AND l.id <> $2 AND l.waiting = 0 AND ( \
                     (l.state = 'active' AND l.ends_at > $3) OR (l.state = 'pending' AND l.starts_at < $4 AND l.ends_at > $3))",
             )
@@ -1076,7 +1096,9 @@ impl Inventory {
                 tx,
                 &NewAuditEvent::ok(actor, "machine.allocate", "machine", &name)
                     .group(Some(group.into()))
-                    .detail(serde_json::json!({"lease": id, "from": "available", "to": "allocated"})),
+                    .detail(
+                        serde_json::json!({"lease": id, "from": "available", "to": "allocated"}),
+                    ),
             )
             .await?;
             names.push(name);
@@ -1229,7 +1251,13 @@ impl Inventory {
         .await?;
         if l.state == LeaseState::Active && !l.waiting {
             let free = self
-                .capacity(&mut tx, &l.constraints, l.ends_at.max(now), ends_at, Some(id))
+                .capacity(
+                    &mut tx,
+                    &l.constraints,
+                    l.ends_at.max(now),
+                    ends_at,
+                    Some(id),
+                )
                 .await?;
             if free < l.machine_count {
                 return Err(Error::conflict(
@@ -1243,7 +1271,11 @@ impl Inventory {
                 ));
             }
         }
-        let duration_ms = if l.waiting { new_duration } else { row.duration_ms };
+        let duration_ms = if l.waiting {
+            new_duration
+        } else {
+            row.duration_ms
+        };
         sqlx::query("UPDATE leases SET ends_at = $1, duration_ms = $2 WHERE id = $3")
             .bind(ends_at)
             .bind(duration_ms)
@@ -1343,7 +1375,9 @@ impl Inventory {
             tx,
             &NewAuditEvent::ok(actor, action, "lease", &l.id.to_string())
                 .group(Some(l.group.clone()))
-                .detail(serde_json::json!({"reason": reason.as_str(), "note": note, "machines": names})),
+                .detail(
+                    serde_json::json!({"reason": reason.as_str(), "note": note, "machines": names}),
+                ),
         )
         .await?;
         // Wipes are queued while the machines still carry the lease, so the wipe jobs' audit
@@ -1465,8 +1499,15 @@ impl Inventory {
             if row.lease.state != LeaseState::Active || row.lease.ends_at > now {
                 continue;
             }
-            self.end_lease_tx(&mut tx, "scheduler", &row.lease, EndReason::Expired, "", now)
-                .await?;
+            self.end_lease_tx(
+                &mut tx,
+                "scheduler",
+                &row.lease,
+                EndReason::Expired,
+                "",
+                now,
+            )
+            .await?;
             tx.commit().await?;
             out.ended.push(id);
         }
@@ -1522,8 +1563,8 @@ impl Inventory {
     pub async fn waitlist_order(&self, now: i64) -> Result<Vec<i64>> {
         let rows = sqlx::query(
             "SELECT l.id, l.group_id, l.created_at, \
-             (SELECT COALESCE(SUM((CASE WHEN lm.released_at IS NULL OR lm.released_at > $1 THEN $1 ELSE lm.released_at END) \
-                 - (CASE WHEN lm.allocated_at < $2 THEN $2 ELSE lm.allocated_at END)), 0) \
+             (SELECT CAST(COALESCE(SUM((CASE WHEN lm.released_at IS NULL OR lm.released_at > $1 THEN $1 ELSE lm.released_at END) \
+                 - (CASE WHEN lm.allocated_at < $2 THEN $2 ELSE lm.allocated_at END)), 0) AS BIGINT) \
               FROM lease_machines lm JOIN leases u ON u.id = lm.lease_id \
               WHERE u.group_id = l.group_id AND (lm.released_at IS NULL OR lm.released_at > $2) AND lm.allocated_at < $1) AS usage_ms \
              FROM leases l WHERE l.state = 'pending' AND l.waiting = 1 \
@@ -1576,7 +1617,10 @@ impl Inventory {
             ("machine_hours_month", machine_hours_month),
         ] {
             if v.is_some_and(|n| n < 0) {
-                return Err(Error::invalid(field, format!("{field} must not be negative")));
+                return Err(Error::invalid(
+                    field,
+                    format!("{field} must not be negative"),
+                ));
             }
         }
         let mut tx = self.begin_write().await?;
@@ -1655,7 +1699,10 @@ impl Inventory {
             !hit
         });
         if keys.len() == before {
-            return Err(Error::not_found("SSH key of group", format!("{group}: {which}")));
+            return Err(Error::not_found(
+                "SSH key of group",
+                format!("{group}: {which}"),
+            ));
         }
         save_keys(&mut tx, group, &keys).await?;
         record_in(
