@@ -246,8 +246,10 @@ pub struct GroupQuota {
 
 /// Cooperative-wide lease policy.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct LeasePolicy {
     /// Longest lease allowed, in hours (None: no limit).
+    #[serde(default)]
     pub max_lease_hours: Option<i64>,
 }
 
