@@ -514,7 +514,9 @@ pub fn parse_time(s: &str, now_ms: i64) -> anyhow::Result<i64> {
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
         return s.parse().map_err(|_| anyhow!("'{s}' is not a time"));
     }
-    let bad = || anyhow!("'{s}' is not a time like 2026-12-01T18:00Z, \"2026-12-01 18:00\" (UTC), +3d or unix ms");
+    let bad = || {
+        anyhow!("'{s}' is not a time like 2026-12-01T18:00Z, \"2026-12-01 18:00\" (UTC), +3d or unix ms")
+    };
     let t = s.trim_end_matches('Z').replace('T', " ");
     let (date, clock) = t.split_once(' ').unwrap_or((t.as_str(), "00:00"));
     let d: Vec<i64> = date

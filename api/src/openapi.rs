@@ -224,18 +224,17 @@ pub fn document() -> Value {
             }
             None => json!({"description": "success"}),
         };
-        let code =
-            if op.method == "post"
-                && op.path != "/api/v1/import"
-                && !op.path.ends_with("/state")
-                && !op.path.starts_with("/api/v1/leases/")
-            {
-                "201"
-            } else if op.response.is_none() && op.method == "delete" {
-                "204"
-            } else {
-                "200"
-            };
+        let code = if op.method == "post"
+            && op.path != "/api/v1/import"
+            && !op.path.ends_with("/state")
+            && !op.path.starts_with("/api/v1/leases/")
+        {
+            "201"
+        } else if op.response.is_none() && op.method == "delete" {
+            "204"
+        } else {
+            "200"
+        };
         o["responses"][code] = ok;
         if let Some(b) = op.body {
             o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema_ref(b)}}});

@@ -11,8 +11,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use inventory::{
-    ssh_key_fingerprint, EndReason, GroupQuota, Lease, LeaseDetail, LeaseFilter,
-    LeasePolicy, NewLease, Role,
+    ssh_key_fingerprint, EndReason, GroupQuota, Lease, LeaseDetail, LeaseFilter, LeasePolicy,
+    NewLease, Role,
 };
 use serde::{Deserialize, Serialize};
 
@@ -130,7 +130,9 @@ pub async fn extend(
             ))
         }
     };
-    Ok(Json(st.inv.extend_lease(c.name(), lease.id, ends_at).await?))
+    Ok(Json(
+        st.inv.extend_lease(c.name(), lease.id, ends_at).await?,
+    ))
 }
 
 #[derive(Deserialize, Default)]
@@ -295,4 +297,3 @@ pub async fn set_policy(
         .await?;
     Ok(Json(st.inv.set_lease_policy(c.name(), &p).await?))
 }
-

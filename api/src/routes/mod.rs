@@ -62,7 +62,10 @@ pub fn router(state: AppState) -> Router {
         .route("/leases/{id}/extend", post(leases::extend))
         .route("/leases/{id}/release", post(leases::release))
         .route("/leases/{id}/revoke", post(leases::revoke))
-        .route("/lease-policy", get(leases::show_policy).put(leases::set_policy))
+        .route(
+            "/lease-policy",
+            get(leases::show_policy).put(leases::set_policy),
+        )
         .route(
             "/groups/{name}/quota",
             get(leases::show_quota).put(leases::set_quota),
