@@ -864,12 +864,11 @@ impl Inventory {
             }
             if state == "available" {
                 free += 1;
-                match fail {
-                    Some(f) => match reasons.iter_mut().find(|(p, _)| *p == f) {
+                if let Some(f) = fail {
+                    match reasons.iter_mut().find(|(p, _)| *p == f) {
                         Some((_, n)) => *n += 1,
                         None => reasons.push((f, 1)),
-                    },
-                    None => {}
+                    }
                 }
             } else if fail.is_none() {
                 busy_matching += 1;
