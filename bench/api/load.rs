@@ -24,7 +24,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (url, token) = (a[1].clone(), a[2].clone());
     let clients: usize = a[3].parse()?;
     let secs: u64 = a[4].parse()?;
-    let groups: usize = a[5].parse()?;
+    let groups: usize = a[5].parse::<usize>()?.max(1);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(clients)
         .timeout(Duration::from_secs(60))
@@ -36,7 +36,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (http, url, token) = (http.clone(), url.clone(), token.clone());
         let group = format!("g{}", c % groups);
         tasks.push(tokio::spawn(async move {
-            let (mut alloc, mut release, mut refused, mut errors) = (Vec::new(), Vec::new(), 0u64, 0u64);
+            let (mut alloc, mut release, mut refused, mut errors) =
+                (Vec::new(), Vec::new(), 0u64, 0u64);
             while Instant::now() < deadline {
                 let t = Instant::now();
                 let r = http

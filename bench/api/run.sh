@@ -13,7 +13,7 @@ cd "$(dirname "$0")/../.."
 N=${1:-10000}
 CLIENTS=${2:-100}
 SECS=${3:-20}
-GROUPS=10
+NGROUPS=10  # not GROUPS: bash reserves that name
 PORT=18191
 command -v curl >/dev/null || { echo "curl is missing: apt-get install curl" >&2; exit 2; }
 
@@ -57,9 +57,9 @@ run() {
   for _ in $(seq 1 200); do curl -sf http://127.0.0.1:$PORT/healthz >/dev/null && break; sleep 0.1; done
   export RACKSHARE_URL=http://127.0.0.1:$PORT RACKSHARE_TOKEN=$(cat "$data/admin-token")
   "$BIN" import "$TMP/coop.json" >/dev/null
-  for g in $(seq 0 $((GROUPS - 1))); do "$BIN" group add "g$g" >/dev/null; done
+  for g in $(seq 0 $((NGROUPS - 1))); do "$BIN" group add "g$g" >/dev/null; done
   local result
-  result=$("$LOAD" "http://127.0.0.1:$PORT" "$RACKSHARE_TOKEN" "$CLIENTS" "$SECS" "$GROUPS")
+  result=$("$LOAD" "http://127.0.0.1:$PORT" "$RACKSHARE_TOKEN" "$CLIENTS" "$SECS" "$NGROUPS")
   echo "$label $result"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }

@@ -688,13 +688,22 @@ impl Inventory {
             &mut tx, group_id, group, req.count, starts_at, ends_at, None, now,
         )
         .await?;
-        let free = self.capacity(&mut tx, &c, starts_at, ends_at, None).await?;
-        let available_now = if reservation {
-            i64::MAX
+        // Immediate leases pick their machines first (cheap: the state index, LIMIT count); the
+        // calendar, which counts the whole pool, is consulted only when reservations overlap.
+        let reserved = self
+            .reserved_overlapping(&mut tx, starts_at, ends_at, None)
+            .await?;
+        let (fits, picked) = if reservation {
+            let free = self.capacity(&mut tx, &c, starts_at, ends_at, None).await?;
+            (free >= req.count, Vec::new())
         } else {
-            self.count_available(&mut tx, &c).await?
+            let picked = self.pick(&mut tx, &c, req.count).await?;
+            let mut fits = picked.len() as i64 >= req.count;
+            if fits && reserved > 0 {
+                fits = self.capacity(&mut tx, &c, starts_at, ends_at, None).await? >= req.count;
+            }
+            (fits, picked)
         };
-        let fits = free >= req.count && available_now >= req.count;
         if !fits && !req.wait_for_capacity {
             let why = self
                 .explain_shortfall(&mut tx, &c, req.count, starts_at, ends_at, reservation)
@@ -740,20 +749,7 @@ impl Inventory {
         )
         .await?;
         if state == LeaseState::Active {
-            let got = self
-                .allocate(&mut tx, actor, id, group, &c, req.count, now)
-                .await?;
-            if got < req.count {
-                // Counted available above under the same lock; only a writer outside leasing
-                // holding rows (SKIP LOCKED) gets here. Nothing is written.
-                return Err(Error::conflict(
-                    "count",
-                    format!(
-                        "asked for {} machines; only {got} could be taken (others are being changed right now); try again",
-                        req.count
-                    ),
-                ));
-            }
+            self.assign(&mut tx, actor, id, group, &picked, now).await?;
         }
         tx.commit().await?;
         self.lease(id).await
@@ -772,22 +768,6 @@ impl Inventory {
             }
         }
         Ok(())
-    }
-
-    /// Machines matching `c` that are free now.
-    async fn count_available(
-        &self,
-        tx: &mut Transaction<'static, Any>,
-        c: &LeaseConstraints,
-    ) -> Result<i64> {
-        let m = match_sql(self.backend, c, 1);
-        let sql = format!(
-            "SELECT COUNT(*) FROM machines m WHERE m.state = 'available' AND m.lease_id IS NULL AND {}",
-            m.sql
-        );
-        Ok(bind_all!(sqlx::query_scalar(&sql), &m.binds)
-            .fetch_one(&mut **tx)
-            .await?)
     }
 
     /// Machines matching `c` that the calendar leaves free over `[start, end)`: the pool minus
@@ -816,15 +796,7 @@ impl Inventory {
         )
         .fetch_one(&mut **tx)
         .await?;
-        let reserved: i64 = sqlx::query_scalar(
-            "SELECT CAST(COALESCE(SUM(machine_count), 0) AS BIGINT) FROM leases WHERE state = 'pending' AND waiting = 0 \
-             AND starts_at < $1 AND ends_at > $2 AND id <> $3",
-        )
-        .bind(end)
-        .bind(start)
-        .bind(except.unwrap_or(0))
-        .fetch_one(&mut **tx)
-        .await?;
+        let reserved = self.reserved_overlapping(tx, start, end, except).await?;
         Ok(pool - reserved)
     }
 
@@ -1042,19 +1014,14 @@ impl Inventory {
         Ok((used, booked))
     }
 
-    /// Picks up to `count` free machines matching `c` and gives them to lease `id`. Returns
-    /// how many it took.
-    #[allow(clippy::too_many_arguments)]
-    async fn allocate(
+    /// Up to `count` free machines matching `c`, by id; on PostgreSQL locked for this
+    /// transaction (`SKIP LOCKED`: rows another writer holds are not waited for).
+    async fn pick(
         &self,
         tx: &mut Transaction<'static, Any>,
-        actor: &str,
-        id: i64,
-        group: &str,
         c: &LeaseConstraints,
         count: i64,
-        now: i64,
-    ) -> Result<i64> {
+    ) -> Result<Vec<(i64, String)>> {
         let m = match_sql(self.backend, c, 2);
         let lock = match self.backend {
             Backend::Sqlite => "",
@@ -1064,13 +1031,45 @@ impl Inventory {
             "SELECT m.id, m.name FROM machines m WHERE m.state = 'available' AND m.lease_id IS NULL AND {} ORDER BY m.id LIMIT $1{lock}",
             m.sql
         );
-        let picked = bind_all!(sqlx::query(&sql).bind(count), &m.binds)
+        let rows = bind_all!(sqlx::query(&sql).bind(count), &m.binds)
             .fetch_all(&mut **tx)
             .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("name")?)))
+            .collect()
+    }
+
+    /// Sum of machines booked by pending reservations overlapping `[start, end)`.
+    async fn reserved_overlapping(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        start: i64,
+        end: i64,
+        except: Option<i64>,
+    ) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT CAST(COALESCE(SUM(machine_count), 0) AS BIGINT) FROM leases WHERE state = 'pending' AND waiting = 0 \
+             AND starts_at < $1 AND ends_at > $2 AND id <> $3",
+        )
+        .bind(end)
+        .bind(start)
+        .bind(except.unwrap_or(0))
+        .fetch_one(&mut **tx)
+        .await?)
+    }
+
+    /// Gives the picked machines to lease `id` (`available → allocated`, compare-and-set).
+    async fn assign(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        actor: &str,
+        id: i64,
+        group: &str,
+        picked: &[(i64, String)],
+        now: i64,
+    ) -> Result<()> {
         let reason = format!("lease {id} of {group}");
-        let mut names = Vec::new();
-        for r in &picked {
-            let (mid, name): (i64, String) = (r.try_get("id")?, r.try_get("name")?);
+        for (mid, name) in picked {
             let n = sqlx::query(
                 "UPDATE machines SET state = 'allocated', state_reason = $1, state_changed_at = $2, updated_at = $2, lease_id = $3 \
                  WHERE id = $4 AND state = 'available' AND lease_id IS NULL",
@@ -1083,7 +1082,13 @@ impl Inventory {
             .await?
             .rows_affected();
             if n == 0 {
-                continue;
+                // Picked under the leasing lock (and row locks on PostgreSQL): another writer
+                // changed it anyway. Fail the whole transaction rather than hand out fewer.
+                return Err(Error::StateChanged {
+                    machine: name.clone(),
+                    expected: MachineState::Available,
+                    actual: "something else".into(),
+                });
             }
             sqlx::query(
                 "INSERT INTO lease_machines (lease_id, machine_id, allocated_at) VALUES ($1, $2, $3)",
@@ -1095,16 +1100,15 @@ impl Inventory {
             .await?;
             record_in(
                 tx,
-                &NewAuditEvent::ok(actor, "machine.allocate", "machine", &name)
+                &NewAuditEvent::ok(actor, "machine.allocate", "machine", name)
                     .group(Some(group.into()))
                     .detail(
                         serde_json::json!({"lease": id, "from": "available", "to": "allocated"}),
                     ),
             )
             .await?;
-            names.push(name);
         }
-        Ok(names.len() as i64)
+        Ok(())
     }
 
     /// One lease by id, with its machines.
@@ -1435,10 +1439,15 @@ impl Inventory {
         {
             return Ok(false);
         }
-        if self.count_available(&mut tx, &l.constraints).await? < l.machine_count {
+        let picked = self.pick(&mut tx, &l.constraints, l.machine_count).await?;
+        if (picked.len() as i64) < l.machine_count {
             return Ok(false);
         }
         if l.waiting
+            && self
+                .reserved_overlapping(&mut tx, starts_at, ends_at, Some(id))
+                .await?
+                > 0
             && self
                 .capacity(&mut tx, &l.constraints, starts_at, ends_at, Some(id))
                 .await?
@@ -1447,21 +1456,8 @@ impl Inventory {
             // The machines are free now but promised to a reservation in that window.
             return Ok(false);
         }
-        let got = self
-            .allocate(
-                &mut tx,
-                "scheduler",
-                id,
-                &l.group,
-                &l.constraints,
-                l.machine_count,
-                now,
-            )
+        self.assign(&mut tx, "scheduler", id, &l.group, &picked, now)
             .await?;
-        if got < l.machine_count {
-            tx.rollback().await?;
-            return Ok(false);
-        }
         sqlx::query(
             "UPDATE leases SET state = 'active', waiting = 0, starts_at = $1, ends_at = $2 WHERE id = $3",
         )
