@@ -297,9 +297,35 @@ async fn lifecycle_extend_release_revoke_and_max_length() {
         ] {
             assert!(actions.contains(&a), "{l}: ledger lacks {a}: {actions:?}");
         }
+        // Energy inside the lease window counts; the wipe certificate is attached to it.
+        let at = lease.machines[0].allocated_at;
+        for (dt, w) in [(1, 3_600_000.0), (2, 3_600_000.0)] {
+            inv.add_power_sample(&machine, at + dt, w, 60_000)
+                .await
+                .expect("sample");
+        }
+        let wipe = inv
+            .jobs(&JobFilter::default())
+            .await
+            .expect("jobs")
+            .into_iter()
+            .find(|j| j.kind == JobKind::Wipe && j.lease_id == Some(lease.id))
+            .expect("wipe job");
+        inv.add_wipe_certificate(
+            &wipe,
+            &serde_json::json!({"method": "blkdiscard", "verified": true}),
+        )
+        .await
+        .expect("certificate");
         let detail = inv.lease_detail(lease.id).await.expect("detail");
-        assert_eq!(detail.energy_kwh, 0.0);
-        assert!(detail.wipe_certificates.is_empty());
+        assert!(
+            (detail.energy_kwh - 0.001).abs() < 1e-9,
+            "{l}: {}",
+            detail.energy_kwh
+        );
+        assert_eq!(detail.wipe_certificates.len(), 1, "{l}");
+        assert_eq!(detail.wipe_certificates[0].machine, machine);
+        assert_eq!(detail.wipe_certificates[0].body["method"], "blkdiscard");
     }
 }
 
