@@ -61,6 +61,11 @@ pub enum Command {
     /// OS images: add (upload a file or import a URL), list, show, delete
     #[command(subcommand)]
     Image(ImageCmd),
+    /// Write an image to a machine's disk (a reimage job) and boot it
+    Reimage(crate::jobs_cli::ReimageArgs),
+    /// Jobs: list, show, cancel, logs, start inspect/wipe, wait
+    #[command(subcommand)]
+    Job(crate::jobs_cli::JobCmd),
     /// Power status and actions through the machine's BMC
     Power {
         name: String,
@@ -861,6 +866,8 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Image(cmd) => image(&c, fmt, cmd).await,
+        Command::Reimage(a) => crate::jobs_cli::reimage(&c, fmt, a).await,
+        Command::Job(cmd) => crate::jobs_cli::job(&c, fmt, cmd).await,
         Command::Power { name, action } => {
             let path = format!("/api/v1/machines/{}/power", enc(&name));
             let v = if action == "status" {

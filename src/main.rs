@@ -3,6 +3,7 @@
 mod cli;
 mod client;
 mod doctor;
+mod jobs_cli;
 mod output;
 mod serve;
 

@@ -27,6 +27,9 @@ pub struct ServeSettings {
     /// Seconds between power readings of every BMC, for the energy ledger; 0 turns it off [default: 60]
     #[arg(long)]
     pub energy_interval_secs: Option<u64>,
+    /// At most this many reimage/inspect/wipe jobs run at once; more wait in the queue [default: 4]
+    #[arg(long)]
+    pub max_jobs: Option<usize>,
     /// Network interface to serve PXE boot on (DHCP, TFTP, HTTP boot); boot services are off without it
     #[arg(long)]
     pub pxe_interface: Option<String>,
@@ -87,6 +90,7 @@ impl ServeSettings {
             database_url: self.database_url.or(file.database_url),
             log_level: self.log_level.or(file.log_level),
             energy_interval_secs: self.energy_interval_secs.or(file.energy_interval_secs),
+            max_jobs: self.max_jobs.or(file.max_jobs),
             pxe_interface: self.pxe_interface.or(file.pxe_interface),
             pxe_mode: self.pxe_mode.or(file.pxe_mode),
             pxe_pool: self.pxe_pool.or(file.pxe_pool),
@@ -137,6 +141,12 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
     }
     if let Some(secs) = s.energy_interval_secs {
         config.energy_interval = (secs > 0).then(|| std::time::Duration::from_secs(secs));
+    }
+    if let Some(n) = s.max_jobs {
+        if n == 0 {
+            bail!("--max-jobs must be at least 1");
+        }
+        config.conductor.max_running = n;
     }
     Ok((config, s.log_level.unwrap_or_else(|| "info".into())))
 }

@@ -511,7 +511,8 @@ async fn every_documented_operation_is_routed() {
                 .replace("{name}", "nope")
                 .replace("{prefix}", "nope")
                 .replace("{reference}", "nope")
-                .replace("{file}", "nope");
+                .replace("{file}", "nope")
+                .replace("{id}", "999999");
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).expect("method");
             let r = http
                 .request(m, format!("{}{concrete}", s.url))

@@ -45,6 +45,15 @@ pub fn intent_for(state: MachineState) -> BootIntent {
     }
 }
 
+/// The agent mode for a kind of job.
+fn agent_mode(kind: inventory::JobKind) -> AgentMode {
+    match kind {
+        inventory::JobKind::Reimage => AgentMode::Deploy,
+        inventory::JobKind::Inspect => AgentMode::Inspect,
+        inventory::JobKind::Wipe => AgentMode::Wipe,
+    }
+}
+
 /// The inventory as the boot server's machine directory.
 pub struct InventoryDirectory {
     /// The inventory.
@@ -215,21 +224,31 @@ pub async fn boot_file(
             .parse()
             .map_err(|_| ApiError::invalid("mac", format!("'{mac}' is not a MAC address")))?;
         let machine = st.inv.machine_by_mac(MacAddress(mac.0)).await?;
-        let agent = |mode| AgentBoot {
+        let agent = |mode, token: String| AgentBoot {
             kernel_url: format!("{}/boot/agent-vmlinuz", boot.base),
             initrd_url: format!("{}/boot/agent-initrd.img", boot.base),
             initrd_name: "agent-initrd.img".into(),
             api_url: boot.base.clone(),
-            // Until the job engine issues one-time agent tokens (the reimage issue), the agent
-            // is booted without one and can report nothing back.
-            token: "none".into(),
+            token,
             mode,
             extra_cmdline: "console=ttyS0 console=tty0".into(),
         };
-        let script = match machine.as_ref().map(|m| intent_for(m.state)) {
-            Some(BootIntent::Agent { mode }) => BootScript::Agent(agent(mode)),
-            Some(BootIntent::LocalDisk) | Some(BootIntent::Ignore) => BootScript::LocalDisk,
-            Some(BootIntent::Discover) | None => BootScript::Discovery(agent(AgentMode::Inspect)),
+        let script = match machine.as_ref().map(|m| (m, intent_for(m.state))) {
+            // Only a job that waits for its agent gets a token, freshly minted (single use,
+            // short-lived): this script is readable by anyone on the boot network.
+            Some((m, BootIntent::Agent { .. })) => match st.inv.mint_agent_token(m.id).await? {
+                Some((_, token, kind)) => BootScript::Agent(agent(agent_mode(kind), token)),
+                // Its job is queued or past the agent steps: the disk is what it boots.
+                None => BootScript::LocalDisk,
+            },
+            Some((_, BootIntent::LocalDisk)) | Some((_, BootIntent::Ignore)) => {
+                BootScript::LocalDisk
+            }
+            Some((m, BootIntent::Discover)) => match st.inv.mint_agent_token(m.id).await? {
+                Some((_, token, kind)) => BootScript::Agent(agent(agent_mode(kind), token)),
+                None => BootScript::Discovery(agent(AgentMode::Inspect, "none".into())),
+            },
+            None => BootScript::Discovery(agent(AgentMode::Inspect, "none".into())),
         };
         let self_url = format!("{}/boot/{}.ipxe", boot.base, mac.to_url_form());
         let text =

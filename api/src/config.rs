@@ -21,6 +21,8 @@ pub struct Config {
     pub max_image_bytes: u64,
     /// PXE boot services (DHCP, TFTP, HTTP boot); None: off.
     pub boot: Option<crate::BootSettings>,
+    /// The job engine's settings.
+    pub conductor: crate::ConductorConfig,
 }
 
 impl Config {
@@ -34,6 +36,7 @@ impl Config {
             bmc_policy: bmc::Policy::default(),
             max_image_bytes: 64 << 30,
             boot: None,
+            conductor: crate::ConductorConfig::default(),
         }
     }
 

@@ -5,6 +5,7 @@
 mod auth;
 mod bmc_service;
 mod boot;
+mod conductor;
 mod config;
 mod error;
 mod json;
@@ -15,6 +16,7 @@ mod scheduler;
 mod server;
 
 pub use boot::{BootMode, BootSettings};
+pub use conductor::ConductorConfig;
 pub use config::Config;
 pub use error::{ApiError, StartError};
 pub use server::{RunningServer, Server};

@@ -60,6 +60,15 @@ pub const OPERATIONS: &[Operation] = &[
     op!("get", "/api/v1/images/{reference}", "Show an image (NAME or NAME:VERSION)", "any role (members: public and own)", None, Some("Image")),
     op!("delete", "/api/v1/images/{reference}", "Delete an image not used by a pending job", "admin, staff; members: own group's", None, None),
     op!("get", "/api/v1/images/{reference}/content", "Download the bytes (Range supported)", "any role (members: public and own)", None, None),
+    op!("post", "/api/v1/jobs", "Start a job on a machine: reimage (with an image and optional cloud-init user data), inspect or wipe", "reimage: any role (members: own machines, public or own images); inspect, wipe: admin, staff, technician", Some("JobRequest"), Some("Job")),
+    op!("get", "/api/v1/jobs", "List jobs, newest first (?machine=&state=&limit=)", "any role (members: their group's)", None, Some("[Job]")),
+    op!("get", "/api/v1/jobs/{id}", "Show a job with its steps and the agent's progress", "any role (members: their group's)", None, Some("Job")),
+    op!("get", "/api/v1/jobs/{id}/events", "A job's log (?after=ID to follow)", "any role (members: their group's)", None, Some("[JobEvent]")),
+    op!("post", "/api/v1/jobs/{id}/cancel", "Cancel a job (a queued one at once, a running one at its next check); the machine goes failed", "as for starting it", None, Some("Job")),
+    op!("post", "/api/v1/agent/claim", "The deploy agent exchanges its one-time boot token for its task and a session (docs/agent-protocol.md)", "the agent (one-time token)", None, None),
+    op!("get", "/api/v1/agent/image", "The agent downloads its job's image (Range supported)", "the agent (session token)", None, None),
+    op!("post", "/api/v1/agent/progress", "The agent reports progress", "the agent (session token)", None, None),
+    op!("post", "/api/v1/agent/result", "The agent reports its result", "the agent (session token)", None, None),
     op!("get", "/api/v1/groups", "List member groups", "any role (members: own)", None, Some("[MemberGroup]")),
     op!("post", "/api/v1/groups", "Add a member group", "admin, staff", Some("NewGroup"), Some("MemberGroup")),
     op!("get", "/api/v1/groups/{name}", "Show a member group", "any role (members: own)", None, Some("MemberGroup")),
@@ -203,7 +212,19 @@ fn schemas() -> Value {
             "machines_in_use": {"type": "integer"}, "machine_hours_used": {"type": "number"}, "machine_hours_booked": {"type": "number"}}},
         "QuotaRequest": {"type": "object", "additionalProperties": false, "properties": {"max_machines": {"type": ["integer", "null"]}, "machine_hours_month": {"type": ["integer", "null"]}}},
         "SshKey": {"type": "object", "properties": {"fingerprint": {"type": "string"}, "key": {"type": "string"}}},
-        "SshKeyRequest": {"type": "object", "required": ["key"], "additionalProperties": false, "properties": {"key": {"type": "string"}}}
+        "SshKeyRequest": {"type": "object", "required": ["key"], "additionalProperties": false, "properties": {"key": {"type": "string"}}},
+        "JobRequest": {"type": "object", "required": ["machine", "kind"], "additionalProperties": false, "properties": {"machine": {"type": "string"},
+            "kind": {"type": "string", "enum": ["reimage", "inspect", "wipe"]}, "image": {"type": "string", "description": "NAME or NAME:VERSION"}, "user_data": {"type": "string"}}},
+        "JobStep": {"type": "object", "properties": {"seq": {"type": "integer"}, "name": {"type": "string"}, "state": {"type": "string", "enum": ["pending", "running", "succeeded", "failed", "skipped"]},
+            "attempts": {"type": "integer"}, "max_attempts": {"type": "integer"}, "timeout_secs": {"type": "integer"}, "started_at": {"type": ["integer", "null"]}, "finished_at": {"type": ["integer", "null"]}, "error": {"type": ["string", "null"]}}},
+        "Job": {"type": "object", "properties": {"id": {"type": "integer"}, "kind": {"type": "string", "enum": ["reimage", "inspect", "wipe"]},
+            "state": {"type": "string", "enum": ["queued", "running", "succeeded", "failed", "cancelled"]}, "machine": {"type": "string"}, "image": {"type": ["string", "null"]},
+            "lease_id": {"type": ["integer", "null"]}, "member_group": {"type": ["string", "null"]}, "current_step": {"type": "integer"}, "step": {"type": ["string", "null"]},
+            "phase": {"type": "string"}, "progress_bytes": {"type": "integer"}, "progress_total": {"type": "integer"}, "error": {"type": ["string", "null"]},
+            "requested_by": {"type": "string"}, "cancel_requested_by": {"type": ["string", "null"]}, "result": {"description": "the agent's report"},
+            "created_at": {"type": "integer"}, "started_at": {"type": ["integer", "null"]}, "finished_at": {"type": ["integer", "null"]},
+            "steps": {"type": "array", "items": {"$ref": "#/components/schemas/JobStep"}}}},
+        "JobEvent": {"type": "object", "properties": {"id": {"type": "integer"}, "job_id": {"type": "integer"}, "at": {"type": "integer"}, "level": {"type": "string"}, "message": {"type": "string"}}}
     })
 }
 

@@ -27,6 +27,8 @@ pub struct AppState {
     pub boot: Option<crate::boot::BootHttp>,
     /// Boot server counters.
     pub pxe_metrics: Arc<pxe::Metrics>,
+    /// The job engine.
+    pub conductor: Arc<crate::conductor::Conductor>,
 }
 
 /// The service, before it starts.
@@ -98,6 +100,8 @@ impl Server {
         let image_store = images::ImageStore::open(data_dir.join("images"))
             .await
             .map_err(StartError::Images)?;
+        let conductor =
+            crate::conductor::Conductor::new(inv.clone(), bmc.clone(), config.conductor.clone());
         let state = AppState {
             inv: inv.clone(),
             http_metrics: Arc::new(HttpMetrics::default()),
@@ -106,6 +110,7 @@ impl Server {
             max_image_bytes: config.max_image_bytes,
             boot: boot_http,
             pxe_metrics,
+            conductor: conductor.clone(),
         };
         let app = crate::routes::router(state);
         let (shutdown, mut rx) = watch::channel(false);
@@ -123,6 +128,7 @@ impl Server {
                 }
             }));
         }
+        background.push(tokio::spawn(conductor.run(shutdown.subscribe())));
         background.push(crate::scheduler::spawn(
             inv.clone(),
             crate::scheduler::LEASE_TICK,

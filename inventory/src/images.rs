@@ -145,6 +145,18 @@ impl Inventory {
         }
     }
 
+    /// One image by id.
+    pub async fn image_by_id(&self, id: i64) -> Result<Image> {
+        let row = sqlx::query(&format!("{IMAGE_SELECT} WHERE i.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        match row {
+            Some(r) => image_from_row(&r),
+            None => Err(Error::not_found("image", id.to_string())),
+        }
+    }
+
     /// Removes a catalog entry unless a queued or running job needs it. Returns whether any
     /// other entry still refers to the same bytes (if not, the caller may delete the blob).
     pub async fn delete_image(

@@ -4,6 +4,7 @@
 
 pub mod fake_redfish;
 pub mod netns;
+pub mod vmlab;
 
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -191,32 +192,7 @@ impl Sushy {
         }
         conf.push_str("]\n");
         if !opts.users.is_empty() {
-            let htpasswd = dir.path().join("htpasswd");
-            let python = exe.parent().unwrap().join("python3");
-            let mut lines = String::new();
-            for (user, pass) in &opts.users {
-                // bcrypt is what sushy-tools accepts; the password goes through stdin.
-                let mut child = Command::new(&python)
-                    .args(["-c", "import bcrypt,sys; print(bcrypt.hashpw(sys.stdin.read().encode(), bcrypt.gensalt(4)).decode())"])
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .spawn()
-                    .unwrap();
-                use std::io::Write;
-                child
-                    .stdin
-                    .take()
-                    .unwrap()
-                    .write_all(pass.as_bytes())
-                    .unwrap();
-                let out = child.wait_with_output().unwrap();
-                assert!(out.status.success(), "bcrypt hashing failed");
-                lines.push_str(&format!(
-                    "{user}:{}\n",
-                    String::from_utf8(out.stdout).unwrap().trim()
-                ));
-            }
-            std::fs::write(&htpasswd, lines).unwrap();
+            let htpasswd = write_htpasswd(&exe, dir.path(), &opts.users);
             conf.push_str(&format!(
                 "SUSHY_EMULATOR_AUTH_FILE = {:?}\n",
                 htpasswd.display().to_string()
@@ -268,6 +244,38 @@ impl Sushy {
         }
         req.send().await.unwrap().json().await.unwrap()
     }
+}
+
+/// Writes an htpasswd file for sushy-emulator (`SUSHY_EMULATOR_AUTH_FILE`) into `dir`, hashing
+/// with the venv's own python next to `sushy_exe` (bcrypt is what sushy-tools accepts).
+pub(crate) fn write_htpasswd(sushy_exe: &Path, dir: &Path, users: &[(String, String)]) -> PathBuf {
+    let htpasswd = dir.join("htpasswd");
+    let python = sushy_exe.parent().unwrap().join("python3");
+    let mut lines = String::new();
+    for (user, pass) in users {
+        // The password goes through stdin, never argv.
+        let mut child = Command::new(&python)
+            .args(["-c", "import bcrypt,sys; print(bcrypt.hashpw(sys.stdin.read().encode(), bcrypt.gensalt(4)).decode())"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(pass.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "bcrypt hashing failed");
+        lines.push_str(&format!(
+            "{user}:{}\n",
+            String::from_utf8(out.stdout).unwrap().trim()
+        ));
+    }
+    std::fs::write(&htpasswd, lines).unwrap();
+    htpasswd
 }
 
 /// The PostgreSQL server the test command starts (`scripts/test` sets this variable).

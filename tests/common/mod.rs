@@ -208,3 +208,39 @@ pub fn write(dir: &Path, name: &str, content: &str) -> PathBuf {
     std::fs::write(&p, content).expect("write");
     p
 }
+
+/// `rackshare serve` inside the lab namespace `ns`: API on 10.77.0.1:8080, boot services on
+/// br0 (proxy mode unless `extra` says otherwise), data in `dir/data`.
+pub fn serve_in_lab(ns: &str, dir: tempfile::TempDir, extra: &[&str]) -> Service {
+    let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into()];
+    args.push(dir.path().join("data").display().to_string());
+    args.extend(
+        [
+            "--listen",
+            "10.77.0.1:8080",
+            "--pxe-interface",
+            "br0",
+            "--energy-interval-secs",
+            "0",
+        ]
+        .iter()
+        .map(|s| s.to_string()),
+    );
+    args.extend(extra.iter().map(|s| s.to_string()));
+    Service::spawn_in(Some(ns), dir, args)
+}
+
+impl Service {
+    /// SIGKILL, as a crash would: no graceful shutdown.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Takes the data directory away (the caller restarts a service on it).
+    pub fn take_dir(&mut self) -> tempfile::TempDir {
+        std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tmp"))
+    }
+}

@@ -212,7 +212,11 @@ fn split(reference: &str) -> (&str, Option<&str>) {
 }
 
 /// An image the caller may see, or 404.
-async fn visible_image(st: &AppState, c: &Caller, reference: &str) -> Result<Image, ApiError> {
+pub(crate) async fn visible_image(
+    st: &AppState,
+    c: &Caller,
+    reference: &str,
+) -> Result<Image, ApiError> {
     let (name, version) = split(reference);
     let img = st.inv.image(name, version).await?;
     if img.owner_group.is_none() || c.can_see_group(img.owner_group.as_deref()) {

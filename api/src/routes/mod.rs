@@ -1,7 +1,9 @@
 //! The HTTP surface. One file per resource; this file assembles the router.
 
+mod agent;
 mod events;
-mod images;
+pub(crate) mod images;
+mod jobs;
 mod leases;
 pub(crate) mod machines;
 mod people;
@@ -84,6 +86,14 @@ pub fn router(state: AppState) -> Router {
             get(people::list_tokens).post(people::create_token),
         )
         .route("/tokens/{prefix}", delete(people::revoke_token))
+        .route("/jobs", get(jobs::list).post(jobs::create))
+        .route("/jobs/{id}", get(jobs::show))
+        .route("/jobs/{id}/events", get(jobs::events))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/agent/claim", post(agent::claim))
+        .route("/agent/image", get(agent::image))
+        .route("/agent/progress", post(agent::progress))
+        .route("/agent/result", post(agent::result))
         .route("/events", get(events::list))
         .route("/export", get(system::export))
         .route(

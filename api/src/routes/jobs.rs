@@ -1,0 +1,205 @@
+//! Jobs: reimage, inspect and wipe a machine; list, show, follow and cancel them.
+
+use crate::auth::Caller;
+use crate::json::{ApiJson, ApiQuery};
+use crate::routes::images::visible_image;
+use crate::routes::machines::visible_machine;
+use crate::server::AppState;
+use crate::ApiError;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use inventory::{Job, JobEvent, JobFilter, JobKind, JobState, NewJob, Role};
+use serde::Deserialize;
+
+/// Who may reimage: members too, on their own machines with public or their own images.
+const REIMAGERS: &[Role] = &[Role::Admin, Role::Staff, Role::Technician, Role::Member];
+/// Who may run inspect and wipe jobs by hand (members get wipes through lease release).
+const OPERATORS: &[Role] = &[Role::Admin, Role::Staff, Role::Technician];
+
+/// Largest cloud-init user data accepted (cloud-init itself warns above 16 KiB on some sources).
+const MAX_USER_DATA: usize = 64 * 1024;
+
+/// `POST /api/v1/jobs` body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobRequest {
+    machine: String,
+    kind: String,
+    /// `name` or `name:version`, for a reimage.
+    #[serde(default)]
+    image: Option<String>,
+    /// cloud-init user data, for a reimage.
+    #[serde(default)]
+    user_data: Option<String>,
+}
+
+/// Query of `GET /api/v1/jobs`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct JobQuery {
+    #[serde(default)]
+    machine: Option<String>,
+    #[serde(default)]
+    state: Option<String>,
+    #[serde(default)]
+    limit: Option<i64>,
+}
+
+/// Query of `GET /api/v1/jobs/{id}/events`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct EventQuery {
+    /// Only events with a larger id (for following a log).
+    #[serde(default)]
+    after: Option<i64>,
+}
+
+/// A job the caller may see, or 404.
+async fn visible_job(st: &AppState, c: &Caller, id: i64) -> Result<Job, ApiError> {
+    let job = st.inv.job(id).await?;
+    if c.can_see_group(job.member_group.as_deref()) {
+        Ok(job)
+    } else {
+        Err(ApiError::not_found(format!("job {id} not found")))
+    }
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiJson(b): ApiJson<JobRequest>,
+) -> Result<(StatusCode, Json<Job>), ApiError> {
+    let kind: JobKind = b.kind.parse()?;
+    let m = visible_machine(&st, &c, &b.machine).await?;
+    let action = format!("job.{kind}");
+    match kind {
+        JobKind::Reimage => c.require(&st, REIMAGERS, &action, &m.name).await?,
+        _ => c.require(&st, OPERATORS, &action, &m.name).await?,
+    }
+    let image_id = match (kind, &b.image) {
+        (JobKind::Reimage, Some(r)) => {
+            let img = visible_image(&st, &c, r).await?;
+            if img.arch != m.arch {
+                return Err(ApiError::invalid(
+                    "image",
+                    format!(
+                        "image '{r}' is built for {}, machine '{}' is {}",
+                        img.arch, m.name, m.arch
+                    ),
+                ));
+            }
+            Some(img.id)
+        }
+        (JobKind::Reimage, None) => {
+            return Err(ApiError::invalid(
+                "image",
+                "a reimage needs an image: give \"image\": \"NAME\" or \"NAME:VERSION\"",
+            ))
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::invalid(
+                "image",
+                format!("a {kind} job takes no image"),
+            ))
+        }
+        (_, None) => None,
+    };
+    if let Some(u) = &b.user_data {
+        if kind != JobKind::Reimage {
+            return Err(ApiError::invalid(
+                "user_data",
+                "user data only goes with a reimage",
+            ));
+        }
+        if u.len() > MAX_USER_DATA {
+            return Err(ApiError::invalid(
+                "user_data",
+                format!(
+                    "user data is {} bytes; at most {MAX_USER_DATA} are accepted",
+                    u.len()
+                ),
+            ));
+        }
+    }
+    let job = st
+        .inv
+        .create_job(
+            c.name(),
+            &NewJob {
+                kind,
+                machine_id: m.id,
+                image_id,
+                lease_id: m.lease_id,
+                user_data: b.user_data,
+            },
+        )
+        .await?;
+    st.conductor.wake();
+    Ok((StatusCode::ACCEPTED, Json(job)))
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiQuery(q): ApiQuery<JobQuery>,
+) -> Result<Json<Vec<Job>>, ApiError> {
+    let state = match q.state.as_deref() {
+        Some(s) => Some(s.parse::<JobState>()?),
+        None => None,
+    };
+    let group = match c.role() {
+        // A member without a group sees nothing: filter on a name no group has.
+        Role::Member => Some(c.scope().unwrap_or("\u{0}").to_string()),
+        _ => None,
+    };
+    Ok(Json(
+        st.inv
+            .jobs(&JobFilter {
+                machine: q.machine,
+                state,
+                group,
+                limit: q.limit,
+            })
+            .await?,
+    ))
+}
+
+pub async fn show(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Job>, ApiError> {
+    Ok(Json(visible_job(&st, &c, id).await?))
+}
+
+pub async fn events(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<i64>,
+    ApiQuery(q): ApiQuery<EventQuery>,
+) -> Result<Json<Vec<JobEvent>>, ApiError> {
+    visible_job(&st, &c, id).await?;
+    Ok(Json(st.inv.job_events(id, q.after.unwrap_or(0)).await?))
+}
+
+pub async fn cancel(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<i64>,
+) -> Result<Json<Job>, ApiError> {
+    let job = visible_job(&st, &c, id).await?;
+    match job.kind {
+        JobKind::Reimage => {
+            c.require(&st, REIMAGERS, "job.cancel", &id.to_string())
+                .await?
+        }
+        _ => {
+            c.require(&st, OPERATORS, "job.cancel", &id.to_string())
+                .await?
+        }
+    }
+    let job = st.inv.cancel_job(c.name(), id).await?;
+    st.conductor.wake();
+    Ok(Json(job))
+}

@@ -1,0 +1,382 @@
+//! The job engine through the real binary, with the agent's side of the protocol played by
+//! curl inside the lab namespace (the real agent in a VM is tests/reimage.rs). The machine has
+//! no BMC, so the conductor skips the power steps and the test is quick; what is checked is
+//! the protocol and the persistence: one-time tokens, sessions, Range downloads, progress,
+//! verification, failure, cancel, and a kill -9 in the middle of a deploy.
+
+mod common;
+
+use common::{serve_in_lab, Service};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use std::time::{Duration, Instant};
+use testkit::netns::Lab;
+
+const API: &str = "http://10.77.0.1:8080";
+
+/// One HTTP call from inside the lab, as the agent makes it: (status, body).
+fn agent_call(
+    lab: &Lab,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> (u16, Vec<u8>) {
+    agent_call_with(lab, method, path, token, body, &[])
+}
+
+fn agent_call_with(
+    lab: &Lab,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+    extra: &[&str],
+) -> (u16, Vec<u8>) {
+    let out_file = lab.path(&format!("curl-{}.out", rand_tag()));
+    let auth = format!("Authorization: Bearer {token}");
+    let url = format!("{API}{path}");
+    let out_path = out_file.display().to_string();
+    let data = body.map(|b| b.to_string());
+    let mut argv = vec![
+        "curl",
+        "-s",
+        "-o",
+        &out_path,
+        "-w",
+        "%{http_code}",
+        "-X",
+        method,
+        "-H",
+        &auth,
+    ];
+    if let Some(d) = &data {
+        argv.extend(["-H", "Content-Type: application/json", "--data-binary", d]);
+    }
+    argv.extend(extra);
+    argv.push(&url);
+    let out = lab.exec(&lab.srv, &argv, Duration::from_secs(30));
+    let code: u16 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("curl {argv:?}: {}", String::from_utf8_lossy(&out.stderr)));
+    (code, std::fs::read(&out_file).unwrap_or_default())
+}
+
+fn rand_tag() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+fn json_of(b: &[u8]) -> Value {
+    serde_json::from_slice(b)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
+}
+
+/// The boot script the machine would fetch, and the one-time token in it (None: local boot).
+fn boot_token(lab: &Lab, mac: &str) -> (String, Option<String>) {
+    let (code, body) = agent_call(lab, "GET", &format!("/boot/{mac}.ipxe"), "-", None);
+    assert_eq!(code, 200);
+    let script = String::from_utf8_lossy(&body).into_owned();
+    let token = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("rackshare.token="))
+        .map(str::to_string);
+    (script, token)
+}
+
+fn job(s: &Service, id: i64) -> Value {
+    s.cli_json(&["job", "show", &id.to_string()])
+}
+
+/// Waits (bounded) until the job satisfies `pred`.
+fn wait_job(s: &Service, id: i64, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let j = job(s, id);
+        if pred(&j) {
+            return j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never got to '{what}': {j:#}\nlog:\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+struct Setup {
+    lab: Lab,
+    s: Service,
+    image: Vec<u8>,
+    sha: String,
+}
+
+fn setup(tag: &str, machines: &[(&str, &str)]) -> Setup {
+    let lab = Lab::new(tag);
+    let s = serve_in_lab(&lab.srv, tempfile::tempdir().expect("tmp"), &[]);
+    for (name, mac) in machines {
+        s.cli(&["machine", "add", name, "--mac", mac]);
+        s.cli(&["machine", "state", name, "available"]);
+    }
+    let image = testkit::netns::pseudo_random(3 << 20, 7);
+    let sha = hex::encode(Sha256::digest(&image));
+    let f = s.dir.path().join("disk.raw");
+    std::fs::write(&f, &image).expect("write image");
+    s.cli(&[
+        "image",
+        "add",
+        "debian",
+        &f.display().to_string(),
+        "--version",
+        "12",
+    ]);
+    Setup { lab, s, image, sha }
+}
+
+fn start_reimage(s: &Service, machine: &str) -> i64 {
+    let j = s.cli_json(&["reimage", machine, "--image", "debian:12"]);
+    j["id"].as_i64().expect("job id")
+}
+
+#[tokio::test]
+async fn reimage_job_with_a_scripted_agent_and_a_crash_in_the_middle() {
+    let Setup {
+        lab,
+        mut s,
+        image,
+        sha,
+    } = setup("jobok", &[("n1", "52:54:00:0b:00:01")]);
+    let mac = "52-54-00-0b-00-01";
+    let id = start_reimage(&s, "n1");
+    assert_eq!(s.cli_json(&["machine", "show", "n1"])["state"], "deploying");
+    let j = wait_job(&s, id, "wait_agent", |j| j["step"] == "wait_agent");
+    assert_eq!(
+        j["steps"][0]["state"], "skipped",
+        "no BMC: PXE boot is set by hand"
+    );
+
+    // The boot script carries a fresh token each time; only the newest one works, once.
+    let (script, first) = boot_token(&lab, mac);
+    assert!(
+        script.contains("agent-vmlinuz") && script.contains("rackshare.mode=deploy"),
+        "{script}"
+    );
+    let first = first.expect("token");
+    let (_, second) = boot_token(&lab, mac);
+    let second = second.expect("token");
+    assert_ne!(first, second);
+    let claim_body = json!({"macs": ["52:54:00:0b:00:01"]});
+    let (code, _) = agent_call(
+        &lab,
+        "POST",
+        "/api/v1/agent/claim",
+        &first,
+        Some(&claim_body),
+    );
+    assert_eq!(code, 401, "a superseded token is refused");
+    let (code, body) = agent_call(
+        &lab,
+        "POST",
+        "/api/v1/agent/claim",
+        &second,
+        Some(&claim_body),
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    let claim = json_of(&body);
+    let (code, _) = agent_call(
+        &lab,
+        "POST",
+        "/api/v1/agent/claim",
+        &second,
+        Some(&claim_body),
+    );
+    assert_eq!(code, 401, "a token works once");
+    let session = claim["session"].as_str().expect("session").to_string();
+    assert_eq!(claim["task"]["mode"], "deploy");
+    assert_eq!(claim["task"]["hostname"], "n1");
+    assert_eq!(claim["task"]["image"]["sha256"], sha.as_str());
+    assert_eq!(
+        claim["task"]["image"]["url"],
+        format!("{API}/api/v1/agent/image")
+    );
+    // An API token is not an agent session, and the session is not an API token.
+    let (code, _) = agent_call(&lab, "GET", "/api/v1/agent/image", &s.admin_token, None);
+    assert_eq!(code, 401);
+    let (code, _) = agent_call(&lab, "GET", "/api/v1/machines", &session, None);
+    assert_eq!(code, 401);
+
+    // The image, whole and resumed with Range.
+    let (code, body) = agent_call(&lab, "GET", "/api/v1/agent/image", &session, None);
+    assert_eq!(code, 200);
+    assert_eq!(hex::encode(Sha256::digest(&body)), sha);
+    let (code, tail) = agent_call_with(
+        &lab,
+        "GET",
+        "/api/v1/agent/image",
+        &session,
+        None,
+        &["-r", "1048576-"],
+    );
+    assert_eq!(code, 206);
+    assert_eq!(tail, image[1 << 20..]);
+
+    let progress = json!({"phase": "writing", "bytes": 1048576, "total": image.len(), "message": "writing to /dev/vda"});
+    let (code, _) = agent_call(
+        &lab,
+        "POST",
+        "/api/v1/agent/progress",
+        &session,
+        Some(&progress),
+    );
+    assert_eq!(code, 204);
+    let j = wait_job(&s, id, "deploy", |j| j["step"] == "deploy");
+    assert_eq!(j["phase"], "writing");
+    assert_eq!(j["progress_bytes"], 1048576);
+
+    // Crash in the middle of the deploy; the agent keeps its session and reports afterwards.
+    s.kill9();
+    let dir = s.take_dir();
+    let s = serve_in_lab(&lab.srv, dir, &[]);
+    let result = json!({"ok": true, "deploy": {"target_disk": "/dev/vda", "written_bytes": image.len(), "sha256": sha, "seed": "skipped: no Linux root filesystem on the image"}});
+    let (code, body) = agent_call(
+        &lab,
+        "POST",
+        "/api/v1/agent/result",
+        &session,
+        Some(&result),
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(
+        json_of(&body)["action"],
+        "reboot",
+        "no BMC: the agent reboots itself"
+    );
+    let j = wait_job(&s, id, "succeeded", |j| j["state"] != "running");
+    assert_eq!(j["state"], "succeeded", "{j:#}\n{}", s.log_text());
+    let m = s.cli_json(&["machine", "show", "n1"]);
+    assert_eq!(m["state"], "deployed");
+    let logs = s.cli(&["job", "logs", &id.to_string()]);
+    assert!(
+        logs.contains("resuming at step deploy after a restart"),
+        "{logs}"
+    );
+    assert!(logs.contains("agent claimed the job"), "{logs}");
+    assert!(logs.contains("agent: writing to /dev/vda"), "{logs}");
+    // Done: the session is dead, the machine boots its disk.
+    let (code, _) = agent_call(&lab, "GET", "/api/v1/agent/image", &session, None);
+    assert_eq!(code, 401);
+    let (script, token) = boot_token(&lab, mac);
+    assert!(token.is_none() && script.contains("sanboot"), "{script}");
+    // The reimage is in the audit log with who asked.
+    let ev = s.cli_json(&["events", "--machine", "n1"]);
+    assert!(ev.to_string().contains("job.reimage"), "{ev}");
+}
+
+#[tokio::test]
+async fn hash_mismatch_fails_the_job_and_cancel_stops_one() {
+    let Setup { lab, s, .. } = setup(
+        "jobbad",
+        &[("n2", "52:54:00:0b:00:02"), ("n3", "52:54:00:0b:00:03")],
+    );
+    let id = start_reimage(&s, "n2");
+    wait_job(&s, id, "wait_agent", |j| j["step"] == "wait_agent");
+    let (_, token) = boot_token(&lab, "52-54-00-0b-00-02");
+    let (code, body) = agent_call(
+        &lab,
+        "POST",
+        "/api/v1/agent/claim",
+        &token.expect("token"),
+        None,
+    );
+    assert_eq!(code, 200);
+    let session = json_of(&body)["session"]
+        .as_str()
+        .expect("session")
+        .to_string();
+    let wrong = "0".repeat(64);
+    let result = json!({"ok": true, "deploy": {"target_disk": "/dev/vda", "sha256": wrong}});
+    let (code, _) = agent_call(
+        &lab,
+        "POST",
+        "/api/v1/agent/result",
+        &session,
+        Some(&result),
+    );
+    assert_eq!(code, 200);
+    let j = wait_job(&s, id, "failed", |j| j["state"] != "running");
+    assert_eq!(j["state"], "failed");
+    let err = j["error"].as_str().unwrap_or("");
+    assert!(
+        err.contains("verify") && err.contains("reads back"),
+        "{err}"
+    );
+    let m = s.cli_json(&["machine", "show", "n2"]);
+    assert_eq!(
+        m["state"], "failed",
+        "a corrupt deploy never marks the machine deployed"
+    );
+    assert!(
+        m["state_reason"].as_str().unwrap_or("").contains("failed"),
+        "{m}"
+    );
+
+    // An agent's own failure report ends the job with its words.
+    let id = start_reimage(&s, "n2");
+    wait_job(&s, id, "wait_agent", |j| j["step"] == "wait_agent");
+    let (_, token) = boot_token(&lab, "52-54-00-0b-00-02");
+    let (_, body) = agent_call(
+        &lab,
+        "POST",
+        "/api/v1/agent/claim",
+        &token.expect("token"),
+        None,
+    );
+    let session = json_of(&body)["session"]
+        .as_str()
+        .expect("session")
+        .to_string();
+    let result = json!({"ok": false, "error": "no disk found: /sys/block lists only loop devices"});
+    agent_call(
+        &lab,
+        "POST",
+        "/api/v1/agent/result",
+        &session,
+        Some(&result),
+    );
+    let j = wait_job(&s, id, "failed", |j| j["state"] != "running");
+    assert!(
+        j["error"].as_str().unwrap_or("").contains("no disk found"),
+        "{j}"
+    );
+
+    // Cancel a job waiting for its agent: it ends, the token stops working, the machine is failed.
+    let id = start_reimage(&s, "n3");
+    wait_job(&s, id, "wait_agent", |j| j["step"] == "wait_agent");
+    let (_, token) = boot_token(&lab, "52-54-00-0b-00-03");
+    s.cli(&["job", "cancel", &id.to_string()]);
+    let j = wait_job(&s, id, "cancelled", |j| j["state"] != "running");
+    assert_eq!(j["state"], "cancelled");
+    let (code, _) = agent_call(
+        &lab,
+        "POST",
+        "/api/v1/agent/claim",
+        &token.expect("token"),
+        None,
+    );
+    assert_eq!(code, 401);
+    assert_eq!(s.cli_json(&["machine", "show", "n3"])["state"], "failed");
+    // A second job on a machine with one in progress is refused with a clear message.
+    let id = start_reimage(&s, "n3");
+    let out = s.cli_as(&s.admin_token, &["reimage", "n3", "--image", "debian:12"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("already has job {id}")), "{err}");
+    // The image cannot be deleted while that job is pending.
+    let out = s.cli_as(&s.admin_token, &["image", "delete", "debian:12"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("pending job {id}")));
+    s.cli(&["job", "cancel", &id.to_string()]);
+    wait_job(&s, id, "cancelled", |j| j["state"] == "cancelled");
+}

@@ -1,0 +1,290 @@
+//! The heart of the suite: `rackshare reimage --wait` on a real machine. A QEMU VM (TCG) with a
+//! blank disk PXE-boots with real firmware on a bridge inside a namespace the test creates; its
+//! BMC is sushy-tools' libvirt driver, so rackshare's Redfish power cycle and boot override
+//! really boot it; the agent (built by `rackshare agent build`) writes the image. At the end the
+//! VM's disk file holds exactly the image, the machine is `deployed`, and the VM boots its disk.
+//!
+//! BIOS in authoritative mode with a kill -9 of rackshare in the middle of the deploy; UEFI in
+//! proxy mode beside dnsmasq, first with a corrupted image (the job fails, the machine is not
+//! deployed), then with a good one.
+
+mod common;
+
+use common::{serve_in_lab, Service};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use std::process::Output;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use testkit::netns::{start_dnsmasq, Lab};
+use testkit::vmlab::{start_router_advertiser, Firmware, LibvirtDaemon, SushyLibvirt, Vm, VmLab, VmSpec};
+use testkit::SushyOpts;
+
+/// One TCG guest at a time: two share 2 cores badly and every timeout would have to double.
+static ONE_VM: Mutex<()> = Mutex::new(());
+
+const IMAGE_MIB: usize = 64;
+const DISK_MARKER: &str = "RACKSHARE-DISK-BOOTED";
+
+/// A raw image whose first sector is a tiny BIOS boot sector printing [`DISK_MARKER`] on the
+/// first serial port, so "the VM boots its disk" is something the test can see.
+fn bootable_image(len: usize, seed: u64) -> Vec<u8> {
+    let mut img = testkit::netns::pseudo_random(len, seed);
+    #[rustfmt::skip]
+    let code: [u8; 22] = [
+        0xFC,                   // cld
+        0x31, 0xC0,             // xor ax, ax
+        0x8E, 0xD8,             // mov ds, ax
+        0xBE, 0x16, 0x7C,       // mov si, msg (0x7c16)
+        0xBA, 0xF8, 0x03,       // mov dx, 0x3f8
+        0xAC,                   // next: lodsb
+        0x84, 0xC0,             // test al, al
+        0x74, 0x03,             // jz done
+        0xEE,                   // out dx, al
+        0xEB, 0xF8,             // jmp next
+        0xF4,                   // done: hlt
+        0xEB, 0xFD,             // jmp done
+    ];
+    img[..512].fill(0);
+    img[..code.len()].copy_from_slice(&code);
+    let msg = format!("\r\n{DISK_MARKER}\r\n\0");
+    img[code.len()..code.len() + msg.len()].copy_from_slice(msg.as_bytes());
+    img[510] = 0x55;
+    img[511] = 0xAA;
+    img
+}
+
+struct Rig {
+    lab: Lab,
+    _vmlab: VmLab,
+    _sushy: SushyLibvirt,
+    vm: Vm,
+    s: Service,
+    serve_args: Vec<String>,
+}
+
+fn rig(tag: &str, firmware: Firmware, mac: &str, serve_args: &[&str], with_dnsmasq: bool) -> Rig {
+    let daemon = LibvirtDaemon::ensure();
+    eprintln!("libvirtd ready after {:?}", daemon.ready_after);
+    let lab = Lab::new(tag);
+    let vmlab = VmLab::new(&lab);
+    // A router advertisement, as real networks have: iPXE otherwise waits ~13 s for one.
+    start_router_advertiser(&lab);
+    if with_dnsmasq {
+        start_dnsmasq(&lab);
+    }
+    let vm = vmlab.define_vm(VmSpec::new(tag, firmware, mac, 256));
+    let sushy = SushyLibvirt::start_scoped_in(
+        &lab.srv,
+        &SushyLibvirt::default_venv(),
+        SushyOpts {
+            users: vec![("admin".into(), "password".into())],
+            tls: None,
+        },
+        &[&vm.uuid],
+    );
+    let dir = tempfile::tempdir().expect("tmp");
+    common::install_agent_boot_files(&dir.path().join("data").join("boot"));
+    let s = serve_in_lab(&lab.srv, dir, serve_args);
+    let pw = common::write(s.dir.path(), "bmc-password", "password");
+    s.cli(&[
+        "machine",
+        "add",
+        tag,
+        "--mac",
+        mac,
+        "--bmc",
+        &sushy.system_url(&vm.uuid),
+        "--bmc-user",
+        "admin",
+        "--bmc-password-file",
+        &pw.display().to_string(),
+    ]);
+    s.cli(&["machine", "state", tag, "available"]);
+    Rig {
+        lab,
+        _vmlab: vmlab,
+        _sushy: sushy,
+        vm,
+        s,
+        serve_args: serve_args.iter().map(|a| a.to_string()).collect(),
+    }
+}
+
+fn add_image(s: &Service, name: &str, bytes: &[u8]) -> String {
+    let f = s.dir.path().join(format!("{name}.raw"));
+    std::fs::write(&f, bytes).expect("write image");
+    s.cli(&["image", "add", name, &f.display().to_string()]);
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// `rackshare reimage NAME --image IMAGE --wait`, bounded.
+fn reimage_wait(s: &Service, machine: &str, image: &str) -> std::process::Child {
+    let mut c = std::process::Command::new("ip");
+    c.args(["netns", "exec", s.netns.as_deref().expect("netns"), common::BIN])
+        .args(["reimage", machine, "--image", image, "--wait"])
+        .env("RACKSHARE_URL", &s.url)
+        .env("RACKSHARE_TOKEN", &s.admin_token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    c.spawn().expect("spawn reimage")
+}
+
+fn finish(child: std::process::Child, limit: Duration, context: impl Fn() -> String) -> Output {
+    let pid = child.id();
+    let t0 = Instant::now();
+    let waiter = std::thread::spawn(move || child.wait_with_output());
+    while !waiter.is_finished() {
+        if t0.elapsed() > limit {
+            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("reimage --wait did not end within {limit:?}\n{}", context());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    waiter.join().expect("join").expect("wait")
+}
+
+fn context(r: &Rig) -> impl Fn() -> String + '_ {
+    move || {
+        format!(
+            "--- serial\n{}\n--- rackshare log (tail)\n{}",
+            tail(&r.vm.serial_log(), 4000),
+            tail(&r.s.log_text(), 6000)
+        )
+    }
+}
+
+fn tail(s: &str, n: usize) -> String {
+    let start = s.len().saturating_sub(n);
+    let start = (start..s.len()).find(|i| s.is_char_boundary(*i)).unwrap_or(s.len());
+    s[start..].to_string()
+}
+
+fn job_of(s: &Service, machine: &str) -> serde_json::Value {
+    let jobs = s.cli_json(&["job", "list", "--machine", machine]);
+    jobs[0].clone()
+}
+
+#[tokio::test]
+async fn bios_vm_is_reimaged_authoritative_and_survives_a_kill_9_mid_deploy() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let t0 = Instant::now();
+    let mac = "52:54:00:e2:e0:01";
+    let mut r = rig(
+        "e2ebios",
+        Firmware::Bios,
+        mac,
+        &["--pxe-mode", "authoritative", "--pxe-pool", "10.77.0.100-10.77.0.150", "--pxe-force"],
+        false,
+    );
+    let image = bootable_image(IMAGE_MIB << 20, 11);
+    let sha = add_image(&r.s, "bootable", &image);
+    let setup = t0.elapsed();
+    let t1 = Instant::now();
+    let job = r.s.cli_json(&["reimage", "e2ebios", "--image", "bootable"]);
+    let id = job["id"].as_i64().expect("id");
+
+    // Wait until the agent is writing, then crash rackshare.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let j = r.s.cli_json(&["job", "show", &id.to_string()]);
+        if j["phase"] == "writing" && j["progress_bytes"].as_i64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert_ne!(j["state"], "failed", "{j:#}\n{}", context(&r)());
+        assert!(Instant::now() < deadline, "the agent never started writing: {j:#}\n{}", context(&r)());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    r.s.kill9();
+    std::thread::sleep(Duration::from_secs(3));
+    let dir = r.s.take_dir();
+    let args: Vec<&str> = r.serve_args.iter().map(String::as_str).collect();
+    r.s = serve_in_lab(&r.lab.srv, dir, &args);
+    let out = finish(
+        reimage_wait(&r.s, "e2ebios", "bootable"),
+        Duration::from_secs(60),
+        String::new,
+    );
+    // A second reimage while the first is in progress is refused: following it instead.
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("already has job {id}")));
+    let mut follow = std::process::Command::new("ip");
+    follow
+        .args(["netns", "exec", &r.lab.srv, common::BIN, "job", "wait", &id.to_string()])
+        .env("RACKSHARE_URL", &r.s.url)
+        .env("RACKSHARE_TOKEN", &r.s.admin_token)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let out = finish(follow.spawn().expect("job wait"), Duration::from_secs(300), context(&r));
+    let deploy_time = t1.elapsed();
+    assert!(
+        out.status.success(),
+        "job wait: {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        context(&r)()
+    );
+    let j = r.s.cli_json(&["job", "show", &id.to_string()]);
+    assert_eq!(j["state"], "succeeded");
+    let logs = r.s.cli(&["job", "logs", &id.to_string()]);
+    assert!(logs.contains("after a restart"), "{logs}");
+    assert_eq!(r.s.cli_json(&["machine", "show", "e2ebios"])["state"], "deployed");
+    assert_eq!(r.vm.disk_sha256((IMAGE_MIB << 20) as u64), sha, "the disk holds exactly the image");
+    // And the VM boots from its disk.
+    r.vm.wait_serial(DISK_MARKER, Duration::from_secs(120));
+    eprintln!(
+        "timing: setup {setup:?}, reimage with a kill -9 {deploy_time:?}, total {:?}",
+        t0.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn uefi_vm_in_proxy_mode_refuses_a_corrupt_image_then_deploys_a_good_one() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let mac = "52:54:00:e2:e0:02";
+    let r = rig("e2euefi", Firmware::Uefi, mac, &[], true);
+    // Corrupt image: the stored bytes change after the catalog recorded their hash (a bad
+    // disk sector, a tampered store).
+    let bad = testkit::netns::pseudo_random(8 << 20, 3);
+    let bad_sha = add_image(&r.s, "rotten", &bad);
+    let blob = find_blob(&r.s.data_dir(), &bad_sha);
+    let mut bytes = std::fs::read(&blob).expect("blob");
+    bytes[4096] ^= 0xFF;
+    std::fs::write(&blob, &bytes).expect("corrupt the blob");
+    let out = finish(reimage_wait(&r.s, "e2euefi", "rotten"), Duration::from_secs(300), context(&r));
+    assert!(!out.status.success(), "a corrupt image must fail the job");
+    let j = job_of(&r.s, "e2euefi");
+    assert_eq!(j["state"], "failed");
+    let err = j["error"].as_str().unwrap_or_default().to_string();
+    assert!(err.contains("sha256") || err.contains("hash"), "the reason names the hash: {err}");
+    assert_eq!(r.s.cli_json(&["machine", "show", "e2euefi"])["state"], "failed");
+
+    let good = testkit::netns::pseudo_random(IMAGE_MIB << 20, 5);
+    let sha = add_image(&r.s, "good", &good);
+    let t1 = Instant::now();
+    let out = finish(reimage_wait(&r.s, "e2euefi", "good"), Duration::from_secs(400), context(&r));
+    assert!(
+        out.status.success(),
+        "reimage: {}\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        context(&r)()
+    );
+    eprintln!("timing: UEFI proxy-mode reimage of {IMAGE_MIB} MiB: {:?}", t1.elapsed());
+    assert_eq!(r.s.cli_json(&["machine", "show", "e2euefi"])["state"], "deployed");
+    assert_eq!(r.vm.disk_sha256((IMAGE_MIB << 20) as u64), sha);
+}
+
+fn find_blob(data: &Path, sha: &str) -> std::path::PathBuf {
+    let mut stack = vec![data.join("images")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(sha)) {
+                return p;
+            }
+        }
+    }
+    panic!("no blob for {sha} under {}", data.display());
+}
