@@ -244,7 +244,9 @@ async fn lease_lifecycle_over_cli_and_http() {
     assert_eq!(ended["state"], "ended");
     assert_eq!(ended["end_reason"], "released: done");
     let m = cli_json(&s, p.token("staff"), &["machine", "show", &m0]);
-    assert_eq!(m["state"], "releasing", "wiped before it goes back");
+    // The wipe job owns it now (with no BMC here the conductor may already have failed it):
+    // never straight back to available.
+    assert!(m["state"] == "releasing" || m["state"] == "failed", "{m}");
     assert!(m["member_group"].is_null());
     let second = cli_json(&s, ma, &["lease", "create", "--count", "1"]);
     let sid = second["id"].as_i64().expect("id").to_string();
@@ -335,7 +337,10 @@ async fn scheduler_ends_a_short_lease_on_time() {
         ended["ended_at"].as_i64().expect("ended") - ended["ends_at"].as_i64().expect("ends");
     assert!((0..4_000).contains(&late), "ended {late} ms after its end");
     let m = cli_json(&s, p.token("staff"), &["machine", "show", "node-0"]);
-    assert_eq!(m["state"], "releasing");
+    assert!(
+        m["state"] == "releasing" || m["state"] == "failed",
+        "wiped first: {m}"
+    );
 }
 
 #[tokio::test]
@@ -442,7 +447,6 @@ enum Expect {
 async fn isolation_matrix_every_operation_by_every_role() {
     let s = Service::start(Db::Sqlite).await;
     let p = setup(&s, 3).await;
-    let admin = p.token("admin").to_string();
     // Group A's resources: a lease with a machine, an image, a member token.
     let (st, lease) = api(
         &s,
@@ -493,19 +497,18 @@ async fn isolation_matrix_every_operation_by_every_role() {
         .expect("fp")
         .replace('/', "%2F")
         .replace('+', "%2B");
-    let jobs_of_a: Option<String> = {
-        let (st, v) = api(
-            &s,
-            &admin,
-            reqwest::Method::GET,
-            "/api/v1/jobs?group=a",
-            None,
-        )
-        .await;
-        (st == 200)
-            .then(|| v[0]["id"].as_i64().map(|i| i.to_string()))
-            .flatten()
-    };
+    // A job of group A: member A reimages their machine with their image (with no BMC behind
+    // it the conductor fails it soon; the job stays, which is all the matrix needs).
+    let (st, job) = api(
+        &s,
+        p.token("member-a"),
+        reqwest::Method::POST,
+        "/api/v1/jobs",
+        Some(json!({"machine": machine, "kind": "reimage", "image": "a-img:1"})),
+    )
+    .await;
+    assert_eq!(st, 202, "{job}");
+    let job_of_a = job["id"].as_i64().expect("job id").to_string();
 
     // A body each request schema accepts, so a refusal is about who asks, not what.
     let bodies: HashMap<&str, Value> = [
@@ -528,6 +531,10 @@ async fn isolation_matrix_every_operation_by_every_role() {
         ("GroupPatch", json!({})),
         ("NewGroup", json!({"name": "matrix-group"})),
         ("TokenRequest", json!({"user": "member-a"})),
+        (
+            "JobRequest",
+            json!({"machine": machine, "kind": "reimage", "image": "a-img:1"}),
+        ),
     ]
     .into_iter()
     .collect();
@@ -566,7 +573,7 @@ async fn isolation_matrix_every_operation_by_every_role() {
                     if path.starts_with("/api/v1/leases") {
                         lease_id.clone()
                     } else {
-                        jobs_of_a.clone().unwrap_or_else(|| "999999".into())
+                        job_of_a.clone()
                     },
                 ),
                 ("{reference}", "a-img:1".to_string()),
@@ -610,7 +617,13 @@ async fn isolation_matrix_every_operation_by_every_role() {
             for role in roles {
                 let expect = match role {
                     "member-b" if names_a_resource => Expect::Hidden,
-                    "member-b" if path == "/api/v1/leases" && method == "post" => Expect::Hidden,
+                    // Bodies that name A's group or machine.
+                    "member-b"
+                        if (path == "/api/v1/leases" || path == "/api/v1/jobs")
+                            && method == "post" =>
+                    {
+                        Expect::Hidden
+                    }
                     "technician" if lease_or_group_change => Expect::Forbidden,
                     "admin" | "staff" | "member-a"
                         if method == "get"

@@ -17,7 +17,9 @@ use std::process::Output;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use testkit::netns::{start_dnsmasq, Lab};
-use testkit::vmlab::{start_router_advertiser, Firmware, LibvirtDaemon, SushyLibvirt, Vm, VmLab, VmSpec};
+use testkit::vmlab::{
+    start_router_advertiser, Firmware, LibvirtDaemon, SushyLibvirt, Vm, VmLab, VmSpec,
+};
 use testkit::SushyOpts;
 
 /// One TCG guest at a time: two share 2 cores badly and every timeout would have to double.
@@ -121,12 +123,17 @@ fn add_image(s: &Service, name: &str, bytes: &[u8]) -> String {
 /// `rackshare reimage NAME --image IMAGE --wait`, bounded.
 fn reimage_wait(s: &Service, machine: &str, image: &str) -> std::process::Child {
     let mut c = std::process::Command::new("ip");
-    c.args(["netns", "exec", s.netns.as_deref().expect("netns"), common::BIN])
-        .args(["reimage", machine, "--image", image, "--wait"])
-        .env("RACKSHARE_URL", &s.url)
-        .env("RACKSHARE_TOKEN", &s.admin_token)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+    c.args([
+        "netns",
+        "exec",
+        s.netns.as_deref().expect("netns"),
+        common::BIN,
+    ])
+    .args(["reimage", machine, "--image", image, "--wait"])
+    .env("RACKSHARE_URL", &s.url)
+    .env("RACKSHARE_TOKEN", &s.admin_token)
+    .stdout(std::process::Stdio::piped())
+    .stderr(std::process::Stdio::piped());
     c.spawn().expect("spawn reimage")
 }
 
@@ -136,7 +143,9 @@ fn finish(child: std::process::Child, limit: Duration, context: impl Fn() -> Str
     let waiter = std::thread::spawn(move || child.wait_with_output());
     while !waiter.is_finished() {
         if t0.elapsed() > limit {
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
             panic!("reimage --wait did not end within {limit:?}\n{}", context());
         }
         std::thread::sleep(Duration::from_millis(200));
@@ -156,7 +165,9 @@ fn context(r: &Rig) -> impl Fn() -> String + '_ {
 
 fn tail(s: &str, n: usize) -> String {
     let start = s.len().saturating_sub(n);
-    let start = (start..s.len()).find(|i| s.is_char_boundary(*i)).unwrap_or(s.len());
+    let start = (start..s.len())
+        .find(|i| s.is_char_boundary(*i))
+        .unwrap_or(s.len());
     s[start..].to_string()
 }
 
@@ -174,7 +185,13 @@ async fn bios_vm_is_reimaged_authoritative_and_survives_a_kill_9_mid_deploy() {
         "e2ebios",
         Firmware::Bios,
         mac,
-        &["--pxe-mode", "authoritative", "--pxe-pool", "10.77.0.100-10.77.0.150", "--pxe-force"],
+        &[
+            "--pxe-mode",
+            "authoritative",
+            "--pxe-pool",
+            "10.77.0.100-10.77.0.150",
+            "--pxe-force",
+        ],
         false,
     );
     let image = bootable_image(IMAGE_MIB << 20, 11);
@@ -192,7 +209,11 @@ async fn bios_vm_is_reimaged_authoritative_and_survives_a_kill_9_mid_deploy() {
             break;
         }
         assert_ne!(j["state"], "failed", "{j:#}\n{}", context(&r)());
-        assert!(Instant::now() < deadline, "the agent never started writing: {j:#}\n{}", context(&r)());
+        assert!(
+            Instant::now() < deadline,
+            "the agent never started writing: {j:#}\n{}",
+            context(&r)()
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     r.s.kill9();
@@ -209,12 +230,24 @@ async fn bios_vm_is_reimaged_authoritative_and_survives_a_kill_9_mid_deploy() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("already has job {id}")));
     let mut follow = std::process::Command::new("ip");
     follow
-        .args(["netns", "exec", &r.lab.srv, common::BIN, "job", "wait", &id.to_string()])
+        .args([
+            "netns",
+            "exec",
+            &r.lab.srv,
+            common::BIN,
+            "job",
+            "wait",
+            &id.to_string(),
+        ])
         .env("RACKSHARE_URL", &r.s.url)
         .env("RACKSHARE_TOKEN", &r.s.admin_token)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let out = finish(follow.spawn().expect("job wait"), Duration::from_secs(300), context(&r));
+    let out = finish(
+        follow.spawn().expect("job wait"),
+        Duration::from_secs(300),
+        context(&r),
+    );
     let deploy_time = t1.elapsed();
     assert!(
         out.status.success(),
@@ -227,8 +260,15 @@ async fn bios_vm_is_reimaged_authoritative_and_survives_a_kill_9_mid_deploy() {
     assert_eq!(j["state"], "succeeded");
     let logs = r.s.cli(&["job", "logs", &id.to_string()]);
     assert!(logs.contains("after a restart"), "{logs}");
-    assert_eq!(r.s.cli_json(&["machine", "show", "e2ebios"])["state"], "deployed");
-    assert_eq!(r.vm.disk_sha256((IMAGE_MIB << 20) as u64), sha, "the disk holds exactly the image");
+    assert_eq!(
+        r.s.cli_json(&["machine", "show", "e2ebios"])["state"],
+        "deployed"
+    );
+    assert_eq!(
+        r.vm.disk_sha256((IMAGE_MIB << 20) as u64),
+        sha,
+        "the disk holds exactly the image"
+    );
     // And the VM boots from its disk.
     r.vm.wait_serial(DISK_MARKER, Duration::from_secs(120));
     eprintln!(
@@ -250,18 +290,32 @@ async fn uefi_vm_in_proxy_mode_refuses_a_corrupt_image_then_deploys_a_good_one()
     let mut bytes = std::fs::read(&blob).expect("blob");
     bytes[4096] ^= 0xFF;
     std::fs::write(&blob, &bytes).expect("corrupt the blob");
-    let out = finish(reimage_wait(&r.s, "e2euefi", "rotten"), Duration::from_secs(300), context(&r));
+    let out = finish(
+        reimage_wait(&r.s, "e2euefi", "rotten"),
+        Duration::from_secs(300),
+        context(&r),
+    );
     assert!(!out.status.success(), "a corrupt image must fail the job");
     let j = job_of(&r.s, "e2euefi");
     assert_eq!(j["state"], "failed");
     let err = j["error"].as_str().unwrap_or_default().to_string();
-    assert!(err.contains("sha256") || err.contains("hash"), "the reason names the hash: {err}");
-    assert_eq!(r.s.cli_json(&["machine", "show", "e2euefi"])["state"], "failed");
+    assert!(
+        err.contains("sha256") || err.contains("hash"),
+        "the reason names the hash: {err}"
+    );
+    assert_eq!(
+        r.s.cli_json(&["machine", "show", "e2euefi"])["state"],
+        "failed"
+    );
 
     let good = testkit::netns::pseudo_random(IMAGE_MIB << 20, 5);
     let sha = add_image(&r.s, "good", &good);
     let t1 = Instant::now();
-    let out = finish(reimage_wait(&r.s, "e2euefi", "good"), Duration::from_secs(400), context(&r));
+    let out = finish(
+        reimage_wait(&r.s, "e2euefi", "good"),
+        Duration::from_secs(400),
+        context(&r),
+    );
     assert!(
         out.status.success(),
         "reimage: {}\n{}\n{}",
@@ -269,8 +323,14 @@ async fn uefi_vm_in_proxy_mode_refuses_a_corrupt_image_then_deploys_a_good_one()
         String::from_utf8_lossy(&out.stderr),
         context(&r)()
     );
-    eprintln!("timing: UEFI proxy-mode reimage of {IMAGE_MIB} MiB: {:?}", t1.elapsed());
-    assert_eq!(r.s.cli_json(&["machine", "show", "e2euefi"])["state"], "deployed");
+    eprintln!(
+        "timing: UEFI proxy-mode reimage of {IMAGE_MIB} MiB: {:?}",
+        t1.elapsed()
+    );
+    assert_eq!(
+        r.s.cli_json(&["machine", "show", "e2euefi"])["state"],
+        "deployed"
+    );
     assert_eq!(r.vm.disk_sha256((IMAGE_MIB << 20) as u64), sha);
 }
 
@@ -281,7 +341,11 @@ fn find_blob(data: &Path, sha: &str) -> std::path::PathBuf {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.contains(sha)) {
+            } else if p
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains(sha))
+            {
                 return p;
             }
         }

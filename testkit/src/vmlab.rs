@@ -755,12 +755,7 @@ impl SushyLibvirt {
     /// Like [`SushyLibvirt::start_scoped`], listening on 127.0.0.1 inside namespace `ns`, so a
     /// rackshare running in that namespace reaches it (libvirtd's unix socket is not
     /// namespaced, so the driver still works).
-    pub fn start_scoped_in(
-        ns: &str,
-        venv: &Path,
-        opts: SushyOpts,
-        uuids: &[&str],
-    ) -> SushyLibvirt {
+    pub fn start_scoped_in(ns: &str, venv: &Path, opts: SushyOpts, uuids: &[&str]) -> SushyLibvirt {
         SushyLibvirt::start_inner(venv, opts, Some(uuids), Some(ns))
     }
 
