@@ -12,7 +12,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use inventory::{
     ssh_key_fingerprint, EndReason, GroupQuota, Lease, LeaseDetail, LeaseFilter, LeasePolicy,
-    NewLease, Role,
+    NewAuditEvent, NewLease, Outcome, Role,
 };
 use serde::{Deserialize, Serialize};
 
@@ -25,6 +25,34 @@ fn lease_not_found(id: &str) -> ApiError {
 
 fn group_not_found(name: &str) -> ApiError {
     ApiError::not_found(format!("group '{name}' not found"))
+}
+
+/// Like `Caller::require`, but a refusal is audited with the group whose lease or settings
+/// were at stake, so it shows in that group's ledger.
+async fn require_on(
+    st: &AppState,
+    c: &Caller,
+    roles: &[Role],
+    action: &str,
+    target: &str,
+    group: &str,
+) -> Result<(), ApiError> {
+    if roles.contains(&c.role()) {
+        return Ok(());
+    }
+    let ev = NewAuditEvent::ok(c.name(), action, "lease", target)
+        .outcome(Outcome::Denied)
+        .group(Some(group.to_string()))
+        .detail(serde_json::json!({"role": c.role()}));
+    if let Err(e) = st.inv.record(ev).await {
+        tracing::warn!(error = %e, "could not audit a denied request");
+    }
+    let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    Err(ApiError::forbidden(format!(
+        "{action} needs the role {}; you are {}",
+        names.join(" or "),
+        c.role()
+    )))
 }
 
 /// A lease the caller may see, or 404.
@@ -118,7 +146,7 @@ pub async fn extend(
     ApiJson(b): ApiJson<ExtendRequest>,
 ) -> Result<Json<Lease>, ApiError> {
     let lease = visible_lease(&st, &c, &id).await?;
-    c.require(&st, LEASERS, "lease.extend", &id).await?;
+    require_on(&st, &c, LEASERS, "lease.extend", &id, &lease.group).await?;
     let ends_at = match (b.ends_at, b.by_secs) {
         (Some(e), None) => e,
         (None, Some(s)) if s > 0 => lease.ends_at.saturating_add(s.saturating_mul(1000)),
@@ -160,7 +188,7 @@ pub async fn release(
     body: axum::body::Bytes,
 ) -> Result<Json<Lease>, ApiError> {
     let lease = visible_lease(&st, &c, &id).await?;
-    c.require(&st, LEASERS, "lease.release", &id).await?;
+    require_on(&st, &c, LEASERS, "lease.release", &id, &lease.group).await?;
     let reason = end_reason(&body)?;
     Ok(Json(
         st.inv
@@ -176,7 +204,7 @@ pub async fn revoke(
     body: axum::body::Bytes,
 ) -> Result<Json<Lease>, ApiError> {
     let lease = visible_lease(&st, &c, &id).await?;
-    c.require(&st, STAFF, "lease.revoke", &id).await?;
+    require_on(&st, &c, STAFF, "lease.revoke", &id, &lease.group).await?;
     let reason = end_reason(&body)?;
     Ok(Json(
         st.inv
