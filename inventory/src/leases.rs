@@ -1254,7 +1254,7 @@ impl Inventory {
             now,
         )
         .await?;
-        if l.state == LeaseState::Active && !l.waiting {
+        if !l.waiting {
             let free = self
                 .capacity(
                     &mut tx,
@@ -1491,48 +1491,28 @@ impl Inventory {
         .fetch_all(&self.pool)
         .await?;
         for id in due {
-            let mut tx = self.begin_write().await?;
-            let row = self.lease_row_tx(&mut tx, id).await?;
-            if row.lease.state != LeaseState::Active || row.lease.ends_at > now {
-                continue;
+            // One lease's trouble (it was released in between, a machine changed under it)
+            // must not stop the others: log it and move on; the next step retries.
+            match self.expire(id, now).await {
+                Ok(true) => out.ended.push(id),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(lease = id, error = %e, "could not end a due lease"),
             }
-            self.end_lease_tx(
-                &mut tx,
-                "scheduler",
-                &row.lease,
-                EndReason::Expired,
-                "",
-                now,
-            )
-            .await?;
-            tx.commit().await?;
-            out.ended.push(id);
         }
         // Reservations whose whole window passed without machines lapse.
         let lapsed: Vec<i64> = sqlx::query_scalar(
-            "SELECT id FROM leases WHERE state = 'pending' AND ends_at <= $1 ORDER BY ends_at LIMIT $2",
+            "SELECT id FROM leases WHERE state = 'pending' AND waiting = 0 AND ends_at <= $1 ORDER BY ends_at LIMIT $2",
         )
         .bind(now)
         .bind(TICK_BATCH)
         .fetch_all(&self.pool)
         .await?;
         for id in lapsed {
-            let mut tx = self.begin_write().await?;
-            let row = self.lease_row_tx(&mut tx, id).await?;
-            if row.lease.state != LeaseState::Pending || row.lease.waiting {
-                continue;
+            match self.expire(id, now).await {
+                Ok(true) => out.lapsed.push(id),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(lease = id, error = %e, "could not lapse a reservation"),
             }
-            self.end_lease_tx(
-                &mut tx,
-                "scheduler",
-                &row.lease,
-                EndReason::Expired,
-                "the reserved machines never became available",
-                now,
-            )
-            .await?;
-            tx.commit().await?;
-            out.lapsed.push(id);
         }
         let reservations: Vec<i64> = sqlx::query_scalar(
             "SELECT id FROM leases WHERE state = 'pending' AND waiting = 0 AND starts_at <= $1 ORDER BY starts_at, id LIMIT $2",
@@ -1543,16 +1523,39 @@ impl Inventory {
         .await?;
         for id in reservations {
             // Quotas were checked when the reservation was booked.
-            if self.try_start(id, now, false).await? {
-                out.started.push(id);
+            match self.try_start(id, now, false).await {
+                Ok(true) => out.started.push(id),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(lease = id, error = %e, "could not start a reservation"),
             }
         }
         for id in self.waitlist_order(now).await? {
-            if self.try_start(id, now, true).await? {
-                out.served.push(id);
+            match self.try_start(id, now, true).await {
+                Ok(true) => out.served.push(id),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(lease = id, error = %e, "could not serve a waiting lease"),
             }
         }
         Ok(out)
+    }
+
+    /// Ends lease `id` if it is due at `now`: an active lease past its end (`expired`), or a
+    /// reservation whose window passed without machines. Returns whether it ended it.
+    async fn expire(&self, id: i64, now: i64) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let row = self.lease_row_tx(&mut tx, id).await?;
+        let l = &row.lease;
+        let note = match l.state {
+            LeaseState::Active if l.ends_at <= now => "",
+            LeaseState::Pending if !l.waiting && l.ends_at <= now => {
+                "the reserved machines never became available"
+            }
+            _ => return Ok(false),
+        };
+        self.end_lease_tx(&mut tx, "scheduler", l, EndReason::Expired, note, now)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     /// Waiting leases in the order they are served: least machine-hours in the last 30 days

@@ -367,7 +367,8 @@ async fn reservations_hold_capacity_and_start_on_time() {
             duration_secs: Some(3600),
             ..one("b")
         };
-        inv.create_lease("bob", "b", &after)
+        let after = inv
+            .create_lease("bob", "b", &after)
             .await
             .expect("after the reservation");
         // Now: a short lease ending before the reservation is fine; one running into it may
@@ -406,6 +407,36 @@ async fn reservations_hold_capacity_and_start_on_time() {
         assert_eq!(r.state, LeaseState::Active);
         assert_eq!(r.machines.len(), 2, "{l}");
         assert_eq!(allocated_count(inv).await, 2, "{l}");
+        // Extending into the next reservation is refused: it needs all three machines.
+        let msg = inv
+            .extend_lease("rosa", r.id, start + 3 * HOUR)
+            .await
+            .expect_err("would eat the next reservation")
+            .to_string();
+        assert!(
+            msg.contains("reservations need these machines"),
+            "{l}: {msg}"
+        );
+        // The first reservation ends; the second cannot start while its machines are being
+        // wiped, and lapses when its window has passed.
+        let tick = inv.lease_tick(start + 2 * HOUR + 1000).await.expect("tick");
+        assert_eq!(tick.ended, vec![r.id], "{l}: {tick:?}");
+        assert!(
+            tick.started.is_empty(),
+            "{l}: machines are being wiped: {tick:?}"
+        );
+        let tick = inv.lease_tick(start + 3 * HOUR).await.expect("tick");
+        assert_eq!(tick.lapsed, vec![after.id], "{l}: {tick:?}");
+        let lapsed = inv.lease(after.id).await.expect("lease");
+        assert_eq!(lapsed.state, LeaseState::Ended);
+        assert!(
+            lapsed
+                .end_reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("never became available"),
+            "{l}: {lapsed:?}"
+        );
     }
 }
 
