@@ -568,3 +568,79 @@ async fn group_ssh_keys() {
         .is_empty());
     assert!(inv.remove_group_ssh_key("rosa", "a", &fp).await.is_err());
 }
+
+#[tokio::test]
+async fn a_waiting_request_that_does_not_fit_is_passed_over() {
+    for db in common::both().await {
+        let inv = &db.inv;
+        let l = db.label;
+        for g in ["big", "small"] {
+            inv.add_group("staff", g, "").await.expect("group");
+        }
+        pool(inv, "bf", 1, 64, None).await;
+        let big = NewLease {
+            count: 2,
+            wait_for_capacity: true,
+            ..one("big")
+        };
+        let big = inv.create_lease("b", "big", &big).await.expect("queued");
+        assert!(big.waiting, "{l}");
+        // small asks later and holds nothing either; the oldest (big) heads the queue.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        let small = NewLease {
+            wait_for_capacity: true,
+            ..one("small")
+        };
+        // One machine is free, so small does not even wait.
+        let small = inv.create_lease("s", "small", &small).await.expect("fits");
+        assert_eq!(small.state, LeaseState::Active, "{l}");
+        inv.end_lease("s", small.id, EndReason::Released, "")
+            .await
+            .expect("release");
+        inv.transition("conductor", "bf-0", MachineState::Available, "wiped", None)
+            .await
+            .expect("wiped");
+        let again = NewLease {
+            wait_for_capacity: true,
+            ..one("small")
+        };
+        // Now small has recent usage and big none, so big heads the queue, but two machines
+        // never free up: the step passes it over and serves small (backfill, decision 16).
+        let tick = inv.lease_tick(now_ms()).await.expect("tick");
+        assert!(
+            tick.served.is_empty(),
+            "{l}: nobody else waits yet: {tick:?}"
+        );
+        let queued = {
+            // Take the machine away so the new request has to wait, then free it.
+            let hold = inv
+                .create_lease("s", "small", &one("small"))
+                .await
+                .expect("hold");
+            let q = inv
+                .create_lease("s", "small", &again)
+                .await
+                .expect("queued");
+            assert!(q.waiting, "{l}");
+            inv.end_lease("s", hold.id, EndReason::Released, "")
+                .await
+                .expect("release");
+            inv.transition("conductor", "bf-0", MachineState::Available, "wiped", None)
+                .await
+                .expect("wiped");
+            q
+        };
+        assert_eq!(
+            inv.waitlist_order(now_ms()).await.expect("order"),
+            vec![big.id, queued.id],
+            "{l}: big has no recent usage"
+        );
+        let tick = inv.lease_tick(now_ms()).await.expect("tick");
+        assert_eq!(tick.served, vec![queued.id], "{l}: {tick:?}");
+        assert_eq!(
+            inv.lease(big.id).await.expect("lease").state,
+            LeaseState::Pending,
+            "{l}: still waiting for two machines"
+        );
+    }
+}
