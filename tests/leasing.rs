@@ -682,3 +682,136 @@ async fn isolation_matrix_every_operation_by_every_role() {
     assert_eq!(st, 200);
     assert_eq!(v["state"], "active", "{v}");
 }
+
+/// The agent's side of a wipe, played by curl inside the lab (as in tests/jobs.rs): the boot
+/// script's one-time token, the claim, the result. Returns (status, body) of each call.
+fn lab_call(
+    lab: &testkit::netns::Lab,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> (u16, String) {
+    let out_file = lab.path(&format!("lease-curl-{}.out", std::process::id()));
+    let out_path = out_file.display().to_string();
+    let auth = format!("Authorization: Bearer {token}");
+    let url = format!("http://10.77.0.1:8080{path}");
+    let data = body.map(|b| b.to_string());
+    let mut argv = vec![
+        "curl",
+        "-s",
+        "-o",
+        &out_path,
+        "-w",
+        "%{http_code}",
+        "-X",
+        method,
+        "-H",
+        &auth,
+    ];
+    if let Some(d) = &data {
+        argv.extend(["-H", "Content-Type: application/json", "--data-binary", d]);
+    }
+    argv.push(&url);
+    let out = lab.exec(&lab.srv, &argv, Duration::from_secs(30));
+    let code = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
+    (code, std::fs::read_to_string(&out_file).unwrap_or_default())
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_wiped_and_the_group_reads_its_certificate() {
+    let lab = testkit::netns::Lab::new("lswipe");
+    let s = common::serve_in_lab(&lab.srv, tempfile::tempdir().expect("tmp"), &[]);
+    s.cli(&["group", "add", "a"]);
+    s.cli(&["user", "add", "rosa", "--role", "member", "--group", "a"]);
+    let rosa = s.cli_json(&["token", "create", "--user", "rosa"])["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
+    s.cli(&["machine", "add", "w1", "--mac", "52:54:00:0c:00:01"]);
+    s.cli(&["machine", "state", "w1", "available"]);
+
+    let lease = cli_json(&s, &rosa, &["lease", "create", "--duration", "2s"]);
+    let id = lease["id"].as_i64().expect("id");
+    // The scheduler ends it and queues the wipe; the conductor waits for the agent.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let job = loop {
+        let jobs = s.cli_json(&["job", "list"]);
+        let wipe = jobs.as_array().and_then(|a| {
+            a.iter()
+                .find(|j| j["kind"] == "wipe" && j["lease_id"] == id && j["step"] == "wait_agent")
+                .cloned()
+        });
+        if let Some(j) = wipe {
+            break j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no wipe job waiting for its agent: {jobs}\n{}",
+            s.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    assert_eq!(
+        cli_json(&s, &rosa, &["lease", "show", &id.to_string()])["state"],
+        "ended"
+    );
+    assert_eq!(s.cli_json(&["machine", "show", "w1"])["state"], "releasing");
+
+    // The machine PXE-boots the agent in wipe mode; the agent claims and reports.
+    let (code, script) = lab_call(&lab, "GET", "/boot/52-54-00-0c-00-01.ipxe", "-", None);
+    assert_eq!(code, 200);
+    assert!(script.contains("rackshare.mode=wipe"), "{script}");
+    let token = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("rackshare.token="))
+        .expect("token in the boot script")
+        .to_string();
+    let (code, body) = lab_call(
+        &lab,
+        "POST",
+        "/api/v1/agent/claim",
+        &token,
+        Some(&json!({"macs": ["52:54:00:0c:00:01"]})),
+    );
+    assert_eq!(code, 200, "{body}");
+    let claim: Value = serde_json::from_str(&body).expect("claim");
+    assert_eq!(claim["task"]["mode"], "wipe");
+    let session = claim["session"].as_str().expect("session").to_string();
+    let result = json!({"ok": true, "wipe": {"disks": [{"name": "/dev/vda", "bytes": 8_589_934_592_u64, "method": "blkdiscard+zero", "verified": true}]}});
+    let (code, body) = lab_call(
+        &lab,
+        "POST",
+        "/api/v1/agent/result",
+        &session,
+        Some(&result),
+    );
+    assert_eq!(code, 200, "{body}");
+
+    // Wiped: available again, and the group that held it reads the certificate.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = s.cli_json(&["machine", "show", "w1"]);
+        if m["state"] == "available" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never available: {m}\njob: {}\n{}",
+            s.cli_json(&["job", "show", &job["id"].to_string()]),
+            s.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let detail = cli_json(&s, &rosa, &["lease", "show", &id.to_string()]);
+    let certs = detail["wipe_certificates"]
+        .as_array()
+        .expect("certificates");
+    assert_eq!(certs.len(), 1, "{detail}");
+    assert_eq!(certs[0]["machine"], "w1");
+    assert_eq!(certs[0]["body"]["disks"][0]["verified"], true, "{detail}");
+    assert_eq!(certs[0]["body"]["lease_id"], id);
+}
