@@ -770,6 +770,18 @@ impl Inventory {
         Ok(())
     }
 
+    /// How many free machines match `c` (a plain read, outside any transaction).
+    async fn matching_available(&self, c: &LeaseConstraints) -> Result<i64> {
+        let m = match_sql(self.backend, c, 1);
+        let sql = format!(
+            "SELECT COUNT(*) FROM machines m WHERE m.state = 'available' AND m.lease_id IS NULL AND {}",
+            m.sql
+        );
+        Ok(bind_all!(sqlx::query_scalar(&sql), &m.binds)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     /// Machines matching `c` that the calendar leaves free over `[start, end)`: the pool minus
     /// machines of active leases still running at `start`, minus every pending reservation
     /// overlapping the window (counted whole, whatever it asks for: conservative, never
@@ -1410,6 +1422,14 @@ impl Inventory {
 
     /// Tries to give a pending lease its machines now. Returns whether it started.
     async fn try_start(&self, id: i64, now: i64, check_quota: bool) -> Result<bool> {
+        // A read first: a step runs every few seconds for every pending lease, and on SQLite a
+        // write transaction takes the database's one write lock even when nothing fits.
+        let l = self.lease(id).await?;
+        if l.state != LeaseState::Pending
+            || self.matching_available(&l.constraints).await? < l.machine_count
+        {
+            return Ok(false);
+        }
         let mut tx = self.begin_write().await?;
         lock_leasing(self.backend, &mut tx).await?;
         let row = self.lease_row_tx(&mut tx, id).await?;
