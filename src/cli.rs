@@ -102,6 +102,9 @@ pub enum Command {
     },
     /// Show who the token belongs to
     Whoami,
+    /// The deploy agent: build its kernel and ramdisk
+    #[command(subcommand)]
+    Agent(AgentCmd),
     /// Look for DHCP servers on the network: broadcasts a DHCPDISCOVER and lists who answers
     Doctor {
         /// Interface to probe [default: every interface with an IPv4 address, except loopback]
@@ -111,6 +114,12 @@ pub enum Command {
         #[arg(long, default_value_t = 3)]
         timeout_secs: u64,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AgentCmd {
+    /// Build DATA_DIR/boot/agent-vmlinuz and agent-initrd.img from Debian packages
+    Build(crate::agent_build::BuildArgs),
 }
 
 #[derive(Debug, Args, Default)]
@@ -681,8 +690,8 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
     let c = Client::new(&g.url, token_or_default(g.token))?;
     let fmt = g.output;
     match cmd {
-        Command::Serve(_) | Command::Doctor { .. } => {
-            unreachable!("serve and doctor are dispatched in main")
+        Command::Serve(_) | Command::Doctor { .. } | Command::Agent(_) => {
+            unreachable!("serve, doctor and agent are dispatched in main")
         }
         Command::Machine(m) => machine(&c, fmt, *m).await,
         Command::Lease(l) => lease(&c, fmt, *l).await,

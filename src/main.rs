@@ -1,5 +1,6 @@
 //! `rackshare`: the server (`rackshare serve`) and its command-line client, in one binary.
 
+mod agent_build;
 mod cli;
 mod client;
 mod doctor;
@@ -23,6 +24,7 @@ async fn main() {
             interface,
             timeout_secs,
         } => doctor::run(interface, timeout_secs, args.global.output).await,
+        cli::Command::Agent(cli::AgentCmd::Build(b)) => agent_build::run(b),
         other => cli::run(args.global, other).await,
     };
     if let Err(e) = result {

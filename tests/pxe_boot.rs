@@ -193,22 +193,27 @@ async fn bios_vm_boots_its_script_authoritative_then_discovered_in_proxy_mode() 
     drop(s);
     drop(lab);
 
-    // Proxy beside dnsmasq, discovery on: an unknown machine boots discovery and is enrolled.
+    // Proxy beside dnsmasq, discovery on: an unknown machine is enrolled as `new`, an inspect
+    // job starts for it, and its next script boots the agent in inspect mode.
     let lab = Lab::new("e2eproxy");
     lab.ip(&lab.srv, "tuntap add tap0 mode tap");
     lab.ip(&lab.srv, "link set tap0 master br0 up");
     start_dnsmasq(&lab);
     let s = serve_in(&lab, &["--pxe-mode", "proxy", "--pxe-discovery"]);
     let unknown = "52:54:00:b0:00:22";
-    let log = boot_vm(&lab, unknown, &format!("rackshare: discovering {unknown}"));
+    let marker = format!("rackshare: booting the agent on {unknown} (mode inspect)");
+    let log = boot_vm(&lab, unknown, &marker);
     assert!(
-        log.contains(&format!("rackshare: discovering {unknown}")),
+        log.contains(&marker) && log.contains("waits: its inspection is starting"),
         "serial console:\n{log}\nserver log:\n{}",
         s.log_text()
     );
     let found = s.cli_json(&["machine", "list", "--mac", unknown]);
     assert_eq!(found[0]["name"], "new-525400b00022", "{found}");
-    assert_eq!(found[0]["state"], "new");
+    assert_eq!(found[0]["state"], "inspecting");
+    let jobs = s.cli_json(&["job", "list", "--machine", "new-525400b00022"]);
+    assert_eq!(jobs[0]["kind"], "inspect", "{jobs}");
+    assert_eq!(jobs[0]["requested_by"], "pxe", "{jobs}");
     let dns_leases = std::fs::read_to_string(lab.path("dnsmasq.leases")).unwrap_or_default();
     assert!(
         dns_leases.contains(unknown),

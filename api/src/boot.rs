@@ -45,6 +45,36 @@ pub fn intent_for(state: MachineState) -> BootIntent {
     }
 }
 
+/// For a machine whose job is not (or no longer) waiting for its agent: wait while the job is
+/// queued or still preparing (boot device, power), else boot the disk (the job is past the
+/// agent: this is the reboot into the new image).
+async fn waiting_or_disk(
+    st: &crate::server::AppState,
+    machine_id: i64,
+) -> Result<BootScript, ApiError> {
+    Ok(match st.inv.active_job_of(machine_id).await? {
+        Some(j)
+            if j.state == inventory::JobState::Queued
+                || matches!(j.step.as_deref(), Some("set_pxe_boot" | "power_cycle")) =>
+        {
+            BootScript::Wait {
+                seconds: 5,
+                reason: format!(
+                    "job {} ({}) is {}",
+                    j.id,
+                    j.kind,
+                    if j.state == inventory::JobState::Queued {
+                        "queued"
+                    } else {
+                        "starting"
+                    }
+                ),
+            }
+        }
+        _ => BootScript::LocalDisk,
+    })
+}
+
 /// The agent mode for a kind of job.
 fn agent_mode(kind: inventory::JobKind) -> AgentMode {
     match kind {
@@ -238,27 +268,54 @@ pub async fn boot_file(
             // short-lived): this script is readable by anyone on the boot network.
             Some((m, BootIntent::Agent { .. })) => match st.inv.mint_agent_token(m.id).await? {
                 Some((_, token, kind)) => BootScript::Agent(agent(agent_mode(kind), token)),
-                // Its job is queued or past the agent steps: the disk is what it boots.
-                None => BootScript::LocalDisk,
+                None => waiting_or_disk(&st, m.id).await?,
             },
             Some((_, BootIntent::LocalDisk)) | Some((_, BootIntent::Ignore)) => {
                 BootScript::LocalDisk
             }
+            // A machine nobody has looked at yet: inspect it (MAAS commissions what it
+            // enlists), then it is `available` with its hardware recorded.
             Some((m, BootIntent::Discover)) => match st.inv.mint_agent_token(m.id).await? {
                 Some((_, token, kind)) => BootScript::Agent(agent(agent_mode(kind), token)),
-                None => BootScript::Discovery(agent(AgentMode::Inspect, "none".into())),
+                None => {
+                    if st.inv.active_job_of(m.id).await?.is_none() {
+                        let job = st
+                            .inv
+                            .create_job(
+                                "pxe",
+                                &inventory::NewJob {
+                                    kind: inventory::JobKind::Inspect,
+                                    machine_id: m.id,
+                                    image_id: None,
+                                    lease_id: None,
+                                    user_data: None,
+                                },
+                            )
+                            .await?;
+                        st.conductor.wake();
+                        tracing::info!(machine = %m.name, job = job.id, "new machine PXE-booted: inspecting it");
+                    }
+                    BootScript::Wait {
+                        seconds: 3,
+                        reason: "its inspection is starting".into(),
+                    }
+                }
             },
             None => BootScript::Discovery(agent(AgentMode::Inspect, "none".into())),
         };
         let self_url = format!("{}/boot/{}.ipxe", boot.base, mac.to_url_form());
         let text =
             pxe::try_render_boot_script(mac, &script, &self_url).map_err(ApiError::internal)?;
-        if let Some(m) = &machine {
+        // Wait scripts come back every few seconds: not worth an audit line each.
+        if let Some(m) = machine
+            .as_ref()
+            .filter(|_| !matches!(script, BootScript::Wait { .. }))
+        {
             tracing::info!(machine = %m.name, state = %m.state, "served boot script");
             let _ = st
                 .inv
                 .record(NewAuditEvent::ok("pxe", "machine.boot_script", "machine", &m.name).detail(
-                    serde_json::json!({"script": match script { BootScript::LocalDisk => "local-disk", BootScript::Agent(_) => "agent", BootScript::Discovery(_) => "discovery" }}),
+                    serde_json::json!({"script": match script { BootScript::LocalDisk => "local-disk", BootScript::Agent(_) => "agent", BootScript::Discovery(_) => "discovery", BootScript::Wait { .. } => "wait" }}),
                 ))
                 .await;
         }

@@ -511,6 +511,9 @@ impl Conductor {
         silence: Duration,
     ) -> Result<Result<Value, String>, StepFailure> {
         let silence_ms = silence.as_millis() as i64;
+        // Silence counts from now at the earliest: after a restart the agent needs a moment
+        // to get its retried report through.
+        let since = inventory::now_ms();
         loop {
             let j = self.inv.job(job.id).await?;
             if let Some(by) = j.cancel_requested_by {
@@ -526,7 +529,7 @@ impl Conductor {
                     .unwrap_or("the agent reported a failure without a reason");
                 return Err(StepFailure::fatal(format!("agent: {why}")));
             }
-            let last = j.last_agent_at.unwrap_or(j.updated_at);
+            let last = j.last_agent_at.unwrap_or(j.updated_at).max(since);
             if inventory::now_ms() - last > silence_ms {
                 return Err(StepFailure::fatal(format!(
                     "the agent has been silent for {} s (last phase: {})",

@@ -646,6 +646,17 @@ impl Inventory {
         rows.iter().map(job_from_row).collect()
     }
 
+    /// The queued or running job of a machine, if any.
+    pub async fn active_job_of(&self, machine_id: i64) -> Result<Option<Job>> {
+        let row = sqlx::query(&format!(
+            "{JOB_SELECT} WHERE j.machine_id = $1 AND j.state IN ('queued', 'running')"
+        ))
+        .bind(machine_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(job_from_row).transpose()
+    }
+
     /// Queued and running jobs, oldest first (the conductor's work list).
     pub async fn active_jobs(&self) -> Result<Vec<Job>> {
         let rows = sqlx::query(&format!(

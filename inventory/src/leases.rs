@@ -6,7 +6,7 @@
 //! transaction-scoped advisory lock for the same effect, and machines are additionally picked
 //! `FOR UPDATE SKIP LOCKED`, so a writer outside leasing (a staff transition, the job engine)
 //! can never have a machine handed out under it. Serialising makes quotas and the calendar
-//! exact under any race (decision 14).
+//! exact under any race (decision 18).
 
 use crate::audit::record_in;
 use crate::db::{from_json, to_json};

@@ -605,7 +605,7 @@ async fn a_waiting_request_that_does_not_fit_is_passed_over() {
             ..one("small")
         };
         // Now small has recent usage and big none, so big heads the queue, but two machines
-        // never free up: the step passes it over and serves small (backfill, decision 16).
+        // never free up: the step passes it over and serves small (backfill, decision 20).
         let tick = inv.lease_tick(now_ms()).await.expect("tick");
         assert!(
             tick.served.is_empty(),

@@ -35,6 +35,13 @@ pub enum BootScript {
     Agent(AgentBoot),
     /// Unknown machine: boot the agent to inspect it (mode forced to inspect).
     Discovery(AgentBoot),
+    /// A job is about to want this machine: wait a few seconds and fetch the script again.
+    Wait {
+        /// Seconds to wait before asking again.
+        seconds: u32,
+        /// Why, shown on the console.
+        reason: String,
+    },
 }
 
 /// Error rendering a script (bad characters in a value).
@@ -74,6 +81,14 @@ pub fn try_render_boot_script(
     let out = match script {
         BootScript::LocalDisk => {
             tmpl.render(context! { kind => "local", mac => mac.to_string() })?
+        }
+        BootScript::Wait { seconds, reason } => {
+            check("reason", reason, true)?;
+            check("self_url", self_url, false)?;
+            tmpl.render(context! {
+                kind => "wait", mac => mac.to_string(), seconds => seconds.clamp(&1, &300),
+                reason => reason, self_url => self_url,
+            })?
         }
         BootScript::Agent(a) | BootScript::Discovery(a) => {
             let discovery = matches!(script, BootScript::Discovery(_));
@@ -176,6 +191,25 @@ mod tests {
         );
         assert!(s.contains("rackshare.mode=inspect"), "{s}");
         assert!(s.contains("discovering"));
+    }
+
+    #[test]
+    fn wait_script_sleeps_and_asks_again() {
+        let wait = BootScript::Wait {
+            seconds: 5,
+            reason: "job 7 starts".into(),
+        };
+        let s = render_boot_script(MAC, &wait, "http://x/boot/a.ipxe");
+        assert!(
+            s.contains("sleep 5\nchain --autofree http://x/boot/a.ipxe"),
+            "{s}"
+        );
+        assert!(s.contains("job 7 starts"));
+        let bad = BootScript::Wait {
+            seconds: 5,
+            reason: "a\nshell".into(),
+        };
+        assert!(try_render_boot_script(MAC, &bad, "http://x/s").is_err());
     }
 
     #[test]

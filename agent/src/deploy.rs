@@ -1,0 +1,457 @@
+//! Deploy: stream the image onto the disk (no staging copy), read it back and hash it, then
+//! seed cloud-init. Raw and raw.zst are written front to back; qcow2 is in `qcow2.rs`.
+
+use crate::error::{io, Error};
+use crate::proto::{DeployResult, ImageSpec, Task};
+use crate::source::{unwrap_io, HashingReader, ImageSource, ResumingReader};
+use crate::Progress;
+use sha2::{Digest, Sha256};
+use std::cell::Cell;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::rc::Rc;
+
+/// Bytes per read and write: large enough for disk throughput, small enough for a 512 MiB VM.
+pub const CHUNK: usize = 1 << 20;
+
+/// The image formats the agent writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// The disk's bytes as they are.
+    Raw,
+    /// The disk's bytes, zstd-compressed (one or more frames).
+    RawZst,
+    /// QEMU's copy-on-write format, version 2 or 3, without compression, encryption or backing file.
+    Qcow2,
+}
+
+impl Format {
+    /// Parses the protocol's `format` field.
+    pub fn parse(s: &str) -> Result<Format, Error> {
+        match s {
+            "raw" => Ok(Format::Raw),
+            "raw.zst" => Ok(Format::RawZst),
+            "qcow2" => Ok(Format::Qcow2),
+            other => Err(Error::Image(format!(
+                "format '{other}' is not one of raw, raw.zst, qcow2"
+            ))),
+        }
+    }
+}
+
+/// What was written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Written {
+    /// Bytes of the expanded image now at the start of the disk.
+    pub bytes: u64,
+    /// sha256 of those bytes as they were written, when they were written in order.
+    pub content_sha256: Option<String>,
+}
+
+/// Opens a disk for writing; its capacity when it is a block device (a regular file, as in
+/// tests, just grows).
+pub fn open_disk(path: &Path) -> Result<(File, Option<u64>), Error> {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(io(format!("opening {} for writing", path.display())))?;
+    let meta = f
+        .metadata()
+        .map_err(io(format!("reading the metadata of {}", path.display())))?;
+    let capacity = if meta.file_type().is_block_device() {
+        let end = f
+            .seek(SeekFrom::End(0))
+            .map_err(io(format!("measuring {}", path.display())))?;
+        f.seek(SeekFrom::Start(0))
+            .map_err(io(format!("seeking {}", path.display())))?;
+        Some(end)
+    } else {
+        None
+    };
+    Ok((f, capacity))
+}
+
+/// Refuses an image bigger than the disk before a byte is written.
+pub fn check_fits(disk: &Path, capacity: Option<u64>, needed: u64) -> Result<(), Error> {
+    match capacity {
+        Some(available) if available < needed => Err(Error::TooSmall {
+            disk: disk.display().to_string(),
+            needed,
+            available,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Sequential writer that hashes what it writes and reports progress.
+struct Writer<'a> {
+    file: &'a mut File,
+    disk: String,
+    hasher: Sha256,
+    written: u64,
+    /// Progress counts these stored (downloaded) bytes when set, else `written`.
+    stored: Option<Rc<Cell<u64>>>,
+    total: u64,
+    progress: &'a mut dyn Progress,
+}
+
+impl Writer<'_> {
+    fn copy_from(&mut self, reader: &mut dyn Read) -> Result<(), Error> {
+        let mut buf = vec![0u8; CHUNK];
+        loop {
+            let n = read_full(reader, &mut buf).map_err(|e| unwrap_io("reading the image", e))?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.file
+                .write_all(&buf[..n])
+                .map_err(io(format!("writing {}", self.disk)))?;
+            self.hasher.update(&buf[..n]);
+            self.written += n as u64;
+            let done = self.stored.as_ref().map_or(self.written, |c| c.get());
+            self.progress.report("writing", done, self.total)?;
+        }
+    }
+}
+
+/// Reads until `buf` is full or the reader ends; the count read.
+pub fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Counts bytes into a shared cell (for progress through a decoder).
+struct Counting<R> {
+    inner: R,
+    count: Rc<Cell<u64>>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count.set(self.count.get() + n as u64);
+        Ok(n)
+    }
+}
+
+fn check_download(spec: &ImageSpec, got: &str) -> Result<(), Error> {
+    if !got.eq_ignore_ascii_case(spec.sha256.trim()) {
+        return Err(Error::HashMismatch(format!(
+            "the image downloaded has sha256 {got}, but the API announced {}",
+            spec.sha256
+        )));
+    }
+    Ok(())
+}
+
+/// Writes the image from `source` onto `disk` and fsyncs it; checks the download's sha256.
+pub fn write_image(
+    source: &mut dyn ImageSource,
+    spec: &ImageSpec,
+    disk: &Path,
+    progress: &mut dyn Progress,
+) -> Result<Written, Error> {
+    let format = Format::parse(&spec.format)?;
+    let (mut file, capacity) = open_disk(disk)?;
+    let name = disk.display().to_string();
+    progress.report("writing", 0, spec.size_bytes)?;
+    let written = match format {
+        Format::Raw => {
+            check_fits(disk, capacity, spec.size_bytes)?;
+            let mut w = Writer {
+                file: &mut file,
+                disk: name.clone(),
+                hasher: Sha256::new(),
+                written: 0,
+                stored: None,
+                total: spec.size_bytes,
+                progress,
+            };
+            // Raw resumes with a ranged request where the stream broke.
+            w.copy_from(&mut ResumingReader::new(source, spec.size_bytes))?;
+            let content = hex::encode(w.hasher.finalize());
+            check_download(spec, &content)?;
+            Written {
+                bytes: w.written,
+                content_sha256: Some(content),
+            }
+        }
+        Format::RawZst => {
+            let count = Rc::new(Cell::new(0));
+            // The stored stream resumes like raw: the decoder never sees the break.
+            let mut stored = HashingReader::new(Counting {
+                inner: ResumingReader::new(source, spec.size_bytes),
+                count: count.clone(),
+            });
+            let mut w = Writer {
+                file: &mut file,
+                disk: name.clone(),
+                hasher: Sha256::new(),
+                written: 0,
+                stored: Some(count),
+                total: spec.size_bytes,
+                progress,
+            };
+            {
+                let mut buffered = BufReader::with_capacity(CHUNK, &mut stored);
+                // zstd allows several frames back to back (e.g. `zstd -T0` or concatenation).
+                while !buffered
+                    .fill_buf()
+                    .map_err(|e| unwrap_io("reading the image", e))?
+                    .is_empty()
+                {
+                    let mut frame = ruzstd::decoding::StreamingDecoder::new(&mut buffered)
+                        .map_err(|e| Error::Image(format!("raw.zst: not a zstd frame: {e}")))?;
+                    w.copy_from(&mut frame)?;
+                }
+            }
+            let content = hex::encode(w.hasher.finalize());
+            let bytes = w.written;
+            check_download(spec, &stored.finish())?;
+            Written {
+                bytes,
+                content_sha256: Some(content),
+            }
+        }
+        Format::Qcow2 => {
+            let bytes = crate::qcow2::write(source, spec, &mut file, &name, capacity, progress)?;
+            Written {
+                bytes,
+                content_sha256: None,
+            }
+        }
+    };
+    file.sync_all().map_err(io(format!("flushing {name}")))?;
+    Ok(written)
+}
+
+/// Drops the page cache so the read-back of a block device comes from the disk, not from
+/// memory. Regular files (tests) are left alone: dropping the host's cache helps nothing.
+pub fn drop_caches(disk: &Path) {
+    let is_block = std::fs::metadata(disk).is_ok_and(|m| m.file_type().is_block_device());
+    if !is_block {
+        return;
+    }
+    let dropped = std::fs::write("/proc/sys/vm/drop_caches", "1");
+    if let Err(e) = dropped {
+        crate::log!("could not drop the page cache ({e}); the read-back may come from memory");
+    }
+}
+
+/// sha256 of the first `len` bytes of `disk`, read back.
+pub fn read_back(disk: &Path, len: u64, progress: &mut dyn Progress) -> Result<String, Error> {
+    let name = disk.display().to_string();
+    let mut f = File::open(disk).map_err(io(format!("opening {name} to read it back")))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
+    progress.report("verifying", 0, len)?;
+    while done < len {
+        let want = usize::try_from(len - done).unwrap_or(CHUNK).min(CHUNK);
+        f.read_exact(&mut buf[..want])
+            .map_err(io(format!("reading {name} back at byte {done}")))?;
+        hasher.update(&buf[..want]);
+        done += want as u64;
+        progress.report("verifying", done, len)?;
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Writes, reads back and compares: the part of a deploy that tests run on temp files.
+/// Returns the bytes written and the read-back sha256.
+pub fn write_and_verify(
+    source: &mut dyn ImageSource,
+    spec: &ImageSpec,
+    disk: &Path,
+    progress: &mut dyn Progress,
+) -> Result<(u64, String), Error> {
+    let written = write_image(source, spec, disk, progress)?;
+    drop_caches(disk);
+    let back = read_back(disk, written.bytes, progress)?;
+    if let Some(w) = &written.content_sha256 {
+        if *w != back {
+            return Err(Error::HashMismatch(format!(
+                "{} read back with sha256 {back}, but {w} was written",
+                disk.display()
+            )));
+        }
+    }
+    if let Some(c) = &spec.content_sha256 {
+        if !c.trim().eq_ignore_ascii_case(&back) {
+            return Err(Error::HashMismatch(format!(
+                "{} read back with sha256 {back}, but the image's content sha256 is {c}",
+                disk.display()
+            )));
+        }
+    }
+    Ok((written.bytes, back))
+}
+
+/// The whole deploy task: pick the disk, write, verify, then seed cloud-init.
+pub fn run(
+    source: &mut dyn ImageSource,
+    job_id: i64,
+    task: &Task,
+    sys_root: &Path,
+    progress: &mut dyn Progress,
+) -> Result<DeployResult, Error> {
+    let spec = task
+        .image
+        .as_ref()
+        .ok_or_else(|| Error::Image("the deploy task names no image".to_string()))?;
+    let disk = match &task.target_disk {
+        Some(d) => std::path::PathBuf::from(d),
+        None => {
+            let disks = crate::disks::list(sys_root)?;
+            let d = crate::disks::pick_target(&disks).ok_or_else(|| {
+                Error::NoDisk(format!(
+                    "{} lists no non-removable disk (only loop, ram, optical or removable devices)",
+                    sys_root.join("block").display()
+                ))
+            })?;
+            Path::new("/dev").join(&d.name)
+        }
+    };
+    crate::log!(
+        "deploying {} ({}, {} bytes) to {}",
+        spec.url,
+        spec.format,
+        spec.size_bytes,
+        disk.display()
+    );
+    let (bytes, sha256) = write_and_verify(source, spec, &disk, progress)?;
+    crate::log!("wrote and read back {bytes} bytes, sha256 {sha256}");
+    progress.report("seeding", 0, 0)?;
+    // The seed goes in after the read-back, so the hash compares the image exactly.
+    let seed = crate::seed::seed(&disk, sys_root, job_id, task)?;
+    crate::log!("seed: {seed}");
+    Ok(DeployResult {
+        target_disk: disk.display().to_string(),
+        written_bytes: bytes,
+        sha256,
+        seed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::FileSource;
+    use crate::NoProgress;
+
+    fn sha(b: &[u8]) -> String {
+        hex::encode(Sha256::digest(b))
+    }
+
+    fn image(len: usize, seed: u32) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                (x >> 8) as u8
+            })
+            .collect()
+    }
+
+    fn spec(path: &Path, sha256: String, format: &str) -> ImageSpec {
+        ImageSpec {
+            url: path.display().to_string(),
+            sha256,
+            size_bytes: std::fs::metadata(path).expect("image exists").len(),
+            format: format.to_string(),
+            content_sha256: None,
+        }
+    }
+
+    #[test]
+    fn raw_is_written_and_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = image(3 * CHUNK + 12345, 1);
+        let img = dir.path().join("img.raw");
+        std::fs::write(&img, &data).expect("write");
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, vec![0xAAu8; 8 * CHUNK]).expect("write");
+        let s = spec(&img, sha(&data), "raw");
+        let (n, back) =
+            write_and_verify(&mut FileSource(img), &s, &disk, &mut NoProgress).expect("deploys");
+        assert_eq!(n, data.len() as u64);
+        assert_eq!(back, sha(&data));
+        let on_disk = std::fs::read(&disk).expect("read");
+        assert_eq!(&on_disk[..data.len()], &data[..]);
+        // Past the image the disk is untouched.
+        assert!(on_disk[data.len()..].iter().all(|&b| b == 0xAA));
+    }
+
+    #[test]
+    fn a_wrong_sha256_is_a_clear_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = image(CHUNK + 1, 2);
+        let img = dir.path().join("img.raw");
+        std::fs::write(&img, &data).expect("write");
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, b"").expect("write");
+        let s = spec(&img, "00".repeat(32), "raw");
+        let err = write_and_verify(&mut FileSource(img), &s, &disk, &mut NoProgress)
+            .expect_err("mismatch");
+        assert!(matches!(err, Error::HashMismatch(_)), "{err}");
+        assert!(err.to_string().contains(&sha(&data)), "{err}");
+    }
+
+    #[test]
+    fn zstd_multi_frame_is_decoded_while_streaming() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let a = image(2 * CHUNK + 7, 3);
+        let mut b = vec![0u8; CHUNK];
+        b.extend(image(5000, 4));
+        let mut zst =
+            ruzstd::encoding::compress_to_vec(&a[..], ruzstd::encoding::CompressionLevel::Fastest);
+        zst.extend(ruzstd::encoding::compress_to_vec(
+            &b[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        ));
+        let img = dir.path().join("img.raw.zst");
+        std::fs::write(&img, &zst).expect("write");
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, b"").expect("write");
+        let mut s = spec(&img, sha(&zst), "raw.zst");
+        let mut whole = a.clone();
+        whole.extend(&b);
+        s.content_sha256 = Some(sha(&whole));
+        let (n, back) =
+            write_and_verify(&mut FileSource(img), &s, &disk, &mut NoProgress).expect("deploys");
+        assert_eq!(n, whole.len() as u64);
+        assert_eq!(back, sha(&whole));
+    }
+
+    #[test]
+    fn corrupt_zstd_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let img = dir.path().join("img.raw.zst");
+        std::fs::write(&img, b"this is not zstd at all").expect("write");
+        let disk = dir.path().join("disk");
+        std::fs::write(&disk, b"").expect("write");
+        let s = spec(&img, sha(b"this is not zstd at all"), "raw.zst");
+        let err = write_and_verify(&mut FileSource(img), &s, &disk, &mut NoProgress)
+            .expect_err("refused");
+        assert!(err.to_string().contains("zstd"), "{err}");
+    }
+
+    #[test]
+    fn unknown_formats_are_refused() {
+        assert!(Format::parse("vmdk").is_err());
+        assert_eq!(Format::parse("qcow2").ok(), Some(Format::Qcow2));
+    }
+}
