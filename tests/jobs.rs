@@ -380,3 +380,40 @@ async fn hash_mismatch_fails_the_job_and_cancel_stops_one() {
     s.cli(&["job", "cancel", &id.to_string()]);
     wait_job(&s, id, "cancelled", |j| j["state"] == "cancelled");
 }
+
+#[tokio::test]
+async fn the_concurrency_limit_queues_jobs_and_queued_machines_wait() {
+    let lab = Lab::new("jobmax");
+    let s = serve_in_lab(
+        &lab.srv,
+        tempfile::tempdir().expect("tmp"),
+        &["--max-jobs", "1"],
+    );
+    for (name, mac) in [("q1", "52:54:00:0b:01:01"), ("q2", "52:54:00:0b:01:02")] {
+        s.cli(&["machine", "add", name, "--mac", mac]);
+        s.cli(&["machine", "state", name, "available"]);
+    }
+    let f = s.dir.path().join("img.raw");
+    std::fs::write(&f, testkit::netns::pseudo_random(1 << 20, 1)).expect("image");
+    s.cli(&["image", "add", "img", &f.display().to_string()]);
+    let first = start_reimage_of(&s, "q1", "img");
+    let second = start_reimage_of(&s, "q2", "img");
+    wait_job(&s, first, "wait_agent", |j| j["step"] == "wait_agent");
+    // The second waits for a slot; its machine, if it PXE-boots now, is told to wait too.
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(job(&s, second)["state"], "queued");
+    let (script, token) = boot_token(&lab, "52-54-00-0b-01-02");
+    assert!(
+        token.is_none() && script.contains("is queued") && script.contains("sleep 5"),
+        "{script}"
+    );
+    // The first ends (cancelled here): the second starts.
+    s.cli(&["job", "cancel", &first.to_string()]);
+    wait_job(&s, second, "running", |j| j["state"] == "running");
+    s.cli(&["job", "cancel", &second.to_string()]);
+}
+
+fn start_reimage_of(s: &Service, machine: &str, image: &str) -> i64 {
+    let j = s.cli_json(&["reimage", machine, "--image", image]);
+    j["id"].as_i64().expect("job id")
+}

@@ -59,13 +59,46 @@ fn bootable_image(len: usize, seed: u64) -> Vec<u8> {
 struct Rig {
     lab: Lab,
     _vmlab: VmLab,
-    _sushy: SushyLibvirt,
+    sushy: SushyLibvirt,
     vm: Vm,
     s: Service,
     serve_args: Vec<String>,
 }
 
 fn rig(tag: &str, firmware: Firmware, mac: &str, serve_args: &[&str], with_dnsmasq: bool) -> Rig {
+    let r = rig_unenrolled(tag, firmware, mac, serve_args, with_dnsmasq);
+    enrol_bmc(&r, tag, true);
+    r.s.cli(&["machine", "state", tag, "available"]);
+    r
+}
+
+/// Gives machine `name` the rig VM's BMC; `add` enrols it first.
+fn enrol_bmc(r: &Rig, name: &str, add: bool) {
+    let pw = common::write(r.s.dir.path(), "bmc-password", "password");
+    let url = r.sushy.system_url(&r.vm.uuid);
+    let mut args = vec!["machine", if add { "add" } else { "edit" }, name];
+    if add {
+        args.extend(["--mac", &r.vm.mac]);
+    }
+    let pw = pw.display().to_string();
+    args.extend([
+        "--bmc",
+        &url,
+        "--bmc-user",
+        "admin",
+        "--bmc-password-file",
+        &pw,
+    ]);
+    r.s.cli(&args);
+}
+
+fn rig_unenrolled(
+    tag: &str,
+    firmware: Firmware,
+    mac: &str,
+    serve_args: &[&str],
+    with_dnsmasq: bool,
+) -> Rig {
     let daemon = LibvirtDaemon::ensure();
     eprintln!("libvirtd ready after {:?}", daemon.ready_after);
     let lab = Lab::new(tag);
@@ -88,25 +121,10 @@ fn rig(tag: &str, firmware: Firmware, mac: &str, serve_args: &[&str], with_dnsma
     let dir = tempfile::tempdir().expect("tmp");
     common::install_agent_boot_files(&dir.path().join("data").join("boot"));
     let s = serve_in_lab(&lab.srv, dir, serve_args);
-    let pw = common::write(s.dir.path(), "bmc-password", "password");
-    s.cli(&[
-        "machine",
-        "add",
-        tag,
-        "--mac",
-        mac,
-        "--bmc",
-        &sushy.system_url(&vm.uuid),
-        "--bmc-user",
-        "admin",
-        "--bmc-password-file",
-        &pw.display().to_string(),
-    ]);
-    s.cli(&["machine", "state", tag, "available"]);
     Rig {
         lab,
         _vmlab: vmlab,
-        _sushy: sushy,
+        sushy,
         vm,
         s,
         serve_args: serve_args.iter().map(|a| a.to_string()).collect(),
@@ -351,4 +369,148 @@ fn find_blob(data: &Path, sha: &str) -> std::path::PathBuf {
         }
     }
     panic!("no blob for {sha} under {}", data.display());
+}
+
+/// Waits (bounded) until `probe` yields.
+fn wait_until<T>(what: &str, limit: Duration, r: &Rig, mut probe: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            t0.elapsed() < limit,
+            "{what}: not within {limit:?}\n{}",
+            context(r)()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[tokio::test]
+async fn a_new_machine_is_inspected_then_leased_and_wiped_when_its_lease_ends() {
+    let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
+    let mac = "52:54:00:e2:e0:03";
+    let name = "new-525400e2e003";
+    let r = rig_unenrolled(
+        "e2elife",
+        Firmware::Bios,
+        mac,
+        &[
+            "--pxe-mode",
+            "authoritative",
+            "--pxe-pool",
+            "10.77.0.100-10.77.0.150",
+            "--pxe-force",
+            "--pxe-discovery",
+        ],
+        false,
+    );
+    // Someone racks it and presses the power button: it PXE-boots, enrols itself and is
+    // inspected by the agent (no BMC known yet: the agent powers it off when done).
+    let (code, body) = r.sushy.request(
+        "POST",
+        &format!(
+            "/redfish/v1/Systems/{}/Actions/ComputerSystem.Reset",
+            r.vm.uuid
+        ),
+        Some(&serde_json::json!({"ResetType": "On"})),
+    );
+    assert!(code < 300, "power on: {code} {body}");
+    let m = wait_until("inspection", Duration::from_secs(240), &r, || {
+        let m = r.s.cli_json(&["machine", "list", "--mac", mac]);
+        (m[0]["state"] == "available").then(|| m[0].clone())
+    });
+    assert_eq!(m["name"], name);
+    assert!(
+        m["ram_mib"].as_i64().unwrap_or(0) >= 400,
+        "RAM recorded: {m}"
+    );
+    assert!(
+        m["cpu_count"].as_i64().unwrap_or(0) >= 1,
+        "CPUs recorded: {m}"
+    );
+    let disks = m["disks"].to_string();
+    assert!(
+        disks.contains("268435456"),
+        "the 256 MiB disk recorded: {disks}"
+    );
+    let job = job_of(&r.s, name);
+    assert_eq!(
+        (job["kind"].as_str(), job["state"].as_str()),
+        (Some("inspect"), Some("succeeded")),
+        "{job}"
+    );
+
+    // Staff give it its BMC; a group leases it briefly and leaves data on its disk.
+    wait_until(
+        "the VM powers itself off",
+        Duration::from_secs(60),
+        &r,
+        || (!r.vm.is_running()).then_some(()),
+    );
+    enrol_bmc(&r, name, false);
+    r.s.cli(&["group", "add", "coop-a"]);
+    let lease = r.s.cli_json(&[
+        "lease",
+        "create",
+        "--group",
+        "coop-a",
+        "--count",
+        "1",
+        "--duration",
+        "15s",
+    ]);
+    let lease_id = lease["id"].as_i64().expect("lease id").to_string();
+    assert_eq!(
+        r.s.cli_json(&["machine", "show", name])["state"],
+        "allocated"
+    );
+    let secret = testkit::netns::pseudo_random(4 << 20, 9);
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&r.vm.disk_path)
+            .expect("disk");
+        f.write_all(&secret).expect("write the group's data");
+        f.seek(SeekFrom::Start(200 << 20)).expect("seek");
+        f.write_all(&secret).expect("write the group's data");
+    }
+
+    // The lease ends on time; the machine is wiped by the agent through its BMC and returns.
+    let m = wait_until("wipe after the lease", Duration::from_secs(300), &r, || {
+        let m = r.s.cli_json(&["machine", "show", name]);
+        (m["state"] == "available" || m["state"] == "failed").then_some(m)
+    });
+    assert_eq!(m["state"], "available", "{m}\n{:#}", job_of(&r.s, name));
+    let wipe = job_of(&r.s, name);
+    assert_eq!(
+        (wipe["kind"].as_str(), wipe["state"].as_str()),
+        (Some("wipe"), Some("succeeded")),
+        "{wipe}"
+    );
+    let shown = r.s.cli_json(&["lease", "show", &lease_id]);
+    assert_eq!(shown["state"], "ended", "{shown}");
+    let certs = shown["wipe_certificates"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        certs.len(),
+        1,
+        "one wipe certificate on the ended lease: {shown}"
+    );
+    assert!(
+        certs[0].to_string().contains("vda"),
+        "it names the disk: {}",
+        certs[0]
+    );
+    let disk = std::fs::read(&r.vm.disk_path).expect("disk");
+    for at in [0usize, 200 << 20] {
+        assert!(
+            disk[at..at + secret.len()].iter().all(|b| *b == 0),
+            "the group's data at {at} is gone"
+        );
+    }
 }

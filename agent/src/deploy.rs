@@ -276,9 +276,35 @@ pub fn write_and_verify(
     disk: &Path,
     progress: &mut dyn Progress,
 ) -> Result<(u64, String), Error> {
+    write_and_verify_timed(source, spec, disk, progress).map(|(bytes, sha, _)| (bytes, sha))
+}
+
+/// How long the two halves of a deploy took, in milliseconds (for bench/reimage).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    /// Download, decode, write and fsync.
+    pub write_ms: u64,
+    /// Read back and hash.
+    pub verify_ms: u64,
+}
+
+/// [`write_and_verify`], also telling how long writing and verifying took.
+pub fn write_and_verify_timed(
+    source: &mut dyn ImageSource,
+    spec: &ImageSpec,
+    disk: &Path,
+    progress: &mut dyn Progress,
+) -> Result<(u64, String, Timing), Error> {
+    let t0 = std::time::Instant::now();
     let written = write_image(source, spec, disk, progress)?;
+    let write_ms = t0.elapsed().as_millis() as u64;
+    let t1 = std::time::Instant::now();
     drop_caches(disk);
     let back = read_back(disk, written.bytes, progress)?;
+    let timing = Timing {
+        write_ms,
+        verify_ms: t1.elapsed().as_millis() as u64,
+    };
     if let Some(w) = &written.content_sha256 {
         if *w != back {
             return Err(Error::HashMismatch(format!(
@@ -295,7 +321,7 @@ pub fn write_and_verify(
             )));
         }
     }
-    Ok((written.bytes, back))
+    Ok((written.bytes, back, timing))
 }
 
 /// The whole deploy task: pick the disk, write, verify, then seed cloud-init.
@@ -330,7 +356,7 @@ pub fn run(
         spec.size_bytes,
         disk.display()
     );
-    let (bytes, sha256) = write_and_verify(source, spec, &disk, progress)?;
+    let (bytes, sha256, timing) = write_and_verify_timed(source, spec, &disk, progress)?;
     crate::log!("wrote and read back {bytes} bytes, sha256 {sha256}");
     progress.report("seeding", 0, 0)?;
     // The seed goes in after the read-back, so the hash compares the image exactly.
@@ -341,6 +367,8 @@ pub fn run(
         written_bytes: bytes,
         sha256,
         seed,
+        write_ms: timing.write_ms,
+        verify_ms: timing.verify_ms,
     })
 }
 

@@ -85,6 +85,10 @@ pub struct DeployResult {
     pub sha256: String,
     /// What happened with the cloud-init seed.
     pub seed: String,
+    /// Milliseconds spent downloading, decoding and writing (fsync included).
+    pub write_ms: u64,
+    /// Milliseconds spent reading back and hashing.
+    pub verify_ms: u64,
 }
 
 /// One disk as inspect reports it.

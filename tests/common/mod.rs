@@ -3,10 +3,10 @@
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::sync::Mutex;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_rackshare");
@@ -315,7 +315,6 @@ pub fn agent_boot_files() -> PathBuf {
     );
     boot
 }
-
 
 /// Copies the agent kernel and ramdisk into a boot root (`DATA_DIR/boot`).
 pub fn install_agent_boot_files(boot_root: &Path) {
