@@ -86,6 +86,9 @@ pub enum Command {
     },
     /// The audit log
     Events(EventsArgs),
+    /// Leases: ask for machines (now, at a future start, or when capacity frees up), list, show, extend, release, revoke
+    #[command(subcommand)]
+    Lease(Box<LeaseCmd>),
     /// Write the whole inventory as JSON to standard output
     Export {
         /// Include BMC passwords (in clear) and token hashes
@@ -323,6 +326,127 @@ pub enum GroupCmd {
     List,
     /// Show a member group
     Show { name: String },
+    /// A group's quotas: show, set (staff)
+    #[command(subcommand)]
+    Quota(QuotaCmd),
+    /// A group's SSH public keys, injected on every reimage of its machines
+    #[command(subcommand, name = "ssh-key")]
+    SshKey(SshKeyCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum QuotaCmd {
+    /// Show a group's quotas and its use of them
+    Show { group: String },
+    /// Set a group's quotas; an option left out keeps its value, `none` removes the limit
+    Set {
+        group: String,
+        /// Most machines held at once (a number or `none`)
+        #[arg(long)]
+        max_machines: Option<String>,
+        /// Machine-hours per calendar month, UTC (a number or `none`)
+        #[arg(long)]
+        hours_per_month: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SshKeyCmd {
+    /// Add a public key (the text, or --file)
+    Add {
+        group: String,
+        /// The key line, e.g. "ssh-ed25519 AAAA… rosa@laptop"
+        key: Option<String>,
+        /// Read the key from this file (e.g. ~/.ssh/id_ed25519.pub)
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// List a group's keys with their fingerprints
+    List { group: String },
+    /// Remove a key by fingerprint (SHA256:…) or comment
+    Remove { group: String, key: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LeaseCmd {
+    /// Ask for machines. With --start in the future: a reservation; with --wait-for-capacity:
+    /// queue when nothing fits now
+    Create {
+        /// Member group [members: theirs]
+        #[arg(long)]
+        group: Option<String>,
+        /// How many machines
+        #[arg(long, default_value_t = 1)]
+        count: i64,
+        /// At least this much memory per machine
+        #[arg(long)]
+        min_ram_gib: Option<i64>,
+        /// At least this many CPUs per machine
+        #[arg(long)]
+        min_cpus: Option<i64>,
+        /// At least one disk this large per machine
+        #[arg(long)]
+        min_disk_gib: Option<i64>,
+        /// CPU architecture
+        #[arg(long)]
+        arch: Option<String>,
+        /// Tag every machine must carry (repeat)
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+        /// Site
+        #[arg(long)]
+        site: Option<String>,
+        /// How long, e.g. 72h, 7d [default: 24h]
+        #[arg(long, conflicts_with = "until")]
+        duration: Option<String>,
+        /// End time: 2026-12-01T18:00Z, "2026-12-01 18:00" (UTC), +3d, or unix ms
+        #[arg(long)]
+        until: Option<String>,
+        /// Start time (same forms as --until); in the future makes a reservation
+        #[arg(long)]
+        start: Option<String>,
+        /// If nothing fits now, wait in the queue (served in fair-share order)
+        #[arg(long)]
+        wait_for_capacity: bool,
+    },
+    /// List leases
+    List {
+        #[arg(long)]
+        group: Option<String>,
+        /// pending, active or ended
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// Show a lease with its machines, energy and wipe certificates
+    Show { id: i64 },
+    /// Move a lease's end later
+    Extend {
+        id: i64,
+        /// How much longer, e.g. 24h
+        #[arg(long, conflicts_with = "until")]
+        by: Option<String>,
+        /// The new end (same forms as `create --until`)
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Hand a lease back early (its machines are wiped); cancels a pending one
+    Release {
+        id: i64,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Take a lease back (staff; its machines are wiped)
+    Revoke {
+        id: i64,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Show or set the cooperative's maximum lease length
+    Policy {
+        /// Longest lease in hours, or `none`
+        #[arg(long)]
+        max_hours: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -392,6 +516,62 @@ pub fn parse_duration(s: &str) -> anyhow::Result<i64> {
         _ => bail!("'{s}' is not a duration like 90d, 12h, 30m"),
     };
     Ok(n.saturating_mul(mult))
+}
+
+/// Parses a time for `--start`/`--until`: `+3d` (from now), `2026-12-01T18:00[:SS][Z]`,
+/// `2026-12-01 18:00` (UTC), `2026-12-01` (midnight UTC), or unix milliseconds.
+pub fn parse_time(s: &str, now_ms: i64) -> anyhow::Result<i64> {
+    let s = s.trim();
+    if let Some(rel) = s.strip_prefix('+') {
+        return Ok(now_ms.saturating_add(parse_duration(rel)?.saturating_mul(1000)));
+    }
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_digit()) {
+        return s.parse().map_err(|_| anyhow!("'{s}' is not a time"));
+    }
+    let bad = || {
+        anyhow!("'{s}' is not a time like 2026-12-01T18:00Z, \"2026-12-01 18:00\" (UTC), +3d or unix ms")
+    };
+    let t = s.trim_end_matches('Z').replace('T', " ");
+    let (date, clock) = t.split_once(' ').unwrap_or((t.as_str(), "00:00"));
+    let d: Vec<i64> = date
+        .split('-')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<anyhow::Result<_>>()?;
+    let c: Vec<i64> = clock
+        .split(':')
+        .map(|p| p.parse().map_err(|_| bad()))
+        .collect::<anyhow::Result<_>>()?;
+    let ([y, m, day], [hh, mm, ss @ ..]) = (d.as_slice(), c.as_slice()) else {
+        return Err(bad());
+    };
+    let sec = ss.first().copied().unwrap_or(0);
+    if !(1..=12).contains(m) || !(1..=31).contains(day) || *hh > 23 || *mm > 59 || sec > 60 {
+        return Err(bad());
+    }
+    // Days from civil (Howard Hinnant's algorithm), UTC.
+    let yy = if *m <= 2 { y - 1 } else { *y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
+    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
+    Ok(((days * 86_400 + hh * 3600 + mm * 60 + sec) * 1000).max(0))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// A limit given as a number or `none`/`unlimited` (null).
+fn limit(s: &str) -> anyhow::Result<Value> {
+    match s.trim() {
+        "none" | "unlimited" | "" => Ok(Value::Null),
+        n => Ok(json!(n
+            .parse::<i64>()
+            .map_err(|_| anyhow!("'{n}' is not a number or 'none'"))?)),
+    }
 }
 
 fn token_or_default(t: Option<String>) -> Option<String> {
@@ -514,6 +694,9 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
             unreachable!("serve, doctor and agent are dispatched in main")
         }
         Command::Machine(m) => machine(&c, fmt, *m).await,
+        Command::Lease(l) => lease(&c, fmt, *l).await,
+        Command::Group(GroupCmd::Quota(q)) => quota(&c, fmt, q).await,
+        Command::Group(GroupCmd::SshKey(k)) => ssh_key(&c, fmt, k).await,
         Command::Site(SiteCmd::Add { name, description }) => {
             let v = c
                 .post(
@@ -807,6 +990,253 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
     }
 }
 
+const LEASE_COLUMNS: &[(&str, &str)] = &[
+    ("ID", "id"),
+    ("GROUP", "group"),
+    ("STATE", "state"),
+    ("COUNT", "machine_count"),
+    ("STARTS", "starts_at"),
+    ("ENDS", "ends_at"),
+    ("MACHINES", "names"),
+    ("END_REASON", "end_reason"),
+];
+
+/// Adds `names` (the machines' names) for table output.
+fn with_names(mut v: Value) -> Value {
+    let names: Vec<Value> = v["machines"]
+        .as_array()
+        .map(|a| a.iter().map(|m| m["name"].clone()).collect())
+        .unwrap_or_default();
+    v["names"] = Value::Array(names);
+    v
+}
+
+fn show_lease(fmt: Format, v: &Value) {
+    if fmt == Format::Json {
+        return output::json(v);
+    }
+    let v = with_names(v.clone());
+    let state = match (v["state"].as_str(), v["waiting"].as_bool()) {
+        (Some("pending"), Some(true)) => "pending (waiting for capacity)".to_string(),
+        (Some("pending"), _) => "pending (reservation)".to_string(),
+        (s, _) => s.unwrap_or("-").to_string(),
+    };
+    let mut shown = v.clone();
+    shown["state"] = json!(state);
+    shown["constraints_text"] = json!(v["constraints"].to_string());
+    output::record(
+        fmt,
+        &shown,
+        &[
+            ("Lease", "id"),
+            ("Group", "group"),
+            ("State", "state"),
+            ("Machines", "machine_count"),
+            ("Constraints", "constraints_text"),
+            ("Starts", "starts_at"),
+            ("Ends", "ends_at"),
+            ("Ended", "ended_at"),
+            ("End reason", "end_reason"),
+            ("Created by", "created_by"),
+            ("Energy (kWh)", "energy_kwh"),
+        ],
+    );
+    if let Some(ms) = v["machines"].as_array() {
+        for m in ms {
+            println!(
+                "Machine       {}  from {}{}",
+                output::cell(&m["name"]),
+                output::time(&m["allocated_at"]),
+                if m["released_at"].is_null() {
+                    String::new()
+                } else {
+                    format!(" to {}", output::time(&m["released_at"]))
+                }
+            );
+        }
+    }
+    if let Some(cs) = v["wipe_certificates"].as_array() {
+        for c in cs {
+            println!(
+                "Wipe          {} job {} at {}: {}",
+                output::cell(&c["machine"]),
+                output::cell(&c["job_id"]),
+                output::time(&c["created_at"]),
+                c["body"]
+            );
+        }
+    }
+}
+
+async fn lease(c: &Client, fmt: Format, cmd: LeaseCmd) -> anyhow::Result<()> {
+    let now = now_ms();
+    match cmd {
+        LeaseCmd::Create {
+            group,
+            count,
+            min_ram_gib,
+            min_cpus,
+            min_disk_gib,
+            arch,
+            tags,
+            site,
+            duration,
+            until,
+            start,
+            wait_for_capacity,
+        } => {
+            let starts_at = start.as_deref().map(|s| parse_time(s, now)).transpose()?;
+            let body = json!({
+                "group": group, "count": count, "min_ram_gib": min_ram_gib, "min_cpus": min_cpus,
+                "min_disk_gib": min_disk_gib, "arch": arch, "tags": tags, "site": site,
+                "starts_at": starts_at,
+                "ends_at": until.as_deref().map(|s| parse_time(s, now)).transpose()?,
+                "duration_secs": duration.as_deref().map(parse_duration).transpose()?,
+                "wait_for_capacity": wait_for_capacity,
+            });
+            let v = c.post("/api/v1/leases", &body).await?;
+            show_lease(fmt, &v);
+        }
+        LeaseCmd::List { group, state } => {
+            let v = c
+                .get(&format!(
+                    "/api/v1/leases{}",
+                    query(&[("group", group), ("state", state)])
+                ))
+                .await?;
+            let v = match (fmt, v) {
+                (Format::Table, Value::Array(a)) => {
+                    Value::Array(a.into_iter().map(with_names).collect())
+                }
+                (_, v) => v,
+            };
+            output::list(fmt, &v, LEASE_COLUMNS);
+        }
+        LeaseCmd::Show { id } => {
+            let v = c.get(&format!("/api/v1/leases/{id}")).await?;
+            show_lease(fmt, &v);
+        }
+        LeaseCmd::Extend { id, by, until } => {
+            let body = match (by, until) {
+                (Some(b), None) => json!({"by_secs": parse_duration(&b)?}),
+                (None, Some(u)) => json!({"ends_at": parse_time(&u, now)?}),
+                _ => bail!("give --by DURATION or --until TIME"),
+            };
+            let v = c
+                .post(&format!("/api/v1/leases/{id}/extend"), &body)
+                .await?;
+            show_lease(fmt, &v);
+        }
+        LeaseCmd::Release { id, reason } => {
+            let v = c
+                .post(
+                    &format!("/api/v1/leases/{id}/release"),
+                    &json!({"reason": reason}),
+                )
+                .await?;
+            show_lease(fmt, &v);
+        }
+        LeaseCmd::Revoke { id, reason } => {
+            let v = c
+                .post(
+                    &format!("/api/v1/leases/{id}/revoke"),
+                    &json!({"reason": reason}),
+                )
+                .await?;
+            show_lease(fmt, &v);
+        }
+        LeaseCmd::Policy { max_hours } => {
+            let v = match max_hours {
+                Some(h) => {
+                    c.call(
+                        reqwest::Method::PUT,
+                        "/api/v1/lease-policy",
+                        Some(&json!({"max_lease_hours": limit(&h)?})),
+                    )
+                    .await?
+                }
+                None => c.get("/api/v1/lease-policy").await?,
+            };
+            output::record(fmt, &v, &[("Max lease hours", "max_lease_hours")]);
+        }
+    }
+    Ok(())
+}
+
+async fn quota(c: &Client, fmt: Format, cmd: QuotaCmd) -> anyhow::Result<()> {
+    let v = match cmd {
+        QuotaCmd::Show { group } => {
+            c.get(&format!("/api/v1/groups/{}/quota", enc(&group)))
+                .await?
+        }
+        QuotaCmd::Set {
+            group,
+            max_machines,
+            hours_per_month,
+        } => {
+            let path = format!("/api/v1/groups/{}/quota", enc(&group));
+            let cur = c.get(&path).await?;
+            let body = json!({
+                "max_machines": match max_machines { Some(s) => limit(&s)?, None => cur["max_machines"].clone() },
+                "machine_hours_month": match hours_per_month { Some(s) => limit(&s)?, None => cur["machine_hours_month"].clone() },
+            });
+            c.call(reqwest::Method::PUT, &path, Some(&body)).await?
+        }
+    };
+    output::record(
+        fmt,
+        &v,
+        &[
+            ("Group", "group"),
+            ("Max machines", "max_machines"),
+            ("In use", "machines_in_use"),
+            ("Hours/month", "machine_hours_month"),
+            ("Hours used", "machine_hours_used"),
+            ("Hours booked", "machine_hours_booked"),
+        ],
+    );
+    Ok(())
+}
+
+async fn ssh_key(c: &Client, fmt: Format, cmd: SshKeyCmd) -> anyhow::Result<()> {
+    let cols: &[(&str, &str)] = &[("FINGERPRINT", "fingerprint"), ("KEY", "key")];
+    match cmd {
+        SshKeyCmd::Add { group, key, file } => {
+            let key = match (key, file) {
+                (Some(k), None) => k,
+                (None, Some(f)) => std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?
+                    .trim()
+                    .to_string(),
+                _ => bail!("give the key text or --file, one of them"),
+            };
+            let v = c
+                .post(
+                    &format!("/api/v1/groups/{}/ssh-keys", enc(&group)),
+                    &json!({"key": key}),
+                )
+                .await?;
+            output::list(fmt, &v, cols);
+        }
+        SshKeyCmd::List { group } => {
+            let v = c
+                .get(&format!("/api/v1/groups/{}/ssh-keys", enc(&group)))
+                .await?;
+            output::list(fmt, &v, cols);
+        }
+        SshKeyCmd::Remove { group, key } => {
+            c.delete(&format!(
+                "/api/v1/groups/{}/ssh-keys/{}",
+                enc(&group),
+                enc(&key)
+            ))
+            .await?;
+            done(fmt, &format!("removed {key} from {group}"));
+        }
+    }
+    Ok(())
+}
+
 fn done(fmt: Format, message: &str) {
     match fmt {
         Format::Json => output::json(&json!({"ok": true, "message": message})),
@@ -1079,6 +1509,23 @@ fn put<T: Into<Value>>(o: &mut Map<String, Value>, key: &str, v: Option<T>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times() {
+        assert_eq!(parse_time("1970-01-02", 0).ok(), Some(86_400_000));
+        assert_eq!(
+            parse_time("2026-11-25T18:00Z", 0).ok(),
+            Some(1_795_629_600_000)
+        );
+        assert_eq!(
+            parse_time("2026-11-25 18:00:00", 0).ok(),
+            Some(1_795_629_600_000)
+        );
+        assert_eq!(parse_time("+2h", 1000).ok(), Some(7_201_000));
+        assert_eq!(parse_time("12345", 0).ok(), Some(12345));
+        assert!(parse_time("tomorrow", 0).is_err());
+        assert!(parse_time("2026-13-01", 0).is_err());
+    }
 
     #[test]
     fn durations() {

@@ -12,6 +12,7 @@ mod json;
 mod metrics;
 mod openapi;
 mod routes;
+mod scheduler;
 mod server;
 
 pub use boot::{BootMode, BootSettings};

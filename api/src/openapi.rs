@@ -73,6 +73,19 @@ pub const OPERATIONS: &[Operation] = &[
     op!("post", "/api/v1/groups", "Add a member group", "admin, staff", Some("NewGroup"), Some("MemberGroup")),
     op!("get", "/api/v1/groups/{name}", "Show a member group", "any role (members: own)", None, Some("MemberGroup")),
     op!("patch", "/api/v1/groups/{name}", "Set quotas and SSH keys", "admin, staff", Some("GroupPatch"), Some("MemberGroup")),
+    op!("post", "/api/v1/leases", "Ask for machines: now (allocated in one transaction), at a future start (a reservation) or when capacity frees up (wait_for_capacity). Refusals name the constraint or quota and the numbers", "admin, staff, member (own group)", Some("NewLease"), Some("Lease")),
+    op!("get", "/api/v1/leases", "List leases (?group=&state=); members see their group's", "any role", None, Some("[Lease]")),
+    op!("get", "/api/v1/leases/{id}", "Show a lease with its energy (kWh) and wipe certificates", "any role (members: own group's)", None, Some("LeaseDetail")),
+    op!("post", "/api/v1/leases/{id}/extend", "Move the end later, within quotas, the maximum lease length and the calendar", "admin, staff, member (own group)", Some("LeaseExtend"), Some("Lease")),
+    op!("post", "/api/v1/leases/{id}/release", "Hand the machines back early (or cancel a pending lease); each is wiped", "admin, staff, member (own group)", Some("LeaseEnd"), Some("Lease")),
+    op!("post", "/api/v1/leases/{id}/revoke", "Take a lease back; each machine is wiped", "admin, staff", Some("LeaseEnd"), Some("Lease")),
+    op!("get", "/api/v1/lease-policy", "The cooperative-wide lease policy (maximum lease length)", "any role", None, Some("LeasePolicy")),
+    op!("put", "/api/v1/lease-policy", "Set the maximum lease length (null: none)", "admin, staff", Some("LeasePolicy"), Some("LeasePolicy")),
+    op!("get", "/api/v1/groups/{name}/quota", "A group's quotas and its use of them", "any role (members: own)", None, Some("GroupQuota")),
+    op!("put", "/api/v1/groups/{name}/quota", "Set a group's quotas (null: unlimited)", "admin, staff", Some("QuotaRequest"), Some("GroupQuota")),
+    op!("get", "/api/v1/groups/{name}/ssh-keys", "A group's SSH public keys (injected on every reimage of its machines)", "admin, staff, member (own)", None, Some("[SshKey]")),
+    op!("post", "/api/v1/groups/{name}/ssh-keys", "Add an SSH public key to a group", "admin, staff, member (own)", Some("SshKeyRequest"), Some("[SshKey]")),
+    op!("delete", "/api/v1/groups/{name}/ssh-keys/{fingerprint}", "Remove a group's SSH key by fingerprint (SHA256:…, URL-encoded) or comment", "admin, staff, member (own)", None, None),
     op!("get", "/api/v1/users", "List users", "admin, staff", None, Some("[User]")),
     op!("post", "/api/v1/users", "Add a user (staff may add members)", "admin, staff", Some("NewUser"), Some("User")),
     op!("get", "/api/v1/tokens", "List tokens (never the secret)", "any role (own)", None, Some("[ApiToken]")),
@@ -180,6 +193,26 @@ fn schemas() -> Value {
         "ImageImport": {"type": "object", "required": ["name", "url"], "additionalProperties": false, "properties": {"name": {"type": "string"}, "version": {"type": "string"},
             "arch": {"type": "string"}, "format": {"type": "string"}, "sha256": {"type": "string"}, "group": {"type": "string"}, "url": {"type": "string"}}},
         "ImportResult": {"type": "object", "properties": {"imported": {"type": "object"}}},
+        "NewLease": {"type": "object", "required": ["count"], "additionalProperties": false, "properties": {
+            "group": {"type": "string", "description": "members: their own, may be omitted"}, "count": {"type": "integer", "minimum": 1},
+            "min_ram_gib": {"type": "integer"}, "min_cpus": {"type": "integer"}, "min_disk_gib": {"type": "integer", "description": "at least one disk this large"},
+            "arch": {"type": "string"}, "tags": {"type": "array", "items": {"type": "string"}}, "site": {"type": "string"},
+            "starts_at": {"type": "integer", "description": "unix ms; in the future: a reservation"}, "ends_at": {"type": "integer", "description": "unix ms"},
+            "duration_secs": {"type": "integer", "description": "instead of ends_at; default 24 h"}, "wait_for_capacity": {"type": "boolean"}}},
+        "Lease": {"type": "object", "properties": {"id": {"type": "integer"}, "group": {"type": "string"}, "state": {"type": "string", "enum": ["pending", "active", "ended"]},
+            "waiting": {"type": "boolean"}, "machine_count": {"type": "integer"}, "constraints": {"type": "object"}, "starts_at": {"type": "integer"}, "ends_at": {"type": "integer"},
+            "created_by": {"type": "string"}, "created_at": {"type": "integer"}, "ended_at": {"type": ["integer", "null"]}, "end_reason": {"type": ["string", "null"]},
+            "machines": {"type": "array", "items": {"type": "object", "properties": {"name": {"type": "string"}, "allocated_at": {"type": "integer"}, "released_at": {"type": ["integer", "null"]}}}}}},
+        "LeaseDetail": {"allOf": [{"$ref": "#/components/schemas/Lease"}, {"type": "object", "properties": {"energy_kwh": {"type": "number"},
+            "wipe_certificates": {"type": "array", "items": {"type": "object", "properties": {"job_id": {"type": "integer"}, "machine": {"type": "string"}, "body": {"type": "object"}, "created_at": {"type": "integer"}}}}}}]},
+        "LeaseExtend": {"type": "object", "additionalProperties": false, "properties": {"ends_at": {"type": "integer", "description": "unix ms"}, "by_secs": {"type": "integer"}}},
+        "LeaseEnd": {"type": "object", "additionalProperties": false, "properties": {"reason": {"type": "string"}}},
+        "LeasePolicy": {"type": "object", "additionalProperties": false, "properties": {"max_lease_hours": {"type": ["integer", "null"]}}},
+        "GroupQuota": {"type": "object", "properties": {"group": {"type": "string"}, "max_machines": {"type": ["integer", "null"]}, "machine_hours_month": {"type": ["integer", "null"]},
+            "machines_in_use": {"type": "integer"}, "machine_hours_used": {"type": "number"}, "machine_hours_booked": {"type": "number"}}},
+        "QuotaRequest": {"type": "object", "additionalProperties": false, "properties": {"max_machines": {"type": ["integer", "null"]}, "machine_hours_month": {"type": ["integer", "null"]}}},
+        "SshKey": {"type": "object", "properties": {"fingerprint": {"type": "string"}, "key": {"type": "string"}}},
+        "SshKeyRequest": {"type": "object", "required": ["key"], "additionalProperties": false, "properties": {"key": {"type": "string"}}},
         "JobRequest": {"type": "object", "required": ["machine", "kind"], "additionalProperties": false, "properties": {"machine": {"type": "string"},
             "kind": {"type": "string", "enum": ["reimage", "inspect", "wipe"]}, "image": {"type": "string", "description": "NAME or NAME:VERSION"}, "user_data": {"type": "string"}}},
         "JobStep": {"type": "object", "properties": {"seq": {"type": "integer"}, "name": {"type": "string"}, "state": {"type": "string", "enum": ["pending", "running", "succeeded", "failed", "skipped"]},
@@ -212,14 +245,17 @@ pub fn document() -> Value {
             }
             None => json!({"description": "success"}),
         };
-        let code =
-            if op.method == "post" && op.path != "/api/v1/import" && !op.path.ends_with("/state") {
-                "201"
-            } else if op.response.is_none() && op.method == "delete" {
-                "204"
-            } else {
-                "200"
-            };
+        let code = if op.method == "post"
+            && op.path != "/api/v1/import"
+            && !op.path.ends_with("/state")
+            && !op.path.starts_with("/api/v1/leases/")
+        {
+            "201"
+        } else if op.response.is_none() && op.method == "delete" {
+            "204"
+        } else {
+            "200"
+        };
         o["responses"][code] = ok;
         if let Some(b) = op.body {
             o["requestBody"] = json!({"required": true, "content": {"application/json": {"schema": schema_ref(b)}}});

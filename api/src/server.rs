@@ -62,6 +62,8 @@ impl Server {
         let secrets = SecretBox::load_or_create(data_dir)?;
         let inv = Inventory::open(&config.effective_database_url(), secrets).await?;
         let issued = inv.bootstrap_admin().await?;
+        // Leases that fell due while rackshare was down end before the API answers anyone.
+        crate::scheduler::catch_up(&inv, 100).await;
         let mut admin_token_file = None;
         if let Some(t) = &issued {
             let path = data_dir.join("admin-token");
@@ -127,6 +129,11 @@ impl Server {
             }));
         }
         background.push(tokio::spawn(conductor.run(shutdown.subscribe())));
+        background.push(crate::scheduler::spawn(
+            inv.clone(),
+            crate::scheduler::LEASE_TICK,
+            shutdown.subscribe(),
+        ));
         let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move {

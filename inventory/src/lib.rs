@@ -13,6 +13,7 @@ mod error;
 mod export;
 mod images;
 mod jobs;
+mod leases;
 mod machines;
 mod model;
 mod people;
@@ -33,6 +34,11 @@ pub use images::{Image, NewImage};
 pub use jobs::{
     AgentClaim, Job, JobEvent, JobFilter, JobKind, JobState, JobStep, NewJob, StepName, StepSpec,
     AGENT_TOKEN_TTL_MS,
+};
+pub use leases::{
+    month_bounds, ssh_key_fingerprint, EndReason, GroupQuota, Lease, LeaseConstraints, LeaseDetail,
+    LeaseFilter, LeaseMachine, LeasePolicy, LeaseState, LeaseTick, NewLease, WipeCertificate,
+    DEFAULT_LEASE_HOURS,
 };
 pub use machines::{BmcAccess, BmcHealth, MachineFilter, MachinePatch, NewBmc, NewMachine};
 pub use model::{

@@ -4,6 +4,7 @@ mod agent;
 mod events;
 pub(crate) mod images;
 mod jobs;
+mod leases;
 pub(crate) mod machines;
 mod people;
 mod power;
@@ -57,6 +58,27 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/groups/{name}",
             get(people::show_group).patch(people::update_group),
+        )
+        .route("/leases", get(leases::list).post(leases::create))
+        .route("/leases/{id}", get(leases::show))
+        .route("/leases/{id}/extend", post(leases::extend))
+        .route("/leases/{id}/release", post(leases::release))
+        .route("/leases/{id}/revoke", post(leases::revoke))
+        .route(
+            "/lease-policy",
+            get(leases::show_policy).put(leases::set_policy),
+        )
+        .route(
+            "/groups/{name}/quota",
+            get(leases::show_quota).put(leases::set_quota),
+        )
+        .route(
+            "/groups/{name}/ssh-keys",
+            get(leases::list_keys).post(leases::add_key),
+        )
+        .route(
+            "/groups/{name}/ssh-keys/{fingerprint}",
+            delete(leases::remove_key),
         )
         .route("/users", get(people::list_users).post(people::add_user))
         .route(

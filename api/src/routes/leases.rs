@@ -1,0 +1,327 @@
+//! Leases, group quotas, group SSH keys and the cooperative's lease policy.
+//!
+//! Members act on their own group only; anything of another group answers 404 (never 403, so
+//! existence does not leak). Technicians may read leases but not change them.
+
+use crate::auth::{Caller, STAFF};
+use crate::json::{ApiJson, ApiQuery};
+use crate::server::AppState;
+use crate::ApiError;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use inventory::{
+    ssh_key_fingerprint, EndReason, GroupQuota, Lease, LeaseDetail, LeaseFilter, LeasePolicy,
+    NewAuditEvent, NewLease, Outcome, Role,
+};
+use serde::{Deserialize, Serialize};
+
+/// Who may ask for, extend and release leases (members: their group's).
+const LEASERS: &[Role] = &[Role::Admin, Role::Staff, Role::Member];
+
+fn lease_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("lease '{id}' not found"))
+}
+
+fn group_not_found(name: &str) -> ApiError {
+    ApiError::not_found(format!("group '{name}' not found"))
+}
+
+/// Like `Caller::require`, but a refusal is audited with the group whose lease or settings
+/// were at stake, so it shows in that group's ledger.
+async fn require_on(
+    st: &AppState,
+    c: &Caller,
+    roles: &[Role],
+    action: &str,
+    target: &str,
+    group: &str,
+) -> Result<(), ApiError> {
+    if roles.contains(&c.role()) {
+        return Ok(());
+    }
+    let ev = NewAuditEvent::ok(c.name(), action, "lease", target)
+        .outcome(Outcome::Denied)
+        .group(Some(group.to_string()))
+        .detail(serde_json::json!({"role": c.role()}));
+    if let Err(e) = st.inv.record(ev).await {
+        tracing::warn!(error = %e, "could not audit a denied request");
+    }
+    let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    Err(ApiError::forbidden(format!(
+        "{action} needs the role {}; you are {}",
+        names.join(" or "),
+        c.role()
+    )))
+}
+
+/// A lease the caller may see, or 404.
+async fn visible_lease(st: &AppState, c: &Caller, id: &str) -> Result<Lease, ApiError> {
+    let n: i64 = id.parse().map_err(|_| lease_not_found(id))?;
+    let lease = st.inv.lease(n).await.map_err(|e| match e {
+        inventory::Error::NotFound { .. } => lease_not_found(id),
+        other => other.into(),
+    })?;
+    if c.can_see_group(Some(&lease.group)) {
+        Ok(lease)
+    } else {
+        Err(lease_not_found(id))
+    }
+}
+
+/// A group the caller may see (members: their own), or 404.
+fn visible_group(c: &Caller, name: &str) -> Result<(), ApiError> {
+    if c.can_see_group(Some(name)) {
+        Ok(())
+    } else {
+        Err(group_not_found(name))
+    }
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiJson(req): ApiJson<NewLease>,
+) -> Result<(StatusCode, Json<Lease>), ApiError> {
+    let group = match (c.scope(), &req.group) {
+        (Some(own), Some(g)) if g != own => return Err(group_not_found(g)),
+        (Some(own), _) => own.to_string(),
+        (None, Some(g)) => g.clone(),
+        (None, None) if c.role() == Role::Member => {
+            return Err(ApiError::forbidden("your user belongs to no member group"))
+        }
+        (None, None) => {
+            c.require(&st, LEASERS, "lease.create", "lease").await?;
+            return Err(ApiError::invalid(
+                "group",
+                "name the member group the lease is for (group)",
+            ));
+        }
+    };
+    c.require(&st, LEASERS, "lease.create", &group).await?;
+    let lease = st.inv.create_lease(c.name(), &group, &req).await?;
+    Ok((StatusCode::CREATED, Json(lease)))
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiQuery(mut f): ApiQuery<LeaseFilter>,
+) -> Result<Json<Vec<Lease>>, ApiError> {
+    if let Some(own) = c.scope() {
+        if f.group.as_deref().is_some_and(|g| g != own) {
+            return Ok(Json(vec![]));
+        }
+        f.group = Some(own.to_string());
+    } else if c.role() == Role::Member {
+        return Ok(Json(vec![]));
+    }
+    Ok(Json(st.inv.leases(&f).await?))
+}
+
+pub async fn show(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<LeaseDetail>, ApiError> {
+    let lease = visible_lease(&st, &c, &id).await?;
+    Ok(Json(st.inv.lease_detail(lease.id).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// The new end (unix ms).
+    #[serde(default)]
+    ends_at: Option<i64>,
+    /// Or: this many seconds more.
+    #[serde(default)]
+    by_secs: Option<i64>,
+}
+
+pub async fn extend(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+    ApiJson(b): ApiJson<ExtendRequest>,
+) -> Result<Json<Lease>, ApiError> {
+    let lease = visible_lease(&st, &c, &id).await?;
+    require_on(&st, &c, LEASERS, "lease.extend", &id, &lease.group).await?;
+    let ends_at = match (b.ends_at, b.by_secs) {
+        (Some(e), None) => e,
+        (None, Some(s)) if s > 0 => lease.ends_at.saturating_add(s.saturating_mul(1000)),
+        (None, Some(_)) => return Err(ApiError::invalid("by_secs", "must be positive")),
+        _ => {
+            return Err(ApiError::invalid(
+                "ends_at",
+                "give the new end (ends_at, unix ms) or how much longer (by_secs)",
+            ))
+        }
+    };
+    Ok(Json(
+        st.inv.extend_lease(c.name(), lease.id, ends_at).await?,
+    ))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct EndRequest {
+    /// Why (kept with the lease and in the audit log).
+    #[serde(default)]
+    reason: String,
+}
+
+/// The optional `{"reason": …}` body of release and revoke (an empty body is fine).
+fn end_reason(body: &[u8]) -> Result<String, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(String::new());
+    }
+    serde_json::from_slice::<EndRequest>(body)
+        .map(|b| b.reason)
+        .map_err(|e| ApiError::invalid("reason", format!("request body does not match: {e}")))
+}
+
+pub async fn release(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Lease>, ApiError> {
+    let lease = visible_lease(&st, &c, &id).await?;
+    require_on(&st, &c, LEASERS, "lease.release", &id, &lease.group).await?;
+    let reason = end_reason(&body)?;
+    Ok(Json(
+        st.inv
+            .end_lease(c.name(), lease.id, EndReason::Released, &reason)
+            .await?,
+    ))
+}
+
+pub async fn revoke(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Result<Json<Lease>, ApiError> {
+    let lease = visible_lease(&st, &c, &id).await?;
+    require_on(&st, &c, STAFF, "lease.revoke", &id, &lease.group).await?;
+    let reason = end_reason(&body)?;
+    Ok(Json(
+        st.inv
+            .end_lease(c.name(), lease.id, EndReason::Revoked, &reason)
+            .await?,
+    ))
+}
+
+pub async fn show_quota(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<GroupQuota>, ApiError> {
+    visible_group(&c, &name)?;
+    Ok(Json(st.inv.group_quota(&name).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaRequest {
+    /// Most machines at once; null: unlimited.
+    #[serde(default)]
+    max_machines: Option<i64>,
+    /// Machine-hours per calendar month; null: unlimited.
+    #[serde(default)]
+    machine_hours_month: Option<i64>,
+}
+
+pub async fn set_quota(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<QuotaRequest>,
+) -> Result<Json<GroupQuota>, ApiError> {
+    visible_group(&c, &name)?;
+    c.require(&st, STAFF, "group.quota", &name).await?;
+    Ok(Json(
+        st.inv
+            .set_group_quota(c.name(), &name, b.max_machines, b.machine_hours_month)
+            .await?,
+    ))
+}
+
+/// One SSH key as listed.
+#[derive(Serialize)]
+pub struct SshKey {
+    fingerprint: String,
+    key: String,
+}
+
+fn key_list(keys: Vec<String>) -> Json<Vec<SshKey>> {
+    Json(
+        keys.into_iter()
+            .map(|k| SshKey {
+                fingerprint: ssh_key_fingerprint(&k).unwrap_or_else(|_| "-".into()),
+                key: k,
+            })
+            .collect(),
+    )
+}
+
+pub async fn list_keys(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<SshKey>>, ApiError> {
+    visible_group(&c, &name)?;
+    c.require(&st, LEASERS, "group.ssh_key.list", &name).await?;
+    Ok(key_list(st.inv.group(&name).await?.ssh_keys))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyRequest {
+    /// An OpenSSH public key line.
+    key: String,
+}
+
+pub async fn add_key(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<KeyRequest>,
+) -> Result<(StatusCode, Json<Vec<SshKey>>), ApiError> {
+    visible_group(&c, &name)?;
+    c.require(&st, LEASERS, "group.ssh_key.add", &name).await?;
+    Ok((
+        StatusCode::CREATED,
+        key_list(st.inv.add_group_ssh_key(c.name(), &name, &b.key).await?),
+    ))
+}
+
+pub async fn remove_key(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((name, which)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    visible_group(&c, &name)?;
+    c.require(&st, LEASERS, "group.ssh_key.remove", &name)
+        .await?;
+    st.inv.remove_group_ssh_key(c.name(), &name, &which).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn show_policy(
+    State(st): State<AppState>,
+    _c: Caller,
+) -> Result<Json<LeasePolicy>, ApiError> {
+    Ok(Json(st.inv.lease_policy().await?))
+}
+
+pub async fn set_policy(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiJson(p): ApiJson<LeasePolicy>,
+) -> Result<Json<LeasePolicy>, ApiError> {
+    c.require(&st, STAFF, "settings.update", "lease_policy")
+        .await?;
+    Ok(Json(st.inv.set_lease_policy(c.name(), &p).await?))
+}

@@ -1,0 +1,45 @@
+//! The lease scheduler: every few seconds it ends due leases, starts due reservations and
+//! serves the waitlist (`Inventory::lease_tick`). It keeps no state of its own — everything is
+//! in the database — so a restart loses nothing, and the step run at start-up ends the leases
+//! that fell due while rackshare was down.
+
+use inventory::{now_ms, Inventory};
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How often the scheduler looks. Leases end at most this late.
+pub const LEASE_TICK: Duration = Duration::from_secs(2);
+
+/// Runs steps until nothing is left to do (each step is bounded; a long outage may have left
+/// more than one step's worth), at most `rounds` times.
+pub async fn catch_up(inv: &Inventory, rounds: usize) {
+    for _ in 0..rounds {
+        match inv.lease_tick(now_ms()).await {
+            Ok(t) if t.is_empty() => return,
+            Ok(t) => tracing::info!(
+                ended = ?t.ended, started = ?t.started, served = ?t.served, lapsed = ?t.lapsed,
+                "lease scheduler"
+            ),
+            Err(e) => {
+                // A database hiccup must not kill the scheduler; the next tick retries.
+                tracing::warn!(error = %e, "lease scheduler step failed");
+                return;
+            }
+        }
+    }
+}
+
+/// Starts the scheduler; it stops when `stop` turns true.
+pub fn spawn(inv: Inventory, every: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => catch_up(&inv, 10).await,
+                _ = stop.changed() => break,
+            }
+        }
+    })
+}
