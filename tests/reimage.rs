@@ -219,17 +219,19 @@ async fn bios_vm_is_reimaged_authoritative_and_survives_a_kill_9_mid_deploy() {
     let job = r.s.cli_json(&["reimage", "e2ebios", "--image", "bootable"]);
     let id = job["id"].as_i64().expect("id");
 
-    // Wait until the agent is writing, then crash rackshare.
+    // Wait until the agent is deploying, then crash rackshare.
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
         let j = r.s.cli_json(&["job", "show", &id.to_string()]);
-        if j["phase"] == "writing" && j["progress_bytes"].as_i64().unwrap_or(0) > 0 {
+        // The agent has claimed the job and works (64 MiB take about a second to write under
+        // TCG, so the phase may already be past "writing" when we look).
+        if j["step"] == "deploy" && j["state"] == "running" {
             break;
         }
         assert_ne!(j["state"], "failed", "{j:#}\n{}", context(&r)());
         assert!(
             Instant::now() < deadline,
-            "the agent never started writing: {j:#}\n{}",
+            "the agent never started its deploy: {j:#}\n{}",
             context(&r)()
         );
         std::thread::sleep(Duration::from_millis(300));
