@@ -390,7 +390,7 @@ fn wait_until<T>(what: &str, limit: Duration, r: &Rig, mut probe: impl FnMut() -
 }
 
 #[tokio::test]
-async fn a_new_machine_is_inspected_then_leased_and_wiped_when_its_lease_ends() {
+async fn a_new_machine_is_inspected_leased_reimaged_by_its_group_and_wiped_on_release() {
     let _one = ONE_VM.lock().unwrap_or_else(|e| e.into_inner());
     let mac = "52:54:00:e2:e0:03";
     let name = "new-525400e2e003";
@@ -444,7 +444,7 @@ async fn a_new_machine_is_inspected_then_leased_and_wiped_when_its_lease_ends() 
         "{job}"
     );
 
-    // Staff give it its BMC; a group leases it briefly and leaves data on its disk.
+    // Staff give it its BMC and lease it to a group with an SSH key.
     wait_until(
         "the VM powers itself off",
         Duration::from_secs(60),
@@ -453,6 +453,14 @@ async fn a_new_machine_is_inspected_then_leased_and_wiped_when_its_lease_ends() 
     );
     enrol_bmc(&r, name, false);
     r.s.cli(&["group", "add", "coop-a"]);
+    r.s.cli(&["group", "ssh-key", "add", "coop-a", ROSA_KEY]);
+    r.s.cli(&[
+        "user", "add", "rosa", "--role", "member", "--group", "coop-a",
+    ]);
+    let rosa = r.s.cli_json(&["token", "create", "--user", "rosa"])["token"]
+        .as_str()
+        .expect("token")
+        .to_string();
     let lease = r.s.cli_json(&[
         "lease",
         "create",
@@ -461,13 +469,70 @@ async fn a_new_machine_is_inspected_then_leased_and_wiped_when_its_lease_ends() 
         "--count",
         "1",
         "--duration",
-        "15s",
+        "1h",
     ]);
     let lease_id = lease["id"].as_i64().expect("lease id").to_string();
     assert_eq!(
         r.s.cli_json(&["machine", "show", name])["state"],
         "allocated"
     );
+
+    // The member reimages it with the group's own image: a Linux root filesystem, so the agent
+    // writes the cloud-init seed with the group's key into it.
+    let img = linux_root_image(&r);
+    let as_rosa = |args: &[&str]| {
+        let out = r.s.cli_as(&rosa, args);
+        assert!(
+            out.status.success(),
+            "rosa: {args:?}: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            context(&r)()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    as_rosa(&["image", "add", "rosa-os", &img.display().to_string()]);
+    let out = finish(
+        {
+            let mut c = std::process::Command::new("ip");
+            c.args([
+                "netns",
+                "exec",
+                &r.lab.srv,
+                common::BIN,
+                "reimage",
+                name,
+                "--image",
+                "rosa-os",
+                "--wait",
+            ])
+            .env("RACKSHARE_URL", &r.s.url)
+            .env("RACKSHARE_TOKEN", &rosa)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+            c.spawn().expect("reimage as rosa")
+        },
+        Duration::from_secs(300),
+        context(&r),
+    );
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        context(&r)()
+    );
+    assert_eq!(
+        r.s.cli_json(&["machine", "show", name])["state"],
+        "deployed"
+    );
+    let seed = debugfs_cat(&r.vm.disk_path, "/var/lib/cloud/seed/nocloud/user-data");
+    assert!(
+        seed.contains("AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"),
+        "the group's key is in the seed: {seed}"
+    );
+    let meta = debugfs_cat(&r.vm.disk_path, "/var/lib/cloud/seed/nocloud/meta-data");
+    assert!(meta.contains(name), "hostname in meta-data: {meta}");
+
+    // The group leaves data behind and hands the machine back early.
     let secret = testkit::netns::pseudo_random(4 << 20, 9);
     {
         use std::io::{Seek, SeekFrom, Write};
@@ -475,12 +540,14 @@ async fn a_new_machine_is_inspected_then_leased_and_wiped_when_its_lease_ends() 
             .write(true)
             .open(&r.vm.disk_path)
             .expect("disk");
+        f.seek(SeekFrom::Start(100 << 20)).expect("seek");
         f.write_all(&secret).expect("write the group's data");
         f.seek(SeekFrom::Start(200 << 20)).expect("seek");
         f.write_all(&secret).expect("write the group's data");
     }
+    as_rosa(&["lease", "release", &lease_id]);
 
-    // The lease ends on time; the machine is wiped by the agent through its BMC and returns.
+    // The machine is wiped by the agent through its BMC and returns to the pool.
     let m = wait_until("wipe after the lease", Duration::from_secs(300), &r, || {
         let m = r.s.cli_json(&["machine", "show", name]);
         (m["state"] == "available" || m["state"] == "failed").then_some(m)
@@ -509,10 +576,45 @@ async fn a_new_machine_is_inspected_then_leased_and_wiped_when_its_lease_ends() 
         certs[0]
     );
     let disk = std::fs::read(&r.vm.disk_path).expect("disk");
-    for at in [0usize, 200 << 20] {
+    for at in [100usize << 20, 200 << 20] {
         assert!(
             disk[at..at + secret.len()].iter().all(|b| *b == 0),
             "the group's data at {at} is gone"
         );
     }
+}
+
+const ROSA_KEY: &str =
+    "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl rosa@laptop";
+
+/// A 32 MiB whole-disk ext4 image with a Linux-looking root (`/etc`), made without mounting.
+fn linux_root_image(r: &Rig) -> std::path::PathBuf {
+    testkit::netns::require("mke2fs", "e2fsprogs");
+    let root = r.s.dir.path().join("rootfs");
+    std::fs::create_dir_all(root.join("etc")).expect("mkdir etc");
+    std::fs::write(root.join("etc/hostname"), "template\n").expect("hostname");
+    let img = r.s.dir.path().join("rosa-os.raw");
+    let out = std::process::Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&root)
+        .arg(&img)
+        .arg("32M")
+        .output()
+        .expect("mke2fs");
+    assert!(
+        out.status.success(),
+        "mke2fs: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    img
+}
+
+/// A file from the ext4 filesystem at the start of `disk`, read with debugfs (no mount).
+fn debugfs_cat(disk: &Path, path: &str) -> String {
+    let out = std::process::Command::new("debugfs")
+        .args(["-R", &format!("cat {path}")])
+        .arg(disk)
+        .output()
+        .expect("debugfs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }

@@ -223,7 +223,11 @@ pub fn write_image(
                     w.copy_from(&mut frame)?;
                 }
             }
-            let content = w.hasher.take().map(|h| hex::encode(h.finalize())).unwrap_or_default();
+            let content = w
+                .hasher
+                .take()
+                .map(|h| hex::encode(h.finalize()))
+                .unwrap_or_default();
             let bytes = w.written;
             check_download(spec, &stored.finish())?;
             Written {
