@@ -683,44 +683,6 @@ async fn isolation_matrix_every_operation_by_every_role() {
     assert_eq!(v["state"], "active", "{v}");
 }
 
-/// The agent's side of a wipe, played by curl inside the lab (as in tests/jobs.rs): the boot
-/// script's one-time token, the claim, the result. Returns (status, body) of each call.
-fn lab_call(
-    lab: &testkit::netns::Lab,
-    method: &str,
-    path: &str,
-    token: &str,
-    body: Option<&Value>,
-) -> (u16, String) {
-    let out_file = lab.path(&format!("lease-curl-{}.out", std::process::id()));
-    let out_path = out_file.display().to_string();
-    let auth = format!("Authorization: Bearer {token}");
-    let url = format!("http://10.77.0.1:8080{path}");
-    let data = body.map(|b| b.to_string());
-    let mut argv = vec![
-        "curl",
-        "-s",
-        "-o",
-        &out_path,
-        "-w",
-        "%{http_code}",
-        "-X",
-        method,
-        "-H",
-        &auth,
-    ];
-    if let Some(d) = &data {
-        argv.extend(["-H", "Content-Type: application/json", "--data-binary", d]);
-    }
-    argv.push(&url);
-    let out = lab.exec(&lab.srv, &argv, Duration::from_secs(30));
-    let code = String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .unwrap_or(0);
-    (code, std::fs::read_to_string(&out_file).unwrap_or_default())
-}
-
 #[tokio::test]
 async fn an_expired_lease_is_wiped_and_the_group_reads_its_certificate() {
     let lab = testkit::netns::Lab::new("lswipe");
@@ -762,7 +724,7 @@ async fn an_expired_lease_is_wiped_and_the_group_reads_its_certificate() {
     assert_eq!(s.cli_json(&["machine", "show", "w1"])["state"], "releasing");
 
     // The machine PXE-boots the agent in wipe mode; the agent claims and reports.
-    let (code, script) = lab_call(&lab, "GET", "/boot/52-54-00-0c-00-01.ipxe", "-", None);
+    let (code, script) = lab_call_text(&lab, "GET", "/boot/52-54-00-0c-00-01.ipxe", "-", None);
     assert_eq!(code, 200);
     assert!(script.contains("rackshare.mode=wipe"), "{script}");
     let token = script
@@ -770,7 +732,7 @@ async fn an_expired_lease_is_wiped_and_the_group_reads_its_certificate() {
         .find_map(|w| w.strip_prefix("rackshare.token="))
         .expect("token in the boot script")
         .to_string();
-    let (code, body) = lab_call(
+    let (code, body) = lab_call_text(
         &lab,
         "POST",
         "/api/v1/agent/claim",
@@ -782,7 +744,7 @@ async fn an_expired_lease_is_wiped_and_the_group_reads_its_certificate() {
     assert_eq!(claim["task"]["mode"], "wipe");
     let session = claim["session"].as_str().expect("session").to_string();
     let result = json!({"ok": true, "wipe": {"disks": [{"name": "/dev/vda", "bytes": 8_589_934_592_u64, "method": "blkdiscard+zero", "verified": true}]}});
-    let (code, body) = lab_call(
+    let (code, body) = lab_call_text(
         &lab,
         "POST",
         "/api/v1/agent/result",
@@ -814,4 +776,16 @@ async fn an_expired_lease_is_wiped_and_the_group_reads_its_certificate() {
     assert_eq!(certs[0]["machine"], "w1");
     assert_eq!(certs[0]["body"]["disks"][0]["verified"], true, "{detail}");
     assert_eq!(certs[0]["body"]["lease_id"], id);
+}
+
+/// An HTTP call from inside the lab (curl), as the agent makes it: status and body text.
+fn lab_call_text(
+    lab: &testkit::netns::Lab,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> (u16, String) {
+    let (code, body) = common::agent_call(lab, method, path, token, body);
+    (code, String::from_utf8_lossy(&body).into_owned())
 }

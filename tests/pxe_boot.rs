@@ -81,26 +81,7 @@ fn boot_vm(lab: &Lab, mac: &str, marker: &str) -> String {
 }
 
 fn serve_in(lab: &Lab, extra: &[&str]) -> Service {
-    let dir = tempfile::tempdir().expect("tmp");
-    let mut args: Vec<String> = ["serve", "--data-dir"]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    args.push(dir.path().join("data").display().to_string());
-    args.extend(
-        [
-            "--listen",
-            "10.77.0.1:8080",
-            "--pxe-interface",
-            "br0",
-            "--energy-interval-secs",
-            "0",
-        ]
-        .iter()
-        .map(|s| s.to_string()),
-    );
-    args.extend(extra.iter().map(|s| s.to_string()));
-    Service::spawn_in(Some(&lab.srv), dir, args)
+    common::serve_in_lab(&lab.srv, tempfile::tempdir().expect("tmp"), extra)
 }
 
 #[tokio::test]
@@ -285,25 +266,9 @@ async fn dhcp_leases_survive_a_restart_of_the_service() {
     let first = udhcpc_once(&lab, &client, "a");
     assert!(s.stop());
     // Same data dir, new process: the lease comes back from the database.
-    let dir = std::mem::replace(&mut s.dir, tempfile::tempdir().expect("tmp"));
-    let data = dir.path().join("data").display().to_string();
-    let mut argv: Vec<String> = [
-        "serve",
-        "--data-dir",
-        &data,
-        "--listen",
-        "10.77.0.1:8080",
-        "--pxe-interface",
-        "br0",
-        "--energy-interval-secs",
-        "0",
-    ]
-    .iter()
-    .map(|x| x.to_string())
-    .collect();
-    argv.extend(args.iter().map(|x| x.to_string()));
+    let dir = s.take_dir();
     // Another client takes an address meanwhile, so a forgetful server would hand ours out.
-    let s2 = Service::spawn_in(Some(&lab.srv), dir, argv);
+    let s2 = common::serve_in_lab(&lab.srv, dir, &args);
     let other = lab.add_host("cli2", "52:54:00:c0:00:02", None);
     let second_client_ip = udhcpc_once(&lab, &other, "b");
     let again = udhcpc_once(&lab, &client, "c");

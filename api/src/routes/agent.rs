@@ -4,15 +4,13 @@
 
 use crate::server::AppState;
 use crate::ApiError;
-use axum::body::Body;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use inventory::{Job, JobKind};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tower::ServiceExt;
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     headers
@@ -113,12 +111,7 @@ pub async fn image(
         .ok_or_else(|| ApiError::not_found(format!("job {} has no image", job.id)))?;
     let img = st.inv.image_by_id(iid).await?;
     let path = st.images.path(&img.sha256).map_err(ApiError::internal)?;
-    let resp = tower_http::services::ServeFile::new(path)
-        .with_buf_chunk_size(1 << 20)
-        .oneshot(req)
-        .await
-        .map_err(ApiError::internal)?;
-    Ok(resp.map(Body::new).into_response())
+    crate::boot::serve_file(path, req).await
 }
 
 #[derive(Deserialize)]
