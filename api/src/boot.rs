@@ -13,7 +13,8 @@ use inventory::{
 };
 use pxe::{
     AgentBoot, AgentMode, BootIntent, BootScript, ClientArch, ClientInfo, DirectoryError, Lease,
-    LeaseChange, LeaseState, LeaseStore, LeaseStoreError, MacAddr, MachineDirectory, MachineEntry,
+    LeaseChange, LeaseKey, LeaseState, LeaseStore, LeaseStoreError, MacAddr, MachineDirectory,
+    MachineEntry,
 };
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -146,9 +147,15 @@ impl LeaseStore for InventoryLeaseStore {
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
                 // A row that does not parse is skipped, not fatal: the address is re-leased.
-                let (Ok(mac), Ok(ip)) = (r.mac.parse::<MacAddr>(), r.ip.parse::<Ipv4Addr>()) else {
-                    tracing::warn!(mac = %r.mac, ip = %r.ip, "skipping a damaged DHCP lease row");
+                // The key column holds the lease key: a MAC, `id:HEX` or `declined:IP`.
+                let (Ok(key), Ok(ip)) = (r.mac.parse::<LeaseKey>(), r.ip.parse::<Ipv4Addr>())
+                else {
+                    tracing::warn!(key = %r.mac, ip = %r.ip, "skipping a damaged DHCP lease row");
                     continue;
+                };
+                let mac = match key {
+                    LeaseKey::Mac(m) => m,
+                    LeaseKey::ClientId(_) | LeaseKey::Declined(_) => MacAddr([0; 6]),
                 };
                 out.push(Lease {
                     mac,
@@ -156,11 +163,7 @@ impl LeaseStore for InventoryLeaseStore {
                     hostname: r.hostname,
                     client_id: r.client_id,
                     expires_at: r.expires_at,
-                    state: if r.state == "released" {
-                        LeaseState::Released
-                    } else {
-                        LeaseState::Bound
-                    },
+                    state: LeaseState::from_column(&r.state),
                 });
             }
             Ok(out)
@@ -173,18 +176,15 @@ impl LeaseStore for InventoryLeaseStore {
             let batch: Vec<DhcpLeaseChange> = changes
                 .into_iter()
                 .map(|c| match c {
-                    LeaseChange::Delete { mac } => DhcpLeaseChange::Delete {
-                        mac: mac.to_string(),
+                    LeaseChange::Delete { key } => DhcpLeaseChange::Delete {
+                        mac: key.to_string(),
                     },
                     LeaseChange::Upsert(l) => DhcpLeaseChange::Upsert(DhcpLease {
-                        mac: l.mac.to_string(),
+                        mac: l.key().to_string(),
                         ip: l.ip.to_string(),
                         hostname: l.hostname,
                         client_id: l.client_id,
-                        state: match l.state {
-                            LeaseState::Released => "released".into(),
-                            LeaseState::Bound => "bound".into(),
-                        },
+                        state: l.state.as_str().into(),
                         expires_at: l.expires_at,
                     }),
                 })

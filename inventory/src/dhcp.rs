@@ -8,7 +8,9 @@ use sqlx::Row;
 /// One DHCP lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DhcpLease {
-    /// Client MAC, `aa:bb:…`.
+    /// The lease's key (the column is named `mac`): the client MAC `aa:bb:…`, `id:HEX` for a
+    /// client identified by its DHCP client identifier, or `declined:IP` for an address held
+    /// out of the pool after a DHCPDECLINE.
     pub mac: String,
     /// Leased IPv4 address.
     pub ip: String,
@@ -16,7 +18,7 @@ pub struct DhcpLease {
     pub hostname: Option<String>,
     /// Client identifier (option 61), hex.
     pub client_id: Option<String>,
-    /// `bound` or `released`.
+    /// `bound`, `released` or `declined`.
     pub state: String,
     /// Expiry (unix ms).
     pub expires_at: i64,
@@ -25,11 +27,11 @@ pub struct DhcpLease {
 /// One change in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DhcpLeaseChange {
-    /// Insert or replace the lease of this MAC.
+    /// Insert or replace the lease with this key.
     Upsert(DhcpLease),
-    /// Forget the lease of this MAC.
+    /// Forget the lease with this key.
     Delete {
-        /// The MAC.
+        /// The key (see [`DhcpLease::mac`]).
         mac: String,
     },
 }

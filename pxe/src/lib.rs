@@ -32,7 +32,8 @@ pub use directory::{DirectoryError, MachineDirectory, MachineEntry, StaticDirect
 pub use error::PxeError;
 pub use files::{check_tftp_root, populate_tftp_root, RootCheck, DEBIAN_IPXE_DIR};
 pub use lease::{
-    FileLeaseStore, Lease, LeaseChange, LeaseState, LeaseStore, LeaseStoreError, NullLeaseStore,
+    FileLeaseStore, Lease, LeaseChange, LeaseKey, LeaseState, LeaseStore, LeaseStoreError,
+    NullLeaseStore,
 };
 pub use mac::MacAddr;
 pub use metrics::{DropReason, Metrics};
