@@ -18,6 +18,11 @@ use crate::mac::MacAddr;
 use crate::metrics::{DropReason, Metrics};
 
 const OFFER_HOLD: Duration = Duration::from_secs(60);
+/// How long a directory answer is reused: a DISCOVER's lookup serves the REQUEST that follows
+/// it (one database query per DORA instead of two); an inventory change reaches DHCP within it.
+const DIRECTORY_TTL: Duration = Duration::from_secs(1);
+/// Cached directory answers kept before expired ones are swept.
+const DIRECTORY_CACHE_MAX: usize = 8192;
 const DECLINE_HOLD: Duration = Duration::from_secs(600);
 /// DHCP server port.
 pub const SERVER_PORT: u16 = 67;
@@ -369,6 +374,7 @@ pub struct DhcpCore {
     metrics: Arc<Metrics>,
     table: Mutex<LeaseTable>,
     seen: Mutex<HashSet<MacAddr>>,
+    looked_up: Mutex<HashMap<MacAddr, (Instant, Option<MachineEntry>)>>,
 }
 
 impl DhcpCore {
@@ -390,6 +396,7 @@ impl DhcpCore {
             metrics,
             table: Mutex::new(table),
             seen: Mutex::new(HashSet::new()),
+            looked_up: Mutex::new(HashMap::new()),
         }
     }
 
@@ -414,8 +421,32 @@ impl DhcpCore {
     }
 
     async fn lookup(&self, mac: MacAddr) -> Result<Option<MachineEntry>, DropReason> {
+        let now = Instant::now();
+        if let Some((at, e)) = self
+            .looked_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&mac)
+        {
+            if now.duration_since(*at) < DIRECTORY_TTL {
+                return Ok(e.clone());
+            }
+        }
         match self.directory.lookup(mac).await {
-            Ok(e) => Ok(e),
+            Ok(e) => {
+                let mut cache = self
+                    .looked_up
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if cache.len() >= DIRECTORY_CACHE_MAX {
+                    cache.retain(|_, (at, _)| now.duration_since(*at) < DIRECTORY_TTL);
+                    if cache.len() >= DIRECTORY_CACHE_MAX {
+                        cache.clear();
+                    }
+                }
+                cache.insert(mac, (now, e.clone()));
+                Ok(e)
+            }
             Err(e) => {
                 tracing::warn!(%mac, "directory lookup failed: {e}");
                 Err(DropReason::DirectoryError)
