@@ -404,10 +404,12 @@ fn dhclient_decline_is_kept_across_a_restart() {
         Arc::new(FileLeaseStore::new(&leases)),
     );
     let marker = lab.path("declined-once");
+    // The check comes before the script's own logging, so the only BOUND logged is the
+    // address kept after the decline.
     let script = DHCLIENT_SCRIPT.replacen(
-        "case \"$reason\" in",
+        "#!/bin/sh\n",
         &format!(
-            "if [ \"$reason\" = BOUND ] && [ ! -e '{m}' ]; then touch '{m}'; echo \"DECLINING ip=$new_ip_address\" >> \"$LOG\"; exit 1; fi\ncase \"$reason\" in",
+            "#!/bin/sh\nif [ \"$reason\" = BOUND ] && [ ! -e '{m}' ]; then touch '{m}'; echo \"DECLINING ip=$new_ip_address\" >> \"$LOG\"; exit 1; fi\n",
             m = marker.display()
         ),
         1,
