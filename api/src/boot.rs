@@ -436,4 +436,54 @@ mod tests {
             }
         }
     }
+
+    /// The inventory store keeps MAC-keyed, client-id-keyed and declined leases apart and
+    /// loads them back with the same keys and states.
+    #[tokio::test]
+    async fn lease_store_round_trips_lease_keys() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let url = format!("sqlite://{}", dir.path().join("inv.db").display());
+        let inv = Inventory::open(&url, inventory::SecretBox::from_key([7; 32]))
+            .await
+            .expect("open");
+        let store = InventoryLeaseStore { inv };
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let lease = |ip: [u8; 4], client_id: Option<&str>, state| Lease {
+            mac,
+            ip: Ipv4Addr::from(ip),
+            hostname: None,
+            client_id: client_id.map(str::to_string),
+            expires_at: 5,
+            state,
+        };
+        let by_mac = lease([10, 0, 0, 1], None, LeaseState::Bound);
+        let by_id = lease([10, 0, 0, 2], Some("00786978"), LeaseState::Bound);
+        let declined = lease([10, 0, 0, 3], None, LeaseState::Declined);
+        store
+            .commit(vec![
+                LeaseChange::Upsert(by_mac.clone()),
+                LeaseChange::Upsert(by_id.clone()),
+                LeaseChange::Upsert(declined.clone()),
+            ])
+            .await
+            .expect("commit");
+        let mut got = store.load().await.expect("load");
+        got.sort_by_key(|l| l.ip);
+        let keys: Vec<(LeaseKey, LeaseState)> = got.iter().map(|l| (l.key(), l.state)).collect();
+        assert_eq!(
+            keys,
+            [
+                (by_mac.key(), LeaseState::Bound),
+                (by_id.key(), LeaseState::Bound),
+                (declined.key(), LeaseState::Declined),
+            ]
+        );
+        // Only the chaddr of the MAC-keyed row is stored.
+        assert_eq!(got[0].mac, mac);
+        store
+            .commit(vec![LeaseChange::Delete { key: by_id.key() }])
+            .await
+            .expect("delete");
+        assert_eq!(store.load().await.expect("load").len(), 2);
+    }
 }
