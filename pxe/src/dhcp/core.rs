@@ -692,7 +692,7 @@ impl DhcpCore {
                 t.drop_offer(&key);
                 // Only the lease's holder can decline it (as Kea): otherwise any host could
                 // take addresses out of the pool for everyone.
-                if !t.by_key.get(&key).is_some_and(|l| l.ip == ip) {
+                if t.by_key.get(&key).is_none_or(|l| l.ip != ip) {
                     return Outcome::Silent;
                 }
                 self.metrics.leases_declined.fetch_add(1, Ordering::Relaxed);
