@@ -13,7 +13,8 @@ use inventory::{
 };
 use pxe::{
     AgentBoot, AgentMode, BootIntent, BootScript, ClientArch, ClientInfo, DirectoryError, Lease,
-    LeaseChange, LeaseState, LeaseStore, LeaseStoreError, MacAddr, MachineDirectory, MachineEntry,
+    LeaseChange, LeaseKey, LeaseState, LeaseStore, LeaseStoreError, MacAddr, MachineDirectory,
+    MachineEntry,
 };
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -176,9 +177,15 @@ impl LeaseStore for InventoryLeaseStore {
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
                 // A row that does not parse is skipped, not fatal: the address is re-leased.
-                let (Ok(mac), Ok(ip)) = (r.mac.parse::<MacAddr>(), r.ip.parse::<Ipv4Addr>()) else {
-                    tracing::warn!(mac = %r.mac, ip = %r.ip, "skipping a damaged DHCP lease row");
+                // The key column holds the lease key: a MAC, `id:HEX` or `declined:IP`.
+                let (Ok(key), Ok(ip)) = (r.mac.parse::<LeaseKey>(), r.ip.parse::<Ipv4Addr>())
+                else {
+                    tracing::warn!(key = %r.mac, ip = %r.ip, "skipping a damaged DHCP lease row");
                     continue;
+                };
+                let mac = match key {
+                    LeaseKey::Mac(m) => m,
+                    LeaseKey::ClientId(_) | LeaseKey::Declined(_) => MacAddr([0; 6]),
                 };
                 out.push(Lease {
                     mac,
@@ -186,11 +193,7 @@ impl LeaseStore for InventoryLeaseStore {
                     hostname: r.hostname,
                     client_id: r.client_id,
                     expires_at: r.expires_at,
-                    state: if r.state == "released" {
-                        LeaseState::Released
-                    } else {
-                        LeaseState::Bound
-                    },
+                    state: LeaseState::from_column(&r.state),
                 });
             }
             Ok(out)
@@ -203,18 +206,15 @@ impl LeaseStore for InventoryLeaseStore {
             let batch: Vec<DhcpLeaseChange> = changes
                 .into_iter()
                 .map(|c| match c {
-                    LeaseChange::Delete { mac } => DhcpLeaseChange::Delete {
-                        mac: mac.to_string(),
+                    LeaseChange::Delete { key } => DhcpLeaseChange::Delete {
+                        mac: key.to_string(),
                     },
                     LeaseChange::Upsert(l) => DhcpLeaseChange::Upsert(DhcpLease {
-                        mac: l.mac.to_string(),
+                        mac: l.key().to_string(),
                         ip: l.ip.to_string(),
                         hostname: l.hostname,
                         client_id: l.client_id,
-                        state: match l.state {
-                            LeaseState::Released => "released".into(),
-                            LeaseState::Bound => "bound".into(),
-                        },
+                        state: l.state.as_str().into(),
                         expires_at: l.expires_at,
                     }),
                 })
@@ -497,5 +497,55 @@ mod tests {
                 _ => assert_eq!(i, BootIntent::LocalDisk, "{s}"),
             }
         }
+    }
+
+    /// The inventory store keeps MAC-keyed, client-id-keyed and declined leases apart and
+    /// loads them back with the same keys and states.
+    #[tokio::test]
+    async fn lease_store_round_trips_lease_keys() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let url = format!("sqlite://{}", dir.path().join("inv.db").display());
+        let inv = Inventory::open(&url, inventory::SecretBox::from_key([7; 32]))
+            .await
+            .expect("open");
+        let store = InventoryLeaseStore { inv };
+        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+        let lease = |ip: [u8; 4], client_id: Option<&str>, state| Lease {
+            mac,
+            ip: Ipv4Addr::from(ip),
+            hostname: None,
+            client_id: client_id.map(str::to_string),
+            expires_at: 5,
+            state,
+        };
+        let by_mac = lease([10, 0, 0, 1], None, LeaseState::Bound);
+        let by_id = lease([10, 0, 0, 2], Some("00786978"), LeaseState::Bound);
+        let declined = lease([10, 0, 0, 3], None, LeaseState::Declined);
+        store
+            .commit(vec![
+                LeaseChange::Upsert(by_mac.clone()),
+                LeaseChange::Upsert(by_id.clone()),
+                LeaseChange::Upsert(declined.clone()),
+            ])
+            .await
+            .expect("commit");
+        let mut got = store.load().await.expect("load");
+        got.sort_by_key(|l| l.ip);
+        let keys: Vec<(LeaseKey, LeaseState)> = got.iter().map(|l| (l.key(), l.state)).collect();
+        assert_eq!(
+            keys,
+            [
+                (by_mac.key(), LeaseState::Bound),
+                (by_id.key(), LeaseState::Bound),
+                (declined.key(), LeaseState::Declined),
+            ]
+        );
+        // Only the chaddr of the MAC-keyed row is stored.
+        assert_eq!(got[0].mac, mac);
+        store
+            .commit(vec![LeaseChange::Delete { key: by_id.key() }])
+            .await
+            .expect("delete");
+        assert_eq!(store.load().await.expect("load").len(), 2);
     }
 }

@@ -7,8 +7,10 @@
 #   bench/dhcp/run.sh                      # ladder 250 ... 16000 (10 steps), 10 s each
 #   RATES="2000 4000" DUR=5 bench/dhcp/run.sh
 #   SERVERS="rackshare kea-mt" bench/dhcp/run.sh
-# Env: BIN (rackshare binary), RATES, DUR (seconds per step), MAXDROP (percent, default 3),
-#      VERBOSE=1 to print perfdhcp's full output.
+#   BASE_BIN=/tmp/rackshare-old SERVERS="rackshare-base rackshare kea-mt" bench/dhcp/run.sh
+# Env: BIN (rackshare binary), BASE_BIN (a second rackshare binary, server "rackshare-base",
+#      to compare two builds in one run), RATES, DUR (seconds per step), MAXDROP (percent,
+#      default 3), VERBOSE=1 to print perfdhcp's full output.
 #
 # Traffic stays inside two network namespaces created here (removed on exit): a server
 # namespace with bridge br0 (10.80.0.1/12) and a client namespace (10.80.0.9/12) joined by a
@@ -35,6 +37,10 @@ case " $SERVERS " in *" dnsmasq "*) need dnsmasq dnsmasq-base ;; esac
 case " $SERVERS " in *" kea-"*) need kea-dhcp4 kea-dhcp4-server ;; esac
 [ -x "$BIN" ] || { echo "$BIN missing: cargo build --release" >&2; exit 1; }
 BIN=$(realpath "$BIN")
+case " $SERVERS " in *" rackshare-base "*)
+  [ -x "${BASE_BIN:-}" ] || { echo "rackshare-base needs BASE_BIN=<binary>" >&2; exit 1; }
+  BASE_BIN=$(realpath "$BASE_BIN") ;;
+esac
 
 S=rsb-dhcp-$$-s C=rsb-dhcp-$$-c
 W=$(mktemp -d /tmp/rsb-dhcp.XXXXXX)
@@ -80,10 +86,11 @@ wait_dhcp_bound() {
 
 # Each start_* begins from empty lease state, so every rate step is independent.
 start_rackshare() {
+  local bin=${1:-$BIN}
   rm -rf "$W/rs"; mkdir -p "$W/rs/data" "$W/rs/boot"
   # Boot files need only exist; the bench never fetches them.
   : > "$W/rs/boot/undionly.kpxe"; : > "$W/rs/boot/snponly.efi"
-  ip netns exec "$S" "$BIN" serve --data-dir "$W/rs/data" --listen "$NET_SRV:8080" \
+  ip netns exec "$S" "$bin" serve --data-dir "$W/rs/data" --listen "$NET_SRV:8080" \
     --pxe-interface br0 --pxe-mode authoritative --pxe-pool "$POOL_FIRST-$POOL_LAST" \
     --pxe-router "$NET_SRV" --pxe-force --pxe-root "$W/rs/boot" \
     --energy-interval-secs 0 --log-level warn > "$W/server.log" 2>&1 &
@@ -193,6 +200,7 @@ for srv in $SERVERS; do
   for rate in $RATES; do
     case $srv in
       rackshare) start_rackshare ;;
+      rackshare-base) start_rackshare "$BASE_BIN" ;;
       dnsmasq) start_dnsmasq ;;
       kea-st) start_kea false ;;
       kea-mt) start_kea true ;;
@@ -204,7 +212,7 @@ for srv in $SERVERS; do
     sleep 2
     ovf="rcvbuf drops srv $(( $(rcvbuf_errors "$S") - s0 )) cli $(( $(rcvbuf_errors "$C") - c0 ))"
     note=
-    if [ "$srv" = rackshare ]; then
+    if [ "${srv%-base}" = rackshare ]; then
       # Evidence the leases are durable: rows in the inventory's dhcp_leases table, and the
       # server's own lease-batch counters (GET /metrics), read before stopping it.
       m=$(ip netns exec "$S" curl -s --max-time 5 "http://$NET_SRV:8080/metrics" || true)
@@ -213,7 +221,7 @@ for srv in $SERVERS; do
       acked=$(awk '/^rackshare_dhcp_acks_total/{print $2}' <<<"$m")
     fi
     stop_server
-    if [ "$srv" = rackshare ]; then
+    if [ "${srv%-base}" = rackshare ]; then
       # Rows counted after a clean stop, so no commit is still in flight.
       rows=$(sqlite3 "$W/rs/data/rackshare.db" 'SELECT count(*) FROM dhcp_leases' 2>/dev/null || echo '?')
       note="acks sent ${acked:-?}, db rows $rows, lease batches ${bat:-?}, store errors ${err:-?}"
@@ -247,3 +255,5 @@ echo "Ratios:"
 ratio rackshare kea-mt
 ratio rackshare kea-st
 ratio rackshare dnsmasq
+ratio rackshare rackshare-base
+ratio rackshare-base kea-mt

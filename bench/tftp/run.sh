@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# TFTP under concurrency, side by side: N concurrent curl clients fetch a 1 MiB file from the
-# real `rackshare serve` (its boot services' TFTP) and from tftpd-hpa, one server at a time,
-# over the same veth. Prints wall time, failures (checksum-verified), server CPU and the ratio.
-# Optionally (if pxe's tftp_load example is built) a second, labelled variant with one
-# lightweight client process, at windowsize 1 and windowsize 8 (RFC 7440).
+# TFTP under concurrency, side by side: N concurrent transfers of a 1 MiB file from the real
+# `rackshare serve` (its boot services' TFTP) and from tftpd-hpa, one server at a time, over
+# the same veth, with the same clients. Prints wall times, failures, CPU and the ratios.
 #
-# Usage (root, from the workspace root, after `cargo build --release`):
-#   bench/tftp/run.sh            # N=200
-#   N=50 bench/tftp/run.sh
-#   (windowsize variant: cargo build -p pxe --release --example tftp_load)
-# Env: BIN (rackshare binary), LOAD (tftp_load binary), N (clients), BLKSIZE (default 1468).
+# The headline client is pxe's `tftp_load` example: ONE process doing the N transfers
+# concurrently (lock-step, windowsize 1 — what both servers and PXE ROMs speak), size-checked,
+# its own CPU time measured so the figure says how much of the box the client took. It runs
+# ROUNDS times per server, alternating servers, and the median is compared. The old client,
+# N concurrent `curl` processes (SHA-256-checked), runs once per server as a second row: on
+# two cores those N processes are most of the work, so that row measures the client. A third
+# row is tftp_load at windowsize 8 (RFC 7440; tftpd-hpa does not implement it and answers 1).
+#
+# Usage (root, from the workspace root):
+#   cargo build --release -p rackshare && cargo build -p pxe --release --example tftp_load
+#   bench/tftp/run.sh            # N=200, ROUNDS=3
+#   N=50 ROUNDS=5 bench/tftp/run.sh
+# Env: BIN (rackshare binary), LOAD (tftp_load binary), N (clients), BLKSIZE (default 1468),
+#      ROUNDS (default 3).
 #
 # Traffic stays inside two namespaces created here (removed on exit): server namespace with
 # bridge br0 (10.77.0.1/24), client namespace (10.77.0.9/24), joined by a veth.
@@ -19,6 +26,7 @@ BIN=${BIN:-target/release/rackshare}
 LOAD=${LOAD:-target/release/examples/tftp_load}
 N=${N:-200}
 BLKSIZE=${BLKSIZE:-1468}
+ROUNDS=${ROUNDS:-3}
 SRV=10.77.0.1 CLI=10.77.0.9
 
 need() { command -v "$1" >/dev/null || { echo "$1 missing: apt-get install $2" >&2; exit 1; }; }
@@ -29,7 +37,9 @@ need ip iproute2
 need ss iproute2
 [ -x "$BIN" ] || { echo "$BIN missing: cargo build --release" >&2; exit 1; }
 BIN=$(realpath "$BIN")
-[ -x "$LOAD" ] && LOAD=$(realpath "$LOAD") || LOAD=
+[ -x "$LOAD" ] || { echo "$LOAD missing: cargo build -p pxe --release --example tftp_load" >&2; exit 1; }
+LOAD=$(realpath "$LOAD")
+need bc bc
 
 S=rsb-tftp-$$-s C=rsb-tftp-$$-c
 W=$(mktemp -d /tmp/rsb-tftp.XXXXXX)
@@ -128,45 +138,68 @@ curl_fetch() {
   echo "$(echo "$t1 - $t0" | bc) $bad"
 }
 
-# The lightweight client (one process, N concurrent transfers). Prints its summary line.
+# The one-process client (N concurrent transfers). Prints "WALL FAILURES CLIENT_CPU" and
+# keeps its summary line in $W/light.out.
 light() {
   local out
-  out=$(ip netns exec "$C" timeout 300 "$LOAD" "$SRV" file.bin "$N" --blksize "$BLKSIZE" \
-    --windowsize "$1" --expect-size 1048576 2>"$W/light.err") || out="tftp_load failed (exit $?)"
-  tail -1 <<<"$out"
+  out=$(ip netns exec "$C" /usr/bin/time -f 'CPU %U %S' -o "$W/light.time" timeout 300 "$LOAD" \
+    "$SRV" file.bin "$N" --blksize "$BLKSIZE" --windowsize "$1" --expect-size 1048576 \
+    2>"$W/light.err") || out="tftp_load failed (exit $?)"
+  tail -1 <<<"$out" > "$W/light.out"
   sort "$W/light.err" | uniq -c | head -3 >&2
+  local wall fail cpu
+  wall=$(awk '/transfers in/{print $4}' "$W/light.out")
+  fail=$(awk '/transfers in/{gsub(",", "", $7); print $7}' "$W/light.out")
+  cpu=$(awk '/^CPU/{printf "%.2f", $2 + $3}' "$W/light.time" 2>/dev/null)
+  echo "${wall:-nan} ${fail:-$N} ${cpu:-nan}"
 }
 
-declare -A WALL BAD CPU LW1 LW8
-for srv in rackshare tftpd-hpa; do
-  case $srv in rackshare) start_rackshare ;; tftpd-hpa) start_tftpd ;; esac
-  read -r WALL[$srv] BAD[$srv] < <(curl_fetch)
-  CPU[$srv]=$(cpu_secs "$SP" "$srv")
-  echo "$srv: $N curl clients x 1 MiB (blksize $BLKSIZE): wall ${WALL[$srv]} s, failures ${BAD[$srv]}, server CPU ${CPU[$srv]}"
-  if [ "$srv" = rackshare ]; then
-    ip netns exec "$S" curl -s --max-time 5 "http://$SRV:8080/metrics" \
-      | grep -E '^rackshare_tftp_(transfers|completed|timeouts|refused|aborted_by_client)_total' \
-      | tr '\n' ' ' | sed 's/^/  rackshare metrics: /'; echo
-  fi
-  if [ -n "$LOAD" ]; then
-    LW1[$srv]=$(light 1); echo "  [tftp_load, windowsize 1] ${LW1[$srv]}"
-    LW8[$srv]=$(light 8); echo "  [tftp_load, windowsize 8] ${LW8[$srv]}"
-  fi
-  stop_server
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END{print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+
+declare -A WALL BAD CPU W1 F1 C1 SCPU1 W8
+for srv in rackshare tftpd-hpa; do W1[$srv]= F1[$srv]=0 C1[$srv]= SCPU1[$srv]=; done
+echo "tftp_load (one client process, $N concurrent transfers x 1 MiB, blksize $BLKSIZE, windowsize 1), $ROUNDS rounds:"
+for round in $(seq "$ROUNDS"); do
+  for srv in rackshare tftpd-hpa; do
+    case $srv in rackshare) start_rackshare ;; tftpd-hpa) start_tftpd ;; esac
+    read -r w f c < <(light 1)
+    W1[$srv]+="$w " F1[$srv]=$(( ${F1[$srv]} + f )) C1[$srv]+="$c "
+    sc=$(cpu_secs "$SP" "$srv")
+    [ "$srv" = rackshare ] && SCPU1[$srv]+="${sc% s} "
+    printf '  round %d %-10s wall %6s s  failures %s  client CPU %s s  server CPU %s  (%s)\n' \
+      "$round" "$srv" "$w" "$f" "$c" "$sc" "$(cat "$W/light.out")"
+    if [ "$round" = 1 ]; then
+      # Second and third rows, once per server, on a fresh server process.
+      stop_server
+      case $srv in rackshare) start_rackshare ;; tftpd-hpa) start_tftpd ;; esac
+      read -r WALL[$srv] BAD[$srv] < <(curl_fetch)
+      CPU[$srv]=$(cpu_secs "$SP" "$srv")
+      if [ "$srv" = rackshare ]; then
+        ip netns exec "$S" curl -s --max-time 5 "http://$SRV:8080/metrics" \
+          | grep -E '^rackshare_tftp_(transfers|completed|timeouts|refused|aborted_by_client)_total' \
+          | tr '\n' ' ' | sed 's/^/  rackshare metrics after the curl row: /'; echo
+      fi
+      read -r w8 _ c8 < <(light 8)
+      W8[$srv]="$(cat "$W/light.out") (client CPU $c8 s)"
+    fi
+    stop_server
+  done
 done
 
 echo
-echo "Summary ($N concurrent curl clients, 1 MiB each):"
+echo "Summary, $N concurrent transfers x 1 MiB, blksize $BLKSIZE (box shared with other work: single runs are +-20 %):"
 for srv in rackshare tftpd-hpa; do
-  printf '  %-10s wall %6.2f s  failures %s  server CPU %s\n' "$srv" "${WALL[$srv]}" "${BAD[$srv]}" "${CPU[$srv]}"
+  printf '  %-10s tftp_load ws1: median wall %6.2f s over [%s]  failures %s  client CPU [%s] s\n' "$srv" \
+    "$(median <<<"${W1[$srv]}")" "${W1[$srv]% }" "${F1[$srv]}" "${C1[$srv]% }"
+done
+printf '  rackshare server CPU per ws1 round: [%s] s\n' "${SCPU1[rackshare]% }"
+awk -v r="$(median <<<"${W1[rackshare]}")" -v t="$(median <<<"${W1[tftpd-hpa]}")" 'BEGIN{
+  printf "  speed ratio, one-process client, windowsize 1 (tftpd-hpa wall / rackshare wall) = %.2f\n", t / r }'
+for srv in rackshare tftpd-hpa; do
+  printf '  %-10s %s curl processes: wall %6.2f s  failures %s  server CPU %s\n' "$srv" "$N" "${WALL[$srv]}" "${BAD[$srv]}" "${CPU[$srv]}"
 done
 awk -v r="${WALL[rackshare]}" -v t="${WALL[tftpd-hpa]}" 'BEGIN{
-  printf "  speed ratio rackshare/tftpd-hpa (tftpd-hpa wall / rackshare wall) = %.2f\n", t / r }'
-if [ -n "$LOAD" ]; then
-  echo "Windowsize variant (tftp_load: one client process, $N transfers; tftpd-hpa has no RFC 7440, so it answers windowsize 8 with windowsize 1):"
-  for srv in rackshare tftpd-hpa; do
-    printf '  %-10s ws1: %s | ws8: %s\n' "$srv" "${LW1[$srv]}" "${LW8[$srv]}"
-  done
-else
-  echo "(windowsize variant skipped: build it with cargo build -p pxe --release --example tftp_load)"
-fi
+  printf "  speed ratio, %s curl processes (client-bound) = %.2f\n", "'"$N"'", t / r }'
+for srv in rackshare tftpd-hpa; do
+  printf '  %-10s tftp_load windowsize 8: %s\n' "$srv" "${W8[$srv]}"
+done

@@ -8,7 +8,9 @@ use sqlx::Row;
 /// One DHCP lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DhcpLease {
-    /// Client MAC, `aa:bb:…`.
+    /// The lease's key (the column is named `mac`): the client MAC `aa:bb:…`, `id:HEX` for a
+    /// client identified by its DHCP client identifier, or `declined:IP` for an address held
+    /// out of the pool after a DHCPDECLINE.
     pub mac: String,
     /// Leased IPv4 address.
     pub ip: String,
@@ -16,7 +18,7 @@ pub struct DhcpLease {
     pub hostname: Option<String>,
     /// Client identifier (option 61), hex.
     pub client_id: Option<String>,
-    /// `bound` or `released`.
+    /// `bound`, `released` or `declined`.
     pub state: String,
     /// Expiry (unix ms).
     pub expires_at: i64,
@@ -25,11 +27,11 @@ pub struct DhcpLease {
 /// One change in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DhcpLeaseChange {
-    /// Insert or replace the lease of this MAC.
+    /// Insert or replace the lease with this key.
     Upsert(DhcpLease),
-    /// Forget the lease of this MAC.
+    /// Forget the lease with this key.
     Delete {
-        /// The MAC.
+        /// The key (see [`DhcpLease::mac`]).
         mac: String,
     },
 }
@@ -57,38 +59,98 @@ impl Inventory {
     }
 
     /// Applies a batch of changes in order, in one transaction: all or none.
+    ///
+    /// A run of upserts with distinct keys and distinct addresses is written with two
+    /// statements (delete every row holding one of those keys or addresses, then one
+    /// multi-row insert), which leaves the same rows as upserting them one by one: the boot
+    /// server commits thousands of leases a second, and a round trip per row was most of the
+    /// commit's time.
     pub async fn apply_dhcp_lease_changes(&self, changes: &[DhcpLeaseChange]) -> Result<()> {
+        // Rows per statement. Small on purpose: SQLite looks a `$N` parameter up by walking
+        // the statement's parameter list, so binding costs grow with the square of the
+        // parameters per statement (500 rows = 3,000 parameters made binding the commit's
+        // main cost, measured with perf); 32 rows keep that negligible and still cut the
+        // statements per lease from 2 to 1/16.
+        const RUN: usize = 32;
         let mut tx = self.begin_write().await?;
-        for c in changes {
-            match c {
-                DhcpLeaseChange::Delete { mac } => {
+        let mut i = 0;
+        while i < changes.len() {
+            let run_start = i;
+            let mut keys = std::collections::HashSet::new();
+            let mut ips = std::collections::HashSet::new();
+            while let Some(DhcpLeaseChange::Upsert(l)) = changes.get(i) {
+                if i - run_start == RUN || !keys.insert(&l.mac) || !ips.insert(&l.ip) {
+                    break;
+                }
+                i += 1;
+            }
+            let run: Vec<&DhcpLease> = changes[run_start..i]
+                .iter()
+                .filter_map(|c| match c {
+                    DhcpLeaseChange::Upsert(l) => Some(l),
+                    DhcpLeaseChange::Delete { .. } => None,
+                })
+                .collect();
+            if run.is_empty() {
+                if let Some(DhcpLeaseChange::Delete { mac }) = changes.get(i) {
                     sqlx::query("DELETE FROM dhcp_leases WHERE mac = $1")
                         .bind(mac)
                         .execute(&mut *tx)
                         .await?;
                 }
-                DhcpLeaseChange::Upsert(l) => {
-                    // Another MAC's stale row for this address gives way (the server decided).
-                    sqlx::query("DELETE FROM dhcp_leases WHERE ip = $1 AND mac <> $2")
-                        .bind(&l.ip)
-                        .bind(&l.mac)
-                        .execute(&mut *tx)
-                        .await?;
-                    sqlx::query(
-                        "INSERT INTO dhcp_leases (mac, ip, hostname, client_id, state, expires_at) VALUES ($1, $2, $3, $4, $5, $6) \
-                         ON CONFLICT (mac) DO UPDATE SET ip = excluded.ip, hostname = excluded.hostname, \
-                         client_id = excluded.client_id, state = excluded.state, expires_at = excluded.expires_at",
+                i += 1;
+                continue;
+            }
+            let n = run.len();
+            // Another key's stale row for one of these addresses gives way (the server decided).
+            let list = |from: usize| {
+                (from..from + n)
+                    .map(|k| format!("${k}"))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            let sql = format!(
+                "DELETE FROM dhcp_leases WHERE mac IN ({}) OR ip IN ({})",
+                list(1),
+                list(n + 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for l in &run {
+                q = q.bind(&l.mac);
+            }
+            for l in &run {
+                q = q.bind(&l.ip);
+            }
+            q.execute(&mut *tx).await?;
+            let values = (0..n)
+                .map(|r| {
+                    let b = r * 6;
+                    format!(
+                        "(${},${},${},${},${},${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6
                     )
+                })
+                .collect::<Vec<_>>()
+                .join(",");
+            let sql = format!(
+                "INSERT INTO dhcp_leases (mac, ip, hostname, client_id, state, expires_at) VALUES {values}"
+            );
+            let mut q = sqlx::query(&sql);
+            for l in &run {
+                q = q
                     .bind(&l.mac)
                     .bind(&l.ip)
                     .bind(&l.hostname)
                     .bind(&l.client_id)
                     .bind(&l.state)
-                    .bind(l.expires_at)
-                    .execute(&mut *tx)
-                    .await?;
-                }
+                    .bind(l.expires_at);
             }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())

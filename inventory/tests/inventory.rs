@@ -561,6 +561,35 @@ async fn dhcp_lease_batches_are_atomic_and_ordered() {
             "{}",
             db.label
         );
+        // Two leases swap addresses in one batch (written as one multi-row run), and a
+        // client-id keyed row and a declined address sit beside them.
+        inv.apply_dhcp_lease_changes(&[
+            DhcpLeaseChange::Upsert(lease("52:54:00:00:07:02", "10.77.0.100")),
+            DhcpLeaseChange::Upsert(lease("52:54:00:00:07:03", "10.77.0.101")),
+            DhcpLeaseChange::Upsert(lease("id:00686f7374", "10.77.0.102")),
+            DhcpLeaseChange::Upsert(DhcpLease {
+                state: "declined".into(),
+                ..lease("declined:10.77.0.103", "10.77.0.103")
+            }),
+            // The same key twice in a batch: the later one wins.
+            DhcpLeaseChange::Upsert(lease("id:00686f7374", "10.77.0.104")),
+        ])
+        .await
+        .expect("batch 3");
+        let all = inv.dhcp_leases().await.expect("leases");
+        assert_eq!(
+            all.iter()
+                .map(|l| (l.mac.as_str(), l.ip.as_str(), l.state.as_str()))
+                .collect::<Vec<_>>(),
+            [
+                ("52:54:00:00:07:02", "10.77.0.100", "bound"),
+                ("52:54:00:00:07:03", "10.77.0.101", "bound"),
+                ("declined:10.77.0.103", "10.77.0.103", "declined"),
+                ("id:00686f7374", "10.77.0.104", "bound"),
+            ],
+            "{}",
+            db.label
+        );
     }
 }
 

@@ -1,10 +1,12 @@
 //! Lease persistence: the [`LeaseStore`] trait and a file-backed implementation.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::future::BoxFuture;
@@ -20,6 +22,8 @@ pub enum LeaseState {
     Bound,
     /// Released by the client; the address is kept for it if still free.
     Released,
+    /// Declined by a client (address in use on the wire): nobody gets it until `expires_at`.
+    Declined,
 }
 
 impl LeaseState {
@@ -28,14 +32,127 @@ impl LeaseState {
         match self {
             LeaseState::Bound => "bound",
             LeaseState::Released => "released",
+            LeaseState::Declined => "declined",
+        }
+    }
+
+    /// Parses a column value; anything unknown is `bound` (the safe reading: not handed out).
+    pub fn from_column(s: &str) -> Self {
+        match s {
+            "released" => LeaseState::Released,
+            "declined" => LeaseState::Declined,
+            _ => LeaseState::Bound,
         }
     }
 }
 
-/// One lease, shaped like a `dhcp_leases` row.
+/// Whom a lease belongs to, and the stored row's key (`dhcp_leases.mac`).
+///
+/// RFC 2131 §4.2: a client that sends a client identifier (option 61) is identified by it,
+/// not by chaddr. An identifier of hardware type 1 with six bytes names an Ethernet address,
+/// so it is the same key as that MAC: PXE firmware (which sends `01:MAC`) and an OS that sends
+/// no identifier then share one lease instead of burning two addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LeaseKey {
+    /// Keyed by Ethernet address (no option 61, or option 61 = `01` + MAC). Text: `aa:bb:…`.
+    Mac(MacAddr),
+    /// Keyed by another client identifier (raw option 61 bytes). Text: `id:` + hex.
+    ClientId(Vec<u8>),
+    /// A declined address held out of the pool; nobody owns it. Text: `declined:` + address.
+    Declined(Ipv4Addr),
+}
+
+impl LeaseKey {
+    /// The key of a client with hardware address `chaddr` and option 61 `client_id`.
+    pub fn for_client(chaddr: MacAddr, client_id: Option<&[u8]>) -> LeaseKey {
+        match client_id {
+            Some([1, rest @ ..]) if rest.len() == 6 => {
+                let mut m = [0u8; 6];
+                m.copy_from_slice(rest);
+                LeaseKey::Mac(MacAddr(m))
+            }
+            Some(id) if !id.is_empty() => LeaseKey::ClientId(id.to_vec()),
+            _ => LeaseKey::Mac(chaddr),
+        }
+    }
+}
+
+/// Lower-case hex of `bytes` (the `client_id` column's form).
+pub fn to_hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(DIGITS[usize::from(b >> 4)]));
+        s.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    s
+}
+
+/// Bytes of an even-length hex string; `None` if it is not one.
+pub fn from_hex(s: &str) -> Option<Vec<u8>> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| {
+            let d = |c: u8| char::from(c).to_digit(16);
+            Some((d(p[0])? * 16 + d(p[1])?) as u8)
+        })
+        .collect()
+}
+
+impl fmt::Display for LeaseKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LeaseKey::Mac(m) => write!(f, "{m}"),
+            LeaseKey::ClientId(id) => write!(f, "id:{}", to_hex(id)),
+            LeaseKey::Declined(ip) => write!(f, "declined:{ip}"),
+        }
+    }
+}
+
+/// Error for text that is not a lease key.
+#[derive(Debug, thiserror::Error)]
+#[error("not a lease key: {0:?}")]
+pub struct LeaseKeyParseError(pub String);
+
+impl FromStr for LeaseKey {
+    type Err = LeaseKeyParseError;
+    /// Accepts the [`Display`](fmt::Display) forms.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = || LeaseKeyParseError(s.to_string());
+        if let Some(hex) = s.strip_prefix("id:") {
+            return match from_hex(hex) {
+                Some(id) if !id.is_empty() => Ok(LeaseKey::ClientId(id)),
+                _ => Err(err()),
+            };
+        }
+        if let Some(ip) = s.strip_prefix("declined:") {
+            return ip.parse().map(LeaseKey::Declined).map_err(|_| err());
+        }
+        s.parse().map(LeaseKey::Mac).map_err(|_| err())
+    }
+}
+
+impl Serialize for LeaseKey {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for LeaseKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// One lease, shaped like a `dhcp_leases` row (whose key column holds [`Lease::key`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
-    /// Client MAC (primary key).
+    /// The client's hardware address as last seen (00:00:00:00:00:00 when a store keeps
+    /// only the key and the key is not a MAC).
     pub mac: MacAddr,
     /// Leased address (unique).
     pub ip: Ipv4Addr,
@@ -45,21 +162,33 @@ pub struct Lease {
     pub client_id: Option<String>,
     /// Expiry, unix milliseconds.
     pub expires_at: i64,
-    /// Bound or released.
+    /// Bound, released or declined.
     pub state: LeaseState,
 }
 
+impl Lease {
+    /// The lease's key, derived from the state, `client_id` and `mac`.
+    pub fn key(&self) -> LeaseKey {
+        if self.state == LeaseState::Declined {
+            return LeaseKey::Declined(self.ip);
+        }
+        let id = self.client_id.as_deref().and_then(from_hex);
+        LeaseKey::for_client(self.mac, id.as_deref())
+    }
+}
+
 /// One change in a batch. Apply a batch in order, in one transaction:
-/// a batch may delete a MAC's row and then give its IP to another MAC.
+/// a batch may delete a key's row and then give its IP to another key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum LeaseChange {
-    /// Insert or replace the row for `lease.mac`.
+    /// Insert or replace the row for `lease.key()`.
     Upsert(Lease),
-    /// Delete the row for this MAC.
+    /// Delete the row with this key.
     Delete {
-        /// The MAC whose row goes.
-        mac: MacAddr,
+        /// The key whose row goes (`mac` in files written before client-id keys).
+        #[serde(alias = "mac")]
+        key: LeaseKey,
     },
 }
 
@@ -94,7 +223,7 @@ pub struct FileLeaseStore {
 #[derive(Debug, Default)]
 struct FileState {
     file: Option<File>,
-    live: HashMap<MacAddr, Lease>,
+    live: HashMap<LeaseKey, Lease>,
     lines: usize,
 }
 
@@ -138,7 +267,7 @@ impl FileLeaseStore {
     }
 
     fn load_blocking(&self) -> Result<Vec<Lease>, LeaseStoreError> {
-        let mut map: HashMap<MacAddr, Lease> = HashMap::new();
+        let mut map: HashMap<LeaseKey, Lease> = HashMap::new();
         match File::open(&self.path) {
             Ok(f) => {
                 for line in BufReader::new(f).lines() {
@@ -146,10 +275,10 @@ impl FileLeaseStore {
                     // A torn last line (crash mid-write, never acknowledged) is skipped.
                     match serde_json::from_str::<LeaseChange>(&line) {
                         Ok(LeaseChange::Upsert(l)) => {
-                            map.insert(l.mac, l);
+                            map.insert(l.key(), l);
                         }
-                        Ok(LeaseChange::Delete { mac }) => {
-                            map.remove(&mac);
+                        Ok(LeaseChange::Delete { key }) => {
+                            map.remove(&key);
                         }
                         Err(e) => {
                             tracing::warn!(path = %self.path.display(), "skipping bad lease line: {e}")
@@ -196,10 +325,10 @@ impl FileLeaseStore {
         for c in changes {
             match c {
                 LeaseChange::Upsert(l) => {
-                    st.live.insert(l.mac, l.clone());
+                    st.live.insert(l.key(), l.clone());
                 }
-                LeaseChange::Delete { mac } => {
-                    st.live.remove(mac);
+                LeaseChange::Delete { key } => {
+                    st.live.remove(key);
                 }
             }
         }
@@ -286,7 +415,7 @@ mod tests {
         store
             .commit(vec![
                 LeaseChange::Delete {
-                    mac: lease(1, 10).mac,
+                    key: lease(1, 10).key(),
                 },
                 LeaseChange::Upsert(moved.clone()),
             ])
@@ -329,5 +458,67 @@ mod tests {
         let got = FileLeaseStore::new(&path).load().await.expect("load");
         assert_eq!(got.len(), 5);
         assert!(got.iter().all(|l| l.expires_at >= 29_000));
+    }
+
+    #[test]
+    fn lease_keys_round_trip_as_text() {
+        let mac = MacAddr([2, 0, 0, 0, 0, 7]);
+        for k in [
+            LeaseKey::Mac(mac),
+            LeaseKey::ClientId(vec![0xff, 0, 1, 0xab]),
+            LeaseKey::Declined(Ipv4Addr::new(10, 0, 0, 9)),
+        ] {
+            assert_eq!(k.to_string().parse::<LeaseKey>().expect("parse"), k);
+        }
+        assert_eq!(LeaseKey::ClientId(vec![0xff, 0xab]).to_string(), "id:ffab");
+        assert!("id:".parse::<LeaseKey>().is_err());
+        assert!("id:abc".parse::<LeaseKey>().is_err());
+        assert!("declined:x".parse::<LeaseKey>().is_err());
+        // Hardware type 1 + six bytes is that MAC's key; anything else is the identifier.
+        let hw = [1, 2, 0, 0, 0, 0, 7];
+        assert_eq!(
+            LeaseKey::for_client(MacAddr([9; 6]), Some(&hw)),
+            LeaseKey::Mac(mac)
+        );
+        assert_eq!(
+            LeaseKey::for_client(mac, Some(&[0, 1])),
+            LeaseKey::ClientId(vec![0, 1])
+        );
+        assert_eq!(LeaseKey::for_client(mac, None), LeaseKey::Mac(mac));
+        let mut l = lease(7, 9);
+        l.client_id = Some("0001".into());
+        assert_eq!(l.key(), LeaseKey::ClientId(vec![0, 1]));
+        l.state = LeaseState::Declined;
+        assert_eq!(l.key(), LeaseKey::Declined(Ipv4Addr::new(10, 0, 0, 9)));
+    }
+
+    #[tokio::test]
+    async fn file_store_keeps_client_id_and_declined_leases_and_reads_old_deletes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("leases.jsonl");
+        // A delete line as written before lease keys existed ("mac").
+        let old = lease(1, 10);
+        let mut text = serde_json::to_string(&LeaseChange::Upsert(old.clone())).expect("json");
+        text.push_str("\n{\"op\":\"delete\",\"mac\":\"02:00:00:00:00:01\"}\n");
+        std::fs::write(&path, text).expect("write");
+        let store = FileLeaseStore::new(&path);
+        assert!(store.load().await.expect("load").is_empty());
+        // Two clients on one MAC (different identifiers) and a declined address.
+        let mut x = lease(2, 11);
+        x.client_id = Some("0078".into());
+        let mut y = lease(2, 12);
+        y.client_id = Some("0079".into());
+        let mut d = lease(3, 13);
+        d.state = LeaseState::Declined;
+        store
+            .commit(vec![
+                LeaseChange::Upsert(x.clone()),
+                LeaseChange::Upsert(y.clone()),
+                LeaseChange::Upsert(d.clone()),
+            ])
+            .await
+            .expect("commit");
+        let got = FileLeaseStore::new(&path).load().await.expect("load");
+        assert_eq!(got, vec![x, y, d]);
     }
 }

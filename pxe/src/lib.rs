@@ -32,7 +32,8 @@ pub use directory::{DirectoryError, MachineDirectory, MachineEntry, StaticDirect
 pub use error::PxeError;
 pub use files::{check_tftp_root, populate_tftp_root, RootCheck, DEBIAN_IPXE_DIR};
 pub use lease::{
-    FileLeaseStore, Lease, LeaseChange, LeaseState, LeaseStore, LeaseStoreError, NullLeaseStore,
+    FileLeaseStore, Lease, LeaseChange, LeaseKey, LeaseState, LeaseStore, LeaseStoreError,
+    NullLeaseStore,
 };
 pub use mac::MacAddr;
 pub use metrics::{DropReason, Metrics};
@@ -40,7 +41,7 @@ pub use script::{render_boot_script, try_render_boot_script, AgentBoot, BootScri
 pub use tokio_util::sync::CancellationToken as Shutdown;
 
 use dhcp::core::{CoreConfig, DhcpCore, Port, PROXY_PORT, SERVER_PORT};
-use dhcp::net::{bound_udp_socket, dhcp_loop, lease_writer, Senders};
+use dhcp::net::{bound_udp_socket, dhcp_loop, lease_writer, reply_sender, Senders};
 
 /// The first IPv4 address of `interface`.
 pub fn interface_ipv4(interface: &str) -> Result<Ipv4Addr, PxeError> {
@@ -244,12 +245,19 @@ async fn run_inner(
             metrics: Arc::clone(&metrics),
         });
         let (tx, rx) = mpsc::channel(16 * 1024);
-        writer_task = Some(tokio::spawn(lease_writer(
+        let (reply_tx, reply_rx) = mpsc::unbounded_channel();
+        let sender_task = tokio::spawn(reply_sender(reply_rx, Arc::clone(&senders)));
+        let writer = tokio::spawn(lease_writer(
             lease_store,
             rx,
-            Arc::clone(&senders),
+            reply_tx,
             Arc::clone(&metrics),
-        )));
+        ));
+        // The sender ends when the writer (holding its channel) has flushed and ended.
+        writer_task = Some(async move {
+            let _ = writer.await;
+            let _ = sender_task.await;
+        });
         for (port, sock) in &dhcp_socks {
             tasks.spawn(dhcp_loop(
                 Arc::clone(sock),

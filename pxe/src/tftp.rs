@@ -327,11 +327,18 @@ impl Tftp {
                 return;
             }
         };
+        // Connected to the client (as tftpd-hpa does): the kernel keeps the route instead of
+        // looking it up for every DATA packet, and datagrams from any other address never
+        // reach this socket (it answers them with ICMP port unreachable, not ERROR 5).
+        if let Err(e) = sock.connect(peer).await {
+            tracing::warn!(%peer, "TFTP transfer socket: connect failed: {e}");
+            return;
+        }
         let refuse = |code, msg: &'static str| {
             self.metrics.tftp_refused.fetch_add(1, Ordering::Relaxed);
             let sock = &sock;
             async move {
-                let _ = sock.send_to(&error_packet(code, msg), peer).await;
+                let _ = sock.send(&error_packet(code, msg)).await;
             }
         };
         let path = match resolve_path(&self.root, &req.filename) {
@@ -436,29 +443,20 @@ impl Transfer<'_> {
         let mut buf = [0u8; 1024];
         for _attempt in 0..=self.retries {
             for p in packets {
-                if let Err(e) = self.sock.send_to(p.as_ref(), self.peer).await {
+                if let Err(e) = self.sock.send(p.as_ref()).await {
                     tracing::debug!(peer = %self.peer, "TFTP send failed: {e}");
                     return Wait::End;
                 }
             }
             let deadline = tokio::time::Instant::now() + self.timeout;
             loop {
-                let r = tokio::time::timeout_at(deadline, self.sock.recv_from(&mut buf)).await;
-                let (n, from) = match r {
+                // Connected socket: only the client's datagrams arrive here.
+                let r = tokio::time::timeout_at(deadline, self.sock.recv(&mut buf)).await;
+                let n = match r {
                     Err(_) => break, // timeout: retransmit
                     Ok(Err(_)) => return Wait::End,
-                    Ok(Ok(x)) => x,
+                    Ok(Ok(n)) => n,
                 };
-                if from != self.peer {
-                    let _ = self
-                        .sock
-                        .send_to(
-                            &error_packet(TftpErrorCode::UnknownTid, "unknown transfer id"),
-                            from,
-                        )
-                        .await;
-                    continue;
-                }
                 match buf.get(..n).map(parse_tftp_packet) {
                     Some(Ok(TftpPacket::Ack(b))) => {
                         let k = b.wrapping_sub(first) as usize;
@@ -511,10 +509,7 @@ impl Transfer<'_> {
                             tracing::warn!(peer = %self.peer, "TFTP read failed: {e}");
                             let _ = self
                                 .sock
-                                .send_to(
-                                    &error_packet(TftpErrorCode::Undefined, "read error"),
-                                    self.peer,
-                                )
+                                .send(&error_packet(TftpErrorCode::Undefined, "read error"))
                                 .await;
                             return;
                         }

@@ -272,3 +272,204 @@ fn restart_keeps_leases() {
     assert_eq!(ip_a, ip_a2, "client A lost its address across the restart");
     srv.stop().unwrap();
 }
+
+/// Starts `dhclient -d` in `ns` with its own lease file and an optional extra config line;
+/// returns (pid, events log).
+fn dhclient(
+    lab: &Lab,
+    ns: &str,
+    name: &str,
+    conf: &str,
+    script_body: &str,
+) -> (u32, std::path::PathBuf) {
+    let log = lab.path(&format!("{name}.events"));
+    let script = lab.path(&format!("{name}.sh"));
+    std::fs::write(
+        &script,
+        script_body.replace("\"$LOG\"", &format!("'{}'", log.display())),
+    )
+    .unwrap();
+    let mut perm = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&script, perm).unwrap();
+    let cf = lab.path(&format!("{name}.conf"));
+    std::fs::write(&cf, conf).unwrap();
+    let (script, cf, lf, pf) = (
+        script.display().to_string(),
+        cf.display().to_string(),
+        lab.path(&format!("{name}.leases")).display().to_string(),
+        lab.path(&format!("{name}.pid")).display().to_string(),
+    );
+    let pid = lab.spawn(
+        ns,
+        &[
+            "dhclient", "-d", "-v", "-cf", &cf, "-sf", &script, "-lf", &lf, "-pf", &pf, "eth0",
+        ],
+        &lab.path(&format!("{name}.log")),
+    );
+    (pid, log)
+}
+
+/// The address of the first `BOUND` in a dhclient events log.
+fn bound_ip(log: &std::path::Path) -> Option<String> {
+    events(log)
+        .lines()
+        .find_map(|l| l.strip_prefix("BOUND ip="))
+        .and_then(|l| l.split_whitespace().next())
+        .map(str::to_string)
+}
+
+/// RFC 2131 §4.2: a client that sends a client identifier is known by it. dhclient with
+/// `send dhcp-client-identifier` keeps its address after its NIC (MAC) changes, and another
+/// client identifier on the first MAC is another client.
+#[test]
+fn dhclient_client_identifier_keys_the_lease() {
+    require("dhclient", "isc-dhcp-client");
+    let lab = Lab::new("clientid");
+    let a = lab.add_host("a", "02:00:00:00:05:01", None);
+    let leases = lab.path("leases.jsonl");
+    let srv = Server::start(
+        &lab.srv,
+        config(&lab, 3600),
+        Arc::new(StaticDirectory::new()),
+        Arc::new(FileLeaseStore::new(&leases)),
+    );
+    let conf_x = "send dhcp-client-identifier \"rackshare-host-x\";\n";
+    let (pid, log) = dhclient(&lab, &a, "x1", conf_x, DHCLIENT_SCRIPT);
+    wait_for("dhclient x BOUND", Duration::from_secs(20), || {
+        bound_ip(&log).is_some()
+    });
+    let ip_x = bound_ip(&log).unwrap();
+    lab.kill(pid, Signal::SIGTERM);
+    let stored = std::fs::read_to_string(&leases).unwrap();
+    // dhclient sends a quoted string as-is: the key is its hex.
+    let hex: String = b"rackshare-host-x"
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(
+        stored.contains(&format!("\"client_id\":\"{hex}\"")),
+        "{stored}"
+    );
+
+    // The same machine with another NIC: a fresh DISCOVER (new lease file) from a new MAC.
+    lab.ip(&a, "link set eth0 down");
+    lab.ip(&a, "addr flush dev eth0");
+    lab.ip(&a, "link set eth0 address 02:00:00:00:05:02");
+    lab.ip(&a, "link set eth0 up");
+    let (pid, log) = dhclient(&lab, &a, "x2", conf_x, DHCLIENT_SCRIPT);
+    wait_for(
+        "dhclient x on the new NIC BOUND",
+        Duration::from_secs(20),
+        || bound_ip(&log).is_some(),
+    );
+    assert_eq!(
+        bound_ip(&log).unwrap(),
+        ip_x,
+        "same client identifier, same lease"
+    );
+    lab.kill(pid, Signal::SIGTERM);
+
+    // The first MAC again, with another client identifier: another client, another address.
+    let b = lab.add_host("b", "02:00:00:00:05:01", None);
+    let conf_y = "send dhcp-client-identifier \"rackshare-host-y\";\n";
+    let (pid, log) = dhclient(&lab, &b, "y", conf_y, DHCLIENT_SCRIPT);
+    wait_for("dhclient y BOUND", Duration::from_secs(20), || {
+        bound_ip(&log).is_some()
+    });
+    let ip_y = bound_ip(&log).unwrap();
+    assert_ne!(
+        ip_y, ip_x,
+        "a MAC-keyed server would have given y x's address"
+    );
+    lab.kill(pid, Signal::SIGTERM);
+    assert_eq!(get(&srv.metrics.leases_nak), 0);
+    srv.stop().unwrap();
+}
+
+/// dhclient's script exits 1 on its first BOUND ("address in use"), so dhclient sends a
+/// DHCPDECLINE and starts over. The declined address is stored, and a restarted server over
+/// the same store does not hand it out.
+#[test]
+fn dhclient_decline_is_kept_across_a_restart() {
+    require("dhclient", "isc-dhcp-client");
+    require("udhcpc", "udhcpc");
+    let lab = Lab::new("decline");
+    let a = lab.add_host("a", "02:00:00:00:06:01", None);
+    let leases = lab.path("leases.jsonl");
+    let srv = Server::start(
+        &lab.srv,
+        config(&lab, 3600),
+        Arc::new(StaticDirectory::new()),
+        Arc::new(FileLeaseStore::new(&leases)),
+    );
+    let marker = lab.path("declined-once");
+    // The check comes before the script's own logging, so the only BOUND logged is the
+    // address kept after the decline.
+    let script = DHCLIENT_SCRIPT.replacen(
+        "#!/bin/sh\n",
+        &format!(
+            "#!/bin/sh\nif [ \"$reason\" = BOUND ] && [ ! -e '{m}' ]; then touch '{m}'; echo \"DECLINING ip=$new_ip_address\" >> \"$LOG\"; exit 1; fi\n",
+            m = marker.display()
+        ),
+        1,
+    );
+    let (pid, log) = dhclient(&lab, &a, "d", "", &script);
+    wait_for(
+        "dhclient declined then BOUND",
+        Duration::from_secs(45),
+        || bound_ip(&log).is_some(),
+    );
+    lab.kill(pid, Signal::SIGTERM);
+    let ev = events(&log);
+    let declined = ev
+        .lines()
+        .find_map(|l| l.strip_prefix("DECLINING ip="))
+        .map(str::to_string)
+        .unwrap_or_else(|| panic!("the script never declined: {ev}"));
+    let bound = bound_ip(&log).unwrap();
+    assert_ne!(bound, declined, "{ev}");
+    assert_eq!(get(&srv.metrics.leases_declined), 1);
+    let stored = std::fs::read_to_string(&leases).unwrap();
+    assert!(
+        stored.contains(&format!("\"ip\":\"{declined}\""))
+            && stored.contains("\"state\":\"declined\""),
+        "{stored}"
+    );
+    srv.stop().unwrap();
+
+    // A new server over the same store: two new clients get neither address.
+    let srv = Server::start(
+        &lab.srv,
+        config(&lab, 3600),
+        Arc::new(StaticDirectory::new()),
+        Arc::new(FileLeaseStore::new(&leases)),
+    );
+    for (i, mac) in ["02:00:00:00:06:02", "02:00:00:00:06:03"]
+        .iter()
+        .enumerate()
+    {
+        let c = lab.add_host(&format!("c{i}"), mac, None);
+        let (script, log) = udhcpc_script(&lab, &format!("c{i}"));
+        let out = lab.exec(
+            &c,
+            &[
+                "udhcpc", "-f", "-q", "-n", "-i", "eth0", "-s", &script, "-t", "5", "-T", "1",
+            ],
+            Duration::from_secs(20),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let ev = events(&log);
+        assert!(ev.contains("bound ip="), "{ev}");
+        assert!(
+            !ev.contains(&format!("bound ip={declined} "))
+                && !ev.contains(&format!("bound ip={bound} ")),
+            "the restarted server handed out {declined} (declined) or {bound} (leased): {ev}"
+        );
+    }
+    srv.stop().unwrap();
+}

@@ -1,6 +1,6 @@
 //! DHCP logic: proxy and authoritative answers, lease table (no sockets here).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -13,11 +13,16 @@ use crate::boot::{decide_boot, BootContext, BootDecision, BootFiles, ClientInfo,
 use crate::config::{DhcpMode, PoolConfig};
 use crate::dhcp::packet::{client_info, parse_request, Request};
 use crate::directory::{MachineDirectory, MachineEntry};
-use crate::lease::{Lease, LeaseChange, LeaseState};
+use crate::lease::{to_hex, Lease, LeaseChange, LeaseKey, LeaseState};
 use crate::mac::MacAddr;
 use crate::metrics::{DropReason, Metrics};
 
 const OFFER_HOLD: Duration = Duration::from_secs(60);
+/// How long a directory answer is reused: a DISCOVER's lookup serves the REQUEST that follows
+/// it (one database query per DORA instead of two); an inventory change reaches DHCP within it.
+const DIRECTORY_TTL: Duration = Duration::from_secs(1);
+/// Cached directory answers kept before expired ones are swept.
+const DIRECTORY_CACHE_MAX: usize = 8192;
 const DECLINE_HOLD: Duration = Duration::from_secs(600);
 /// DHCP server port.
 pub const SERVER_PORT: u16 = 67;
@@ -104,15 +109,28 @@ struct Offer {
     until: Instant,
 }
 
+/// Whether an address can go to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Avail {
+    /// Nobody else holds it (never leased, or this client's own).
+    Free,
+    /// Another client's lease on it has expired (or was released, or a decline's hold ended):
+    /// usable, but only when no free address is left.
+    Expired,
+    /// Not for this client.
+    Taken,
+}
+
 /// In-memory lease state (the hot set); the store holds the durable copy.
 struct LeaseTable {
     server_ip: Ipv4Addr,
     pools: Vec<PoolState>,
-    by_mac: HashMap<MacAddr, Lease>,
-    by_ip: HashMap<Ipv4Addr, MacAddr>,
-    offers: HashMap<MacAddr, Offer>,
-    offered_ips: HashMap<Ipv4Addr, MacAddr>,
-    quarantine: HashMap<Ipv4Addr, Instant>,
+    by_key: HashMap<LeaseKey, Lease>,
+    by_ip: HashMap<Ipv4Addr, LeaseKey>,
+    /// (expires_at, ip) of every lease in `by_key`: the oldest expired lease is found first.
+    by_expiry: BTreeSet<(i64, u32)>,
+    offers: HashMap<LeaseKey, Offer>,
+    offered_ips: HashMap<Ipv4Addr, LeaseKey>,
     reserved: HashMap<Ipv4Addr, MacAddr>,
 }
 
@@ -134,22 +152,51 @@ impl LeaseTable {
         let mut t = LeaseTable {
             server_ip,
             pools,
-            by_mac: HashMap::new(),
+            by_key: HashMap::new(),
             by_ip: HashMap::new(),
+            by_expiry: BTreeSet::new(),
             offers: HashMap::new(),
             offered_ips: HashMap::new(),
-            quarantine: HashMap::new(),
             reserved: HashMap::new(),
         };
         for l in leases {
-            if let Some(old) = t.by_ip.insert(l.ip, l.mac) {
-                if old != l.mac {
-                    t.by_mac.remove(&old);
-                }
-            }
-            t.by_mac.insert(l.mac, l);
+            let key = l.key();
+            t.put(key, l);
         }
         t
+    }
+
+    /// Inserts or replaces `key`'s lease, keeping `by_ip` and `by_expiry` in step. A lease
+    /// of another key on the same address is removed and returned.
+    fn put(&mut self, key: LeaseKey, lease: Lease) -> Option<(LeaseKey, Lease)> {
+        let displaced = match self.by_ip.get(&lease.ip) {
+            Some(other) if *other != key => {
+                let other = other.clone();
+                self.remove(&other).map(|l| (other, l))
+            }
+            _ => None,
+        };
+        if let Some(old) = self.by_key.get(&key) {
+            self.by_expiry.remove(&(old.expires_at, u32::from(old.ip)));
+            if old.ip != lease.ip && self.by_ip.get(&old.ip) == Some(&key) {
+                self.by_ip.remove(&old.ip);
+            }
+        }
+        self.by_expiry
+            .insert((lease.expires_at, u32::from(lease.ip)));
+        self.by_ip.insert(lease.ip, key.clone());
+        self.by_key.insert(key, lease);
+        displaced
+    }
+
+    /// Forgets `key`'s lease.
+    fn remove(&mut self, key: &LeaseKey) -> Option<Lease> {
+        let l = self.by_key.remove(key)?;
+        self.by_expiry.remove(&(l.expires_at, u32::from(l.ip)));
+        if self.by_ip.get(&l.ip) == Some(key) {
+            self.by_ip.remove(&l.ip);
+        }
+        Some(l)
     }
 
     fn pool_index(&self, giaddr: Ipv4Addr) -> Option<usize> {
@@ -168,49 +215,50 @@ impl LeaseTable {
             })
     }
 
-    fn free_for(
+    /// Can `ip` go to the client `key` (hardware address `mac`)?
+    fn avail(
         &self,
         ip: Ipv4Addr,
+        key: &LeaseKey,
         mac: MacAddr,
         pool: &PoolConfig,
         now: Instant,
         now_ms: i64,
-    ) -> bool {
+    ) -> Avail {
         if ip == self.server_ip || Some(ip) == pool.router || !pool.contains_subnet(ip) {
-            return false;
+            return Avail::Taken;
         }
         let m = u32::from(pool.subnet_mask);
         let v = u32::from(ip);
         if m != u32::MAX && (v & !m == 0 || v & !m == !m) {
-            return false; // network or broadcast address
-        }
-        if self.quarantine.get(&ip).is_some_and(|t| *t > now) {
-            return false;
-        }
-        if let Some(other) = self.by_ip.get(&ip) {
-            if *other != mac {
-                if let Some(l) = self.by_mac.get(other) {
-                    if l.state == LeaseState::Bound && l.expires_at > now_ms {
-                        return false;
-                    }
-                }
-            }
-        }
-        if let Some(other) = self.offered_ips.get(&ip) {
-            if *other != mac && self.offers.get(other).is_some_and(|o| o.until > now) {
-                return false;
-            }
+            return Avail::Taken; // network or broadcast address
         }
         if let Some(owner) = self.reserved.get(&ip) {
             if *owner != mac {
-                return false;
+                return Avail::Taken;
             }
         }
-        true
+        if let Some(other) = self.offered_ips.get(&ip) {
+            if other != key && self.offers.get(other).is_some_and(|o| o.until > now) {
+                return Avail::Taken;
+            }
+        }
+        match self.by_ip.get(&ip) {
+            Some(other) if other != key => match self.by_key.get(other) {
+                Some(l) if l.expires_at > now_ms && l.state != LeaseState::Released => Avail::Taken,
+                Some(_) => Avail::Expired,
+                None => Avail::Free,
+            },
+            _ => Avail::Free,
+        }
     }
 
+    /// Picks an address for `key`: its reservation, its own lease, its offer, the address it
+    /// asks for, then a never-used one; only when none is free, the address of the lease that
+    /// expired first (RFC 2131 §4.3.1 prefers a client's previous address).
     fn allocate(
         &mut self,
+        key: &LeaseKey,
         mac: MacAddr,
         pool_idx: usize,
         reserved: Option<Ipv4Addr>,
@@ -220,24 +268,26 @@ impl LeaseTable {
         let now_ms = now_ms();
         let pool = &self.pools.get(pool_idx)?.cfg;
         if let Some(ip) = reserved {
-            if self.free_for(ip, mac, pool, now, now_ms) {
+            if self.avail(ip, key, mac, pool, now, now_ms) != Avail::Taken {
                 return Some(ip);
             }
         }
-        if let Some(l) = self.by_mac.get(&mac) {
-            if self.free_for(l.ip, mac, pool, now, now_ms)
+        if let Some(l) = self.by_key.get(key) {
+            if self.avail(l.ip, key, mac, pool, now, now_ms) == Avail::Free
                 && (pool.contains_range(l.ip) || reserved == Some(l.ip))
             {
                 return Some(l.ip);
             }
         }
-        if let Some(o) = self.offers.get(&mac) {
-            if self.free_for(o.ip, mac, pool, now, now_ms) {
+        if let Some(o) = self.offers.get(key) {
+            // Possibly a reclaimed address: it was the best choice when offered.
+            if self.avail(o.ip, key, mac, pool, now, now_ms) != Avail::Taken {
                 return Some(o.ip);
             }
         }
         if let Some(ip) = requested {
-            if pool.contains_range(ip) && self.free_for(ip, mac, pool, now, now_ms) {
+            if pool.contains_range(ip) && self.avail(ip, key, mac, pool, now, now_ms) == Avail::Free
+            {
                 return Some(ip);
             }
         }
@@ -246,68 +296,72 @@ impl LeaseTable {
         for k in 0..size {
             let off = (cursor.wrapping_add(k)) % size;
             let ip = Ipv4Addr::from(start.wrapping_add(off));
-            if self.free_for(ip, mac, &p.cfg, now, now_ms) {
+            if self.avail(ip, key, mac, &p.cfg, now, now_ms) == Avail::Free {
                 if let Some(p) = self.pools.get_mut(pool_idx) {
                     p.cursor = (off + 1) % size;
                 }
                 return Some(ip);
             }
         }
+        // No free address: reclaim, oldest expiry first. A release sets the expiry to the
+        // release time, so everything reclaimable sorts before the first live lease.
+        for &(exp, ip) in &self.by_expiry {
+            if exp > now_ms {
+                break;
+            }
+            let ip = Ipv4Addr::from(ip);
+            if p.cfg.contains_range(ip)
+                && self.avail(ip, key, mac, &p.cfg, now, now_ms) != Avail::Taken
+            {
+                return Some(ip);
+            }
+        }
         None
     }
 
-    fn record_offer(&mut self, mac: MacAddr, ip: Ipv4Addr) {
+    fn record_offer(&mut self, key: &LeaseKey, ip: Ipv4Addr) {
         if let Some(old) = self.offers.insert(
-            mac,
+            key.clone(),
             Offer {
                 ip,
                 until: Instant::now() + OFFER_HOLD,
             },
         ) {
-            if old.ip != ip {
+            if old.ip != ip && self.offered_ips.get(&old.ip) == Some(key) {
                 self.offered_ips.remove(&old.ip);
             }
         }
-        self.offered_ips.insert(ip, mac);
+        self.offered_ips.insert(ip, key.clone());
         // Keep the offer map bounded: sweep expired offers now and then.
         if self.offers.len() > 4096 && self.offers.len().is_power_of_two() {
             let now = Instant::now();
-            let expired: Vec<MacAddr> = self
+            let expired: Vec<LeaseKey> = self
                 .offers
                 .iter()
                 .filter(|(_, o)| o.until <= now)
-                .map(|(m, _)| *m)
+                .map(|(k, _)| k.clone())
                 .collect();
-            for m in expired {
-                self.drop_offer(m);
+            for k in expired {
+                self.drop_offer(&k);
             }
         }
     }
 
-    fn drop_offer(&mut self, mac: MacAddr) {
-        if let Some(o) = self.offers.remove(&mac) {
-            if self.offered_ips.get(&o.ip) == Some(&mac) {
+    fn drop_offer(&mut self, key: &LeaseKey) {
+        if let Some(o) = self.offers.remove(key) {
+            if self.offered_ips.get(&o.ip) == Some(key) {
                 self.offered_ips.remove(&o.ip);
             }
         }
     }
 
-    fn bind(&mut self, lease: Lease) -> Vec<LeaseChange> {
+    /// Binds `lease` to `key`; returns the store changes (a displaced lease's delete first).
+    fn bind(&mut self, key: LeaseKey, lease: Lease) -> Vec<LeaseChange> {
         let mut changes = Vec::with_capacity(2);
-        if let Some(other) = self.by_ip.get(&lease.ip).copied() {
-            if other != lease.mac {
-                self.by_mac.remove(&other);
-                changes.push(LeaseChange::Delete { mac: other });
-            }
+        self.drop_offer(&key);
+        if let Some((other, _)) = self.put(key, lease.clone()) {
+            changes.push(LeaseChange::Delete { key: other });
         }
-        if let Some(old) = self.by_mac.get(&lease.mac) {
-            if old.ip != lease.ip && self.by_ip.get(&old.ip) == Some(&lease.mac) {
-                self.by_ip.remove(&old.ip);
-            }
-        }
-        self.drop_offer(lease.mac);
-        self.by_ip.insert(lease.ip, lease.mac);
-        self.by_mac.insert(lease.mac, lease.clone());
         changes.push(LeaseChange::Upsert(lease));
         changes
     }
@@ -320,6 +374,7 @@ pub struct DhcpCore {
     metrics: Arc<Metrics>,
     table: Mutex<LeaseTable>,
     seen: Mutex<HashSet<MacAddr>>,
+    looked_up: Mutex<HashMap<MacAddr, (Instant, Option<MachineEntry>)>>,
 }
 
 impl DhcpCore {
@@ -341,6 +396,7 @@ impl DhcpCore {
             metrics,
             table: Mutex::new(table),
             seen: Mutex::new(HashSet::new()),
+            looked_up: Mutex::new(HashMap::new()),
         }
     }
 
@@ -365,8 +421,32 @@ impl DhcpCore {
     }
 
     async fn lookup(&self, mac: MacAddr) -> Result<Option<MachineEntry>, DropReason> {
+        let now = Instant::now();
+        if let Some((at, e)) = self
+            .looked_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&mac)
+        {
+            if now.duration_since(*at) < DIRECTORY_TTL {
+                return Ok(e.clone());
+            }
+        }
         match self.directory.lookup(mac).await {
-            Ok(e) => Ok(e),
+            Ok(e) => {
+                let mut cache = self
+                    .looked_up
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                if cache.len() >= DIRECTORY_CACHE_MAX {
+                    cache.retain(|_, (at, _)| now.duration_since(*at) < DIRECTORY_TTL);
+                    if cache.len() >= DIRECTORY_CACHE_MAX {
+                        cache.clear();
+                    }
+                }
+                cache.insert(mac, (now, e.clone()));
+                Ok(e)
+            }
             Err(e) => {
                 tracing::warn!(%mac, "directory lookup failed: {e}");
                 Err(DropReason::DirectoryError)
@@ -576,21 +656,28 @@ impl DhcpCore {
             Some(DhcpOption::ServerIdentifier(ip)) => Some(*ip),
             _ => None,
         };
+        let client_id = match opts.get(OptionCode::ClientIdentifier) {
+            Some(DhcpOption::ClientIdentifier(id)) if !id.is_empty() => Some(id.as_slice()),
+            _ => None,
+        };
+        let key = LeaseKey::for_client(mac, client_id);
         let now = now_ms();
         match req.msg_type {
             MessageType::Release => {
                 let mut t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-                let Some(l) = t.by_mac.get_mut(&mac) else {
+                let Some(l) = t.by_key.get(&key) else {
                     return Outcome::Silent;
                 };
                 if l.ip != q.ciaddr() || server_id.is_some_and(|s| s != self.cfg.server_ip) {
                     return Outcome::Silent;
                 }
+                let mut l = l.clone();
                 l.state = LeaseState::Released;
                 l.expires_at = now;
+                t.put(key, l.clone());
                 self.metrics.leases_released.fetch_add(1, Ordering::Relaxed);
                 return Outcome::Durable {
-                    changes: vec![LeaseChange::Upsert(l.clone())],
+                    changes: vec![LeaseChange::Upsert(l)],
                     reply: None,
                 };
             }
@@ -602,18 +689,29 @@ impl DhcpCore {
                     return self.drop(DropReason::NotForUs);
                 }
                 let mut t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-                self.metrics.leases_declined.fetch_add(1, Ordering::Relaxed);
-                t.quarantine.insert(ip, Instant::now() + DECLINE_HOLD);
-                t.drop_offer(mac);
-                if t.by_mac.get(&mac).is_some_and(|l| l.ip == ip) {
-                    t.by_mac.remove(&mac);
-                    t.by_ip.remove(&ip);
-                    return Outcome::Durable {
-                        changes: vec![LeaseChange::Delete { mac }],
-                        reply: None,
-                    };
+                t.drop_offer(&key);
+                // Only the lease's holder can decline it (as Kea): otherwise any host could
+                // take addresses out of the pool for everyone.
+                if t.by_key.get(&key).is_none_or(|l| l.ip != ip) {
+                    return Outcome::Silent;
                 }
-                return Outcome::Silent;
+                self.metrics.leases_declined.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%ip, %mac, "DHCPDECLINE: address in use on the network; held out of the pool");
+                t.remove(&key);
+                // Persisted as a lease of its own, so a restart keeps the address out too.
+                let held = Lease {
+                    mac,
+                    ip,
+                    hostname: None,
+                    client_id: None,
+                    expires_at: now.saturating_add(DECLINE_HOLD.as_millis() as i64),
+                    state: LeaseState::Declined,
+                };
+                t.put(held.key(), held.clone());
+                return Outcome::Durable {
+                    changes: vec![LeaseChange::Delete { key }, LeaseChange::Upsert(held)],
+                    reply: None,
+                };
             }
             MessageType::Discover | MessageType::Request | MessageType::Inform => {}
             _ => return self.drop(DropReason::NotForUs),
@@ -625,7 +723,7 @@ impl DhcpCore {
             self.table
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
-                .drop_offer(mac);
+                .drop_offer(&key);
             return self.drop(DropReason::NotForUs);
         }
         let entry = match self.lookup(mac).await {
@@ -667,13 +765,13 @@ impl DhcpCore {
                 }
             }
             MessageType::Discover => {
-                let Some(ip) = t.allocate(mac, pool_idx, reserved, requested) else {
+                let Some(ip) = t.allocate(&key, mac, pool_idx, reserved, requested) else {
                     drop(t);
                     self.metrics.pool_exhausted.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%mac, "address pool exhausted");
                     return Outcome::Silent;
                 };
-                t.record_offer(mac, ip);
+                t.record_offer(&key, ip);
                 drop(t);
                 self.metrics.leases_offered.fetch_add(1, Ordering::Relaxed);
                 let mut m = self.base_reply(req, MessageType::Offer);
@@ -697,9 +795,16 @@ impl DhcpCore {
                     return self.drop(DropReason::BadOptions);
                 };
                 let now_i = Instant::now();
-                let known = t.by_mac.get(&mac).is_some_and(|l| l.ip == ip);
+                let known = t.by_key.get(&key).is_some_and(|l| l.ip == ip);
+                // Another client's expired address only if we offered it (the reclaim rule
+                // lives in `allocate`) or it is this client's reservation.
+                let offered = t.offers.get(&key).is_some_and(|o| o.ip == ip);
                 let ok = pool.contains_subnet(ip)
-                    && t.free_for(ip, mac, &pool, now_i, now)
+                    && match t.avail(ip, &key, mac, &pool, now_i, now) {
+                        Avail::Free => true,
+                        Avail::Expired => offered || reserved == Some(ip),
+                        Avail::Taken => false,
+                    }
                     && (pool.contains_range(ip) || reserved == Some(ip) || known);
                 if !ok {
                     drop(t);
@@ -710,21 +815,15 @@ impl DhcpCore {
                     }
                     return self.nak(req, "requested address not available");
                 }
-                let client_id = match opts.get(OptionCode::ClientIdentifier) {
-                    Some(DhcpOption::ClientIdentifier(id)) => {
-                        Some(id.iter().map(|b| format!("{b:02x}")).collect::<String>())
-                    }
-                    _ => None,
-                };
                 let lease = Lease {
                     mac,
                     ip,
                     hostname: hostname.clone(),
-                    client_id,
+                    client_id: client_id.map(to_hex),
                     expires_at: now.saturating_add(pool.lease_time.as_millis() as i64),
                     state: LeaseState::Bound,
                 };
-                let changes = t.bind(lease);
+                let changes = t.bind(key, lease);
                 drop(t);
                 self.metrics.leases_acked.fetch_add(1, Ordering::Relaxed);
                 let mut m = self.base_reply(req, MessageType::Ack);
@@ -744,12 +843,12 @@ impl DhcpCore {
         }
     }
 
-    /// Number of leases in memory (bound or released).
+    /// Number of leases in memory (bound, released or declined).
     pub fn lease_count(&self) -> usize {
         self.table
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .by_mac
+            .by_key
             .len()
     }
 }
@@ -1079,47 +1178,259 @@ mod tests {
         )
     }
 
+    fn lease_of(mac: MacAddr, ip: Ipv4Addr, expires_at: i64) -> Lease {
+        Lease {
+            mac,
+            ip,
+            hostname: None,
+            client_id: None,
+            expires_at,
+            state: LeaseState::Bound,
+        }
+    }
+
     #[test]
     fn allocation_and_reclaim() {
         let mut t = LeaseTable::new(Ipv4Addr::new(10, 0, 0, 1), &[pool()], Vec::new());
         let macs: Vec<MacAddr> = (1..=4).map(|i| MacAddr([2, 0, 0, 0, 0, i])).collect();
-        let a = t.allocate(macs[0], 0, None, None).expect("ip");
-        t.record_offer(macs[0], a);
+        let keys: Vec<LeaseKey> = macs.iter().map(|m| LeaseKey::Mac(*m)).collect();
+        let a = t.allocate(&keys[0], macs[0], 0, None, None).expect("ip");
+        t.record_offer(&keys[0], a);
         assert_eq!(
-            t.allocate(macs[0], 0, None, None),
+            t.allocate(&keys[0], macs[0], 0, None, None),
             Some(a),
             "same offer again"
         );
-        let b = t.allocate(macs[1], 0, None, None).expect("ip");
+        let b = t.allocate(&keys[1], macs[1], 0, None, None).expect("ip");
         assert_ne!(a, b);
-        t.record_offer(macs[1], b);
-        let c = t.allocate(macs[2], 0, None, None).expect("ip");
-        t.record_offer(macs[2], c);
-        assert_eq!(t.allocate(macs[3], 0, None, None), None, "pool full");
+        t.record_offer(&keys[1], b);
+        let c = t.allocate(&keys[2], macs[2], 0, None, None).expect("ip");
+        t.record_offer(&keys[2], c);
+        assert_eq!(
+            t.allocate(&keys[3], macs[3], 0, None, None),
+            None,
+            "pool full"
+        );
         // An expired lease of another client is reclaimed with a Delete first.
-        t.drop_offer(macs[0]);
-        let changes = t.bind(Lease {
-            mac: macs[0],
-            ip: a,
-            hostname: None,
-            client_id: None,
-            expires_at: 0,
-            state: LeaseState::Bound,
-        });
+        t.drop_offer(&keys[0]);
+        let changes = t.bind(keys[0].clone(), lease_of(macs[0], a, 0));
         assert_eq!(changes.len(), 1);
-        let ip = t.allocate(macs[3], 0, None, None).expect("reclaimed");
+        let ip = t
+            .allocate(&keys[3], macs[3], 0, None, None)
+            .expect("reclaimed");
         assert_eq!(ip, a);
-        let changes = t.bind(Lease {
-            mac: macs[3],
-            ip,
-            hostname: None,
-            client_id: None,
-            expires_at: i64::MAX,
-            state: LeaseState::Bound,
-        });
-        assert_eq!(changes[0], LeaseChange::Delete { mac: macs[0] });
+        let changes = t.bind(keys[3].clone(), lease_of(macs[3], ip, i64::MAX));
+        assert_eq!(
+            changes[0],
+            LeaseChange::Delete {
+                key: keys[0].clone()
+            }
+        );
         // Reservation outside the range but in the subnet.
         let r = Ipv4Addr::new(10, 0, 0, 50);
-        assert_eq!(t.allocate(macs[0], 0, Some(r), None), Some(r));
+        assert_eq!(t.allocate(&keys[0], macs[0], 0, Some(r), None), Some(r));
+    }
+
+    #[test]
+    fn expired_leases_are_reclaimed_only_when_no_address_is_free_oldest_first() {
+        let m = |i: u8| MacAddr([2, 0, 0, 0, 1, i]);
+        let ip = |i: u8| Ipv4Addr::new(10, 0, 0, i);
+        let now = now_ms();
+        // Pool 10..=12: A (.10) expired a minute ago, B (.11) an hour ago; .12 never used.
+        let mut released = lease_of(m(9), ip(12), now + 3_600_000);
+        released.state = LeaseState::Released;
+        let mut t = LeaseTable::new(
+            SRV,
+            &[pool()],
+            vec![
+                lease_of(m(1), ip(10), now - 60_000),
+                lease_of(m(2), ip(11), now - 3_600_000),
+            ],
+        );
+        let key = |i: u8| LeaseKey::Mac(m(i));
+        // A free address goes first, even though two expired ones come earlier in the range.
+        assert_eq!(t.allocate(&key(3), m(3), 0, None, None), Some(ip(12)));
+        // Asking for an expired address of someone else does not get it while one is free.
+        assert_eq!(
+            t.allocate(&key(3), m(3), 0, None, Some(ip(10))),
+            Some(ip(12))
+        );
+        t.bind(key(3), lease_of(m(3), ip(12), now + 3_600_000));
+        // The pool has no free address left: the oldest expiry (B's) goes first.
+        assert_eq!(t.allocate(&key(4), m(4), 0, None, None), Some(ip(11)));
+        let changes = t.bind(key(4), lease_of(m(4), ip(11), now + 3_600_000));
+        assert_eq!(changes[0], LeaseChange::Delete { key: key(2) });
+        // A client whose own lease expired gets its address back (it is still free for it).
+        assert_eq!(t.allocate(&key(1), m(1), 0, None, None), Some(ip(10)));
+        assert_eq!(t.allocate(&key(5), m(5), 0, None, None), Some(ip(10)));
+        t.bind(key(5), lease_of(m(5), ip(10), now + 3_600_000));
+        assert_eq!(t.allocate(&key(6), m(6), 0, None, None), None, "all live");
+        // A released lease is reclaimable at once, before leases that expire later.
+        let mut rel = lease_of(m(3), ip(12), now);
+        rel.state = LeaseState::Released;
+        t.put(key(3), rel);
+        assert_eq!(t.allocate(&key(6), m(6), 0, None, None), Some(ip(12)));
+        let _ = released;
+    }
+
+    fn req_from(mac: [u8; 6], client_id: Option<&[u8]>, mt: MessageType) -> Message {
+        let mut m = req(mt, vec![]);
+        m.set_chaddr(&mac);
+        if let Some(id) = client_id {
+            m.opts_mut()
+                .insert(DhcpOption::ClientIdentifier(id.to_vec()));
+        }
+        m
+    }
+
+    /// DISCOVER then REQUEST; returns the address and the store changes of the ACK.
+    fn dora(c: &DhcpCore, mac: [u8; 6], client_id: Option<&[u8]>) -> (Ipv4Addr, Vec<LeaseChange>) {
+        let (offer, _) = reply_of(&run(c, &req_from(mac, client_id, MessageType::Discover)));
+        let ip = offer.yiaddr();
+        let mut r = req_from(mac, client_id, MessageType::Request);
+        r.opts_mut().insert(DhcpOption::ServerIdentifier(SRV));
+        r.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+        match run(c, &r) {
+            Outcome::Durable { changes, reply } => {
+                let (ack, _) = reply_of(&Outcome::Durable {
+                    changes: changes.clone(),
+                    reply,
+                });
+                assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
+                assert_eq!(ack.yiaddr(), ip);
+                (ip, changes)
+            }
+            other => panic!("no ACK: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn client_identifier_keys_the_lease() {
+        let c = core(StaticDirectory::new(), vec![pool()]);
+        let m1 = [2, 0, 0, 0, 2, 1];
+        let m2 = [2, 0, 0, 0, 2, 2];
+        let (ip_x, changes) = dora(&c, m1, Some(b"\0host-x"));
+        let [LeaseChange::Upsert(l)] = &changes[..] else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(l.key(), LeaseKey::ClientId(b"\0host-x".to_vec()));
+        assert_eq!(l.key().to_string(), "id:00686f73742d78");
+        assert_eq!(l.mac, MacAddr(m1));
+        // Same client identifier from another NIC: the same lease.
+        let (again, _) = dora(&c, m2, Some(b"\0host-x"));
+        assert_eq!(
+            again, ip_x,
+            "the client identifier, not chaddr, names the client"
+        );
+        // Same chaddr, another identifier: another client, another address.
+        let (ip_y, _) = dora(&c, m1, Some(b"\0host-y"));
+        assert_ne!(ip_y, ip_x);
+        // Same chaddr, no identifier: a third client.
+        let (ip_m, changes) = dora(&c, m1, None);
+        assert!(ip_m != ip_x && ip_m != ip_y, "{ip_m} {ip_x} {ip_y}");
+        assert!(
+            matches!(&changes[..], [LeaseChange::Upsert(l)] if l.key() == LeaseKey::Mac(MacAddr(m1)))
+        );
+        // An identifier that is hardware type 1 + this MAC is the MAC's key.
+        let mut hw = vec![1u8];
+        hw.extend_from_slice(&m1);
+        let (ip_hw, _) = dora(&c, m1, Some(&hw));
+        assert_eq!(ip_hw, ip_m);
+        // RELEASE is matched by identifier too; another identifier's release is ignored.
+        let mut rel = req_from(m2, Some(b"\0host-y"), MessageType::Release);
+        rel.set_ciaddr(ip_x);
+        assert_eq!(run(&c, &rel), Outcome::Silent);
+        let mut rel = req_from(m2, Some(b"\0host-x"), MessageType::Release);
+        rel.set_ciaddr(ip_x);
+        assert!(matches!(
+            run(&c, &rel),
+            Outcome::Durable { reply: None, .. }
+        ));
+    }
+
+    /// Applies a batch to a map the way a store does (in order).
+    fn apply(store: &mut HashMap<LeaseKey, Lease>, changes: &[LeaseChange]) {
+        for ch in changes {
+            match ch {
+                LeaseChange::Upsert(l) => {
+                    store.retain(|_, o| o.ip != l.ip);
+                    store.insert(l.key(), l.clone());
+                }
+                LeaseChange::Delete { key } => {
+                    store.remove(key);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn declined_address_is_persisted_and_stays_out_after_a_restart() {
+        let c = core(StaticDirectory::new(), vec![pool()]);
+        let mut store = HashMap::new();
+        let a = [2, 0, 0, 0, 3, 1];
+        let (ip, changes) = dora(&c, a, None);
+        apply(&mut store, &changes);
+        // Someone else declining A's address is ignored.
+        let mut d = req_from([2, 0, 0, 0, 3, 9], None, MessageType::Decline);
+        d.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+        assert_eq!(run(&c, &d), Outcome::Silent);
+        let mut d = req_from(a, None, MessageType::Decline);
+        d.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+        d.opts_mut().insert(DhcpOption::ServerIdentifier(SRV));
+        let Outcome::Durable {
+            changes,
+            reply: None,
+        } = run(&c, &d)
+        else {
+            panic!("DECLINE must be stored")
+        };
+        assert_eq!(
+            changes[0],
+            LeaseChange::Delete {
+                key: LeaseKey::Mac(MacAddr(a))
+            }
+        );
+        let LeaseChange::Upsert(held) = &changes[1] else {
+            panic!("{changes:?}")
+        };
+        assert_eq!(held.state, LeaseState::Declined);
+        assert_eq!(held.key(), LeaseKey::Declined(ip));
+        assert_eq!(held.key().to_string(), format!("declined:{ip}"));
+        assert!(held.expires_at > now_ms() + 500_000);
+        apply(&mut store, &changes);
+        // A new server over the stored rows: nobody gets the address, not even A.
+        let fresh = DhcpCore::new(
+            c.cfg.clone(),
+            Arc::new(StaticDirectory::new()),
+            Arc::new(Metrics::new()),
+            store.values().cloned().collect(),
+        );
+        let other = dora(&fresh, [2, 0, 0, 0, 4, 0], None).0;
+        let (got_a, _) = dora(&fresh, a, None);
+        assert!(other != ip && got_a != ip, "declined {ip} handed out");
+        // The pool (3 addresses) is now full: the held address is not reclaimed.
+        let o = run(
+            &fresh,
+            &req_from([2, 0, 0, 0, 4, 1], None, MessageType::Discover),
+        );
+        assert_eq!(o, Outcome::Silent, "pool exhausted while {ip} is held");
+        // Once the hold is over the address is reclaimable like an expired lease.
+        let mut over = held.clone();
+        over.expires_at = now_ms() - 1;
+        let fresh = DhcpCore::new(
+            c.cfg.clone(),
+            Arc::new(StaticDirectory::new()),
+            Arc::new(Metrics::new()),
+            vec![over],
+        );
+        let mut seen = Vec::new();
+        for i in 0..3u8 {
+            seen.push(dora(&fresh, [2, 0, 0, 0, 5, i], None).0);
+        }
+        assert_eq!(
+            seen.last(),
+            Some(&ip),
+            "last, when nothing else is free: {seen:?}"
+        );
     }
 }

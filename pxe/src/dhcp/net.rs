@@ -18,6 +18,11 @@ use crate::error::PxeError;
 use crate::lease::{LeaseChange, LeaseStore};
 use crate::metrics::{DropReason, Metrics};
 
+/// Receive and send buffer of the well-known-port sockets (DHCP 67/4011, TFTP 69).
+const SOCKET_BUFFER: usize = 4 << 20;
+/// ACKs released per step when a committed batch is sent (see [`reply_sender`]).
+const PACE_CHUNK: usize = 32;
+
 /// Creates a UDP socket bound to `interface` (SO_BINDTODEVICE) on `addr`, broadcast allowed.
 pub(crate) fn bound_udp_socket(
     what: &'static str,
@@ -43,6 +48,18 @@ pub(crate) fn bound_udp_socket(
     }
     if pktinfo {
         setsockopt(&s, sockopt::Ipv4PacketInfo, &true).map_err(|e| err(e.into()))?;
+    }
+    if addr.port() != 0 {
+        // Requests arrive in bursts (a rack powering on, a relay flushing): the default
+        // ~208 KiB holds only a few hundred datagrams, and what overflows is lost silently.
+        // SO_RCVBUFFORCE passes net.core.rmem_max (we run as root); if refused, take what
+        // SO_RCVBUF gives.
+        if setsockopt(&s, sockopt::RcvBufForce, &SOCKET_BUFFER).is_err() {
+            let _ = s.set_recv_buffer_size(SOCKET_BUFFER);
+        }
+        if setsockopt(&s, sockopt::SndBufForce, &SOCKET_BUFFER).is_err() {
+            let _ = s.set_send_buffer_size(SOCKET_BUFFER);
+        }
     }
     s.set_nonblocking(true).map_err(err)?;
     s.bind(&SocketAddr::V4(addr).into()).map_err(err)?;
@@ -140,11 +157,13 @@ pub(crate) struct Pending {
     pub reply: Option<Reply>,
 }
 
-/// Group commit: takes everything queued, stores it in one batch, then sends the replies.
+/// Group commit: takes everything queued, stores it in one batch, then hands the replies to
+/// [`reply_sender`]. While one batch commits the next one queues, so the batch size follows
+/// the load and a reply waits at most about two commits.
 pub(crate) async fn lease_writer(
     store: Arc<dyn LeaseStore>,
     mut rx: mpsc::Receiver<Pending>,
-    senders: Arc<Senders>,
+    replies: mpsc::UnboundedSender<Vec<Reply>>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(1024);
@@ -158,10 +177,10 @@ pub(crate) async fn lease_writer(
             Ok(()) => {
                 metrics.lease_batches.fetch_add(1, Ordering::Relaxed);
                 metrics.lease_writes.fetch_add(n, Ordering::Relaxed);
-                for p in batch.drain(..) {
-                    if let Some(r) = p.reply {
-                        senders.send(&r).await;
-                    }
+                // Durable now: only from here may the ACKs leave.
+                let out: Vec<Reply> = batch.drain(..).filter_map(|p| p.reply).collect();
+                if !out.is_empty() && replies.send(out).is_err() {
+                    tracing::warn!("reply sender gone; ACKs dropped");
                 }
             }
             Err(e) => {
@@ -169,6 +188,27 @@ pub(crate) async fn lease_writer(
                 metrics.lease_store_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::error!("lease store commit failed ({n} changes): {e}");
                 batch.clear();
+            }
+        }
+    }
+}
+
+/// Sends the ACKs of committed batches, [`PACE_CHUNK`] at a time with a 1 ms pause between
+/// steps of a large batch: a batch of hundreds sent back to back overflows the receive buffer
+/// of a relay or a load generator (measured with perfdhcp), and the pause also lets the
+/// receive loop run. Separate from the writer so the next commit is not held up.
+pub(crate) async fn reply_sender(
+    mut rx: mpsc::UnboundedReceiver<Vec<Reply>>,
+    senders: Arc<Senders>,
+) {
+    while let Some(batch) = rx.recv().await {
+        let mut chunks = batch.chunks(PACE_CHUNK).peekable();
+        while let Some(chunk) = chunks.next() {
+            for r in chunk {
+                senders.send(r).await;
+            }
+            if chunks.peek().is_some() {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
             }
         }
     }
