@@ -96,13 +96,13 @@ impl MachineDirectory for InventoryDirectory {
         async move {
             let m = self
                 .inv
-                .machine_by_mac(MacAddress(mac.0))
+                .boot_identity(MacAddress(mac.0))
                 .await
                 .map_err(|e| DirectoryError(e.to_string()))?;
-            Ok(m.map(|m| MachineEntry {
-                intent: intent_for(m.state),
-                reserved_ip: m.nics.iter().find(|n| n.mac.0 == mac.0).and_then(|n| n.ip),
-                hostname: Some(m.name),
+            Ok(m.map(|(name, state, ip)| MachineEntry {
+                intent: intent_for(state),
+                reserved_ip: ip,
+                hostname: Some(name),
             }))
         }
         .boxed()

@@ -748,6 +748,35 @@ impl Inventory {
         }
     }
 
+    /// What the boot server needs to know of the machine owning `mac` — its name, state and
+    /// the NIC's reserved address — in one small query: DHCP asks this for every DISCOVER, and
+    /// decoding a whole [`Machine`] there halved DHCP throughput (bench/dhcp).
+    pub async fn boot_identity(
+        &self,
+        mac: MacAddress,
+    ) -> Result<Option<(String, MachineState, Option<std::net::Ipv4Addr>)>> {
+        let row = sqlx::query(
+            "SELECT m.name, m.state, n.ip FROM machine_nics n JOIN machines m ON m.id = n.machine_id WHERE n.mac = $1",
+        )
+        .bind(mac.to_string())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let name: String = r.try_get("name")?;
+        let state: String = r.try_get("state")?;
+        let ip: Option<String> = r.try_get("ip")?;
+        let ip = match ip {
+            Some(t) => Some(t.parse().map_err(|_| {
+                Error::invalid(
+                    "machine_nics.ip",
+                    format!("stored address '{t}' is damaged"),
+                )
+            })?),
+            None => None,
+        };
+        Ok(Some((name, state.parse()?, ip)))
+    }
+
     /// Applies a patch. A forbidden or colliding change leaves the machine untouched.
     pub async fn update_machine(
         &self,
