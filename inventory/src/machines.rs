@@ -748,33 +748,29 @@ impl Inventory {
         }
     }
 
-    /// What the boot server needs to know of the machine owning `mac` — its name, state and
-    /// the NIC's reserved address — in one small query: DHCP asks this for every DISCOVER, and
-    /// decoding a whole [`Machine`] there halved DHCP throughput (bench/dhcp).
-    pub async fn boot_identity(
+    /// What the boot server needs of every NIC: its machine's name and state, and the NIC's
+    /// reserved address — three columns, not whole machines (DHCP reads this snapshot).
+    pub async fn boot_identities(
         &self,
-        mac: MacAddress,
-    ) -> Result<Option<(String, MachineState, Option<std::net::Ipv4Addr>)>> {
-        let row = sqlx::query(
-            "SELECT m.name, m.state, n.ip FROM machine_nics n JOIN machines m ON m.id = n.machine_id WHERE n.mac = $1",
+    ) -> Result<Vec<(MacAddress, String, MachineState, Option<std::net::Ipv4Addr>)>> {
+        let rows = sqlx::query(
+            "SELECT n.mac, m.name, m.state, n.ip FROM machine_nics n JOIN machines m ON m.id = n.machine_id",
         )
-        .bind(mac.to_string())
-        .fetch_optional(&self.pool)
+        .fetch_all(&self.pool)
         .await?;
-        let Some(r) = row else { return Ok(None) };
-        let name: String = r.try_get("name")?;
-        let state: String = r.try_get("state")?;
-        let ip: Option<String> = r.try_get("ip")?;
-        let ip = match ip {
-            Some(t) => Some(t.parse().map_err(|_| {
-                Error::invalid(
-                    "machine_nics.ip",
-                    format!("stored address '{t}' is damaged"),
-                )
-            })?),
-            None => None,
-        };
-        Ok(Some((name, state.parse()?, ip)))
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let mac: String = r.try_get("mac")?;
+            let state: String = r.try_get("state")?;
+            let ip: Option<String> = r.try_get("ip")?;
+            out.push((
+                mac.parse()?,
+                r.try_get("name")?,
+                state.parse()?,
+                ip.and_then(|t| t.parse().ok()),
+            ));
+        }
+        Ok(out)
     }
 
     /// Applies a patch. A forbidden or colliding change leaves the machine untouched.
