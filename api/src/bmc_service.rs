@@ -5,6 +5,7 @@
 use crate::ApiError;
 use axum::http::StatusCode;
 use bmc::{BmcError, BmcHandle, BmcUrl, Controller, Credentials, Policy, TlsPolicy};
+use futures::StreamExt;
 use inventory::{BmcAccess, BmcHealth, Inventory, MachineFilter};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -123,37 +124,47 @@ impl BmcService {
                 return;
             }
         };
-        for m in machines
-            .iter()
+        // Several BMCs at once: one slow or dead BMC must not stretch the tick for all the
+        // others. Each BMC still sees one command at a time (the controller's rule).
+        let names: Vec<String> = machines
+            .into_iter()
             .filter(|m| m.bmc.is_some() && m.state != inventory::MachineState::Retired)
-        {
-            let reading = self
-                .run(
-                    &m.name,
-                    |h| async move { h.power_reading().await.map(Watts) },
-                )
-                .await;
-            match reading {
-                Ok(Watts(Some(w))) => {
-                    // Gaps longer than 2.5 intervals (the service was down, the BMC was
-                    // unreachable) are not bridged: nobody knows what was drawn meanwhile.
-                    let max_gap_ms = (interval.as_millis() as i64).saturating_mul(5) / 2;
-                    if let Err(e) = self
-                        .inv
-                        .add_power_sample(&m.name, inventory::now_ms(), w, max_gap_ms)
-                        .await
-                    {
-                        tracing::warn!(machine = %m.name, error = %e, "energy sampler: cannot store sample");
-                    }
+            .map(|m| m.name)
+            .collect();
+        futures::stream::iter(names)
+            .for_each_concurrent(ENERGY_PARALLELISM, |name| async move {
+                self.sample_one(&name, interval).await
+            })
+            .await;
+    }
+
+    async fn sample_one(&self, name: &str, interval: Duration) {
+        let reading = self
+            .run(name, |h| async move { h.power_reading().await.map(Watts) })
+            .await;
+        match reading {
+            Ok(Watts(Some(w))) => {
+                // Gaps longer than 2.5 intervals (the service was down, the BMC was
+                // unreachable) are not bridged: nobody knows what was drawn meanwhile.
+                let max_gap_ms = (interval.as_millis() as i64).saturating_mul(5) / 2;
+                if let Err(e) = self
+                    .inv
+                    .add_power_sample(name, inventory::now_ms(), w, max_gap_ms)
+                    .await
+                {
+                    tracing::warn!(machine = %name, error = %e, "energy sampler: cannot store sample");
                 }
-                Ok(Watts(None)) => {}
-                Err(e) => {
-                    tracing::debug!(machine = %m.name, error = %e.message, "energy sampler: no reading")
-                }
+            }
+            Ok(Watts(None)) => {}
+            Err(e) => {
+                tracing::debug!(machine = %name, error = %e.message, "energy sampler: no reading")
             }
         }
     }
 }
+
+/// How many BMCs the energy sampler reads at once.
+const ENERGY_PARALLELISM: usize = 16;
 
 /// A power reading in watts, if the BMC measures it.
 pub struct Watts(pub Option<f64>);
