@@ -3,9 +3,10 @@
 # `rackshare serve` (its boot services' TFTP) and from tftpd-hpa, one server at a time, over
 # the same veth, with the same clients. Prints wall times, failures, CPU and the ratios.
 #
-# The headline client is pxe's `tftp_load` example: ONE process doing the N transfers
-# concurrently (lock-step, windowsize 1 — what both servers and PXE ROMs speak), size-checked,
-# its own CPU time measured so the figure says how much of the box the client took. It runs
+# The headline client is pxe's `tftp_load` example: ONE process, one thread and one poll loop
+# doing the N transfers concurrently (lock-step, windowsize 1 — what both servers and PXE ROMs
+# speak), size-checked, its own CPU time measured so the figure says how much of the box the
+# client took. Server CPU comes from a cgroup around the server (all its processes). It runs
 # ROUNDS times per server, alternating servers, and the median is compared. The old client,
 # N concurrent `curl` processes (SHA-256-checked), runs once per server as a second row: on
 # two cores those N processes are most of the work, so that row measures the client. A third
@@ -13,10 +14,10 @@
 #
 # Usage (root, from the workspace root):
 #   cargo build --release -p rackshare && cargo build -p pxe --release --example tftp_load
-#   bench/tftp/run.sh            # N=200, ROUNDS=3
+#   bench/tftp/run.sh            # N=200, ROUNDS=5
 #   N=50 ROUNDS=5 bench/tftp/run.sh
 # Env: BIN (rackshare binary), LOAD (tftp_load binary), N (clients), BLKSIZE (default 1468),
-#      ROUNDS (default 3).
+#      ROUNDS (default 5).
 #
 # Traffic stays inside two namespaces created here (removed on exit): server namespace with
 # bridge br0 (10.77.0.1/24), client namespace (10.77.0.9/24), joined by a veth.
@@ -26,7 +27,7 @@ BIN=${BIN:-target/release/rackshare}
 LOAD=${LOAD:-target/release/examples/tftp_load}
 N=${N:-200}
 BLKSIZE=${BLKSIZE:-1468}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 SRV=10.77.0.1 CLI=10.77.0.9
 
 need() { command -v "$1" >/dev/null || { echo "$1 missing: apt-get install $2" >&2; exit 1; }; }
@@ -42,6 +43,20 @@ LOAD=$(realpath "$LOAD")
 need bc bc
 
 S=rsb-tftp-$$-s C=rsb-tftp-$$-c
+# Server CPU is read from a cgroup holding the server and everything it forks (tftpd-hpa
+# runs a process per transfer): cgroup v2 cpu.stat, or v1 cpuacct.
+if [ -f /sys/fs/cgroup/cgroup.controllers ]; then
+  CG=/sys/fs/cgroup/rsb-tftp-$$
+  cg_usage() { awk '/^usage_usec/{printf "%.3f", $2 / 1e6}' "$CG/cpu.stat"; }
+elif [ -d /sys/fs/cgroup/cpuacct ]; then
+  CG=/sys/fs/cgroup/cpuacct/rsb-tftp-$$
+  cg_usage() { awk '{printf "%.3f", $1 / 1e9}' "$CG/cpuacct.usage"; }
+else
+  echo "no cgroup filesystem at /sys/fs/cgroup: cannot account server CPU" >&2; exit 1
+fi
+mkdir -p "$CG"
+# Runs "$@" inside the cgroup.
+in_cg() { bash -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG" "$@"; }
 W=$(mktemp -d /tmp/rsb-tftp.XXXXXX)
 SP=
 stop_server() {
@@ -57,6 +72,7 @@ cleanup() {
   stop_server
   ip netns del "$S" 2>/dev/null || true
   ip netns del "$C" 2>/dev/null || true
+  rmdir "$CG" 2>/dev/null || true
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -93,7 +109,7 @@ wait_udp69() {
 
 start_rackshare() {
   # Proxy mode: boot services (TFTP) start, but DHCP never hands out addresses.
-  ip netns exec "$S" "$BIN" serve --data-dir "$W/rs" --listen "$SRV:8080" \
+  in_cg ip netns exec "$S" "$BIN" serve --data-dir "$W/rs" --listen "$SRV:8080" \
     --pxe-interface br0 --pxe-mode proxy --pxe-root "$ROOT" \
     --energy-interval-secs 0 --log-level warn > "$W/server.log" 2>&1 &
   SP=$!
@@ -103,19 +119,20 @@ start_rackshare() {
     sleep 0.1
   done
   wait_udp69
+  CG0=$(cg_usage)
 }
 start_tftpd() {
   # --secure: chroot to ROOT (the file is named relative to it); --foreground: stay our child.
-  ip netns exec "$S" in.tftpd --listen --foreground --address "$SRV:69" --secure "$ROOT" > "$W/server.log" 2>&1 &
+  in_cg ip netns exec "$S" in.tftpd --listen --foreground --address "$SRV:69" --secure "$ROOT" > "$W/server.log" 2>&1 &
   SP=$!
   wait_udp69
+  CG0=$(cg_usage)
 }
 
-# Server CPU seconds (utime+stime) of rackshare's single process. tftpd-hpa forks a process
-# per transfer that its parent does not account for (cutime stays ~0), so it is not measured.
+# Server CPU seconds since the server was ready: the cgroup counts every process and thread
+# of it (tftpd-hpa's per-transfer children included) and the softirq work charged to them.
 cpu_secs() {
-  if [ "$2" = tftpd-hpa ]; then echo "n/a (a process per transfer)"; return; fi
-  awk -v t="$(getconf CLK_TCK)" '{printf "%.2f s", ($14+$15)/t}' "/proc/$1/stat"
+  awk -v a="$CG0" -v b="$(cg_usage)" 'BEGIN{printf "%.2f s", b - a}'
 }
 
 # N curl processes at once; each transfer bounded by --max-time. Prints "WALL FAILURES".
@@ -164,8 +181,8 @@ for round in $(seq "$ROUNDS"); do
     case $srv in rackshare) start_rackshare ;; tftpd-hpa) start_tftpd ;; esac
     read -r w f c < <(light 1)
     W1[$srv]+="$w " F1[$srv]=$(( ${F1[$srv]} + f )) C1[$srv]+="$c "
-    sc=$(cpu_secs "$SP" "$srv")
-    [ "$srv" = rackshare ] && SCPU1[$srv]+="${sc% s} "
+    sc=$(cpu_secs)
+    SCPU1[$srv]+="${sc% s} "
     printf '  round %d %-10s wall %6s s  failures %s  client CPU %s s  server CPU %s  (%s)\n' \
       "$round" "$srv" "$w" "$f" "$c" "$sc" "$(cat "$W/light.out")"
     if [ "$round" = 1 ]; then
@@ -173,7 +190,7 @@ for round in $(seq "$ROUNDS"); do
       stop_server
       case $srv in rackshare) start_rackshare ;; tftpd-hpa) start_tftpd ;; esac
       read -r WALL[$srv] BAD[$srv] < <(curl_fetch)
-      CPU[$srv]=$(cpu_secs "$SP" "$srv")
+      CPU[$srv]=$(cpu_secs)
       if [ "$srv" = rackshare ]; then
         ip netns exec "$S" curl -s --max-time 5 "http://$SRV:8080/metrics" \
           | grep -E '^rackshare_tftp_(transfers|completed|timeouts|refused|aborted_by_client)_total' \
@@ -192,7 +209,10 @@ for srv in rackshare tftpd-hpa; do
   printf '  %-10s tftp_load ws1: median wall %6.2f s over [%s]  failures %s  client CPU [%s] s\n' "$srv" \
     "$(median <<<"${W1[$srv]}")" "${W1[$srv]% }" "${F1[$srv]}" "${C1[$srv]% }"
 done
-printf '  rackshare server CPU per ws1 round: [%s] s\n' "${SCPU1[rackshare]% }"
+for srv in rackshare tftpd-hpa; do
+  printf '  %-10s server CPU per ws1 round: [%s] s (median %.2f s)\n' "$srv" "${SCPU1[$srv]% }" \
+    "$(median <<<"${SCPU1[$srv]}")"
+done
 awk -v r="$(median <<<"${W1[rackshare]}")" -v t="$(median <<<"${W1[tftpd-hpa]}")" 'BEGIN{
   printf "  speed ratio, one-process client, windowsize 1 (tftpd-hpa wall / rackshare wall) = %.2f\n", t / r }'
 for srv in rackshare tftpd-hpa; do

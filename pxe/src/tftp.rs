@@ -1,7 +1,11 @@
 //! Read-only TFTP server (RFC 1350, 2347 options, 2348 blksize, 2349 tsize/timeout,
-//! 7440 windowsize) on tokio. A client ERROR ends its transfer at once.
+//! 7440 windowsize). Requests are taken and negotiated on tokio; the packets of running
+//! transfers are moved by one data-plane thread ([`engine`]). A client ERROR ends its
+//! transfer at once.
 
-use std::collections::{HashSet, VecDeque};
+mod engine;
+
+use std::collections::HashSet;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::{Component, Path, PathBuf};
@@ -9,14 +13,14 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, BufReader};
 use tokio::net::UdpSocket;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TftpConfig;
-use crate::dhcp::net::bound_udp_socket;
+use crate::dhcp::net::bound_std_udp_socket;
 use crate::metrics::Metrics;
+use engine::{Engine, NewTransfer};
 
 const OP_RRQ: u16 = 1;
 const OP_WRQ: u16 = 2;
@@ -213,8 +217,29 @@ pub(crate) struct Tftp {
     interface: String,
     cfg: TftpConfig,
     metrics: Arc<Metrics>,
-    active: Mutex<HashSet<SocketAddr>>,
+    active: Arc<Mutex<HashSet<SocketAddr>>>,
     slots: Arc<Semaphore>,
+    engine: Engine,
+}
+
+/// A running transfer's claim: its place among `max_transfers` and its client in the set of
+/// active peers (so a retransmitted RRQ does not start a second transfer). Dropping it, at
+/// whatever point the transfer ends, gives both back.
+pub(crate) struct Slot {
+    _permit: OwnedSemaphorePermit,
+    peer: SocketAddr,
+    active: Arc<Mutex<HashSet<SocketAddr>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.metrics.tftp_active.fetch_sub(1, Ordering::Relaxed);
+        self.active
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.peer);
+    }
 }
 
 impl Tftp {
@@ -227,14 +252,16 @@ impl Tftp {
     ) -> io::Result<Self> {
         let root = std::fs::canonicalize(root)?;
         let slots = Arc::new(Semaphore::new(cfg.max_transfers.max(1)));
+        let engine = Engine::start(Arc::clone(&metrics))?;
         Ok(Tftp {
             root,
             local_ip,
             interface,
             cfg,
             metrics,
-            active: Mutex::new(HashSet::new()),
+            active: Arc::new(Mutex::new(HashSet::new())),
             slots,
+            engine,
         })
     }
 
@@ -273,17 +300,22 @@ impl Tftp {
                             .await;
                         continue;
                     };
+                    self.metrics.tftp_active.fetch_add(1, Ordering::Relaxed);
+                    let slot = Slot {
+                        _permit: permit,
+                        peer,
+                        active: Arc::clone(&self.active),
+                        metrics: Arc::clone(&self.metrics),
+                    };
                     let this = Arc::clone(&self);
                     let stop = shutdown.clone();
+                    // Negotiation (path checks, open) off the listener; the engine then owns
+                    // the slot until the transfer ends.
                     tokio::spawn(async move {
-                        let _permit = permit;
-                        this.metrics.tftp_active.fetch_add(1, Ordering::Relaxed);
                         tokio::select! {
                             _ = stop.cancelled() => {}
-                            _ = this.transfer(peer, req) => {}
+                            _ = this.transfer(peer, req, slot) => {}
                         }
-                        this.metrics.tftp_active.fetch_sub(1, Ordering::Relaxed);
-                        this.forget(peer);
                     });
                 }
                 Ok(TftpPacket::Wrq(_)) => {
@@ -305,6 +337,8 @@ impl Tftp {
                 }
             }
         }
+        // Running transfers end with the service.
+        self.engine.stop();
     }
 
     fn forget(&self, peer: SocketAddr) {
@@ -314,8 +348,10 @@ impl Tftp {
             .remove(&peer);
     }
 
-    async fn transfer(&self, peer: SocketAddr, req: Request) {
-        let sock = match bound_udp_socket(
+    /// Resolves and opens the file, negotiates options, and hands the transfer to the data
+    /// plane, which keeps `slot` until the transfer is over.
+    async fn transfer(&self, peer: SocketAddr, req: Request, slot: Slot) {
+        let sock = match bound_std_udp_socket(
             "TFTP transfer",
             &self.interface,
             SocketAddrV4::new(self.local_ip, 0),
@@ -330,35 +366,34 @@ impl Tftp {
         // Connected to the client (as tftpd-hpa does): the kernel keeps the route instead of
         // looking it up for every DATA packet, and datagrams from any other address never
         // reach this socket (it answers them with ICMP port unreachable, not ERROR 5).
-        if let Err(e) = sock.connect(peer).await {
+        if let Err(e) = sock.connect(peer) {
             tracing::warn!(%peer, "TFTP transfer socket: connect failed: {e}");
             return;
         }
         let refuse = |code, msg: &'static str| {
             self.metrics.tftp_refused.fetch_add(1, Ordering::Relaxed);
-            let sock = &sock;
-            async move {
-                let _ = sock.send(&error_packet(code, msg)).await;
-            }
+            let _ = sock.send(&error_packet(code, msg));
         };
-        let path = match resolve_path(&self.root, &req.filename) {
-            Ok(p) => p,
+        let root = self.root.clone();
+        let name = req.filename.clone();
+        let opened = tokio::task::spawn_blocking(move || {
+            let path = resolve_path(&root, &name)?;
+            let file = std::fs::File::open(&path).map_err(|_| PathRefusal::NotFound)?;
+            let size = file.metadata().map_err(|_| PathRefusal::NotFound)?.len();
+            Ok::<_, PathRefusal>((file, size))
+        })
+        .await
+        .unwrap_or(Err(PathRefusal::NotFound));
+        let (file, size) = match opened {
+            Ok(x) => x,
             Err(PathRefusal::Escape) => {
                 tracing::info!(%peer, file = %req.filename, "TFTP path outside the root refused");
-                return refuse(TftpErrorCode::AccessViolation, "access violation").await;
+                return refuse(TftpErrorCode::AccessViolation, "access violation");
             }
             Err(PathRefusal::NotFound) => {
                 tracing::info!(%peer, file = %req.filename, "TFTP file not found");
-                return refuse(TftpErrorCode::NotFound, "file not found").await;
+                return refuse(TftpErrorCode::NotFound, "file not found");
             }
-        };
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(_) => return refuse(TftpErrorCode::NotFound, "file not found").await,
-        };
-        let size = match file.metadata().await {
-            Ok(m) => m.len(),
-            Err(_) => return refuse(TftpErrorCode::NotFound, "file not found").await,
         };
         self.metrics.tftp_transfers.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%peer, file = %req.filename, size, "TFTP transfer");
@@ -389,23 +424,23 @@ impl Tftp {
                 _ => {} // unknown or invalid options are ignored (RFC 2347)
             }
         }
-        let mut t = Transfer {
-            sock: &sock,
-            peer,
-            timeout,
-            retries: self.cfg.retries,
-            metrics: &self.metrics,
-        };
-        if !oack.is_empty() {
+        let oack = (!oack.is_empty()).then(|| {
             let mut pkt = OP_OACK.to_be_bytes().to_vec();
             pkt.extend_from_slice(&oack);
-            match t.send_and_wait(&[pkt], 0, 1).await {
-                Wait::Acked(_) => {}
-                Wait::End => return,
-            }
-        }
-        let reader = BufReader::with_capacity(256 * 1024, file);
-        t.send_file(reader, blksize, window).await;
+            pkt
+        });
+        self.engine.submit(NewTransfer {
+            sock,
+            peer,
+            file,
+            size,
+            blksize,
+            window,
+            timeout,
+            retries: self.cfg.retries,
+            oack,
+            slot,
+        });
     }
 }
 
@@ -414,133 +449,6 @@ fn push_opt(out: &mut Vec<u8>, name: &str, v: u64) {
     out.push(0);
     out.extend_from_slice(v.to_string().as_bytes());
     out.push(0);
-}
-
-enum Wait {
-    /// Number of window packets acknowledged (≥ 1).
-    Acked(usize),
-    /// Transfer over (client error, timeout, socket failure).
-    End,
-}
-
-struct Transfer<'a> {
-    sock: &'a UdpSocket,
-    peer: SocketAddr,
-    timeout: Duration,
-    retries: u32,
-    metrics: &'a Metrics,
-}
-
-impl Transfer<'_> {
-    /// Sends `packets` (block numbers `first`, `first+1`, … on the wire; 0 for an OACK) and
-    /// waits for an ACK inside the window, retransmitting on timeout.
-    async fn send_and_wait<P: AsRef<[u8]>>(
-        &mut self,
-        packets: &[P],
-        first: u16,
-        count: usize,
-    ) -> Wait {
-        let mut buf = [0u8; 1024];
-        for _attempt in 0..=self.retries {
-            for p in packets {
-                if let Err(e) = self.sock.send(p.as_ref()).await {
-                    tracing::debug!(peer = %self.peer, "TFTP send failed: {e}");
-                    return Wait::End;
-                }
-            }
-            let deadline = tokio::time::Instant::now() + self.timeout;
-            loop {
-                // Connected socket: only the client's datagrams arrive here.
-                let r = tokio::time::timeout_at(deadline, self.sock.recv(&mut buf)).await;
-                let n = match r {
-                    Err(_) => break, // timeout: retransmit
-                    Ok(Err(_)) => return Wait::End,
-                    Ok(Ok(n)) => n,
-                };
-                match buf.get(..n).map(parse_tftp_packet) {
-                    Some(Ok(TftpPacket::Ack(b))) => {
-                        let k = b.wrapping_sub(first) as usize;
-                        if k < count {
-                            return Wait::Acked(k + 1);
-                        }
-                        // Older duplicate ACK: ignore (sorcerer's apprentice).
-                    }
-                    Some(Ok(TftpPacket::Error { code, message })) => {
-                        tracing::debug!(peer = %self.peer, code, %message, "TFTP client aborted");
-                        self.metrics
-                            .tftp_aborted_by_client
-                            .fetch_add(1, Ordering::Relaxed);
-                        return Wait::End;
-                    }
-                    _ => {
-                        self.metrics.tftp_malformed.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-        }
-        tracing::debug!(peer = %self.peer, "TFTP transfer timed out");
-        self.metrics.tftp_timeouts.fetch_add(1, Ordering::Relaxed);
-        Wait::End
-    }
-
-    async fn send_file<R: tokio::io::AsyncRead + Unpin>(
-        &mut self,
-        mut reader: R,
-        blksize: usize,
-        window: usize,
-    ) {
-        // Window of encoded DATA packets; `base` is the block number of window[0].
-        let mut win: VecDeque<Vec<u8>> = VecDeque::with_capacity(window);
-        let mut base: u16 = 1;
-        let mut next: u16 = 1;
-        let mut eof = false;
-        loop {
-            while !eof && win.len() < window {
-                let mut pkt = Vec::with_capacity(4 + blksize);
-                pkt.extend_from_slice(&OP_DATA.to_be_bytes());
-                pkt.extend_from_slice(&next.to_be_bytes());
-                pkt.resize(4 + blksize, 0);
-                let mut filled = 0;
-                while filled < blksize {
-                    match reader.read(&mut pkt[4 + filled..]).await {
-                        Ok(0) => break,
-                        Ok(n) => filled += n,
-                        Err(e) => {
-                            tracing::warn!(peer = %self.peer, "TFTP read failed: {e}");
-                            let _ = self
-                                .sock
-                                .send(&error_packet(TftpErrorCode::Undefined, "read error"))
-                                .await;
-                            return;
-                        }
-                    }
-                }
-                pkt.truncate(4 + filled);
-                self.metrics
-                    .tftp_bytes
-                    .fetch_add(filled as u64, Ordering::Relaxed);
-                if filled < blksize {
-                    eof = true;
-                }
-                win.push_back(pkt);
-                next = next.wrapping_add(1);
-            }
-            if win.is_empty() {
-                self.metrics.tftp_completed.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            let count = win.len();
-            let (a, b) = win.as_slices();
-            let all: Vec<&[u8]> = a.iter().chain(b.iter()).map(|v| v.as_slice()).collect();
-            match self.send_and_wait(&all, base, count).await {
-                Wait::End => return,
-                Wait::Acked(k) => {
-                    win.drain(..k.min(count));
-                    base = base.wrapping_add(k as u16);
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -18,6 +18,10 @@ struct Setup {
 }
 
 fn setup(tag: &str) -> Setup {
+    setup_with(tag, |_| {})
+}
+
+fn setup_with(tag: &str, tune: impl FnOnce(&mut PxeConfig)) -> Setup {
     let lab = Lab::new(tag);
     let client = lab.add_host("cli", "52:54:00:cc:00:01", Some("10.77.0.9/24"));
     let root = lab.fake_tftp_root();
@@ -27,6 +31,7 @@ fn setup(tag: &str) -> Setup {
     std::os::unix::fs::symlink(lab.path("secret"), root.join("escape")).unwrap();
     let mut cfg = PxeConfig::new("br0", &root);
     cfg.dhcp_enabled = false;
+    tune(&mut cfg);
     let srv = Server::start(
         &lab.srv,
         cfg,
@@ -286,5 +291,128 @@ fn windowsize_transfer() {
     assert_eq!(data, pseudo_random(1_000_000, 3));
     wait_for("completed", Duration::from_secs(2), || {
         get(&s.srv.metrics.tftp_completed) == 1
+    });
+}
+
+/// Lock-step ACKs, one block at a time, from `first` on; returns the payload.
+fn lockstep(sock: &UdpSocket, tid: SocketAddr, blksize: usize, first: Vec<u8>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut p = first;
+    let mut expect: u16 = 1;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(Instant::now() < deadline, "lock-step transfer too slow");
+        assert_eq!(&p[..2], &[0, 3], "DATA expected");
+        let block = u16::from_be_bytes([p[2], p[3]]);
+        if block == expect {
+            out.extend_from_slice(&p[4..]);
+            sock.send_to(&[0, 4, p[2], p[3]], tid).unwrap();
+            if p.len() - 4 < blksize {
+                return out;
+            }
+            expect = expect.wrapping_add(1);
+        }
+        p = recv(sock, Duration::from_secs(3))
+            .expect("transfer stalled")
+            .0;
+    }
+}
+
+/// More than 65,535 blocks: block numbers wrap to 0 and the file still arrives whole.
+#[test]
+fn block_numbers_roll_over() {
+    let s = setup("tftproll");
+    let want = pseudo_random(8 * 66_000 + 3, 5);
+    std::fs::write(s.root.join("sub/roll.bin"), &want).unwrap();
+    let got = in_ns(&s.client, || {
+        let sock = raw_socket();
+        sock.send_to(&rrq("sub/roll.bin", &[("blksize", "8")]), "10.77.0.1:69")
+            .unwrap();
+        let (oack, tid) = recv(&sock, Duration::from_secs(2)).expect("no OACK");
+        assert_eq!(&oack[..2], &[0, 6]);
+        sock.send_to(&[0, 4, 0, 0], tid).unwrap();
+        let first = recv(&sock, Duration::from_secs(2)).expect("no DATA 1").0;
+        lockstep(&sock, tid, 8, first)
+    });
+    assert_eq!(got.len(), want.len());
+    assert!(got == want, "rolled-over transfer differs");
+    wait_for("completed", Duration::from_secs(2), || {
+        get(&s.srv.metrics.tftp_completed) == 1
+    });
+}
+
+/// A lost ACK gets the block again after the timeout; a silent client is given up on after
+/// the configured retries, and its slot is freed.
+#[test]
+fn lost_acks_are_retransmitted_then_the_transfer_times_out() {
+    let s = setup_with("tftpretx", |c| {
+        c.tftp.timeout = Duration::from_secs(1);
+        c.tftp.retries = 2;
+    });
+    // The socket outlives the closure: a closed port would answer the retransmissions with
+    // ICMP port unreachable, which ends the transfer early (a different path).
+    let _sock = in_ns(&s.client, || {
+        let sock = raw_socket();
+        sock.send_to(&rrq("sub/big.bin", &[]), "10.77.0.1:69")
+            .unwrap();
+        let (d1, tid) = recv(&sock, Duration::from_secs(2)).expect("no DATA 1");
+        assert_eq!(&d1[..4], &[0, 3, 0, 1]);
+        // No ACK: the same block comes again after about a second.
+        let t0 = Instant::now();
+        let (again, from) = recv(&sock, Duration::from_secs(3)).expect("no retransmission");
+        assert_eq!(from, tid, "retransmitted from another port");
+        assert_eq!(again, d1);
+        assert!(
+            t0.elapsed() >= Duration::from_millis(700),
+            "{:?}",
+            t0.elapsed()
+        );
+        // ACK it: block 2 follows at once; then go silent.
+        sock.send_to(&[0, 4, 0, 1], tid).unwrap();
+        let (d2, _) = recv(&sock, Duration::from_secs(1)).expect("no DATA 2");
+        assert_eq!(&d2[..4], &[0, 3, 0, 2]);
+        sock
+    });
+    wait_for("timeout", Duration::from_secs(6), || {
+        get(&s.srv.metrics.tftp_timeouts) == 1 && get(&s.srv.metrics.tftp_active) == 0
+    });
+    assert_eq!(get(&s.srv.metrics.tftp_completed), 0);
+}
+
+/// RFC 7440: an ACK inside the window (the client lost a packet) restarts the window right
+/// after the acknowledged block.
+#[test]
+fn partial_window_ack_restarts_after_the_acked_block() {
+    let s = setup("tftppart");
+    in_ns(&s.client, || {
+        let sock = raw_socket();
+        sock.send_to(
+            &rrq("sub/big.bin", &[("blksize", "512"), ("windowsize", "4")]),
+            "10.77.0.1:69",
+        )
+        .unwrap();
+        let (_oack, tid) = recv(&sock, Duration::from_secs(2)).expect("no OACK");
+        sock.send_to(&[0, 4, 0, 0], tid).unwrap();
+        let blocks: Vec<u16> = (0..4)
+            .map(|_| {
+                let (p, _) = recv(&sock, Duration::from_secs(2)).expect("window");
+                u16::from_be_bytes([p[2], p[3]])
+            })
+            .collect();
+        assert_eq!(blocks, [1, 2, 3, 4]);
+        // Pretend block 3 was lost: ACK 2.
+        sock.send_to(&[0, 4, 0, 2], tid).unwrap();
+        let blocks: Vec<u16> = (0..4)
+            .map(|_| {
+                let (p, _) = recv(&sock, Duration::from_secs(2)).expect("next window");
+                u16::from_be_bytes([p[2], p[3]])
+            })
+            .collect();
+        assert_eq!(blocks, [3, 4, 5, 6]);
+        // Abort politely.
+        sock.send_to(b"\x00\x05\x00\x00done\x00", tid).unwrap();
+    });
+    wait_for("aborted", Duration::from_secs(2), || {
+        get(&s.srv.metrics.tftp_aborted_by_client) == 1 && get(&s.srv.metrics.tftp_active) == 0
     });
 }

@@ -30,6 +30,23 @@ pub(crate) fn bound_udp_socket(
     addr: SocketAddrV4,
     pktinfo: bool,
 ) -> Result<UdpSocket, PxeError> {
+    let s = bound_std_udp_socket(what, interface, addr, pktinfo)?;
+    UdpSocket::from_std(s).map_err(|source| PxeError::Bind {
+        what,
+        addr: SocketAddr::V4(addr),
+        interface: interface.to_string(),
+        source,
+    })
+}
+
+/// [`bound_udp_socket`] without the tokio registration (non-blocking std socket), for
+/// sockets driven outside the runtime (the TFTP data plane).
+pub(crate) fn bound_std_udp_socket(
+    what: &'static str,
+    interface: &str,
+    addr: SocketAddrV4,
+    pktinfo: bool,
+) -> Result<std::net::UdpSocket, PxeError> {
     let err = |source: io::Error| PxeError::Bind {
         what,
         addr: SocketAddr::V4(addr),
@@ -63,7 +80,7 @@ pub(crate) fn bound_udp_socket(
     }
     s.set_nonblocking(true).map_err(err)?;
     s.bind(&SocketAddr::V4(addr).into()).map_err(err)?;
-    UdpSocket::from_std(s.into()).map_err(err)
+    Ok(s.into())
 }
 
 /// One received datagram.
