@@ -8,10 +8,13 @@ use sqlx::Row;
 /// One DHCP lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DhcpLease {
-    /// The lease's key (the column is named `mac`): the client MAC `aa:bb:…`, `id:HEX` for a
-    /// client identified by its DHCP client identifier, or `declined:IP` for an address held
-    /// out of the pool after a DHCPDECLINE.
-    pub mac: String,
+    /// The lease's key (`lease_key`): the client MAC `aa:bb:…`, `id:HEX` for a client
+    /// identified by its DHCP client identifier, or `declined:IP` for an address held out of
+    /// the pool after a DHCPDECLINE.
+    pub key: String,
+    /// The client's hardware address `aa:bb:…`; `None` for a declined hold, and for `id:`
+    /// rows written before the column existed (schema 0005) until the client renews.
+    pub mac: Option<String>,
     /// Leased IPv4 address.
     pub ip: String,
     /// Host name the client sent.
@@ -31,8 +34,8 @@ pub enum DhcpLeaseChange {
     Upsert(DhcpLease),
     /// Forget the lease with this key.
     Delete {
-        /// The key (see [`DhcpLease::mac`]).
-        mac: String,
+        /// The key (see [`DhcpLease::key`]).
+        key: String,
     },
 }
 
@@ -40,13 +43,15 @@ impl Inventory {
     /// Every stored DHCP lease.
     pub async fn dhcp_leases(&self) -> Result<Vec<DhcpLease>> {
         let rows = sqlx::query(
-            "SELECT mac, ip, hostname, client_id, state, expires_at FROM dhcp_leases ORDER BY mac",
+            "SELECT lease_key, mac, ip, hostname, client_id, state, expires_at FROM dhcp_leases \
+             ORDER BY lease_key",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
                 Ok(DhcpLease {
+                    key: r.try_get("lease_key")?,
                     mac: r.try_get("mac")?,
                     ip: r.try_get("ip")?,
                     hostname: r.try_get("hostname")?,
@@ -79,7 +84,7 @@ impl Inventory {
             let mut keys = std::collections::HashSet::new();
             let mut ips = std::collections::HashSet::new();
             while let Some(DhcpLeaseChange::Upsert(l)) = changes.get(i) {
-                if i - run_start == RUN || !keys.insert(&l.mac) || !ips.insert(&l.ip) {
+                if i - run_start == RUN || !keys.insert(&l.key) || !ips.insert(&l.ip) {
                     break;
                 }
                 i += 1;
@@ -92,9 +97,9 @@ impl Inventory {
                 })
                 .collect();
             if run.is_empty() {
-                if let Some(DhcpLeaseChange::Delete { mac }) = changes.get(i) {
-                    sqlx::query("DELETE FROM dhcp_leases WHERE mac = $1")
-                        .bind(mac)
+                if let Some(DhcpLeaseChange::Delete { key }) = changes.get(i) {
+                    sqlx::query("DELETE FROM dhcp_leases WHERE lease_key = $1")
+                        .bind(key)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -110,13 +115,13 @@ impl Inventory {
                     .join(",")
             };
             let sql = format!(
-                "DELETE FROM dhcp_leases WHERE mac IN ({}) OR ip IN ({})",
+                "DELETE FROM dhcp_leases WHERE lease_key IN ({}) OR ip IN ({})",
                 list(1),
                 list(n + 1)
             );
             let mut q = sqlx::query(&sql);
             for l in &run {
-                q = q.bind(&l.mac);
+                q = q.bind(&l.key);
             }
             for l in &run {
                 q = q.bind(&l.ip);
@@ -124,25 +129,28 @@ impl Inventory {
             q.execute(&mut *tx).await?;
             let values = (0..n)
                 .map(|r| {
-                    let b = r * 6;
+                    let b = r * 7;
                     format!(
-                        "(${},${},${},${},${},${})",
+                        "(${},${},${},${},${},${},${})",
                         b + 1,
                         b + 2,
                         b + 3,
                         b + 4,
                         b + 5,
-                        b + 6
+                        b + 6,
+                        b + 7
                     )
                 })
                 .collect::<Vec<_>>()
                 .join(",");
             let sql = format!(
-                "INSERT INTO dhcp_leases (mac, ip, hostname, client_id, state, expires_at) VALUES {values}"
+                "INSERT INTO dhcp_leases (lease_key, mac, ip, hostname, client_id, state, expires_at) \
+                 VALUES {values}"
             );
             let mut q = sqlx::query(&sql);
             for l in &run {
                 q = q
+                    .bind(&l.key)
                     .bind(&l.mac)
                     .bind(&l.ip)
                     .bind(&l.hostname)
