@@ -375,6 +375,15 @@ lease-secs = 1234
     let direct = lab.add_host("dcli", "52:54:00:c0:00:0a", None);
     let direct_ip = udhcpc_once(&lab, &direct, "direct");
     assert!(direct_ip.starts_with("10.77.0.1"), "{direct_ip}");
+    // Both leases are durable and listed, each with its client's MAC.
+    let leases = s.cli_json(&["dhcp", "leases"]);
+    let has = |ip: &str, mac: &str| {
+        leases
+            .as_array()
+            .is_some_and(|a| a.iter().any(|l| l["ip"] == ip && l["mac"] == mac))
+    };
+    assert!(has(&ip.to_string(), "52:54:00:c0:00:09"), "{leases}");
+    assert!(has(&direct_ip, "52:54:00:c0:00:0a"), "{leases}");
     drop(s);
 }
 

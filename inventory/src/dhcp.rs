@@ -27,6 +27,27 @@ pub struct DhcpLease {
     pub expires_at: i64,
 }
 
+/// One DHCP lease as staff see it: the row and, when its MAC is an enrolled NIC, the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DhcpLeaseInfo {
+    /// The lease key (see [`DhcpLease::key`]).
+    pub key: String,
+    /// The client's hardware address, when known.
+    pub mac: Option<String>,
+    /// Leased IPv4 address.
+    pub ip: String,
+    /// Host name the client sent.
+    pub hostname: Option<String>,
+    /// Client identifier (option 61), hex.
+    pub client_id: Option<String>,
+    /// `bound`, `released` or `declined`.
+    pub state: String,
+    /// Expiry (unix ms).
+    pub expires_at: i64,
+    /// The enrolled machine with a NIC of this MAC.
+    pub machine: Option<String>,
+}
+
 /// One change in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DhcpLeaseChange {
@@ -61,6 +82,41 @@ impl Inventory {
                 })
             })
             .collect()
+    }
+
+    /// Every stored DHCP lease with the machine its MAC belongs to, in address order.
+    pub async fn dhcp_lease_infos(&self) -> Result<Vec<DhcpLeaseInfo>> {
+        // machine_nics.mac is unique, so the join adds at most one row per lease.
+        let rows = sqlx::query(
+            "SELECT l.lease_key, l.mac, l.ip, l.hostname, l.client_id, l.state, l.expires_at, \
+                    m.name AS machine \
+             FROM dhcp_leases l \
+             LEFT JOIN machine_nics n ON n.mac = l.mac \
+             LEFT JOIN machines m ON m.id = n.machine_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok(DhcpLeaseInfo {
+                    key: r.try_get("lease_key")?,
+                    mac: r.try_get("mac")?,
+                    ip: r.try_get("ip")?,
+                    hostname: r.try_get("hostname")?,
+                    client_id: r.try_get("client_id")?,
+                    state: r.try_get("state")?,
+                    expires_at: r.try_get("expires_at")?,
+                    machine: r.try_get("machine")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Numeric address order (text order puts .100 before .20); a damaged address last.
+        out.sort_by_key(|l| {
+            l.ip.parse::<std::net::Ipv4Addr>()
+                .map_or(u64::MAX, |ip| u64::from(u32::from(ip)))
+        });
+        Ok(out)
     }
 
     /// Applies a batch of changes in order, in one transaction: all or none.
