@@ -234,3 +234,52 @@ impl PxeConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(a: [u8; 4], b: [u8; 4], prefix: u32) -> PoolConfig {
+        let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - prefix).unwrap_or(0));
+        PoolConfig::new(Ipv4Addr::from(a), Ipv4Addr::from(b), mask)
+    }
+
+    #[test]
+    fn pools_are_checked_alone_and_against_each_other() {
+        let direct = pool([10, 77, 0, 100], [10, 77, 0, 150], 24);
+        let relayed = pool([10, 88, 0, 100], [10, 88, 0, 200], 24);
+        let big = pool([172, 16, 4, 10], [172, 16, 7, 250], 22);
+        assert_eq!(
+            validate_pools(&[direct.clone(), relayed.clone(), big.clone()]),
+            Ok(())
+        );
+        assert_eq!(big.subnet(), "172.16.4.0/22");
+        // A /16 holding a /24 overlaps it, whichever comes first.
+        let wide = pool([10, 88, 5, 1], [10, 88, 5, 9], 16);
+        for set in [
+            vec![relayed.clone(), wide.clone()],
+            vec![wide.clone(), relayed.clone()],
+        ] {
+            let e = validate_pools(&set).expect_err("overlap");
+            assert!(
+                e.contains("10.88.0.0/16") && e.contains("10.88.0.0/24"),
+                "{e}"
+            );
+        }
+        // /31: both addresses are usable (RFC 3021).
+        assert_eq!(pool([10, 9, 0, 0], [10, 9, 0, 1], 31).validate(), Ok(()));
+        let e = pool([10, 9, 0, 1], [10, 9, 0, 255], 24)
+            .validate()
+            .expect_err("broadcast");
+        assert!(e.starts_with("subnet 10.9.0.0/24:"), "{e}");
+        let mut r = direct.clone();
+        r.router = Some(Ipv4Addr::new(10, 77, 1, 1));
+        assert_eq!(
+            r.validate(),
+            Err("subnet 10.77.0.0/24: router 10.77.1.1 is outside the subnet".into())
+        );
+        let mut z = direct;
+        z.lease_time = Duration::ZERO;
+        assert!(z.validate().is_err());
+    }
+}
