@@ -113,7 +113,7 @@ pub struct SubnetSettings {
 /// `rackshare serve` arguments.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A TOML config file; its keys are the flag names below without the dashes in front
+    /// A TOML config file; its keys are the flag names below without the dashes in front, plus [[pxe-subnet]] tables (subnets behind DHCP relays: pool, mask, router, dns, domain, ntp, mtu, lease-secs)
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[command(flatten)]
