@@ -86,6 +86,9 @@ pub enum Command {
     },
     /// The audit log
     Events(EventsArgs),
+    /// The authoritative DHCP server's leases (staff and technicians)
+    #[command(subcommand)]
+    Dhcp(DhcpCmd),
     /// Leases: ask for machines (now, at a future start, or when capacity frees up), list, show, extend, release, revoke
     #[command(subcommand)]
     Lease(Box<LeaseCmd>),
@@ -485,6 +488,12 @@ pub enum TokenCmd {
     },
     /// Revoke a token by its prefix
     Revoke { prefix: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DhcpCmd {
+    /// Every lease, in address order, with the machine its MAC belongs to
+    Leases,
 }
 
 #[derive(Debug, Args)]
@@ -913,6 +922,22 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
                     }
                 ),
             }
+            Ok(())
+        }
+        Command::Dhcp(DhcpCmd::Leases) => {
+            output::list(
+                fmt,
+                &c.get("/api/v1/dhcp/leases").await?,
+                &[
+                    ("IP", "ip"),
+                    ("MAC", "mac"),
+                    ("MACHINE", "machine"),
+                    ("HOSTNAME", "hostname"),
+                    ("STATE", "state"),
+                    ("EXPIRES", "expires_at"),
+                    ("KEY", "key"),
+                ],
+            );
             Ok(())
         }
         Command::Events(a) => {

@@ -279,3 +279,157 @@ async fn dhcp_leases_survive_a_restart_of_the_service() {
     assert_ne!(second_client_ip, first);
     drop(s2);
 }
+
+/// A relayed segment: rackshare (authoritative, one `[[pxe-subnet]]` from its config file) on
+/// the lab's bridge; dnsmasq as a DHCP relay in a namespace with one leg on the bridge and one
+/// on a segment of its own; a udhcpc client on that segment gets an address from the relayed
+/// subnet's pool with that subnet's router, MTU and lease time, while a client on the bridge
+/// still gets one from the flag pool.
+#[tokio::test]
+async fn a_client_behind_a_dhcp_relay_gets_its_subnets_pool_and_options() {
+    require("dnsmasq", "dnsmasq-base");
+    require("udhcpc", "udhcpc");
+    let lab = Lab::new("e2erelay");
+    let relay = lab.add_host("relay", "02:00:00:00:00:05", Some("10.77.0.2/24"));
+    let client = lab.add_linked_host("rcli", "52:54:00:c0:00:09", &relay, "eth1");
+    lab.ip(&relay, "addr add 10.88.0.1/24 dev eth1");
+    // Replies go to the relay's giaddr (10.88.0.1): the server routes to it via the relay.
+    lab.ip(&lab.srv, "route add 10.88.0.0/24 via 10.77.0.2");
+    let fwd = lab.exec(
+        &relay,
+        &["sysctl", "-w", "net.ipv4.ip_forward=1"],
+        Duration::from_secs(5),
+    );
+    assert!(fwd.status.success(), "{fwd:?}");
+    let pid = lab.path("relay.pid").display().to_string();
+    lab.spawn(
+        &relay,
+        &[
+            "dnsmasq",
+            "-d",
+            "--port=0",
+            "--conf-file=/dev/null",
+            "-u",
+            "root",
+            &format!("--pid-file={pid}"),
+            "--dhcp-relay=10.88.0.1,10.77.0.1",
+            "--log-dhcp",
+        ],
+        &lab.path("relay.log"),
+    );
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = common::write(
+        dir.path(),
+        "rackshare.toml",
+        r#"
+pxe-mode = "authoritative"
+pxe-pool = "10.77.0.100-10.77.0.150"
+pxe-router = "10.77.0.1"
+pxe-force = true
+
+[[pxe-subnet]]
+pool = "10.88.0.100-10.88.0.200"
+mask = "255.255.255.0"
+router = "10.88.0.1"
+dns = ["10.88.0.1"]
+domain = "rack2.coop"
+ntp = ["10.88.0.1"]
+mtu = 9000
+lease-secs = 1234
+"#,
+    );
+    let config = config.display().to_string();
+    let s = common::serve_in_lab(&lab.srv, dir, &["--config", &config]);
+
+    let env = udhcpc_env(&lab, &client, "relayed");
+    let field = |k: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let ip: std::net::Ipv4Addr = field("ip").parse().unwrap_or_else(|_| {
+        panic!(
+            "no address: {env}\nrelay log:\n{}\nserver log:\n{}",
+            std::fs::read_to_string(lab.path("relay.log")).unwrap_or_default(),
+            s.log_text()
+        )
+    });
+    assert!(
+        (u32::from(std::net::Ipv4Addr::new(10, 88, 0, 100))
+            ..=u32::from(std::net::Ipv4Addr::new(10, 88, 0, 200)))
+            .contains(&u32::from(ip)),
+        "{ip} is not from the relayed pool: {env}"
+    );
+    assert_eq!(field("router"), "10.88.0.1", "{env}");
+    assert_eq!(field("subnet"), "255.255.255.0", "{env}");
+    assert_eq!(field("mtu"), "9000", "{env}");
+    assert_eq!(field("lease"), "1234", "{env}");
+    assert_eq!(field("domain"), "rack2.coop", "{env}");
+    assert_eq!(field("dns"), "10.88.0.1", "{env}");
+    assert_eq!(field("ntpsrv"), "10.88.0.1", "{env}");
+    assert_eq!(field("serverid"), "10.77.0.1", "{env}");
+
+    // The directly attached segment still gets the flag pool.
+    let direct = lab.add_host("dcli", "52:54:00:c0:00:0a", None);
+    let direct_ip = udhcpc_once(&lab, &direct, "direct");
+    assert!(direct_ip.starts_with("10.77.0.1"), "{direct_ip}");
+    // Both leases are durable and listed, each with its client's MAC.
+    let leases = s.cli_json(&["dhcp", "leases"]);
+    let has = |ip: &str, mac: &str| {
+        leases
+            .as_array()
+            .is_some_and(|a| a.iter().any(|l| l["ip"] == ip && l["mac"] == mac))
+    };
+    assert!(has(&ip.to_string(), "52:54:00:c0:00:09"), "{leases}");
+    assert!(has(&direct_ip, "52:54:00:c0:00:0a"), "{leases}");
+    drop(s);
+}
+
+/// One DHCP exchange with udhcpc from `ns` asking for MTU and NTP too; returns the
+/// environment the lease script saw (`key=value` lines), empty without a lease.
+fn udhcpc_env(lab: &Lab, ns: &str, tag: &str) -> String {
+    let script = lab.path(&format!("udhcpc-{tag}.sh"));
+    let got = lab.path(&format!("udhcpc-{tag}.env"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = bound ] && env > '{}'\nexit 0\n",
+            got.display()
+        ),
+    )
+    .expect("script");
+    std::process::Command::new("chmod")
+        .arg("755")
+        .arg(&script)
+        .status()
+        .expect("chmod");
+    let out = lab.exec(
+        ns,
+        &[
+            "udhcpc",
+            "-f",
+            "-q",
+            "-n",
+            "-i",
+            "eth0",
+            "-s",
+            script.to_str().expect("p"),
+            "-O",
+            "mtu",
+            "-O",
+            "ntpsrv",
+            "-t",
+            "5",
+            "-T",
+            "1",
+        ],
+        Duration::from_secs(20),
+    );
+    let env = std::fs::read_to_string(&got).unwrap_or_default();
+    if env.is_empty() {
+        eprintln!("udhcpc: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    env
+}

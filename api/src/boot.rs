@@ -221,15 +221,17 @@ impl LeaseStore for InventoryLeaseStore {
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
                 // A row that does not parse is skipped, not fatal: the address is re-leased.
-                // The key column holds the lease key: a MAC, `id:HEX` or `declined:IP`.
-                let (Ok(key), Ok(ip)) = (r.mac.parse::<LeaseKey>(), r.ip.parse::<Ipv4Addr>())
+                let (Ok(key), Ok(ip)) = (r.key.parse::<LeaseKey>(), r.ip.parse::<Ipv4Addr>())
                 else {
-                    tracing::warn!(key = %r.mac, ip = %r.ip, "skipping a damaged DHCP lease row");
+                    tracing::warn!(key = %r.key, ip = %r.ip, "skipping a damaged DHCP lease row");
                     continue;
                 };
-                let mac = match key {
-                    LeaseKey::Mac(m) => m,
-                    LeaseKey::ClientId(_) | LeaseKey::Declined(_) => MacAddr([0; 6]),
+                // The stored hardware address; a MAC key is one too. `id:` rows from before
+                // schema 0005 have none until the client renews, declined holds never do.
+                let mac = match (r.mac.as_deref().map(str::parse::<MacAddr>), &key) {
+                    (Some(Ok(m)), _) => m,
+                    (_, LeaseKey::Mac(m)) => *m,
+                    _ => MacAddr([0; 6]),
                 };
                 out.push(Lease {
                     mac,
@@ -251,10 +253,12 @@ impl LeaseStore for InventoryLeaseStore {
                 .into_iter()
                 .map(|c| match c {
                     LeaseChange::Delete { key } => DhcpLeaseChange::Delete {
-                        mac: key.to_string(),
+                        key: key.to_string(),
                     },
                     LeaseChange::Upsert(l) => DhcpLeaseChange::Upsert(DhcpLease {
-                        mac: l.key().to_string(),
+                        key: l.key().to_string(),
+                        // A declined hold belongs to nobody (decision 23).
+                        mac: (l.state != LeaseState::Declined).then(|| l.mac.to_string()),
                         ip: l.ip.to_string(),
                         hostname: l.hostname,
                         client_id: l.client_id,
@@ -406,6 +410,8 @@ pub struct BootSettings {
     pub root: Option<PathBuf>,
     /// Base URL machines use to reach the HTTP boot server; default `http://SERVER_IP:API_PORT`.
     pub http_base: Option<String>,
+    /// Authoritative mode: how long a declined address is held out of the pool.
+    pub decline_hold: std::time::Duration,
 }
 
 /// DHCP mode.
@@ -415,19 +421,48 @@ pub enum BootMode {
     Proxy,
     /// rackshare hands out addresses.
     Authoritative {
-        /// First address of the pool.
-        pool_start: Ipv4Addr,
-        /// Last address of the pool.
-        pool_end: Ipv4Addr,
-        /// Default gateway.
-        router: Option<Ipv4Addr>,
-        /// DNS servers.
-        dns: Vec<Ipv4Addr>,
-        /// Domain name.
-        domain: Option<String>,
-        /// Lease time in seconds.
-        lease_secs: u64,
+        /// One pool per subnet: the first is the boot interface's own segment, the others are
+        /// segments behind DHCP relays (chosen by the relay's giaddr).
+        pools: Vec<BootPool>,
     },
+}
+
+/// One subnet rackshare hands out addresses in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootPool {
+    /// First address of the pool.
+    pub start: Ipv4Addr,
+    /// Last address of the pool.
+    pub end: Ipv4Addr,
+    /// Subnet mask; `None` takes the boot interface's (for the directly attached subnet).
+    pub mask: Option<Ipv4Addr>,
+    /// Default gateway.
+    pub router: Option<Ipv4Addr>,
+    /// DNS servers.
+    pub dns: Vec<Ipv4Addr>,
+    /// Domain name.
+    pub domain: Option<String>,
+    /// NTP servers.
+    pub ntp: Vec<Ipv4Addr>,
+    /// Interface MTU.
+    pub mtu: Option<u16>,
+    /// Lease time in seconds.
+    pub lease_secs: u64,
+}
+
+impl BootPool {
+    /// The pxe crate's pool, with `interface_mask` where no mask is given.
+    pub fn to_pxe(&self, interface_mask: Ipv4Addr) -> pxe::PoolConfig {
+        let mut pool =
+            pxe::PoolConfig::new(self.start, self.end, self.mask.unwrap_or(interface_mask));
+        pool.router = self.router;
+        pool.dns = self.dns.clone();
+        pool.domain = self.domain.clone();
+        pool.ntp = self.ntp.clone();
+        pool.mtu = self.mtu;
+        pool.lease_time = std::time::Duration::from_secs(self.lease_secs);
+        pool
+    }
 }
 
 /// Builds the pxe crate's configuration; refuses authoritative mode where another DHCP
@@ -449,14 +484,12 @@ pub async fn prepare(
     let server_ip = s.server_ip.unwrap_or(if_ip);
     let mode = match &s.mode {
         BootMode::Proxy => pxe::DhcpMode::Proxy,
-        BootMode::Authoritative {
-            pool_start,
-            pool_end,
-            router,
-            dns,
-            domain,
-            lease_secs,
-        } => {
+        BootMode::Authoritative { pools } => {
+            let pools: Vec<pxe::PoolConfig> = pools.iter().map(|p| p.to_pxe(mask)).collect();
+            if pools.is_empty() {
+                return Err(err("authoritative mode needs at least one pool".into()));
+            }
+            pxe::validate_pools(&pools).map_err(err)?;
             if !s.force {
                 let seen = pxe::probe_dhcp_servers(&s.interface, std::time::Duration::from_secs(3))
                     .await
@@ -474,12 +507,7 @@ pub async fn prepare(
                     )));
                 }
             }
-            let mut pool = pxe::PoolConfig::new(*pool_start, *pool_end, mask);
-            pool.router = *router;
-            pool.dns = dns.clone();
-            pool.domain = domain.clone();
-            pool.lease_time = std::time::Duration::from_secs(*lease_secs);
-            pxe::DhcpMode::Authoritative { pools: vec![pool] }
+            pxe::DhcpMode::Authoritative { pools }
         }
     };
     let base = s
@@ -492,6 +520,7 @@ pub async fn prepare(
     cfg.http_port = api_port;
     cfg.http_base = Some(base.clone());
     cfg.discovery = s.discovery;
+    cfg.decline_hold = s.decline_hold;
     Ok((cfg, BootHttp { root, base }))
 }
 
@@ -584,8 +613,10 @@ mod tests {
                 (declined.key(), LeaseState::Declined),
             ]
         );
-        // Only the chaddr of the MAC-keyed row is stored.
+        // The chaddr of MAC- and client-id-keyed leases is stored; a declined hold has none.
         assert_eq!(got[0].mac, mac);
+        assert_eq!(got[1].mac, mac);
+        assert_eq!(got[2].mac, MacAddr([0; 6]));
         store
             .commit(vec![LeaseChange::Delete { key: by_id.key() }])
             .await

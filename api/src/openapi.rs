@@ -92,6 +92,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("post", "/api/v1/tokens", "Create a token; the response is the only time it is shown", "any role (own); admin, staff for others", Some("TokenRequest"), Some("IssuedToken")),
     op!("delete", "/api/v1/tokens/{prefix}", "Revoke a token", "owner, admin", None, None),
     op!("get", "/api/v1/events", "The audit log (?machine=&group=&after=&limit=); members see their group's ledger", "any role", None, Some("[AuditEvent]")),
+    op!("get", "/api/v1/dhcp/leases", "The authoritative DHCP server's leases (bound, released, declined holds), in address order, with the machine each MAC belongs to", "admin, staff, technician", None, Some("[DhcpLease]")),
     op!("get", "/api/v1/export", "Export the inventory (?with_secrets=true for BMC passwords and token hashes)", "admin", None, Some("InventoryExport")),
     op!("post", "/api/v1/import", "Import an export, all or nothing", "admin", Some("InventoryExport"), Some("ImportResult")),
 ];
@@ -175,6 +176,13 @@ fn schemas() -> Value {
         "IssuedToken": {"type": "object", "properties": {"token": {"type": "string"}, "prefix": {"type": "string"}, "user": {"type": "string"}}},
         "ApiToken": {"type": "object", "properties": {"prefix": {"type": "string"}, "user": {"type": "string"}, "description": {"type": "string"},
             "created_at": {"type": "integer"}, "expires_at": {"type": ["integer", "null"]}, "revoked_at": {"type": ["integer", "null"]}, "last_used_at": {"type": ["integer", "null"]}}},
+        "DhcpLease": {"type": "object", "properties": {
+            "key": {"type": "string", "description": "the lease key: a MAC, id:HEX (client identifier) or declined:IP"},
+            "mac": {"type": ["string", "null"], "description": "the client's hardware address; null for a declined hold"},
+            "ip": {"type": "string"}, "hostname": {"type": ["string", "null"]}, "client_id": {"type": ["string", "null"]},
+            "state": {"type": "string", "enum": ["bound", "released", "declined"]},
+            "expires_at": {"type": "integer", "description": "unix ms"},
+            "machine": {"type": ["string", "null"], "description": "the enrolled machine with a NIC of this MAC"}}},
         "AuditEvent": {"type": "object", "properties": {"id": {"type": "integer"}, "at": {"type": "integer"}, "actor": {"type": "string"}, "action": {"type": "string"},
             "target_kind": {"type": "string"}, "target": {"type": "string"}, "machine": {"type": ["string", "null"]}, "member_group": {"type": ["string", "null"]},
             "outcome": {"type": "string", "enum": ["ok", "denied", "failed"]}, "detail": {"type": "object"}}},

@@ -31,6 +31,42 @@ impl Inventory {
     /// Opens (creating if needed) the database at `url` and brings its schema up to date.
     /// `sqlite://PATH` or `postgres://…`. A database written by a newer rackshare is refused.
     pub async fn open(url: &str, secrets: SecretBox) -> Result<Inventory> {
+        let inv = Self::connect(url, secrets).await?;
+        inv.migrate().await?;
+        Ok(inv)
+    }
+
+    /// Test hook: opens `url` and applies the migrations up to `version` only, so a test can
+    /// write rows in an older layout and then see [`Inventory::open`] migrate them.
+    #[doc(hidden)]
+    pub async fn open_at_schema_version(
+        url: &str,
+        secrets: SecretBox,
+        version: i64,
+    ) -> Result<Inventory> {
+        use sqlx::migrate::Migrate;
+        let inv = Self::connect(url, secrets).await?;
+        let mut conn = inv.pool.acquire().await?;
+        conn.ensure_migrations_table().await?;
+        let applied: Vec<i64> = conn
+            .list_applied_migrations()
+            .await?
+            .iter()
+            .map(|m| m.version)
+            .collect();
+        for m in inv.migrator().iter() {
+            if m.version <= version
+                && m.migration_type.is_up_migration()
+                && !applied.contains(&m.version)
+            {
+                conn.apply(m).await?;
+            }
+        }
+        drop(conn);
+        Ok(inv)
+    }
+
+    async fn connect(url: &str, secrets: SecretBox) -> Result<Inventory> {
         sqlx::any::install_default_drivers();
         let (backend, url) = if url.starts_with("sqlite:") {
             let url = if url.contains('?') {
@@ -76,13 +112,11 @@ impl Inventory {
                     .await?
             }
         };
-        let inv = Inventory {
+        Ok(Inventory {
             pool,
             backend,
             secrets,
-        };
-        inv.migrate().await?;
-        Ok(inv)
+        })
     }
 
     /// Which engine this is.

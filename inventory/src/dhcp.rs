@@ -8,10 +8,13 @@ use sqlx::Row;
 /// One DHCP lease as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DhcpLease {
-    /// The lease's key (the column is named `mac`): the client MAC `aa:bb:…`, `id:HEX` for a
-    /// client identified by its DHCP client identifier, or `declined:IP` for an address held
-    /// out of the pool after a DHCPDECLINE.
-    pub mac: String,
+    /// The lease's key (`lease_key`): the client MAC `aa:bb:…`, `id:HEX` for a client
+    /// identified by its DHCP client identifier, or `declined:IP` for an address held out of
+    /// the pool after a DHCPDECLINE.
+    pub key: String,
+    /// The client's hardware address `aa:bb:…`; `None` for a declined hold, and for `id:`
+    /// rows written before the column existed (schema 0005) until the client renews.
+    pub mac: Option<String>,
     /// Leased IPv4 address.
     pub ip: String,
     /// Host name the client sent.
@@ -24,6 +27,27 @@ pub struct DhcpLease {
     pub expires_at: i64,
 }
 
+/// One DHCP lease as staff see it: the row and, when its MAC is an enrolled NIC, the machine.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DhcpLeaseInfo {
+    /// The lease key (see [`DhcpLease::key`]).
+    pub key: String,
+    /// The client's hardware address, when known.
+    pub mac: Option<String>,
+    /// Leased IPv4 address.
+    pub ip: String,
+    /// Host name the client sent.
+    pub hostname: Option<String>,
+    /// Client identifier (option 61), hex.
+    pub client_id: Option<String>,
+    /// `bound`, `released` or `declined`.
+    pub state: String,
+    /// Expiry (unix ms).
+    pub expires_at: i64,
+    /// The enrolled machine with a NIC of this MAC.
+    pub machine: Option<String>,
+}
+
 /// One change in a batch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DhcpLeaseChange {
@@ -31,8 +55,8 @@ pub enum DhcpLeaseChange {
     Upsert(DhcpLease),
     /// Forget the lease with this key.
     Delete {
-        /// The key (see [`DhcpLease::mac`]).
-        mac: String,
+        /// The key (see [`DhcpLease::key`]).
+        key: String,
     },
 }
 
@@ -40,13 +64,15 @@ impl Inventory {
     /// Every stored DHCP lease.
     pub async fn dhcp_leases(&self) -> Result<Vec<DhcpLease>> {
         let rows = sqlx::query(
-            "SELECT mac, ip, hostname, client_id, state, expires_at FROM dhcp_leases ORDER BY mac",
+            "SELECT lease_key, mac, ip, hostname, client_id, state, expires_at FROM dhcp_leases \
+             ORDER BY lease_key",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
             .map(|r| {
                 Ok(DhcpLease {
+                    key: r.try_get("lease_key")?,
                     mac: r.try_get("mac")?,
                     ip: r.try_get("ip")?,
                     hostname: r.try_get("hostname")?,
@@ -56,6 +82,41 @@ impl Inventory {
                 })
             })
             .collect()
+    }
+
+    /// Every stored DHCP lease with the machine its MAC belongs to, in address order.
+    pub async fn dhcp_lease_infos(&self) -> Result<Vec<DhcpLeaseInfo>> {
+        // machine_nics.mac is unique, so the join adds at most one row per lease.
+        let rows = sqlx::query(
+            "SELECT l.lease_key, l.mac, l.ip, l.hostname, l.client_id, l.state, l.expires_at, \
+                    m.name AS machine \
+             FROM dhcp_leases l \
+             LEFT JOIN machine_nics n ON n.mac = l.mac \
+             LEFT JOIN machines m ON m.id = n.machine_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok(DhcpLeaseInfo {
+                    key: r.try_get("lease_key")?,
+                    mac: r.try_get("mac")?,
+                    ip: r.try_get("ip")?,
+                    hostname: r.try_get("hostname")?,
+                    client_id: r.try_get("client_id")?,
+                    state: r.try_get("state")?,
+                    expires_at: r.try_get("expires_at")?,
+                    machine: r.try_get("machine")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // Numeric address order (text order puts .100 before .20); a damaged address last.
+        out.sort_by_key(|l| {
+            l.ip.parse::<std::net::Ipv4Addr>()
+                .map_or(u64::MAX, |ip| u64::from(u32::from(ip)))
+        });
+        Ok(out)
     }
 
     /// Applies a batch of changes in order, in one transaction: all or none.
@@ -79,7 +140,7 @@ impl Inventory {
             let mut keys = std::collections::HashSet::new();
             let mut ips = std::collections::HashSet::new();
             while let Some(DhcpLeaseChange::Upsert(l)) = changes.get(i) {
-                if i - run_start == RUN || !keys.insert(&l.mac) || !ips.insert(&l.ip) {
+                if i - run_start == RUN || !keys.insert(&l.key) || !ips.insert(&l.ip) {
                     break;
                 }
                 i += 1;
@@ -92,9 +153,9 @@ impl Inventory {
                 })
                 .collect();
             if run.is_empty() {
-                if let Some(DhcpLeaseChange::Delete { mac }) = changes.get(i) {
-                    sqlx::query("DELETE FROM dhcp_leases WHERE mac = $1")
-                        .bind(mac)
+                if let Some(DhcpLeaseChange::Delete { key }) = changes.get(i) {
+                    sqlx::query("DELETE FROM dhcp_leases WHERE lease_key = $1")
+                        .bind(key)
                         .execute(&mut *tx)
                         .await?;
                 }
@@ -110,13 +171,13 @@ impl Inventory {
                     .join(",")
             };
             let sql = format!(
-                "DELETE FROM dhcp_leases WHERE mac IN ({}) OR ip IN ({})",
+                "DELETE FROM dhcp_leases WHERE lease_key IN ({}) OR ip IN ({})",
                 list(1),
                 list(n + 1)
             );
             let mut q = sqlx::query(&sql);
             for l in &run {
-                q = q.bind(&l.mac);
+                q = q.bind(&l.key);
             }
             for l in &run {
                 q = q.bind(&l.ip);
@@ -124,25 +185,28 @@ impl Inventory {
             q.execute(&mut *tx).await?;
             let values = (0..n)
                 .map(|r| {
-                    let b = r * 6;
+                    let b = r * 7;
                     format!(
-                        "(${},${},${},${},${},${})",
+                        "(${},${},${},${},${},${},${})",
                         b + 1,
                         b + 2,
                         b + 3,
                         b + 4,
                         b + 5,
-                        b + 6
+                        b + 6,
+                        b + 7
                     )
                 })
                 .collect::<Vec<_>>()
                 .join(",");
             let sql = format!(
-                "INSERT INTO dhcp_leases (mac, ip, hostname, client_id, state, expires_at) VALUES {values}"
+                "INSERT INTO dhcp_leases (lease_key, mac, ip, hostname, client_id, state, expires_at) \
+                 VALUES {values}"
             );
             let mut q = sqlx::query(&sql);
             for l in &run {
                 q = q
+                    .bind(&l.key)
                     .bind(&l.mac)
                     .bind(&l.ip)
                     .bind(&l.hostname)

@@ -23,7 +23,7 @@ mod state;
 
 pub use audit::{AuditEvent, AuditFilter, NewAuditEvent, Outcome};
 pub use db::{Backend, Inventory};
-pub use dhcp::{DhcpLease, DhcpLeaseChange};
+pub use dhcp::{DhcpLease, DhcpLeaseChange, DhcpLeaseInfo};
 pub use energy::PowerSample;
 pub use error::{Error, Result};
 pub use export::{

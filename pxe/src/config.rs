@@ -56,6 +56,78 @@ impl PoolConfig {
         let v = u32::from(ip);
         v >= u32::from(self.range_start) && v <= u32::from(self.range_end)
     }
+
+    /// The subnet as `NETWORK/PREFIX` (for messages), e.g. `10.88.0.0/24`.
+    pub fn subnet(&self) -> String {
+        let m = u32::from(self.subnet_mask);
+        let net = Ipv4Addr::from(u32::from(self.range_start) & m);
+        format!("{net}/{}", m.leading_ones())
+    }
+
+    /// Checks this pool on its own: a contiguous mask, a range inside one subnet that
+    /// leaves out its network and broadcast addresses, the router inside the subnet, a
+    /// non-zero lease time, an MTU of at least 68 (RFC 791). The error names the subnet.
+    pub fn validate(&self) -> Result<(), String> {
+        let m = u32::from(self.subnet_mask);
+        if m.leading_ones() + m.trailing_zeros() != 32 {
+            return Err(format!(
+                "pool {}-{}: {} is not a subnet mask",
+                self.range_start, self.range_end, self.subnet_mask
+            ));
+        }
+        let subnet = self.subnet();
+        let (start, end) = (u32::from(self.range_start), u32::from(self.range_end));
+        if start > end {
+            return Err(format!(
+                "subnet {subnet}: pool {}-{}: the first address comes after the last",
+                self.range_start, self.range_end
+            ));
+        }
+        if !self.contains_subnet(self.range_end) {
+            return Err(format!(
+                "subnet {subnet}: pool {}-{} does not fit in mask {}",
+                self.range_start, self.range_end, self.subnet_mask
+            ));
+        }
+        // /31 and /32 have no network or broadcast address (RFC 3021).
+        if m.leading_ones() < 31 && (start & !m == 0 || end & !m == !m) {
+            return Err(format!(
+                "subnet {subnet}: pool {}-{} includes the network or broadcast address",
+                self.range_start, self.range_end
+            ));
+        }
+        if let Some(r) = self.router.filter(|r| !self.contains_subnet(*r)) {
+            return Err(format!("subnet {subnet}: router {r} is outside the subnet"));
+        }
+        if self.lease_time.is_zero() {
+            return Err(format!(
+                "subnet {subnet}: the lease time must be at least 1 s"
+            ));
+        }
+        if self.mtu.is_some_and(|mtu| mtu < 68) {
+            return Err(format!("subnet {subnet}: an MTU below 68 is not valid"));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a set of pools before serving: each one on its own ([`PoolConfig::validate`]) and
+/// no two subnets overlapping (a relay's giaddr must choose exactly one).
+pub fn validate_pools(pools: &[PoolConfig]) -> Result<(), String> {
+    for (i, a) in pools.iter().enumerate() {
+        a.validate()?;
+        for b in &pools[..i] {
+            let common = u32::from(a.subnet_mask) & u32::from(b.subnet_mask);
+            if (u32::from(a.range_start) ^ u32::from(b.range_start)) & common == 0 {
+                return Err(format!(
+                    "subnet {} overlaps subnet {}",
+                    a.subnet(),
+                    b.subnet()
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// DHCP mode.
@@ -71,6 +143,9 @@ pub enum DhcpMode {
         pools: Vec<PoolConfig>,
     },
 }
+
+/// How long a declined address stays out of the pool by default (decision 23).
+pub const DEFAULT_DECLINE_HOLD: Duration = Duration::from_secs(600);
 
 /// TFTP settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +203,9 @@ pub struct PxeConfig {
     pub tftp: TftpConfig,
     /// Answer DHCP on 67 (and 4011 in proxy mode).
     pub dhcp_enabled: bool,
+    /// Authoritative mode: how long an address a client DHCPDECLINEd (in use on the wire)
+    /// is held out of the pool; after it, it is reused only when nothing else is free.
+    pub decline_hold: Duration,
 }
 
 impl PxeConfig {
@@ -144,6 +222,7 @@ impl PxeConfig {
             boot_files: BootFiles::default(),
             tftp: TftpConfig::default(),
             dhcp_enabled: true,
+            decline_hold: DEFAULT_DECLINE_HOLD,
         }
     }
 
@@ -153,5 +232,54 @@ impl PxeConfig {
             Some(b) => b.trim_end_matches('/').to_string(),
             None => format!("http://{}:{}", server_ip, self.http_port),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(a: [u8; 4], b: [u8; 4], prefix: u32) -> PoolConfig {
+        let mask = Ipv4Addr::from(u32::MAX.checked_shl(32 - prefix).unwrap_or(0));
+        PoolConfig::new(Ipv4Addr::from(a), Ipv4Addr::from(b), mask)
+    }
+
+    #[test]
+    fn pools_are_checked_alone_and_against_each_other() {
+        let direct = pool([10, 77, 0, 100], [10, 77, 0, 150], 24);
+        let relayed = pool([10, 88, 0, 100], [10, 88, 0, 200], 24);
+        let big = pool([172, 16, 4, 10], [172, 16, 7, 250], 22);
+        assert_eq!(
+            validate_pools(&[direct.clone(), relayed.clone(), big.clone()]),
+            Ok(())
+        );
+        assert_eq!(big.subnet(), "172.16.4.0/22");
+        // A /16 holding a /24 overlaps it, whichever comes first.
+        let wide = pool([10, 88, 5, 1], [10, 88, 5, 9], 16);
+        for set in [
+            vec![relayed.clone(), wide.clone()],
+            vec![wide.clone(), relayed.clone()],
+        ] {
+            let e = validate_pools(&set).expect_err("overlap");
+            assert!(
+                e.contains("10.88.0.0/16") && e.contains("10.88.0.0/24"),
+                "{e}"
+            );
+        }
+        // /31: both addresses are usable (RFC 3021).
+        assert_eq!(pool([10, 9, 0, 0], [10, 9, 0, 1], 31).validate(), Ok(()));
+        let e = pool([10, 9, 0, 1], [10, 9, 0, 255], 24)
+            .validate()
+            .expect_err("broadcast");
+        assert!(e.starts_with("subnet 10.9.0.0/24:"), "{e}");
+        let mut r = direct.clone();
+        r.router = Some(Ipv4Addr::new(10, 77, 1, 1));
+        assert_eq!(
+            r.validate(),
+            Err("subnet 10.77.0.0/24: router 10.77.1.1 is outside the subnet".into())
+        );
+        let mut z = direct;
+        z.lease_time = Duration::ZERO;
+        assert!(z.validate().is_err());
     }
 }

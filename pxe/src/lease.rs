@@ -46,7 +46,7 @@ impl LeaseState {
     }
 }
 
-/// Whom a lease belongs to, and the stored row's key (`dhcp_leases.mac`).
+/// Whom a lease belongs to, and the stored row's key (`dhcp_leases.lease_key`).
 ///
 /// RFC 2131 §4.2: a client that sends a client identifier (option 61) is identified by it,
 /// not by chaddr. An identifier of hardware type 1 with six bytes names an Ethernet address,
@@ -148,11 +148,12 @@ impl<'de> Deserialize<'de> for LeaseKey {
     }
 }
 
-/// One lease, shaped like a `dhcp_leases` row (whose key column holds [`Lease::key`]).
+/// One lease, shaped like a `dhcp_leases` row (whose `lease_key` column holds [`Lease::key`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
-    /// The client's hardware address as last seen (00:00:00:00:00:00 when a store keeps
-    /// only the key and the key is not a MAC).
+    /// The client's hardware address as last seen, whatever the key: a client keyed by its
+    /// identifier has one too, and stores keep it. 00:00:00:00:00:00 for a declined hold
+    /// loaded back (nobody owns it) or a row stored before stores kept it.
     pub mac: MacAddr,
     /// Leased address (unique).
     pub ip: Ipv4Addr,

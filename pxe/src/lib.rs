@@ -26,7 +26,9 @@ pub use boot::{
     decide_boot, script_url, AgentMode, BootContext, BootDecision, BootFiles, BootIntent,
     ClientArch, ClientInfo, IgnoreReason,
 };
-pub use config::{DhcpMode, PoolConfig, PxeConfig, TftpConfig};
+pub use config::{
+    validate_pools, DhcpMode, PoolConfig, PxeConfig, TftpConfig, DEFAULT_DECLINE_HOLD,
+};
 pub use dhcp::probe::{probe_dhcp_servers, ServerSeen};
 pub use directory::{DirectoryError, MachineDirectory, MachineEntry, StaticDirectory};
 pub use error::PxeError;
@@ -144,15 +146,7 @@ async fn run_inner(
                 "authoritative mode needs at least one pool".into(),
             ));
         }
-        for p in pools {
-            if u32::from(p.range_start) > u32::from(p.range_end) || !p.contains_subnet(p.range_end)
-            {
-                return Err(PxeError::Config(format!(
-                    "pool {}-{} is not a range inside one subnet",
-                    p.range_start, p.range_end
-                )));
-            }
-        }
+        validate_pools(pools).map_err(PxeError::Config)?;
     }
     if config.tftp.enabled {
         let check = check_tftp_root(&config.tftp_root, &config.boot_files)?;
@@ -230,6 +224,7 @@ async fn run_inner(
                 discovery: config.discovery,
                 files: config.boot_files.clone(),
                 mode: config.mode.clone(),
+                decline_hold: config.decline_hold,
             },
             directory,
             Arc::clone(&metrics),
@@ -309,6 +304,7 @@ pub mod fuzzing {
                     discovery: true,
                     files: BootFiles::default(),
                     mode,
+                    decline_hold: config::DEFAULT_DECLINE_HOLD,
                 },
                 Arc::clone(&dir),
                 Arc::new(Metrics::new()),

@@ -111,6 +111,23 @@ impl Lab {
         ns
     }
 
+    /// A namespace with `eth0` linked by veth to `peer_if` in `peer_ns` (not on the bridge):
+    /// a segment of its own behind `peer_ns`, e.g. a client behind a relay. Both ends are up;
+    /// addresses are the caller's.
+    pub fn add_linked_host(&self, role: &str, mac: &str, peer_ns: &str, peer_if: &str) -> String {
+        let ns = format!("{}-{role}", self.prefix);
+        self.add_ns(&ns);
+        self.ip(
+            peer_ns,
+            &format!("link add {peer_if} type veth peer name eth0 netns {ns}"),
+        );
+        self.ip(peer_ns, &format!("link set {peer_if} up"));
+        self.ip(&ns, &format!("link set eth0 address {mac}"));
+        self.ip(&ns, "link set eth0 up");
+        self.ip(&ns, "link set lo up");
+        ns
+    }
+
     /// Spawns `argv` inside `ns`; killed when the lab drops.
     pub fn spawn(&self, ns: &str, argv: &[&str], log: &Path) -> u32 {
         let f = File::create(log).unwrap();

@@ -1,6 +1,7 @@
 //! The HTTP surface. One file per resource; this file assembles the router.
 
 mod agent;
+mod dhcp;
 mod events;
 pub(crate) mod images;
 mod jobs;
@@ -95,6 +96,7 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/progress", post(agent::progress))
         .route("/agent/result", post(agent::result))
         .route("/events", get(events::list))
+        .route("/dhcp/leases", get(dhcp::list_leases))
         .route("/export", get(system::export))
         .route(
             "/import",

@@ -23,7 +23,6 @@ const OFFER_HOLD: Duration = Duration::from_secs(60);
 const DIRECTORY_TTL: Duration = Duration::from_secs(1);
 /// Cached directory answers kept before expired ones are swept.
 const DIRECTORY_CACHE_MAX: usize = 8192;
-const DECLINE_HOLD: Duration = Duration::from_secs(600);
 /// DHCP server port.
 pub const SERVER_PORT: u16 = 67;
 /// DHCP client port.
@@ -88,6 +87,10 @@ pub struct CoreConfig {
     pub files: BootFiles,
     /// Mode.
     pub mode: DhcpMode,
+    /// How long a declined address stays out of the pool ([`PxeConfig::decline_hold`]).
+    ///
+    /// [`PxeConfig::decline_hold`]: crate::PxeConfig::decline_hold
+    pub decline_hold: Duration,
 }
 
 fn now_ms() -> i64 {
@@ -704,7 +707,9 @@ impl DhcpCore {
                     ip,
                     hostname: None,
                     client_id: None,
-                    expires_at: now.saturating_add(DECLINE_HOLD.as_millis() as i64),
+                    expires_at: now.saturating_add(
+                        i64::try_from(self.cfg.decline_hold.as_millis()).unwrap_or(i64::MAX),
+                    ),
                     state: LeaseState::Declined,
                 };
                 t.put(held.key(), held.clone());
@@ -930,6 +935,7 @@ mod tests {
                 discovery: false,
                 files: BootFiles::default(),
                 mode: DhcpMode::Authoritative { pools },
+                decline_hold: crate::config::DEFAULT_DECLINE_HOLD,
             },
             Arc::new(dir),
             Arc::new(Metrics::new()),
@@ -1432,5 +1438,31 @@ mod tests {
             Some(&ip),
             "last, when nothing else is free: {seen:?}"
         );
+    }
+
+    #[test]
+    fn decline_hold_is_the_configured_one() {
+        for hold in [Duration::from_secs(30), Duration::from_secs(7200)] {
+            let mut c = core(StaticDirectory::new(), vec![pool()]);
+            c.cfg.decline_hold = hold;
+            let a = [2, 0, 0, 0, 6, 1];
+            let (ip, _) = dora(&c, a, None);
+            let mut d = req_from(a, None, MessageType::Decline);
+            d.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+            let before = now_ms();
+            let Outcome::Durable { changes, .. } = run(&c, &d) else {
+                panic!("DECLINE must be stored")
+            };
+            let after = now_ms();
+            let [_, LeaseChange::Upsert(held)] = &changes[..] else {
+                panic!("{changes:?}")
+            };
+            let ms = hold.as_millis() as i64;
+            assert!(
+                (before + ms..=after + ms).contains(&held.expires_at),
+                "held until {} for a {hold:?} hold (now {before})",
+                held.expires_at
+            );
+        }
     }
 }
