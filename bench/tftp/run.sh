@@ -55,8 +55,9 @@ else
   echo "no cgroup filesystem at /sys/fs/cgroup: cannot account server CPU" >&2; exit 1
 fi
 mkdir -p "$CG"
-# Runs "$@" inside the cgroup.
-in_cg() { bash -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG" "$@"; }
+# Runs "$@" inside the cgroup, replacing the caller: only call it as `in_cg … &` (the
+# background subshell becomes the server, so $! is the server's pid).
+in_cg() { exec bash -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG" "$@"; }
 W=$(mktemp -d /tmp/rsb-tftp.XXXXXX)
 SP=
 stop_server() {

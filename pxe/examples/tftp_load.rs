@@ -80,7 +80,7 @@ impl Fetch {
         self.last_sent = pkt;
     }
 
-    /// Reads up to the next expected block; returns true when the transfer finished.
+    /// Reads up to the next ACK it sends; returns true when the transfer finished.
     fn on_readable(&mut self, buf: &mut [u8]) -> bool {
         loop {
             if self.done.is_some() {
@@ -135,7 +135,8 @@ impl Fetch {
                     self.got += (n - 4) as u64;
                     let last = n - 4 < self.blksize;
                     self.since_ack += 1;
-                    if self.since_ack >= self.window || last {
+                    let acked = self.since_ack >= self.window || last;
+                    if acked {
                         self.send(vec![0, 4, p[2], p[3]]);
                         self.since_ack = 0;
                     }
@@ -144,10 +145,12 @@ impl Fetch {
                         self.done = Some(Ok(self.got));
                         return true;
                     }
-                    // The server sends nothing new before our ACK reaches it: anything still
-                    // queued is a stale duplicate, skipped at the next arrival. Saves the
-                    // receive that would only say "empty".
-                    return false;
+                    if acked {
+                        // The server sends nothing new before this ACK reaches it: anything
+                        // still queued is a stale duplicate, skipped at the next arrival.
+                        // Saves the receive that would only say "empty".
+                        return false;
+                    }
                 }
                 5 => {
                     self.done = Some(Err(format!(
