@@ -1,7 +1,9 @@
 //! Real firmware: QEMU (TCG) PXE-boots from the server inside a namespace bridge.
 //! BIOS: SeaBIOS + iPXE ROM → DHCP → HTTP script. UEFI: OVMF's own PXE → DHCP → TFTP
-//! (tsize probe, then snponly.efi) → iPXE → DHCP → HTTP script. The script is the real
-//! local-disk template; the serial console must show it ran.
+//! (tsize probe, then snponly.efi) → iPXE → DHCP → HTTP script. UEFI HTTP boot: OVMF with
+//! its PXE switched off asks as `HTTPClient` (arch 16) → DHCP reply with a URL → iPXE over
+//! HTTP, no TFTP at all → HTTP script. Each authoritative and as proxy beside dnsmasq. The
+//! script is the real local-disk template; the serial console must show it ran.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
@@ -22,8 +24,10 @@ use pxe::{
 /// A minimal HTTP server for `/boot/MAC.ipxe` (the api's job in production).
 fn http_server(
     ns: &str,
+    root: std::path::PathBuf,
     stop: Arc<AtomicBool>,
     hits: Arc<AtomicUsize>,
+    file_hits: Arc<AtomicUsize>,
 ) -> std::thread::JoinHandle<()> {
     let path = format!("/run/netns/{ns}");
     std::thread::spawn(move || {
@@ -54,19 +58,46 @@ fn http_server(
                         &format!("http://10.77.0.1:8080{target}"),
                     )
                 });
-            let resp = match body {
-                Some(b) => format!(
+            // Plain names from the boot root (UEFI HTTP boot fetches the iPXE binary here).
+            let file = target
+                .strip_prefix("/boot/")
+                .filter(|f| !f.contains('/') && !f.ends_with(".ipxe"))
+                .and_then(|f| std::fs::read(root.join(f)).ok());
+            let resp: Vec<u8> = match (body, file) {
+                (Some(b), _) => format!(
                     "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{b}",
                     b.len()
-                ),
-                None => "HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string(),
+                )
+                .into_bytes(),
+                (None, Some(f)) => {
+                    file_hits.fetch_add(1, Ordering::Relaxed);
+                    let head = if req.starts_with("HEAD") {
+                        Vec::new()
+                    } else {
+                        f.clone()
+                    };
+                    let mut r = format!(
+                        "HTTP/1.0 200 OK\r\nContent-Type: application/efi\r\nContent-Length: {}\r\n\r\n",
+                        f.len()
+                    )
+                    .into_bytes();
+                    r.extend_from_slice(&head);
+                    r
+                }
+                (None, None) => b"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_vec(),
             };
-            let _ = s.write_all(resp.as_bytes());
+            let _ = s.write_all(&resp);
         }
     })
 }
 
 fn boot(tag: &str, uefi: bool, proxy: bool) {
+    boot_with(tag, uefi, proxy, false)
+}
+
+/// `http_boot`: OVMF's PXE is switched off, so its UEFI HTTP boot asks (arch 16, `HTTPClient`)
+/// and loads iPXE from the URL in the reply.
+fn boot_with(tag: &str, uefi: bool, proxy: bool, http_boot: bool) {
     require("qemu-system-x86_64", "qemu-system-x86");
     for (f, pkg) in [
         ("/usr/lib/ipxe/qemu/efi-virtio.rom", "ipxe-qemu"),
@@ -125,7 +156,14 @@ fn boot(tag: &str, uefi: bool, proxy: bool) {
     );
     let stop = Arc::new(AtomicBool::new(false));
     let hits = Arc::new(AtomicUsize::new(0));
-    let http = http_server(&lab.srv, stop.clone(), hits.clone());
+    let file_hits = Arc::new(AtomicUsize::new(0));
+    let http = http_server(
+        &lab.srv,
+        root.clone(),
+        stop.clone(),
+        hits.clone(),
+        file_hits.clone(),
+    );
 
     let serial = lab.path("serial.log");
     let sercon = lab.path("sercon");
@@ -161,6 +199,14 @@ fn boot(tag: &str, uefi: bool, proxy: bool) {
     ];
     if uefi {
         argv.extend(["-drive", &code, "-drive", &vars_arg]);
+        if http_boot {
+            argv.extend([
+                "-fw_cfg",
+                "name=opt/org.tianocore/IPv4PXESupport,string=n",
+                "-fw_cfg",
+                "name=opt/org.tianocore/IPv6PXESupport,string=n",
+            ]);
+        }
     } else {
         argv.extend(["-fw_cfg", &sercon_arg]);
     }
@@ -194,7 +240,13 @@ fn boot(tag: &str, uefi: bool, proxy: bool) {
     } else {
         assert!(get(&srv.metrics.leases_acked) >= 1);
     }
-    if uefi {
+    if http_boot {
+        assert!(
+            file_hits.load(Ordering::Relaxed) >= 1,
+            "the iPXE binary over HTTP"
+        );
+        assert_eq!(get(&srv.metrics.tftp_transfers), 0, "HTTP boot used TFTP");
+    } else if uefi {
         assert!(
             get(&srv.metrics.tftp_completed) >= 1,
             "snponly.efi over TFTP"
@@ -223,4 +275,10 @@ fn bios_ipxe_rom_boots_script() {
 fn uefi_ovmf_pxe_tftp_then_script() {
     boot("quefi", true, false);
     boot("quefip", true, true);
+}
+
+#[test]
+fn uefi_http_boot_loads_ipxe_over_http() {
+    boot_with("quhttp", true, false, true);
+    boot_with("quhttpp", true, true, true);
 }
