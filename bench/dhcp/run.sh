@@ -27,8 +27,8 @@ SERVERS=${SERVERS:-"rackshare dnsmasq kea-st kea-mt"}
 NET_SRV=10.80.0.1 NET_CLI=10.80.0.9 PREFIX=12 MASK=255.240.0.0 SUBNET=10.80.0.0/12
 POOL_FIRST=10.81.0.0 POOL_LAST=10.95.255.250
 
-need() { command -v "$1" >/dev/null || { echo "$1 missing: apt-get install $2" >&2; exit 1; }; }
-[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
+. "$(dirname "$0")/../lib.sh"
+need_root
 need perfdhcp kea-admin
 need ip iproute2
 need ss iproute2
@@ -44,17 +44,6 @@ esac
 
 S=rsb-dhcp-$$-s C=rsb-dhcp-$$-c
 W=$(mktemp -d /tmp/rsb-dhcp.XXXXXX)
-SP=
-stop_server() {
-  if [ -n "$SP" ]; then
-    kill -TERM "$SP" 2>/dev/null || true
-    # Bounded wait for a clean exit, then SIGKILL.
-    for _ in $(seq 50); do kill -0 "$SP" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SP" 2>/dev/null || true
-    wait "$SP" 2>/dev/null || true
-    SP=
-  fi
-}
 cleanup() {
   stop_server
   ip netns del "$S" 2>/dev/null || true
@@ -64,15 +53,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ip netns add "$S"; ip netns add "$C"
-ip -n "$S" link set lo up; ip -n "$C" link set lo up
-ip -n "$S" link add br0 type bridge forward_delay 0 stp_state 0
-ip -n "$S" addr add "$NET_SRV/$PREFIX" dev br0
-ip -n "$S" link set br0 up
-ip -n "$S" link add h0 type veth peer name eth0 netns "$C"
-ip -n "$S" link set h0 master br0 up
-ip -n "$C" addr add "$NET_CLI/$PREFIX" dev eth0
-ip -n "$C" link set eth0 up
+bridge_ns "$S" "$NET_SRV/$PREFIX"
+client_ns "$S" "$C" "$NET_CLI/$PREFIX"
 
 # Wait (bounded, 15 s) until something in the server namespace listens on UDP 67.
 wait_dhcp_bound() {

@@ -22,8 +22,8 @@ CLIENTS=${CLIENTS:-16}
 SIZE_MIB=${SIZE_MIB:-1024}
 ADDR=10.78.0.1 RS_PORT=8080 NGX_PORT=8081
 
-need() { command -v "$1" >/dev/null || { echo "$1 missing: apt-get install $2" >&2; exit 1; }; }
-[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
+. "$(dirname "$0")/../lib.sh"
+need_root
 need curl curl
 need nginx nginx-light
 need ip iproute2
@@ -32,16 +32,6 @@ BIN=$(realpath "$BIN")
 
 NS=rsb-http-$$
 W=$(mktemp -d /tmp/rsb-http.XXXXXX)
-SP=
-stop_server() {
-  if [ -n "$SP" ]; then
-    kill -TERM "$SP" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$SP" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SP" 2>/dev/null || true
-    wait "$SP" 2>/dev/null || true
-    SP=
-  fi
-}
 cleanup() {
   stop_server
   ip netns del "$NS" 2>/dev/null || true
@@ -50,11 +40,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ip netns add "$NS"
-ip -n "$NS" link set lo up
-ip -n "$NS" link add br0 type bridge
-ip -n "$NS" addr add "$ADDR/24" dev br0
-ip -n "$NS" link set br0 up
+bridge_ns "$NS" "$ADDR/24"
 
 ROOT=$W/root
 mkdir -p "$ROOT" "$W/rs" "$W/nginx"

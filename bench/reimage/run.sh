@@ -16,7 +16,8 @@ MAC=52:54:00:be:0e:01
 MACURL=52-54-00-be-0e-01
 API=http://10.77.0.1:8080
 
-need() { command -v "$1" >/dev/null || { echo "missing $1: apt-get install $2" >&2; exit 2; }; }
+. "$ROOT/bench/lib.sh"
+need_root
 need qemu-system-x86_64 qemu-system-x86
 need curl curl
 [ -f /usr/lib/ipxe/qemu/efi-virtio.rom ] || { echo "missing the iPXE ROM: apt-get install ipxe-qemu" >&2; exit 2; }
@@ -40,11 +41,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ip netns add "$NS"
-ip -n "$NS" link set lo up
-ip -n "$NS" link add br0 type bridge forward_delay 0 stp_state 0
-ip -n "$NS" addr add 10.77.0.1/24 dev br0
-ip -n "$NS" link set br0 up
+bridge_ns "$NS" 10.77.0.1/24
 ip -n "$NS" tuntap add tap0 mode tap
 ip -n "$NS" link set tap0 master br0 up
 # A router advertisement, as real networks have: without one iPXE waits ~13 s (LAB-NOTES).

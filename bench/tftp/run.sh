@@ -30,8 +30,8 @@ BLKSIZE=${BLKSIZE:-1468}
 ROUNDS=${ROUNDS:-5}
 SRV=10.77.0.1 CLI=10.77.0.9
 
-need() { command -v "$1" >/dev/null || { echo "$1 missing: apt-get install $2" >&2; exit 1; }; }
-[ "$(id -u)" = 0 ] || { echo "run as root (network namespaces)" >&2; exit 1; }
+. "$(dirname "$0")/../lib.sh"
+need_root
 need curl curl
 need in.tftpd tftpd-hpa
 need ip iproute2
@@ -59,16 +59,6 @@ mkdir -p "$CG"
 # background subshell becomes the server, so $! is the server's pid).
 in_cg() { exec bash -c 'echo $$ > "$0/cgroup.procs" && exec "$@"' "$CG" "$@"; }
 W=$(mktemp -d /tmp/rsb-tftp.XXXXXX)
-SP=
-stop_server() {
-  if [ -n "$SP" ]; then
-    kill -TERM "$SP" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$SP" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$SP" 2>/dev/null || true
-    wait "$SP" 2>/dev/null || true
-    SP=
-  fi
-}
 cleanup() {
   stop_server
   ip netns del "$S" 2>/dev/null || true
@@ -79,15 +69,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-ip netns add "$S"; ip netns add "$C"
-ip -n "$S" link set lo up; ip -n "$C" link set lo up
-ip -n "$S" link add br0 type bridge forward_delay 0 stp_state 0
-ip -n "$S" addr add "$SRV/24" dev br0
-ip -n "$S" link set br0 up
-ip -n "$S" link add h0 type veth peer name eth0 netns "$C"
-ip -n "$S" link set h0 master br0 up
-ip -n "$C" addr add "$CLI/24" dev eth0
-ip -n "$C" link set eth0 up
+bridge_ns "$S" "$SRV/24"
+client_ns "$S" "$C" "$CLI/24"
 
 # One served directory for both servers. World-readable: tftpd-hpa drops to user tftp after
 # chrooting into it (mktemp makes 0700 dirs).
