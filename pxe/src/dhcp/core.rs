@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use dhcproto::v4::relay::{RelayCode, RelayInfo};
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption};
 use dhcproto::Encodable;
 
@@ -21,6 +22,27 @@ const OFFER_HOLD: Duration = Duration::from_secs(60);
 /// How long a directory answer is reused: a DISCOVER's lookup serves the REQUEST that follows
 /// it (one database query per DORA instead of two); an inventory change reaches DHCP within it.
 const DIRECTORY_TTL: Duration = Duration::from_secs(1);
+/// The address that names the client's subnet: option 118 (RFC 3011, subnet selection) when
+/// sent, else the relay's link-selection sub-option of option 82 (RFC 3527, for relays whose
+/// giaddr is not on the client's link), else giaddr. Replies still go to giaddr.
+fn selection_address(q: &Message) -> Ipv4Addr {
+    if let Some(DhcpOption::SubnetSelection(a)) = q.opts().get(OptionCode::SubnetSelection) {
+        if !a.is_unspecified() {
+            return *a;
+        }
+    }
+    if let Some(DhcpOption::RelayAgentInformation(info)) =
+        q.opts().get(OptionCode::RelayAgentInformation)
+    {
+        if let Some(RelayInfo::LinkSelection(a)) = info.get(RelayCode::LinkSelection) {
+            if !a.is_unspecified() {
+                return *a;
+            }
+        }
+    }
+    q.giaddr()
+}
+
 /// Cached directory answers kept before expired ones are swept.
 const DIRECTORY_CACHE_MAX: usize = 8192;
 /// DHCP server port.
@@ -202,6 +224,8 @@ impl LeaseTable {
         Some(l)
     }
 
+    /// The pool for a client whose subnet is named by `giaddr` (see [`selection_address`]);
+    /// unspecified means directly attached: the server's own subnet, else the first pool.
     fn pool_index(&self, giaddr: Ipv4Addr) -> Option<usize> {
         let anchor = if giaddr.is_unspecified() {
             self.server_ip
@@ -517,6 +541,11 @@ impl DhcpCore {
                 raw.clone(),
             )));
         }
+        // RFC 3011 §3: a server that honours subnet selection returns the option as sent.
+        if let Some(o @ DhcpOption::SubnetSelection(_)) = q.opts().get(OptionCode::SubnetSelection)
+        {
+            m.opts_mut().insert(o.clone());
+        }
         m
     }
 
@@ -747,7 +776,7 @@ impl DhcpCore {
         if let Some(ip) = reserved {
             t.reserved.insert(ip, mac);
         }
-        let Some(pool_idx) = t.pool_index(q.giaddr()) else {
+        let Some(pool_idx) = t.pool_index(selection_address(q)) else {
             drop(t);
             return self.drop(DropReason::NotForUs);
         };
@@ -1141,6 +1170,65 @@ mod tests {
         let mut m = req(MessageType::Discover, vec![]);
         m.set_giaddr(Ipv4Addr::new(172, 16, 0, 1));
         assert_eq!(run(&c, &m), Outcome::Drop(DropReason::NotForUs));
+    }
+
+    /// Option 118 (RFC 3011) and option 82's link selection (RFC 3527) name the subnet in
+    /// place of giaddr; replies still go to giaddr, and 118 is echoed.
+    #[test]
+    fn subnet_selection_and_link_selection_pick_the_pool() {
+        let relayed = PoolConfig::new(
+            Ipv4Addr::new(10, 9, 0, 100),
+            Ipv4Addr::new(10, 9, 0, 110),
+            Ipv4Addr::new(255, 255, 255, 0),
+        );
+        let c = core(StaticDirectory::new(), vec![pool(), relayed]);
+        let relay = Ipv4Addr::new(172, 16, 0, 1); // no pool of its own
+        let src = SocketAddrV4::new(relay, 67);
+        let handle = |m: &Message| {
+            futures::executor::block_on(c.handle(&m.to_vec().expect("encode"), Port::Dhcp, src))
+        };
+
+        let mut m = req(
+            MessageType::Discover,
+            vec![DhcpOption::SubnetSelection(Ipv4Addr::new(10, 9, 0, 0))],
+        );
+        m.set_giaddr(relay).set_hops(1);
+        let o = handle(&m);
+        let (offer, dest) = reply_of(&o);
+        assert_eq!(
+            offer.yiaddr(),
+            Ipv4Addr::new(10, 9, 0, 100),
+            "pool by option 118"
+        );
+        assert_eq!(dest, SocketAddrV4::new(relay, 67), "reply to the relay");
+        assert_eq!(
+            offer.opts().get(OptionCode::SubnetSelection),
+            Some(&DhcpOption::SubnetSelection(Ipv4Addr::new(10, 9, 0, 0))),
+            "option 118 echoed"
+        );
+
+        let mut info = dhcproto::v4::relay::RelayAgentInformation::default();
+        info.insert(RelayInfo::LinkSelection(Ipv4Addr::new(10, 9, 0, 0)));
+        let mut m = req(
+            MessageType::Discover,
+            vec![DhcpOption::RelayAgentInformation(info)],
+        );
+        m.set_chaddr(&[0x52, 0x54, 0, 0x99, 0, 2]);
+        m.set_giaddr(relay).set_hops(1);
+        let (offer, _) = reply_of(&handle(&m));
+        assert_eq!(
+            offer.yiaddr().octets()[..3],
+            [10, 9, 0],
+            "pool by link selection"
+        );
+
+        // Naming a subnet without a pool is not for us.
+        let mut m = req(
+            MessageType::Discover,
+            vec![DhcpOption::SubnetSelection(Ipv4Addr::new(192, 168, 5, 0))],
+        );
+        m.set_giaddr(relay);
+        assert_eq!(handle(&m), Outcome::Drop(DropReason::NotForUs));
     }
 
     #[test]
