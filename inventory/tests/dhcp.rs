@@ -5,6 +5,9 @@ mod common;
 
 use inventory::*;
 
+/// key, mac, ip, client_id, state of one stored lease.
+type LeaseColumns = (String, Option<String>, String, Option<String>, String);
+
 fn lease(key: &str, mac: Option<&str>, ip: &str, state: &str) -> DhcpLease {
     DhcpLease {
         key: key.into(),
@@ -123,7 +126,7 @@ async fn migration_0005_moves_the_key_and_recovers_the_mac() {
             inv.schema_version().await.expect("version"),
             inv.supported_schema_version()
         );
-        let got: Vec<(String, Option<String>, String, Option<String>, String)> = inv
+        let got: Vec<LeaseColumns> = inv
             .dhcp_leases()
             .await
             .expect("list")
