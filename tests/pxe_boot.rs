@@ -1,7 +1,8 @@
 //! Real firmware PXE-boots from the real `rackshare serve`: a QEMU VM (TCG, SeaBIOS with the
 //! iPXE ROM) on a bridge inside a network namespace the test creates. Authoritative mode with
 //! a known machine (local-disk script, lease in the database), then proxy mode beside dnsmasq
-//! with discovery (an unknown VM is enrolled as `new`).
+//! with discovery (an unknown VM is enrolled as `new`). udhcpc clients check durable leases,
+//! relayed subnets and several boot interfaces (`[[pxe-interface]]`) from one `serve`.
 
 mod common;
 
@@ -572,4 +573,78 @@ lease-secs = 900
         s2.log_text()
     );
     drop(s2);
+}
+
+/// The issue's cooperative: br0's router already runs DHCP (dnsmasq here), so rackshare is a
+/// proxy there, while on br1 it hands out addresses. The br0 client's address comes from
+/// dnsmasq and rackshare stores no lease for it; the br1 client's comes from rackshare's pool.
+#[tokio::test]
+async fn a_proxy_interface_beside_the_networks_dhcp_and_an_authoritative_one() {
+    require("udhcpc", "udhcpc");
+    let lab = Lab::new("e2emixif");
+    start_dnsmasq(&lab);
+    lab.ip(
+        &lab.srv,
+        "link add br1 type bridge forward_delay 0 stp_state 0",
+    );
+    lab.ip(&lab.srv, "addr add 10.78.0.1/24 dev br1");
+    lab.ip(&lab.srv, "link set br1 up");
+    let a = lab.add_host("clia", "52:54:00:c2:00:01", None);
+    let b = lab.add_linked_host("clib", "52:54:00:c2:00:02", &lab.srv, "h1b");
+    lab.ip(&lab.srv, "link set h1b master br1 up");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = common::write(
+        dir.path(),
+        "rackshare.toml",
+        r#"
+listen = "0.0.0.0:8080"
+energy-interval-secs = 0
+
+[[pxe-interface]]
+interface = "br0"
+mode = "proxy"
+
+[[pxe-interface]]
+interface = "br1"
+mode = "authoritative"
+pool = "10.78.0.200-10.78.0.220"
+router = "10.78.0.1"
+"#,
+    )
+    .display()
+    .to_string();
+    let data = dir.path().join("data").display().to_string();
+    let args: Vec<String> = ["serve", "--data-dir", &data, "--config", &config]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let s = Service::spawn_in(Some(&lab.srv), dir, args);
+    let field = |env: &str, k: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let env_a = udhcpc_env(&lab, &a, "a");
+    let env_b = udhcpc_env(&lab, &b, "b");
+    assert_eq!(
+        field(&env_a, "serverid"),
+        "10.77.0.2",
+        "br0's address comes from dnsmasq: {env_a}\nserver log:\n{}",
+        s.log_text()
+    );
+    assert!(field(&env_a, "ip").starts_with("10.77.0.1"), "{env_a}");
+    assert_eq!(field(&env_b, "serverid"), "10.78.0.1", "{env_b}");
+    assert!(field(&env_b, "ip").starts_with("10.78.0.2"), "{env_b}");
+    let leases = s.cli_json(&["dhcp", "leases"]);
+    let rows = leases.as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        rows.len(),
+        1,
+        "only br1's client has a rackshare lease: {leases}"
+    );
+    assert_eq!(rows[0]["mac"], "52:54:00:c2:00:02", "{leases}");
+    assert_eq!(rows[0]["ip"], field(&env_b, "ip").as_str(), "{leases}");
+    drop(s);
 }

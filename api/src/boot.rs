@@ -567,7 +567,13 @@ pub async fn prepare(
         BootHttp {
             root,
             base: base.clone(),
-            bases: vec![(server_ip, base)],
+            // The interface's own address too, when the announced one differs (NAT, a VIP):
+            // a request that arrives there came over this interface all the same.
+            bases: if if_ip == server_ip {
+                vec![(server_ip, base)]
+            } else {
+                vec![(server_ip, base.clone()), (if_ip, base)]
+            },
         },
     ))
 }
