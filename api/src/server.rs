@@ -97,10 +97,19 @@ impl Server {
         // the counters are shared.
         for (cfg, http) in prepared {
             let interface = cfg.interface.clone();
-            pxe_tasks.push(
-                crate::boot::start(cfg, inv.clone(), pxe_metrics.clone(), pxe_shutdown.clone())
-                    .await?,
-            );
+            match crate::boot::start(cfg, inv.clone(), pxe_metrics.clone(), pxe_shutdown.clone())
+                .await
+            {
+                Ok(t) => pxe_tasks.push(t),
+                Err(e) => {
+                    // The interfaces already serving stop with the failed start.
+                    pxe_shutdown.cancel();
+                    for t in pxe_tasks {
+                        let _ = t.await;
+                    }
+                    return Err(e);
+                }
+            }
             tracing::info!(%interface, base = %http.base, "boot services running");
             match &mut boot_http {
                 None => boot_http = Some(http),
