@@ -30,9 +30,19 @@ pub struct ServeSettings {
     /// At most this many reimage/inspect/wipe jobs run at once; more wait in the queue [default: 4]
     #[arg(long)]
     pub max_jobs: Option<usize>,
-    /// Network interface to serve PXE boot on (DHCP, TFTP, HTTP boot); boot services are off without it
+    /// Network interface to serve PXE boot on (DHCP, TFTP, HTTP boot); boot services are off without it and without [[pxe-interface]] tables
     #[arg(long)]
+    #[serde(skip)]
     pub pxe_interface: Option<String>,
+    /// The config file's `pxe-interface`: one name (as the flag), or [[pxe-interface]] tables
+    /// (more interfaces, each with its own mode); `load` splits it into the two fields.
+    #[arg(skip)]
+    #[serde(rename = "pxe-interface", default)]
+    pub pxe_interface_file: Option<InterfaceKey>,
+    /// Config file only ([[pxe-interface]] tables): more boot interfaces
+    #[arg(skip)]
+    #[serde(skip)]
+    pub pxe_interfaces: Vec<InterfaceSettings>,
     /// proxy (beside the network's DHCP server) or authoritative (rackshare hands out addresses) [default: proxy]
     #[arg(long)]
     pub pxe_mode: Option<String>,
@@ -110,10 +120,72 @@ pub struct SubnetSettings {
     pub lease_secs: Option<u64>,
 }
 
+/// The config file's `pxe-interface` key: a name (`pxe-interface = "br0"`, as the flag) or an
+/// array of tables (`[[pxe-interface]]`). TOML allows one or the other in a file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InterfaceKey {
+    /// `pxe-interface = "IF"`.
+    One(String),
+    /// `[[pxe-interface]]` tables.
+    Tables(Vec<InterfaceSettings>),
+}
+
+impl<'de> Deserialize<'de> for InterfaceKey {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        // Through a value, so that a bad table gets the table's own error, not "no variant".
+        match toml::Value::deserialize(d)? {
+            toml::Value::String(s) => Ok(InterfaceKey::One(s)),
+            v @ toml::Value::Array(_) => Vec::<InterfaceSettings>::deserialize(v)
+                .map(InterfaceKey::Tables)
+                .map_err(D::Error::custom),
+            other => Err(D::Error::custom(format!(
+                "pxe-interface must be an interface name or [[pxe-interface]] tables, not a {}",
+                other.type_str()
+            ))),
+        }
+    }
+}
+
+/// One `[[pxe-interface]]` of the config file: a boot interface with its own mode. The keys
+/// are the `--pxe-…` flags' without the prefix; its relayed subnets are its `subnets`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct InterfaceSettings {
+    /// Network interface to serve on.
+    pub interface: String,
+    /// proxy or authoritative [default: proxy].
+    pub mode: Option<String>,
+    /// Authoritative mode: the directly attached pool, FIRST-LAST.
+    pub pool: Option<String>,
+    /// Default gateway handed out.
+    pub router: Option<Ipv4Addr>,
+    /// DNS servers handed out.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    /// Domain name handed out.
+    pub domain: Option<String>,
+    /// Lease time in seconds [default: 3600].
+    pub lease_secs: Option<u64>,
+    /// NTP servers handed out.
+    #[serde(default)]
+    pub ntp: Vec<Ipv4Addr>,
+    /// Interface MTU handed out.
+    pub mtu: Option<u16>,
+    /// Address machines reach the boot server at [default: the interface's].
+    pub server_ip: Option<Ipv4Addr>,
+    /// Serve authoritative DHCP even when another DHCP server answers on the segment.
+    #[serde(default)]
+    pub force: bool,
+    /// Subnets behind DHCP relays that forward to this interface (`[[pxe-interface.subnets]]`).
+    #[serde(default)]
+    pub subnets: Vec<SubnetSettings>,
+}
+
 /// `rackshare serve` arguments.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// A TOML config file; its keys are the flag names below without the dashes in front, plus [[pxe-subnet]] tables (subnets behind DHCP relays: pool, mask, router, dns, domain, ntp, mtu, lease-secs)
+    /// A TOML config file; its keys are the flag names below without the dashes in front, plus [[pxe-subnet]] tables (subnets behind DHCP relays: pool, mask, router, dns, domain, ntp, mtu, lease-secs) and [[pxe-interface]] tables (more boot interfaces, each with its own mode: interface, mode, pool, router, dns, domain, lease-secs, ntp, mtu, server-ip, force, and [[pxe-interface.subnets]])
     #[arg(long)]
     pub config: Option<PathBuf>,
     #[command(flatten)]
@@ -131,6 +203,9 @@ impl ServeSettings {
             energy_interval_secs: self.energy_interval_secs.or(file.energy_interval_secs),
             max_jobs: self.max_jobs.or(file.max_jobs),
             pxe_interface: self.pxe_interface.or(file.pxe_interface),
+            pxe_interface_file: None,
+            // Only the file has them.
+            pxe_interfaces: file.pxe_interfaces,
             pxe_mode: self.pxe_mode.or(file.pxe_mode),
             pxe_pool: self.pxe_pool.or(file.pxe_pool),
             pxe_router: self.pxe_router.or(file.pxe_router),
@@ -159,13 +234,23 @@ impl ServeSettings {
     }
 }
 
+/// The config file's text as settings, `pxe-interface` split into the name and the tables.
+fn parse_file(text: &str) -> anyhow::Result<ServeSettings> {
+    let mut s: ServeSettings = toml::from_str(text)?;
+    match s.pxe_interface_file.take() {
+        Some(InterfaceKey::One(name)) => s.pxe_interface = Some(name),
+        Some(InterfaceKey::Tables(t)) => s.pxe_interfaces = t,
+        None => {}
+    }
+    Ok(s)
+}
+
 fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
     let file = match &args.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading config file {}", path.display()))?;
-            toml::from_str::<ServeSettings>(&text)
-                .with_context(|| format!("config file {}", path.display()))?
+            parse_file(&text).with_context(|| format!("config file {}", path.display()))?
         }
         None => ServeSettings::default(),
     };
@@ -218,18 +303,44 @@ fn parse_pool(what: &str, pool: &str) -> anyhow::Result<(Ipv4Addr, Ipv4Addr)> {
     Ok((start, end))
 }
 
-/// The `[[pxe-subnet]]` tables as pools, checked on their own and against each other and the
-/// directly attached pool `direct` (whose mask is the interface's, known only at start-up,
-/// where `api::boot::prepare` checks the whole set again).
+/// How errors name one interface's settings: the flags (`--pxe-pool`, `[[pxe-subnet]]`) or a
+/// `[[pxe-interface]]` table's keys (`pool`, `subnets`; the table is named around them).
+#[derive(Clone, Copy)]
+enum Naming {
+    Flags,
+    Table,
+}
+
+impl Naming {
+    fn key(self, k: &str) -> String {
+        match self {
+            Naming::Flags => format!("--pxe-{k}"),
+            Naming::Table => k.to_string(),
+        }
+    }
+
+    fn subnets(self) -> &'static str {
+        match self {
+            Naming::Flags => "[[pxe-subnet]]",
+            Naming::Table => "subnets",
+        }
+    }
+}
+
+/// An interface's relayed subnets as pools, checked on their own and against each other and
+/// the directly attached pool `direct` (whose mask is the interface's, known only at
+/// start-up, where `api::boot::prepare` checks the whole set again).
 fn relayed_pools(
-    s: &ServeSettings,
+    i: &InterfaceSettings,
+    naming: Naming,
     direct: (Ipv4Addr, Ipv4Addr),
 ) -> anyhow::Result<Vec<api::BootPool>> {
     const DEFAULT_MASK: Ipv4Addr = Ipv4Addr::new(255, 255, 255, 0);
+    let what = naming.subnets();
     let mut pools = Vec::new();
     let mut checked = Vec::new();
-    for sub in &s.pxe_subnet {
-        let (start, end) = parse_pool("[[pxe-subnet]] pool", &sub.pool)?;
+    for sub in &i.subnets {
+        let (start, end) = parse_pool(&format!("{what} pool"), &sub.pool)?;
         let pool = api::BootPool {
             start,
             end,
@@ -239,15 +350,16 @@ fn relayed_pools(
             domain: sub.domain.clone(),
             ntp: sub.ntp.clone(),
             mtu: sub.mtu,
-            lease_secs: sub.lease_secs.or(s.pxe_lease_secs).unwrap_or(3600),
+            lease_secs: sub.lease_secs.or(i.lease_secs).unwrap_or(3600),
         };
         let p = pool.to_pxe(DEFAULT_MASK);
         checked.push(p.clone());
-        pxe::validate_pools(&checked).map_err(|e| anyhow::anyhow!("[[pxe-subnet]] {e}"))?;
+        pxe::validate_pools(&checked).map_err(|e| anyhow::anyhow!("{what} {e}"))?;
         if p.contains_subnet(direct.0) || p.contains_subnet(direct.1) {
             bail!(
-                "[[pxe-subnet]] subnet {} holds --pxe-pool {}-{}: the directly attached subnet is not a relayed one",
+                "{what} subnet {} holds {} {}-{}: the directly attached subnet is not a relayed one",
                 p.subnet(),
+                naming.key("pool"),
                 direct.0,
                 direct.1
             );
@@ -257,62 +369,158 @@ fn relayed_pools(
     Ok(pools)
 }
 
-fn boot_settings(s: &ServeSettings) -> anyhow::Result<Option<api::BootSettings>> {
-    let Some(interface) = s.pxe_interface.clone() else {
-        if s.pxe_mode.is_some() || s.pxe_pool.is_some() || !s.pxe_subnet.is_empty() {
-            bail!("--pxe-mode, --pxe-pool and [[pxe-subnet]] need --pxe-interface IF");
-        }
-        return Ok(None);
-    };
-    let mode = match s.pxe_mode.as_deref().unwrap_or("proxy") {
+/// One boot interface's settings; the per-service ones (root, discovery, HTTP base, DECLINE
+/// hold) come from `s`.
+fn interface_settings(
+    i: &InterfaceSettings,
+    naming: Naming,
+    s: &ServeSettings,
+) -> anyhow::Result<api::BootSettings> {
+    let k = |name: &str| naming.key(name);
+    let mode = match i.mode.as_deref().unwrap_or("proxy") {
         "proxy" => {
-            if s.pxe_pool.is_some() || !s.pxe_subnet.is_empty() {
-                bail!("--pxe-pool and [[pxe-subnet]] are for --pxe-mode authoritative; proxy mode never hands out addresses");
+            if i.pool.is_some() || !i.subnets.is_empty() {
+                bail!(
+                    "{} and {} are for {} authoritative; proxy mode never hands out addresses",
+                    k("pool"),
+                    naming.subnets(),
+                    k("mode")
+                );
             }
             api::BootMode::Proxy
         }
         "authoritative" => {
-            let pool = s
-                .pxe_pool
-                .as_deref()
-                .context("--pxe-mode authoritative needs --pxe-pool FIRST-LAST, e.g. 10.77.0.100-10.77.0.200")?;
-            let (start, end) = parse_pool("--pxe-pool", pool)?;
+            let pool = i.pool.as_deref().with_context(|| {
+                format!(
+                    "{} authoritative needs {} FIRST-LAST, e.g. 10.77.0.100-10.77.0.200",
+                    k("mode"),
+                    k("pool")
+                )
+            })?;
+            let (start, end) = parse_pool(&k("pool"), pool)?;
             let mut pools = vec![api::BootPool {
                 start,
                 end,
                 // The interface's: this is the segment the boot interface is on.
                 mask: None,
-                router: s.pxe_router,
-                dns: s.pxe_dns.clone(),
-                domain: s.pxe_domain.clone(),
-                ntp: s.pxe_ntp.clone(),
-                mtu: s.pxe_mtu,
-                lease_secs: s.pxe_lease_secs.unwrap_or(3600),
+                router: i.router,
+                dns: i.dns.clone(),
+                domain: i.domain.clone(),
+                ntp: i.ntp.clone(),
+                mtu: i.mtu,
+                lease_secs: i.lease_secs.unwrap_or(3600),
             }];
             if pools[0].lease_secs == 0 {
-                bail!("--pxe-lease-secs must be at least 1");
+                bail!("{} must be at least 1", k("lease-secs"));
             }
             if pools[0].mtu.is_some_and(|m| m < 68) {
-                bail!("--pxe-mtu must be at least 68");
+                bail!("{} must be at least 68", k("mtu"));
             }
-            pools.extend(relayed_pools(s, (start, end))?);
+            pools.extend(relayed_pools(i, naming, (start, end))?);
             api::BootMode::Authoritative { pools }
         }
-        other => bail!("--pxe-mode must be proxy or authoritative, not '{other}'"),
+        other => bail!(
+            "{} must be proxy or authoritative, not '{other}'",
+            k("mode")
+        ),
     };
-    Ok(Some(api::BootSettings {
-        interface,
+    Ok(api::BootSettings {
+        interface: i.interface.clone(),
         mode,
-        server_ip: s.pxe_server_ip,
+        server_ip: i.server_ip,
         discovery: s.pxe_discovery,
-        force: s.pxe_force,
+        force: i.force,
         root: s.pxe_root.clone(),
         http_base: s.pxe_http_base.clone(),
         decline_hold: s
             .pxe_decline_hold_secs
             .map(std::time::Duration::from_secs)
             .unwrap_or(pxe::DEFAULT_DECLINE_HOLD),
-    }))
+    })
+}
+
+/// Every boot interface: the flags' (`--pxe-interface`, with the top-level `[[pxe-subnet]]`
+/// tables) first, then the `[[pxe-interface]]` tables; empty when the boot services are off.
+fn boot_settings(s: &ServeSettings) -> anyhow::Result<Vec<api::BootSettings>> {
+    let mut out = Vec::new();
+    if let Some(interface) = s.pxe_interface.clone() {
+        let flags = InterfaceSettings {
+            interface,
+            mode: s.pxe_mode.clone(),
+            pool: s.pxe_pool.clone(),
+            router: s.pxe_router,
+            dns: s.pxe_dns.clone(),
+            domain: s.pxe_domain.clone(),
+            lease_secs: s.pxe_lease_secs,
+            ntp: s.pxe_ntp.clone(),
+            mtu: s.pxe_mtu,
+            server_ip: s.pxe_server_ip,
+            force: s.pxe_force,
+            subnets: s.pxe_subnet.clone(),
+        };
+        out.push(interface_settings(&flags, Naming::Flags, s)?);
+    } else if s.pxe_mode.is_some()
+        || s.pxe_pool.is_some()
+        || (!s.pxe_subnet.is_empty() && s.pxe_interfaces.is_empty())
+    {
+        bail!("--pxe-mode, --pxe-pool and [[pxe-subnet]] need --pxe-interface IF");
+    }
+    for (n, table) in s.pxe_interfaces.iter().enumerate() {
+        let mut t = table.clone();
+        if t.interface.is_empty() {
+            bail!("[[pxe-interface]] number {} has an empty interface", n + 1);
+        }
+        // Old configs' top-level [[pxe-subnet]] tables belong to the first interface.
+        if n == 0 && s.pxe_interface.is_none() {
+            t.subnets.splice(0..0, s.pxe_subnet.iter().cloned());
+        }
+        let b = interface_settings(&t, Naming::Table, s)
+            .with_context(|| format!("[[pxe-interface]] {}", t.interface))?;
+        if out.iter().any(|o| o.interface == b.interface) {
+            bail!(
+                "[[pxe-interface]] {}: the interface is configured twice",
+                b.interface
+            );
+        }
+        out.push(b);
+    }
+    check_across(&out)?;
+    Ok(out)
+}
+
+/// No two authoritative interfaces may hand out the same addresses. Here only what the
+/// settings show (pool ranges, relayed subnets' masks); the directly attached subnets' masks
+/// are the interfaces', checked again at start (`api::boot::check_interfaces`).
+fn check_across(all: &[api::BootSettings]) -> anyhow::Result<()> {
+    let pools = |b: &api::BootSettings| match &b.mode {
+        api::BootMode::Authoritative { pools } => pools.clone(),
+        api::BootMode::Proxy => Vec::new(),
+    };
+    for (n, a) in all.iter().enumerate() {
+        for b in &all[..n] {
+            for pa in pools(a) {
+                for pb in pools(b) {
+                    let ranges = u32::from(pa.start) <= u32::from(pb.end)
+                        && u32::from(pb.start) <= u32::from(pa.end);
+                    let in_subnet = |p: &api::BootPool, ip: Ipv4Addr| {
+                        p.mask.is_some_and(|m| p.to_pxe(m).contains_subnet(ip))
+                    };
+                    if ranges || in_subnet(&pa, pb.start) || in_subnet(&pb, pa.start) {
+                        bail!(
+                            "boot interface {}: pool {}-{} overlaps pool {}-{} of boot interface {}; two authoritative interfaces cannot hand out the same subnet",
+                            a.interface,
+                            pa.start,
+                            pa.end,
+                            pb.start,
+                            pb.end,
+                            b.interface
+                        );
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs the service until a signal.
@@ -370,7 +578,7 @@ mod tests {
     }
 
     fn file(text: &str) -> ServeSettings {
-        toml::from_str(text).unwrap_or_else(|e| panic!("{e}"))
+        parse_file(text).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     const BASE: &str = r#"
@@ -410,7 +618,7 @@ mod tests {
             "--pxe-decline-hold-secs",
             "90",
         ]);
-        let b = boot_settings(&s).expect("valid").expect("boot on");
+        let b = boot_settings(&s).expect("valid").remove(0);
         assert_eq!(b.decline_hold, std::time::Duration::from_secs(90));
         let api::BootMode::Authoritative { pools } = b.mode else {
             panic!("{:?}", b.mode)
@@ -430,19 +638,19 @@ mod tests {
             }]
         );
         // The default hold is ten minutes; the file's key is the flag's name.
-        let b = boot_settings(&file(BASE)).expect("valid").expect("on");
+        let b = boot_settings(&file(BASE)).expect("valid").remove(0);
         assert_eq!(b.decline_hold, std::time::Duration::from_secs(600));
         let with_hold = file(&format!(
             "{BASE}\npxe-decline-hold-secs = 30\npxe-mtu = 1400"
         ));
         let b = boot_settings(&flags(&[]).or(with_hold.clone()))
             .expect("valid")
-            .expect("on");
+            .remove(0);
         assert_eq!(b.decline_hold, std::time::Duration::from_secs(30));
         // Flags win over the file.
         let b = boot_settings(&flags(&["--pxe-decline-hold-secs", "5"]).or(with_hold))
             .expect("valid")
-            .expect("on");
+            .remove(0);
         assert_eq!(b.decline_hold, std::time::Duration::from_secs(5));
     }
 
@@ -466,9 +674,7 @@ mod tests {
             mask = "255.255.252.0"
             "#
         ));
-        let b = boot_settings(&flags(&[]).or(s))
-            .expect("valid")
-            .expect("on");
+        let b = boot_settings(&flags(&[]).or(s)).expect("valid").remove(0);
         let api::BootMode::Authoritative { pools } = b.mode else {
             panic!("{:?}", b.mode)
         };
@@ -542,5 +748,167 @@ mod tests {
         assert!(toml::from_str::<ServeSettings>(&sub("pool = \"a-b\"\nrouters = []")).is_err());
         let e = err("pxe-interface = \"br0\"\n[[pxe-subnet]]\npool = \"10.88.0.10-10.88.0.20\"\n");
         assert!(e.contains("authoritative"), "{e}");
+    }
+
+    const TWO: &str = r#"
+        pxe-discovery = true
+        pxe-decline-hold-secs = 60
+
+        [[pxe-interface]]
+        interface = "br-rack1"
+        mode = "proxy"
+        server-ip = "10.77.0.2"
+
+        [[pxe-interface]]
+        interface = "br-rack2"
+        mode = "authoritative"
+        pool = "10.78.0.100-10.78.0.200"
+        router = "10.78.0.1"
+        dns = ["10.78.0.1"]
+        lease-secs = 600
+        force = true
+
+        [[pxe-interface.subnets]]
+        pool = "10.79.0.100-10.79.0.200"
+        router = "10.79.0.1"
+    "#;
+
+    #[test]
+    fn interface_tables_give_one_boot_interface_each_with_its_own_mode() {
+        let all = boot_settings(&flags(&[]).or(file(TWO))).expect("valid");
+        assert_eq!(all.len(), 2);
+        assert_eq!(all[0].interface, "br-rack1");
+        assert!(matches!(all[0].mode, api::BootMode::Proxy));
+        assert_eq!(all[0].server_ip, Some(ip("10.77.0.2")));
+        assert!(!all[0].force);
+        assert_eq!(all[1].interface, "br-rack2");
+        assert!(all[1].force);
+        assert_eq!(all[1].server_ip, None);
+        // Per-service settings reach every interface.
+        for b in &all {
+            assert!(b.discovery);
+            assert_eq!(b.decline_hold, std::time::Duration::from_secs(60));
+        }
+        let api::BootMode::Authoritative { pools } = &all[1].mode else {
+            panic!("{:?}", all[1].mode)
+        };
+        assert_eq!(pools.len(), 2);
+        assert_eq!((pools[0].start, pools[0].mask), (ip("10.78.0.100"), None));
+        assert_eq!(pools[0].router, Some(ip("10.78.0.1")));
+        assert_eq!(pools[0].lease_secs, 600);
+        // A relayed subnet of the table takes the table's lease time.
+        assert_eq!(pools[1].start, ip("10.79.0.100"));
+        assert_eq!(pools[1].lease_secs, 600);
+        // The flag interface is one more, first.
+        let all = boot_settings(&flags(&["--pxe-interface", "br0"]).or(file(TWO))).expect("valid");
+        let names: Vec<&str> = all.iter().map(|b| b.interface.as_str()).collect();
+        assert_eq!(names, ["br0", "br-rack1", "br-rack2"]);
+    }
+
+    #[test]
+    fn old_configs_keep_working_and_top_level_subnets_go_to_the_first_interface() {
+        // A name, as before: one interface.
+        let all = boot_settings(&file(BASE)).expect("valid");
+        assert_eq!(all.len(), 1);
+        // No interface at all: boot services off.
+        assert!(boot_settings(&file("max-jobs = 2"))
+            .expect("valid")
+            .is_empty());
+        // Top-level [[pxe-subnet]] with only tables: the first table's.
+        let text = r#"
+            [[pxe-subnet]]
+            pool = "10.88.0.100-10.88.0.200"
+            [[pxe-interface]]
+            interface = "br0"
+            mode = "authoritative"
+            pool = "10.77.0.100-10.77.0.150"
+            [[pxe-interface]]
+            interface = "br1"
+            mode = "authoritative"
+            pool = "10.78.0.100-10.78.0.150"
+        "#;
+        let all = boot_settings(&file(text)).expect("valid");
+        let n = |b: &api::BootSettings| match &b.mode {
+            api::BootMode::Authoritative { pools } => pools.len(),
+            api::BootMode::Proxy => 0,
+        };
+        assert_eq!((n(&all[0]), n(&all[1])), (2, 1));
+    }
+
+    #[test]
+    fn bad_interface_tables_are_refused_with_one_line_naming_the_interface() {
+        let table =
+            |name: &str, body: &str| format!("[[pxe-interface]]\ninterface = \"{name}\"\n{body}\n");
+        let auth = |name: &str, pool: &str| {
+            table(
+                name,
+                &format!("mode = \"authoritative\"\npool = \"{pool}\""),
+            )
+        };
+        let check = |text: String, want: &str| {
+            let e = match boot_settings(&file(&text)) {
+                Ok(b) => panic!("accepted: {b:?}"),
+                Err(e) => format!("{e:#}"),
+            };
+            assert!(e.contains(want), "{e}\nwanted: {want}");
+            assert!(!e.contains('\n'), "one line: {e}");
+        };
+        check(
+            format!("{}{}", table("br0", ""), table("br0", "")),
+            "[[pxe-interface]] br0: the interface is configured twice",
+        );
+        let e = match boot_settings(&flags(&["--pxe-interface", "br0"]).or(file(&table("br0", ""))))
+        {
+            Ok(b) => panic!("accepted: {b:?}"),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(e.contains("br0: the interface is configured twice"), "{e}");
+        check(
+            format!(
+                "{}{}",
+                auth("br0", "10.77.0.100-10.77.0.150"),
+                auth("br1", "10.77.0.140-10.77.0.200")
+            ),
+            "boot interface br1: pool 10.77.0.140-10.77.0.200 overlaps pool 10.77.0.100-10.77.0.150 of boot interface br0",
+        );
+        // A relayed subnet of one interface holding another's directly attached pool.
+        check(
+            format!(
+                "{}{}[[pxe-interface.subnets]]\npool = \"10.77.5.10-10.77.5.20\"\nmask = \"255.255.0.0\"\n",
+                auth("br0", "10.77.0.100-10.77.0.150"),
+                auth("br1", "10.78.0.100-10.78.0.150")
+            ),
+            "boot interface br1: pool 10.77.5.10-10.77.5.20 overlaps pool 10.77.0.100-10.77.0.150 of boot interface br0",
+        );
+        check(
+            table("br1", "mode = \"dhcp\""),
+            "[[pxe-interface]] br1: mode must be proxy or authoritative, not 'dhcp'",
+        );
+        check(
+            table("br1", "mode = \"authoritative\""),
+            "[[pxe-interface]] br1: mode authoritative needs pool FIRST-LAST",
+        );
+        check(
+            table("br1", "pool = \"10.78.0.10-10.78.0.20\""),
+            "[[pxe-interface]] br1: pool and subnets are for mode authoritative",
+        );
+        check(
+            format!(
+                "{}[[pxe-interface.subnets]]\npool = \"10.78.0.160-10.78.0.170\"\n",
+                auth("br1", "10.78.0.100-10.78.0.150")
+            ),
+            "[[pxe-interface]] br1: subnets subnet 10.78.0.0/24 holds pool 10.78.0.100-10.78.0.150",
+        );
+        check(
+            format!("pxe-mode = \"proxy\"\n{}", table("br1", "")),
+            "--pxe-mode, --pxe-pool and [[pxe-subnet]] need --pxe-interface IF",
+        );
+        // Unknown keys in a table are refused by the parser, naming the key.
+        let e = format!(
+            "{:#}",
+            parse_file(&table("br1", "pools = []")).expect_err("unknown key")
+        );
+        assert!(e.contains("pools"), "{e}");
+        assert!(parse_file("pxe-interface = 3").is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! Real firmware PXE-boots from the real `rackshare serve`: a QEMU VM (TCG, SeaBIOS with the
 //! iPXE ROM) on a bridge inside a network namespace the test creates. Authoritative mode with
 //! a known machine (local-disk script, lease in the database), then proxy mode beside dnsmasq
-//! with discovery (an unknown VM is enrolled as `new`).
+//! with discovery (an unknown VM is enrolled as `new`). udhcpc clients check durable leases,
+//! relayed subnets and several boot interfaces (`[[pxe-interface]]`) from one `serve`.
 
 mod common;
 
@@ -432,4 +433,218 @@ fn udhcpc_env(lab: &Lab, ns: &str, tag: &str) -> String {
         eprintln!("udhcpc: {}", String::from_utf8_lossy(&out.stderr));
     }
     env
+}
+
+/// Two boot interfaces from one `serve` (`[[pxe-interface]]` tables, issue #3): the server
+/// namespace has bridges br0 (10.77.0.1/24) and br1 (10.78.0.1/24), each authoritative with a
+/// pool and router of its own. A udhcpc client on each segment gets its own segment's pool,
+/// router and lease time; both leases are in `dhcp_leases`; the iPXE script fetched over each
+/// segment carries that segment's server address; after a restart both clients get their
+/// addresses again (each interface loads only its own subnets' leases).
+#[tokio::test]
+async fn two_interfaces_each_hand_out_their_own_segments_pool() {
+    require("udhcpc", "udhcpc");
+    require("curl", "curl");
+    let lab = Lab::new("e2emultiif");
+    lab.ip(
+        &lab.srv,
+        "link add br1 type bridge forward_delay 0 stp_state 0",
+    );
+    lab.ip(&lab.srv, "addr add 10.78.0.1/24 dev br1");
+    lab.ip(&lab.srv, "link set br1 up");
+    let a = lab.add_host("clia", "52:54:00:c1:00:01", None);
+    let b = lab.add_linked_host("clib", "52:54:00:c1:00:02", &lab.srv, "h1b");
+    lab.ip(&lab.srv, "link set h1b master br1 up");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = common::write(
+        dir.path(),
+        "rackshare.toml",
+        r#"
+listen = "0.0.0.0:8080"
+energy-interval-secs = 0
+
+[[pxe-interface]]
+interface = "br0"
+mode = "authoritative"
+pool = "10.77.0.100-10.77.0.150"
+router = "10.77.0.1"
+force = true
+
+[[pxe-interface]]
+interface = "br1"
+mode = "authoritative"
+pool = "10.78.0.200-10.78.0.220"
+router = "10.78.0.1"
+lease-secs = 900
+"#,
+    )
+    .display()
+    .to_string();
+    let data = dir.path().join("data").display().to_string();
+    let args: Vec<String> = ["serve", "--data-dir", &data, "--config", &config]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut s = Service::spawn_in(Some(&lab.srv), dir, args.clone());
+
+    let field = |env: &str, k: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let env_a = udhcpc_env(&lab, &a, "a1");
+    let env_b = udhcpc_env(&lab, &b, "b1");
+    let (ip_a, ip_b) = (field(&env_a, "ip"), field(&env_b, "ip"));
+    let in_range = |ip: &str, first: [u8; 4], last: [u8; 4]| {
+        ip.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| {
+            (u32::from(std::net::Ipv4Addr::from(first))..=u32::from(std::net::Ipv4Addr::from(last)))
+                .contains(&u32::from(ip))
+        })
+    };
+    assert!(
+        in_range(&ip_a, [10, 77, 0, 100], [10, 77, 0, 150]),
+        "br0 client: {env_a}\nserver log:\n{}",
+        s.log_text()
+    );
+    assert!(
+        in_range(&ip_b, [10, 78, 0, 200], [10, 78, 0, 220]),
+        "br1 client: {env_b}\nserver log:\n{}",
+        s.log_text()
+    );
+    assert_eq!(field(&env_a, "router"), "10.77.0.1", "{env_a}");
+    assert_eq!(field(&env_a, "serverid"), "10.77.0.1", "{env_a}");
+    assert_eq!(field(&env_a, "lease"), "3600", "{env_a}");
+    assert_eq!(field(&env_b, "router"), "10.78.0.1", "{env_b}");
+    assert_eq!(field(&env_b, "serverid"), "10.78.0.1", "{env_b}");
+    assert_eq!(field(&env_b, "lease"), "900", "{env_b}");
+
+    // Both leases are durable rows of dhcp_leases, each with its client's MAC.
+    let leases = s.cli_json(&["dhcp", "leases"]);
+    let has = |ip: &str, mac: &str| {
+        leases
+            .as_array()
+            .is_some_and(|a| a.iter().any(|l| l["ip"] == ip && l["mac"] == mac))
+    };
+    assert!(has(&ip_a, "52:54:00:c1:00:01"), "{leases}");
+    assert!(has(&ip_b, "52:54:00:c1:00:02"), "{leases}");
+
+    // The script fetched over each segment sends the machine back to that segment's address.
+    let script = |ns: &str, ip: &str, server: &str, mac: &str| {
+        lab.ip(ns, &format!("addr add {ip}/24 dev eth0"));
+        let out = lab.exec(
+            ns,
+            &[
+                "curl",
+                "-sS",
+                "--max-time",
+                "10",
+                &format!("http://{server}:8080/boot/{mac}.ipxe"),
+            ],
+            Duration::from_secs(15),
+        );
+        lab.ip(ns, &format!("addr del {ip}/24 dev eth0"));
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "curl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        text
+    };
+    let on_b = script(&b, &ip_b, "10.78.0.1", "52-54-00-c1-00-02");
+    assert!(on_b.contains("http://10.78.0.1:8080/boot/"), "{on_b}");
+    assert!(!on_b.contains("10.77.0.1"), "{on_b}");
+    let on_a = script(&a, &ip_a, "10.77.0.1", "52-54-00-c1-00-01");
+    assert!(on_a.contains("http://10.77.0.1:8080/boot/"), "{on_a}");
+    assert!(!on_a.contains("10.78.0.1"), "{on_a}");
+
+    // Restart on the same data: each interface loads its own leases back.
+    assert!(s.stop());
+    let dir = s.take_dir();
+    let s2 = Service::spawn_in(Some(&lab.srv), dir, args);
+    let again_b = field(&udhcpc_env(&lab, &b, "b2"), "ip");
+    let again_a = field(&udhcpc_env(&lab, &a, "a2"), "ip");
+    assert_eq!(
+        (again_a.as_str(), again_b.as_str()),
+        (ip_a.as_str(), ip_b.as_str()),
+        "both clients keep their addresses after a restart; server log:\n{}",
+        s2.log_text()
+    );
+    drop(s2);
+}
+
+/// The issue's cooperative: br0's router already runs DHCP (dnsmasq here), so rackshare is a
+/// proxy there, while on br1 it hands out addresses. The br0 client's address comes from
+/// dnsmasq and rackshare stores no lease for it; the br1 client's comes from rackshare's pool.
+#[tokio::test]
+async fn a_proxy_interface_beside_the_networks_dhcp_and_an_authoritative_one() {
+    require("udhcpc", "udhcpc");
+    let lab = Lab::new("e2emixif");
+    start_dnsmasq(&lab);
+    lab.ip(
+        &lab.srv,
+        "link add br1 type bridge forward_delay 0 stp_state 0",
+    );
+    lab.ip(&lab.srv, "addr add 10.78.0.1/24 dev br1");
+    lab.ip(&lab.srv, "link set br1 up");
+    let a = lab.add_host("clia", "52:54:00:c2:00:01", None);
+    let b = lab.add_linked_host("clib", "52:54:00:c2:00:02", &lab.srv, "h1b");
+    lab.ip(&lab.srv, "link set h1b master br1 up");
+
+    let dir = tempfile::tempdir().expect("tmp");
+    let config = common::write(
+        dir.path(),
+        "rackshare.toml",
+        r#"
+listen = "0.0.0.0:8080"
+energy-interval-secs = 0
+
+[[pxe-interface]]
+interface = "br0"
+mode = "proxy"
+
+[[pxe-interface]]
+interface = "br1"
+mode = "authoritative"
+pool = "10.78.0.200-10.78.0.220"
+router = "10.78.0.1"
+"#,
+    )
+    .display()
+    .to_string();
+    let data = dir.path().join("data").display().to_string();
+    let args: Vec<String> = ["serve", "--data-dir", &data, "--config", &config]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let s = Service::spawn_in(Some(&lab.srv), dir, args);
+    let field = |env: &str, k: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("{k}=")))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let env_a = udhcpc_env(&lab, &a, "a");
+    let env_b = udhcpc_env(&lab, &b, "b");
+    assert_eq!(
+        field(&env_a, "serverid"),
+        "10.77.0.2",
+        "br0's address comes from dnsmasq: {env_a}\nserver log:\n{}",
+        s.log_text()
+    );
+    assert!(field(&env_a, "ip").starts_with("10.77.0.1"), "{env_a}");
+    assert_eq!(field(&env_b, "serverid"), "10.78.0.1", "{env_b}");
+    assert!(field(&env_b, "ip").starts_with("10.78.0.2"), "{env_b}");
+    let leases = s.cli_json(&["dhcp", "leases"]);
+    let rows = leases.as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        rows.len(),
+        1,
+        "only br1's client has a rackshare lease: {leases}"
+    );
+    assert_eq!(rows[0]["mac"], "52:54:00:c2:00:02", "{leases}");
+    assert_eq!(rows[0]["ip"], field(&env_b, "ip").as_str(), "{leases}");
+    drop(s);
 }

@@ -277,12 +277,46 @@ impl LeaseStore for InventoryLeaseStore {
 }
 
 /// What the HTTP side of booting needs.
-#[derive(Clone)]
+#[derive(Clone, Debug)]
 pub struct BootHttp {
     /// Where the iPXE binaries (and the agent, later) are served from.
     pub root: PathBuf,
-    /// `http://SERVER:PORT` as machines on the boot network reach the API.
+    /// `http://SERVER:PORT` as machines on the boot network reach the API: the first boot
+    /// interface's, for requests that arrive on no boot interface's address.
     pub base: String,
+    /// Every boot interface's server address with its base, in configuration order.
+    pub bases: Vec<(Ipv4Addr, String)>,
+}
+
+impl BootHttp {
+    /// The base for a request that arrived on the local address `local`: the base of the
+    /// interface whose server address it is, else the first interface's. The request's own
+    /// `Host` header is never used: it would land verbatim in a script machines execute.
+    pub fn base_for(&self, local: Option<std::net::IpAddr>) -> &str {
+        let local = match local {
+            Some(std::net::IpAddr::V4(ip)) => Some(ip),
+            Some(std::net::IpAddr::V6(ip)) => ip.to_ipv4_mapped(),
+            None => None,
+        };
+        local
+            .and_then(|ip| self.bases.iter().find(|(a, _)| *a == ip))
+            .map(|(_, b)| b.as_str())
+            .unwrap_or(&self.base)
+    }
+}
+
+/// The local address a connection arrived on, for [`BootHttp::base_for`]; the server puts it
+/// in every request's extensions as `ConnectInfo<LocalAddr>`.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalAddr(pub Option<std::net::SocketAddr>);
+
+impl
+    axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
+    for LocalAddr
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
+        LocalAddr(stream.io().local_addr().ok())
+    }
 }
 
 /// `GET /boot/{file}`: `MAC.ipxe` renders the machine's script; anything else is a file of the
@@ -301,12 +335,19 @@ pub async fn boot_file(
         let mac: MacAddr = mac
             .parse()
             .map_err(|_| ApiError::invalid("mac", format!("'{mac}' is not a MAC address")))?;
+        // The machine is sent URLs on the address of the interface it asked on.
+        let local = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<LocalAddr>>()
+            .and_then(|c| c.0 .0)
+            .map(|a| a.ip());
+        let base = boot.base_for(local).to_string();
         let machine = st.inv.machine_by_mac(MacAddress(mac.0)).await?;
         let agent = |mode, token: String| AgentBoot {
-            kernel_url: format!("{}/boot/agent-vmlinuz", boot.base),
-            initrd_url: format!("{}/boot/agent-initrd.img", boot.base),
+            kernel_url: format!("{base}/boot/agent-vmlinuz"),
+            initrd_url: format!("{base}/boot/agent-initrd.img"),
             initrd_name: "agent-initrd.img".into(),
-            api_url: boot.base.clone(),
+            api_url: base.clone(),
             token,
             mode,
             extra_cmdline: "console=ttyS0 console=tty0".into(),
@@ -351,7 +392,7 @@ pub async fn boot_file(
             },
             None => BootScript::Discovery(agent(AgentMode::Inspect, "none".into())),
         };
-        let self_url = format!("{}/boot/{}.ipxe", boot.base, mac.to_url_form());
+        let self_url = format!("{base}/boot/{}.ipxe", mac.to_url_form());
         let text =
             pxe::try_render_boot_script(mac, &script, &self_url).map_err(ApiError::internal)?;
         // Wait scripts come back every few seconds: not worth an audit line each.
@@ -393,7 +434,7 @@ pub(crate) async fn serve_file(path: PathBuf, req: Request) -> Result<Response, 
     Ok(resp.map(Body::new).into_response())
 }
 
-/// The boot services' settings, as `serve` flags give them.
+/// One boot interface's settings, as `serve` flags or a `[[pxe-interface]]` table give them.
 #[derive(Debug, Clone)]
 pub struct BootSettings {
     /// Interface to serve DHCP/TFTP on.
@@ -521,7 +562,57 @@ pub async fn prepare(
     cfg.http_base = Some(base.clone());
     cfg.discovery = s.discovery;
     cfg.decline_hold = s.decline_hold;
-    Ok((cfg, BootHttp { root, base }))
+    Ok((
+        cfg,
+        BootHttp {
+            root,
+            base: base.clone(),
+            // The interface's own address too, when the announced one differs (NAT, a VIP):
+            // a request that arrives there came over this interface all the same.
+            bases: if if_ip == server_ip {
+                vec![(server_ip, base)]
+            } else {
+                vec![(server_ip, base.clone()), (if_ip, base)]
+            },
+        },
+    ))
+}
+
+/// Checks prepared boot interfaces against each other: no interface twice, and no two
+/// authoritative interfaces handing out overlapping subnets (each would lease the other's
+/// addresses). Masks are the interfaces' own, so this runs after [`prepare`].
+pub fn check_interfaces<'a>(
+    cfgs: impl IntoIterator<Item = &'a pxe::PxeConfig>,
+) -> Result<(), crate::StartError> {
+    let cfgs: Vec<&pxe::PxeConfig> = cfgs.into_iter().collect();
+    let pools = |c: &pxe::PxeConfig| match &c.mode {
+        pxe::DhcpMode::Authoritative { pools } => pools.clone(),
+        pxe::DhcpMode::Proxy => Vec::new(),
+    };
+    for (i, a) in cfgs.iter().enumerate() {
+        for b in &cfgs[..i] {
+            if a.interface == b.interface {
+                return Err(crate::StartError::Boot(format!(
+                    "boot interface {} is configured twice",
+                    a.interface
+                )));
+            }
+            for pa in pools(a) {
+                for pb in pools(b) {
+                    if pa.contains_subnet(pb.range_start) || pb.contains_subnet(pa.range_start) {
+                        return Err(crate::StartError::Boot(format!(
+                            "boot interface {}: subnet {} overlaps subnet {} of boot interface {}; two authoritative interfaces cannot hand out the same addresses",
+                            a.interface,
+                            pa.subnet(),
+                            pb.subnet(),
+                            b.interface
+                        )));
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Starts DHCP and TFTP; returns once they are bound.
@@ -570,6 +661,70 @@ mod tests {
                 _ => assert_eq!(i, BootIntent::LocalDisk, "{s}"),
             }
         }
+    }
+
+    #[test]
+    fn the_base_is_the_interface_the_request_arrived_on() {
+        let http = BootHttp {
+            root: PathBuf::from("/boot"),
+            base: "http://10.77.0.1:8080".into(),
+            bases: vec![
+                (Ipv4Addr::new(10, 77, 0, 1), "http://10.77.0.1:8080".into()),
+                (Ipv4Addr::new(10, 78, 0, 1), "http://10.78.0.1:8080".into()),
+            ],
+        };
+        let on = |s: &str| Some(s.parse::<std::net::IpAddr>().expect("ip"));
+        assert_eq!(http.base_for(on("10.78.0.1")), "http://10.78.0.1:8080");
+        assert_eq!(
+            http.base_for(on("::ffff:10.78.0.1")),
+            "http://10.78.0.1:8080"
+        );
+        assert_eq!(http.base_for(on("10.77.0.1")), "http://10.77.0.1:8080");
+        // Loopback, another address, no connection info: the first interface's.
+        assert_eq!(http.base_for(on("127.0.0.1")), "http://10.77.0.1:8080");
+        assert_eq!(http.base_for(None), "http://10.77.0.1:8080");
+    }
+
+    #[test]
+    fn interfaces_are_checked_against_each_other() {
+        let cfg = |ifname: &str, pools: &[(&str, &str, &str)]| {
+            let mut c = pxe::PxeConfig::new(ifname, PathBuf::from("/boot"));
+            c.mode = if pools.is_empty() {
+                pxe::DhcpMode::Proxy
+            } else {
+                pxe::DhcpMode::Authoritative {
+                    pools: pools
+                        .iter()
+                        .map(|(a, b, m)| {
+                            pxe::PoolConfig::new(
+                                a.parse().expect("ip"),
+                                b.parse().expect("ip"),
+                                m.parse().expect("mask"),
+                            )
+                        })
+                        .collect(),
+                }
+            };
+            c
+        };
+        let m24 = "255.255.255.0";
+        let a = cfg("br0", &[("10.77.0.100", "10.77.0.150", m24)]);
+        let b = cfg("br1", &[("10.78.0.100", "10.78.0.150", m24)]);
+        let p = cfg("br2", &[]);
+        check_interfaces([&a, &b, &p]).expect("disjoint");
+        let msg = |r: Result<(), crate::StartError>| match r {
+            Err(e) => e.to_string(),
+            Ok(()) => panic!("accepted"),
+        };
+        let e = msg(check_interfaces([&a, &cfg("br0", &[])]));
+        assert!(e.contains("boot interface br0 is configured twice"), "{e}");
+        let wide = cfg("br3", &[("10.77.1.10", "10.77.1.20", "255.255.0.0")]);
+        let e = msg(check_interfaces([&a, &b, &wide]));
+        assert!(
+            e.contains("boot interface br3: subnet 10.77.0.0/16 overlaps subnet 10.77.0.0/24 of boot interface br0"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'));
     }
 
     /// The inventory store keeps MAC-keyed, client-id-keyed and declined leases apart and

@@ -19,8 +19,8 @@ pub struct Config {
     pub bmc_policy: bmc::Policy,
     /// Largest image upload accepted, in bytes.
     pub max_image_bytes: u64,
-    /// PXE boot services (DHCP, TFTP, HTTP boot); None: off.
-    pub boot: Option<crate::BootSettings>,
+    /// PXE boot services (DHCP, TFTP, HTTP boot), one entry per interface; empty: off.
+    pub boot: Vec<crate::BootSettings>,
     /// The job engine's settings.
     pub conductor: crate::ConductorConfig,
 }
@@ -35,7 +35,7 @@ impl Config {
             energy_interval: Some(Duration::from_secs(60)),
             bmc_policy: bmc::Policy::default(),
             max_image_bytes: 64 << 30,
-            boot: None,
+            boot: Vec::new(),
             conductor: crate::ConductorConfig::default(),
         }
     }

@@ -46,7 +46,7 @@ pub struct RunningServer {
     task: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
     pxe_shutdown: pxe::Shutdown,
-    pxe_task: Option<JoinHandle<Result<(), pxe::PxeError>>>,
+    pxe_tasks: Vec<JoinHandle<Result<(), pxe::PxeError>>>,
     inv: Inventory,
 }
 
@@ -85,16 +85,36 @@ impl Server {
         })?;
         let pxe_metrics = Arc::new(pxe::Metrics::default());
         let pxe_shutdown = pxe::Shutdown::new();
-        let mut boot_http = None;
-        let mut pxe_task = None;
-        if let Some(b) = &config.boot {
-            let (cfg, http) = crate::boot::prepare(b, data_dir, addr.port()).await?;
-            pxe_task = Some(
-                crate::boot::start(cfg, inv.clone(), pxe_metrics.clone(), pxe_shutdown.clone())
-                    .await?,
-            );
-            tracing::info!(interface = %b.interface, base = %http.base, "boot services running");
-            boot_http = Some(http);
+        let mut boot_http: Option<crate::boot::BootHttp> = None;
+        let mut pxe_tasks = Vec::new();
+        let mut prepared = Vec::new();
+        for b in &config.boot {
+            prepared.push(crate::boot::prepare(b, data_dir, addr.port()).await?);
+        }
+        crate::boot::check_interfaces(prepared.iter().map(|(c, _)| c))?;
+        // One DHCP core, socket set and TFTP server per interface; the machine directory,
+        // the lease store (each core loads only its own subnets' leases), the boot root and
+        // the counters are shared.
+        for (cfg, http) in prepared {
+            let interface = cfg.interface.clone();
+            match crate::boot::start(cfg, inv.clone(), pxe_metrics.clone(), pxe_shutdown.clone())
+                .await
+            {
+                Ok(t) => pxe_tasks.push(t),
+                Err(e) => {
+                    // The interfaces already serving stop with the failed start.
+                    pxe_shutdown.cancel();
+                    for t in pxe_tasks {
+                        let _ = t.await;
+                    }
+                    return Err(e);
+                }
+            }
+            tracing::info!(%interface, base = %http.base, "boot services running");
+            match &mut boot_http {
+                None => boot_http = Some(http),
+                Some(all) => all.bases.extend(http.bases),
+            }
         }
         let bmc = Arc::new(BmcService::new(inv.clone(), config.bmc_policy));
         let image_store = images::ImageStore::open(data_dir.join("images"))
@@ -135,11 +155,15 @@ impl Server {
             shutdown.subscribe(),
         ));
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.wait_for(|stop| *stop).await;
-                })
-                .await
+            // The local address of each connection picks the boot interface's base URL.
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<crate::boot::LocalAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+            })
+            .await
         });
         tracing::info!(%addr, database = ?inv.backend(), "rackshare API listening");
         Ok(RunningServer {
@@ -150,7 +174,7 @@ impl Server {
             task,
             background,
             pxe_shutdown,
-            pxe_task,
+            pxe_tasks,
             inv,
         })
     }
@@ -161,7 +185,7 @@ impl RunningServer {
     pub async fn shutdown(self) -> std::io::Result<()> {
         let _ = self.shutdown.send(true);
         self.pxe_shutdown.cancel();
-        if let Some(t) = self.pxe_task {
+        for t in self.pxe_tasks {
             if let Ok(Err(e)) = t.await {
                 tracing::warn!(error = %e, "boot services ended with an error");
             }

@@ -184,7 +184,13 @@ impl LeaseTable {
             offered_ips: HashMap::new(),
             reserved: HashMap::new(),
         };
+        // The store is shared by every authoritative interface (and the relayed subnets of
+        // each): only the leases in this table's own subnets are its to hand out, hold or
+        // reclaim. Another interface's leases stay in the store untouched.
         for l in leases {
+            if !t.pools.iter().any(|p| p.cfg.contains_subnet(l.ip)) {
+                continue;
+            }
             let key = l.key();
             t.put(key, l);
         }
@@ -1281,6 +1287,42 @@ mod tests {
             expires_at,
             state: LeaseState::Bound,
         }
+    }
+
+    /// With two authoritative interfaces on one lease store, each table takes only the leases
+    /// in its own subnets: another interface's leases are neither handed out again, nor
+    /// reclaimed, nor deleted.
+    #[test]
+    fn a_table_loads_only_the_leases_of_its_own_subnets() {
+        let mac = |n: u8| MacAddr([2, 0, 0, 1, 0, n]);
+        let ours = lease_of(mac(1), Ipv4Addr::new(10, 0, 0, 10), i64::MAX);
+        // Another interface's subnet, long expired: reclaimable at once if it were ours.
+        let theirs = lease_of(mac(2), Ipv4Addr::new(10, 78, 0, 150), 0);
+        let mut t = LeaseTable::new(
+            Ipv4Addr::new(10, 0, 0, 1),
+            &[pool()],
+            vec![ours.clone(), theirs.clone()],
+        );
+        assert_eq!(t.by_key.len(), 1, "only the lease in 10.0.0.0/24 is loaded");
+        assert!(t.by_key.contains_key(&ours.key()));
+        assert!(!t.by_ip.contains_key(&theirs.ip));
+        // Filling the pool (and running dry) never hands out, reclaims or deletes theirs.
+        for n in 3..=6u8 {
+            let key = LeaseKey::Mac(mac(n));
+            let Some(ip) = t.allocate(&key, mac(n), 0, None, None) else {
+                assert!(n > 4, "two free addresses");
+                continue;
+            };
+            assert!(pool().contains_range(ip), "{ip}");
+            let changes = t.bind(key, lease_of(mac(n), ip, i64::MAX));
+            assert!(
+                changes
+                    .iter()
+                    .all(|c| !matches!(c, LeaseChange::Delete { key } if *key == theirs.key())),
+                "{changes:?}"
+            );
+        }
+        assert_eq!(t.by_key.len(), 3);
     }
 
     #[test]
