@@ -205,51 +205,17 @@ async fn bios_vm_boots_its_script_authoritative_then_discovered_in_proxy_mode() 
 
 /// One DHCP exchange with busybox udhcpc from namespace `ns`; returns the address it was given.
 fn udhcpc_once(lab: &Lab, ns: &str, tag: &str) -> String {
-    require("udhcpc", "udhcpc");
-    let script = lab.path(&format!("udhcpc-{tag}.sh"));
-    let got = lab.path(&format!("udhcpc-{tag}.ip"));
-    // udhcpc calls the script with the lease in the environment; keep only the address.
-    std::fs::write(
-        &script,
-        format!(
-            "#!/bin/sh\n[ \"$1\" = bound ] && echo \"$ip\" > '{}'\nexit 0\n",
-            got.display()
-        ),
-    )
-    .expect("script");
-    std::process::Command::new("chmod")
-        .arg("755")
-        .arg(&script)
-        .status()
-        .expect("chmod");
-    let out = lab.exec(
-        ns,
-        &[
-            "udhcpc",
-            "-f",
-            "-q",
-            "-n",
-            "-i",
-            "eth0",
-            "-s",
-            script.to_str().expect("p"),
-            "-t",
-            "5",
-            "-T",
-            "1",
-        ],
-        Duration::from_secs(20),
-    );
-    let ip = std::fs::read_to_string(&got)
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    assert!(
-        !ip.is_empty(),
-        "udhcpc got no lease: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ip = lease_field(&udhcpc_env(lab, ns, tag), "ip");
+    assert!(!ip.is_empty(), "udhcpc got no lease (its stderr is above)");
     ip
+}
+
+/// The value of `key` in a lease environment from [`udhcpc_env`]; empty when absent.
+fn lease_field(env: &str, key: &str) -> String {
+    env.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_default()
+        .to_string()
 }
 
 #[tokio::test]
@@ -344,12 +310,7 @@ lease-secs = 1234
     let s = common::serve_in_lab(&lab.srv, dir, &["--config", &config]);
 
     let env = udhcpc_env(&lab, &client, "relayed");
-    let field = |k: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_default()
-            .to_string()
-    };
+    let field = |k: &str| lease_field(&env, k);
     let ip: std::net::Ipv4Addr = field("ip").parse().unwrap_or_else(|_| {
         panic!(
             "no address: {env}\nrelay log:\n{}\nserver log:\n{}",
@@ -391,6 +352,7 @@ lease-secs = 1234
 /// One DHCP exchange with udhcpc from `ns` asking for MTU and NTP too; returns the
 /// environment the lease script saw (`key=value` lines), empty without a lease.
 fn udhcpc_env(lab: &Lab, ns: &str, tag: &str) -> String {
+    require("udhcpc", "udhcpc");
     let script = lab.path(&format!("udhcpc-{tag}.sh"));
     let got = lab.path(&format!("udhcpc-{tag}.env"));
     std::fs::write(
@@ -488,12 +450,7 @@ lease-secs = 900
         .collect();
     let mut s = Service::spawn_in(Some(&lab.srv), dir, args.clone());
 
-    let field = |env: &str, k: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_default()
-            .to_string()
-    };
+    let field = lease_field;
     let env_a = udhcpc_env(&lab, &a, "a1");
     let env_b = udhcpc_env(&lab, &b, "b1");
     let (ip_a, ip_b) = (field(&env_a, "ip"), field(&env_b, "ip"));
@@ -620,12 +577,7 @@ router = "10.78.0.1"
         .map(|s| s.to_string())
         .collect();
     let s = Service::spawn_in(Some(&lab.srv), dir, args);
-    let field = |env: &str, k: &str| {
-        env.lines()
-            .find_map(|l| l.strip_prefix(&format!("{k}=")))
-            .unwrap_or_default()
-            .to_string()
-    };
+    let field = lease_field;
     let env_a = udhcpc_env(&lab, &a, "a");
     let env_b = udhcpc_env(&lab, &b, "b");
     assert_eq!(
