@@ -397,6 +397,21 @@ fn udhcpc_env(lab: &Lab, ns: &str, tag: &str) -> String {
     env
 }
 
+/// A second bridge br1 (10.78.0.1/24) in the server namespace; returns a client on br0
+/// (`mac_a`) and one on br1 (`mac_b`).
+fn second_segment(lab: &Lab, mac_a: &str, mac_b: &str) -> (String, String) {
+    lab.ip(
+        &lab.srv,
+        "link add br1 type bridge forward_delay 0 stp_state 0",
+    );
+    lab.ip(&lab.srv, "addr add 10.78.0.1/24 dev br1");
+    lab.ip(&lab.srv, "link set br1 up");
+    let a = lab.add_host("clia", mac_a, None);
+    let b = lab.add_linked_host("clib", mac_b, &lab.srv, "h1b");
+    lab.ip(&lab.srv, "link set h1b master br1 up");
+    (a, b)
+}
+
 /// Two boot interfaces from one `serve` (`[[pxe-interface]]` tables, issue #3): the server
 /// namespace has bridges br0 (10.77.0.1/24) and br1 (10.78.0.1/24), each authoritative with a
 /// pool and router of its own. A udhcpc client on each segment gets its own segment's pool,
@@ -408,15 +423,7 @@ async fn two_interfaces_each_hand_out_their_own_segments_pool() {
     require("udhcpc", "udhcpc");
     require("curl", "curl");
     let lab = Lab::new("e2emultiif");
-    lab.ip(
-        &lab.srv,
-        "link add br1 type bridge forward_delay 0 stp_state 0",
-    );
-    lab.ip(&lab.srv, "addr add 10.78.0.1/24 dev br1");
-    lab.ip(&lab.srv, "link set br1 up");
-    let a = lab.add_host("clia", "52:54:00:c1:00:01", None);
-    let b = lab.add_linked_host("clib", "52:54:00:c1:00:02", &lab.srv, "h1b");
-    lab.ip(&lab.srv, "link set h1b master br1 up");
+    let (a, b) = second_segment(&lab, "52:54:00:c1:00:01", "52:54:00:c1:00:02");
 
     let dir = tempfile::tempdir().expect("tmp");
     let config = common::write(
@@ -540,15 +547,7 @@ async fn a_proxy_interface_beside_the_networks_dhcp_and_an_authoritative_one() {
     require("udhcpc", "udhcpc");
     let lab = Lab::new("e2emixif");
     start_dnsmasq(&lab);
-    lab.ip(
-        &lab.srv,
-        "link add br1 type bridge forward_delay 0 stp_state 0",
-    );
-    lab.ip(&lab.srv, "addr add 10.78.0.1/24 dev br1");
-    lab.ip(&lab.srv, "link set br1 up");
-    let a = lab.add_host("clia", "52:54:00:c2:00:01", None);
-    let b = lab.add_linked_host("clib", "52:54:00:c2:00:02", &lab.srv, "h1b");
-    lab.ip(&lab.srv, "link set h1b master br1 up");
+    let (a, b) = second_segment(&lab, "52:54:00:c2:00:01", "52:54:00:c2:00:02");
 
     let dir = tempfile::tempdir().expect("tmp");
     let config = common::write(

@@ -30,22 +30,24 @@ pub struct DhcpLease {
 /// One DHCP lease as staff see it: the row and, when its MAC is an enrolled NIC, the machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DhcpLeaseInfo {
-    /// The lease key (see [`DhcpLease::key`]).
-    pub key: String,
-    /// The client's hardware address, when known.
-    pub mac: Option<String>,
-    /// Leased IPv4 address.
-    pub ip: String,
-    /// Host name the client sent.
-    pub hostname: Option<String>,
-    /// Client identifier (option 61), hex.
-    pub client_id: Option<String>,
-    /// `bound`, `released` or `declined`.
-    pub state: String,
-    /// Expiry (unix ms).
-    pub expires_at: i64,
+    /// The stored lease (its fields appear at the top level in JSON).
+    #[serde(flatten)]
+    pub lease: DhcpLease,
     /// The enrolled machine with a NIC of this MAC.
     pub machine: Option<String>,
+}
+
+/// Decodes the lease columns (`lease_key, mac, ip, hostname, client_id, state, expires_at`).
+fn lease_from_row(r: &sqlx::any::AnyRow) -> Result<DhcpLease> {
+    Ok(DhcpLease {
+        key: r.try_get("lease_key")?,
+        mac: r.try_get("mac")?,
+        ip: r.try_get("ip")?,
+        hostname: r.try_get("hostname")?,
+        client_id: r.try_get("client_id")?,
+        state: r.try_get("state")?,
+        expires_at: r.try_get("expires_at")?,
+    })
 }
 
 /// One change in a batch.
@@ -69,19 +71,7 @@ impl Inventory {
         )
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DhcpLease {
-                    key: r.try_get("lease_key")?,
-                    mac: r.try_get("mac")?,
-                    ip: r.try_get("ip")?,
-                    hostname: r.try_get("hostname")?,
-                    client_id: r.try_get("client_id")?,
-                    state: r.try_get("state")?,
-                    expires_at: r.try_get("expires_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(lease_from_row).collect()
     }
 
     /// Every stored DHCP lease with the machine its MAC belongs to, in address order.
@@ -100,20 +90,16 @@ impl Inventory {
             .iter()
             .map(|r| {
                 Ok(DhcpLeaseInfo {
-                    key: r.try_get("lease_key")?,
-                    mac: r.try_get("mac")?,
-                    ip: r.try_get("ip")?,
-                    hostname: r.try_get("hostname")?,
-                    client_id: r.try_get("client_id")?,
-                    state: r.try_get("state")?,
-                    expires_at: r.try_get("expires_at")?,
+                    lease: lease_from_row(r)?,
                     machine: r.try_get("machine")?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         // Numeric address order (text order puts .100 before .20); a damaged address last.
         out.sort_by_key(|l| {
-            l.ip.parse::<std::net::Ipv4Addr>()
+            l.lease
+                .ip
+                .parse::<std::net::Ipv4Addr>()
                 .map_or(u64::MAX, |ip| u64::from(u32::from(ip)))
         });
         Ok(out)
