@@ -3,12 +3,12 @@
 
 mod common;
 
-use common::{Db, Service, BOTH};
+use common::{databases, Db, Service};
 use serde_json::{json, Value};
 
 #[tokio::test]
 async fn cli_round_trip() {
-    for db in BOTH {
+    for db in databases() {
         let s = Service::start(db).await;
         assert!(
             s.admin_token.starts_with("rs_"),
@@ -205,7 +205,7 @@ impl JsonAs for Service {
 
 #[tokio::test]
 async fn hundred_concurrent_transitions_one_winner_over_http() {
-    for db in BOTH {
+    for db in databases() {
         let s = Service::start(db).await;
         s.cli(&["machine", "add", "contested", "--mac", "52:54:00:20:00:01"]);
         s.cli(&["machine", "state", "contested", "available"]);

@@ -12,7 +12,7 @@ mod power;
 mod sites;
 mod system;
 
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::ApiError;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
