@@ -181,12 +181,15 @@ impl LibvirtDaemon {
         let script = format!(
             "mount --bind {conf} /etc/libvirt/qemu.conf && \
              mount --bind {domains} /etc/libvirt/qemu && \
+             exec 3>&- 4>&- 5>&- 6>&- 7>&- 8>&- 9>&- && \
              exec tini -s -- libvirtd",
             conf = conf.display(),
             domains = domains.display()
         );
         let out = File::create(&log).unwrap();
-        // `setsid -f` forks the daemon into a session of its own and returns at once: a Ctrl-C
+        // The daemon outlives this test run, so it must not keep the run's inherited
+        // descriptors (a `flock` around the run would stay held by libvirtd for good): the
+        // script closes 3-9 before it execs. `setsid -f` forks the daemon into a session of its own and returns at once: a Ctrl-C
         // or a killed test run must not take the shared daemon down, and it is not our child
         // to reap (it outlives this process).
         let status = Command::new("setsid")
