@@ -39,7 +39,8 @@ pub struct SerialConsole {
 
 impl SerialConsole {
     pub(crate) fn new(log: PathBuf) -> Self {
-        let (output, _) = broadcast::channel(256);
+        // QEMU writes a few bytes at a time: room for bursts; a reader that lags anyway is told.
+        let (output, _) = broadcast::channel(1024);
         SerialConsole {
             shared: Arc::new(Shared {
                 replay: Mutex::new(VecDeque::with_capacity(REPLAY_BYTES)),
@@ -51,7 +52,7 @@ impl SerialConsole {
     }
 
     /// The latest output (up to [`REPLAY_BYTES`]) and a receiver of everything after it, with no
-    /// gap between them.
+    /// gap between them. A receiver that falls behind gets `Lagged` and should subscribe again.
     pub fn subscribe(&self) -> (Vec<u8>, broadcast::Receiver<Vec<u8>>) {
         let replay = self.shared.replay.lock().unwrap_or_else(|p| p.into_inner());
         let rx = self.shared.output.subscribe();

@@ -159,6 +159,15 @@ impl VirtualBmc {
         self.machine.process().await
     }
 
+    /// Runs a QMP command on the VM's QEMU (the vBMC holds the only monitor connection).
+    pub async fn qmp(
+        &self,
+        command: &str,
+        arguments: Option<serde_json::Value>,
+    ) -> Result<serde_json::Value, VbmcError> {
+        self.machine.qmp(command, arguments).await
+    }
+
     /// The file the current virtual-media image is read from.
     pub async fn media_path(&self) -> Option<PathBuf> {
         self.machine.medium().await.map(|m| m.path)

@@ -201,12 +201,12 @@ impl Machine {
 
     /// GracefulShutdown: an ACPI power button press; the guest decides.
     pub async fn graceful_shutdown(&self) -> Result<(), VbmcError> {
-        self.qmp_if_on("system_powerdown", None).await
+        self.qmp("system_powerdown", None).await.map(drop)
     }
 
     /// Nmi: a non-maskable interrupt.
     pub async fn nmi(&self) -> Result<(), VbmcError> {
-        self.qmp_if_on("inject-nmi", None).await
+        self.qmp("inject-nmi", None).await.map(drop)
     }
 
     /// ForceRestart: `system_reset`, or a new process when the boot order must change. Off: on.
@@ -309,18 +309,16 @@ impl Machine {
         e.last_sample = Some((now, ticks));
     }
 
-    async fn qmp_if_on(
+    /// Runs a QMP command on the running QEMU.
+    pub async fn qmp(
         &self,
         command: &str,
         args: Option<serde_json::Value>,
-    ) -> Result<(), VbmcError> {
+    ) -> Result<serde_json::Value, VbmcError> {
         let mut inner = self.inner.lock().await;
         reap(&mut inner);
         match &inner.running {
-            Some(r) => {
-                r.qmp.execute(command, args).await?;
-                Ok(())
-            }
+            Some(r) => Ok(r.qmp.execute(command, args).await?),
             None => Err(VbmcError::PoweredOff),
         }
     }

@@ -108,7 +108,7 @@ pub(crate) fn router(machine: Arc<Machine>, user: &str, password: &str) -> Route
         )
         .fallback(not_found)
         .layer(middleware::from_fn_with_state(app.clone(), authenticate))
-        .layer(middleware::map_response(odata_headers))
+        .layer(middleware::from_fn(odata_headers))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
 }
@@ -179,9 +179,24 @@ async fn not_found(uri: axum::http::Uri) -> RfError {
     )
 }
 
-async fn odata_headers(mut resp: Response) -> Response {
-    resp.headers_mut()
-        .insert("OData-Version", HeaderValue::from_static("4.0"));
+/// OData-Version on every response, and Allow (what the resource takes) as Redfish asks.
+async fn odata_headers(req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    let mut resp = next.run(req).await;
+    let allow = if path.contains("/Actions/") {
+        "POST"
+    } else if path == SESSIONS {
+        "GET, POST"
+    } else if path.starts_with(SESSIONS) {
+        "GET, DELETE"
+    } else if path.starts_with("/redfish/v1/Systems/") && path.matches('/').count() == 4 {
+        "GET, PATCH"
+    } else {
+        "GET"
+    };
+    let h = resp.headers_mut();
+    h.insert("OData-Version", HeaderValue::from_static("4.0"));
+    h.insert(header::ALLOW, HeaderValue::from_static(allow));
     resp
 }
 
