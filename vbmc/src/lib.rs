@@ -119,13 +119,22 @@ impl VirtualBmc {
                 }
             })
         };
+        let boot_keeper = {
+            let machine = machine.clone();
+            tokio::spawn(async move {
+                loop {
+                    machine.guest_reset().await;
+                    machine.after_guest_reset().await;
+                }
+            })
+        };
         let serial_task = tokio::spawn(console.clone().serve(serial));
         Ok(VirtualBmc {
             addr,
             machine,
             console,
             stop: Some(stop),
-            tasks: vec![server, sampler, serial_task],
+            tasks: vec![server, sampler, boot_keeper, serial_task],
         })
     }
 

@@ -2,11 +2,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex as StdMutex;
+use std::sync::{Arc, Mutex as StdMutex};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use tokio::sync::{oneshot, watch, Mutex};
+use tokio::sync::{broadcast, oneshot, watch, Mutex, Notify};
 
 use crate::qmp::Qmp;
 use crate::spec::{qemu_args, BootTarget, Firmware, StatePaths, VirtualMachineSpec};
@@ -112,6 +112,8 @@ pub(crate) struct Machine {
     qemu_log: PathBuf,
     inner: Mutex<Inner>,
     energy: StdMutex<Energy>,
+    /// Signalled when the guest resets itself (QMP RESET with guest=true).
+    guest_reset: Arc<Notify>,
 }
 
 impl Machine {
@@ -129,6 +131,7 @@ impl Machine {
                 medium: None,
             }),
             energy: StdMutex::new(Energy::default()),
+            guest_reset: Arc::new(Notify::new()),
         }
     }
 
@@ -232,6 +235,31 @@ impl Machine {
         let mut inner = self.inner.lock().await;
         stop(&mut inner).await;
         self.start(&mut inner).await
+    }
+
+    /// Waits for the guest to reset itself (a reboot from inside the VM).
+    pub async fn guest_reset(&self) {
+        self.guest_reset.notified().await;
+    }
+
+    /// After a reboot from inside the VM: the boot it starts is the next boot, so a used-up
+    /// one-time override (or a new one) must change the boot order now, which takes a new
+    /// QEMU process; otherwise a pending Once is used up by this boot.
+    pub async fn after_guest_reset(&self) {
+        let mut inner = self.inner.lock().await;
+        reap(&mut inner);
+        let Some(running) = &inner.running else {
+            return;
+        };
+        if running.boot == inner.boot.effective() {
+            inner.boot.consume();
+            return;
+        }
+        tracing::info!(vm = %self.spec.name, "guest reset with a new boot order: restarting QEMU");
+        stop(&mut inner).await;
+        if let Err(e) = self.start(&mut inner).await {
+            tracing::warn!(vm = %self.spec.name, error = %e, "restart after a guest reset failed");
+        }
     }
 
     /// Puts `image` (a local path or an http(s) URL on loopback or a private network) in the CD.
@@ -372,6 +400,7 @@ impl Machine {
             }
         };
         tracing::info!(vm = %self.spec.name, pid, ?boot, "QEMU started");
+        tokio::spawn(forward_guest_resets(qmp.events(), self.guest_reset.clone()));
         inner.running = Some(Running {
             pid,
             qmp,
@@ -412,6 +441,17 @@ impl Machine {
             ));
         }
         Ok(path)
+    }
+}
+
+/// Ends with the QMP connection (the process).
+async fn forward_guest_resets(mut events: broadcast::Receiver<serde_json::Value>, to: Arc<Notify>) {
+    loop {
+        match events.recv().await {
+            Ok(e) if e["event"] == "RESET" && e["data"]["guest"] == true => to.notify_one(),
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
     }
 }
 

@@ -192,6 +192,8 @@ pub(crate) fn qemu_args(
             // SeaBIOS and iPXE print to the serial port only when this fw_cfg file says so.
             let sercon = format!("name=etc/sercon-port,file={}", paths.sercon.display());
             push(&["-fw_cfg", &sercon]);
+            // Like a server, SeaBIOS retries (resets) when nothing booted, instead of halting.
+            push(&["-boot", "reboot-timeout=10000"]);
         }
         Firmware::Uefi { code, .. } => {
             let code = format!("if=pflash,format=raw,readonly=on,file={}", code.display());

@@ -412,3 +412,53 @@ async fn uefi_vm_boots_ovmf_with_its_own_vars_and_is_killed_on_drop() {
         std::fs::read_to_string(format!("/proc/{pid2}/stat")).map_or(true, |s| s.contains(") Z"));
     assert!(zombie_or_gone, "QEMU {pid2} survived its vBMC");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reboot_from_inside_after_a_one_time_pxe_boot_boots_the_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = spec(dir.path(), "lab-3", Firmware::Bios);
+    spec.nics.truncate(1);
+    let v = VirtualBmc::start(
+        spec,
+        "127.0.0.1:0".parse().unwrap(),
+        USER,
+        PASSWORD,
+        dir.path(),
+    )
+    .await
+    .unwrap();
+    let ctl = Controller::new(policy());
+    let h = handle(&ctl, &v, PASSWORD);
+    h.set_boot_device(BootDevice::Pxe, false, BootMode::Unchanged)
+        .await
+        .unwrap();
+    assert_eq!(h.power(PowerAction::On).await.unwrap(), PowerState::On);
+    let (pid, args) = qemu_args(&v).await;
+    assert!(
+        args.contains("mac=52:54:00:12:34:01,bootindex=100"),
+        "{args}"
+    );
+    // Nothing answers PXE with a boot file and the disks are empty, so SeaBIOS gives up and
+    // resets the machine itself: that reboot must follow the default order (disk first).
+    let t = Instant::now();
+    let next = loop {
+        match v.qemu_process().await {
+            Some((p, args)) if p != pid => break args.join(" "),
+            _ if t.elapsed() > Duration::from_secs(150) => {
+                let log =
+                    std::fs::read_to_string(dir.path().join("serial.log")).unwrap_or_default();
+                panic!("no guest reset seen within 150 s; serial: {log}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    };
+    eprintln!("guest reset after {:.1} s", t.elapsed().as_secs_f64());
+    assert!(next.contains("serial=VDISK0,bootindex=100"), "{next}");
+    assert!(
+        next.contains("mac=52:54:00:12:34:01,bootindex=200"),
+        "{next}"
+    );
+    assert_eq!(h.power_state().await.unwrap(), PowerState::On);
+    h.close().await;
+    v.shutdown().await;
+}
