@@ -245,6 +245,8 @@ async fn bios_vm_power_boot_inspect_power_media_console_and_auth() {
     let log = std::fs::read_to_string(dir.path().join("serial.log")).unwrap_or_default();
     assert!(log.contains("SeaBIOS"), "serial log: {log:?}");
     assert!(String::from_utf8_lossy(&v.console().subscribe().0).contains("SeaBIOS"));
+    // Keystrokes reach QEMU while it runs (nothing reads them without an OS, but they go).
+    v.console().write(b"\r").await.unwrap();
 
     // Power readings while on, and a growing energy counter.
     tokio::time::sleep(Duration::from_millis(2500)).await;
@@ -337,6 +339,11 @@ async fn bios_vm_power_boot_inspect_power_media_console_and_auth() {
     assert!(v.qemu_process().await.is_none());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(h.power_reading().await.unwrap(), Some(0.0));
+    let typed = v.console().write(b"x").await;
+    assert!(
+        matches!(typed, Err(vbmc::ConsoleError::NotConnected)),
+        "{typed:?}"
+    );
 
     // Wrong password: 401 with a Redfish error body, and the driver says so.
     let bad = handle(&ctl, &v, "wrong");
