@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Db, Service, BOTH};
+use common::{databases, Db, Service};
 use serde_json::Value;
 
 /// Writes lease rows straight into the service's database, as the DHCP server would.
@@ -46,7 +46,7 @@ async fn write_leases(url: &str) {
 
 #[tokio::test]
 async fn staff_and_technicians_read_dhcp_leases_members_get_403() {
-    for db in BOTH {
+    for db in databases() {
         let tmp = tempfile::tempdir().expect("tmp");
         let url = match db {
             Db::Sqlite => format!("sqlite://{}", tmp.path().join("leases.db").display()),

@@ -3,12 +3,12 @@
 
 mod common;
 
-use common::{Db, Service, BOTH};
+use common::{databases, Db, Service};
 use serde_json::{json, Value};
 
 #[tokio::test]
 async fn cli_round_trip() {
-    for db in BOTH {
+    for db in databases() {
         let s = Service::start(db).await;
         assert!(
             s.admin_token.starts_with("rs_"),
@@ -205,7 +205,7 @@ impl JsonAs for Service {
 
 #[tokio::test]
 async fn hundred_concurrent_transitions_one_winner_over_http() {
-    for db in BOTH {
+    for db in databases() {
         let s = Service::start(db).await;
         s.cli(&["machine", "add", "contested", "--mac", "52:54:00:20:00:01"]);
         s.cli(&["machine", "state", "contested", "available"]);
@@ -484,6 +484,63 @@ async fn bad_input_gets_json_errors_and_changes_nothing() {
         .await
         .expect("get");
     assert_eq!(r.status().as_u16(), 400);
+    assert_eq!(
+        s.cli_json(&["machine", "list"]),
+        json!([]),
+        "nothing was written"
+    );
+}
+
+#[tokio::test]
+async fn every_status_answers_json_with_security_headers() {
+    let s = Service::start(Db::Sqlite).await;
+    let http = s.http();
+    let check = |r: reqwest::Response, status: u16, code: &'static str| async move {
+        assert_eq!(r.status().as_u16(), status, "{code}");
+        let h = r.headers().clone();
+        assert_eq!(h["x-content-type-options"], "nosniff", "{code}");
+        assert_eq!(h["referrer-policy"], "no-referrer", "{code}");
+        assert_eq!(h["x-frame-options"], "DENY", "{code}");
+        assert!(
+            h["content-security-policy"]
+                .to_str()
+                .is_ok_and(|v| v.contains("default-src 'none'")),
+            "{code}"
+        );
+        let v: Value = r.json().await.expect("a JSON error body");
+        assert_eq!(v["error"]["code"], code, "{v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    };
+    let unknown = http
+        .get(format!("{}/api/v1/no-such-thing", s.url))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .await
+        .expect("get");
+    check(unknown, 404, "not_found").await;
+    let wrong_method = http
+        .put(format!("{}/api/v1/machines", s.url))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .await
+        .expect("put");
+    check(wrong_method, 405, "method_not_allowed").await;
+    // 3 MB of JSON to an endpoint that takes 2 MB: 413 in JSON, not a plain-text 400.
+    let big = format!(
+        r#"{{"name":"a","macs":[],"notes":"{}"}}"#,
+        "x".repeat(3 << 20)
+    );
+    let too_big = http
+        .post(format!("{}/api/v1/machines", s.url))
+        .bearer_auth(&s.admin_token)
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+        .await
+        .expect("post");
+    check(too_big, 413, "payload_too_large").await;
     assert_eq!(
         s.cli_json(&["machine", "list"]),
         json!([]),

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Db, Service, BOTH};
+use common::{databases, Db, Service};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -388,7 +388,7 @@ async fn a_lease_due_while_rackshare_was_down_ends_at_start_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_clients_racing_for_fifty_machines_get_fifty() {
-    for db in BOTH {
+    for db in databases() {
         let s = Service::start(db).await;
         let p = setup(&s, 50).await;
         let url = s.url.clone();

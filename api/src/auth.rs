@@ -1,6 +1,6 @@
 //! Who is calling: bearer tokens, roles, and the member-group scope.
 
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::ApiError;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -43,22 +43,6 @@ impl Caller {
     /// The caller's role.
     pub fn role(&self) -> Role {
         self.0.role
-    }
-
-    /// For members, the only group whose resources they may see.
-    pub fn scope(&self) -> Option<&str> {
-        match self.0.role {
-            Role::Member => self.0.member_group.as_deref(),
-            _ => None,
-        }
-    }
-
-    /// Whether the caller may see resources of `group` (None: not held by any group).
-    pub fn can_see_group(&self, group: Option<&str>) -> bool {
-        match self.scope() {
-            None => self.0.role != Role::Member,
-            Some(own) => group == Some(own),
-        }
     }
 
     /// Fails unless the caller has one of `roles`; the refusal is audited.

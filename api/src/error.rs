@@ -56,6 +56,15 @@ impl ApiError {
             field: None,
         }
     }
+    /// 413: the body is larger than this endpoint takes.
+    pub fn too_large(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "payload_too_large",
+            message: message.into(),
+            field: Some("body".into()),
+        }
+    }
     /// 500, logged; the client sees no internals.
     pub fn internal(e: impl std::fmt::Display) -> Self {
         tracing::error!(error = %e, "internal error");

@@ -21,6 +21,11 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 }
 
 fn json_rejection(r: JsonRejection) -> ApiError {
+    if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::too_large(
+            "the request body is larger than this endpoint accepts; send less, or split it",
+        );
+    }
     let (field, message) = match &r {
         JsonRejection::JsonDataError(e) => {
             // serde's message names the field ("unknown field `x`", "missing field `y`").

@@ -14,6 +14,8 @@ mod openapi;
 mod routes;
 mod scheduler;
 mod server;
+mod state;
+mod visibility;
 
 pub use boot::{BootMode, BootPool, BootSettings};
 pub use conductor::ConductorConfig;

@@ -1,35 +1,16 @@
-//! Start-up, shared state and graceful shutdown.
+//! Start-up and graceful shutdown.
 
 use crate::bmc_service::BmcService;
 use crate::metrics::HttpMetrics;
 use crate::{Config, StartError};
+// Re-exported while route modules still name it here; its home is `crate::state`.
+pub(crate) use crate::state::AppState;
 use inventory::{Inventory, SecretBox};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-
-/// State shared by every request handler.
-#[derive(Clone)]
-pub struct AppState {
-    /// The inventory database.
-    pub inv: Inventory,
-    /// HTTP counters.
-    pub http_metrics: Arc<HttpMetrics>,
-    /// The BMC controller.
-    pub bmc: Arc<BmcService>,
-    /// Image bytes.
-    pub images: images::ImageStore,
-    /// Largest image accepted.
-    pub max_image_bytes: u64,
-    /// The HTTP side of booting, when the boot services run.
-    pub boot: Option<crate::boot::BootHttp>,
-    /// Boot server counters.
-    pub pxe_metrics: Arc<pxe::Metrics>,
-    /// The job engine.
-    pub conductor: Arc<crate::conductor::Conductor>,
-}
 
 /// The service, before it starts.
 pub struct Server;

@@ -4,6 +4,8 @@
 //! the next start removes. The catalog (names, owners) lives in the inventory; this crate only
 //! knows bytes. It knows nothing of HTTP or the database.
 
+pub mod index;
+
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -46,6 +48,9 @@ pub enum Error {
         /// Why.
         message: String,
     },
+    /// The stored bytes are not a readable image of their format.
+    #[error("the image content cannot be read: {0}")]
+    BadContent(String),
     /// Local file trouble.
     #[error("{path}: {source}")]
     Io {
@@ -85,7 +90,7 @@ impl ImageFormat {
 
     /// The format the first bytes reveal (magic numbers), raw when none matches.
     pub fn sniff(head: &[u8]) -> ImageFormat {
-        if head.starts_with(b"QFI\xfb") {
+        if qcow2::is_qcow2(head) {
             ImageFormat::Qcow2
         } else if head.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
             ImageFormat::RawZst
@@ -177,6 +182,32 @@ impl ImageStore {
     /// Where the content with this digest lives (it may not exist).
     pub fn path(&self, sha256: &str) -> Result<PathBuf> {
         Ok(self.blob_dir().join(parse_digest(sha256)?))
+    }
+
+    /// The content index of a stored blob of `format`: loaded from `<root>/index/<sha256>`,
+    /// or built (one read of the blob) and kept there. Blocking work runs off the runtime.
+    pub async fn content_index(
+        &self,
+        sha256: &str,
+        format: ImageFormat,
+    ) -> Result<index::ContentIndex> {
+        let blob = self.path(sha256)?;
+        let dir = self.root.join("index");
+        let path = dir.join(parse_digest(sha256)?);
+        let task = tokio::task::spawn_blocking(move || {
+            if let Ok(idx) = index::ContentIndex::load(&path) {
+                return Ok(idx);
+            }
+            if !blob.exists() {
+                return Err(Error::Missing(blob.display().to_string()));
+            }
+            std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+            let idx = index::ContentIndex::build(&blob, format)?;
+            idx.save(&path)?;
+            Ok(idx)
+        });
+        task.await
+            .map_err(|e| Error::BadContent(format!("indexing stopped: {e}")))?
     }
 
     /// Whether the content is stored.

@@ -278,6 +278,13 @@ pub(crate) fn write_htpasswd(sushy_exe: &Path, dir: &Path, users: &[(String, Str
     htpasswd
 }
 
+/// Whether tests that run on both databases include PostgreSQL: always, unless
+/// `RACKSHARE_TEST_DATABASES=sqlite` (set by `scripts/test --quick`, which names the tests it
+/// leaves out). Never silently: the full suite has no way to drop PostgreSQL.
+pub fn postgres_in_test_databases() -> bool {
+    std::env::var("RACKSHARE_TEST_DATABASES").map_or(true, |v| v.trim() != "sqlite")
+}
+
 /// The PostgreSQL server the test command starts (`scripts/test` sets this variable).
 pub fn postgres_admin_url() -> String {
     std::env::var("RACKSHARE_TEST_POSTGRES_URL").unwrap_or_else(|_| {

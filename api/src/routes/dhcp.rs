@@ -1,7 +1,7 @@
 //! The authoritative DHCP server's leases, read-only, for the people who run the network.
 
 use crate::auth::Caller;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::ApiError;
 use axum::extract::State;
 use axum::Json;

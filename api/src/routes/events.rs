@@ -2,7 +2,8 @@
 
 use crate::auth::Caller;
 use crate::json::ApiQuery;
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::visibility::GroupScope;
 use crate::ApiError;
 use axum::extract::State;
 use axum::Json;
@@ -23,18 +24,15 @@ pub async fn list(
     c: Caller,
     ApiQuery(q): ApiQuery<EventQuery>,
 ) -> Result<Json<Vec<AuditEvent>>, ApiError> {
-    let group = match c.scope() {
-        Some(own) => {
-            if q.group.as_deref().is_some_and(|g| g != own) {
-                return Err(ApiError::not_found(format!(
-                    "group '{}' not found",
-                    q.group.unwrap_or_default()
-                )));
-            }
-            Some(own.to_string())
+    let scope = c.group_scope();
+    // Asking for another group's events names a group the member may not know of: 404.
+    if let (GroupScope::Group(own), Some(g)) = (scope, q.group.as_deref()) {
+        if g != own {
+            return Err(ApiError::not_found(format!("group '{g}' not found")));
         }
-        None if c.role() == inventory::Role::Member => return Ok(Json(vec![])),
-        None => q.group,
+    }
+    let Some(group) = scope.narrow(q.group) else {
+        return Ok(Json(vec![]));
     };
     Ok(Json(
         st.inv

@@ -2,7 +2,8 @@
 
 use crate::auth::Caller;
 use crate::json::{ApiJson, ApiQuery};
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::visibility::{visible_image, GroupScope};
 use crate::ApiError;
 use axum::extract::{Path, Request, State};
 use axum::http::StatusCode;
@@ -73,15 +74,20 @@ async fn owner_for(
     name: &str,
 ) -> Result<Option<String>, ApiError> {
     c.require(st, ADDERS, "image.create", name).await?;
-    match (c.scope(), group) {
-        (Some(own), None) => Ok(Some(own.to_string())),
-        (Some(own), Some(g)) if g == own => Ok(Some(g)),
-        (Some(_), Some(g)) => Err(ApiError::not_found(format!("group '{g}' not found"))),
-        (None, Some(g)) => {
+    match (c.group_scope(), group) {
+        (GroupScope::Group(own), None) => Ok(Some(own.to_string())),
+        (GroupScope::Group(own), Some(g)) if g == own => Ok(Some(g)),
+        (GroupScope::Group(_), Some(g)) => {
+            Err(ApiError::not_found(format!("group '{g}' not found")))
+        }
+        (GroupScope::Nothing, _) => Err(ApiError::forbidden(
+            "your user belongs to no member group, so it cannot add images",
+        )),
+        (GroupScope::All, Some(g)) => {
             st.inv.group(&g).await?;
             Ok(Some(g))
         }
-        (None, None) => Ok(None),
+        (GroupScope::All, None) => Ok(None),
     }
 }
 
@@ -201,37 +207,14 @@ fn url_checked(u: &str) -> Result<reqwest::Url, ApiError> {
     Ok(url)
 }
 
-/// Splits `NAME[:VERSION]`.
-fn split(reference: &str) -> (&str, Option<&str>) {
-    match reference.split_once(':') {
-        Some((n, v)) => (n, Some(v)),
-        None => (reference, None),
-    }
-}
-
-/// An image the caller may see, or 404.
-pub(crate) async fn visible_image(
-    st: &AppState,
-    c: &Caller,
-    reference: &str,
-) -> Result<Image, ApiError> {
-    let (name, version) = split(reference);
-    let img = st.inv.image(name, version).await?;
-    if img.owner_group.is_none() || c.can_see_group(img.owner_group.as_deref()) {
-        Ok(img)
-    } else {
-        Err(ApiError::not_found(format!(
-            "image '{reference}' not found"
-        )))
-    }
-}
-
 pub async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<Vec<Image>>, ApiError> {
-    let scope = match c.role() {
-        Role::Member => Some(c.scope().unwrap_or("").to_string()),
-        _ => None,
+    let images = match c.group_scope() {
+        GroupScope::All => st.inv.images(None).await?,
+        GroupScope::Group(own) => st.inv.images(Some(own)).await?,
+        // Public images only: the owner filter names no group.
+        GroupScope::Nothing => st.inv.images(Some("")).await?,
     };
-    Ok(Json(st.inv.images(scope.as_deref()).await?))
+    Ok(Json(images))
 }
 
 pub async fn show(

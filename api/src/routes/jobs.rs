@@ -2,9 +2,8 @@
 
 use crate::auth::Caller;
 use crate::json::{ApiJson, ApiQuery};
-use crate::routes::images::visible_image;
-use crate::routes::machines::visible_machine;
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::visibility::{visible_image, visible_machine};
 use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -58,7 +57,7 @@ pub struct EventQuery {
 /// A job the caller may see, or 404.
 async fn visible_job(st: &AppState, c: &Caller, id: i64) -> Result<Job, ApiError> {
     let job = st.inv.job(id).await?;
-    if c.can_see_group(job.member_group.as_deref()) {
+    if c.group_scope().sees(job.member_group.as_deref()) {
         Ok(job)
     } else {
         Err(ApiError::not_found(format!("job {id} not found")))
@@ -148,10 +147,8 @@ pub async fn list(
         Some(s) => Some(s.parse::<JobState>()?),
         None => None,
     };
-    let group = match c.role() {
-        // A member without a group sees nothing: filter on a name no group has.
-        Role::Member => Some(c.scope().unwrap_or("\u{0}").to_string()),
-        _ => None,
+    let Some(group) = c.group_scope().narrow(None) else {
+        return Ok(Json(vec![]));
     };
     Ok(Json(
         st.inv

@@ -5,7 +5,8 @@
 
 use crate::auth::{Caller, STAFF};
 use crate::json::{ApiJson, ApiQuery};
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::visibility::GroupScope;
 use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -62,7 +63,7 @@ async fn visible_lease(st: &AppState, c: &Caller, id: &str) -> Result<Lease, Api
         inventory::Error::NotFound { .. } => lease_not_found(id),
         other => other.into(),
     })?;
-    if c.can_see_group(Some(&lease.group)) {
+    if c.group_scope().sees(Some(&lease.group)) {
         Ok(lease)
     } else {
         Err(lease_not_found(id))
@@ -71,7 +72,7 @@ async fn visible_lease(st: &AppState, c: &Caller, id: &str) -> Result<Lease, Api
 
 /// A group the caller may see (members: their own), or 404.
 fn visible_group(c: &Caller, name: &str) -> Result<(), ApiError> {
-    if c.can_see_group(Some(name)) {
+    if c.group_scope().sees(Some(name)) {
         Ok(())
     } else {
         Err(group_not_found(name))
@@ -83,14 +84,14 @@ pub async fn create(
     c: Caller,
     ApiJson(req): ApiJson<NewLease>,
 ) -> Result<(StatusCode, Json<Lease>), ApiError> {
-    let group = match (c.scope(), &req.group) {
-        (Some(own), Some(g)) if g != own => return Err(group_not_found(g)),
-        (Some(own), _) => own.to_string(),
-        (None, Some(g)) => g.clone(),
-        (None, None) if c.role() == Role::Member => {
+    let group = match (c.group_scope(), &req.group) {
+        (GroupScope::Group(own), Some(g)) if g != own => return Err(group_not_found(g)),
+        (GroupScope::Group(own), _) => own.to_string(),
+        (GroupScope::Nothing, _) => {
             return Err(ApiError::forbidden("your user belongs to no member group"))
         }
-        (None, None) => {
+        (GroupScope::All, Some(g)) => g.clone(),
+        (GroupScope::All, None) => {
             c.require(&st, LEASERS, "lease.create", "lease").await?;
             return Err(ApiError::invalid(
                 "group",
@@ -108,13 +109,9 @@ pub async fn list(
     c: Caller,
     ApiQuery(mut f): ApiQuery<LeaseFilter>,
 ) -> Result<Json<Vec<Lease>>, ApiError> {
-    if let Some(own) = c.scope() {
-        if f.group.as_deref().is_some_and(|g| g != own) {
-            return Ok(Json(vec![]));
-        }
-        f.group = Some(own.to_string());
-    } else if c.role() == Role::Member {
-        return Ok(Json(vec![]));
+    match c.group_scope().narrow(f.group.take()) {
+        Some(group) => f.group = group,
+        None => return Ok(Json(vec![])),
     }
     Ok(Json(st.inv.leases(&f).await?))
 }

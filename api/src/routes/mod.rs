@@ -12,7 +12,7 @@ mod power;
 mod sites;
 mod system;
 
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::ApiError;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
@@ -114,6 +114,7 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             count_requests,
         ))
+        .layer(middleware::from_fn(security_headers))
         .with_state(state)
 }
 
@@ -132,6 +133,31 @@ async fn method_not_allowed(req: Request) -> ApiError {
         message: format!("{} is not supported on {}", req.method(), req.uri().path()),
         field: None,
     }
+}
+
+/// Headers every answer carries: no MIME sniffing, no referrer leaks, never framed. API
+/// answers are JSON, so their CSP allows nothing; HTML pages set their own, stricter-than-default
+/// one and this layer leaves it alone.
+async fn security_headers(req: Request, next: Next) -> Response {
+    use axum::http::{header, HeaderValue};
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+        );
+    }
+    resp
 }
 
 async fn count_requests(State(state): State<AppState>, req: Request, next: Next) -> Response {

@@ -2,7 +2,7 @@
 
 use crate::auth::{Caller, ADMIN, STAFF};
 use crate::json::{ApiJson, ApiQuery};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -23,9 +23,8 @@ pub async fn list_groups(
     c: Caller,
 ) -> Result<Json<Vec<MemberGroup>>, ApiError> {
     let mut groups = st.inv.groups().await?;
-    if c.role() == Role::Member {
-        groups.retain(|g| Some(g.name.as_str()) == c.scope());
-    }
+    let scope = c.group_scope();
+    groups.retain(|g| scope.sees(Some(&g.name)));
     Ok(Json(groups))
 }
 
@@ -34,7 +33,7 @@ pub async fn show_group(
     c: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<MemberGroup>, ApiError> {
-    if !c.can_see_group(Some(&name)) {
+    if !c.group_scope().sees(Some(&name)) {
         return Err(ApiError::not_found(format!("group '{name}' not found")));
     }
     Ok(Json(st.inv.group(&name).await?))
@@ -66,7 +65,7 @@ pub async fn update_group(
     Path(name): Path<String>,
     ApiJson(p): ApiJson<GroupPatch>,
 ) -> Result<Json<MemberGroup>, ApiError> {
-    if !c.can_see_group(Some(&name)) {
+    if !c.group_scope().sees(Some(&name)) {
         return Err(ApiError::not_found(format!("group '{name}' not found")));
     }
     c.require(&st, STAFF, "group.update", &name).await?;

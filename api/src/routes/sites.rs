@@ -2,7 +2,7 @@
 
 use crate::auth::{Caller, STAFF};
 use crate::json::{ApiJson, ApiQuery};
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::ApiError;
 use axum::extract::State;
 use axum::http::StatusCode;

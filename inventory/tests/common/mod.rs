@@ -1,4 +1,5 @@
-//! Test databases: a fresh SQLite file and, always, a fresh PostgreSQL database.
+//! Test databases: a fresh SQLite file and a fresh PostgreSQL database (always, except in the
+//! quick tier of `scripts/test`).
 #![allow(dead_code, missing_docs)]
 
 use inventory::{Inventory, SecretBox};
@@ -39,6 +40,11 @@ pub async fn postgres() -> TestDb {
     }
 }
 
+/// SQLite and PostgreSQL (only SQLite in `scripts/test --quick`).
 pub async fn both() -> Vec<TestDb> {
-    vec![sqlite().await, postgres().await]
+    let mut dbs = vec![sqlite().await];
+    if testkit::postgres_in_test_databases() {
+        dbs.push(postgres().await);
+    }
+    dbs
 }

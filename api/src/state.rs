@@ -1,0 +1,28 @@
+//! The state every request handler shares. Its own module so that routes and the server that
+//! wires them do not import each other.
+
+use crate::bmc_service::BmcService;
+use crate::metrics::HttpMetrics;
+use inventory::Inventory;
+use std::sync::Arc;
+
+/// State shared by every request handler.
+#[derive(Clone)]
+pub struct AppState {
+    /// The inventory database.
+    pub inv: Inventory,
+    /// HTTP counters.
+    pub http_metrics: Arc<HttpMetrics>,
+    /// The BMC controller.
+    pub bmc: Arc<BmcService>,
+    /// Image bytes.
+    pub images: images::ImageStore,
+    /// Largest image accepted.
+    pub max_image_bytes: u64,
+    /// The HTTP side of booting, when the boot services run.
+    pub boot: Option<crate::boot::BootHttp>,
+    /// Boot server counters.
+    pub pxe_metrics: Arc<pxe::Metrics>,
+    /// The job engine.
+    pub conductor: Arc<crate::conductor::Conductor>,
+}

@@ -1,0 +1,79 @@
+//! Clients the tests play: a scripted agent inside the lab, and the boot-script fetch.
+#![allow(dead_code)]
+
+use super::lab::LAB_API;
+use serde_json::Value;
+use std::time::Duration;
+use testkit::netns::Lab;
+
+/// One HTTP call from inside the lab, as the agent makes it: (status, body).
+pub fn agent_call(
+    lab: &Lab,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> (u16, Vec<u8>) {
+    agent_call_with(lab, method, path, token, body, &[])
+}
+
+pub fn agent_call_with(
+    lab: &Lab,
+    method: &str,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+    extra: &[&str],
+) -> (u16, Vec<u8>) {
+    let out_file = lab.path(&format!("curl-{}.out", rand_tag()));
+    let auth = format!("Authorization: Bearer {token}");
+    let url = format!("{LAB_API}{path}");
+    let out_path = out_file.display().to_string();
+    let data = body.map(|b| b.to_string());
+    let mut argv = vec![
+        "curl",
+        "-s",
+        "-o",
+        &out_path,
+        "-w",
+        "%{http_code}",
+        "-X",
+        method,
+        "-H",
+        &auth,
+    ];
+    if let Some(d) = &data {
+        argv.extend(["-H", "Content-Type: application/json", "--data-binary", d]);
+    }
+    argv.extend(extra);
+    argv.push(&url);
+    let out = lab.exec(&lab.srv, &argv, Duration::from_secs(30));
+    let code: u16 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("curl {argv:?}: {}", String::from_utf8_lossy(&out.stderr)));
+    (code, std::fs::read(&out_file).unwrap_or_default())
+}
+
+fn rand_tag() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}
+
+pub fn json_of(b: &[u8]) -> Value {
+    serde_json::from_slice(b)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(b)))
+}
+
+/// The boot script the machine would fetch, and the one-time token in it (None: local boot).
+pub fn boot_token(lab: &Lab, mac: &str) -> (String, Option<String>) {
+    let (code, body) = agent_call(lab, "GET", &format!("/boot/{mac}.ipxe"), "-", None);
+    assert_eq!(code, 200);
+    let script = String::from_utf8_lossy(&body).into_owned();
+    let token = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("rackshare.token="))
+        .map(str::to_string);
+    (script, token)
+}
