@@ -12,7 +12,7 @@ mod spec;
 
 pub use console::{ConsoleError, SerialConsole, REPLAY_BYTES};
 pub use machine::{BootOverride, OverrideEnabled, IDLE_WATTS, VCPU_WATTS};
-pub use qmp::{Qmp, QmpError};
+pub use qmp::QmpError;
 pub use spec::{
     Accel, BootTarget, DiskBus, DiskSpec, Firmware, NicBackend, NicSpec, VirtualMachineSpec,
 };
@@ -146,6 +146,14 @@ impl VirtualBmc {
     /// `http://ADDR`, the Redfish service's base URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The BMC URL rackshare enrols the machine with: `redfish+http://ADDR/redfish/v1/Systems/NAME`.
+    pub fn bmc_url(&self) -> String {
+        format!(
+            "redfish+http://{}/redfish/v1/Systems/{}",
+            self.addr, self.machine.spec.name
+        )
     }
 
     /// The VM's serial console.

@@ -88,9 +88,8 @@ fn policy() -> bmc::Policy {
 }
 
 fn handle(ctl: &Controller, v: &VirtualBmc, password: &str) -> BmcHandle {
-    let url = format!("redfish+{}/redfish/v1/Systems/{}", v.url(), v.spec().name);
     ctl.connect(
-        &url.parse().unwrap(),
+        &v.bmc_url().parse().unwrap(),
         Credentials::new(USER, password),
         &TlsPolicy::Verify,
     )
