@@ -2,9 +2,9 @@
 //! seed cloud-init. Raw and raw.zst are written front to back; qcow2 is in `qcow2.rs`.
 
 use crate::error::{io, Error};
-use crate::proto::{DeployResult, ImageSpec, Task};
 use crate::source::{unwrap_io, HashingReader, ImageSource, ResumingReader};
 use crate::Progress;
+use proto::{DeployResult, ImageSpec, Task};
 use sha2::{Digest, Sha256};
 use std::cell::Cell;
 use std::fs::{File, OpenOptions};
@@ -387,6 +387,9 @@ pub fn run(
         target_disk: disk.display().to_string(),
         written_bytes: bytes,
         sha256,
+        // The agent checks the download against the task's hash itself (and fails on a
+        // mismatch), so it does not repeat it here.
+        image_sha256: None,
         seed,
         write_ms: timing.write_ms,
         verify_ms: timing.verify_ms,

@@ -11,7 +11,6 @@ pub mod disks;
 pub mod error;
 pub mod inspect;
 pub mod job;
-pub mod proto;
 pub mod qcow2;
 pub mod seed;
 pub mod source;

@@ -6,9 +6,9 @@
 
 use crate::deploy::{check_fits, read_full, CHUNK};
 use crate::error::{io, Error};
-use crate::proto::ImageSpec;
 use crate::source::{unwrap_io, HashingReader, ImageSource, ResumingReader};
 use crate::Progress;
+use proto::ImageSpec;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Read;

@@ -3,8 +3,8 @@
 
 use crate::deploy::{drop_caches, CHUNK};
 use crate::error::{io, Error};
-use crate::proto::{WipeResult, WipedDisk};
 use crate::Progress;
+use proto::{WipeResult, WipedDisk};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;

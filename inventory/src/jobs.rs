@@ -5,6 +5,7 @@
 use crate::audit::record_in;
 use crate::secrets::sha256_hex;
 use crate::{now_ms, Error, Inventory, MachineState, NewAuditEvent, Result};
+use proto::AgentMode;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -52,11 +53,11 @@ impl JobKind {
     }
 
     /// The agent mode for this kind of job.
-    pub fn agent_mode(self) -> &'static str {
+    pub fn agent_mode(self) -> AgentMode {
         match self {
-            JobKind::Reimage => "deploy",
-            JobKind::Inspect => "inspect",
-            JobKind::Wipe => "wipe",
+            JobKind::Reimage => AgentMode::Deploy,
+            JobKind::Inspect => AgentMode::Inspect,
+            JobKind::Wipe => AgentMode::Wipe,
         }
     }
 
