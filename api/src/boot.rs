@@ -56,7 +56,7 @@ async fn waiting_or_disk(
     Ok(match st.inv.active_job_of(machine_id).await? {
         Some(j)
             if j.state == inventory::JobState::Queued
-                || matches!(j.step.as_deref(), Some("set_pxe_boot" | "power_cycle")) =>
+                || j.step.is_some_and(inventory::StepName::prepares_boot) =>
         {
             BootScript::Wait {
                 seconds: 5,

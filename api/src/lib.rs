@@ -5,8 +5,8 @@
 mod auth;
 mod bmc_service;
 mod boot;
-mod conductor;
 mod config;
+mod engine;
 mod error;
 mod json;
 mod metrics;
@@ -15,8 +15,12 @@ mod routes;
 mod scheduler;
 mod server;
 
+// The engine's old module path, still used by server.rs (another helper's file); remove once
+// server.rs names `crate::engine`.
+use engine as conductor;
+
 pub use boot::{BootMode, BootPool, BootSettings};
-pub use conductor::ConductorConfig;
 pub use config::Config;
+pub use engine::ConductorConfig;
 pub use error::{ApiError, StartError};
 pub use server::{RunningServer, Server};

@@ -231,30 +231,111 @@ impl StepName {
     }
 }
 
+impl StepName {
+    /// Every step name.
+    pub const ALL: [StepName; 10] = [
+        StepName::SetPxeBoot,
+        StepName::PowerCycle,
+        StepName::WaitAgent,
+        StepName::Deploy,
+        StepName::Verify,
+        StepName::Inspect,
+        StepName::Wipe,
+        StepName::SetDiskBoot,
+        StepName::Reboot,
+        StepName::PowerOff,
+    ];
+
+    /// Whether the step waits on the agent (and keeps waiting across a restart: the agent
+    /// retries its reports while rackshare is down).
+    pub fn is_agent_step(self) -> bool {
+        matches!(
+            self,
+            StepName::WaitAgent | StepName::Deploy | StepName::Inspect | StepName::Wipe
+        )
+    }
+
+    /// Whether a job in this step is still preparing the machine's network boot (boot
+    /// device, power): the boot script makes the machine wait instead of booting its disk.
+    pub fn prepares_boot(self) -> bool {
+        matches!(self, StepName::SetPxeBoot | StepName::PowerCycle)
+    }
+}
+
 impl FromStr for StepName {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        [
-            StepName::SetPxeBoot,
-            StepName::PowerCycle,
-            StepName::WaitAgent,
-            StepName::Deploy,
-            StepName::Verify,
-            StepName::Inspect,
-            StepName::Wipe,
-            StepName::SetDiskBoot,
-            StepName::Reboot,
-            StepName::PowerOff,
-        ]
-        .into_iter()
-        .find(|n| n.as_str() == s)
-        .ok_or_else(|| Error::invalid("step", format!("unknown step '{s}' in the database")))
+        StepName::ALL
+            .into_iter()
+            .find(|n| n.as_str() == s)
+            .ok_or_else(|| Error::invalid("step", format!("unknown step '{s}' in the database")))
     }
 }
 
 impl fmt::Display for StepName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// Where a persisted step is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepState {
+    /// Not started.
+    Pending,
+    /// An attempt runs (or failed and will be retried; `error` says why).
+    Running,
+    /// Done.
+    Succeeded,
+    /// Out of attempts, or cancelled.
+    Failed,
+    /// Not applicable to this machine (e.g. no BMC); `error` says why.
+    Skipped,
+}
+
+impl StepState {
+    /// Every step state.
+    pub const ALL: [StepState; 5] = [
+        StepState::Pending,
+        StepState::Running,
+        StepState::Succeeded,
+        StepState::Failed,
+        StepState::Skipped,
+    ];
+
+    /// The lowercase name stored in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepState::Pending => "pending",
+            StepState::Running => "running",
+            StepState::Succeeded => "succeeded",
+            StepState::Failed => "failed",
+            StepState::Skipped => "skipped",
+        }
+    }
+
+    /// Whether a resumed job moves past this step.
+    pub fn is_done(self) -> bool {
+        matches!(self, StepState::Succeeded | StepState::Skipped)
+    }
+}
+
+impl fmt::Display for StepState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for StepState {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        StepState::ALL
+            .into_iter()
+            .find(|n| n.as_str() == s)
+            .ok_or_else(|| {
+                Error::invalid("step", format!("unknown step state '{s}' in the database"))
+            })
     }
 }
 
@@ -290,9 +371,9 @@ pub struct JobStep {
     /// Position in the plan, from 0.
     pub seq: i64,
     /// Which step.
-    pub name: String,
-    /// pending, running, succeeded, failed, skipped.
-    pub state: String,
+    pub name: StepName,
+    /// Where it is.
+    pub state: StepState,
     /// Attempts made so far.
     pub attempts: i64,
     /// Retry budget.
@@ -330,8 +411,8 @@ pub struct Job {
     pub member_group: Option<String>,
     /// Index of the current step.
     pub current_step: i64,
-    /// Name of the current step.
-    pub step: Option<String>,
+    /// The current step.
+    pub step: Option<StepName>,
     /// The agent's phase (writing, verifying, ...).
     pub phase: String,
     /// Bytes done in the current agent phase.
@@ -416,6 +497,7 @@ fn job_from_row(r: &AnyRow) -> Result<Job> {
     let image_name: Option<String> = r.try_get("image_name")?;
     let image_version: Option<String> = r.try_get("image_version")?;
     let result: Option<String> = r.try_get("result")?;
+    let step: Option<String> = r.try_get("step")?;
     Ok(Job {
         id: r.try_get("id")?,
         kind: kind.parse()?,
@@ -430,7 +512,7 @@ fn job_from_row(r: &AnyRow) -> Result<Job> {
         lease_id: r.try_get("lease_id")?,
         member_group: r.try_get("member_group")?,
         current_step: r.try_get("current_step")?,
-        step: r.try_get("step")?,
+        step: step.as_deref().map(str::parse).transpose()?,
         phase: r.try_get("phase")?,
         progress_bytes: r.try_get("progress_bytes")?,
         progress_total: r.try_get("progress_total")?,
@@ -452,10 +534,12 @@ fn job_from_row(r: &AnyRow) -> Result<Job> {
 }
 
 fn step_from_row(r: &AnyRow) -> Result<JobStep> {
+    let name: String = r.try_get("name")?;
+    let state: String = r.try_get("state")?;
     Ok(JobStep {
         seq: r.try_get("seq")?,
-        name: r.try_get("name")?,
-        state: r.try_get("state")?,
+        name: name.parse()?,
+        state: state.parse()?,
         attempts: r.try_get("attempts")?,
         max_attempts: r.try_get("max_attempts")?,
         timeout_secs: r.try_get("timeout_secs")?,
@@ -813,20 +897,20 @@ impl Inventory {
         Ok(attempts)
     }
 
-    /// Records how an attempt of step `seq` ended: `succeeded`, `failed` or `skipped`
-    /// (`running` again, with an error, for a failed attempt that will be retried).
+    /// Records how an attempt of step `seq` ended: succeeded, failed or skipped (running
+    /// again, with an error, for a failed attempt that will be retried).
     pub async fn end_step(
         &self,
         id: i64,
         seq: i64,
-        state: &str,
+        state: StepState,
         error: Option<&str>,
     ) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE job_steps SET state = $1, error = $2, finished_at = $3 WHERE job_id = $4 AND seq = $5",
         )
-        .bind(state)
+        .bind(state.as_str())
         .bind(error)
         .bind(now_ms())
         .bind(id)

@@ -33,7 +33,7 @@ pub use export::{
 pub use images::{Image, NewImage};
 pub use jobs::{
     AgentClaim, Job, JobEvent, JobFilter, JobKind, JobState, JobStep, NewJob, StepName, StepSpec,
-    AGENT_TOKEN_TTL_MS,
+    StepState, AGENT_TOKEN_TTL_MS,
 };
 pub use leases::{
     month_bounds, ssh_key_fingerprint, EndReason, GroupQuota, Lease, LeaseConstraints, LeaseDetail,
