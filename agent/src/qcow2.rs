@@ -4,7 +4,7 @@
 //! Compressed clusters, encryption, backing files, external data files and extended L2
 //! entries are refused: they would need a real qcow2 engine.
 
-use crate::deploy::{check_fits, read_full, CHUNK};
+use crate::blockdev::{check_fits, read_full, CHUNK};
 use crate::error::{io, Error};
 use crate::source::{unwrap_io, HashingReader, ImageSource, ResumingReader};
 use crate::Progress;
