@@ -10,6 +10,7 @@
 
 use crate::audit::record_in;
 use crate::db::{from_json, to_json};
+use crate::transition::{transition_tx, MachineRef, TransitionAudit};
 use crate::{now_ms, Backend, Error, Inventory, MachineState, NewAuditEvent, Result};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
@@ -1082,24 +1083,37 @@ impl Inventory {
     ) -> Result<()> {
         let reason = format!("lease {id} of {group}");
         for (mid, name) in picked {
-            let n = sqlx::query(
-                "UPDATE machines SET state = 'allocated', state_reason = $1, state_changed_at = $2, updated_at = $2, lease_id = $3 \
-                 WHERE id = $4 AND state = 'available' AND lease_id IS NULL",
+            // Picked under the leasing lock (and row locks on PostgreSQL): if another writer
+            // changed it anyway, fail the whole transaction rather than hand out fewer.
+            let machine = MachineRef {
+                id: *mid,
+                name,
+                group: Some(group),
+            };
+            transition_tx(
+                tx,
+                actor,
+                &machine,
+                MachineState::Available,
+                MachineState::Allocated,
+                &reason,
+                TransitionAudit::Allocate { lease: id },
             )
-            .bind(&reason)
-            .bind(now)
+            .await?;
+            let n = sqlx::query(
+                "UPDATE machines SET lease_id = $1, updated_at = $2 WHERE id = $3 AND lease_id IS NULL",
+            )
             .bind(id)
+            .bind(now)
             .bind(mid)
             .execute(&mut **tx)
             .await?
             .rows_affected();
             if n == 0 {
-                // Picked under the leasing lock (and row locks on PostgreSQL): another writer
-                // changed it anyway. Fail the whole transaction rather than hand out fewer.
                 return Err(Error::StateChanged {
                     machine: name.clone(),
                     expected: MachineState::Available,
-                    actual: "something else".into(),
+                    actual: "held by another lease".into(),
                 });
             }
             sqlx::query(
@@ -1109,15 +1123,6 @@ impl Inventory {
             .bind(mid)
             .bind(now)
             .execute(&mut **tx)
-            .await?;
-            record_in(
-                tx,
-                &NewAuditEvent::ok(actor, "machine.allocate", "machine", name)
-                    .group(Some(group.into()))
-                    .detail(
-                        serde_json::json!({"lease": id, "from": "available", "to": "allocated"}),
-                    ),
-            )
             .await?;
         }
         Ok(())
@@ -1408,7 +1413,6 @@ impl Inventory {
                 &r.try_get::<String, _>("name")?,
                 state,
                 l,
-                now,
             )
             .await?;
         }
@@ -1767,7 +1771,6 @@ async fn queue_wipe(
     name: &str,
     state: MachineState,
     l: &Lease,
-    now: i64,
 ) -> Result<()> {
     let job = crate::NewJob {
         kind: crate::JobKind::Wipe,
@@ -1790,31 +1793,21 @@ async fn queue_wipe(
         "lease {} of {} ended while the machine was {state} (or busy with a job); wipe it before it goes back to the pool",
         l.id, l.group
     );
-    let n = sqlx::query(
-        "UPDATE machines SET state = 'maintenance', state_reason = $1, state_changed_at = $2, updated_at = $2 WHERE id = $3 AND state = $4",
-    )
-    .bind(&reason)
-    .bind(now)
-    .bind(machine_id)
-    .bind(state.as_str())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if n == 0 {
-        return Err(Error::StateChanged {
-            machine: name.into(),
-            expected: state,
-            actual: "something else".into(),
-        });
-    }
-    record_in(
+    let machine = MachineRef {
+        id: machine_id,
+        name,
+        group: Some(&l.group),
+    };
+    transition_tx(
         tx,
-        &NewAuditEvent::ok(actor, "machine.transition", "machine", name)
-            .group(Some(l.group.clone()))
-            .detail(serde_json::json!({"lease": l.id, "from": state, "to": "maintenance", "reason": reason})),
+        actor,
+        &machine,
+        state,
+        MachineState::Maintenance,
+        &reason,
+        TransitionAudit::Transition(Some(serde_json::json!({"lease": l.id}))),
     )
-    .await?;
-    Ok(())
+    .await
 }
 
 /// Unix ms as `YYYY-MM-DD HH:MM UTC`, for messages.
