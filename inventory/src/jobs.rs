@@ -4,6 +4,7 @@
 
 use crate::audit::record_in;
 use crate::secrets::sha256_hex;
+use crate::transition::{reenter_tx, transition_tx, MachineRef, TransitionAudit};
 use crate::{now_ms, Error, Inventory, MachineState, NewAuditEvent, Result};
 use proto::AgentMode;
 use rand::RngCore;
@@ -595,45 +596,42 @@ pub(crate) async fn insert_job_tx(
             format!("machine '{name}' already has job {other} in progress; wait for it or cancel it ('rackshare job cancel {other}')"),
         ));
     }
-    // Re-deploying a machine that is already deploying (a failed job left it) is allowed;
-    // otherwise the lifecycle table decides.
-    if from != to && !from.can_go_to(to) {
-        let allowed = from
-            .allowed_next()
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        return Err(Error::ForbiddenTransition {
-            machine: name,
-            from,
-            to,
-            allowed: format!(
-                " for a {} job (from {from} it can go to: {allowed})",
-                job.kind
-            ),
-        });
-    }
     let now = now_ms();
     let reason = format!("{} job queued by {actor}", job.kind);
-    let n = sqlx::query(
-        "UPDATE machines SET state = $1, state_reason = $2, state_changed_at = $3, updated_at = $3 \
-         WHERE id = $4 AND state = $5",
-    )
-    .bind(to.as_str())
-    .bind(&reason)
-    .bind(now)
-    .bind(job.machine_id)
-    .bind(from.as_str())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    if n == 0 {
-        return Err(Error::StateChanged {
-            machine: name,
-            expected: from,
-            actual: "something else".into(),
-        });
+    let machine = MachineRef {
+        id: job.machine_id,
+        name: &name,
+        group: group.as_deref(),
+    };
+    // Re-deploying a machine that is already deploying (a failed job left it) is allowed;
+    // otherwise the lifecycle table decides.
+    if from == to {
+        reenter_tx(tx, &machine, to, &reason).await?;
+    } else {
+        transition_tx(
+            tx,
+            actor,
+            &machine,
+            from,
+            to,
+            &reason,
+            TransitionAudit::ByJob,
+        )
+        .await
+        .map_err(|e| match e {
+            Error::ForbiddenTransition {
+                machine,
+                from,
+                to,
+                allowed,
+            } => Error::ForbiddenTransition {
+                machine,
+                from,
+                to,
+                allowed: format!(" for a {} job{allowed}", job.kind),
+            },
+            e => e,
+        })?;
     }
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO jobs (kind, machine_id, image_id, lease_id, state, requested_by, user_data, created_at, updated_at) \
@@ -813,10 +811,10 @@ impl Inventory {
             .await?
             .rows_affected();
             if n == 1 {
-                set_machine_state_tx(
+                move_job_machine_tx(
                     &mut tx,
-                    job.machine_id,
-                    job.kind.machine_state(),
+                    actor,
+                    &job,
                     MachineState::Failed,
                     &format!("{} job {id} cancelled by {actor}", job.kind),
                 )
@@ -950,14 +948,7 @@ impl Inventory {
             return Ok(());
         }
         if let Some(to) = machine_to {
-            set_machine_state_tx(
-                &mut tx,
-                job.machine_id,
-                job.kind.machine_state(),
-                to,
-                reason,
-            )
-            .await?;
+            move_job_machine_tx(&mut tx, "conductor", &job, to, reason).await?;
         }
         let level = if state == JobState::Succeeded {
             "info"
@@ -1232,27 +1223,33 @@ impl Inventory {
     }
 }
 
-/// Moves a machine from `from` to `to` inside a transaction, if it is still in `from` (a
-/// person may have put it in maintenance meanwhile; then it stays there).
-async fn set_machine_state_tx(
+/// Moves a job's machine out of the job's state, if it is still there (a person may have put
+/// it in maintenance meanwhile; then it stays there). The job's audit event records the move.
+async fn move_job_machine_tx(
     tx: &mut Transaction<'static, Any>,
-    machine_id: i64,
-    from: MachineState,
+    actor: &str,
+    job: &Job,
     to: MachineState,
     reason: &str,
-) -> Result<bool> {
-    let now = now_ms();
-    let n = sqlx::query(
-        "UPDATE machines SET state = $1, state_reason = $2, state_changed_at = $3, updated_at = $3 \
-         WHERE id = $4 AND state = $5",
+) -> Result<()> {
+    let machine = MachineRef {
+        id: job.machine_id,
+        name: &job.machine,
+        group: job.member_group.as_deref(),
+    };
+    let from = job.kind.machine_state();
+    match transition_tx(
+        tx,
+        actor,
+        &machine,
+        from,
+        to,
+        reason,
+        TransitionAudit::ByJob,
     )
-    .bind(to.as_str())
-    .bind(reason)
-    .bind(now)
-    .bind(machine_id)
-    .bind(from.as_str())
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    Ok(n == 1)
+    .await
+    {
+        Ok(()) | Err(Error::StateChanged { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
 }

@@ -20,6 +20,7 @@ mod people;
 mod secrets;
 mod sites;
 mod state;
+mod transition;
 
 pub use audit::{AuditEvent, AuditFilter, NewAuditEvent, Outcome};
 pub use db::{Backend, Inventory};
