@@ -87,7 +87,9 @@ pub(super) async fn run_step(ctx: &StepCtx<'_>, a: &Attempt<'_>) -> StepResult {
     if let Some(by) = now.cancel_requested_by {
         return Ok(StepOutcome::Cancelled(by));
     }
-    let has_bmc = matches!(ctx.inv.machine(&a.job.machine).await, Ok(m) if m.bmc.is_some());
+    // A machine that cannot be read is a reason to try again, not a machine without a BMC
+    // (that would skip its BMC steps).
+    let has_bmc = ctx.inv.machine(&a.job.machine).await?.bmc.is_some();
     match a.name {
         StepName::SetPxeBoot | StepName::SetDiskBoot => set_boot_device(ctx, a, has_bmc).await,
         StepName::PowerCycle => power_cycle(ctx, a, has_bmc).await,
