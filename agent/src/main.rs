@@ -2,7 +2,7 @@
 //! kernel): after its work it idles, or reboots/powers off when the API says so.
 
 use anyhow::Context;
-use proto::AgentAction;
+use proto::{AgentAction, AgentMode};
 use rackshare_agent::job::{self, Env, Outcome};
 use rackshare_agent::log;
 use std::time::Duration;
@@ -34,7 +34,7 @@ fn main() {
     log!(
         "starting: api {}, mode {}",
         params.api,
-        params.mode.as_deref().unwrap_or("(from the task)")
+        params.mode.map_or("(from the task)", AgentMode::as_str)
     );
     match job::run(&params, &Env::default()) {
         Outcome::Reported { job_id, action, ok } => {

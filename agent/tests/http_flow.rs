@@ -216,7 +216,7 @@ fn deploy_over_http_resumes_and_reports_the_read_back_hash() {
         &BootParams {
             api: base,
             token: "tok".into(),
-            mode: Some("deploy".into()),
+            mode: Some(proto::AgentMode::Deploy),
         },
         &env(),
     );
