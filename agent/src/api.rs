@@ -2,8 +2,8 @@
 //! is the trust boundary, as for TFTP and iPXE).
 
 use crate::error::Error;
-use crate::proto::{ClaimRequest, ClaimResponse, ProgressReport, ResultAnswer};
 use crate::source::ImageSource;
+use proto::{AgentResult, ClaimRequest, ClaimResponse, ProgressReport, ResultAnswer};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -154,11 +154,11 @@ impl Client {
     }
 
     /// Sends the result; the action the API asks for.
-    pub fn result(&self, body: &serde_json::Value) -> Result<ResultAnswer, Error> {
-        match self.post("/api/v1/agent/result", &self.session, body) {
-            Ok(v) => Ok(serde_json::from_value(v).unwrap_or(ResultAnswer {
-                action: "none".into(),
-            })),
+    pub fn result(&self, result: &AgentResult) -> Result<ResultAnswer, Error> {
+        let body = serde_json::to_value(result).map_err(|e| Error::Api(e.to_string()))?;
+        match self.post("/api/v1/agent/result", &self.session, &body) {
+            // An answer we do not understand (a newer API's action): do nothing.
+            Ok(v) => Ok(serde_json::from_value(v).unwrap_or_default()),
             Err((code @ (401 | 404), _)) => Err(Error::JobGone(code)),
             Err((_, msg)) => Err(Error::Api(format!("sending the result: {msg}"))),
         }
@@ -186,7 +186,7 @@ impl crate::Progress for Client {
         }
         self.last_progress = Some((Instant::now(), phase.to_string()));
         let body = ProgressReport {
-            phase,
+            phase: phase.to_string(),
             bytes,
             total,
             message: None,

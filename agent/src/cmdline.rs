@@ -1,5 +1,7 @@
 //! The kernel command line: where the API is, the one-time token and the mode.
 
+use proto::AgentMode;
+
 /// What the boot script put on the kernel command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BootParams {
@@ -7,8 +9,9 @@ pub struct BootParams {
     pub api: String,
     /// The one-time claim token (`none` when there is nothing to claim yet).
     pub token: String,
-    /// `deploy`, `inspect` or `wipe`; informational, the claimed task decides.
-    pub mode: Option<String>,
+    /// Informational (the claimed task decides); `None` when absent or not a mode this agent
+    /// knows.
+    pub mode: Option<AgentMode>,
 }
 
 /// Parses `/proc/cmdline`; `None` when `rackshare.api` is missing.
@@ -21,7 +24,7 @@ pub fn parse(cmdline: &str) -> Option<BootParams> {
             match k {
                 "rackshare.api" => api = Some(v.trim_end_matches('/').to_string()),
                 "rackshare.token" => token = Some(v.to_string()),
-                "rackshare.mode" => mode = Some(v.to_string()),
+                "rackshare.mode" => mode = v.parse().ok(),
                 _ => {}
             }
         }
@@ -43,7 +46,7 @@ mod tests {
             .expect("api present");
         assert_eq!(p.api, "http://10.0.0.1:8080");
         assert_eq!(p.token, "abc");
-        assert_eq!(p.mode.as_deref(), Some("deploy"));
+        assert_eq!(p.mode, Some(AgentMode::Deploy));
         assert_eq!(parse("quiet"), None);
         assert_eq!(
             parse("rackshare.api=http://a").map(|p| p.token).as_deref(),

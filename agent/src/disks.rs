@@ -1,7 +1,7 @@
 //! Disks as sysfs lists them, and the choice of the deploy target.
 
 use crate::error::{io, Error};
-use crate::proto::DiskInfo;
+use proto::DiskInfo;
 use std::path::Path;
 
 /// A block device that could hold an OS.

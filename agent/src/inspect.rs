@@ -1,7 +1,7 @@
 //! Inspect: what is in the box, from /proc and /sys.
 
 use crate::error::{io, Error};
-use crate::proto::{InspectResult, NicInfo};
+use proto::{InspectResult, NicInfo};
 use std::path::Path;
 
 fn read_trim(p: &Path) -> Option<String> {

@@ -4,7 +4,7 @@ use crate::api::{Client, Retry};
 use crate::cmdline::BootParams;
 use crate::error::Error;
 use crate::Progress;
-use serde_json::json;
+use proto::{AgentAction, AgentMode, AgentResult};
 use std::path::PathBuf;
 
 /// Where the agent looks at the machine (the real /proc and /sys outside tests).
@@ -31,12 +31,12 @@ impl Default for Env {
 /// How a boot's work ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// The result was accepted; the API asks for this action (`none`, `reboot`, `poweroff`).
+    /// The result was accepted; the API asks for this action.
     Reported {
         /// The job.
         job_id: i64,
         /// The action.
-        action: String,
+        action: AgentAction,
         /// Whether the task succeeded.
         ok: bool,
     },
@@ -44,16 +44,16 @@ pub enum Outcome {
     Stopped(String),
 }
 
-/// The task's result body for `POST /api/v1/agent/result`.
+/// The task's result for `POST /api/v1/agent/result`.
 fn run_task(
     client: &mut Client,
-    claim: &crate::proto::ClaimResponse,
+    claim: &proto::ClaimResponse,
     env: &Env,
-) -> Result<serde_json::Value, Error> {
+) -> Result<AgentResult, Error> {
     let task = &claim.task;
     client.report("starting", 0, 0)?;
-    match task.mode.as_str() {
-        "deploy" => {
+    match task.mode {
+        AgentMode::Deploy => {
             let url = task
                 .image
                 .as_ref()
@@ -61,20 +61,17 @@ fn run_task(
                 .unwrap_or_default();
             let mut source = client.image(&url);
             let r = crate::deploy::run(&mut source, claim.job_id, task, &env.sys_root, client)?;
-            Ok(json!({"ok": true, "deploy": r}))
+            Ok(AgentResult::deployed(r))
         }
-        "inspect" => {
+        AgentMode::Inspect => {
             client.report("inspecting", 0, 0)?;
             let r = crate::inspect::inspect(&env.proc_root, &env.sys_root)?;
-            Ok(json!({"ok": true, "inspect": r}))
+            Ok(AgentResult::inspected(r))
         }
-        "wipe" => {
+        AgentMode::Wipe => {
             let r = crate::wipe::run(&env.sys_root, client)?;
-            Ok(json!({"ok": true, "wipe": r}))
+            Ok(AgentResult::wiped(r))
         }
-        other => Err(Error::Api(format!(
-            "the task's mode '{other}' is not deploy, inspect or wipe"
-        ))),
     }
 }
 
@@ -102,10 +99,10 @@ pub fn run(params: &BootParams, env: &Env) -> Outcome {
         }
         Err(e) => {
             crate::log!("job {} failed: {e}", claim.job_id);
-            json!({"ok": false, "error": e.to_string()})
+            AgentResult::failed(e.to_string())
         }
     };
-    let ok = body["ok"] == json!(true);
+    let ok = body.ok;
     match client.result(&body) {
         Ok(a) => Outcome::Reported {
             job_id: claim.job_id,

@@ -5,13 +5,13 @@
 //! The pipelines take paths and readers rather than fixed devices, so tests run on temp files.
 
 pub mod api;
+pub mod blockdev;
 pub mod cmdline;
 pub mod deploy;
 pub mod disks;
 pub mod error;
 pub mod inspect;
 pub mod job;
-pub mod proto;
 pub mod qcow2;
 pub mod seed;
 pub mod source;

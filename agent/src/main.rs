@@ -2,6 +2,7 @@
 //! kernel): after its work it idles, or reboots/powers off when the API says so.
 
 use anyhow::Context;
+use proto::{AgentAction, AgentMode};
 use rackshare_agent::job::{self, Env, Outcome};
 use rackshare_agent::log;
 use std::time::Duration;
@@ -13,12 +14,12 @@ fn idle(why: &str) -> ! {
     }
 }
 
-fn act(action: &str) -> anyhow::Result<()> {
+fn act(action: AgentAction) -> anyhow::Result<()> {
     use nix::sys::reboot::{reboot, RebootMode};
     let how = match action {
-        "reboot" => RebootMode::RB_AUTOBOOT,
-        "poweroff" => RebootMode::RB_POWER_OFF,
-        _ => return Ok(()),
+        AgentAction::Reboot => RebootMode::RB_AUTOBOOT,
+        AgentAction::Poweroff => RebootMode::RB_POWER_OFF,
+        AgentAction::None => return Ok(()),
     };
     nix::unistd::sync();
     reboot(how).with_context(|| format!("{action} failed"))?;
@@ -33,12 +34,12 @@ fn main() {
     log!(
         "starting: api {}, mode {}",
         params.api,
-        params.mode.as_deref().unwrap_or("(from the task)")
+        params.mode.map_or("(from the task)", AgentMode::as_str)
     );
     match job::run(&params, &Env::default()) {
         Outcome::Reported { job_id, action, ok } => {
             log!("job {job_id}: result sent (ok: {ok}); action {action}");
-            if let Err(e) = act(&action) {
+            if let Err(e) = act(action) {
                 log!("{e:#}");
             }
             idle(&format!("job {job_id} done (ok: {ok})"));

@@ -2,7 +2,7 @@
 //! and write `/var/lib/cloud/seed/nocloud/{meta-data,user-data}` there.
 
 use crate::error::{io, Error};
-use crate::proto::Task;
+use proto::Task;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -252,7 +252,7 @@ mod tests {
     fn seed_files_land_in_the_nocloud_dir() {
         let root = tempfile::tempdir().expect("tempdir");
         let task = Task {
-            mode: "deploy".into(),
+            mode: proto::AgentMode::Deploy,
             image: None,
             target_disk: None,
             hostname: Some("node-1".into()),

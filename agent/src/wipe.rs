@@ -1,10 +1,10 @@
 //! Wipe: discard every disk (or overwrite it with zeros) and check by reading samples back.
 //! The discard-zeroes ioctl is no help: modern kernels always answer 0, so read-back decides.
 
-use crate::deploy::{drop_caches, CHUNK};
+use crate::blockdev::{drop_caches, CHUNK};
 use crate::error::{io, Error};
-use crate::proto::{WipeResult, WipedDisk};
 use crate::Progress;
+use proto::{WipeResult, WipedDisk};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;

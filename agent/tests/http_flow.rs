@@ -216,7 +216,7 @@ fn deploy_over_http_resumes_and_reports_the_read_back_hash() {
         &BootParams {
             api: base,
             token: "tok".into(),
-            mode: Some("deploy".into()),
+            mode: Some(proto::AgentMode::Deploy),
         },
         &env(),
     );
@@ -224,7 +224,7 @@ fn deploy_over_http_resumes_and_reports_the_read_back_hash() {
         out,
         Outcome::Reported {
             job_id: 12,
-            action: "none".into(),
+            action: proto::AgentAction::None,
             ok: true
         }
     );
@@ -272,7 +272,7 @@ fn a_hash_mismatch_is_reported_as_a_failed_result() {
         out,
         Outcome::Reported {
             job_id: 12,
-            action: "none".into(),
+            action: proto::AgentAction::None,
             ok: false
         }
     );
@@ -362,7 +362,7 @@ fn qcow2_over_http_uses_ranges_and_survives_a_broken_stream() {
         out,
         Outcome::Reported {
             job_id: 12,
-            action: "none".into(),
+            action: proto::AgentAction::None,
             ok: true
         },
         "{r}"

@@ -1,20 +1,17 @@
 //! The boot services wired to the inventory: which machines PXE-boot into what, durable DHCP
-//! leases, discovery of unknown machines, and the HTTP side of booting (`/boot/…`).
+//! leases, discovery of unknown machines, and what the HTTP side of booting needs (the
+//! `/boot/{file}` handler itself is `routes/boot.rs`).
 
 use crate::ApiError;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
-use axum::http::header;
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use inventory::{
-    DhcpLease, DhcpLeaseChange, Inventory, MacAddress, MachineState, NewAuditEvent, NewMachine,
-};
+use inventory::{DhcpLease, DhcpLeaseChange, Inventory, MacAddress, MachineState, NewMachine};
 use pxe::{
-    AgentBoot, AgentMode, BootIntent, BootScript, ClientArch, ClientInfo, DirectoryError, Lease,
-    LeaseChange, LeaseKey, LeaseState, LeaseStore, LeaseStoreError, MacAddr, MachineDirectory,
-    MachineEntry,
+    AgentMode, BootIntent, ClientArch, ClientInfo, DirectoryError, Lease, LeaseChange, LeaseKey,
+    LeaseState, LeaseStore, LeaseStoreError, MacAddr, MachineDirectory, MachineEntry,
 };
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -43,45 +40,6 @@ pub fn intent_for(state: MachineState) -> BootIntent {
         | MachineState::Deployed
         | MachineState::Maintenance
         | MachineState::Failed => BootIntent::LocalDisk,
-    }
-}
-
-/// For a machine whose job is not (or no longer) waiting for its agent: wait while the job is
-/// queued or still preparing (boot device, power), else boot the disk (the job is past the
-/// agent: this is the reboot into the new image).
-async fn waiting_or_disk(
-    st: &crate::server::AppState,
-    machine_id: i64,
-) -> Result<BootScript, ApiError> {
-    Ok(match st.inv.active_job_of(machine_id).await? {
-        Some(j)
-            if j.state == inventory::JobState::Queued
-                || matches!(j.step.as_deref(), Some("set_pxe_boot" | "power_cycle")) =>
-        {
-            BootScript::Wait {
-                seconds: 5,
-                reason: format!(
-                    "job {} ({}) is {}",
-                    j.id,
-                    j.kind,
-                    if j.state == inventory::JobState::Queued {
-                        "queued"
-                    } else {
-                        "starting"
-                    }
-                ),
-            }
-        }
-        _ => BootScript::LocalDisk,
-    })
-}
-
-/// The agent mode for a kind of job.
-fn agent_mode(kind: inventory::JobKind) -> AgentMode {
-    match kind {
-        inventory::JobKind::Reimage => AgentMode::Deploy,
-        inventory::JobKind::Inspect => AgentMode::Inspect,
-        inventory::JobKind::Wipe => AgentMode::Wipe,
     }
 }
 
@@ -317,110 +275,6 @@ impl
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
         LocalAddr(stream.io().local_addr().ok())
     }
-}
-
-/// `GET /boot/{file}`: `MAC.ipxe` renders the machine's script; anything else is a file of the
-/// boot root (plain names only: no directories, no escapes), streamed with Range support.
-pub async fn boot_file(
-    State(st): State<crate::server::AppState>,
-    Path(file): Path<String>,
-    req: Request,
-) -> Result<Response, ApiError> {
-    let Some(boot) = st.boot.clone() else {
-        return Err(ApiError::not_found(
-            "the boot services are not configured (start with --pxe-interface)",
-        ));
-    };
-    if let Some(mac) = file.strip_suffix(".ipxe") {
-        let mac: MacAddr = mac
-            .parse()
-            .map_err(|_| ApiError::invalid("mac", format!("'{mac}' is not a MAC address")))?;
-        // The machine is sent URLs on the address of the interface it asked on.
-        let local = req
-            .extensions()
-            .get::<axum::extract::ConnectInfo<LocalAddr>>()
-            .and_then(|c| c.0 .0)
-            .map(|a| a.ip());
-        let base = boot.base_for(local).to_string();
-        let machine = st.inv.machine_by_mac(MacAddress(mac.0)).await?;
-        let agent = |mode, token: String| AgentBoot {
-            kernel_url: format!("{base}/boot/agent-vmlinuz"),
-            initrd_url: format!("{base}/boot/agent-initrd.img"),
-            initrd_name: "agent-initrd.img".into(),
-            api_url: base.clone(),
-            token,
-            mode,
-            extra_cmdline: "console=ttyS0 console=tty0".into(),
-        };
-        let script = match machine.as_ref().map(|m| (m, intent_for(m.state))) {
-            // Only a job that waits for its agent gets a token, freshly minted (single use,
-            // short-lived): this script is readable by anyone on the boot network.
-            Some((m, BootIntent::Agent { .. })) => match st.inv.mint_agent_token(m.id).await? {
-                Some((_, token, kind)) => BootScript::Agent(agent(agent_mode(kind), token)),
-                None => waiting_or_disk(&st, m.id).await?,
-            },
-            Some((_, BootIntent::LocalDisk)) | Some((_, BootIntent::Ignore)) => {
-                BootScript::LocalDisk
-            }
-            // A machine nobody has looked at yet: inspect it (MAAS commissions what it
-            // enlists), then it is `available` with its hardware recorded.
-            Some((m, BootIntent::Discover)) => match st.inv.mint_agent_token(m.id).await? {
-                Some((_, token, kind)) => BootScript::Agent(agent(agent_mode(kind), token)),
-                None => {
-                    if st.inv.active_job_of(m.id).await?.is_none() {
-                        let job = st
-                            .inv
-                            .create_job(
-                                "pxe",
-                                &inventory::NewJob {
-                                    kind: inventory::JobKind::Inspect,
-                                    machine_id: m.id,
-                                    image_id: None,
-                                    lease_id: None,
-                                    user_data: None,
-                                },
-                            )
-                            .await?;
-                        st.conductor.wake();
-                        tracing::info!(machine = %m.name, job = job.id, "new machine PXE-booted: inspecting it");
-                    }
-                    BootScript::Wait {
-                        seconds: 3,
-                        reason: "its inspection is starting".into(),
-                    }
-                }
-            },
-            None => BootScript::Discovery(agent(AgentMode::Inspect, "none".into())),
-        };
-        let self_url = format!("{base}/boot/{}.ipxe", mac.to_url_form());
-        let text =
-            pxe::try_render_boot_script(mac, &script, &self_url).map_err(ApiError::internal)?;
-        // Wait scripts come back every few seconds: not worth an audit line each.
-        if let Some(m) = machine
-            .as_ref()
-            .filter(|_| !matches!(script, BootScript::Wait { .. }))
-        {
-            tracing::info!(machine = %m.name, state = %m.state, "served boot script");
-            let _ = st
-                .inv
-                .record(NewAuditEvent::ok("pxe", "machine.boot_script", "machine", &m.name).detail(
-                    serde_json::json!({"script": match script { BootScript::LocalDisk => "local-disk", BootScript::Agent(_) => "agent", BootScript::Discovery(_) => "discovery", BootScript::Wait { .. } => "wait" }}),
-                ))
-                .await;
-        }
-        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response());
-    }
-    if file.is_empty() || file.contains(['/', '\\']) || file.starts_with('.') {
-        return Err(ApiError::not_found(format!("no boot file '{file}'")));
-    }
-    let path = boot.root.join(&file);
-    // Symlinks out of the root are refused like in TFTP.
-    let canon_root = std::fs::canonicalize(&boot.root).map_err(ApiError::internal)?;
-    match std::fs::canonicalize(&path) {
-        Ok(p) if p.starts_with(&canon_root) && p.is_file() => {}
-        _ => return Err(ApiError::not_found(format!("no boot file '{file}'"))),
-    }
-    crate::boot::serve_file(path, req).await
 }
 
 /// Streams a file with Range support (boot files, image downloads).

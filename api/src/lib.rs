@@ -5,8 +5,8 @@
 mod auth;
 mod bmc_service;
 mod boot;
-mod conductor;
 mod config;
+mod engine;
 mod error;
 mod json;
 mod metrics;
@@ -18,7 +18,7 @@ mod state;
 mod visibility;
 
 pub use boot::{BootMode, BootPool, BootSettings};
-pub use conductor::ConductorConfig;
 pub use config::Config;
+pub use engine::ConductorConfig;
 pub use error::{ApiError, StartError};
 pub use server::{RunningServer, Server};

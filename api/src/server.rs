@@ -2,9 +2,8 @@
 
 use crate::bmc_service::BmcService;
 use crate::metrics::HttpMetrics;
+use crate::state::AppState;
 use crate::{Config, StartError};
-// Re-exported while route modules still name it here; its home is `crate::state`.
-pub(crate) use crate::state::AppState;
 use inventory::{Inventory, SecretBox};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -102,7 +101,7 @@ impl Server {
             .await
             .map_err(StartError::Images)?;
         let conductor =
-            crate::conductor::Conductor::new(inv.clone(), bmc.clone(), config.conductor.clone());
+            crate::engine::Conductor::new(inv.clone(), bmc.clone(), config.conductor.clone());
         let state = AppState {
             inv: inv.clone(),
             http_metrics: Arc::new(HttpMetrics::default()),

@@ -24,5 +24,5 @@ pub struct AppState {
     /// Boot server counters.
     pub pxe_metrics: Arc<pxe::Metrics>,
     /// The job engine.
-    pub conductor: Arc<crate::conductor::Conductor>,
+    pub conductor: Arc<crate::engine::Conductor>,
 }

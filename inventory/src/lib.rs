@@ -20,6 +20,7 @@ mod people;
 mod secrets;
 mod sites;
 mod state;
+mod transition;
 
 pub use audit::{AuditEvent, AuditFilter, NewAuditEvent, Outcome};
 pub use db::{Backend, Inventory};
@@ -33,7 +34,7 @@ pub use export::{
 pub use images::{Image, NewImage};
 pub use jobs::{
     AgentClaim, Job, JobEvent, JobFilter, JobKind, JobState, JobStep, NewJob, StepName, StepSpec,
-    AGENT_TOKEN_TTL_MS,
+    StepState, AGENT_TOKEN_TTL_MS,
 };
 pub use leases::{
     month_bounds, ssh_key_fingerprint, EndReason, GroupQuota, Lease, LeaseConstraints, LeaseDetail,

@@ -4,6 +4,7 @@ use crate::audit::record_in;
 use crate::db::{from_json, to_json};
 use crate::error::is_unique_violation;
 use crate::sites::check_name;
+use crate::transition::{transition_tx, MachineRef, TransitionAudit};
 use crate::{
     now_ms, Bmc, BmcProtocol, Disk, Error, Inventory, MacAddress, Machine, MachineState,
     NewAuditEvent, Nic, Result,
@@ -925,51 +926,20 @@ impl Inventory {
     ) -> Result<Machine> {
         let cur = self.machine(name).await?;
         let from = expected.unwrap_or(cur.state);
-        if !from.can_go_to(to) {
-            let allowed = from
-                .allowed_next()
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(Error::ForbiddenTransition {
-                machine: name.into(),
-                from,
-                to,
-                allowed: format!(" (from {from} it can go to: {allowed})"),
-            });
-        }
+        let machine = MachineRef {
+            id: cur.id,
+            name,
+            group: cur.member_group.as_deref(),
+        };
         let mut tx = self.begin_write().await?;
-        let n = sqlx::query(
-            "UPDATE machines SET state = $1, state_reason = $2, state_changed_at = $3, updated_at = $3 \
-             WHERE id = $4 AND state = $5",
-        )
-        .bind(to.as_str())
-        .bind(reason)
-        .bind(now_ms())
-        .bind(cur.id)
-        .bind(from.as_str())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if n == 0 {
-            tx.rollback().await?;
-            let actual = self
-                .machine(name)
-                .await
-                .map(|m| m.state.to_string())
-                .unwrap_or_else(|_| "deleted".into());
-            return Err(Error::StateChanged {
-                machine: name.into(),
-                expected: from,
-                actual,
-            });
-        }
-        record_in(
+        transition_tx(
             &mut tx,
-            &NewAuditEvent::ok(actor, "machine.transition", "machine", name)
-                .group(cur.member_group.clone())
-                .detail(serde_json::json!({"from": from, "to": to, "reason": reason})),
+            actor,
+            &machine,
+            from,
+            to,
+            reason,
+            TransitionAudit::Transition(None),
         )
         .await?;
         tx.commit().await?;

@@ -6,28 +6,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::mac::MacAddr;
 
-/// What the deploy agent does once booted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AgentMode {
-    /// Write an image to disk.
-    Deploy,
-    /// Report hardware to the inventory.
-    Inspect,
-    /// Erase every disk.
-    Wipe,
-}
-
-impl AgentMode {
-    /// The value for `rackshare.mode=` on the kernel command line.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            AgentMode::Deploy => "deploy",
-            AgentMode::Inspect => "inspect",
-            AgentMode::Wipe => "wipe",
-        }
-    }
-}
+/// What the deploy agent does once booted (the agent protocol's one mode type).
+pub use proto::AgentMode;
 
 /// What a known machine should boot, as the inventory says.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

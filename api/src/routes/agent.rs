@@ -2,15 +2,18 @@
 //! it presents the one-time token from its kernel command line once, then a session token
 //! bound to its job. Neither works for anything but that job.
 
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::ApiError;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use inventory::{Job, JobKind};
-use serde::Deserialize;
-use serde_json::{json, Value};
+use proto::{
+    AgentAction, AgentResult, ClaimRequest, ClaimResponse, ImageSpec, ProgressReport, ResultAnswer,
+    Task,
+};
+use serde_json::Value;
 
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     headers
@@ -48,17 +51,11 @@ fn base_url(st: &AppState, headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
-#[derive(Deserialize, Default)]
-pub struct ClaimRequest {
-    #[serde(default)]
-    macs: Vec<String>,
-}
-
 pub async fn claim(
     State(st): State<AppState>,
     headers: HeaderMap,
     body: Option<Json<ClaimRequest>>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ClaimResponse>, ApiError> {
     let token = bearer(&headers)?;
     let macs = body.map(|Json(b)| b.macs).unwrap_or_default();
     let macs: Vec<String> = macs
@@ -73,31 +70,51 @@ pub async fn claim(
         other => other.into(),
     })?;
     let job = claim.job;
-    let mut task = json!({
-        "mode": job.kind.agent_mode(),
-        "target_disk": null,
-        "hostname": job.machine,
-        "ssh_keys": [],
-        "user_data": null,
-    });
+    let task = task_for(&st, &job, &base_url(&st, &headers)).await?;
+    tracing::info!(job = job.id, machine = %job.machine, "agent claimed its job");
+    Ok(Json(ClaimResponse {
+        job_id: job.id,
+        session: claim.session,
+        task,
+    }))
+}
+
+/// What the agent of `job` is told to do; `base` is where it reaches the API.
+async fn task_for(st: &AppState, job: &Job, base: &str) -> Result<Task, ApiError> {
+    let mut task = Task {
+        mode: job.kind.agent_mode(),
+        image: None,
+        target_disk: None,
+        hostname: Some(job.machine.clone()),
+        ssh_keys: Vec::new(),
+        user_data: None,
+    };
     if job.kind == JobKind::Reimage {
         let iid = job
             .image_id
             .ok_or_else(|| ApiError::internal("reimage job without an image"))?;
         let img = st.inv.image_by_id(iid).await?;
-        task["image"] = json!({
-            "url": format!("{}/api/v1/agent/image", base_url(&st, &headers)),
-            "sha256": img.sha256,
-            "size_bytes": img.size_bytes,
-            "format": img.format,
+        task.image = Some(ImageSpec {
+            url: format!("{base}/api/v1/agent/image"),
+            sha256: img.sha256,
+            size_bytes: u64::try_from(img.size_bytes).unwrap_or(0),
+            format: img.format,
+            content_sha256: None,
         });
-        task["ssh_keys"] = json!(st.inv.ssh_keys_for_machine(job.machine_id).await?);
-        task["user_data"] = json!(st.inv.job_user_data(job.id).await?);
+        task.ssh_keys = st.inv.ssh_keys_for_machine(job.machine_id).await?;
+        task.user_data = st.inv.job_user_data(job.id).await?;
     }
-    tracing::info!(job = job.id, machine = %job.machine, "agent claimed its job");
-    Ok(Json(
-        json!({"job_id": job.id, "session": claim.session, "task": task}),
-    ))
+    Ok(task)
+}
+
+/// What the agent does once its result is in. Without a BMC nobody else can restart the
+/// machine: the agent does it (into the new disk after a deploy, off otherwise).
+fn end_action(has_bmc: bool, kind: JobKind) -> AgentAction {
+    match (has_bmc, kind) {
+        (true, _) => AgentAction::None,
+        (false, JobKind::Reimage) => AgentAction::Reboot,
+        (false, JobKind::Inspect | JobKind::Wipe) => AgentAction::Poweroff,
+    }
 }
 
 pub async fn image(
@@ -114,32 +131,21 @@ pub async fn image(
     crate::boot::serve_file(path, req).await
 }
 
-#[derive(Deserialize)]
-pub struct Progress {
-    #[serde(default)]
-    phase: String,
-    #[serde(default)]
-    bytes: i64,
-    #[serde(default)]
-    total: i64,
-    #[serde(default)]
-    message: Option<String>,
-}
-
 pub async fn progress(
     State(st): State<AppState>,
     headers: HeaderMap,
-    Json(p): Json<Progress>,
+    Json(p): Json<ProgressReport>,
 ) -> Result<StatusCode, ApiError> {
     let job = session_job(&st, &headers).await?;
     let phase: String = p.phase.chars().take(32).collect();
     let message = p.message.map(|m| m.chars().take(2000).collect::<String>());
+    let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
     st.inv
         .agent_progress(
             job.id,
             &phase,
-            p.bytes.max(0),
-            p.total.max(0),
+            clamp(p.bytes),
+            clamp(p.total),
             message.as_deref(),
         )
         .await?;
@@ -150,7 +156,7 @@ pub async fn result(
     State(st): State<AppState>,
     headers: HeaderMap,
     Json(r): Json<Value>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ResultAnswer>, ApiError> {
     let job = session_job(&st, &headers).await?;
     if !r.is_object() || r.get("ok").and_then(Value::as_bool).is_none() {
         return Err(ApiError::invalid(
@@ -158,19 +164,35 @@ pub async fn result(
             "a result is an object with \"ok\": true or false",
         ));
     }
+    // Typed here so a report the engine cannot read is refused at the door, not found out
+    // later as an empty disk list. The body is stored as sent: unknown fields (a newer
+    // agent's) stay visible in the job and in a wipe certificate.
+    serde_json::from_value::<AgentResult>(r.clone())
+        .map_err(|e| ApiError::invalid("result", format!("the result is not understood: {e}")))?;
     st.inv.agent_result(job.id, &r).await?;
     st.conductor.wake();
-    // Without a BMC nobody else can restart the machine: the agent does it.
     let has_bmc = st
         .inv
         .machine(&job.machine)
         .await
         .map(|m| m.bmc.is_some())
         .unwrap_or(true);
-    let action = match (has_bmc, job.kind) {
-        (true, _) => "none",
-        (false, JobKind::Reimage) => "reboot",
-        (false, _) => "poweroff",
-    };
-    Ok(Json(json!({"action": action})))
+    Ok(Json(ResultAnswer {
+        action: end_action(has_bmc, job.kind),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_machine_without_bmc_restarts_itself() {
+        for kind in [JobKind::Reimage, JobKind::Inspect, JobKind::Wipe] {
+            assert_eq!(end_action(true, kind), AgentAction::None);
+        }
+        assert_eq!(end_action(false, JobKind::Reimage), AgentAction::Reboot);
+        assert_eq!(end_action(false, JobKind::Inspect), AgentAction::Poweroff);
+        assert_eq!(end_action(false, JobKind::Wipe), AgentAction::Poweroff);
+    }
 }

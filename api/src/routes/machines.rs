@@ -11,8 +11,7 @@ use axum::Json;
 use inventory::{Machine, MachineFilter, MachinePatch, MachineState, NewMachine};
 use serde::Deserialize;
 
-// Re-exported for route modules that still name it here; its home is `crate::visibility`.
-pub use crate::visibility::visible_machine;
+use crate::visibility::visible_machine;
 
 pub async fn list(
     State(st): State<AppState>,

@@ -1,6 +1,7 @@
 //! The HTTP surface. One file per resource; this file assembles the router.
 
 mod agent;
+mod boot;
 mod dhcp;
 mod events;
 pub(crate) mod images;
@@ -106,7 +107,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
-        .route("/boot/{file}", get(crate::boot::boot_file))
+        .route("/boot/{file}", get(boot::boot_file))
         .nest("/api/v1", v1)
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

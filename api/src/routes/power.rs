@@ -3,14 +3,15 @@
 
 use crate::auth::Caller;
 use crate::bmc_service::Watts;
+use crate::engine::facts::{self, HardwareFacts};
 use crate::json::ApiJson;
-use crate::routes::machines::visible_machine;
-use crate::server::AppState;
+use crate::state::AppState;
+use crate::visibility::visible_machine;
 use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::Json;
 use bmc::{BootDevice, BootMode, PowerAction};
-use inventory::{Disk, MachinePatch, NewAuditEvent, Nic, Outcome, Role};
+use inventory::{NewAuditEvent, Outcome, Role};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -167,44 +168,7 @@ pub async fn inspect(
             return Err(e);
         }
     };
-    // New MACs join the machine's NICs; the PXE NIC stays the one staff chose.
-    let mut nics = m.nics.clone();
-    for mac in &info.nic_macs {
-        if let Ok(mac) = mac.parse() {
-            if !nics.iter().any(|n: &Nic| n.mac == mac) {
-                nics.push(Nic {
-                    mac,
-                    name: String::new(),
-                    pxe: nics.is_empty(),
-                    ip: None,
-                });
-            }
-        }
-    }
-    let disks: Vec<Disk> = info
-        .disks
-        .iter()
-        .enumerate()
-        .filter_map(|(i, d)| {
-            Some(Disk {
-                name: d.name.clone().unwrap_or_else(|| format!("disk{i}")),
-                size_bytes: d.size_bytes?,
-                model: d.model.clone(),
-                serial: d.serial.clone(),
-            })
-        })
-        .collect();
-    let patch = MachinePatch {
-        vendor: info.vendor.clone(),
-        model: info.model.clone(),
-        serial: info.serial.clone(),
-        cpu_count: info.cpu_count.map(i64::from),
-        cpu_model: info.cpu_model.clone(),
-        ram_mib: info.ram_bytes.map(|b| (b / (1024 * 1024)) as i64),
-        disks: (!disks.is_empty()).then_some(disks),
-        nics: (nics.len() != m.nics.len()).then_some(nics),
-        ..Default::default()
-    };
+    let patch = facts::merge(&m, &HardwareFacts::from(&info));
     let updated = st.inv.update_machine(c.name(), &name, &patch).await?;
     audit(
         &st,

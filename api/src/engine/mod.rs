@@ -1,0 +1,441 @@
+//! The job engine ("conductor"): drives reimage, inspect and wipe jobs step by step. Every
+//! step's start and end is written to the database before the next one begins, so a
+//! restarted rackshare picks each running job up where it was (Ironic's conductor, in one
+//! small loop).
+//!
+//! - `mod.rs`: the loop that starts queued jobs and drives each one through its plan
+//!   (`JobKind::plan` in the inventory), and `end_of_attempt`, which decides what an attempt's
+//!   outcome means for the step and the job;
+//! - `steps.rs`: one function per step, deciding and making its BMC call;
+//! - `store.rs`: the persisting layer (retried writes, the job log);
+//! - `bmc.rs`: the BMC operations steps use, as a trait (faked in tests);
+//! - `facts.rs`: the one merge of hardware facts, for the agent's and the BMC's inspection.
+
+mod bmc;
+pub(crate) mod facts;
+mod steps;
+mod store;
+
+use self::bmc::BmcActions;
+use self::steps::{Attempt, StepCtx, StepFailure, StepOutcome};
+use self::store::retry_write;
+use crate::bmc_service::BmcService;
+use ::bmc::PowerAction;
+use inventory::{Inventory, Job, JobKind, JobState, MachineState, StepSpec, StepState};
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+
+/// How the conductor runs.
+#[derive(Debug, Clone)]
+pub struct ConductorConfig {
+    /// At most this many jobs run at once (the image server's protection).
+    pub max_running: usize,
+    /// How often job rows are polled while waiting for the agent.
+    pub poll: Duration,
+}
+
+impl Default for ConductorConfig {
+    fn default() -> Self {
+        ConductorConfig {
+            max_running: 4,
+            poll: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The job engine.
+pub struct Conductor {
+    inv: Inventory,
+    bmc: Arc<dyn BmcActions>,
+    cfg: ConductorConfig,
+    driving: Mutex<HashSet<i64>>,
+    wake: Notify,
+}
+
+/// What comes after an attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Next {
+    /// On to the next step.
+    Advance,
+    /// The same step again after this pause.
+    Retry(Duration),
+    /// The job fails with this error.
+    Fail(String),
+    /// The job is cancelled by this person.
+    Cancel(String),
+}
+
+/// How an attempt ends: the step row to write, the log line, what comes next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct AttemptEnd {
+    state: StepState,
+    error: Option<String>,
+    event: Option<(&'static str, String)>,
+    next: Next,
+}
+
+/// Decides what an attempt's outcome means: a failure that may be retried while attempts
+/// remain keeps the step running (with its error), any other failure fails the job.
+fn end_of_attempt(
+    spec: &StepSpec,
+    attempt: i64,
+    res: Result<StepOutcome, StepFailure>,
+) -> AttemptEnd {
+    let end = |state, error: Option<String>, event, next| AttemptEnd {
+        state,
+        error,
+        event,
+        next,
+    };
+    match res {
+        Ok(StepOutcome::Done) => end(StepState::Succeeded, None, None, Next::Advance),
+        Ok(StepOutcome::Skipped(why)) => end(
+            StepState::Skipped,
+            Some(why.clone()),
+            Some(("info", format!("{} skipped: {why}", spec.name))),
+            Next::Advance,
+        ),
+        Ok(StepOutcome::Cancelled(by)) => end(
+            StepState::Failed,
+            Some("cancelled".into()),
+            None,
+            Next::Cancel(by),
+        ),
+        Err(f) if f.retry && attempt < spec.max_attempts => end(
+            StepState::Running,
+            Some(f.message.clone()),
+            Some((
+                "warn",
+                format!(
+                    "{} attempt {attempt}/{} failed: {}; retrying",
+                    spec.name, spec.max_attempts, f.message
+                ),
+            )),
+            Next::Retry(Duration::from_secs(2 * attempt.max(1) as u64)),
+        ),
+        Err(f) => end(
+            StepState::Failed,
+            Some(f.message.clone()),
+            None,
+            Next::Fail(format!("step {} failed: {}", spec.name, f.message)),
+        ),
+    }
+}
+
+impl Conductor {
+    /// A conductor over the inventory and the BMC service.
+    pub fn new(inv: Inventory, bmc: Arc<BmcService>, cfg: ConductorConfig) -> Arc<Self> {
+        Self::with_bmc(inv, bmc, cfg)
+    }
+
+    fn with_bmc(inv: Inventory, bmc: Arc<dyn BmcActions>, cfg: ConductorConfig) -> Arc<Self> {
+        Arc::new(Conductor {
+            inv,
+            bmc,
+            cfg,
+            driving: Mutex::new(HashSet::new()),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Asks the loop to look at the jobs now (a job was created or cancelled).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Runs until `stop` turns true. Job drivers are aborted then: their state is in the
+    /// database and the next start resumes them.
+    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let mut drivers = JoinSet::new();
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = self.wake.notified() => {}
+                _ = stop.changed() => break,
+            }
+            while drivers.try_join_next().is_some() {}
+            if let Err(e) = self.schedule(&mut drivers).await {
+                tracing::warn!(error = %e, "conductor could not read the job list");
+            }
+        }
+        drivers.abort_all();
+        while drivers.join_next().await.is_some() {}
+    }
+
+    async fn schedule(self: &Arc<Self>, drivers: &mut JoinSet<()>) -> inventory::Result<()> {
+        let active = self.inv.active_jobs().await?;
+        let mut running = active
+            .iter()
+            .filter(|j| j.state == JobState::Running)
+            .count();
+        for job in &active {
+            let start = match job.state {
+                JobState::Running => true,
+                JobState::Queued if running < self.cfg.max_running => {
+                    let started = self.inv.start_job(job.id).await?;
+                    running += usize::from(started);
+                    started
+                }
+                _ => false,
+            };
+            if start && self.claim_driver(job.id) {
+                let me = self.clone();
+                let id = job.id;
+                drivers.spawn(async move {
+                    me.drive(id).await;
+                    me.release_driver(id);
+                    me.wake();
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn claim_driver(&self, id: i64) -> bool {
+        self.driving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id)
+    }
+
+    fn release_driver(&self, id: i64) {
+        self.driving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    fn ctx(&self) -> StepCtx<'_> {
+        StepCtx {
+            inv: &self.inv,
+            bmc: self.bmc.as_ref(),
+            poll: self.cfg.poll,
+        }
+    }
+
+    /// Drives one running job to its end.
+    async fn drive(&self, id: i64) {
+        let job = match self.inv.job(id).await {
+            Ok(j) => j,
+            Err(e) => {
+                // The scheduler tries again on its next tick.
+                tracing::warn!(job = id, error = %e, "cannot load job");
+                return;
+            }
+        };
+        tracing::info!(job = id, kind = %job.kind, machine = %job.machine, "driving job");
+        let ctx = self.ctx();
+        for (seq, spec) in job.kind.plan().iter().enumerate() {
+            let seq = seq as i64;
+            let Some(step) = job.steps.get(seq as usize) else {
+                self.fail(&job, "the job's steps are missing from the database")
+                    .await;
+                return;
+            };
+            if step.state.is_done() {
+                continue;
+            }
+            // A step found running was interrupted by a restart. Agent steps keep waiting for
+            // the agent (it retries its reports while we are down); others run again.
+            let mut resumed = step.state == StepState::Running;
+            if resumed {
+                store::event(
+                    &self.inv,
+                    id,
+                    "warn",
+                    &format!("resuming at step {} after a restart", spec.name),
+                )
+                .await;
+            }
+            let mut attempt = step.attempts;
+            loop {
+                if !(resumed && spec.name.is_agent_step()) {
+                    attempt = match retry_write("a step start", || self.inv.begin_step(id, seq))
+                        .await
+                    {
+                        Ok(a) => a,
+                        Err(e) => {
+                            let why = format!("cannot record the start of step {}: {e}", spec.name);
+                            self.fail(&job, &why).await;
+                            return;
+                        }
+                    };
+                }
+                let res = steps::run_step(
+                    &ctx,
+                    &Attempt {
+                        job: &job,
+                        name: spec.name,
+                        number: attempt,
+                        resumed,
+                        timeout: Duration::from_secs(spec.timeout_secs.max(1) as u64),
+                    },
+                )
+                .await;
+                resumed = false;
+                let end = end_of_attempt(spec, attempt, res);
+                let recorded = retry_write("a step end", || {
+                    self.inv.end_step(id, seq, end.state, end.error.as_deref())
+                })
+                .await;
+                if let Err(e) = recorded {
+                    let why = format!("cannot record the end of step {}: {e}", spec.name);
+                    self.fail(&job, &why).await;
+                    return;
+                }
+                if let Some((level, msg)) = &end.event {
+                    store::event(&self.inv, id, level, msg).await;
+                }
+                match end.next {
+                    Next::Advance => break,
+                    Next::Retry(pause) => tokio::time::sleep(pause).await,
+                    Next::Fail(why) => {
+                        self.fail(&job, &why).await;
+                        return;
+                    }
+                    Next::Cancel(by) => {
+                        self.cancel(&job, &by).await;
+                        return;
+                    }
+                }
+            }
+        }
+        let reason = match job.kind {
+            JobKind::Reimage => format!(
+                "deployed {} by job {id}",
+                job.image.as_deref().unwrap_or("an image")
+            ),
+            JobKind::Inspect => format!("inspected by job {id}"),
+            JobKind::Wipe => format!("wiped by job {id}"),
+        };
+        let to = job.kind.success_state();
+        self.finish(&job, JobState::Succeeded, None, to, &reason)
+            .await;
+        tracing::info!(job = id, machine = %job.machine, "job succeeded");
+    }
+
+    /// Ends a job. When even that cannot be written the job stays running in the database
+    /// and the scheduler drives it again on its next tick.
+    async fn finish(
+        &self,
+        job: &Job,
+        state: JobState,
+        error: Option<&str>,
+        machine_to: MachineState,
+        reason: &str,
+    ) {
+        let written = retry_write("the end of a job", || {
+            self.inv
+                .finish_job(job.id, state, error, Some(machine_to), reason)
+        })
+        .await;
+        if let Err(e) = written {
+            tracing::error!(job = job.id, error = %e, "cannot record that the job {state}");
+        }
+    }
+
+    /// Fails a job; its machine goes `failed`. (Ending the job also disarms its agent
+    /// token, in the same write.)
+    async fn fail(&self, job: &Job, error: &str) {
+        tracing::warn!(job = job.id, machine = %job.machine, error, "job failed");
+        let reason = format!("{} job {} failed: {error}", job.kind, job.id);
+        self.finish(
+            job,
+            JobState::Failed,
+            Some(error),
+            MachineState::Failed,
+            &reason,
+        )
+        .await;
+    }
+
+    async fn cancel(&self, job: &Job, by: &str) {
+        // No new boot tokens while the machine is powered off; ending the job disarms too,
+        // so a failure here only narrows nothing.
+        if let Err(e) =
+            retry_write("disarming the agent", || self.inv.arm_agent(job.id, false)).await
+        {
+            tracing::warn!(job = job.id, error = %e, "cannot disarm the agent before cancelling");
+        }
+        // Stop an agent that may be writing: power off, best effort.
+        let has_bmc = matches!(self.inv.machine(&job.machine).await, Ok(m) if m.bmc.is_some());
+        if has_bmc {
+            if let Err(e) = self.bmc.power(&job.machine, PowerAction::Off).await {
+                store::event(
+                    &self.inv,
+                    job.id,
+                    "warn",
+                    &format!("could not power off after cancel: {e}"),
+                )
+                .await;
+            }
+        }
+        let reason = format!("{} job {} cancelled by {by}", job.kind, job.id);
+        self.finish(
+            job,
+            JobState::Cancelled,
+            Some(&format!("cancelled by {by}")),
+            MachineState::Failed,
+            &reason,
+        )
+        .await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use inventory::StepName;
+
+    fn spec(max_attempts: i64) -> StepSpec {
+        StepSpec {
+            name: StepName::PowerCycle,
+            max_attempts,
+            timeout_secs: 10,
+        }
+    }
+
+    #[test]
+    fn a_retryable_failure_keeps_the_step_running_while_attempts_remain() {
+        let e = end_of_attempt(&spec(3), 1, Err(StepFailure::retry("BMC 503")));
+        assert_eq!(e.state, StepState::Running);
+        assert_eq!(e.error.as_deref(), Some("BMC 503"));
+        assert_eq!(e.next, Next::Retry(Duration::from_secs(2)));
+        let (level, msg) = e.event.expect("logged");
+        assert_eq!(level, "warn");
+        assert_eq!(msg, "power_cycle attempt 1/3 failed: BMC 503; retrying");
+        let e = end_of_attempt(&spec(3), 3, Err(StepFailure::retry("BMC 503")));
+        assert_eq!(e.state, StepState::Failed);
+        assert_eq!(
+            e.next,
+            Next::Fail("step power_cycle failed: BMC 503".into())
+        );
+    }
+
+    #[test]
+    fn a_fatal_failure_fails_the_job_at_once() {
+        let e = end_of_attempt(&spec(3), 1, Err(StepFailure::fatal("hash mismatch")));
+        assert_eq!(e.state, StepState::Failed);
+        assert_eq!(e.event, None);
+        assert!(matches!(e.next, Next::Fail(m) if m.contains("hash mismatch")));
+    }
+
+    #[test]
+    fn done_skipped_and_cancelled_attempts() {
+        let e = end_of_attempt(&spec(1), 1, Ok(StepOutcome::Done));
+        assert_eq!((e.state, e.next), (StepState::Succeeded, Next::Advance));
+        let e = end_of_attempt(&spec(1), 1, Ok(StepOutcome::Skipped("no BMC".into())));
+        assert_eq!(e.state, StepState::Skipped);
+        assert_eq!(e.error.as_deref(), Some("no BMC"));
+        assert_eq!(e.next, Next::Advance);
+        let e = end_of_attempt(&spec(1), 1, Ok(StepOutcome::Cancelled("ana".into())));
+        assert_eq!(e.state, StepState::Failed);
+        assert_eq!(e.error.as_deref(), Some("cancelled"));
+        assert_eq!(e.next, Next::Cancel("ana".into()));
+    }
+}

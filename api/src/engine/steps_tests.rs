@@ -1,0 +1,289 @@
+//! The steps against a fake BMC and a throwaway SQLite inventory.
+
+use super::*;
+use crate::engine::bmc::fake::{Call, FakeBmc};
+use inventory::{JobKind, MachineState, NewBmc, NewImage, NewJob, NewMachine};
+
+struct Lab {
+    _dir: tempfile::TempDir,
+    inv: Inventory,
+    bmc: FakeBmc,
+}
+
+async fn lab() -> Lab {
+    let dir = tempfile::tempdir().expect("tmp");
+    let url = format!("sqlite://{}", dir.path().join("inv.db").display());
+    let inv = Inventory::open(&url, inventory::SecretBox::from_key([7; 32]))
+        .await
+        .expect("open");
+    Lab {
+        _dir: dir,
+        inv,
+        bmc: FakeBmc::default(),
+    }
+}
+
+impl Lab {
+    fn ctx(&self) -> StepCtx<'_> {
+        StepCtx {
+            inv: &self.inv,
+            bmc: &self.bmc,
+            poll: Duration::from_millis(10),
+        }
+    }
+
+    /// A `new` machine (with a BMC or not) and a job of `kind` on it.
+    async fn job(&self, name: &str, with_bmc: bool, kind: JobKind) -> Job {
+        let m = self
+            .inv
+            .add_machine(
+                "test",
+                &NewMachine {
+                    name: name.into(),
+                    // n1 gets …:31, n2 …:32: one MAC per machine name.
+                    macs: vec![inventory::MacAddress([
+                        0x52,
+                        0x54,
+                        0,
+                        0,
+                        0,
+                        name.bytes().last().unwrap_or(0),
+                    ])],
+                    bmc: with_bmc.then(|| NewBmc {
+                        url: "redfish+http://192.0.2.1".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("machine");
+        let image_id = if kind == JobKind::Reimage {
+            let img = self
+                .inv
+                .add_image(
+                    "test",
+                    &NewImage {
+                        name: "debian".into(),
+                        version: "12".into(),
+                        arch: "x86_64".into(),
+                        format: "raw".into(),
+                        size_bytes: 4,
+                        sha256: "ab".repeat(32),
+                        owner_group: None,
+                    },
+                )
+                .await
+                .expect("image");
+            Some(img.id)
+        } else {
+            None
+        };
+        if kind != JobKind::Inspect {
+            // Reimage and wipe start from an available machine.
+            self.inv
+                .transition("test", name, MachineState::Available, "test", None)
+                .await
+                .expect("available");
+        }
+        let job = self
+            .inv
+            .create_job(
+                "test",
+                &NewJob {
+                    kind,
+                    machine_id: m.id,
+                    image_id,
+                    lease_id: None,
+                    user_data: None,
+                },
+            )
+            .await
+            .expect("job");
+        assert!(self.inv.start_job(job.id).await.expect("start"));
+        self.inv.job(job.id).await.expect("reload")
+    }
+}
+
+fn attempt(job: &Job, name: StepName) -> Attempt<'_> {
+    Attempt {
+        job,
+        name,
+        number: 1,
+        resumed: false,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+#[tokio::test]
+async fn boot_steps_set_the_device_through_the_bmc_or_are_skipped_without_one() {
+    let lab = lab().await;
+    let job = lab.job("n1", true, JobKind::Inspect).await;
+    let ctx = lab.ctx();
+    let r = run_step(&ctx, &attempt(&job, StepName::SetPxeBoot)).await;
+    assert_eq!(r, Ok(StepOutcome::Done));
+    let r = run_step(&ctx, &attempt(&job, StepName::SetDiskBoot)).await;
+    assert_eq!(r, Ok(StepOutcome::Done));
+    assert_eq!(
+        lab.bmc.calls(),
+        [
+            Call::Boot("n1".into(), BootDevice::Pxe, false),
+            Call::Boot("n1".into(), BootDevice::Disk, true)
+        ]
+    );
+    // A BMC error is worth another attempt.
+    *lab.bmc.failures.lock().expect("lock") = 1;
+    let r = run_step(&ctx, &attempt(&job, StepName::SetPxeBoot)).await;
+    assert_eq!(r, Err(StepFailure::retry("the BMC answered 503")));
+
+    let bare = lab.job("n2", false, JobKind::Inspect).await;
+    let r = run_step(&ctx, &attempt(&bare, StepName::SetPxeBoot)).await;
+    assert!(matches!(r, Ok(StepOutcome::Skipped(why)) if why.contains("no BMC")));
+    assert_eq!(
+        lab.bmc.calls().len(),
+        3,
+        "no call for a machine without BMC"
+    );
+}
+
+#[tokio::test]
+async fn power_cycle_arms_the_agent_then_cycles_and_power_off_disarms() {
+    let lab = lab().await;
+    let job = lab.job("n1", true, JobKind::Inspect).await;
+    let ctx = lab.ctx();
+    let r = run_step(&ctx, &attempt(&job, StepName::PowerCycle)).await;
+    assert_eq!(r, Ok(StepOutcome::Done));
+    assert_eq!(
+        lab.bmc.calls(),
+        [Call::Power("n1".into(), PowerAction::Cycle)]
+    );
+    let minted = lab
+        .inv
+        .mint_agent_token(job.machine_id)
+        .await
+        .expect("mint");
+    assert!(minted.is_some(), "armed: the boot script hands out a token");
+    let r = run_step(&ctx, &attempt(&job, StepName::PowerOff)).await;
+    assert_eq!(r, Ok(StepOutcome::Done));
+    assert_eq!(
+        lab.bmc.calls()[1],
+        Call::Power("n1".into(), PowerAction::Off)
+    );
+    let minted = lab
+        .inv
+        .mint_agent_token(job.machine_id)
+        .await
+        .expect("mint");
+    assert!(minted.is_none(), "disarmed");
+}
+
+#[tokio::test]
+async fn a_cancel_request_ends_the_next_step_and_a_silent_machine_is_retried() {
+    let lab = lab().await;
+    let job = lab.job("n1", false, JobKind::Wipe).await;
+    let ctx = lab.ctx();
+    let mut a = attempt(&job, StepName::WaitAgent);
+    a.timeout = Duration::from_millis(50);
+    let r = run_step(&ctx, &a).await.expect_err("nobody called in");
+    assert!(r.retry && r.message.contains("did not call in"), "{r:?}");
+    lab.inv.cancel_job("ana", job.id).await.expect("cancel");
+    let r = run_step(&ctx, &attempt(&job, StepName::SetPxeBoot)).await;
+    assert_eq!(r, Ok(StepOutcome::Cancelled("ana".into())));
+}
+
+#[tokio::test]
+async fn an_inspection_report_is_merged_into_the_machine() {
+    let lab = lab().await;
+    let job = lab.job("n1", false, JobKind::Inspect).await;
+    let report = serde_json::json!({"ok": true, "inspect": {
+        "arch": "x86_64", "cpu_count": 4, "ram_mib": 2048, "vendor": "QEMU",
+        "disks": [{"name": "vda", "size_bytes": 1_073_741_824_u64, "rotational": false}],
+        "nics": [{"name": "eth0", "mac": "52:54:00:00:00:31"}, {"name": "eth1", "mac": "52:54:00:00:00:02"}],
+    }});
+    lab.inv.agent_result(job.id, &report).await.expect("report");
+    let r = run_step(&lab.ctx(), &attempt(&job, StepName::Inspect)).await;
+    assert_eq!(r, Ok(StepOutcome::Done));
+    let m = lab.inv.machine("n1").await.expect("machine");
+    assert_eq!(m.cpu_count, Some(4));
+    assert_eq!(m.vendor.as_deref(), Some("QEMU"));
+    assert_eq!(m.disks.len(), 1);
+    let names: Vec<&str> = m.nics.iter().map(|n| n.name.as_str()).collect();
+    assert_eq!(names, ["eth0", "eth1"]);
+    assert!(m.nics[0].pxe && !m.nics[1].pxe);
+}
+
+#[tokio::test]
+async fn verify_compares_the_read_back_with_the_image() {
+    let lab = lab().await;
+    let job = lab.job("n1", false, JobKind::Reimage).await;
+    let ctx = lab.ctx();
+    let bad =
+        serde_json::json!({"ok": true, "deploy": {"target_disk": "/dev/vda", "sha256": "00"}});
+    lab.inv.agent_result(job.id, &bad).await.expect("report");
+    let r = run_step(&ctx, &attempt(&job, StepName::Verify)).await;
+    let f = r.expect_err("mismatch");
+    assert!(
+        !f.retry && f.message.contains("reads back sha256 00"),
+        "{f:?}"
+    );
+    lab.inv.reset_agent(job.id).await.expect("reset");
+    let good =
+        serde_json::json!({"ok": true, "deploy": {"sha256": "AB".repeat(32), "seed": "written"}});
+    lab.inv.agent_result(job.id, &good).await.expect("report");
+    let r = run_step(&ctx, &attempt(&job, StepName::Verify)).await;
+    assert_eq!(r, Ok(StepOutcome::Done));
+    let log = lab.inv.job_events(job.id, 0).await.expect("events");
+    assert!(
+        log.iter()
+            .any(|e| e.message.contains("verified") && e.message.contains("seed written")),
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_wipe_leaves_a_certificate_with_the_agents_words() {
+    let lab = lab().await;
+    let job = lab.job("n1", false, JobKind::Wipe).await;
+    let report = serde_json::json!({"ok": true, "wipe": {"disks": [{"name": "vda", "bytes": 8, "verified": true}]}});
+    lab.inv.agent_result(job.id, &report).await.expect("report");
+    let r = run_step(&lab.ctx(), &attempt(&job, StepName::Wipe)).await;
+    assert_eq!(r, Ok(StepOutcome::Done));
+    let cert = wipe_certificate(&job, &report, 5);
+    assert_eq!(cert["disks"][0]["verified"], true, "unknown fields kept");
+    assert_eq!(cert["machine"], "n1");
+    assert_eq!(cert["completed_at"], 5);
+}
+
+#[tokio::test]
+async fn the_agents_report_decides_the_agent_steps() {
+    let lab = lab().await;
+    let mut job = lab.job("n1", false, JobKind::Reimage).await;
+    let silence = Duration::from_secs(10);
+    job.last_agent_at = Some(1_000);
+    assert_eq!(report_verdict(&job, 0, silence, 5_000), Ok(Waiting::Wait));
+    let f = report_verdict(&job, 0, silence, 20_000).expect_err("silent");
+    assert!(f.message.contains("silent for 10 s (last phase: none)"));
+    // Silence counts from the start of the wait at the earliest (a restart).
+    assert_eq!(
+        report_verdict(&job, 15_000, silence, 20_000),
+        Ok(Waiting::Wait)
+    );
+    job.result = Some(serde_json::json!({"ok": false, "error": "no disk found"}));
+    let f = report_verdict(&job, 0, silence, 5_000).expect_err("failed");
+    assert_eq!(f, StepFailure::fatal("agent: no disk found"));
+    job.result = Some(serde_json::json!({"ok": true, "deploy": {"disks": "not a report"}}));
+    assert!(report_verdict(&job, 0, silence, 5_000).is_ok());
+    job.result = Some(serde_json::json!({"ok": "yes"}));
+    let f = report_verdict(&job, 0, silence, 5_000).expect_err("garbage");
+    assert!(f.message.contains("not understood"), "{f:?}");
+    job.cancel_requested_by = Some("ana".into());
+    assert_eq!(
+        report_verdict(&job, 0, silence, 5_000),
+        Ok(Waiting::Cancelled("ana".into()))
+    );
+    assert_eq!(claim_verdict(&job), Waiting::Cancelled("ana".into()));
+    job.cancel_requested_by = None;
+    assert_eq!(claim_verdict(&job), Waiting::Wait);
+    job.agent_claimed_at = Some(1);
+    assert_eq!(claim_verdict(&job), Waiting::Ready(()));
+}

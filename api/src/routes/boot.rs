@@ -1,0 +1,165 @@
+//! `GET /boot/{file}`: what firmware and iPXE fetch over HTTP. `MAC.ipxe` is the machine's
+//! boot script, decided here from its state and job (and where a job waits for its agent,
+//! with a freshly minted one-time token); anything else is a file of the boot root.
+
+use crate::boot::{intent_for, LocalAddr};
+use crate::state::AppState;
+use crate::ApiError;
+use axum::extract::{Path, Request, State};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use inventory::{JobKind, JobState, MacAddress, Machine, NewAuditEvent, NewJob};
+use pxe::{AgentBoot, AgentMode, BootIntent, BootScript, MacAddr};
+
+/// `GET /boot/{file}`: `MAC.ipxe` renders the machine's script; anything else is a file of the
+/// boot root (plain names only: no directories, no escapes), streamed with Range support.
+pub async fn boot_file(
+    State(st): State<AppState>,
+    Path(file): Path<String>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let Some(boot) = st.boot.clone() else {
+        return Err(ApiError::not_found(
+            "the boot services are not configured (start with --pxe-interface)",
+        ));
+    };
+    if let Some(mac) = file.strip_suffix(".ipxe") {
+        let mac: MacAddr = mac
+            .parse()
+            .map_err(|_| ApiError::invalid("mac", format!("'{mac}' is not a MAC address")))?;
+        // The machine is sent URLs on the address of the interface it asked on.
+        let local = req
+            .extensions()
+            .get::<axum::extract::ConnectInfo<LocalAddr>>()
+            .and_then(|c| c.0 .0)
+            .map(|a| a.ip());
+        let base = boot.base_for(local).to_string();
+        return boot_script(&st, mac, &base).await;
+    }
+    if file.is_empty() || file.contains(['/', '\\']) || file.starts_with('.') {
+        return Err(ApiError::not_found(format!("no boot file '{file}'")));
+    }
+    let path = boot.root.join(&file);
+    // Symlinks out of the root are refused like in TFTP.
+    let canon_root = std::fs::canonicalize(&boot.root).map_err(ApiError::internal)?;
+    match std::fs::canonicalize(&path) {
+        Ok(p) if p.starts_with(&canon_root) && p.is_file() => {}
+        _ => return Err(ApiError::not_found(format!("no boot file '{file}'"))),
+    }
+    crate::boot::serve_file(path, req).await
+}
+
+/// Renders the iPXE script of the machine with `mac`, URLs on `base`.
+async fn boot_script(st: &AppState, mac: MacAddr, base: &str) -> Result<Response, ApiError> {
+    let machine = st.inv.machine_by_mac(MacAddress(mac.0)).await?;
+    let script = match &machine {
+        Some(m) => script_for(st, m, base).await?,
+        // Not enrolled (discovery is on, or DHCP would not have sent it here): the agent
+        // inspects it once it is enrolled.
+        None => BootScript::Discovery(agent_boot(base, AgentMode::Inspect, "none".into())),
+    };
+    let self_url = format!("{base}/boot/{}.ipxe", mac.to_url_form());
+    let text = pxe::try_render_boot_script(mac, &script, &self_url).map_err(ApiError::internal)?;
+    // Wait scripts come back every few seconds: not worth an audit line each.
+    if let Some(m) = machine
+        .as_ref()
+        .filter(|_| !matches!(script, BootScript::Wait { .. }))
+    {
+        tracing::info!(machine = %m.name, state = %m.state, "served boot script");
+        let kind = match script {
+            BootScript::LocalDisk => "local-disk",
+            BootScript::Agent(_) => "agent",
+            BootScript::Discovery(_) => "discovery",
+            BootScript::Wait { .. } => "wait",
+        };
+        let ev = NewAuditEvent::ok("pxe", "machine.boot_script", "machine", &m.name)
+            .detail(serde_json::json!({ "script": kind }));
+        // A read, audited after the fact: the script is served even when the audit log
+        // cannot take the line (the machine must boot either way).
+        if let Err(e) = st.inv.record(ev).await {
+            tracing::warn!(machine = %m.name, error = %e, "could not audit a boot script");
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}
+
+/// The agent's kernel and command line, on `base`.
+fn agent_boot(base: &str, mode: AgentMode, token: String) -> AgentBoot {
+    AgentBoot {
+        kernel_url: format!("{base}/boot/agent-vmlinuz"),
+        initrd_url: format!("{base}/boot/agent-initrd.img"),
+        initrd_name: "agent-initrd.img".into(),
+        api_url: base.to_string(),
+        token,
+        mode,
+        extra_cmdline: "console=ttyS0 console=tty0".into(),
+    }
+}
+
+/// What an enrolled machine boots: the agent with a token when its job waits for one, a
+/// short wait while its job prepares, else its disk. A machine nobody has looked at yet
+/// gets an inspect job (MAAS commissions what it enlists), then it is `available` with its
+/// hardware recorded.
+async fn script_for(st: &AppState, m: &Machine, base: &str) -> Result<BootScript, ApiError> {
+    let intent = intent_for(m.state);
+    if matches!(intent, BootIntent::LocalDisk | BootIntent::Ignore) {
+        return Ok(BootScript::LocalDisk);
+    }
+    // Only a job that waits for its agent gets a token, freshly minted (single use,
+    // short-lived): this script is readable by anyone on the boot network.
+    if let Some((_, token, kind)) = st.inv.mint_agent_token(m.id).await? {
+        return Ok(BootScript::Agent(agent_boot(
+            base,
+            kind.agent_mode(),
+            token,
+        )));
+    }
+    if intent == BootIntent::Discover {
+        if st.inv.active_job_of(m.id).await?.is_none() {
+            let job = st
+                .inv
+                .create_job(
+                    "pxe",
+                    &NewJob {
+                        kind: JobKind::Inspect,
+                        machine_id: m.id,
+                        image_id: None,
+                        lease_id: None,
+                        user_data: None,
+                    },
+                )
+                .await?;
+            st.conductor.wake();
+            tracing::info!(machine = %m.name, job = job.id, "new machine PXE-booted: inspecting it");
+        }
+        return Ok(BootScript::Wait {
+            seconds: 3,
+            reason: "its inspection is starting".into(),
+        });
+    }
+    waiting_or_disk(st, m.id).await
+}
+
+/// For a machine whose job is not (or no longer) waiting for its agent: wait while the job is
+/// queued or still preparing (boot device, power), else boot the disk (the job is past the
+/// agent: this is the reboot into the new image).
+async fn waiting_or_disk(st: &AppState, machine_id: i64) -> Result<BootScript, ApiError> {
+    Ok(match st.inv.active_job_of(machine_id).await? {
+        Some(j) if j.state == JobState::Queued || j.step.is_some_and(|s| s.prepares_boot()) => {
+            BootScript::Wait {
+                seconds: 5,
+                reason: format!(
+                    "job {} ({}) is {}",
+                    j.id,
+                    j.kind,
+                    if j.state == JobState::Queued {
+                        "queued"
+                    } else {
+                        "starting"
+                    }
+                ),
+            }
+        }
+        _ => BootScript::LocalDisk,
+    })
+}

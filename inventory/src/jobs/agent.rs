@@ -1,0 +1,210 @@
+//! The agent's side of a job: arming the boot script, one-time tokens, the session, progress
+//! and the result. Tokens and sessions are stored hashed on the job row.
+
+use super::model::{AgentClaim, Job, JobKind};
+use crate::secrets::sha256_hex;
+use crate::{now_ms, Error, Inventory, Result};
+use rand::RngCore;
+use sqlx::Row;
+
+/// A random token for the agent: 32 bytes, hex, with a prefix saying what it is.
+fn agent_token(kind: &str) -> String {
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    format!("rsa{kind}_{}", hex::encode(b))
+}
+
+/// How long a minted boot token may wait for its claim.
+pub const AGENT_TOKEN_TTL_MS: i64 = 10 * 60 * 1000;
+
+impl Inventory {
+    /// From now on the boot script of the job's machine mints agent tokens (or stops, with
+    /// `armed` false).
+    pub async fn arm_agent(&self, id: i64, armed: bool) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE jobs SET agent_armed_at = $1, agent_token_hash = NULL, agent_token_expires_at = NULL WHERE id = $2",
+        )
+        .bind(if armed { Some(now_ms()) } else { None })
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// For a machine whose running job waits for its agent: a fresh one-time token (the
+    /// previous unclaimed one stops working) and the agent mode. None when nothing waits.
+    pub async fn mint_agent_token(
+        &self,
+        machine_id: i64,
+    ) -> Result<Option<(i64, String, JobKind)>> {
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(
+            "SELECT id, kind FROM jobs WHERE machine_id = $1 AND state = 'running' AND agent_armed_at IS NOT NULL",
+        )
+        .bind(machine_id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: i64 = row.try_get("id")?;
+        let kind: String = row.try_get("kind")?;
+        let token = agent_token("t");
+        sqlx::query(
+            "UPDATE jobs SET agent_token_hash = $1, agent_token_expires_at = $2 WHERE id = $3",
+        )
+        .bind(sha256_hex(&token))
+        .bind(now_ms() + AGENT_TOKEN_TTL_MS)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Some((id, token, kind.parse()?)))
+    }
+
+    /// The agent presents its one-time token: consumed here, exchanged for a session token.
+    pub async fn claim_agent(&self, token: &str, macs: &[String]) -> Result<AgentClaim> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE agent_token_hash = $1 AND state = 'running' \
+             AND agent_armed_at IS NOT NULL AND agent_token_expires_at > $2",
+        )
+        .bind(sha256_hex(token))
+        .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(id) = id else {
+            return Err(Error::not_found("agent token", "presented"));
+        };
+        let session = agent_token("s");
+        sqlx::query(
+            "UPDATE jobs SET agent_token_hash = NULL, agent_token_expires_at = NULL, agent_claimed_at = $1, \
+             last_agent_at = $1, agent_session_hash = $2, updated_at = $1 WHERE id = $3",
+        )
+        .bind(now)
+        .bind(sha256_hex(&session))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO job_events (job_id, at, level, message) VALUES ($1, $2, 'info', $3)",
+        )
+        .bind(id)
+        .bind(now)
+        .bind(format!("agent claimed the job (NICs {})", macs.join(", ")))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(AgentClaim {
+            job: self.job(id).await?,
+            session,
+        })
+    }
+
+    /// The running job an agent session belongs to.
+    pub async fn job_by_agent_session(&self, session: &str) -> Result<Job> {
+        let id: Option<i64> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE agent_session_hash = $1 AND state = 'running'",
+        )
+        .bind(sha256_hex(session))
+        .fetch_optional(&self.pool)
+        .await?;
+        match id {
+            Some(id) => self.job(id).await,
+            None => Err(Error::not_found("agent session", "presented")),
+        }
+    }
+
+    /// The agent's progress report.
+    pub async fn agent_progress(
+        &self,
+        id: i64,
+        phase: &str,
+        bytes: i64,
+        total: i64,
+        message: Option<&str>,
+    ) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        sqlx::query(
+            "UPDATE jobs SET phase = $1, progress_bytes = $2, progress_total = $3, last_agent_at = $4, updated_at = $4 WHERE id = $5",
+        )
+        .bind(phase)
+        .bind(bytes)
+        .bind(total)
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if let Some(m) = message {
+            sqlx::query(
+                "INSERT INTO job_events (job_id, at, level, message) VALUES ($1, $2, 'info', $3)",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(format!("agent: {m}"))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The agent's final report. The first one counts; a repeat (the agent retrying after a
+    /// lost answer) changes nothing.
+    pub async fn agent_result(&self, id: i64, result: &serde_json::Value) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        let n = sqlx::query(
+            "UPDATE jobs SET result = $1, last_agent_at = $2, updated_at = $2 WHERE id = $3 AND result IS NULL",
+        )
+        .bind(crate::db::to_json(result))
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if n == 1 {
+            let ok = result.get("ok").and_then(|v| v.as_bool()).unwrap_or(false);
+            let msg = if ok {
+                "agent reported success".to_string()
+            } else {
+                format!(
+                    "agent reported failure: {}",
+                    result
+                        .get("error")
+                        .and_then(|v| v.as_str())
+                        .unwrap_or("no reason given")
+                )
+            };
+            sqlx::query(
+                "INSERT INTO job_events (job_id, at, level, message) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(if ok { "info" } else { "error" })
+            .bind(msg)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Forgets the agent's result and session (a retried agent step starts afresh).
+    pub async fn reset_agent(&self, id: i64) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE jobs SET result = NULL, agent_session_hash = NULL, agent_claimed_at = NULL, \
+             phase = '', progress_bytes = 0, progress_total = 0 WHERE id = $1",
+        )
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

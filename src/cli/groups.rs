@@ -1,0 +1,190 @@
+//! `rackshare group …`: member groups, their quotas and SSH keys.
+
+use super::{done, limit};
+use crate::client::{enc, Client};
+use crate::output::{self, Format};
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use serde_json::json;
+use std::path::PathBuf;
+
+/// `rackshare group …`.
+#[derive(Debug, Subcommand)]
+pub enum GroupCmd {
+    /// Add a member group
+    Add {
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List member groups
+    List,
+    /// Show a member group
+    Show { name: String },
+    /// A group's quotas: show, set (staff)
+    #[command(subcommand)]
+    Quota(QuotaCmd),
+    /// A group's SSH public keys, injected on every reimage of its machines
+    #[command(subcommand, name = "ssh-key")]
+    SshKey(SshKeyCmd),
+}
+
+/// `rackshare group quota …`.
+#[derive(Debug, Subcommand)]
+pub enum QuotaCmd {
+    /// Show a group's quotas and its use of them
+    Show { group: String },
+    /// Set a group's quotas; an option left out keeps its value, `none` removes the limit
+    Set {
+        group: String,
+        /// Most machines held at once (a number or `none`)
+        #[arg(long)]
+        max_machines: Option<String>,
+        /// Machine-hours per calendar month, UTC (a number or `none`)
+        #[arg(long)]
+        hours_per_month: Option<String>,
+    },
+}
+
+/// `rackshare group ssh-key …`.
+#[derive(Debug, Subcommand)]
+pub enum SshKeyCmd {
+    /// Add a public key (the text, or --file)
+    Add {
+        group: String,
+        /// The key line, e.g. "ssh-ed25519 AAAA… rosa@laptop"
+        key: Option<String>,
+        /// Read the key from this file (e.g. ~/.ssh/id_ed25519.pub)
+        #[arg(long)]
+        file: Option<PathBuf>,
+    },
+    /// List a group's keys with their fingerprints
+    List { group: String },
+    /// Remove a key by fingerprint (SHA256:…) or comment
+    Remove { group: String, key: String },
+}
+
+/// Runs `rackshare group …`.
+pub async fn run(c: &Client, fmt: Format, cmd: GroupCmd) -> anyhow::Result<()> {
+    match cmd {
+        GroupCmd::Quota(q) => quota(c, fmt, q).await,
+        GroupCmd::SshKey(k) => ssh_key(c, fmt, k).await,
+        GroupCmd::Add { name, description } => {
+            let v = c
+                .post(
+                    "/api/v1/groups",
+                    &json!({"name": name, "description": description}),
+                )
+                .await?;
+            output::record(
+                fmt,
+                &v,
+                &[("Group", "name"), ("Description", "description")],
+            );
+            Ok(())
+        }
+        GroupCmd::List => {
+            let v = c.get("/api/v1/groups").await?;
+            output::list(
+                fmt,
+                &v,
+                &[
+                    ("NAME", "name"),
+                    ("MAX_MACHINES", "quota_max_machines"),
+                    ("HOURS/MONTH", "quota_machine_hours_month"),
+                    ("DESCRIPTION", "description"),
+                ],
+            );
+            Ok(())
+        }
+        GroupCmd::Show { name } => {
+            let v = c.get(&format!("/api/v1/groups/{}", enc(&name))).await?;
+            output::record(
+                fmt,
+                &v,
+                &[
+                    ("Group", "name"),
+                    ("Description", "description"),
+                    ("Max machines", "quota_max_machines"),
+                    ("Hours/month", "quota_machine_hours_month"),
+                    ("SSH keys", "ssh_keys"),
+                ],
+            );
+            Ok(())
+        }
+    }
+}
+
+async fn quota(c: &Client, fmt: Format, cmd: QuotaCmd) -> anyhow::Result<()> {
+    let v = match cmd {
+        QuotaCmd::Show { group } => {
+            c.get(&format!("/api/v1/groups/{}/quota", enc(&group)))
+                .await?
+        }
+        QuotaCmd::Set {
+            group,
+            max_machines,
+            hours_per_month,
+        } => {
+            let path = format!("/api/v1/groups/{}/quota", enc(&group));
+            let cur = c.get(&path).await?;
+            let body = json!({
+                "max_machines": match max_machines { Some(s) => limit(&s)?, None => cur["max_machines"].clone() },
+                "machine_hours_month": match hours_per_month { Some(s) => limit(&s)?, None => cur["machine_hours_month"].clone() },
+            });
+            c.call(reqwest::Method::PUT, &path, Some(&body)).await?
+        }
+    };
+    output::record(
+        fmt,
+        &v,
+        &[
+            ("Group", "group"),
+            ("Max machines", "max_machines"),
+            ("In use", "machines_in_use"),
+            ("Hours/month", "machine_hours_month"),
+            ("Hours used", "machine_hours_used"),
+            ("Hours booked", "machine_hours_booked"),
+        ],
+    );
+    Ok(())
+}
+
+async fn ssh_key(c: &Client, fmt: Format, cmd: SshKeyCmd) -> anyhow::Result<()> {
+    let cols: &[(&str, &str)] = &[("FINGERPRINT", "fingerprint"), ("KEY", "key")];
+    match cmd {
+        SshKeyCmd::Add { group, key, file } => {
+            let key = match (key, file) {
+                (Some(k), None) => k,
+                (None, Some(f)) => std::fs::read_to_string(&f)
+                    .with_context(|| format!("reading {}", f.display()))?
+                    .trim()
+                    .to_string(),
+                _ => bail!("give the key text or --file, one of them"),
+            };
+            let v = c
+                .post(
+                    &format!("/api/v1/groups/{}/ssh-keys", enc(&group)),
+                    &json!({"key": key}),
+                )
+                .await?;
+            output::list(fmt, &v, cols);
+        }
+        SshKeyCmd::List { group } => {
+            let v = c
+                .get(&format!("/api/v1/groups/{}/ssh-keys", enc(&group)))
+                .await?;
+            output::list(fmt, &v, cols);
+        }
+        SshKeyCmd::Remove { group, key } => {
+            c.delete(&format!(
+                "/api/v1/groups/{}/ssh-keys/{}",
+                enc(&group),
+                enc(&key)
+            ))
+            .await?;
+            done(fmt, &format!("removed {key} from {group}"));
+        }
+    }
+    Ok(())
+}
