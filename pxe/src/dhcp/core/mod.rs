@@ -11,11 +11,11 @@ mod tests;
 
 pub use reply::reply_destination;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dhcproto::v4::MessageType;
 
@@ -28,11 +28,6 @@ use crate::mac::MacAddr;
 use crate::metrics::{DropReason, Metrics};
 use table::LeaseTable;
 
-/// How long a directory answer is reused: a DISCOVER's lookup serves the REQUEST that follows
-/// it (one database query per DORA instead of two); an inventory change reaches DHCP within it.
-const DIRECTORY_TTL: Duration = Duration::from_secs(1);
-/// Cached directory answers kept before expired ones are swept.
-const DIRECTORY_CACHE_MAX: usize = 8192;
 /// DHCP server port.
 pub const SERVER_PORT: u16 = 67;
 /// DHCP client port.
@@ -117,7 +112,6 @@ pub struct DhcpCore {
     metrics: Arc<Metrics>,
     table: Mutex<LeaseTable>,
     seen: Mutex<HashSet<MacAddr>>,
-    looked_up: Mutex<HashMap<MacAddr, (Instant, Option<MachineEntry>)>>,
 }
 
 impl DhcpCore {
@@ -139,7 +133,6 @@ impl DhcpCore {
             metrics,
             table: Mutex::new(table),
             seen: Mutex::new(HashSet::new()),
-            looked_up: Mutex::new(HashMap::new()),
         }
     }
 
@@ -163,38 +156,14 @@ impl DhcpCore {
         }
     }
 
+    /// The directory's answer for `mac`. Not cached here: the directory is the one cache
+    /// (the inventory's is a snapshot at most one second old, decision 25), so DHCP is never
+    /// staler than it.
     pub(super) async fn lookup(&self, mac: MacAddr) -> Result<Option<MachineEntry>, DropReason> {
-        let now = Instant::now();
-        if let Some((at, e)) = self
-            .looked_up
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&mac)
-        {
-            if now.duration_since(*at) < DIRECTORY_TTL {
-                return Ok(e.clone());
-            }
-        }
-        match self.directory.lookup(mac).await {
-            Ok(e) => {
-                let mut cache = self
-                    .looked_up
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if cache.len() >= DIRECTORY_CACHE_MAX {
-                    cache.retain(|_, (at, _)| now.duration_since(*at) < DIRECTORY_TTL);
-                    if cache.len() >= DIRECTORY_CACHE_MAX {
-                        cache.clear();
-                    }
-                }
-                cache.insert(mac, (now, e.clone()));
-                Ok(e)
-            }
-            Err(e) => {
-                tracing::warn!(%mac, "directory lookup failed: {e}");
-                Err(DropReason::DirectoryError)
-            }
-        }
+        self.directory.lookup(mac).await.map_err(|e| {
+            tracing::warn!(%mac, "directory lookup failed: {e}");
+            DropReason::DirectoryError
+        })
     }
 
     pub(super) fn decide(&self, info: &ClientInfo, entry: Option<&MachineEntry>) -> BootDecision {
