@@ -98,7 +98,8 @@ pub struct CoreConfig {
     pub decline_hold: Duration,
 }
 
-/// Milliseconds since the Unix epoch (lease expiry times).
+/// Milliseconds since the Unix epoch: the boot server's lease clock. The rest of rackshare
+/// uses `inventory::now_ms`; `pxe` never depends on the inventory, so this is its own.
 pub(super) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
