@@ -387,7 +387,7 @@ fn interface_settings(
                     k("mode")
                 );
             }
-            api::BootMode::Proxy
+            api::DhcpRole::Proxy
         }
         "authoritative" => {
             let pool = i.pool.as_deref().with_context(|| {
@@ -417,7 +417,7 @@ fn interface_settings(
                 bail!("{} must be at least 68", k("mtu"));
             }
             pools.extend(relayed_pools(i, naming, (start, end))?);
-            api::BootMode::Authoritative { pools }
+            api::DhcpRole::Authoritative { pools }
         }
         other => bail!(
             "{} must be proxy or authoritative, not '{other}'",
@@ -493,8 +493,8 @@ fn boot_settings(s: &ServeSettings) -> anyhow::Result<Vec<api::BootSettings>> {
 /// are the interfaces', checked again at start (`api::boot::check_interfaces`).
 fn check_across(all: &[api::BootSettings]) -> anyhow::Result<()> {
     let pools = |b: &api::BootSettings| match &b.mode {
-        api::BootMode::Authoritative { pools } => pools.clone(),
-        api::BootMode::Proxy => Vec::new(),
+        api::DhcpRole::Authoritative { pools } => pools.clone(),
+        api::DhcpRole::Proxy => Vec::new(),
     };
     for (n, a) in all.iter().enumerate() {
         for b in &all[..n] {
@@ -620,7 +620,7 @@ mod tests {
         ]);
         let b = boot_settings(&s).expect("valid").remove(0);
         assert_eq!(b.decline_hold, std::time::Duration::from_secs(90));
-        let api::BootMode::Authoritative { pools } = b.mode else {
+        let api::DhcpRole::Authoritative { pools } = b.mode else {
             panic!("{:?}", b.mode)
         };
         assert_eq!(
@@ -675,7 +675,7 @@ mod tests {
             "#
         ));
         let b = boot_settings(&flags(&[]).or(s)).expect("valid").remove(0);
-        let api::BootMode::Authoritative { pools } = b.mode else {
+        let api::DhcpRole::Authoritative { pools } = b.mode else {
             panic!("{:?}", b.mode)
         };
         assert_eq!(pools.len(), 3);
@@ -778,7 +778,7 @@ mod tests {
         let all = boot_settings(&flags(&[]).or(file(TWO))).expect("valid");
         assert_eq!(all.len(), 2);
         assert_eq!(all[0].interface, "br-rack1");
-        assert!(matches!(all[0].mode, api::BootMode::Proxy));
+        assert!(matches!(all[0].mode, api::DhcpRole::Proxy));
         assert_eq!(all[0].server_ip, Some(ip("10.77.0.2")));
         assert!(!all[0].force);
         assert_eq!(all[1].interface, "br-rack2");
@@ -789,7 +789,7 @@ mod tests {
             assert!(b.discovery);
             assert_eq!(b.decline_hold, std::time::Duration::from_secs(60));
         }
-        let api::BootMode::Authoritative { pools } = &all[1].mode else {
+        let api::DhcpRole::Authoritative { pools } = &all[1].mode else {
             panic!("{:?}", all[1].mode)
         };
         assert_eq!(pools.len(), 2);
@@ -829,8 +829,8 @@ mod tests {
         "#;
         let all = boot_settings(&file(text)).expect("valid");
         let n = |b: &api::BootSettings| match &b.mode {
-            api::BootMode::Authoritative { pools } => pools.len(),
-            api::BootMode::Proxy => 0,
+            api::DhcpRole::Authoritative { pools } => pools.len(),
+            api::DhcpRole::Proxy => 0,
         };
         assert_eq!((n(&all[0]), n(&all[1])), (2, 1));
     }

@@ -15,7 +15,7 @@ mod routes;
 mod scheduler;
 mod server;
 
-pub use boot::{BootMode, BootPool, BootSettings};
+pub use boot::{BootPool, BootSettings, DhcpRole};
 pub use conductor::ConductorConfig;
 pub use config::Config;
 pub use error::{ApiError, StartError};

@@ -23,7 +23,11 @@ mod sites;
 mod state;
 mod transition;
 
-pub use audit::{AuditEvent, AuditFilter, NewAuditEvent, Outcome};
+pub use audit::{AuditEvent, AuditFilter, AuditOutcome, NewAuditEvent};
+/// The old name of [`AuditOutcome`], kept only while `api/src/auth.rs`,
+/// `api/src/routes/power.rs`, `api/src/routes/leases.rs` and `inventory/src/jobs.rs` (reworked in
+/// parallel by issue 12's other parts) still use it; remove it once they say `AuditOutcome`.
+pub type Outcome = AuditOutcome;
 pub use clock::{fmt_utc, month_bounds, now_ms, utc_ms};
 pub use db::{Backend, Inventory};
 pub use dhcp::{DhcpLease, DhcpLeaseChange, DhcpLeaseInfo};

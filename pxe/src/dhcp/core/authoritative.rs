@@ -9,7 +9,7 @@ use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
 
 use super::reply::{reply_destination, selection_address};
 use super::table::{Avail, LeaseTable};
-use super::{now_ms, DhcpCore, Outcome, Port};
+use super::{now_ms, DhcpCore, DhcpOutcome, Port};
 use crate::boot::BootDecision;
 use crate::config::PoolConfig;
 use crate::dhcp::packet::{client_info, Request};
@@ -63,7 +63,7 @@ struct Client {
 }
 
 impl DhcpCore {
-    pub(super) async fn authoritative(&self, req: &Request) -> Outcome {
+    pub(super) async fn authoritative(&self, req: &Request) -> DhcpOutcome {
         let a = Ask::of(req);
         match req.msg_type {
             MessageType::Release => return self.release(&a),
@@ -124,27 +124,27 @@ impl DhcpCore {
     }
 
     /// DHCPRELEASE: the holder gives its address back (kept as a released lease).
-    fn release(&self, a: &Ask<'_>) -> Outcome {
+    fn release(&self, a: &Ask<'_>) -> DhcpOutcome {
         let mut t = self.table();
         let Some(l) = t.by_key.get(&a.key) else {
-            return Outcome::Silent;
+            return DhcpOutcome::Silent;
         };
         if l.ip != a.req.msg.ciaddr() || a.server_id.is_some_and(|s| s != self.cfg.server_ip) {
-            return Outcome::Silent;
+            return DhcpOutcome::Silent;
         }
         let mut l = l.clone();
         l.state = LeaseState::Released;
         l.expires_at = a.now;
         t.put(a.key.clone(), l.clone());
         self.metrics.leases_released.fetch_add(1, Ordering::Relaxed);
-        Outcome::Durable {
+        DhcpOutcome::Durable {
             changes: vec![LeaseChange::Upsert(l)],
             reply: None,
         }
     }
 
     /// DHCPDECLINE: the address is in use on the network; it is held out of the pool.
-    fn decline(&self, a: &Ask<'_>) -> Outcome {
+    fn decline(&self, a: &Ask<'_>) -> DhcpOutcome {
         let mac = a.req.mac;
         let Some(ip) = a.requested else {
             return self.drop(DropReason::BadOptions);
@@ -157,7 +157,7 @@ impl DhcpCore {
         // Only the lease's holder can decline it (as Kea): otherwise any host could
         // take addresses out of the pool for everyone.
         if t.by_key.get(&a.key).is_none_or(|l| l.ip != ip) {
-            return Outcome::Silent;
+            return DhcpOutcome::Silent;
         }
         self.metrics.leases_declined.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(%ip, %mac, "DHCPDECLINE: address in use on the network; held out of the pool");
@@ -174,7 +174,7 @@ impl DhcpCore {
             state: LeaseState::Declined,
         };
         t.put(held.key(), held.clone());
-        Outcome::Durable {
+        DhcpOutcome::Durable {
             changes: vec![
                 LeaseChange::Delete { key: a.key.clone() },
                 LeaseChange::Upsert(held),
@@ -184,7 +184,7 @@ impl DhcpCore {
     }
 
     /// DHCPINFORM: a client with an address asks for the other options only.
-    fn inform(&self, a: &Ask<'_>, c: &Client) -> Outcome {
+    fn inform(&self, a: &Ask<'_>, c: &Client) -> DhcpOutcome {
         let req = a.req;
         self.metrics.informs.fetch_add(1, Ordering::Relaxed);
         let mut m = self.base_reply(req, MessageType::Ack);
@@ -193,20 +193,20 @@ impl DhcpCore {
         self.apply_boot(&mut m, req, &c.boot, false);
         let dest = reply_destination(&req.msg, MessageType::Ack, Ipv4Addr::UNSPECIFIED);
         match self.encode(&m, dest, Port::Dhcp, MessageType::Ack) {
-            Some(r) => Outcome::Reply(r),
-            None => Outcome::Silent,
+            Some(r) => DhcpOutcome::Reply(r),
+            None => DhcpOutcome::Silent,
         }
     }
 
     /// DHCPDISCOVER: offer an address (held for the client for a while, not yet stored).
-    fn discover(&self, a: &Ask<'_>, c: &Client, mut t: MutexGuard<'_, LeaseTable>) -> Outcome {
+    fn discover(&self, a: &Ask<'_>, c: &Client, mut t: MutexGuard<'_, LeaseTable>) -> DhcpOutcome {
         let req = a.req;
         let mac = req.mac;
         let Some(ip) = t.allocate(&a.key, mac, c.pool_idx, c.reserved, a.requested) else {
             drop(t);
             self.metrics.pool_exhausted.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%mac, "address pool exhausted");
-            return Outcome::Silent;
+            return DhcpOutcome::Silent;
         };
         t.record_offer(&a.key, ip);
         drop(t);
@@ -220,14 +220,14 @@ impl DhcpCore {
         self.apply_boot(&mut m, req, &c.boot, false);
         let dest = reply_destination(&req.msg, MessageType::Offer, ip);
         match self.encode(&m, dest, Port::Dhcp, MessageType::Offer) {
-            Some(r) => Outcome::Reply(r),
-            None => Outcome::Silent,
+            Some(r) => DhcpOutcome::Reply(r),
+            None => DhcpOutcome::Silent,
         }
     }
 
     /// DHCPREQUEST: selecting (server id), init-reboot (option 50), renew/rebind (ciaddr).
-    /// ACKed only once the lease is stored ([`Outcome::Durable`]), else NAKed.
-    fn request(&self, a: &Ask<'_>, c: &Client, mut t: MutexGuard<'_, LeaseTable>) -> Outcome {
+    /// ACKed only once the lease is stored ([`DhcpOutcome::Durable`]), else NAKed.
+    fn request(&self, a: &Ask<'_>, c: &Client, mut t: MutexGuard<'_, LeaseTable>) -> DhcpOutcome {
         let req = a.req;
         let q = &req.msg;
         let (mac, key, pool, reserved) = (req.mac, &a.key, &c.pool, c.reserved);
@@ -276,7 +276,7 @@ impl DhcpCore {
         }
         self.apply_boot(&mut m, req, &c.boot, false);
         let dest = reply_destination(q, MessageType::Ack, ip);
-        Outcome::Durable {
+        DhcpOutcome::Durable {
             changes,
             reply: self.encode(&m, dest, Port::Dhcp, MessageType::Ack),
         }

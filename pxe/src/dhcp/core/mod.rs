@@ -61,7 +61,7 @@ pub struct Reply {
 
 /// What to do with a packet.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outcome {
+pub enum DhcpOutcome {
     /// Dropped (already counted).
     Drop(DropReason),
     /// Nothing to send, nothing to store.
@@ -137,13 +137,13 @@ impl DhcpCore {
         }
     }
 
-    pub(super) fn drop(&self, r: DropReason) -> Outcome {
+    pub(super) fn drop(&self, r: DropReason) -> DhcpOutcome {
         self.metrics.drop_packet(r);
-        Outcome::Drop(r)
+        DhcpOutcome::Drop(r)
     }
 
     /// Handles one packet received on `port` from `src`.
-    pub async fn handle(&self, buf: &[u8], port: Port, src: SocketAddrV4) -> Outcome {
+    pub async fn handle(&self, buf: &[u8], port: Port, src: SocketAddrV4) -> DhcpOutcome {
         self.metrics.dhcp_received.fetch_add(1, Ordering::Relaxed);
         let req = match parse_request(buf) {
             Ok(r) => r,

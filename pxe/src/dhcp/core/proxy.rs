@@ -6,13 +6,13 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 use dhcproto::v4::MessageType;
 
 use super::reply::reply_destination;
-use super::{DhcpCore, Outcome, Port};
+use super::{DhcpCore, DhcpOutcome, Port};
 use crate::boot::BootDecision;
 use crate::dhcp::packet::{client_info, Request};
 use crate::metrics::DropReason;
 
 impl DhcpCore {
-    pub(super) async fn proxy(&self, req: &Request, port: Port, src: SocketAddrV4) -> Outcome {
+    pub(super) async fn proxy(&self, req: &Request, port: Port, src: SocketAddrV4) -> DhcpOutcome {
         let mt = match (port, req.msg_type) {
             (Port::Dhcp, MessageType::Discover) => MessageType::Offer,
             (Port::Proxy, MessageType::Request | MessageType::Inform) => MessageType::Ack,
@@ -28,7 +28,7 @@ impl DhcpCore {
         };
         let d = self.decide(&info, entry.as_ref());
         if matches!(d, BootDecision::Ignore(_)) {
-            return Outcome::Silent;
+            return DhcpOutcome::Silent;
         }
         let mut m = self.base_reply(req, mt);
         if port == Port::Proxy {
@@ -40,8 +40,8 @@ impl DhcpCore {
             Port::Dhcp => reply_destination(&req.msg, mt, Ipv4Addr::UNSPECIFIED),
         };
         match self.encode(&m, dest, port, mt) {
-            Some(r) => Outcome::Reply(r),
-            None => Outcome::Silent,
+            Some(r) => DhcpOutcome::Reply(r),
+            None => DhcpOutcome::Silent,
         }
     }
 }

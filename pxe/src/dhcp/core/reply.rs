@@ -8,7 +8,7 @@ use dhcproto::v4::relay::{RelayCode, RelayInfo};
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode, UnknownOption};
 use dhcproto::Encodable;
 
-use super::{DhcpCore, Outcome, Port, Reply, CLIENT_PORT, SERVER_PORT};
+use super::{DhcpCore, DhcpOutcome, Port, Reply, CLIENT_PORT, SERVER_PORT};
 use crate::boot::BootDecision;
 use crate::config::PoolConfig;
 use crate::dhcp::packet::Request;
@@ -148,7 +148,7 @@ impl DhcpCore {
         }
     }
 
-    pub(super) fn nak(&self, req: &Request, why: &str) -> Outcome {
+    pub(super) fn nak(&self, req: &Request, why: &str) -> DhcpOutcome {
         self.metrics.leases_nak.fetch_add(1, Ordering::Relaxed);
         let mut m = self.base_reply(req, MessageType::Nak);
         m.opts_mut().insert(DhcpOption::Message(why.to_string()));
@@ -157,8 +157,8 @@ impl DhcpCore {
         }
         let dest = reply_destination(&req.msg, MessageType::Nak, Ipv4Addr::UNSPECIFIED);
         match self.encode(&m, dest, Port::Dhcp, MessageType::Nak) {
-            Some(r) => Outcome::Reply(r),
-            None => Outcome::Silent,
+            Some(r) => DhcpOutcome::Reply(r),
+            None => DhcpOutcome::Silent,
         }
     }
 }

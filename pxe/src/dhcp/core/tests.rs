@@ -87,15 +87,15 @@ fn req(mt: MessageType, extra: Vec<DhcpOption>) -> Message {
     m
 }
 
-fn run(c: &DhcpCore, m: &Message) -> Outcome {
+fn run(c: &DhcpCore, m: &Message) -> DhcpOutcome {
     let src = SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 68);
     futures::executor::block_on(c.handle(&m.to_vec().expect("encode"), Port::Dhcp, src))
 }
 
-fn reply_of(o: &Outcome) -> (Message, SocketAddrV4) {
+fn reply_of(o: &DhcpOutcome) -> (Message, SocketAddrV4) {
     let r = match o {
-        Outcome::Reply(r) => r,
-        Outcome::Durable { reply: Some(r), .. } => r,
+        DhcpOutcome::Reply(r) => r,
+        DhcpOutcome::Durable { reply: Some(r), .. } => r,
         other => panic!("no reply: {other:?}"),
     };
     let m = Message::decode(&mut dhcproto::Decoder::new(&r.bytes)).expect("decode");
@@ -115,7 +115,7 @@ fn dora_renew_release_decline() {
     assert_eq!(dest.to_string(), "255.255.255.255:68");
     // No broadcast flag: unicast to yiaddr through an ARP entry, broadcast as fallback.
     assert!(
-        matches!(&o, Outcome::Reply(r) if r.arp_unicast == Some((offer.yiaddr(), MacAddr(MAC))))
+        matches!(&o, DhcpOutcome::Reply(r) if r.arp_unicast == Some((offer.yiaddr(), MacAddr(MAC))))
     );
     let ip = offer.yiaddr();
     assert_eq!(ip, Ipv4Addr::new(10, 0, 0, 10));
@@ -132,7 +132,7 @@ fn dora_renew_release_decline() {
             ],
         ),
     );
-    let Outcome::Durable { changes, .. } = &o else {
+    let DhcpOutcome::Durable { changes, .. } = &o else {
         panic!("ACK must wait for the store: {o:?}")
     };
     assert!(matches!(&changes[..], [LeaseChange::Upsert(l)] if l.ip == ip));
@@ -173,7 +173,7 @@ fn dora_renew_release_decline() {
             ],
         ),
     );
-    assert_eq!(o, Outcome::Drop(DropReason::NotForUs));
+    assert_eq!(o, DhcpOutcome::Drop(DropReason::NotForUs));
     // INFORM: options, no address, unicast to ciaddr.
     let mut inform = req(MessageType::Inform, vec![]);
     inform.set_ciaddr(Ipv4Addr::new(10, 0, 0, 77));
@@ -189,7 +189,7 @@ fn dora_renew_release_decline() {
     );
     rel.set_ciaddr(ip);
     match run(&c, &rel) {
-        Outcome::Durable {
+        DhcpOutcome::Durable {
             changes,
             reply: None,
         } => {
@@ -222,7 +222,10 @@ fn dora_renew_release_decline() {
             ],
         ),
     );
-    assert!(matches!(o, Outcome::Durable { reply: None, .. }), "{o:?}");
+    assert!(
+        matches!(o, DhcpOutcome::Durable { reply: None, .. }),
+        "{o:?}"
+    );
     let (offer, _) = reply_of(&run(&c, &req(MessageType::Discover, vec![])));
     assert_ne!(offer.yiaddr(), ip, "declined address offered again");
 }
@@ -253,7 +256,7 @@ fn relay_giaddr_and_option_82() {
         Port::Dhcp,
         SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 1), 67),
     ));
-    let Outcome::Reply(r) = &o else {
+    let DhcpOutcome::Reply(r) = &o else {
         panic!("{o:?}")
     };
     assert_eq!(r.dest.to_string(), "10.9.0.1:67");
@@ -272,7 +275,7 @@ fn relay_giaddr_and_option_82() {
     // A relay from a subnet with no pool: dropped.
     let mut m = req(MessageType::Discover, vec![]);
     m.set_giaddr(Ipv4Addr::new(172, 16, 0, 1));
-    assert_eq!(run(&c, &m), Outcome::Drop(DropReason::NotForUs));
+    assert_eq!(run(&c, &m), DhcpOutcome::Drop(DropReason::NotForUs));
 }
 
 /// Option 118 (RFC 3011) and option 82's link selection (RFC 3527) name the subnet in
@@ -331,7 +334,7 @@ fn subnet_selection_and_link_selection_pick_the_pool() {
         vec![DhcpOption::SubnetSelection(Ipv4Addr::new(192, 168, 5, 0))],
     );
     m.set_giaddr(relay);
-    assert_eq!(handle(&m), Outcome::Drop(DropReason::NotForUs));
+    assert_eq!(handle(&m), DhcpOutcome::Drop(DropReason::NotForUs));
 }
 
 #[test]
@@ -524,8 +527,8 @@ fn dora(c: &DhcpCore, mac: [u8; 6], client_id: Option<&[u8]>) -> (Ipv4Addr, Vec<
     r.opts_mut().insert(DhcpOption::ServerIdentifier(SRV));
     r.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
     match run(c, &r) {
-        Outcome::Durable { changes, reply } => {
-            let (ack, _) = reply_of(&Outcome::Durable {
+        DhcpOutcome::Durable { changes, reply } => {
+            let (ack, _) = reply_of(&DhcpOutcome::Durable {
                 changes: changes.clone(),
                 reply,
             });
@@ -572,12 +575,12 @@ fn client_identifier_keys_the_lease() {
     // RELEASE is matched by identifier too; another identifier's release is ignored.
     let mut rel = req_from(m2, Some(b"\0host-y"), MessageType::Release);
     rel.set_ciaddr(ip_x);
-    assert_eq!(run(&c, &rel), Outcome::Silent);
+    assert_eq!(run(&c, &rel), DhcpOutcome::Silent);
     let mut rel = req_from(m2, Some(b"\0host-x"), MessageType::Release);
     rel.set_ciaddr(ip_x);
     assert!(matches!(
         run(&c, &rel),
-        Outcome::Durable { reply: None, .. }
+        DhcpOutcome::Durable { reply: None, .. }
     ));
 }
 
@@ -606,11 +609,11 @@ fn declined_address_is_persisted_and_stays_out_after_a_restart() {
     // Someone else declining A's address is ignored.
     let mut d = req_from([2, 0, 0, 0, 3, 9], None, MessageType::Decline);
     d.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
-    assert_eq!(run(&c, &d), Outcome::Silent);
+    assert_eq!(run(&c, &d), DhcpOutcome::Silent);
     let mut d = req_from(a, None, MessageType::Decline);
     d.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
     d.opts_mut().insert(DhcpOption::ServerIdentifier(SRV));
-    let Outcome::Durable {
+    let DhcpOutcome::Durable {
         changes,
         reply: None,
     } = run(&c, &d)
@@ -646,7 +649,7 @@ fn declined_address_is_persisted_and_stays_out_after_a_restart() {
         &fresh,
         &req_from([2, 0, 0, 0, 4, 1], None, MessageType::Discover),
     );
-    assert_eq!(o, Outcome::Silent, "pool exhausted while {ip} is held");
+    assert_eq!(o, DhcpOutcome::Silent, "pool exhausted while {ip} is held");
     // Once the hold is over the address is reclaimable like an expired lease.
     let mut over = held.clone();
     over.expires_at = now_ms() - 1;
@@ -677,7 +680,7 @@ fn decline_hold_is_the_configured_one() {
         let mut d = req_from(a, None, MessageType::Decline);
         d.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
         let before = now_ms();
-        let Outcome::Durable { changes, .. } = run(&c, &d) else {
+        let DhcpOutcome::Durable { changes, .. } = run(&c, &d) else {
             panic!("DECLINE must be stored")
         };
         let after = now_ms();
