@@ -264,12 +264,7 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
         config.listen = l;
     }
     if let Some(url) = s.database_url {
-        if !(url.starts_with("sqlite:")
-            || url.starts_with("postgres://")
-            || url.starts_with("postgresql://"))
-        {
-            bail!("--database-url must start with sqlite:// or postgres://, got '{url}'");
-        }
+        inventory::Backend::of_url(&url).context("--database-url")?;
         config.database_url = Some(url);
     }
     if let Some(secs) = s.energy_interval_secs {
