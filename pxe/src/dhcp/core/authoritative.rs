@@ -192,10 +192,7 @@ impl DhcpCore {
         Self::lease_options(&mut m, &c.pool, false);
         self.apply_boot(&mut m, req, &c.boot, false);
         let dest = reply_destination(&req.msg, MessageType::Ack, Ipv4Addr::UNSPECIFIED);
-        match self.encode(&m, dest, Port::Dhcp, MessageType::Ack) {
-            Some(r) => DhcpOutcome::Reply(r),
-            None => DhcpOutcome::Silent,
-        }
+        self.send_now(&m, dest, Port::Dhcp, MessageType::Ack)
     }
 
     /// DHCPDISCOVER: offer an address (held for the client for a while, not yet stored).
@@ -219,10 +216,7 @@ impl DhcpCore {
         }
         self.apply_boot(&mut m, req, &c.boot, false);
         let dest = reply_destination(&req.msg, MessageType::Offer, ip);
-        match self.encode(&m, dest, Port::Dhcp, MessageType::Offer) {
-            Some(r) => DhcpOutcome::Reply(r),
-            None => DhcpOutcome::Silent,
-        }
+        self.send_now(&m, dest, Port::Dhcp, MessageType::Offer)
     }
 
     /// DHCPREQUEST: selecting (server id), init-reboot (option 50), renew/rebind (ciaddr).

@@ -39,9 +39,6 @@ impl DhcpCore {
             Port::Proxy => src,
             Port::Dhcp => reply_destination(&req.msg, mt, Ipv4Addr::UNSPECIFIED),
         };
-        match self.encode(&m, dest, port, mt) {
-            Some(r) => DhcpOutcome::Reply(r),
-            None => DhcpOutcome::Silent,
-        }
+        self.send_now(&m, dest, port, mt)
     }
 }

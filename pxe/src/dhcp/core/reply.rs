@@ -92,6 +92,20 @@ impl DhcpCore {
         }
     }
 
+    /// A reply to send now, or nothing when it cannot be encoded (logged by [`Self::encode`]).
+    pub(super) fn send_now(
+        &self,
+        m: &Message,
+        dest: SocketAddrV4,
+        via: Port,
+        mt: MessageType,
+    ) -> DhcpOutcome {
+        match self.encode(m, dest, via, mt) {
+            Some(r) => DhcpOutcome::Reply(r),
+            None => DhcpOutcome::Silent,
+        }
+    }
+
     pub(super) fn encode(
         &self,
         m: &Message,
@@ -156,10 +170,7 @@ impl DhcpCore {
             m.set_flags(Flags::default().set_broadcast());
         }
         let dest = reply_destination(&req.msg, MessageType::Nak, Ipv4Addr::UNSPECIFIED);
-        match self.encode(&m, dest, Port::Dhcp, MessageType::Nak) {
-            Some(r) => DhcpOutcome::Reply(r),
-            None => DhcpOutcome::Silent,
-        }
+        self.send_now(&m, dest, Port::Dhcp, MessageType::Nak)
     }
 }
 
