@@ -4,7 +4,7 @@ use crate::state::AppState;
 use crate::ApiError;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use inventory::{NewAuditEvent, Outcome, Role, TokenOwner};
+use inventory::{AuditOutcome, NewAuditEvent, Role, TokenOwner};
 
 /// The authenticated caller of a request.
 #[derive(Debug, Clone)]
@@ -62,7 +62,7 @@ impl Caller {
             action.split('.').next().unwrap_or("api"),
             target,
         )
-        .outcome(Outcome::Denied)
+        .outcome(AuditOutcome::Denied)
         .group(self.0.member_group.clone())
         .detail(serde_json::json!({"role": self.0.role}));
         if let Err(e) = state.inv.record(ev).await {

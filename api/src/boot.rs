@@ -294,7 +294,7 @@ pub struct BootSettings {
     /// Interface to serve DHCP/TFTP on.
     pub interface: String,
     /// Proxy or authoritative.
-    pub mode: BootMode,
+    pub mode: DhcpRole,
     /// Address to announce; default the interface's.
     pub server_ip: Option<Ipv4Addr>,
     /// Unknown machines are enrolled as `new` and boot discovery.
@@ -309,9 +309,10 @@ pub struct BootSettings {
     pub decline_hold: std::time::Duration,
 }
 
-/// DHCP mode.
+/// The DHCP server's role on a boot interface (not `bmc::BootMode`, the firmware's UEFI or
+/// legacy boot).
 #[derive(Debug, Clone)]
-pub enum BootMode {
+pub enum DhcpRole {
     /// Beside the network's DHCP server: boot information only.
     Proxy,
     /// rackshare hands out addresses.
@@ -378,8 +379,8 @@ pub async fn prepare(
         pxe::interface_ipv4_with_mask(&s.interface).map_err(|e| err(e.to_string()))?;
     let server_ip = s.server_ip.unwrap_or(if_ip);
     let mode = match &s.mode {
-        BootMode::Proxy => pxe::DhcpMode::Proxy,
-        BootMode::Authoritative { pools } => {
+        DhcpRole::Proxy => pxe::DhcpMode::Proxy,
+        DhcpRole::Authoritative { pools } => {
             let pools: Vec<pxe::PoolConfig> = pools.iter().map(|p| p.to_pxe(mask)).collect();
             if pools.is_empty() {
                 return Err(err("authoritative mode needs at least one pool".into()));

@@ -17,7 +17,7 @@ mod server;
 mod state;
 mod visibility;
 
-pub use boot::{BootMode, BootPool, BootSettings};
+pub use boot::{BootPool, BootSettings, DhcpRole};
 pub use config::Config;
 pub use engine::ConductorConfig;
 pub use error::{ApiError, StartError};

@@ -5,7 +5,6 @@
 
 use inventory::{now_ms, Inventory};
 use std::time::Duration;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// How often the scheduler looks. Leases end at most this late.
@@ -30,15 +29,15 @@ pub async fn catch_up(inv: &Inventory, rounds: usize) {
     }
 }
 
-/// Starts the scheduler; it stops when `stop` turns true.
-pub fn spawn(inv: Inventory, every: Duration, mut stop: watch::Receiver<bool>) -> JoinHandle<()> {
+/// Starts the scheduler; it stops when `stop` is cancelled.
+pub fn spawn(inv: Inventory, every: Duration, stop: pxe::Shutdown) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => catch_up(&inv, 10).await,
-                _ = stop.changed() => break,
+                _ = stop.cancelled() => break,
             }
         }
     })

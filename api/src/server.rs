@@ -22,10 +22,11 @@ pub struct RunningServer {
     pub admin_token: Option<String>,
     /// Where the admin token was written, when it was.
     pub admin_token_file: Option<std::path::PathBuf>,
-    shutdown: watch::Sender<bool>,
+    /// The one shutdown signal: the API, the background workers and the boot services all
+    /// stop when it is cancelled.
+    shutdown: pxe::Shutdown,
     task: JoinHandle<std::io::Result<()>>,
     background: Vec<JoinHandle<()>>,
-    pxe_shutdown: pxe::Shutdown,
     pxe_tasks: Vec<JoinHandle<Result<(), pxe::PxeError>>>,
     inv: Inventory,
 }
@@ -64,7 +65,9 @@ impl Server {
             source,
         })?;
         let pxe_metrics = Arc::new(pxe::Metrics::default());
-        let pxe_shutdown = pxe::Shutdown::new();
+        // rackshare's one shutdown primitive (tokio_util's CancellationToken, which `pxe`
+        // re-exports): everything started below stops when it is cancelled.
+        let shutdown = pxe::Shutdown::new();
         let mut boot_http: Option<crate::boot::BootHttp> = None;
         let mut pxe_tasks = Vec::new();
         let mut prepared = Vec::new();
@@ -77,16 +80,12 @@ impl Server {
         // the counters are shared.
         for (cfg, http) in prepared {
             let interface = cfg.interface.clone();
-            match crate::boot::start(cfg, inv.clone(), pxe_metrics.clone(), pxe_shutdown.clone())
-                .await
+            match crate::boot::start(cfg, inv.clone(), pxe_metrics.clone(), shutdown.clone()).await
             {
                 Ok(t) => pxe_tasks.push(t),
                 Err(e) => {
                     // The interfaces already serving stop with the failed start.
-                    pxe_shutdown.cancel();
-                    for t in pxe_tasks {
-                        let _ = t.await;
-                    }
+                    stop_boot_services(&shutdown, pxe_tasks).await;
                     return Err(e);
                 }
             }
@@ -97,9 +96,14 @@ impl Server {
             }
         }
         let bmc = Arc::new(BmcService::new(inv.clone(), config.bmc_policy));
-        let image_store = images::ImageStore::open(data_dir.join("images"))
-            .await
-            .map_err(StartError::Images)?;
+        let image_store = match images::ImageStore::open(data_dir.join("images")).await {
+            Ok(s) => s,
+            Err(e) => {
+                // A failed start-up never leaves the boot services serving on their own.
+                stop_boot_services(&shutdown, pxe_tasks).await;
+                return Err(StartError::Images(e));
+            }
+        };
         let conductor =
             crate::engine::Conductor::new(inv.clone(), bmc.clone(), config.conductor.clone());
         let state = AppState {
@@ -113,36 +117,42 @@ impl Server {
             conductor: conductor.clone(),
         };
         let app = crate::routes::router(state);
-        let (shutdown, mut rx) = watch::channel(false);
         let mut background = Vec::new();
         if let Some(every) = config.energy_interval {
-            let mut stop = shutdown.subscribe();
+            let stop = shutdown.clone();
             background.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
                         _ = tick.tick() => bmc.sample_energy(every).await,
-                        _ = stop.changed() => break,
+                        _ = stop.cancelled() => break,
                     }
                 }
             }));
         }
-        background.push(tokio::spawn(conductor.run(shutdown.subscribe())));
+        // The conductor still takes a watch receiver; it follows the one signal through this
+        // bridge until it takes the token itself.
+        let (conductor_stop, conductor_rx) = watch::channel(false);
+        let stop = shutdown.clone();
+        background.push(tokio::spawn(async move {
+            stop.cancelled().await;
+            conductor_stop.send_replace(true);
+        }));
+        background.push(tokio::spawn(conductor.run(conductor_rx)));
         background.push(crate::scheduler::spawn(
             inv.clone(),
             crate::scheduler::LEASE_TICK,
-            shutdown.subscribe(),
+            shutdown.clone(),
         ));
+        let stop = shutdown.clone();
         let task = tokio::spawn(async move {
             // The local address of each connection picks the boot interface's base URL.
             axum::serve(
                 listener,
                 app.into_make_service_with_connect_info::<crate::boot::LocalAddr>(),
             )
-            .with_graceful_shutdown(async move {
-                let _ = rx.wait_for(|stop| *stop).await;
-            })
+            .with_graceful_shutdown(async move { stop.cancelled().await })
             .await
         });
         tracing::info!(%addr, database = ?inv.backend(), "rackshare API listening");
@@ -153,7 +163,6 @@ impl Server {
             shutdown,
             task,
             background,
-            pxe_shutdown,
             pxe_tasks,
             inv,
         })
@@ -163,13 +172,7 @@ impl Server {
 impl RunningServer {
     /// Stops accepting, lets in-flight requests finish, closes the database.
     pub async fn shutdown(self) -> std::io::Result<()> {
-        let _ = self.shutdown.send(true);
-        self.pxe_shutdown.cancel();
-        for t in self.pxe_tasks {
-            if let Ok(Err(e)) = t.await {
-                tracing::warn!(error = %e, "boot services ended with an error");
-            }
-        }
+        stop_boot_services(&self.shutdown, self.pxe_tasks).await;
         for t in self.background {
             let _ = t.await;
         }
@@ -179,6 +182,21 @@ impl RunningServer {
         };
         self.inv.close().await;
         res
+    }
+}
+
+/// Cancels the shutdown signal and waits for the boot services to stop.
+async fn stop_boot_services(
+    shutdown: &pxe::Shutdown,
+    tasks: Vec<JoinHandle<Result<(), pxe::PxeError>>>,
+) {
+    shutdown.cancel();
+    for t in tasks {
+        match t.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "boot services ended with an error"),
+            Err(e) => tracing::warn!(error = %e, "boot services task failed"),
+        }
     }
 }
 

@@ -1,12 +1,10 @@
 //! Politeness: one command in flight per BMC, bounded timeouts, retries of idempotent operations,
-//! polling after power actions, and a health record per BMC.
+//! polling after power actions.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
-
-use serde::Serialize;
+use std::time::{Duration, Instant};
 
 use crate::{
     BmcDriver, BmcError, BmcUrl, BootDevice, BootMode, Credentials, DriverOptions, HardwareInfo,
@@ -49,36 +47,15 @@ impl Default for Policy {
     }
 }
 
-/// How a BMC has been answering: for the inventory and `machine show`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct BmcHealth {
-    /// When an operation last succeeded.
-    pub last_success: Option<SystemTime>,
-    /// When an operation last failed.
-    pub last_failure: Option<SystemTime>,
-    /// Failed operations since the last success.
-    pub consecutive_failures: u32,
-    /// The last error, one line, no secrets.
-    pub last_error: Option<String>,
-    /// The last error's kind ([`BmcError::kind`]).
-    pub last_error_kind: Option<String>,
-}
-
-/// Told about every health change (after each operation); the api stores it in the inventory.
-pub trait HealthObserver: Send + Sync {
-    /// `bmc` is `host:port`; called outside any lock, must not block for long.
-    fn health_changed(&self, bmc: &str, health: &BmcHealth);
-}
-
 struct Slot {
     queue: tokio::sync::Mutex<()>,
-    health: Mutex<BmcHealth>,
 }
 
-/// Hands out [`BmcHandle`]s; handles to the same BMC address share one queue and health record.
+/// Hands out [`BmcHandle`]s; handles to the same BMC address share one queue. (How a BMC has
+/// been answering is recorded by the caller, per operation: the api's `BmcService` stores it
+/// in the inventory, the one health record.)
 pub struct Controller {
     policy: Policy,
-    observer: Option<Arc<dyn HealthObserver>>,
     slots: Mutex<HashMap<String, Arc<Slot>>>,
 }
 
@@ -87,15 +64,8 @@ impl Controller {
     pub fn new(policy: Policy) -> Self {
         Controller {
             policy,
-            observer: None,
             slots: Mutex::new(HashMap::new()),
         }
-    }
-
-    /// Reports every health change to `observer`.
-    pub fn with_observer(mut self, observer: Arc<dyn HealthObserver>) -> Self {
-        self.observer = Some(observer);
-        self
     }
 
     /// The policy in force.
@@ -113,7 +83,6 @@ impl Controller {
                 .or_insert_with(|| {
                     Arc::new(Slot {
                         queue: tokio::sync::Mutex::new(()),
-                        health: Mutex::new(BmcHealth::default()),
                     })
                 })
                 .clone()
@@ -122,7 +91,6 @@ impl Controller {
             driver,
             slot,
             policy: self.policy,
-            observer: self.observer.clone(),
         }
     }
 
@@ -136,14 +104,6 @@ impl Controller {
         let driver = crate::driver_for(url, credentials, tls, self.policy.driver)?;
         Ok(self.handle(driver))
     }
-
-    /// The health record of a BMC address (`host:port`), if it was ever used.
-    pub fn health(&self, bmc: &str) -> Option<BmcHealth> {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
-            .get(bmc)
-            .map(|s| s.health.lock().unwrap_or_else(|p| p.into_inner()).clone())
-    }
 }
 
 /// One BMC, used politely. Cheap to clone; clones share the queue.
@@ -152,22 +112,12 @@ pub struct BmcHandle {
     driver: Arc<dyn BmcDriver>,
     slot: Arc<Slot>,
     policy: Policy,
-    observer: Option<Arc<dyn HealthObserver>>,
 }
 
 impl BmcHandle {
     /// `host:port` of the BMC.
     pub fn address(&self) -> &str {
         self.driver.address()
-    }
-
-    /// This BMC's health record.
-    pub fn health(&self) -> BmcHealth {
-        self.slot
-            .health
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
     }
 
     /// Reads the power state (retried).
@@ -249,7 +199,6 @@ impl BmcHandle {
                     last,
                     secs: start.elapsed().as_secs_f64(),
                 };
-                self.record(Err(&err));
                 return Err(err);
             }
             tokio::time::sleep(interval.min(deadline - now)).await;
@@ -258,16 +207,10 @@ impl BmcHandle {
                 .once("power status", |d| async move { d.power_state().await })
                 .await
             {
-                Ok(s) if s == target => {
-                    self.record(Ok(()));
-                    return Ok(s);
-                }
+                Ok(s) if s == target => return Ok(s),
                 Ok(s) => last = s.to_string(),
                 Err(e) if e.is_transient() => last = e.to_string(),
-                Err(e) => {
-                    self.record(Err(&e));
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
         }
     }
@@ -310,10 +253,7 @@ impl BmcHandle {
         let mut attempt = 1;
         loop {
             match self.once(op, &f).await {
-                Ok(v) => {
-                    self.record(Ok(()));
-                    return Ok(v);
-                }
+                Ok(v) => return Ok(v),
                 Err(e) if attempt < attempts && e.is_transient() => {
                     tracing::warn!(bmc = %self.address(), op, attempt, error = %e,
                         "BMC operation failed; retrying in {:?}", delay);
@@ -321,33 +261,8 @@ impl BmcHandle {
                     delay = (delay * 2).min(self.policy.backoff_max);
                     attempt += 1;
                 }
-                Err(e) => {
-                    self.record(Err(&e));
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
-        }
-    }
-
-    fn record(&self, outcome: Result<(), &BmcError>) {
-        let snapshot = {
-            let mut h = self.slot.health.lock().unwrap_or_else(|p| p.into_inner());
-            match outcome {
-                Ok(()) => {
-                    h.last_success = Some(SystemTime::now());
-                    h.consecutive_failures = 0;
-                }
-                Err(e) => {
-                    h.last_failure = Some(SystemTime::now());
-                    h.consecutive_failures = h.consecutive_failures.saturating_add(1);
-                    h.last_error = Some(e.to_string());
-                    h.last_error_kind = Some(e.kind().to_string());
-                }
-            }
-            h.clone()
-        };
-        if let Some(o) = &self.observer {
-            o.health_changed(self.address(), &snapshot);
         }
     }
 }

@@ -4,11 +4,12 @@
 //! - [`BmcUrl`], [`Credentials`], [`TlsPolicy`]: what the inventory stores about a BMC;
 //! - [`BmcDriver`]: one small async interface, implemented by [`RedfishDriver`] and [`IpmiDriver`];
 //! - [`Controller`] / [`BmcHandle`]: politeness (one command in flight per BMC, timeouts, retries
-//!   of idempotent operations, polling after power actions) and a [`BmcHealth`] record;
-//! - [`energy_wh`]: integrates power samples into watt-hours.
+//!   of idempotent operations, polling after power actions).
+//!
+//! What a BMC's answers add up to (its health, the energy a machine drew) is recorded by the
+//! api in the inventory, the one home of each.
 
 mod controller;
-mod energy;
 mod error;
 mod ipmi;
 mod redfish;
@@ -16,8 +17,7 @@ mod tls;
 mod types;
 mod url;
 
-pub use controller::{BmcHandle, BmcHealth, Controller, HealthObserver, Policy};
-pub use energy::{energy_wh, PowerSample};
+pub use controller::{BmcHandle, Controller, Policy};
 pub use error::BmcError;
 pub use ipmi::{IpmiDriver, IpmiInvocation, IpmiOutput, IpmiRunner, ProcessRunner};
 pub use redfish::RedfishDriver;

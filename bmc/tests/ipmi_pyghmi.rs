@@ -172,7 +172,6 @@ async fn power_and_bootdev_through_ipmitool() {
     assert_eq!(h.power_reading().await.unwrap(), None);
     let info = h.inspect().await.unwrap();
     assert!(!info.warnings.is_empty());
-    assert_eq!(h.health().consecutive_failures, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

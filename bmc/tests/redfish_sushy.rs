@@ -55,10 +55,6 @@ async fn power_on_cycle_off_land_despite_emulator_delay() {
     let t = Instant::now();
     assert_eq!(h.power(PowerAction::Off).await.unwrap(), PowerState::Off);
     assert!(t.elapsed() < Duration::from_secs(3));
-
-    let health = h.health();
-    assert_eq!(health.consecutive_failures, 0);
-    assert!(health.last_success.is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,10 +140,7 @@ async fn wrong_password_is_a_clear_auth_error_without_the_password() {
     assert!(!format!("{err:?}").contains("Tr0ub4dor"));
     // Not retried: auth failures do not get better by hammering (and BMCs lock accounts).
     assert!(t.elapsed() < Duration::from_secs(3));
-    let health = h.health();
-    assert_eq!(health.consecutive_failures, 1);
-    assert_eq!(health.last_error_kind.as_deref(), Some("auth_failed"));
-    assert!(!health.last_error.unwrap().contains("Tr0ub4dor"));
+    assert_eq!(err.kind(), "auth_failed");
 }
 
 /// A CA, and a server certificate for 127.0.0.1 signed by it, made with openssl.

@@ -9,7 +9,7 @@ use sqlx::{Any, Row, Transaction};
 /// How an audited action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Outcome {
+pub enum AuditOutcome {
     /// It was done.
     Ok,
     /// The caller was not allowed.
@@ -18,12 +18,12 @@ pub enum Outcome {
     Failed,
 }
 
-impl Outcome {
+impl AuditOutcome {
     fn as_str(self) -> &'static str {
         match self {
-            Outcome::Ok => "ok",
-            Outcome::Denied => "denied",
-            Outcome::Failed => "failed",
+            AuditOutcome::Ok => "ok",
+            AuditOutcome::Denied => "denied",
+            AuditOutcome::Failed => "failed",
         }
     }
 }
@@ -44,7 +44,7 @@ pub struct NewAuditEvent {
     /// Member group concerned, if any (for the group's ledger).
     pub member_group: Option<String>,
     /// How it ended.
-    pub outcome: Outcome,
+    pub outcome: AuditOutcome,
     /// Extra facts, never secrets.
     pub detail: serde_json::Value,
 }
@@ -59,13 +59,13 @@ impl NewAuditEvent {
             target: target.into(),
             machine: (target_kind == "machine").then(|| target.to_string()),
             member_group: None,
-            outcome: Outcome::Ok,
+            outcome: AuditOutcome::Ok,
             detail: serde_json::Value::Object(Default::default()),
         }
     }
 
     /// Sets the outcome.
-    pub fn outcome(mut self, o: Outcome) -> Self {
+    pub fn outcome(mut self, o: AuditOutcome) -> Self {
         self.outcome = o;
         self
     }
@@ -109,7 +109,7 @@ pub struct AuditEvent {
     /// Member group concerned.
     pub member_group: Option<String>,
     /// How it ended.
-    pub outcome: Outcome,
+    pub outcome: AuditOutcome,
     /// Extra facts.
     pub detail: serde_json::Value,
 }
@@ -148,9 +148,9 @@ pub(crate) async fn record_in(tx: &mut Transaction<'_, Any>, ev: &NewAuditEvent)
 
 fn event_from_row(r: &AnyRow) -> Result<AuditEvent> {
     let outcome = match r.try_get::<String, _>("outcome")?.as_str() {
-        "denied" => Outcome::Denied,
-        "failed" => Outcome::Failed,
-        _ => Outcome::Ok,
+        "denied" => AuditOutcome::Denied,
+        "failed" => AuditOutcome::Failed,
+        _ => AuditOutcome::Ok,
     };
     Ok(AuditEvent {
         id: r.try_get("id")?,

@@ -27,6 +27,23 @@ pub struct Inventory {
     pub(crate) secrets: SecretBox,
 }
 
+impl Backend {
+    /// The backend a database URL names: `sqlite:…` or `postgres://…` (`postgresql://…`).
+    /// The one check of a database URL: `serve` calls it on the flag before starting.
+    pub fn of_url(url: &str) -> Result<Backend> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(Error::invalid(
+                "database_url",
+                format!("must start with sqlite:// or postgres://, got '{url}'"),
+            ))
+        }
+    }
+}
+
 impl Inventory {
     /// Opens (creating if needed) the database at `url` and brings its schema up to date.
     /// `sqlite://PATH` or `postgres://…`. A database written by a newer rackshare is refused.
@@ -68,20 +85,10 @@ impl Inventory {
 
     async fn connect(url: &str, secrets: SecretBox) -> Result<Inventory> {
         sqlx::any::install_default_drivers();
-        let (backend, url) = if url.starts_with("sqlite:") {
-            let url = if url.contains('?') {
-                url.to_string()
-            } else {
-                format!("{url}?mode=rwc")
-            };
-            (Backend::Sqlite, url)
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-            (Backend::Postgres, url.to_string())
-        } else {
-            return Err(Error::invalid(
-                "database_url",
-                "must start with sqlite:// or postgres://",
-            ));
+        let backend = Backend::of_url(url)?;
+        let url = match backend {
+            Backend::Sqlite if !url.contains('?') => format!("{url}?mode=rwc"),
+            _ => url.to_string(),
         };
         let opts = AnyConnectOptions::from_str(&url)?;
         let pool = match backend {

@@ -13,6 +13,23 @@ pub struct PowerSample {
     pub watts: f64,
 }
 
+/// Energy in watt-hours drawn over `samples` (in time order), by the trapezoid rule; a gap
+/// longer than `max_gap_ms` is not bridged (nobody knows what was drawn meanwhile). The one
+/// energy integration: the sampler's running total and a lease's energy both use it.
+pub fn energy_wh(samples: &[PowerSample], max_gap_ms: i64) -> f64 {
+    samples
+        .windows(2)
+        .map(|w| {
+            let gap = w[1].at - w[0].at;
+            if gap > 0 && gap <= max_gap_ms {
+                (w[0].watts + w[1].watts) / 2.0 * gap as f64 / 3_600_000.0
+            } else {
+                0.0
+            }
+        })
+        .sum()
+}
+
 impl Inventory {
     /// Stores a reading and adds the energy since the previous one (trapezoid rule) to the
     /// machine's total, unless the gap exceeds `max_gap_ms`.
@@ -50,14 +67,16 @@ impl Inventory {
         .bind(at)
         .fetch_optional(&mut *tx)
         .await?;
-        let mut wh = 0.0;
-        if let Some(p) = prev {
-            let (pat, pw): (i64, f64) = (p.try_get("at")?, p.try_get("watts")?);
-            let gap = at - pat;
-            if gap > 0 && gap <= max_gap_ms {
-                wh = (pw + watts) / 2.0 * (gap as f64) / 3_600_000.0;
+        let wh = match prev {
+            Some(p) => {
+                let before = PowerSample {
+                    at: p.try_get("at")?,
+                    watts: p.try_get("watts")?,
+                };
+                energy_wh(&[before, PowerSample { at, watts }], max_gap_ms)
             }
-        }
+            None => 0.0,
+        };
         if wh > 0.0 {
             sqlx::query("UPDATE machines SET energy_wh = energy_wh + $1 WHERE name = $2")
                 .bind(wh)
@@ -93,5 +112,25 @@ impl Inventory {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trapezoids_without_bridging_gaps() {
+        let s = |at, watts| PowerSample { at, watts };
+        // 100 W then 200 W over one hour: 150 Wh.
+        assert_eq!(
+            energy_wh(&[s(0, 100.0), s(3_600_000, 200.0)], 3_600_000),
+            150.0
+        );
+        // The same hour with a 15-minute limit: not bridged.
+        assert_eq!(energy_wh(&[s(0, 100.0), s(3_600_000, 200.0)], 900_000), 0.0);
+        assert_eq!(energy_wh(&[s(0, 100.0)], 900_000), 0.0);
+        let three = [s(0, 60.0), s(60_000, 60.0), s(120_000, 60.0)];
+        assert!((energy_wh(&three, 900_000) - 2.0).abs() < 1e-9);
     }
 }

@@ -6,6 +6,7 @@
 //! types and typed [`Error`]s back.
 
 mod audit;
+mod clock;
 mod db;
 mod dhcp;
 mod energy;
@@ -22,7 +23,8 @@ mod sites;
 mod state;
 mod transition;
 
-pub use audit::{AuditEvent, AuditFilter, NewAuditEvent, Outcome};
+pub use audit::{AuditEvent, AuditFilter, AuditOutcome, NewAuditEvent};
+pub use clock::{fmt_utc, month_bounds, now_ms, utc_ms};
 pub use db::{Backend, Inventory};
 pub use dhcp::{DhcpLease, DhcpLeaseChange, DhcpLeaseInfo};
 pub use energy::PowerSample;
@@ -37,8 +39,8 @@ pub use jobs::{
     StepState, AGENT_TOKEN_TTL_MS,
 };
 pub use leases::{
-    month_bounds, ssh_key_fingerprint, EndReason, GroupQuota, Lease, LeaseConstraints, LeaseDetail,
-    LeaseFilter, LeaseMachine, LeasePolicy, LeaseState, LeaseTick, NewLease, WipeCertificate,
+    ssh_key_fingerprint, EndReason, GroupQuota, Lease, LeaseConstraints, LeaseDetail, LeaseFilter,
+    LeaseMachine, LeasePolicy, LeaseState, LeaseTick, NewLease, WipeCertificate,
     DEFAULT_LEASE_HOURS,
 };
 pub use machines::{BmcAccess, BmcHealth, MachineFilter, MachinePatch, NewBmc, NewMachine};
@@ -48,12 +50,3 @@ pub use model::{
 pub use people::{ApiToken, IssuedToken, NewUser, TokenOwner};
 pub use secrets::SecretBox;
 pub use state::MachineState;
-
-/// Milliseconds since the Unix epoch, the unit of every time in the database.
-pub fn now_ms() -> i64 {
-    use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}

@@ -137,3 +137,109 @@ async fn compare_and_set(
         actual: actual.unwrap_or_else(|| "deleted".into()),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AuditFilter, Inventory, NewMachine, SecretBox};
+
+    async fn one_machine() -> (tempfile::TempDir, Inventory, i64) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let inv = Inventory::open(&url, SecretBox::from_key([7; 32]))
+            .await
+            .expect("open");
+        let m = inv
+            .add_machine(
+                "staff",
+                &NewMachine {
+                    name: "m1".into(),
+                    macs: vec!["52:54:00:00:09:01".parse().expect("mac")],
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("add");
+        (dir, inv, m.id)
+    }
+
+    #[tokio::test]
+    async fn a_move_checks_the_table_then_wins_or_names_the_state_found() {
+        let (_dir, inv, id) = one_machine().await;
+        let m = MachineRef {
+            id,
+            name: "m1",
+            group: None,
+        };
+        let audit = || TransitionAudit::Transition(None);
+        let mut tx = inv.begin_write().await.expect("tx");
+        // Not in the table: refused before any write, the transaction stays usable.
+        let e = transition_tx(
+            &mut tx,
+            "t",
+            &m,
+            MachineState::New,
+            MachineState::Deployed,
+            "",
+            audit(),
+        )
+        .await
+        .expect_err("forbidden");
+        assert!(matches!(e, Error::ForbiddenTransition { .. }), "{e}");
+        transition_tx(
+            &mut tx,
+            "t",
+            &m,
+            MachineState::New,
+            MachineState::Available,
+            "ok",
+            audit(),
+        )
+        .await
+        .expect("allowed");
+        // Expecting the old state again loses, naming the state found.
+        let e = transition_tx(
+            &mut tx,
+            "t",
+            &m,
+            MachineState::New,
+            MachineState::Inspecting,
+            "",
+            audit(),
+        )
+        .await
+        .expect_err("lost");
+        match e {
+            Error::StateChanged { actual, .. } => assert_eq!(actual, "available"),
+            other => panic!("{other}"),
+        }
+        // A job's move leaves the audit to the job's own event.
+        transition_tx(
+            &mut tx,
+            "t",
+            &m,
+            MachineState::Available,
+            MachineState::Inspecting,
+            "job",
+            TransitionAudit::ByJob,
+        )
+        .await
+        .expect("job move");
+        tx.commit().await.expect("commit");
+        assert_eq!(
+            inv.machine("m1").await.expect("m").state,
+            MachineState::Inspecting
+        );
+        let moves = inv
+            .events(&AuditFilter {
+                machine: Some("m1".into()),
+                ..Default::default()
+            })
+            .await
+            .expect("events")
+            .into_iter()
+            .filter(|e| e.action == "machine.transition")
+            .count();
+        assert_eq!(moves, 1, "one audited staff move, none for the job's");
+    }
+}

@@ -25,7 +25,9 @@ pub struct MachineEntry {
     pub hostname: Option<String>,
 }
 
-/// Lookup of machines by MAC; object-safe, used as `Arc<dyn MachineDirectory>`.
+/// Lookup of machines by MAC; object-safe, used as `Arc<dyn MachineDirectory>`. The boot
+/// server asks on every DISCOVER, REQUEST and INFORM and caches nothing itself, so an
+/// implementation over a database keeps its own short-lived cache (the one cache).
 pub trait MachineDirectory: Send + Sync + 'static {
     /// The machine with this MAC, or `None` if the inventory does not know it.
     fn lookup(&self, mac: MacAddr) -> BoxFuture<'_, Result<Option<MachineEntry>, DirectoryError>>;

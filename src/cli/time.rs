@@ -35,37 +35,28 @@ pub fn parse_time(s: &str, now_ms: i64) -> anyhow::Result<i64> {
     };
     let t = s.trim_end_matches('Z').replace('T', " ");
     let (date, clock) = t.split_once(' ').unwrap_or((t.as_str(), "00:00"));
-    let d: Vec<i64> = date
-        .split('-')
-        .map(|p| p.parse().map_err(|_| bad()))
-        .collect::<anyhow::Result<_>>()?;
-    let c: Vec<i64> = clock
-        .split(':')
-        .map(|p| p.parse().map_err(|_| bad()))
-        .collect::<anyhow::Result<_>>()?;
+    let num = |p: &str| p.parse::<u8>().map_err(|_| bad());
+    let d: Vec<&str> = date.split('-').collect();
+    let c: Vec<&str> = clock.split(':').collect();
     let ([y, m, day], [hh, mm, ss @ ..]) = (d.as_slice(), c.as_slice()) else {
         return Err(bad());
     };
-    let sec = ss.first().copied().unwrap_or(0);
-    if !(1..=12).contains(m) || !(1..=31).contains(day) || *hh > 23 || *mm > 59 || sec > 60 {
-        return Err(bad());
-    }
-    // Days from civil (Howard Hinnant's algorithm), UTC.
-    let yy = if *m <= 2 { y - 1 } else { *y };
-    let era = yy.div_euclid(400);
-    let yoe = yy - era * 400;
-    let doy = (153 * ((m + 9) % 12) + 2) / 5 + day - 1;
-    let days = era * 146_097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719_468;
-    Ok(((days * 86_400 + hh * 3600 + mm * 60 + sec) * 1000).max(0))
+    let sec = ss.first().map_or(Ok(0), |s| num(s))?;
+    // One civil-date conversion for all of rackshare (the inventory's).
+    let ms = inventory::utc_ms(
+        y.parse().map_err(|_| bad())?,
+        num(m)?,
+        num(day)?,
+        num(hh)?,
+        num(mm)?,
+        sec,
+    )
+    .ok_or_else(bad)?;
+    Ok(ms.max(0))
 }
 
 /// Milliseconds since the Unix epoch, for relative times.
-pub(super) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub(super) use inventory::now_ms;
 
 #[cfg(test)]
 mod tests {

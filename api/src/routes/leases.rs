@@ -12,8 +12,8 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
 use inventory::{
-    ssh_key_fingerprint, EndReason, GroupQuota, Lease, LeaseDetail, LeaseFilter, LeasePolicy,
-    NewAuditEvent, NewLease, Outcome, Role,
+    ssh_key_fingerprint, AuditOutcome, EndReason, GroupQuota, Lease, LeaseDetail, LeaseFilter,
+    LeasePolicy, NewAuditEvent, NewLease, Role,
 };
 use serde::{Deserialize, Serialize};
 
@@ -42,7 +42,7 @@ async fn require_on(
         return Ok(());
     }
     let ev = NewAuditEvent::ok(c.name(), action, "lease", target)
-        .outcome(Outcome::Denied)
+        .outcome(AuditOutcome::Denied)
         .group(Some(group.to_string()))
         .detail(serde_json::json!({"role": c.role()}));
     if let Err(e) = st.inv.record(ev).await {

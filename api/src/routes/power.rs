@@ -11,7 +11,7 @@ use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::Json;
 use bmc::{BootDevice, BootMode, PowerAction};
-use inventory::{NewAuditEvent, Outcome, Role};
+use inventory::{AuditOutcome, NewAuditEvent, Role};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -29,8 +29,8 @@ async fn audit(
     res: Result<&Value, &ApiError>,
 ) {
     let (outcome, detail) = match res {
-        Ok(v) => (Outcome::Ok, v.clone()),
-        Err(e) => (Outcome::Failed, json!({"error": e.message})),
+        Ok(v) => (AuditOutcome::Ok, v.clone()),
+        Err(e) => (AuditOutcome::Failed, json!({"error": e.message})),
     };
     let ev = NewAuditEvent::ok(c.name(), action, "machine", machine)
         .outcome(outcome)

@@ -483,9 +483,9 @@ impl Inventory {
             .execute(&mut *tx)
             .await?;
         let outcome = if state == JobState::Succeeded {
-            crate::Outcome::Ok
+            crate::AuditOutcome::Ok
         } else {
-            crate::Outcome::Failed
+            crate::AuditOutcome::Failed
         };
         record_in(
             &mut tx,

@@ -20,7 +20,6 @@ mod read;
 mod tick;
 mod types;
 
-pub use calendar::month_bounds;
 pub use keys::ssh_key_fingerprint;
 pub use types::*;
 

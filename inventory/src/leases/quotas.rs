@@ -1,8 +1,9 @@
 //! Group quotas: machines at once and machine-hours a month.
 
-use super::calendar::{fmt_hours, hours, month_bounds, overlap};
+use super::calendar::{fmt_hours, hours, overlap};
 use super::*;
 use crate::audit::record_in;
+use crate::month_bounds;
 use crate::{now_ms, Error, Inventory, NewAuditEvent, Result};
 use sqlx::{Any, Row, Transaction};
 

@@ -27,12 +27,7 @@ impl Inventory {
         for m in &lease.machines {
             let to = m.released_at.unwrap_or(now);
             let samples = self.power_samples(&m.name, m.allocated_at, to).await?;
-            for w in samples.windows(2) {
-                let gap = w[1].at - w[0].at;
-                if gap > 0 && gap <= ENERGY_MAX_GAP_MS {
-                    wh += (w[0].watts + w[1].watts) / 2.0 * gap as f64 / HOUR_MS as f64;
-                }
-            }
+            wh += crate::energy::energy_wh(&samples, ENERGY_MAX_GAP_MS);
         }
         let rows = sqlx::query(
             "SELECT c.job_id, m.name AS machine_name, c.body, c.created_at FROM wipe_certificates c \

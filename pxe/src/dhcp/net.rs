@@ -13,7 +13,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, Semaphore};
 use tokio_util::sync::CancellationToken;
 
-use crate::dhcp::core::{DhcpCore, Outcome, Port, Reply};
+use crate::dhcp::core::{DhcpCore, DhcpOutcome, Port, Reply};
 use crate::error::PxeError;
 use crate::lease::{LeaseChange, LeaseStore};
 use crate::metrics::{DropReason, Metrics};
@@ -274,13 +274,13 @@ pub(crate) async fn dhcp_loop(
             let outcome = core.handle(&data, port, src).await;
             tracing::trace!(%src, ?ifindex, ?outcome, "DHCP packet");
             match outcome {
-                Outcome::Reply(r) => senders.send(&r).await,
-                Outcome::Durable { changes, reply } => {
+                DhcpOutcome::Reply(r) => senders.send(&r).await,
+                DhcpOutcome::Durable { changes, reply } => {
                     if writer.send(Pending { changes, reply }).await.is_err() {
                         tracing::warn!("lease writer gone; reply dropped");
                     }
                 }
-                Outcome::Drop(_) | Outcome::Silent => {}
+                DhcpOutcome::Drop(_) | DhcpOutcome::Silent => {}
             }
         });
     }

@@ -1,0 +1,292 @@
+//! The lease table: the hot set of leases and offers of one interface's pools, and the
+//! allocation rule (free first, then the oldest expired lease).
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use super::now_ms;
+use crate::config::PoolConfig;
+use crate::lease::{Lease, LeaseChange, LeaseKey, LeaseState};
+use crate::mac::MacAddr;
+
+/// How long an offered address is kept for the client that was offered it.
+pub(super) const OFFER_HOLD: Duration = Duration::from_secs(60);
+
+pub(super) struct PoolState {
+    pub(super) cfg: PoolConfig,
+    pub(super) start: u32,
+    pub(super) size: u32,
+    pub(super) cursor: u32,
+}
+
+pub(super) struct Offer {
+    pub(super) ip: Ipv4Addr,
+    pub(super) until: Instant,
+}
+
+/// Whether an address can go to a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Avail {
+    /// Nobody else holds it (never leased, or this client's own).
+    Free,
+    /// Another client's lease on it has expired (or was released, or a decline's hold ended):
+    /// usable, but only when no free address is left.
+    Expired,
+    /// Not for this client.
+    Taken,
+}
+
+/// In-memory lease state (the hot set); the store holds the durable copy.
+pub(super) struct LeaseTable {
+    pub(super) server_ip: Ipv4Addr,
+    pub(super) pools: Vec<PoolState>,
+    pub(super) by_key: HashMap<LeaseKey, Lease>,
+    pub(super) by_ip: HashMap<Ipv4Addr, LeaseKey>,
+    /// (expires_at, ip) of every lease in `by_key`: the oldest expired lease is found first.
+    pub(super) by_expiry: BTreeSet<(i64, u32)>,
+    pub(super) offers: HashMap<LeaseKey, Offer>,
+    pub(super) offered_ips: HashMap<Ipv4Addr, LeaseKey>,
+    pub(super) reserved: HashMap<Ipv4Addr, MacAddr>,
+}
+
+impl LeaseTable {
+    pub(super) fn new(server_ip: Ipv4Addr, pools: &[PoolConfig], leases: Vec<Lease>) -> Self {
+        let pools = pools
+            .iter()
+            .map(|p| {
+                let start = u32::from(p.range_start);
+                let end = u32::from(p.range_end).max(start);
+                PoolState {
+                    cfg: p.clone(),
+                    start,
+                    size: end - start + 1,
+                    cursor: 0,
+                }
+            })
+            .collect();
+        let mut t = LeaseTable {
+            server_ip,
+            pools,
+            by_key: HashMap::new(),
+            by_ip: HashMap::new(),
+            by_expiry: BTreeSet::new(),
+            offers: HashMap::new(),
+            offered_ips: HashMap::new(),
+            reserved: HashMap::new(),
+        };
+        // The store is shared by every authoritative interface (and the relayed subnets of
+        // each): only the leases in this table's own subnets are its to hand out, hold or
+        // reclaim. Another interface's leases stay in the store untouched.
+        for l in leases {
+            if !t.pools.iter().any(|p| p.cfg.contains_subnet(l.ip)) {
+                continue;
+            }
+            let key = l.key();
+            t.put(key, l);
+        }
+        t
+    }
+
+    /// Inserts or replaces `key`'s lease, keeping `by_ip` and `by_expiry` in step. A lease
+    /// of another key on the same address is removed and returned.
+    pub(super) fn put(&mut self, key: LeaseKey, lease: Lease) -> Option<(LeaseKey, Lease)> {
+        let displaced = match self.by_ip.get(&lease.ip) {
+            Some(other) if *other != key => {
+                let other = other.clone();
+                self.remove(&other).map(|l| (other, l))
+            }
+            _ => None,
+        };
+        if let Some(old) = self.by_key.get(&key) {
+            self.by_expiry.remove(&(old.expires_at, u32::from(old.ip)));
+            if old.ip != lease.ip && self.by_ip.get(&old.ip) == Some(&key) {
+                self.by_ip.remove(&old.ip);
+            }
+        }
+        self.by_expiry
+            .insert((lease.expires_at, u32::from(lease.ip)));
+        self.by_ip.insert(lease.ip, key.clone());
+        self.by_key.insert(key, lease);
+        displaced
+    }
+
+    /// Forgets `key`'s lease.
+    pub(super) fn remove(&mut self, key: &LeaseKey) -> Option<Lease> {
+        let l = self.by_key.remove(key)?;
+        self.by_expiry.remove(&(l.expires_at, u32::from(l.ip)));
+        if self.by_ip.get(&l.ip) == Some(key) {
+            self.by_ip.remove(&l.ip);
+        }
+        Some(l)
+    }
+
+    /// The pool for a client whose subnet is named by `giaddr` (see [`selection_address`]);
+    /// unspecified means directly attached: the server's own subnet, else the first pool.
+    pub(super) fn pool_index(&self, giaddr: Ipv4Addr) -> Option<usize> {
+        let anchor = if giaddr.is_unspecified() {
+            self.server_ip
+        } else {
+            giaddr
+        };
+        self.pools
+            .iter()
+            .position(|p| p.cfg.contains_subnet(anchor))
+            .or(if giaddr.is_unspecified() && !self.pools.is_empty() {
+                Some(0)
+            } else {
+                None
+            })
+    }
+
+    /// Can `ip` go to the client `key` (hardware address `mac`)?
+    pub(super) fn avail(
+        &self,
+        ip: Ipv4Addr,
+        key: &LeaseKey,
+        mac: MacAddr,
+        pool: &PoolConfig,
+        now: Instant,
+        now_ms: i64,
+    ) -> Avail {
+        if ip == self.server_ip || Some(ip) == pool.router || !pool.contains_subnet(ip) {
+            return Avail::Taken;
+        }
+        let m = u32::from(pool.subnet_mask);
+        let v = u32::from(ip);
+        if m != u32::MAX && (v & !m == 0 || v & !m == !m) {
+            return Avail::Taken; // network or broadcast address
+        }
+        if let Some(owner) = self.reserved.get(&ip) {
+            if *owner != mac {
+                return Avail::Taken;
+            }
+        }
+        if let Some(other) = self.offered_ips.get(&ip) {
+            if other != key && self.offers.get(other).is_some_and(|o| o.until > now) {
+                return Avail::Taken;
+            }
+        }
+        match self.by_ip.get(&ip) {
+            Some(other) if other != key => match self.by_key.get(other) {
+                Some(l) if l.expires_at > now_ms && l.state != LeaseState::Released => Avail::Taken,
+                Some(_) => Avail::Expired,
+                None => Avail::Free,
+            },
+            _ => Avail::Free,
+        }
+    }
+
+    /// Picks an address for `key`: its reservation, its own lease, its offer, the address it
+    /// asks for, then a never-used one; only when none is free, the address of the lease that
+    /// expired first (RFC 2131 §4.3.1 prefers a client's previous address).
+    pub(super) fn allocate(
+        &mut self,
+        key: &LeaseKey,
+        mac: MacAddr,
+        pool_idx: usize,
+        reserved: Option<Ipv4Addr>,
+        requested: Option<Ipv4Addr>,
+    ) -> Option<Ipv4Addr> {
+        let now = Instant::now();
+        let now_ms = now_ms();
+        let pool = &self.pools.get(pool_idx)?.cfg;
+        if let Some(ip) = reserved {
+            if self.avail(ip, key, mac, pool, now, now_ms) != Avail::Taken {
+                return Some(ip);
+            }
+        }
+        if let Some(l) = self.by_key.get(key) {
+            if self.avail(l.ip, key, mac, pool, now, now_ms) == Avail::Free
+                && (pool.contains_range(l.ip) || reserved == Some(l.ip))
+            {
+                return Some(l.ip);
+            }
+        }
+        if let Some(o) = self.offers.get(key) {
+            // Possibly a reclaimed address: it was the best choice when offered.
+            if self.avail(o.ip, key, mac, pool, now, now_ms) != Avail::Taken {
+                return Some(o.ip);
+            }
+        }
+        if let Some(ip) = requested {
+            if pool.contains_range(ip) && self.avail(ip, key, mac, pool, now, now_ms) == Avail::Free
+            {
+                return Some(ip);
+            }
+        }
+        let p = self.pools.get(pool_idx)?;
+        let (start, size, cursor) = (p.start, p.size, p.cursor);
+        for k in 0..size {
+            let off = (cursor.wrapping_add(k)) % size;
+            let ip = Ipv4Addr::from(start.wrapping_add(off));
+            if self.avail(ip, key, mac, &p.cfg, now, now_ms) == Avail::Free {
+                if let Some(p) = self.pools.get_mut(pool_idx) {
+                    p.cursor = (off + 1) % size;
+                }
+                return Some(ip);
+            }
+        }
+        // No free address: reclaim, oldest expiry first. A release sets the expiry to the
+        // release time, so everything reclaimable sorts before the first live lease.
+        for &(exp, ip) in &self.by_expiry {
+            if exp > now_ms {
+                break;
+            }
+            let ip = Ipv4Addr::from(ip);
+            if p.cfg.contains_range(ip)
+                && self.avail(ip, key, mac, &p.cfg, now, now_ms) != Avail::Taken
+            {
+                return Some(ip);
+            }
+        }
+        None
+    }
+
+    pub(super) fn record_offer(&mut self, key: &LeaseKey, ip: Ipv4Addr) {
+        if let Some(old) = self.offers.insert(
+            key.clone(),
+            Offer {
+                ip,
+                until: Instant::now() + OFFER_HOLD,
+            },
+        ) {
+            if old.ip != ip && self.offered_ips.get(&old.ip) == Some(key) {
+                self.offered_ips.remove(&old.ip);
+            }
+        }
+        self.offered_ips.insert(ip, key.clone());
+        // Keep the offer map bounded: sweep expired offers now and then.
+        if self.offers.len() > 4096 && self.offers.len().is_power_of_two() {
+            let now = Instant::now();
+            let expired: Vec<LeaseKey> = self
+                .offers
+                .iter()
+                .filter(|(_, o)| o.until <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in expired {
+                self.drop_offer(&k);
+            }
+        }
+    }
+
+    pub(super) fn drop_offer(&mut self, key: &LeaseKey) {
+        if let Some(o) = self.offers.remove(key) {
+            if self.offered_ips.get(&o.ip) == Some(key) {
+                self.offered_ips.remove(&o.ip);
+            }
+        }
+    }
+
+    /// Binds `lease` to `key`; returns the store changes (a displaced lease's delete first).
+    pub(super) fn bind(&mut self, key: LeaseKey, lease: Lease) -> Vec<LeaseChange> {
+        let mut changes = Vec::with_capacity(2);
+        self.drop_offer(&key);
+        if let Some((other, _)) = self.put(key, lease.clone()) {
+            changes.push(LeaseChange::Delete { key: other });
+        }
+        changes.push(LeaseChange::Upsert(lease));
+        changes
+    }
+}
