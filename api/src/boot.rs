@@ -10,8 +10,9 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use inventory::{DhcpLease, DhcpLeaseChange, Inventory, MacAddress, MachineState, NewMachine};
 use pxe::{
-    AgentMode, BootIntent, ClientArch, ClientInfo, DirectoryError, Lease, LeaseChange, LeaseKey,
-    LeaseState, LeaseStore, LeaseStoreError, MacAddr, MachineDirectory, MachineEntry,
+    AddressLease, AddressLeaseChange, AddressLeaseKey, AddressLeaseState, AddressLeaseStore,
+    AddressLeaseStoreError, AgentMode, BootIntent, ClientArch, ClientInfo, DirectoryError, MacAddr,
+    MachineDirectory, MachineEntry,
 };
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -163,23 +164,24 @@ impl MachineDirectory for InventoryDirectory {
 }
 
 /// The inventory's `dhcp_leases` table as the boot server's lease store.
-pub struct InventoryLeaseStore {
+pub struct InventoryAddressLeaseStore {
     /// The inventory.
     pub inv: Inventory,
 }
 
-impl LeaseStore for InventoryLeaseStore {
-    fn load(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseStoreError>> {
+impl AddressLeaseStore for InventoryAddressLeaseStore {
+    fn load(&self) -> BoxFuture<'_, Result<Vec<AddressLease>, AddressLeaseStoreError>> {
         async move {
             let rows = self
                 .inv
                 .dhcp_leases()
                 .await
-                .map_err(|e| LeaseStoreError::Other(e.to_string()))?;
+                .map_err(|e| AddressLeaseStoreError::Other(e.to_string()))?;
             let mut out = Vec::with_capacity(rows.len());
             for r in rows {
                 // A row that does not parse is skipped, not fatal: the address is re-leased.
-                let (Ok(key), Ok(ip)) = (r.key.parse::<LeaseKey>(), r.ip.parse::<Ipv4Addr>())
+                let (Ok(key), Ok(ip)) =
+                    (r.key.parse::<AddressLeaseKey>(), r.ip.parse::<Ipv4Addr>())
                 else {
                     tracing::warn!(key = %r.key, ip = %r.ip, "skipping a damaged DHCP lease row");
                     continue;
@@ -188,16 +190,16 @@ impl LeaseStore for InventoryLeaseStore {
                 // schema 0005 have none until the client renews, declined holds never do.
                 let mac = match (r.mac.as_deref().map(str::parse::<MacAddr>), &key) {
                     (Some(Ok(m)), _) => m,
-                    (_, LeaseKey::Mac(m)) => *m,
+                    (_, AddressLeaseKey::Mac(m)) => *m,
                     _ => MacAddr([0; 6]),
                 };
-                out.push(Lease {
+                out.push(AddressLease {
                     mac,
                     ip,
                     hostname: r.hostname,
                     client_id: r.client_id,
                     expires_at: r.expires_at,
-                    state: LeaseState::from_column(&r.state),
+                    state: AddressLeaseState::from_column(&r.state),
                 });
             }
             Ok(out)
@@ -205,18 +207,21 @@ impl LeaseStore for InventoryLeaseStore {
         .boxed()
     }
 
-    fn commit(&self, changes: Vec<LeaseChange>) -> BoxFuture<'_, Result<(), LeaseStoreError>> {
+    fn commit(
+        &self,
+        changes: Vec<AddressLeaseChange>,
+    ) -> BoxFuture<'_, Result<(), AddressLeaseStoreError>> {
         async move {
             let batch: Vec<DhcpLeaseChange> = changes
                 .into_iter()
                 .map(|c| match c {
-                    LeaseChange::Delete { key } => DhcpLeaseChange::Delete {
+                    AddressLeaseChange::Delete { key } => DhcpLeaseChange::Delete {
                         key: key.to_string(),
                     },
-                    LeaseChange::Upsert(l) => DhcpLeaseChange::Upsert(DhcpLease {
+                    AddressLeaseChange::Upsert(l) => DhcpLeaseChange::Upsert(DhcpLease {
                         key: l.key().to_string(),
                         // A declined hold belongs to nobody (decision 23).
-                        mac: (l.state != LeaseState::Declined).then(|| l.mac.to_string()),
+                        mac: (l.state != AddressLeaseState::Declined).then(|| l.mac.to_string()),
                         ip: l.ip.to_string(),
                         hostname: l.hostname,
                         client_id: l.client_id,
@@ -228,7 +233,7 @@ impl LeaseStore for InventoryLeaseStore {
             self.inv
                 .apply_dhcp_lease_changes(&batch)
                 .await
-                .map_err(|e| LeaseStoreError::Other(e.to_string()))
+                .map_err(|e| AddressLeaseStoreError::Other(e.to_string()))
         }
         .boxed()
     }
@@ -454,7 +459,7 @@ pub fn check_interfaces<'a>(
             }
             for pa in pools(a) {
                 for pb in pools(b) {
-                    if pa.contains_subnet(pb.range_start) || pb.contains_subnet(pa.range_start) {
+                    if pa.collides_with(&pb) {
                         return Err(crate::StartError::Boot(format!(
                             "boot interface {}: subnet {} overlaps subnet {} of boot interface {}; two authoritative interfaces cannot hand out the same addresses",
                             a.interface,
@@ -478,7 +483,7 @@ pub async fn start(
     shutdown: pxe::Shutdown,
 ) -> Result<tokio::task::JoinHandle<Result<(), pxe::PxeError>>, crate::StartError> {
     let directory = Arc::new(InventoryDirectory::new(inv.clone()));
-    let leases = Arc::new(InventoryLeaseStore { inv });
+    let leases = Arc::new(InventoryAddressLeaseStore { inv });
     pxe::start(cfg, directory, leases, metrics, shutdown)
         .await
         .map_err(|e| crate::StartError::Boot(e.to_string()))
@@ -591,9 +596,9 @@ mod tests {
         let inv = Inventory::open(&url, inventory::SecretBox::from_key([7; 32]))
             .await
             .expect("open");
-        let store = InventoryLeaseStore { inv };
+        let store = InventoryAddressLeaseStore { inv };
         let mac = MacAddr([2, 0, 0, 0, 0, 1]);
-        let lease = |ip: [u8; 4], client_id: Option<&str>, state| Lease {
+        let lease = |ip: [u8; 4], client_id: Option<&str>, state| AddressLease {
             mac,
             ip: Ipv4Addr::from(ip),
             hostname: None,
@@ -601,26 +606,27 @@ mod tests {
             expires_at: 5,
             state,
         };
-        let by_mac = lease([10, 0, 0, 1], None, LeaseState::Bound);
-        let by_id = lease([10, 0, 0, 2], Some("00786978"), LeaseState::Bound);
-        let declined = lease([10, 0, 0, 3], None, LeaseState::Declined);
+        let by_mac = lease([10, 0, 0, 1], None, AddressLeaseState::Bound);
+        let by_id = lease([10, 0, 0, 2], Some("00786978"), AddressLeaseState::Bound);
+        let declined = lease([10, 0, 0, 3], None, AddressLeaseState::Declined);
         store
             .commit(vec![
-                LeaseChange::Upsert(by_mac.clone()),
-                LeaseChange::Upsert(by_id.clone()),
-                LeaseChange::Upsert(declined.clone()),
+                AddressLeaseChange::Upsert(by_mac.clone()),
+                AddressLeaseChange::Upsert(by_id.clone()),
+                AddressLeaseChange::Upsert(declined.clone()),
             ])
             .await
             .expect("commit");
         let mut got = store.load().await.expect("load");
         got.sort_by_key(|l| l.ip);
-        let keys: Vec<(LeaseKey, LeaseState)> = got.iter().map(|l| (l.key(), l.state)).collect();
+        let keys: Vec<(AddressLeaseKey, AddressLeaseState)> =
+            got.iter().map(|l| (l.key(), l.state)).collect();
         assert_eq!(
             keys,
             [
-                (by_mac.key(), LeaseState::Bound),
-                (by_id.key(), LeaseState::Bound),
-                (declined.key(), LeaseState::Declined),
+                (by_mac.key(), AddressLeaseState::Bound),
+                (by_id.key(), AddressLeaseState::Bound),
+                (declined.key(), AddressLeaseState::Declined),
             ]
         );
         // The chaddr of MAC- and client-id-keyed leases is stored; a declined hold has none.
@@ -628,7 +634,7 @@ mod tests {
         assert_eq!(got[1].mac, mac);
         assert_eq!(got[2].mac, MacAddr([0; 6]));
         store
-            .commit(vec![LeaseChange::Delete { key: by_id.key() }])
+            .commit(vec![AddressLeaseChange::Delete { key: by_id.key() }])
             .await
             .expect("delete");
         assert_eq!(store.load().await.expect("load").len(), 2);

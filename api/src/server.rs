@@ -8,7 +8,6 @@ use inventory::{Inventory, SecretBox};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// The service, before it starts.
@@ -68,6 +67,12 @@ impl Server {
         // rackshare's one shutdown primitive (tokio_util's CancellationToken, which `pxe`
         // re-exports): everything started below stops when it is cancelled.
         let shutdown = pxe::Shutdown::new();
+        // Everything that can fail is done before the boot services start, so a failed start-up
+        // never leaves them serving on their own (the one exception, an interface that fails
+        // to start, stops the ones already started).
+        let image_store = images::ImageStore::open(data_dir.join("images"))
+            .await
+            .map_err(StartError::Images)?;
         let mut boot_http: Option<crate::boot::BootHttp> = None;
         let mut pxe_tasks = Vec::new();
         let mut prepared = Vec::new();
@@ -96,14 +101,6 @@ impl Server {
             }
         }
         let bmc = Arc::new(BmcService::new(inv.clone(), config.bmc_policy));
-        let image_store = match images::ImageStore::open(data_dir.join("images")).await {
-            Ok(s) => s,
-            Err(e) => {
-                // A failed start-up never leaves the boot services serving on their own.
-                stop_boot_services(&shutdown, pxe_tasks).await;
-                return Err(StartError::Images(e));
-            }
-        };
         let conductor =
             crate::engine::Conductor::new(inv.clone(), bmc.clone(), config.conductor.clone());
         let state = AppState {
@@ -131,15 +128,7 @@ impl Server {
                 }
             }));
         }
-        // The conductor still takes a watch receiver; it follows the one signal through this
-        // bridge until it takes the token itself.
-        let (conductor_stop, conductor_rx) = watch::channel(false);
-        let stop = shutdown.clone();
-        background.push(tokio::spawn(async move {
-            stop.cancelled().await;
-            conductor_stop.send_replace(true);
-        }));
-        background.push(tokio::spawn(conductor.run(conductor_rx)));
+        background.push(tokio::spawn(conductor.run(shutdown.clone())));
         background.push(crate::scheduler::spawn(
             inv.clone(),
             crate::scheduler::LEASE_TICK,

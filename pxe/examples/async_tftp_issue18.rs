@@ -99,7 +99,7 @@ fn main() {
         rt.block_on(pxe::run(
             cfg,
             Arc::new(pxe::StaticDirectory::new()),
-            Arc::new(pxe::NullLeaseStore),
+            Arc::new(pxe::NullAddressLeaseStore),
             m,
             s,
         ))

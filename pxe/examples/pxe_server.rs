@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pxe::{
-    DhcpMode, FileLeaseStore, LeaseStore, Metrics, NullLeaseStore, PoolConfig, PxeConfig,
-    StaticDirectory,
+    AddressLeaseStore, DhcpMode, FileAddressLeaseStore, Metrics, NullAddressLeaseStore, PoolConfig,
+    PxeConfig, StaticDirectory,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -63,10 +63,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         pool.lease_time = Duration::from_secs(lease_secs);
         cfg.mode = DhcpMode::Authoritative { pools: vec![pool] };
     }
-    let store: Arc<dyn LeaseStore> = if null_store {
-        Arc::new(NullLeaseStore)
+    let store: Arc<dyn AddressLeaseStore> = if null_store {
+        Arc::new(NullAddressLeaseStore)
     } else {
-        Arc::new(FileLeaseStore::new(leases))
+        Arc::new(FileAddressLeaseStore::new(leases))
     };
     let metrics = Arc::new(Metrics::new());
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -51,6 +51,18 @@ impl PoolConfig {
         (u32::from(ip) & m) == (u32::from(self.range_start) & m)
     }
 
+    /// The one overlap rule of pools, within an interface and across interfaces: two pools
+    /// collide when their subnets overlap (a relay's giaddr or the server's address could not
+    /// choose one) or their ranges do. A pool whose mask is not known yet (a directly attached
+    /// subnet before start-up) is given as /32, so only its range counts.
+    pub fn collides_with(&self, other: &PoolConfig) -> bool {
+        let common = u32::from(self.subnet_mask) & u32::from(other.subnet_mask);
+        let subnets = (u32::from(self.range_start) ^ u32::from(other.range_start)) & common == 0;
+        let ranges = u32::from(self.range_start) <= u32::from(other.range_end)
+            && u32::from(other.range_start) <= u32::from(self.range_end);
+        subnets || ranges
+    }
+
     /// Whether `ip` is inside the dynamic range.
     pub fn contains_range(&self, ip: Ipv4Addr) -> bool {
         let v = u32::from(ip);
@@ -117,8 +129,7 @@ pub fn validate_pools(pools: &[PoolConfig]) -> Result<(), String> {
     for (i, a) in pools.iter().enumerate() {
         a.validate()?;
         for b in &pools[..i] {
-            let common = u32::from(a.subnet_mask) & u32::from(b.subnet_mask);
-            if (u32::from(a.range_start) ^ u32::from(b.range_start)) & common == 0 {
+            if a.collides_with(b) {
                 return Err(format!(
                     "subnet {} overlaps subnet {}",
                     a.subnet(),

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use crate::lease::LeaseStoreError;
+use crate::lease::AddressLeaseStoreError;
 
 /// Start-up and runtime errors of [`crate::run`] and helpers.
 #[derive(Debug, thiserror::Error)]
@@ -43,7 +43,7 @@ pub enum PxeError {
     Config(String),
     /// Loading leases failed.
     #[error(transparent)]
-    LeaseStore(#[from] LeaseStoreError),
+    AddressLeaseStore(#[from] AddressLeaseStoreError),
     /// Other I/O failure.
     #[error("{context}: {source}")]
     Io {

@@ -1,4 +1,4 @@
-//! Lease persistence: the [`LeaseStore`] trait and a file-backed implementation.
+//! Lease persistence: the [`AddressLeaseStore`] trait and a file-backed implementation.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -17,7 +17,7 @@ use crate::mac::MacAddr;
 /// State of a persisted lease (`dhcp_leases.state`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum LeaseState {
+pub enum AddressLeaseState {
     /// In use until `expires_at`.
     Bound,
     /// Released by the client; the address is kept for it if still free.
@@ -26,22 +26,22 @@ pub enum LeaseState {
     Declined,
 }
 
-impl LeaseState {
+impl AddressLeaseState {
     /// Column value: `bound` or `released`.
     pub fn as_str(&self) -> &'static str {
         match self {
-            LeaseState::Bound => "bound",
-            LeaseState::Released => "released",
-            LeaseState::Declined => "declined",
+            AddressLeaseState::Bound => "bound",
+            AddressLeaseState::Released => "released",
+            AddressLeaseState::Declined => "declined",
         }
     }
 
     /// Parses a column value; anything unknown is `bound` (the safe reading: not handed out).
     pub fn from_column(s: &str) -> Self {
         match s {
-            "released" => LeaseState::Released,
-            "declined" => LeaseState::Declined,
-            _ => LeaseState::Bound,
+            "released" => AddressLeaseState::Released,
+            "declined" => AddressLeaseState::Declined,
+            _ => AddressLeaseState::Bound,
         }
     }
 }
@@ -53,7 +53,7 @@ impl LeaseState {
 /// so it is the same key as that MAC: PXE firmware (which sends `01:MAC`) and an OS that sends
 /// no identifier then share one lease instead of burning two addresses.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LeaseKey {
+pub enum AddressLeaseKey {
     /// Keyed by Ethernet address (no option 61, or option 61 = `01` + MAC). Text: `aa:bb:…`.
     Mac(MacAddr),
     /// Keyed by another client identifier (raw option 61 bytes). Text: `id:` + hex.
@@ -62,17 +62,17 @@ pub enum LeaseKey {
     Declined(Ipv4Addr),
 }
 
-impl LeaseKey {
+impl AddressLeaseKey {
     /// The key of a client with hardware address `chaddr` and option 61 `client_id`.
-    pub fn for_client(chaddr: MacAddr, client_id: Option<&[u8]>) -> LeaseKey {
+    pub fn for_client(chaddr: MacAddr, client_id: Option<&[u8]>) -> AddressLeaseKey {
         match client_id {
             Some([1, rest @ ..]) if rest.len() == 6 => {
                 let mut m = [0u8; 6];
                 m.copy_from_slice(rest);
-                LeaseKey::Mac(MacAddr(m))
+                AddressLeaseKey::Mac(MacAddr(m))
             }
-            Some(id) if !id.is_empty() => LeaseKey::ClientId(id.to_vec()),
-            _ => LeaseKey::Mac(chaddr),
+            Some(id) if !id.is_empty() => AddressLeaseKey::ClientId(id.to_vec()),
+            _ => AddressLeaseKey::Mac(chaddr),
         }
     }
 }
@@ -102,12 +102,12 @@ pub fn from_hex(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-impl fmt::Display for LeaseKey {
+impl fmt::Display for AddressLeaseKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            LeaseKey::Mac(m) => write!(f, "{m}"),
-            LeaseKey::ClientId(id) => write!(f, "id:{}", to_hex(id)),
-            LeaseKey::Declined(ip) => write!(f, "declined:{ip}"),
+            AddressLeaseKey::Mac(m) => write!(f, "{m}"),
+            AddressLeaseKey::ClientId(id) => write!(f, "id:{}", to_hex(id)),
+            AddressLeaseKey::Declined(ip) => write!(f, "declined:{ip}"),
         }
     }
 }
@@ -115,42 +115,42 @@ impl fmt::Display for LeaseKey {
 /// Error for text that is not a lease key.
 #[derive(Debug, thiserror::Error)]
 #[error("not a lease key: {0:?}")]
-pub struct LeaseKeyParseError(pub String);
+pub struct AddressLeaseKeyParseError(pub String);
 
-impl FromStr for LeaseKey {
-    type Err = LeaseKeyParseError;
+impl FromStr for AddressLeaseKey {
+    type Err = AddressLeaseKeyParseError;
     /// Accepts the [`Display`](fmt::Display) forms.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = || LeaseKeyParseError(s.to_string());
+        let err = || AddressLeaseKeyParseError(s.to_string());
         if let Some(hex) = s.strip_prefix("id:") {
             return match from_hex(hex) {
-                Some(id) if !id.is_empty() => Ok(LeaseKey::ClientId(id)),
+                Some(id) if !id.is_empty() => Ok(AddressLeaseKey::ClientId(id)),
                 _ => Err(err()),
             };
         }
         if let Some(ip) = s.strip_prefix("declined:") {
-            return ip.parse().map(LeaseKey::Declined).map_err(|_| err());
+            return ip.parse().map(AddressLeaseKey::Declined).map_err(|_| err());
         }
-        s.parse().map(LeaseKey::Mac).map_err(|_| err())
+        s.parse().map(AddressLeaseKey::Mac).map_err(|_| err())
     }
 }
 
-impl Serialize for LeaseKey {
+impl Serialize for AddressLeaseKey {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.collect_str(self)
     }
 }
 
-impl<'de> Deserialize<'de> for LeaseKey {
+impl<'de> Deserialize<'de> for AddressLeaseKey {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
     }
 }
 
-/// One lease, shaped like a `dhcp_leases` row (whose `lease_key` column holds [`Lease::key`]).
+/// One lease, shaped like a `dhcp_leases` row (whose `lease_key` column holds [`AddressLease::key`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Lease {
+pub struct AddressLease {
     /// The client's hardware address as last seen, whatever the key: a client keyed by its
     /// identifier has one too, and stores keep it. 00:00:00:00:00:00 for a declined hold
     /// loaded back (nobody owns it) or a row stored before stores kept it.
@@ -164,17 +164,17 @@ pub struct Lease {
     /// Expiry, unix milliseconds.
     pub expires_at: i64,
     /// Bound, released or declined.
-    pub state: LeaseState,
+    pub state: AddressLeaseState,
 }
 
-impl Lease {
+impl AddressLease {
     /// The lease's key, derived from the state, `client_id` and `mac`.
-    pub fn key(&self) -> LeaseKey {
-        if self.state == LeaseState::Declined {
-            return LeaseKey::Declined(self.ip);
+    pub fn key(&self) -> AddressLeaseKey {
+        if self.state == AddressLeaseState::Declined {
+            return AddressLeaseKey::Declined(self.ip);
         }
         let id = self.client_id.as_deref().and_then(from_hex);
-        LeaseKey::for_client(self.mac, id.as_deref())
+        AddressLeaseKey::for_client(self.mac, id.as_deref())
     }
 }
 
@@ -182,20 +182,20 @@ impl Lease {
 /// a batch may delete a key's row and then give its IP to another key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
-pub enum LeaseChange {
+pub enum AddressLeaseChange {
     /// Insert or replace the row for `lease.key()`.
-    Upsert(Lease),
+    Upsert(AddressLease),
     /// Delete the row with this key.
     Delete {
         /// The key whose row goes (`mac` in files written before client-id keys).
         #[serde(alias = "mac")]
-        key: LeaseKey,
+        key: AddressLeaseKey,
     },
 }
 
 /// Error from a lease store.
 #[derive(Debug, thiserror::Error)]
-pub enum LeaseStoreError {
+pub enum AddressLeaseStoreError {
     /// I/O failure.
     #[error("lease store I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -206,17 +206,20 @@ pub enum LeaseStoreError {
 
 /// Durable lease storage. `load` runs once at start; `commit` gets batches of changes
 /// (group commit) and must return only once they are durable: ACKs wait for it.
-pub trait LeaseStore: Send + Sync + 'static {
+pub trait AddressLeaseStore: Send + Sync + 'static {
     /// All leases (any state).
-    fn load(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseStoreError>>;
+    fn load(&self) -> BoxFuture<'_, Result<Vec<AddressLease>, AddressLeaseStoreError>>;
     /// Applies `changes` in order, atomically and durably.
-    fn commit(&self, changes: Vec<LeaseChange>) -> BoxFuture<'_, Result<(), LeaseStoreError>>;
+    fn commit(
+        &self,
+        changes: Vec<AddressLeaseChange>,
+    ) -> BoxFuture<'_, Result<(), AddressLeaseStoreError>>;
 }
 
 /// Append-only JSON-lines lease file, fsync'd once per batch; compacted on load and whenever
 /// the log holds more than four times as many lines as live leases (and over 10,000).
 #[derive(Debug, Clone)]
-pub struct FileLeaseStore {
+pub struct FileAddressLeaseStore {
     path: PathBuf,
     state: Arc<Mutex<FileState>>,
 }
@@ -224,16 +227,16 @@ pub struct FileLeaseStore {
 #[derive(Debug, Default)]
 struct FileState {
     file: Option<File>,
-    live: HashMap<LeaseKey, Lease>,
+    live: HashMap<AddressLeaseKey, AddressLease>,
     lines: usize,
 }
 
 const COMPACT_MIN_LINES: usize = 10_000;
 
-impl FileLeaseStore {
+impl FileAddressLeaseStore {
     /// Uses (and creates if needed) the file at `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        FileLeaseStore {
+        FileAddressLeaseStore {
             path: path.into(),
             state: Arc::new(Mutex::new(FileState::default())),
         }
@@ -245,14 +248,14 @@ impl FileLeaseStore {
     }
 
     /// Writes `leases` to a temporary file and renames it over the log; returns the reopened log.
-    fn rewrite(&self, leases: &[&Lease]) -> Result<File, LeaseStoreError> {
+    fn rewrite(&self, leases: &[&AddressLease]) -> Result<File, AddressLeaseStoreError> {
         let tmp = self.path.with_extension("compact.tmp");
         {
             let mut f = File::create(&tmp)?;
             let mut buf = Vec::new();
             for l in leases {
-                serde_json::to_writer(&mut buf, &LeaseChange::Upsert((*l).clone()))
-                    .map_err(|e| LeaseStoreError::Other(e.to_string()))?;
+                serde_json::to_writer(&mut buf, &AddressLeaseChange::Upsert((*l).clone()))
+                    .map_err(|e| AddressLeaseStoreError::Other(e.to_string()))?;
                 buf.push(b'\n');
             }
             f.write_all(&buf)?;
@@ -267,18 +270,18 @@ impl FileLeaseStore {
         Ok(OpenOptions::new().append(true).open(&self.path)?)
     }
 
-    fn load_blocking(&self) -> Result<Vec<Lease>, LeaseStoreError> {
-        let mut map: HashMap<LeaseKey, Lease> = HashMap::new();
+    fn load_blocking(&self) -> Result<Vec<AddressLease>, AddressLeaseStoreError> {
+        let mut map: HashMap<AddressLeaseKey, AddressLease> = HashMap::new();
         match File::open(&self.path) {
             Ok(f) => {
                 for line in BufReader::new(f).lines() {
                     let line = line?;
                     // A torn last line (crash mid-write, never acknowledged) is skipped.
-                    match serde_json::from_str::<LeaseChange>(&line) {
-                        Ok(LeaseChange::Upsert(l)) => {
+                    match serde_json::from_str::<AddressLeaseChange>(&line) {
+                        Ok(AddressLeaseChange::Upsert(l)) => {
                             map.insert(l.key(), l);
                         }
-                        Ok(LeaseChange::Delete { key }) => {
+                        Ok(AddressLeaseChange::Delete { key }) => {
                             map.remove(&key);
                         }
                         Err(e) => {
@@ -290,7 +293,7 @@ impl FileLeaseStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
-        let mut leases: Vec<Lease> = map.values().cloned().collect();
+        let mut leases: Vec<AddressLease> = map.values().cloned().collect();
         leases.sort_by_key(|l| u32::from(l.ip));
         let file = self.rewrite(&leases.iter().collect::<Vec<_>>())?;
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -300,11 +303,14 @@ impl FileLeaseStore {
         Ok(leases)
     }
 
-    fn commit_blocking(&self, changes: &[LeaseChange]) -> Result<(), LeaseStoreError> {
+    fn commit_blocking(
+        &self,
+        changes: &[AddressLeaseChange],
+    ) -> Result<(), AddressLeaseStoreError> {
         let mut buf = Vec::with_capacity(changes.len() * 160);
         for c in changes {
             serde_json::to_writer(&mut buf, c)
-                .map_err(|e| LeaseStoreError::Other(e.to_string()))?;
+                .map_err(|e| AddressLeaseStoreError::Other(e.to_string()))?;
             buf.push(b'\n');
         }
         let mut guard = self.state.lock().unwrap_or_else(PoisonError::into_inner);
@@ -320,15 +326,15 @@ impl FileLeaseStore {
         let f = st
             .file
             .as_mut()
-            .ok_or_else(|| LeaseStoreError::Other("lease file not open".into()))?;
+            .ok_or_else(|| AddressLeaseStoreError::Other("lease file not open".into()))?;
         f.write_all(&buf)?;
         f.sync_data()?;
         for c in changes {
             match c {
-                LeaseChange::Upsert(l) => {
+                AddressLeaseChange::Upsert(l) => {
                     st.live.insert(l.key(), l.clone());
                 }
-                LeaseChange::Delete { key } => {
+                AddressLeaseChange::Delete { key } => {
                     st.live.remove(key);
                 }
             }
@@ -350,35 +356,41 @@ impl FileLeaseStore {
     }
 }
 
-impl LeaseStore for FileLeaseStore {
-    fn load(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseStoreError>> {
+impl AddressLeaseStore for FileAddressLeaseStore {
+    fn load(&self) -> BoxFuture<'_, Result<Vec<AddressLease>, AddressLeaseStoreError>> {
         let this = self.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || this.load_blocking())
                 .await
-                .map_err(|e| LeaseStoreError::Other(e.to_string()))?
+                .map_err(|e| AddressLeaseStoreError::Other(e.to_string()))?
         })
     }
 
-    fn commit(&self, changes: Vec<LeaseChange>) -> BoxFuture<'_, Result<(), LeaseStoreError>> {
+    fn commit(
+        &self,
+        changes: Vec<AddressLeaseChange>,
+    ) -> BoxFuture<'_, Result<(), AddressLeaseStoreError>> {
         let this = self.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || this.commit_blocking(&changes))
                 .await
-                .map_err(|e| LeaseStoreError::Other(e.to_string()))?
+                .map_err(|e| AddressLeaseStoreError::Other(e.to_string()))?
         })
     }
 }
 
 /// A store that keeps nothing (proxy mode, or benchmarks of the non-durable path).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct NullLeaseStore;
+pub struct NullAddressLeaseStore;
 
-impl LeaseStore for NullLeaseStore {
-    fn load(&self) -> BoxFuture<'_, Result<Vec<Lease>, LeaseStoreError>> {
+impl AddressLeaseStore for NullAddressLeaseStore {
+    fn load(&self) -> BoxFuture<'_, Result<Vec<AddressLease>, AddressLeaseStoreError>> {
         Box::pin(async { Ok(Vec::new()) })
     }
-    fn commit(&self, _changes: Vec<LeaseChange>) -> BoxFuture<'_, Result<(), LeaseStoreError>> {
+    fn commit(
+        &self,
+        _changes: Vec<AddressLeaseChange>,
+    ) -> BoxFuture<'_, Result<(), AddressLeaseStoreError>> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -387,14 +399,14 @@ impl LeaseStore for NullLeaseStore {
 mod tests {
     use super::*;
 
-    fn lease(last: u8, ip: u8) -> Lease {
-        Lease {
+    fn lease(last: u8, ip: u8) -> AddressLease {
+        AddressLease {
             mac: MacAddr([2, 0, 0, 0, 0, last]),
             ip: Ipv4Addr::new(10, 0, 0, ip),
             hostname: Some("h".into()),
             client_id: None,
             expires_at: 1_000,
-            state: LeaseState::Bound,
+            state: AddressLeaseState::Bound,
         }
     }
 
@@ -402,23 +414,23 @@ mod tests {
     async fn file_store_round_trip_and_compaction() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("leases.jsonl");
-        let store = FileLeaseStore::new(&path);
+        let store = FileAddressLeaseStore::new(&path);
         assert!(store.load().await.expect("load").is_empty());
         store
             .commit(vec![
-                LeaseChange::Upsert(lease(1, 10)),
-                LeaseChange::Upsert(lease(2, 11)),
+                AddressLeaseChange::Upsert(lease(1, 10)),
+                AddressLeaseChange::Upsert(lease(2, 11)),
             ])
             .await
             .expect("commit");
         let mut moved = lease(3, 10);
-        moved.state = LeaseState::Released;
+        moved.state = AddressLeaseState::Released;
         store
             .commit(vec![
-                LeaseChange::Delete {
+                AddressLeaseChange::Delete {
                     key: lease(1, 10).key(),
                 },
-                LeaseChange::Upsert(moved.clone()),
+                AddressLeaseChange::Upsert(moved.clone()),
             ])
             .await
             .expect("commit");
@@ -428,7 +440,7 @@ mod tests {
             .open(&path)
             .and_then(|mut f| f.write_all(b"{\"op\":\"ups"))
             .expect("append");
-        let again = FileLeaseStore::new(&path);
+        let again = FileAddressLeaseStore::new(&path);
         let got = again.load().await.expect("load");
         assert_eq!(got, vec![moved, lease(2, 11)]);
         let text = std::fs::read_to_string(&path).expect("read");
@@ -439,14 +451,14 @@ mod tests {
     async fn file_store_compacts_while_running() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("leases.jsonl");
-        let store = FileLeaseStore::new(&path);
+        let store = FileAddressLeaseStore::new(&path);
         store.load().await.expect("load");
         for round in 0..30 {
             let batch = (0..500)
                 .map(|i| {
                     let mut l = lease((i % 5) as u8, (i % 5) as u8);
                     l.expires_at = round * 1000 + i as i64;
-                    LeaseChange::Upsert(l)
+                    AddressLeaseChange::Upsert(l)
                 })
                 .collect();
             store.commit(batch).await.expect("commit");
@@ -456,7 +468,10 @@ mod tests {
             .lines()
             .count();
         assert!(lines < 10_000, "log never compacted: {lines} lines");
-        let got = FileLeaseStore::new(&path).load().await.expect("load");
+        let got = FileAddressLeaseStore::new(&path)
+            .load()
+            .await
+            .expect("load");
         assert_eq!(got.len(), 5);
         assert!(got.iter().all(|l| l.expires_at >= 29_000));
     }
@@ -465,32 +480,41 @@ mod tests {
     fn lease_keys_round_trip_as_text() {
         let mac = MacAddr([2, 0, 0, 0, 0, 7]);
         for k in [
-            LeaseKey::Mac(mac),
-            LeaseKey::ClientId(vec![0xff, 0, 1, 0xab]),
-            LeaseKey::Declined(Ipv4Addr::new(10, 0, 0, 9)),
+            AddressLeaseKey::Mac(mac),
+            AddressLeaseKey::ClientId(vec![0xff, 0, 1, 0xab]),
+            AddressLeaseKey::Declined(Ipv4Addr::new(10, 0, 0, 9)),
         ] {
-            assert_eq!(k.to_string().parse::<LeaseKey>().expect("parse"), k);
+            assert_eq!(k.to_string().parse::<AddressLeaseKey>().expect("parse"), k);
         }
-        assert_eq!(LeaseKey::ClientId(vec![0xff, 0xab]).to_string(), "id:ffab");
-        assert!("id:".parse::<LeaseKey>().is_err());
-        assert!("id:abc".parse::<LeaseKey>().is_err());
-        assert!("declined:x".parse::<LeaseKey>().is_err());
+        assert_eq!(
+            AddressLeaseKey::ClientId(vec![0xff, 0xab]).to_string(),
+            "id:ffab"
+        );
+        assert!("id:".parse::<AddressLeaseKey>().is_err());
+        assert!("id:abc".parse::<AddressLeaseKey>().is_err());
+        assert!("declined:x".parse::<AddressLeaseKey>().is_err());
         // Hardware type 1 + six bytes is that MAC's key; anything else is the identifier.
         let hw = [1, 2, 0, 0, 0, 0, 7];
         assert_eq!(
-            LeaseKey::for_client(MacAddr([9; 6]), Some(&hw)),
-            LeaseKey::Mac(mac)
+            AddressLeaseKey::for_client(MacAddr([9; 6]), Some(&hw)),
+            AddressLeaseKey::Mac(mac)
         );
         assert_eq!(
-            LeaseKey::for_client(mac, Some(&[0, 1])),
-            LeaseKey::ClientId(vec![0, 1])
+            AddressLeaseKey::for_client(mac, Some(&[0, 1])),
+            AddressLeaseKey::ClientId(vec![0, 1])
         );
-        assert_eq!(LeaseKey::for_client(mac, None), LeaseKey::Mac(mac));
+        assert_eq!(
+            AddressLeaseKey::for_client(mac, None),
+            AddressLeaseKey::Mac(mac)
+        );
         let mut l = lease(7, 9);
         l.client_id = Some("0001".into());
-        assert_eq!(l.key(), LeaseKey::ClientId(vec![0, 1]));
-        l.state = LeaseState::Declined;
-        assert_eq!(l.key(), LeaseKey::Declined(Ipv4Addr::new(10, 0, 0, 9)));
+        assert_eq!(l.key(), AddressLeaseKey::ClientId(vec![0, 1]));
+        l.state = AddressLeaseState::Declined;
+        assert_eq!(
+            l.key(),
+            AddressLeaseKey::Declined(Ipv4Addr::new(10, 0, 0, 9))
+        );
     }
 
     #[tokio::test]
@@ -499,10 +523,11 @@ mod tests {
         let path = dir.path().join("leases.jsonl");
         // A delete line as written before lease keys existed ("mac").
         let old = lease(1, 10);
-        let mut text = serde_json::to_string(&LeaseChange::Upsert(old.clone())).expect("json");
+        let mut text =
+            serde_json::to_string(&AddressLeaseChange::Upsert(old.clone())).expect("json");
         text.push_str("\n{\"op\":\"delete\",\"mac\":\"02:00:00:00:00:01\"}\n");
         std::fs::write(&path, text).expect("write");
-        let store = FileLeaseStore::new(&path);
+        let store = FileAddressLeaseStore::new(&path);
         assert!(store.load().await.expect("load").is_empty());
         // Two clients on one MAC (different identifiers) and a declined address.
         let mut x = lease(2, 11);
@@ -510,16 +535,19 @@ mod tests {
         let mut y = lease(2, 12);
         y.client_id = Some("0079".into());
         let mut d = lease(3, 13);
-        d.state = LeaseState::Declined;
+        d.state = AddressLeaseState::Declined;
         store
             .commit(vec![
-                LeaseChange::Upsert(x.clone()),
-                LeaseChange::Upsert(y.clone()),
-                LeaseChange::Upsert(d.clone()),
+                AddressLeaseChange::Upsert(x.clone()),
+                AddressLeaseChange::Upsert(y.clone()),
+                AddressLeaseChange::Upsert(d.clone()),
             ])
             .await
             .expect("commit");
-        let got = FileLeaseStore::new(&path).load().await.expect("load");
+        let got = FileAddressLeaseStore::new(&path)
+            .load()
+            .await
+            .expect("load");
         assert_eq!(got, vec![x, y, d]);
     }
 }

@@ -1,7 +1,7 @@
 //! PXE boot server for rackshare: DHCPv4 (proxy or authoritative), TFTP and iPXE scripts.
 //!
 //! The crate knows nothing of the database or HTTP routing: the `api` crate implements
-//! [`MachineDirectory`] and [`LeaseStore`], serves `/boot/MAC.ipxe` with
+//! [`MachineDirectory`] and [`AddressLeaseStore`], serves `/boot/MAC.ipxe` with
 //! [`render_boot_script`], and calls [`run`].
 
 pub mod boot;
@@ -34,8 +34,8 @@ pub use directory::{DirectoryError, MachineDirectory, MachineEntry, StaticDirect
 pub use error::PxeError;
 pub use files::{check_tftp_root, populate_tftp_root, RootCheck, DEBIAN_IPXE_DIR};
 pub use lease::{
-    FileLeaseStore, Lease, LeaseChange, LeaseKey, LeaseState, LeaseStore, LeaseStoreError,
-    NullLeaseStore,
+    AddressLease, AddressLeaseChange, AddressLeaseKey, AddressLeaseState, AddressLeaseStore,
+    AddressLeaseStoreError, FileAddressLeaseStore, NullAddressLeaseStore,
 };
 pub use mac::MacAddr;
 pub use metrics::{DropReason, Metrics};
@@ -85,7 +85,7 @@ pub fn interface_ipv4_with_mask(interface: &str) -> Result<(Ipv4Addr, Ipv4Addr),
 pub async fn run(
     config: PxeConfig,
     directory: Arc<dyn MachineDirectory>,
-    lease_store: Arc<dyn LeaseStore>,
+    lease_store: Arc<dyn AddressLeaseStore>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), PxeError> {
@@ -97,7 +97,7 @@ pub async fn run(
 pub async fn start(
     config: PxeConfig,
     directory: Arc<dyn MachineDirectory>,
-    lease_store: Arc<dyn LeaseStore>,
+    lease_store: Arc<dyn AddressLeaseStore>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<(), PxeError>>, PxeError> {
@@ -131,7 +131,7 @@ pub async fn start(
 async fn run_inner(
     config: PxeConfig,
     directory: Arc<dyn MachineDirectory>,
-    lease_store: Arc<dyn LeaseStore>,
+    lease_store: Arc<dyn AddressLeaseStore>,
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<()>>,

@@ -10,7 +10,8 @@ use std::time::Duration;
 use common::*;
 use nix::sys::signal::Signal;
 use pxe::{
-    BootIntent, DhcpMode, FileLeaseStore, MachineEntry, PoolConfig, PxeConfig, StaticDirectory,
+    BootIntent, DhcpMode, FileAddressLeaseStore, MachineEntry, PoolConfig, PxeConfig,
+    StaticDirectory,
 };
 
 fn config(lab: &Lab, lease_secs: u64) -> PxeConfig {
@@ -67,7 +68,7 @@ fn udhcpc_lease_renew_release() {
         &lab.srv,
         config(&lab, 3600),
         Arc::new(StaticDirectory::new()),
-        Arc::new(FileLeaseStore::new(&leases)),
+        Arc::new(FileAddressLeaseStore::new(&leases)),
     );
     let (script, log) = udhcpc_script(&lab, "u");
     let pid = lab.spawn(
@@ -127,7 +128,7 @@ fn dhclient_lease_renew_release() {
         &lab.srv,
         config(&lab, 16),
         Arc::new(StaticDirectory::new()),
-        Arc::new(FileLeaseStore::new(&leases)),
+        Arc::new(FileAddressLeaseStore::new(&leases)),
     );
     let log = lab.path("dh.events");
     let script = lab.path("dh.sh");
@@ -194,7 +195,7 @@ fn reservation_gives_reserved_address() {
         &lab.srv,
         config(&lab, 3600),
         Arc::new(dir),
-        Arc::new(FileLeaseStore::new(lab.path("leases.jsonl"))),
+        Arc::new(FileAddressLeaseStore::new(lab.path("leases.jsonl"))),
     );
     let (script, log) = udhcpc_script(&lab, "r");
     let out = lab.exec(
@@ -251,7 +252,7 @@ fn restart_keeps_leases() {
         &lab.srv,
         config(&lab, 3600),
         Arc::new(StaticDirectory::new()),
-        Arc::new(FileLeaseStore::new(&leases)),
+        Arc::new(FileAddressLeaseStore::new(&leases)),
     );
     let ip_a = dhcp(&a, "a1");
     srv.stop().unwrap();
@@ -261,7 +262,7 @@ fn restart_keeps_leases() {
         &lab.srv,
         config(&lab, 3600),
         Arc::new(StaticDirectory::new()),
-        Arc::new(FileLeaseStore::new(&leases)),
+        Arc::new(FileAddressLeaseStore::new(&leases)),
     );
     let ip_b = dhcp(&b, "b1");
     assert_ne!(
@@ -332,7 +333,7 @@ fn dhclient_client_identifier_keys_the_lease() {
         &lab.srv,
         config(&lab, 3600),
         Arc::new(StaticDirectory::new()),
-        Arc::new(FileLeaseStore::new(&leases)),
+        Arc::new(FileAddressLeaseStore::new(&leases)),
     );
     let conf_x = "send dhcp-client-identifier \"rackshare-host-x\";\n";
     let (pid, log) = dhclient(&lab, &a, "x1", conf_x, DHCLIENT_SCRIPT);
@@ -401,7 +402,7 @@ fn dhclient_decline_is_kept_across_a_restart() {
         &lab.srv,
         config(&lab, 3600),
         Arc::new(StaticDirectory::new()),
-        Arc::new(FileLeaseStore::new(&leases)),
+        Arc::new(FileAddressLeaseStore::new(&leases)),
     );
     let marker = lab.path("declined-once");
     // The check comes before the script's own logging, so the only BOUND logged is the
@@ -443,7 +444,7 @@ fn dhclient_decline_is_kept_across_a_restart() {
         &lab.srv,
         config(&lab, 3600),
         Arc::new(StaticDirectory::new()),
-        Arc::new(FileLeaseStore::new(&leases)),
+        Arc::new(FileAddressLeaseStore::new(&leases)),
     );
     for (i, mac) in ["02:00:00:00:06:02", "02:00:00:00:06:03"]
         .iter()

@@ -9,7 +9,9 @@ use std::time::Duration;
 
 use common::*;
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
-use pxe::{BootIntent, DropReason, MachineEntry, NullLeaseStore, PxeConfig, StaticDirectory};
+use pxe::{
+    BootIntent, DropReason, MachineEntry, NullAddressLeaseStore, PxeConfig, StaticDirectory,
+};
 
 fn opt(m: &Message, code: OptionCode) -> Option<&DhcpOption> {
     m.opts().get(code)
@@ -48,7 +50,12 @@ fn pxe_client_beside_dnsmasq() {
     );
     let mut cfg = PxeConfig::new("br0", lab.fake_tftp_root());
     cfg.http_port = 8080;
-    let srv = Server::start(&lab.srv, cfg, Arc::new(dir), Arc::new(NullLeaseStore));
+    let srv = Server::start(
+        &lab.srv,
+        cfg,
+        Arc::new(dir),
+        Arc::new(NullAddressLeaseStore),
+    );
     std::thread::sleep(Duration::from_millis(500)); // dnsmasq start-up
 
     let dlog = lab.path("dnsmasq.log");
@@ -209,7 +216,7 @@ fn unknown_mac_discovery() {
         let dir = Arc::new(StaticDirectory::new());
         let mut cfg = PxeConfig::new("br0", lab.fake_tftp_root());
         cfg.discovery = discovery;
-        let srv = Server::start(&lab.srv, cfg, dir.clone(), Arc::new(NullLeaseStore));
+        let srv = Server::start(&lab.srv, cfg, dir.clone(), Arc::new(NullAddressLeaseStore));
         let replies = in_ns(&client, move || {
             let sock = client_socket(68);
             let d = encode(&request(
@@ -262,7 +269,7 @@ fn malformed_packets_are_dropped() {
         &lab.srv,
         PxeConfig::new("br0", lab.fake_tftp_root()),
         Arc::new(dir),
-        Arc::new(NullLeaseStore),
+        Arc::new(NullAddressLeaseStore),
     );
     let replies = in_ns(&client, move || {
         let sock = client_socket(68);
@@ -347,7 +354,7 @@ fn probe_lists_servers() {
         &lab.srv,
         PxeConfig::new("br0", lab.fake_tftp_root()),
         Arc::new(dir),
-        Arc::new(NullLeaseStore),
+        Arc::new(NullAddressLeaseStore),
     );
     std::thread::sleep(Duration::from_millis(500));
     let seen = in_ns(&client, || {
@@ -399,7 +406,7 @@ fn interface_address_and_startup_errors() {
         rt.block_on(pxe::run(
             PxeConfig::new("br0", empty),
             Arc::new(StaticDirectory::new()),
-            Arc::new(NullLeaseStore),
+            Arc::new(NullAddressLeaseStore),
             Arc::new(pxe::Metrics::new()),
             tokio_util::sync::CancellationToken::new(),
         ))

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use common::*;
 use pxe::{
-    BootIntent, BootScript, DhcpMode, FileLeaseStore, MachineEntry, PoolConfig, PxeConfig,
+    BootIntent, BootScript, DhcpMode, FileAddressLeaseStore, MachineEntry, PoolConfig, PxeConfig,
     StaticDirectory,
 };
 
@@ -152,7 +152,7 @@ fn boot_with(tag: &str, uefi: bool, proxy: bool, http_boot: bool) {
         &lab.srv,
         cfg,
         Arc::new(dir),
-        Arc::new(FileLeaseStore::new(lab.path("leases"))),
+        Arc::new(FileAddressLeaseStore::new(lab.path("leases"))),
     );
     let stop = Arc::new(AtomicBool::new(false));
     let hits = Arc::new(AtomicUsize::new(0));

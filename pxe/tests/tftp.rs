@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use pxe::{NullLeaseStore, PxeConfig, StaticDirectory};
+use pxe::{NullAddressLeaseStore, PxeConfig, StaticDirectory};
 
 struct Setup {
     lab: Lab,
@@ -36,7 +36,7 @@ fn setup_with(tag: &str, tune: impl FnOnce(&mut PxeConfig)) -> Setup {
         &lab.srv,
         cfg,
         Arc::new(StaticDirectory::new()),
-        Arc::new(NullLeaseStore),
+        Arc::new(NullAddressLeaseStore),
     );
     Setup {
         lab,

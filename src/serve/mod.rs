@@ -495,12 +495,9 @@ fn check_across(all: &[api::BootSettings]) -> anyhow::Result<()> {
         for b in &all[..n] {
             for pa in pools(a) {
                 for pb in pools(b) {
-                    let ranges = u32::from(pa.start) <= u32::from(pb.end)
-                        && u32::from(pb.start) <= u32::from(pa.end);
-                    let in_subnet = |p: &api::BootPool, ip: Ipv4Addr| {
-                        p.mask.is_some_and(|m| p.to_pxe(m).contains_subnet(ip))
-                    };
-                    if ranges || in_subnet(&pa, pb.start) || in_subnet(&pb, pa.start) {
+                    // The rule is pxe's; a mask not known before start-up counts as /32.
+                    let known = |p: &api::BootPool| p.to_pxe(Ipv4Addr::BROADCAST);
+                    if known(&pa).collides_with(&known(&pb)) {
                         bail!(
                             "boot interface {}: pool {}-{} overlaps pool {}-{} of boot interface {}; two authoritative interfaces cannot hand out the same subnet",
                             a.interface,

@@ -25,7 +25,7 @@ use inventory::{Inventory, Job, JobKind, JobState, MachineState, StepSpec, StepS
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::{watch, Notify};
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 
 /// How the conductor runs.
@@ -146,9 +146,9 @@ impl Conductor {
         self.wake.notify_one();
     }
 
-    /// Runs until `stop` turns true. Job drivers are aborted then: their state is in the
-    /// database and the next start resumes them.
-    pub async fn run(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+    /// Runs until the service's one shutdown signal. Job drivers are aborted then: their state
+    /// is in the database and the next start resumes them.
+    pub async fn run(self: Arc<Self>, stop: pxe::Shutdown) {
         let mut drivers = JoinSet::new();
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -156,7 +156,7 @@ impl Conductor {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.wake.notified() => {}
-                _ = stop.changed() => break,
+                _ = stop.cancelled() => break,
             }
             while drivers.try_join_next().is_some() {}
             if let Err(e) = self.schedule(&mut drivers).await {

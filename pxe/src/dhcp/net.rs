@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dhcp::core::{DhcpCore, DhcpOutcome, Port, Reply};
 use crate::error::PxeError;
-use crate::lease::{LeaseChange, LeaseStore};
+use crate::lease::{AddressLeaseChange, AddressLeaseStore};
 use crate::metrics::{DropReason, Metrics};
 
 /// Receive and send buffer of the well-known-port sockets (DHCP 67/4011, TFTP 69).
@@ -170,7 +170,7 @@ impl Senders {
 
 /// Work for the lease writer: changes to make durable, then a reply to send.
 pub(crate) struct Pending {
-    pub changes: Vec<LeaseChange>,
+    pub changes: Vec<AddressLeaseChange>,
     pub reply: Option<Reply>,
 }
 
@@ -178,14 +178,14 @@ pub(crate) struct Pending {
 /// [`reply_sender`]. While one batch commits the next one queues, so the batch size follows
 /// the load and a reply waits at most about two commits.
 pub(crate) async fn lease_writer(
-    store: Arc<dyn LeaseStore>,
+    store: Arc<dyn AddressLeaseStore>,
     mut rx: mpsc::Receiver<Pending>,
     replies: mpsc::UnboundedSender<Vec<Reply>>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch: Vec<Pending> = Vec::with_capacity(1024);
     while rx.recv_many(&mut batch, 4096).await > 0 {
-        let changes: Vec<LeaseChange> = batch
+        let changes: Vec<AddressLeaseChange> = batch
             .iter_mut()
             .flat_map(|p| std::mem::take(&mut p.changes))
             .collect();

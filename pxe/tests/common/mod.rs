@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use dhcproto::v4::{DhcpOption, Message, MessageType, Opcode};
 use dhcproto::{Decodable, Encodable};
 use nix::sched::{setns, CloneFlags};
-use pxe::{LeaseStore, MachineDirectory, Metrics, PxeConfig, PxeError};
+use pxe::{AddressLeaseStore, MachineDirectory, Metrics, PxeConfig, PxeError};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +46,7 @@ impl Server {
         ns: &str,
         config: PxeConfig,
         directory: Arc<dyn MachineDirectory>,
-        store: Arc<dyn LeaseStore>,
+        store: Arc<dyn AddressLeaseStore>,
     ) -> Server {
         let metrics = Arc::new(Metrics::new());
         let stop = CancellationToken::new();

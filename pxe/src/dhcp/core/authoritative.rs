@@ -8,18 +8,18 @@ use std::time::Instant;
 use dhcproto::v4::{DhcpOption, MessageType, OptionCode};
 
 use super::reply::{reply_destination, selection_address};
-use super::table::{Avail, LeaseTable};
+use super::table::{AddressLeaseTable, Avail};
 use super::{now_ms, DhcpCore, DhcpOutcome, Port};
 use crate::boot::BootDecision;
 use crate::config::PoolConfig;
 use crate::dhcp::packet::{client_info, Request};
-use crate::lease::{to_hex, Lease, LeaseChange, LeaseKey, LeaseState};
+use crate::lease::{to_hex, AddressLease, AddressLeaseChange, AddressLeaseKey, AddressLeaseState};
 use crate::metrics::DropReason;
 
 /// The options of a client message every type reads, and the time it is handled at.
 struct Ask<'a> {
     req: &'a Request,
-    key: LeaseKey,
+    key: AddressLeaseKey,
     requested: Option<Ipv4Addr>,
     server_id: Option<Ipv4Addr>,
     client_id: Option<&'a [u8]>,
@@ -43,7 +43,7 @@ impl<'a> Ask<'a> {
         };
         Ask {
             req,
-            key: LeaseKey::for_client(req.mac, client_id),
+            key: AddressLeaseKey::for_client(req.mac, client_id),
             requested,
             server_id,
             client_id,
@@ -119,7 +119,7 @@ impl DhcpCore {
         }
     }
 
-    fn table(&self) -> MutexGuard<'_, LeaseTable> {
+    fn table(&self) -> MutexGuard<'_, AddressLeaseTable> {
         self.table.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -133,12 +133,12 @@ impl DhcpCore {
             return DhcpOutcome::Silent;
         }
         let mut l = l.clone();
-        l.state = LeaseState::Released;
+        l.state = AddressLeaseState::Released;
         l.expires_at = a.now;
         t.put(a.key.clone(), l.clone());
         self.metrics.leases_released.fetch_add(1, Ordering::Relaxed);
         DhcpOutcome::Durable {
-            changes: vec![LeaseChange::Upsert(l)],
+            changes: vec![AddressLeaseChange::Upsert(l)],
             reply: None,
         }
     }
@@ -163,7 +163,7 @@ impl DhcpCore {
         tracing::warn!(%ip, %mac, "DHCPDECLINE: address in use on the network; held out of the pool");
         t.remove(&a.key);
         // Persisted as a lease of its own, so a restart keeps the address out too.
-        let held = Lease {
+        let held = AddressLease {
             mac,
             ip,
             hostname: None,
@@ -171,13 +171,13 @@ impl DhcpCore {
             expires_at: a.now.saturating_add(
                 i64::try_from(self.cfg.decline_hold.as_millis()).unwrap_or(i64::MAX),
             ),
-            state: LeaseState::Declined,
+            state: AddressLeaseState::Declined,
         };
         t.put(held.key(), held.clone());
         DhcpOutcome::Durable {
             changes: vec![
-                LeaseChange::Delete { key: a.key.clone() },
-                LeaseChange::Upsert(held),
+                AddressLeaseChange::Delete { key: a.key.clone() },
+                AddressLeaseChange::Upsert(held),
             ],
             reply: None,
         }
@@ -196,7 +196,12 @@ impl DhcpCore {
     }
 
     /// DHCPDISCOVER: offer an address (held for the client for a while, not yet stored).
-    fn discover(&self, a: &Ask<'_>, c: &Client, mut t: MutexGuard<'_, LeaseTable>) -> DhcpOutcome {
+    fn discover(
+        &self,
+        a: &Ask<'_>,
+        c: &Client,
+        mut t: MutexGuard<'_, AddressLeaseTable>,
+    ) -> DhcpOutcome {
         let req = a.req;
         let mac = req.mac;
         let Some(ip) = t.allocate(&a.key, mac, c.pool_idx, c.reserved, a.requested) else {
@@ -221,7 +226,12 @@ impl DhcpCore {
 
     /// DHCPREQUEST: selecting (server id), init-reboot (option 50), renew/rebind (ciaddr).
     /// ACKed only once the lease is stored ([`DhcpOutcome::Durable`]), else NAKed.
-    fn request(&self, a: &Ask<'_>, c: &Client, mut t: MutexGuard<'_, LeaseTable>) -> DhcpOutcome {
+    fn request(
+        &self,
+        a: &Ask<'_>,
+        c: &Client,
+        mut t: MutexGuard<'_, AddressLeaseTable>,
+    ) -> DhcpOutcome {
         let req = a.req;
         let q = &req.msg;
         let (mac, key, pool, reserved) = (req.mac, &a.key, &c.pool, c.reserved);
@@ -250,13 +260,13 @@ impl DhcpCore {
             }
             return self.nak(req, "requested address not available");
         }
-        let lease = Lease {
+        let lease = AddressLease {
             mac,
             ip,
             hostname: c.hostname.clone(),
             client_id: a.client_id.map(to_hex),
             expires_at: a.now.saturating_add(pool.lease_time.as_millis() as i64),
-            state: LeaseState::Bound,
+            state: AddressLeaseState::Bound,
         };
         let changes = t.bind(key.clone(), lease);
         drop(t);

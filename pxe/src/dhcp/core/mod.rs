@@ -23,10 +23,10 @@ use crate::boot::{decide_boot, BootContext, BootDecision, BootFiles, ClientInfo,
 use crate::config::{DhcpMode, PoolConfig};
 use crate::dhcp::packet::parse_request;
 use crate::directory::{MachineDirectory, MachineEntry};
-use crate::lease::{Lease, LeaseChange};
+use crate::lease::{AddressLease, AddressLeaseChange};
 use crate::mac::MacAddr;
 use crate::metrics::{DropReason, Metrics};
-use table::LeaseTable;
+use table::AddressLeaseTable;
 
 /// DHCP server port.
 pub const SERVER_PORT: u16 = 67;
@@ -71,7 +71,7 @@ pub enum DhcpOutcome {
     /// Store durably first, then send the reply (if any).
     Durable {
         /// Changes for the lease store.
-        changes: Vec<LeaseChange>,
+        changes: Vec<AddressLeaseChange>,
         /// Reply to send once stored.
         reply: Option<Reply>,
     },
@@ -111,7 +111,7 @@ pub struct DhcpCore {
     cfg: CoreConfig,
     directory: Arc<dyn MachineDirectory>,
     metrics: Arc<Metrics>,
-    table: Mutex<LeaseTable>,
+    table: Mutex<AddressLeaseTable>,
     seen: Mutex<HashSet<MacAddr>>,
 }
 
@@ -121,13 +121,13 @@ impl DhcpCore {
         cfg: CoreConfig,
         directory: Arc<dyn MachineDirectory>,
         metrics: Arc<Metrics>,
-        leases: Vec<Lease>,
+        leases: Vec<AddressLease>,
     ) -> Self {
         let pools: &[PoolConfig] = match &cfg.mode {
             DhcpMode::Authoritative { pools } => pools,
             DhcpMode::Proxy => &[],
         };
-        let table = LeaseTable::new(cfg.server_ip, pools, leases);
+        let table = AddressLeaseTable::new(cfg.server_ip, pools, leases);
         DhcpCore {
             cfg,
             directory,

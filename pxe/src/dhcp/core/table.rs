@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::now_ms;
 use crate::config::PoolConfig;
-use crate::lease::{Lease, LeaseChange, LeaseKey, LeaseState};
+use crate::lease::{AddressLease, AddressLeaseChange, AddressLeaseKey, AddressLeaseState};
 use crate::mac::MacAddr;
 
 /// How long an offered address is kept for the client that was offered it.
@@ -38,20 +38,24 @@ pub(super) enum Avail {
 }
 
 /// In-memory lease state (the hot set); the store holds the durable copy.
-pub(super) struct LeaseTable {
+pub(super) struct AddressLeaseTable {
     pub(super) server_ip: Ipv4Addr,
     pub(super) pools: Vec<PoolState>,
-    pub(super) by_key: HashMap<LeaseKey, Lease>,
-    pub(super) by_ip: HashMap<Ipv4Addr, LeaseKey>,
+    pub(super) by_key: HashMap<AddressLeaseKey, AddressLease>,
+    pub(super) by_ip: HashMap<Ipv4Addr, AddressLeaseKey>,
     /// (expires_at, ip) of every lease in `by_key`: the oldest expired lease is found first.
     pub(super) by_expiry: BTreeSet<(i64, u32)>,
-    pub(super) offers: HashMap<LeaseKey, Offer>,
-    pub(super) offered_ips: HashMap<Ipv4Addr, LeaseKey>,
+    pub(super) offers: HashMap<AddressLeaseKey, Offer>,
+    pub(super) offered_ips: HashMap<Ipv4Addr, AddressLeaseKey>,
     pub(super) reserved: HashMap<Ipv4Addr, MacAddr>,
 }
 
-impl LeaseTable {
-    pub(super) fn new(server_ip: Ipv4Addr, pools: &[PoolConfig], leases: Vec<Lease>) -> Self {
+impl AddressLeaseTable {
+    pub(super) fn new(
+        server_ip: Ipv4Addr,
+        pools: &[PoolConfig],
+        leases: Vec<AddressLease>,
+    ) -> Self {
         let pools = pools
             .iter()
             .map(|p| {
@@ -65,7 +69,7 @@ impl LeaseTable {
                 }
             })
             .collect();
-        let mut t = LeaseTable {
+        let mut t = AddressLeaseTable {
             server_ip,
             pools,
             by_key: HashMap::new(),
@@ -90,7 +94,11 @@ impl LeaseTable {
 
     /// Inserts or replaces `key`'s lease, keeping `by_ip` and `by_expiry` in step. A lease
     /// of another key on the same address is removed and returned.
-    pub(super) fn put(&mut self, key: LeaseKey, lease: Lease) -> Option<(LeaseKey, Lease)> {
+    pub(super) fn put(
+        &mut self,
+        key: AddressLeaseKey,
+        lease: AddressLease,
+    ) -> Option<(AddressLeaseKey, AddressLease)> {
         let displaced = match self.by_ip.get(&lease.ip) {
             Some(other) if *other != key => {
                 let other = other.clone();
@@ -112,7 +120,7 @@ impl LeaseTable {
     }
 
     /// Forgets `key`'s lease.
-    pub(super) fn remove(&mut self, key: &LeaseKey) -> Option<Lease> {
+    pub(super) fn remove(&mut self, key: &AddressLeaseKey) -> Option<AddressLease> {
         let l = self.by_key.remove(key)?;
         self.by_expiry.remove(&(l.expires_at, u32::from(l.ip)));
         if self.by_ip.get(&l.ip) == Some(key) {
@@ -143,7 +151,7 @@ impl LeaseTable {
     pub(super) fn avail(
         &self,
         ip: Ipv4Addr,
-        key: &LeaseKey,
+        key: &AddressLeaseKey,
         mac: MacAddr,
         pool: &PoolConfig,
         now: Instant,
@@ -169,7 +177,9 @@ impl LeaseTable {
         }
         match self.by_ip.get(&ip) {
             Some(other) if other != key => match self.by_key.get(other) {
-                Some(l) if l.expires_at > now_ms && l.state != LeaseState::Released => Avail::Taken,
+                Some(l) if l.expires_at > now_ms && l.state != AddressLeaseState::Released => {
+                    Avail::Taken
+                }
                 Some(_) => Avail::Expired,
                 None => Avail::Free,
             },
@@ -182,7 +192,7 @@ impl LeaseTable {
     /// expired first (RFC 2131 §4.3.1 prefers a client's previous address).
     pub(super) fn allocate(
         &mut self,
-        key: &LeaseKey,
+        key: &AddressLeaseKey,
         mac: MacAddr,
         pool_idx: usize,
         reserved: Option<Ipv4Addr>,
@@ -243,7 +253,7 @@ impl LeaseTable {
         None
     }
 
-    pub(super) fn record_offer(&mut self, key: &LeaseKey, ip: Ipv4Addr) {
+    pub(super) fn record_offer(&mut self, key: &AddressLeaseKey, ip: Ipv4Addr) {
         if let Some(old) = self.offers.insert(
             key.clone(),
             Offer {
@@ -259,7 +269,7 @@ impl LeaseTable {
         // Keep the offer map bounded: sweep expired offers now and then.
         if self.offers.len() > 4096 && self.offers.len().is_power_of_two() {
             let now = Instant::now();
-            let expired: Vec<LeaseKey> = self
+            let expired: Vec<AddressLeaseKey> = self
                 .offers
                 .iter()
                 .filter(|(_, o)| o.until <= now)
@@ -271,7 +281,7 @@ impl LeaseTable {
         }
     }
 
-    pub(super) fn drop_offer(&mut self, key: &LeaseKey) {
+    pub(super) fn drop_offer(&mut self, key: &AddressLeaseKey) {
         if let Some(o) = self.offers.remove(key) {
             if self.offered_ips.get(&o.ip) == Some(key) {
                 self.offered_ips.remove(&o.ip);
@@ -280,13 +290,17 @@ impl LeaseTable {
     }
 
     /// Binds `lease` to `key`; returns the store changes (a displaced lease's delete first).
-    pub(super) fn bind(&mut self, key: LeaseKey, lease: Lease) -> Vec<LeaseChange> {
+    pub(super) fn bind(
+        &mut self,
+        key: AddressLeaseKey,
+        lease: AddressLease,
+    ) -> Vec<AddressLeaseChange> {
         let mut changes = Vec::with_capacity(2);
         self.drop_offer(&key);
         if let Some((other, _)) = self.put(key, lease.clone()) {
-            changes.push(LeaseChange::Delete { key: other });
+            changes.push(AddressLeaseChange::Delete { key: other });
         }
-        changes.push(LeaseChange::Upsert(lease));
+        changes.push(AddressLeaseChange::Upsert(lease));
         changes
     }
 }

@@ -1,9 +1,9 @@
 //! The DHCP core against a static directory: whole exchanges, the lease table, relays.
 
 use super::reply::reply_destination;
-use super::table::LeaseTable;
+use super::table::AddressLeaseTable;
 use super::*;
-use crate::lease::{Lease, LeaseChange, LeaseKey, LeaseState};
+use crate::lease::{AddressLease, AddressLeaseChange, AddressLeaseKey, AddressLeaseState};
 use crate::mac::MacAddr;
 use dhcproto::v4::relay::RelayInfo;
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, Opcode, OptionCode};
@@ -135,7 +135,7 @@ fn dora_renew_release_decline() {
     let DhcpOutcome::Durable { changes, .. } = &o else {
         panic!("ACK must wait for the store: {o:?}")
     };
-    assert!(matches!(&changes[..], [LeaseChange::Upsert(l)] if l.ip == ip));
+    assert!(matches!(&changes[..], [AddressLeaseChange::Upsert(l)] if l.ip == ip));
     let (ack, _) = reply_of(&o);
     assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
     assert_eq!(ack.yiaddr(), ip);
@@ -194,7 +194,7 @@ fn dora_renew_release_decline() {
             reply: None,
         } => {
             assert!(
-                matches!(&changes[..], [LeaseChange::Upsert(l)] if l.state == LeaseState::Released)
+                matches!(&changes[..], [AddressLeaseChange::Upsert(l)] if l.state == AddressLeaseState::Released)
             )
         }
         other => panic!("{other:?}"),
@@ -378,14 +378,14 @@ fn pool() -> PoolConfig {
     )
 }
 
-fn lease_of(mac: MacAddr, ip: Ipv4Addr, expires_at: i64) -> Lease {
-    Lease {
+fn lease_of(mac: MacAddr, ip: Ipv4Addr, expires_at: i64) -> AddressLease {
+    AddressLease {
         mac,
         ip,
         hostname: None,
         client_id: None,
         expires_at,
-        state: LeaseState::Bound,
+        state: AddressLeaseState::Bound,
     }
 }
 
@@ -398,7 +398,7 @@ fn a_table_loads_only_the_leases_of_its_own_subnets() {
     let ours = lease_of(mac(1), Ipv4Addr::new(10, 0, 0, 10), i64::MAX);
     // Another interface's subnet, long expired: reclaimable at once if it were ours.
     let theirs = lease_of(mac(2), Ipv4Addr::new(10, 78, 0, 150), 0);
-    let mut t = LeaseTable::new(
+    let mut t = AddressLeaseTable::new(
         Ipv4Addr::new(10, 0, 0, 1),
         &[pool()],
         vec![ours.clone(), theirs.clone()],
@@ -408,7 +408,7 @@ fn a_table_loads_only_the_leases_of_its_own_subnets() {
     assert!(!t.by_ip.contains_key(&theirs.ip));
     // Filling the pool (and running dry) never hands out, reclaims or deletes theirs.
     for n in 3..=6u8 {
-        let key = LeaseKey::Mac(mac(n));
+        let key = AddressLeaseKey::Mac(mac(n));
         let Some(ip) = t.allocate(&key, mac(n), 0, None, None) else {
             assert!(n > 4, "two free addresses");
             continue;
@@ -418,7 +418,7 @@ fn a_table_loads_only_the_leases_of_its_own_subnets() {
         assert!(
             changes
                 .iter()
-                .all(|c| !matches!(c, LeaseChange::Delete { key } if *key == theirs.key())),
+                .all(|c| !matches!(c, AddressLeaseChange::Delete { key } if *key == theirs.key())),
             "{changes:?}"
         );
     }
@@ -427,9 +427,9 @@ fn a_table_loads_only_the_leases_of_its_own_subnets() {
 
 #[test]
 fn allocation_and_reclaim() {
-    let mut t = LeaseTable::new(Ipv4Addr::new(10, 0, 0, 1), &[pool()], Vec::new());
+    let mut t = AddressLeaseTable::new(Ipv4Addr::new(10, 0, 0, 1), &[pool()], Vec::new());
     let macs: Vec<MacAddr> = (1..=4).map(|i| MacAddr([2, 0, 0, 0, 0, i])).collect();
-    let keys: Vec<LeaseKey> = macs.iter().map(|m| LeaseKey::Mac(*m)).collect();
+    let keys: Vec<AddressLeaseKey> = macs.iter().map(|m| AddressLeaseKey::Mac(*m)).collect();
     let a = t.allocate(&keys[0], macs[0], 0, None, None).expect("ip");
     t.record_offer(&keys[0], a);
     assert_eq!(
@@ -458,7 +458,7 @@ fn allocation_and_reclaim() {
     let changes = t.bind(keys[3].clone(), lease_of(macs[3], ip, i64::MAX));
     assert_eq!(
         changes[0],
-        LeaseChange::Delete {
+        AddressLeaseChange::Delete {
             key: keys[0].clone()
         }
     );
@@ -474,8 +474,8 @@ fn expired_leases_are_reclaimed_only_when_no_address_is_free_oldest_first() {
     let now = now_ms();
     // Pool 10..=12: A (.10) expired a minute ago, B (.11) an hour ago; .12 never used.
     let mut released = lease_of(m(9), ip(12), now + 3_600_000);
-    released.state = LeaseState::Released;
-    let mut t = LeaseTable::new(
+    released.state = AddressLeaseState::Released;
+    let mut t = AddressLeaseTable::new(
         SRV,
         &[pool()],
         vec![
@@ -483,7 +483,7 @@ fn expired_leases_are_reclaimed_only_when_no_address_is_free_oldest_first() {
             lease_of(m(2), ip(11), now - 3_600_000),
         ],
     );
-    let key = |i: u8| LeaseKey::Mac(m(i));
+    let key = |i: u8| AddressLeaseKey::Mac(m(i));
     // A free address goes first, even though two expired ones come earlier in the range.
     assert_eq!(t.allocate(&key(3), m(3), 0, None, None), Some(ip(12)));
     // Asking for an expired address of someone else does not get it while one is free.
@@ -495,7 +495,7 @@ fn expired_leases_are_reclaimed_only_when_no_address_is_free_oldest_first() {
     // The pool has no free address left: the oldest expiry (B's) goes first.
     assert_eq!(t.allocate(&key(4), m(4), 0, None, None), Some(ip(11)));
     let changes = t.bind(key(4), lease_of(m(4), ip(11), now + 3_600_000));
-    assert_eq!(changes[0], LeaseChange::Delete { key: key(2) });
+    assert_eq!(changes[0], AddressLeaseChange::Delete { key: key(2) });
     // A client whose own lease expired gets its address back (it is still free for it).
     assert_eq!(t.allocate(&key(1), m(1), 0, None, None), Some(ip(10)));
     assert_eq!(t.allocate(&key(5), m(5), 0, None, None), Some(ip(10)));
@@ -503,7 +503,7 @@ fn expired_leases_are_reclaimed_only_when_no_address_is_free_oldest_first() {
     assert_eq!(t.allocate(&key(6), m(6), 0, None, None), None, "all live");
     // A released lease is reclaimable at once, before leases that expire later.
     let mut rel = lease_of(m(3), ip(12), now);
-    rel.state = LeaseState::Released;
+    rel.state = AddressLeaseState::Released;
     t.put(key(3), rel);
     assert_eq!(t.allocate(&key(6), m(6), 0, None, None), Some(ip(12)));
     let _ = released;
@@ -520,7 +520,11 @@ fn req_from(mac: [u8; 6], client_id: Option<&[u8]>, mt: MessageType) -> Message 
 }
 
 /// DISCOVER then REQUEST; returns the address and the store changes of the ACK.
-fn dora(c: &DhcpCore, mac: [u8; 6], client_id: Option<&[u8]>) -> (Ipv4Addr, Vec<LeaseChange>) {
+fn dora(
+    c: &DhcpCore,
+    mac: [u8; 6],
+    client_id: Option<&[u8]>,
+) -> (Ipv4Addr, Vec<AddressLeaseChange>) {
     let (offer, _) = reply_of(&run(c, &req_from(mac, client_id, MessageType::Discover)));
     let ip = offer.yiaddr();
     let mut r = req_from(mac, client_id, MessageType::Request);
@@ -546,10 +550,10 @@ fn client_identifier_keys_the_lease() {
     let m1 = [2, 0, 0, 0, 2, 1];
     let m2 = [2, 0, 0, 0, 2, 2];
     let (ip_x, changes) = dora(&c, m1, Some(b"\0host-x"));
-    let [LeaseChange::Upsert(l)] = &changes[..] else {
+    let [AddressLeaseChange::Upsert(l)] = &changes[..] else {
         panic!("{changes:?}")
     };
-    assert_eq!(l.key(), LeaseKey::ClientId(b"\0host-x".to_vec()));
+    assert_eq!(l.key(), AddressLeaseKey::ClientId(b"\0host-x".to_vec()));
     assert_eq!(l.key().to_string(), "id:00686f73742d78");
     assert_eq!(l.mac, MacAddr(m1));
     // Same client identifier from another NIC: the same lease.
@@ -565,7 +569,7 @@ fn client_identifier_keys_the_lease() {
     let (ip_m, changes) = dora(&c, m1, None);
     assert!(ip_m != ip_x && ip_m != ip_y, "{ip_m} {ip_x} {ip_y}");
     assert!(
-        matches!(&changes[..], [LeaseChange::Upsert(l)] if l.key() == LeaseKey::Mac(MacAddr(m1)))
+        matches!(&changes[..], [AddressLeaseChange::Upsert(l)] if l.key() == AddressLeaseKey::Mac(MacAddr(m1)))
     );
     // An identifier that is hardware type 1 + this MAC is the MAC's key.
     let mut hw = vec![1u8];
@@ -585,14 +589,14 @@ fn client_identifier_keys_the_lease() {
 }
 
 /// Applies a batch to a map the way a store does (in order).
-fn apply(store: &mut HashMap<LeaseKey, Lease>, changes: &[LeaseChange]) {
+fn apply(store: &mut HashMap<AddressLeaseKey, AddressLease>, changes: &[AddressLeaseChange]) {
     for ch in changes {
         match ch {
-            LeaseChange::Upsert(l) => {
+            AddressLeaseChange::Upsert(l) => {
                 store.retain(|_, o| o.ip != l.ip);
                 store.insert(l.key(), l.clone());
             }
-            LeaseChange::Delete { key } => {
+            AddressLeaseChange::Delete { key } => {
                 store.remove(key);
             }
         }
@@ -622,15 +626,15 @@ fn declined_address_is_persisted_and_stays_out_after_a_restart() {
     };
     assert_eq!(
         changes[0],
-        LeaseChange::Delete {
-            key: LeaseKey::Mac(MacAddr(a))
+        AddressLeaseChange::Delete {
+            key: AddressLeaseKey::Mac(MacAddr(a))
         }
     );
-    let LeaseChange::Upsert(held) = &changes[1] else {
+    let AddressLeaseChange::Upsert(held) = &changes[1] else {
         panic!("{changes:?}")
     };
-    assert_eq!(held.state, LeaseState::Declined);
-    assert_eq!(held.key(), LeaseKey::Declined(ip));
+    assert_eq!(held.state, AddressLeaseState::Declined);
+    assert_eq!(held.key(), AddressLeaseKey::Declined(ip));
     assert_eq!(held.key().to_string(), format!("declined:{ip}"));
     assert!(held.expires_at > now_ms() + 500_000);
     apply(&mut store, &changes);
@@ -684,7 +688,7 @@ fn decline_hold_is_the_configured_one() {
             panic!("DECLINE must be stored")
         };
         let after = now_ms();
-        let [_, LeaseChange::Upsert(held)] = &changes[..] else {
+        let [_, AddressLeaseChange::Upsert(held)] = &changes[..] else {
             panic!("{changes:?}")
         };
         let ms = hold.as_millis() as i64;
