@@ -44,9 +44,21 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
+        self.exchange(req, "reach", &format!("{method} {path}"))
+            .await
+    }
+
+    /// Sends `req` and decodes the answer: its JSON (Null for an empty body), or the API's
+    /// error message as the error. `verb` says what failed when nothing answers.
+    async fn exchange(
+        &self,
+        req: reqwest::RequestBuilder,
+        verb: &str,
+        what: &str,
+    ) -> anyhow::Result<Value> {
         let resp = req.send().await.map_err(|e| {
             anyhow!(
-                "cannot reach rackshare at {}: {}",
+                "cannot {verb} rackshare at {}: {}",
                 self.base,
                 root_cause(&e)
             )
@@ -58,7 +70,7 @@ impl Client {
                 return Ok(Value::Null);
             }
             return serde_json::from_str(&text)
-                .with_context(|| format!("{method} {path}: the response is not JSON"));
+                .with_context(|| format!("{what}: the response is not JSON"));
         }
         let message = serde_json::from_str::<Value>(&text)
             .ok()
@@ -86,23 +98,8 @@ impl Client {
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
         }
-        let resp = req.send().await.map_err(|e| {
-            anyhow!(
-                "cannot upload to rackshare at {}: {}",
-                self.base,
-                root_cause(&e)
-            )
-        })?;
-        let status = resp.status();
-        let text = resp.text().await.context("reading the response")?;
-        if status.is_success() {
-            return serde_json::from_str(&text).context("the response is not JSON");
-        }
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-            .unwrap_or_else(|| format!("{} {}", status, text.trim()));
-        Err(anyhow!("{message} (HTTP {})", status.as_u16()))
+        self.exchange(req, "upload to", &format!("POST {path}"))
+            .await
     }
 
     /// GET.

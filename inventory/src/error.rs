@@ -104,6 +104,21 @@ impl Error {
 }
 
 /// Whether a driver error is a unique-constraint violation (duplicate key).
+/// A database error, except that a unique violation becomes a conflict on `field` with
+/// `message` (the sentence a person reads: "site 'x' already exists").
+pub(crate) fn conflict_if_unique(
+    field: &'static str,
+    message: impl FnOnce() -> String,
+) -> impl FnOnce(sqlx::Error) -> Error {
+    move |e| {
+        if is_unique_violation(&e) {
+            Error::conflict(field, message())
+        } else {
+            e.into()
+        }
+    }
+}
+
 pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => {

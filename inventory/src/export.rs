@@ -129,6 +129,9 @@ impl std::fmt::Debug for ExportBmc {
 }
 
 /// A machine.
+// Deliberately its own copy of the fields of `NewMachine`/`Machine` (and `ExportBmc` of the
+// BMC settings): the export format is versioned (docs/export-format.md) and must not change
+// when the API's request types do.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExportMachine {

@@ -2,7 +2,7 @@
 
 use crate::audit::record_in;
 use crate::db::{from_json, to_json};
-use crate::error::is_unique_violation;
+use crate::error::conflict_if_unique;
 use crate::{now_ms, Error, Inventory, MemberGroup, NewAuditEvent, Rack, Result, Site};
 use sqlx::Row;
 
@@ -40,12 +40,9 @@ impl Inventory {
         .bind(now_ms())
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| match e {
-            e if is_unique_violation(&e) => {
-                Error::conflict("name", format!("site '{name}' already exists"))
-            }
-            e => e.into(),
-        })?;
+        .map_err(conflict_if_unique("name", || {
+            format!("site '{name}' already exists")
+        }))?;
         record_in(
             &mut tx,
             &NewAuditEvent::ok(actor, "site.create", "site", name),
@@ -103,12 +100,7 @@ impl Inventory {
         .bind(now_ms())
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| match e {
-            e if is_unique_violation(&e) => {
-                Error::conflict("name", format!("rack '{name}' already exists in site '{site}'"))
-            }
-            e => e.into(),
-        })?;
+        .map_err(conflict_if_unique("name", || format!("rack '{name}' already exists in site '{site}'")))?;
         record_in(
             &mut tx,
             &NewAuditEvent::ok(actor, "rack.create", "rack", &format!("{site}/{name}")),
@@ -170,10 +162,7 @@ impl Inventory {
         .bind(now_ms())
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| match e {
-            e if is_unique_violation(&e) => Error::conflict("name", format!("group '{name}' already exists")),
-            e => e.into(),
-        })?;
+        .map_err(conflict_if_unique("name", || format!("group '{name}' already exists")))?;
         record_in(
             &mut tx,
             &NewAuditEvent::ok(actor, "group.create", "group", name).group(Some(name.into())),

@@ -4,7 +4,7 @@ use super::checks::*;
 use super::*;
 use crate::audit::record_in;
 use crate::db::to_json;
-use crate::error::is_unique_violation;
+use crate::error::conflict_if_unique;
 use crate::sites::check_name;
 use crate::transition::{transition_tx, MachineRef, TransitionAudit};
 use crate::{now_ms, Error, Inventory, Machine, MachineState, NewAuditEvent, Nic, Result};
@@ -78,15 +78,9 @@ impl Inventory {
             .bind(n.ip.map(|i| i.to_string()))
             .execute(&mut **tx)
             .await
-            .map_err(|e| match e {
-                e if is_unique_violation(&e) => Error::conflict(
-                    "mac",
-                    format!(
+            .map_err(conflict_if_unique("mac", || format!(
                         "{mac} is already enrolled (machine '{machine}' raced another request)"
-                    ),
-                ),
-                e => e.into(),
-            })?;
+                    )))?;
         }
         Ok(())
     }
@@ -143,10 +137,7 @@ impl Inventory {
         .bind(now)
         .fetch_one(&mut *tx)
         .await
-        .map_err(|e| match e {
-            e if is_unique_violation(&e) => Error::conflict("name", format!("machine '{}' already exists", m.name)),
-            e => e.into(),
-        })?;
+        .map_err(conflict_if_unique("name", || format!("machine '{}' already exists", m.name)))?;
         self.insert_nics(&mut tx, id, &m.name, &nics).await?;
         if let Some(b) = &m.bmc {
             self.upsert_bmc(&mut tx, id, b).await?;
