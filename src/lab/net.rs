@@ -125,7 +125,9 @@ fn processes_of(state_dir: &Path) -> Vec<i32> {
             continue;
         };
         let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(&needle) && !cmdline.contains(" lab down") {
+        // Not the lab's own commands (nor a wrapper such as flock running one).
+        let command = [" lab up", " lab down", " lab status"];
+        if cmdline.contains(&needle) && !command.iter().any(|c| cmdline.contains(c)) {
             pids.push(pid);
         }
     }

@@ -31,8 +31,10 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// KVM when a guest really runs under it (here /dev/kvm exists but guests die), else TCG.
-fn kvm_works() -> bool {
+/// KVM when a guest really runs under it, else TCG. On some hosts /dev/kvm opens but guests
+/// stall inside iPXE, so the probe boots SeaBIOS+iPXE for a few seconds and looks for iPXE
+/// getting as far as DHCP (or giving up on every device) on the serial port.
+fn kvm_works(state: &Path) -> bool {
     if std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -41,24 +43,37 @@ fn kvm_works() -> bool {
     {
         return false;
     }
+    let sercon = state.join("kvm-probe-sercon");
+    let log = state.join("kvm-probe.log");
+    if std::fs::write(&sercon, [0xf8u8, 0x03]).is_err() {
+        return false;
+    }
+    let _ = std::fs::remove_file(&log);
     let child = std::process::Command::new("qemu-system-x86_64")
         .args(["-accel", "kvm", "-machine", "pc", "-nodefaults", "-display"])
-        .args(["none", "-m", "64", "-no-reboot", "-serial", "none"])
+        .args(["none", "-m", "128", "-netdev", "user,id=n0", "-device"])
+        .args(["virtio-net-pci,netdev=n0", "-boot", "n", "-serial"])
+        .arg(format!("file:{}", log.display()))
+        .arg("-fw_cfg")
+        .arg(format!("name=etc/sercon-port,file={}", sercon.display()))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
         .spawn();
     let Ok(mut child) = child else {
         return false;
     };
-    std::thread::sleep(Duration::from_secs(2));
-    let alive = matches!(child.try_wait(), Ok(None));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut ok = false;
+    while Instant::now() < deadline && !ok {
+        std::thread::sleep(Duration::from_millis(250));
+        let text = std::fs::read(&log).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text);
+        ok = text.contains("Configuring") || text.contains("Boot failed");
+    }
     let _ = child.kill();
-    let out = child
-        .wait_with_output()
-        .map(|o| o.stderr)
-        .unwrap_or_default();
-    alive && !String::from_utf8_lossy(&out).contains("error")
+    let _ = child.wait();
+    ok
 }
 
 fn random_hex(bytes: usize) -> anyhow::Result<String> {
@@ -157,7 +172,7 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     // Leftovers of a crashed `up` (processes, the host veth) go first.
     super::down(&state)?;
-    let kvm = kvm_works();
+    let kvm = kvm_works(&state);
     progress(
         t0,
         if kvm {
