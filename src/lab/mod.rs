@@ -72,6 +72,17 @@ pub enum FirmwareChoice {
     Mixed,
 }
 
+/// QEMU accelerator choice for the lab's VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AccelChoice {
+    /// KVM if a probe guest really runs under it, else TCG
+    Auto,
+    /// Software emulation
+    Tcg,
+    /// Hardware virtualisation
+    Kvm,
+}
+
 /// `rackshare lab up` options.
 #[derive(Debug, Args, Clone)]
 pub struct UpArgs {
@@ -92,6 +103,9 @@ pub struct UpArgs {
     /// Attach the disk as NVMe instead of virtio
     #[arg(long)]
     pub nvme: bool,
+    /// QEMU's accelerator: auto probes KVM (10 s at most) and falls back to TCG
+    #[arg(long, value_enum, default_value_t = AccelChoice::Auto)]
+    pub accel: AccelChoice,
     /// The API forward's port on the host's 127.0.0.1
     #[arg(long, default_value_t = 18080)]
     pub api_port: u16,

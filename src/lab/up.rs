@@ -3,8 +3,8 @@
 use super::daemons::BMC_USER;
 use super::net::{self, BRIDGE, BRIDGE_IP};
 use super::{
-    demo, FirmwareChoice, LabMachine, LabRecord, UpArgs, BMC_BASE_PORT, NETNS, SERVICE_PORT,
-    SERVICE_VETH_IP,
+    demo, AccelChoice, FirmwareChoice, LabMachine, LabRecord, UpArgs, BMC_BASE_PORT, NETNS,
+    SERVICE_PORT, SERVICE_VETH_IP,
 };
 use crate::client::{enc, Client};
 use crate::output::{self, Format};
@@ -172,13 +172,17 @@ pub async fn up(a: UpArgs) -> anyhow::Result<()> {
     }
     // Leftovers of a crashed `up` (processes, the host veth) go first.
     super::down(&state)?;
-    let kvm = kvm_works(&state);
+    let kvm = match a.accel {
+        AccelChoice::Auto => kvm_works(&state),
+        AccelChoice::Tcg => false,
+        AccelChoice::Kvm => true,
+    };
     progress(
         t0,
         if kvm {
-            "KVM works: using it"
+            "accelerator: KVM"
         } else {
-            "KVM unavailable: using TCG"
+            "accelerator: TCG (KVM unavailable or not chosen)"
         },
     );
     let data = state.join("data");
