@@ -157,8 +157,18 @@ async fn read_token(file: &Path) -> anyhow::Result<String> {
     }
 }
 
-/// `rackshare lab up`.
+/// `rackshare lab up`; on failure it says how to remove what it made (kept for diagnosis).
 pub async fn up(a: UpArgs) -> anyhow::Result<()> {
+    let state_dir = a.state.state_dir.clone();
+    build(a).await.with_context(|| {
+        format!(
+            "lab up failed (logs in {0}; `rackshare lab down --state-dir {0}` removes what it made)",
+            state_dir.display()
+        )
+    })
+}
+
+async fn build(a: UpArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     if !is_root() {
         bail!("`rackshare lab up` makes a network namespace and tap devices: run it as root");
