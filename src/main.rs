@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod doctor;
 mod jobs_cli;
+mod lab;
 mod output;
 mod serve;
 
@@ -25,6 +26,7 @@ async fn main() {
             timeout_secs,
         } => doctor::run(interface, timeout_secs, args.global.output).await,
         cli::Command::Agent(cli::AgentCmd::Build(b)) => agent_build::run(b),
+        cli::Command::Lab(l) => lab::run(l, args.global.output).await,
         other => cli::run(args.global, other).await,
     };
     if let Err(e) = result {

@@ -119,6 +119,9 @@ pub enum Command {
     /// The deploy agent: build its kernel and ramdisk
     #[command(subcommand)]
     Agent(AgentCmd),
+    /// A virtual rack on this box: VMs with virtual BMCs and a lab service (`lab up|status|down`)
+    #[command(subcommand)]
+    Lab(crate::lab::LabCmd),
     /// Look for DHCP servers on the network: broadcasts a DHCPDISCOVER and lists who answers
     Doctor {
         /// Interface to probe [default: every interface with an IPv4 address, except loopback]
@@ -142,8 +145,8 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
     let c = Client::new(&g.url, token_or_default(g.token))?;
     let fmt = g.output;
     match cmd {
-        Command::Serve(_) | Command::Doctor { .. } | Command::Agent(_) => {
-            unreachable!("serve, doctor and agent are dispatched in main")
+        Command::Serve(_) | Command::Doctor { .. } | Command::Agent(_) | Command::Lab(_) => {
+            unreachable!("serve, doctor, agent and lab are dispatched in main")
         }
         Command::Machine(m) => machines::run(&c, fmt, *m).await,
         Command::Lease(l) => leases::run(&c, fmt, *l).await,
