@@ -64,25 +64,79 @@ pub async fn visible_machine(st: &AppState, c: &Caller, name: &str) -> Result<Ma
     }
 }
 
-/// Splits `NAME[:VERSION]`.
-pub fn split_image_reference(reference: &str) -> (&str, Option<&str>) {
-    match reference.split_once(':') {
+/// An image reference: `[GROUP/]NAME[:VERSION]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageReference<'a> {
+    /// The owning group named with the reference; None: resolved in the caller's scope.
+    pub group: Option<&'a str>,
+    /// Name.
+    pub name: &'a str,
+    /// Version; None: the newest.
+    pub version: Option<&'a str>,
+}
+
+/// Splits `[GROUP/]NAME[:VERSION]`.
+pub fn split_image_reference(reference: &str) -> ImageReference<'_> {
+    let (group, rest) = match reference.split_once('/') {
+        Some((g, r)) => (Some(g), r),
+        None => (None, reference),
+    };
+    let (name, version) = match rest.split_once(':') {
         Some((n, v)) => (n, Some(v)),
-        None => (reference, None),
+        None => (rest, None),
+    };
+    ImageReference {
+        group,
+        name,
+        version,
     }
 }
 
-/// An image the caller may see (public, or owned by a group the caller sees), or 404.
-pub async fn visible_image(st: &AppState, c: &Caller, reference: &str) -> Result<Image, ApiError> {
-    let (name, version) = split_image_reference(reference);
-    let img = st.inv.image(name, version).await?;
-    if img.owner_group.is_none() || c.group_scope().sees(img.owner_group.as_deref()) {
-        Ok(img)
-    } else {
-        Err(ApiError::not_found(format!(
-            "image '{reference}' not found"
-        )))
+/// The image `reference` names for this caller, or 404. `group` is the API's `group`
+/// parameter (the same as a `GROUP/` prefix). A member resolves a bare name in their group,
+/// then among the public images; staff, technicians and admins resolve a bare name among the
+/// public images only, and a group's image only when the group is named, so a member's
+/// private image never shadows a public one for anybody else.
+pub async fn visible_image(
+    st: &AppState,
+    c: &Caller,
+    reference: &str,
+    group: Option<&str>,
+) -> Result<Image, ApiError> {
+    let r = split_image_reference(reference);
+    let named = match (r.group, group) {
+        (Some(a), Some(b)) if a != b => {
+            return Err(ApiError::invalid(
+                "group",
+                format!("the reference names group '{a}' and the group parameter '{b}'"),
+            ))
+        }
+        (a, b) => a.or(b),
+    };
+    let not_found = || ApiError::not_found(format!("image '{reference}' not found"));
+    let found = match (c.group_scope(), named) {
+        (GroupScope::All, owner) => st.inv.image(owner, r.name, r.version).await,
+        (GroupScope::Group(own), Some(g)) if g == own => {
+            st.inv.image(Some(own), r.name, r.version).await
+        }
+        (GroupScope::Group(own), None) => match st.inv.image(Some(own), r.name, r.version).await {
+            Err(inventory::Error::NotFound { .. }) => st.inv.image(None, r.name, r.version).await,
+            other => other,
+        },
+        (GroupScope::Nothing, None) => st.inv.image(None, r.name, r.version).await,
+        (GroupScope::Group(_) | GroupScope::Nothing, Some(_)) => return Err(not_found()),
+    };
+    match found {
+        Ok(img) => Ok(img),
+        Err(inventory::Error::NotFound { .. }) => Err(not_found()),
+        Err(e) => Err(e.into()),
     }
+}
+
+/// Whether `img` may be deployed on `m`: a group's private image only on that group's
+/// machines (a public image anywhere).
+pub fn deployable_on(img: &Image, m: &Machine) -> bool {
+    img.owner_group.is_none() || img.owner_group == m.member_group
 }
 
 #[cfg(test)]
@@ -95,6 +149,20 @@ mod tests {
         assert!(Group("a").sees(Some("a")));
         assert!(!Group("a").sees(Some("b")) && !Group("a").sees(None));
         assert!(!Nothing.sees(Some("a")) && !Nothing.sees(None));
+    }
+
+    #[test]
+    fn image_references() {
+        let r = super::split_image_reference;
+        let t = |g, n, v| super::ImageReference {
+            group: g,
+            name: n,
+            version: v,
+        };
+        assert_eq!(r("a"), t(None, "a", None));
+        assert_eq!(r("a:2"), t(None, "a", Some("2")));
+        assert_eq!(r("g/a"), t(Some("g"), "a", None));
+        assert_eq!(r("g/a:2"), t(Some("g"), "a", Some("2")));
     }
 
     #[test]
