@@ -207,3 +207,110 @@ async fn image_scopes(db: Db) {
     let out = s.cli_as(&s.admin_token, &["image", "show", "pub-img"]);
     assert!(!out.status.success(), "the public image is gone");
 }
+
+/// A one-answer-per-connection HTTP server on `ip`: `answer(path)` is the whole response.
+/// Returns its port and a counter of requests it received.
+async fn web(
+    ip: &str,
+    answer: impl Fn(&str) -> Vec<u8> + Send + Sync + 'static,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+    let port = l.local_addr().expect("addr").port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let (h, answer) = (hits.clone(), std::sync::Arc::new(answer));
+    tokio::spawn(async move {
+        while let Ok((mut c, _)) = l.accept().await {
+            h.fetch_add(1, Ordering::SeqCst);
+            let answer = answer.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match c.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&buf);
+                let path = text.split_whitespace().nth(1).unwrap_or("/").to_string();
+                let _ = c.write_all(&answer(&path)).await;
+            });
+        }
+    });
+    (port, hits)
+}
+
+fn image_response(_: &str) -> Vec<u8> {
+    let body = vec![7u8; 4096];
+    let mut r = format!(
+        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    r.extend_from_slice(&body);
+    r
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn url_imports_cannot_reach_inside() {
+    use std::sync::atomic::Ordering;
+    // The image is on loopback (127.0.0.1); a "public" redirector on 127.0.0.2, the only
+    // range staff allowed, points at it.
+    let (inside, inside_hits) = web("127.0.0.1", image_response).await;
+    let (redirector, redirector_hits) = web("127.0.0.2", move |_| {
+        format!(
+            "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:{inside}/img\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .into_bytes()
+    })
+    .await;
+    let s = Service::start_with(Db::Sqlite, &["--image-import-allow", "127.0.0.2/32"]).await;
+    let add = |name: &str, url: String| s.cli_as(&s.admin_token, &["image", "add", name, &url]);
+    let refusal = |out: &Output| {
+        assert!(!out.status.success());
+        let e = stderr(out);
+        assert!(e.contains("could not import from this URL"), "{e}");
+        e.split(": ").last().unwrap_or_default().to_string()
+    };
+
+    let direct = refusal(&add("direct", format!("http://127.0.0.1:{inside}/img")));
+    let redirected = refusal(&add(
+        "redirected",
+        format!("http://127.0.0.2:{redirector}/"),
+    ));
+    assert_eq!(
+        redirector_hits.load(Ordering::SeqCst),
+        1,
+        "the allowed hop was asked"
+    );
+    assert_eq!(
+        inside_hits.load(Ordering::SeqCst),
+        0,
+        "nothing was ever sent to the loopback server"
+    );
+    // A private literal is refused before connecting (no traffic leaves: it answers at once).
+    let t = std::time::Instant::now();
+    let private = refusal(&add("private", "http://10.11.12.13:8080/img".into()));
+    assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    // A closed port in the allowed range fails with the very same answer: no port oracle.
+    let closed_port = testkit::free_tcp_port();
+    let closed = refusal(&add("closed", format!("http://127.0.0.2:{closed_port}/")));
+    assert_eq!(direct, redirected);
+    assert_eq!(direct, private);
+    assert_eq!(direct, closed);
+    let out = add("scheme", "file:///etc/passwd".into());
+    assert!(!out.status.success());
+
+    // With loopback allowed by staff, the same import works.
+    let s2 = Service::start_with(Db::Sqlite, &["--image-import-allow", "127.0.0.0/8"]).await;
+    let img = s2.cli_json(&[
+        "image",
+        "add",
+        "allowed",
+        &format!("http://127.0.0.2:{redirector}/"),
+    ]);
+    assert_eq!(img["size_bytes"], 4096);
+    assert_eq!(inside_hits.load(Ordering::SeqCst), 1);
+}

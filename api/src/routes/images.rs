@@ -185,12 +185,19 @@ pub async fn import(
         group: b.group,
     };
     let owner = owner_for(&st, &c, meta.group.clone(), &meta.name).await?;
-    let resp = reqwest::Client::new()
-        .get(url.clone())
-        .send()
+    let resp = crate::import_guard::fetch(url.clone(), &st.image_import_allow)
         .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| ApiError::invalid("url", format!("cannot download {url}: {e}")))?;
+        .map_err(|e| {
+            // The reason stays in the log: the caller gets one answer for every refusal.
+            tracing::info!(url = %url, actor = c.name(), reason = %e.0, "image import refused");
+            ApiError::invalid(
+                "url",
+                format!(
+                    "cannot download {url}: {}",
+                    crate::import_guard::GENERIC_REFUSAL
+                ),
+            )
+        })?;
     let stream = resp.bytes_stream().map_err(|e| e.to_string());
     let blob = st
         .images
