@@ -314,3 +314,66 @@ async fn url_imports_cannot_reach_inside() {
     assert_eq!(img["size_bytes"], 4096);
     assert_eq!(inside_hits.load(Ordering::SeqCst), 1);
 }
+
+#[tokio::test]
+async fn hygiene_unknown_fields_and_absurd_times() {
+    let s = Service::start(Db::Sqlite).await;
+    s.cli(&["group", "add", "alpha"]);
+    let http = s.http();
+    let post = |path: &str, body: Value| {
+        http.post(format!("{}{path}", s.url))
+            .bearer_auth(&s.admin_token)
+            .json(&body)
+            .send()
+    };
+    // An unknown field is refused, not ignored.
+    let r = post(
+        "/api/v1/users",
+        serde_json::json!({"name": "mallory", "role": "member", "member_group": "alpha", "is_admin": true}),
+    )
+    .await
+    .expect("post");
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.expect("body").contains("is_admin"));
+
+    // With no policy set, leases are bounded by the 30-day default; absurd times are refused.
+    let policy: Value = http
+        .get(format!("{}/api/v1/lease-policy", s.url))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .await
+        .expect("get")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(policy["max_lease_hours"], 720);
+    let r = post(
+        "/api/v1/leases",
+        serde_json::json!({"group": "alpha", "count": 1, "ends_at": i64::MAX}),
+    )
+    .await
+    .expect("post");
+    assert!(r.status().is_client_error(), "{}", r.status());
+    let r = post(
+        "/api/v1/leases",
+        serde_json::json!({"group": "alpha", "count": 1, "duration_secs": 31 * 24 * 3600}),
+    )
+    .await
+    .expect("post");
+    assert!(r.status().is_client_error(), "{}", r.status());
+    assert!(r
+        .text()
+        .await
+        .expect("body")
+        .contains("maximum lease length"));
+    // Staff may raise it, and still cannot go past the calendar.
+    s.cli(&["lease", "policy", "--max-hours", "9000000000"]);
+    let r = post(
+        "/api/v1/leases",
+        serde_json::json!({"group": "alpha", "count": 1, "ends_at": i64::MAX}),
+    )
+    .await
+    .expect("post");
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.expect("body").contains("year 9999"));
+}

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-/// A user to create.
+/// A user to create. Unknown fields are refused (`"is_admin": true` must not pass unnoticed).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// Unique name.
     pub name: String,
