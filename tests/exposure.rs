@@ -377,3 +377,63 @@ async fn hygiene_unknown_fields_and_absurd_times() {
     assert_eq!(r.status(), 400);
     assert!(r.text().await.expect("body").contains("year 9999"));
 }
+
+#[tokio::test]
+async fn members_see_no_bmc_details() {
+    for db in common::databases() {
+        bmc_details(db).await;
+    }
+}
+
+async fn bmc_details(db: Db) {
+    let s = Service::start(db).await;
+    let (ann, _bob, tess) = people(&s);
+    s.cli(&[
+        "machine",
+        "add",
+        "n1",
+        "--mac",
+        "52:54:00:00:14:02",
+        "--bmc",
+        "redfish+https://10.99.0.7",
+        "--bmc-user",
+        "root",
+    ]);
+    s.cli(&["machine", "state", "n1", "available"]);
+    ok_json(
+        s.cli_as(&ann, &["lease", "create", "--count", "1", "-o", "json"]),
+        "ann leases",
+    );
+    let shown = ok_json(
+        s.cli_as(&ann, &["machine", "show", "n1", "-o", "json"]),
+        "ann shows n1",
+    );
+    let listed = ok_json(
+        s.cli_as(&ann, &["machine", "list", "-o", "json"]),
+        "ann lists",
+    );
+    for (what, m) in [("show", &shown), ("list", &listed[0])] {
+        assert_eq!(m["name"], "n1", "{what}: {m}");
+        assert_eq!(m["bmc"]["url"], "", "{what}: {m}");
+        assert_eq!(m["bmc"]["username"], "", "{what}: {m}");
+        assert!(m["bmc"]["last_error"].is_null(), "{what}: {m}");
+        assert!(!m.to_string().contains("10.99.0.7"), "{what}: {m}");
+    }
+    // Staff and technicians do see them.
+    for token in [&s.admin_token, &tess] {
+        let m = ok_json(
+            s.cli_as(token, &["machine", "show", "n1", "-o", "json"]),
+            "show n1",
+        );
+        assert!(
+            m["bmc"]["url"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("10.99.0.7"),
+            "{m}"
+        );
+        assert_eq!(m["bmc"]["username"], "root");
+        let l = ok_json(s.cli_as(token, &["machine", "list", "-o", "json"]), "list");
+        assert_eq!(l[0]["bmc"]["username"], "root");
+    }
+}

@@ -29,6 +29,14 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// Whether the caller sees BMC addresses, users and errors: staff, technicians and
+    /// admins do, members never.
+    pub fn sees_bmc_details(&self) -> bool {
+        self.role() != Role::Member
+    }
+}
+
 impl<'a> GroupScope<'a> {
     /// Whether a resource held by `group` (None: held by no group) is visible.
     pub fn sees(self, group: Option<&str>) -> bool {
