@@ -154,6 +154,17 @@ async fn image_scopes(db: Db) {
         .expect("get")
         .status();
     assert_eq!(st, 404);
+    // The probes are audited as denied.
+    let ev = s.cli_json(&["events", "--limit", "1000"]);
+    let denied = ev
+        .as_array()
+        .expect("events")
+        .iter()
+        .filter(|e| {
+            e["action"] == "image.lookup" && e["outcome"] == "denied" && e["actor"] == "bob"
+        })
+        .count();
+    assert_eq!(denied, 2, "{ev}");
 
     // Bob's upload of the same name and version is no conflict; a second one conflicts with
     // his own image only, and the message names no other group.
@@ -387,7 +398,7 @@ async fn members_see_no_bmc_details() {
 
 async fn bmc_details(db: Db) {
     let s = Service::start(db).await;
-    let (ann, _bob, tess) = people(&s);
+    let (ann, bob, tess) = people(&s);
     s.cli(&[
         "machine",
         "add",
@@ -419,6 +430,20 @@ async fn bmc_details(db: Db) {
         assert!(m["bmc"]["last_error"].is_null(), "{what}: {m}");
         assert!(!m.to_string().contains("10.99.0.7"), "{what}: {m}");
     }
+    // Another group's member gets a 404, and the probe is audited as denied.
+    let out = s.cli_as(&bob, &["machine", "show", "n1"]);
+    assert!(!out.status.success() && stderr(&out).contains("not found"));
+    let ev = s.cli_json(&["events", "--limit", "1000"]);
+    assert!(
+        ev.as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["action"] == "machine.lookup"
+                && e["outcome"] == "denied"
+                && e["actor"] == "bob"
+                && e["target"] == "n1"),
+        "{ev}"
+    );
     // Staff and technicians do see them.
     for token in [&s.admin_token, &tess] {
         let m = ok_json(

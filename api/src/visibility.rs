@@ -5,7 +5,7 @@
 use crate::auth::Caller;
 use crate::state::AppState;
 use crate::ApiError;
-use inventory::{Image, Machine, Role};
+use inventory::{AuditOutcome, Image, Machine, NewAuditEvent, Role};
 
 /// Which member groups' resources a caller may see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,12 +62,27 @@ impl<'a> GroupScope<'a> {
     }
 }
 
+/// Records a cross-tenant lookup (answered 404) as a `denied` event, so probing another
+/// group's names leaves a trail. `kind` is the resource kind (`machine`, `image`, `job`).
+pub async fn audit_hidden(st: &AppState, c: &Caller, kind: &str, target: &str) {
+    let ev = NewAuditEvent::ok(c.name(), &format!("{kind}.lookup"), kind, target)
+        .outcome(AuditOutcome::Denied)
+        .group(c.0.member_group.clone())
+        .detail(
+            serde_json::json!({"answered": "not_found", "reason": "outside the caller's group"}),
+        );
+    if let Err(e) = st.inv.record(ev).await {
+        tracing::warn!(error = %e, "could not audit a cross-tenant lookup");
+    }
+}
+
 /// A machine the caller may see, or 404 (never 403: a member must not learn it exists).
 pub async fn visible_machine(st: &AppState, c: &Caller, name: &str) -> Result<Machine, ApiError> {
     let m = st.inv.machine(name).await?;
     if c.group_scope().sees(m.member_group.as_deref()) {
         Ok(m)
     } else {
+        audit_hidden(st, c, "machine", name).await;
         Err(ApiError::not_found(format!("machine '{name}' not found")))
     }
 }
@@ -132,7 +147,10 @@ pub async fn visible_image(
             other => other,
         },
         (GroupScope::Nothing, None) => st.inv.image(None, r.name, r.version).await,
-        (GroupScope::Group(_) | GroupScope::Nothing, Some(_)) => return Err(not_found()),
+        (GroupScope::Group(_) | GroupScope::Nothing, Some(_)) => {
+            audit_hidden(st, c, "image", reference).await;
+            return Err(not_found());
+        }
     };
     match found {
         Ok(img) => Ok(img),

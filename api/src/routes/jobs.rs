@@ -60,6 +60,7 @@ async fn visible_job(st: &AppState, c: &Caller, id: i64) -> Result<Job, ApiError
     if c.group_scope().sees(job.member_group.as_deref()) {
         Ok(job)
     } else {
+        crate::visibility::audit_hidden(st, c, "job", &id.to_string()).await;
         Err(ApiError::not_found(format!("job {id} not found")))
     }
 }
