@@ -347,6 +347,30 @@ async fn hygiene_unknown_fields_and_absurd_times() {
     assert_eq!(r.status(), 400);
     assert!(r.text().await.expect("body").contains("is_admin"));
 
+    // Free text is bounded: a 1.9 MB token description is refused, a short one is fine.
+    s.cli(&["user", "add", "ann", "--role", "member", "--group", "alpha"]);
+    let r = post(
+        "/api/v1/tokens",
+        serde_json::json!({"user": "ann", "description": "x".repeat(1_900_000)}),
+    )
+    .await
+    .expect("post");
+    assert!(r.status().is_client_error(), "{}", r.status());
+    let r = post(
+        "/api/v1/tokens",
+        serde_json::json!({"user": "ann", "description": "laptop"}),
+    )
+    .await
+    .expect("post");
+    assert_eq!(r.status(), 201);
+    let r = post(
+        "/api/v1/groups",
+        serde_json::json!({"name": "gamma", "description": "y".repeat(5000)}),
+    )
+    .await
+    .expect("post");
+    assert_eq!(r.status(), 400);
+
     // With no policy set, leases are bounded by the 30-day default; absurd times are refused.
     let policy: Value = http
         .get(format!("{}/api/v1/lease-policy", s.url))

@@ -157,6 +157,11 @@ impl Inventory {
         description: &str,
         expires_at: Option<i64>,
     ) -> Result<IssuedToken> {
+        crate::sites::check_text(
+            "description",
+            description,
+            crate::sites::MAX_DESCRIPTION_BYTES,
+        )?;
         let u = self.user(user).await?;
         let (prefix, token) = new_token();
         let mut tx = self.begin_write().await?;
