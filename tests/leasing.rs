@@ -533,7 +533,7 @@ async fn isolation_matrix_every_operation_by_every_role() {
         ("TokenRequest", json!({"user": "member-a"})),
         (
             "JobRequest",
-            json!({"machine": machine, "kind": "reimage", "image": "a-img:1"}),
+            json!({"machine": machine, "kind": "reimage", "image": "a/a-img:1"}),
         ),
     ]
     .into_iter()
@@ -576,7 +576,8 @@ async fn isolation_matrix_every_operation_by_every_role() {
                         job_of_a.clone()
                     },
                 ),
-                ("{reference}", "a-img:1".to_string()),
+                // A group's image is named with its group (issue 14: a bare name is a public image).
+                ("{reference}", "a%2Fa-img:1".to_string()),
                 ("{prefix}", prefix.clone()),
                 ("{fingerprint}", fingerprint.clone()),
             ] {

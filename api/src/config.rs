@@ -23,6 +23,8 @@ pub struct Config {
     pub boot: Vec<crate::BootSettings>,
     /// The job engine's settings.
     pub conductor: crate::ConductorConfig,
+    /// Internal address ranges URL imports may reach anyway (staff's choice); empty: none.
+    pub image_import_allow: Vec<crate::ImportRange>,
 }
 
 impl Config {
@@ -37,6 +39,7 @@ impl Config {
             max_image_bytes: 64 << 30,
             boot: Vec::new(),
             conductor: crate::ConductorConfig::default(),
+            image_import_allow: Vec::new(),
         }
     }
 

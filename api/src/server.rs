@@ -109,6 +109,7 @@ impl Server {
             bmc: bmc.clone(),
             images: image_store,
             max_image_bytes: config.max_image_bytes,
+            image_import_allow: Arc::new(config.image_import_allow.clone()),
             boot: boot_http,
             pxe_metrics,
             conductor: conductor.clone(),

@@ -19,6 +19,8 @@ pub struct AppState {
     pub images: images::ImageStore,
     /// Largest image accepted.
     pub max_image_bytes: u64,
+    /// Internal ranges URL imports may reach anyway.
+    pub image_import_allow: Arc<Vec<crate::ImportRange>>,
     /// The HTTP side of booting, when the boot services run.
     pub boot: Option<crate::boot::BootHttp>,
     /// Boot server counters.

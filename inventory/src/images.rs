@@ -113,7 +113,8 @@ impl Inventory {
         )
         .await?;
         tx.commit().await?;
-        self.image(&i.name, Some(&i.version)).await
+        self.image(i.owner_group.as_deref(), &i.name, Some(&i.version))
+            .await
     }
 
     /// Images visible to a member group (public ones and its own), or all (None).
@@ -127,13 +128,22 @@ impl Inventory {
         rows.iter().map(image_from_row).collect()
     }
 
-    /// One image by name and version (the newest version when `version` is None).
-    pub async fn image(&self, name: &str, version: Option<&str>) -> Result<Image> {
+    /// One image of one owner's scope (`owner_group` None: the public images) by name and
+    /// version (the newest version when `version` is None). Names are unique per scope only,
+    /// so every lookup names its scope: a private image never shadows a public one.
+    pub async fn image(
+        &self,
+        owner_group: Option<&str>,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Image> {
         let row = sqlx::query(&format!(
-            "{IMAGE_SELECT} WHERE i.name = $1 AND ($2 IS NULL OR i.version = $2) ORDER BY i.id DESC LIMIT 1"
+            "{IMAGE_SELECT} WHERE i.name = $1 AND ($2 IS NULL OR i.version = $2) \
+             AND (($3 IS NULL AND i.owner_group_id IS NULL) OR g.name = $3) ORDER BY i.id DESC LIMIT 1"
         ))
         .bind(name)
         .bind(version)
+        .bind(owner_group)
         .fetch_optional(&self.pool)
         .await?;
         match row {
@@ -159,13 +169,7 @@ impl Inventory {
 
     /// Removes a catalog entry unless a queued or running job needs it. Returns whether any
     /// other entry still refers to the same bytes (if not, the caller may delete the blob).
-    pub async fn delete_image(
-        &self,
-        actor: &str,
-        name: &str,
-        version: Option<&str>,
-    ) -> Result<bool> {
-        let img = self.image(name, version).await?;
+    pub async fn delete_image(&self, actor: &str, img: &Image) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         // The job check and the delete are one statement: no window for a job to appear between.
         let n = sqlx::query(

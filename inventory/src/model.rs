@@ -203,6 +203,19 @@ pub struct Bmc {
     pub power_state: Option<String>,
 }
 
+impl Machine {
+    /// The machine as a member sees it: its BMC's address, user and last error blank (they
+    /// tell where the management network is and how it fails; staff and technicians see them).
+    pub fn without_bmc_details(mut self) -> Machine {
+        if let Some(b) = self.bmc.as_mut() {
+            b.url.clear();
+            b.username.clear();
+            b.last_error = None;
+        }
+        self
+    }
+}
+
 /// A physical server in the inventory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Machine {

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-/// A user to create.
+/// A user to create. Unknown fields are refused (`"is_admin": true` must not pass unnoticed).
 #[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// Unique name.
     pub name: String,
@@ -156,6 +157,11 @@ impl Inventory {
         description: &str,
         expires_at: Option<i64>,
     ) -> Result<IssuedToken> {
+        crate::sites::check_text(
+            "description",
+            description,
+            crate::sites::MAX_DESCRIPTION_BYTES,
+        )?;
         let u = self.user(user).await?;
         let (prefix, token) = new_token();
         let mut tx = self.begin_write().await?;

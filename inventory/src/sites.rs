@@ -7,6 +7,25 @@ use crate::{now_ms, Error, Inventory, MemberGroup, NewAuditEvent, Rack, Result, 
 use sqlx::Row;
 
 /// Checks a name used as an identifier in URLs and the CLI.
+/// Longest description (tokens, groups, sites) accepted, in bytes.
+pub(crate) const MAX_DESCRIPTION_BYTES: usize = 4096;
+/// Longest machine notes accepted, in bytes.
+pub(crate) const MAX_NOTES_BYTES: usize = 16384;
+
+/// Free text is bounded (issue 14: a 1.9 MB token description was stored).
+pub(crate) fn check_text(field: &str, text: &str, max: usize) -> Result<()> {
+    if text.len() > max {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "{field} is {} bytes; at most {max} are accepted",
+                text.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) fn check_name(field: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 63
@@ -30,6 +49,7 @@ pub(crate) fn check_name(field: &str, name: &str) -> Result<()> {
 impl Inventory {
     /// Adds a site.
     pub async fn add_site(&self, actor: &str, name: &str, description: &str) -> Result<Site> {
+        check_text("description", description, MAX_DESCRIPTION_BYTES)?;
         check_name("name", name)?;
         let mut tx = self.begin_write().await?;
         let id: i64 = sqlx::query_scalar(
@@ -153,6 +173,7 @@ impl Inventory {
         description: &str,
     ) -> Result<MemberGroup> {
         check_name("name", name)?;
+        check_text("description", description, MAX_DESCRIPTION_BYTES)?;
         let mut tx = self.begin_write().await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO member_groups (name, description, created_at) VALUES ($1, $2, $3) RETURNING id",

@@ -31,9 +31,9 @@ pub enum ImageCmd {
     },
     /// List images
     List,
-    /// Show an image (NAME or NAME:VERSION)
+    /// Show an image ([GROUP/]NAME[:VERSION]; a bare name is a public image, or for members their group's)
     Show { reference: String },
-    /// Delete an image (refused while a pending job uses it)
+    /// Delete an image ([GROUP/]NAME[:VERSION]; refused while a pending job uses it)
     Delete { reference: String },
 }
 

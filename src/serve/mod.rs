@@ -93,6 +93,10 @@ pub struct ServeSettings {
     /// URL machines use to reach the HTTP boot server [default: http://SERVER_IP:API_PORT]
     #[arg(long)]
     pub pxe_http_base: Option<String>,
+    /// Internal address range (CIDR) that image imports from a URL may reach anyway; repeat. Loopback, private, link-local, CGNAT, multicast and this host's addresses are refused otherwise
+    #[arg(long, num_args = 1..)]
+    #[serde(default)]
+    pub image_import_allow: Vec<String>,
 }
 
 /// One `[[pxe-subnet]]` of the config file: a segment whose DHCP relay forwards to rackshare
@@ -230,6 +234,11 @@ impl ServeSettings {
             pxe_force: self.pxe_force || file.pxe_force,
             pxe_root: self.pxe_root.or(file.pxe_root),
             pxe_http_base: self.pxe_http_base.or(file.pxe_http_base),
+            image_import_allow: if self.image_import_allow.is_empty() {
+                file.image_import_allow
+            } else {
+                self.image_import_allow
+            },
         }
     }
 }
@@ -269,6 +278,12 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
     }
     if let Some(secs) = s.energy_interval_secs {
         config.energy_interval = (secs > 0).then(|| std::time::Duration::from_secs(secs));
+    }
+    for r in &s.image_import_allow {
+        let range = r
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--image-import-allow: {e}"))?;
+        config.image_import_allow.push(range);
     }
     if let Some(n) = s.max_jobs {
         if n == 0 {

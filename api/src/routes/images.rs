@@ -34,6 +34,14 @@ pub struct ImageMeta {
     group: Option<String>,
 }
 
+/// The scope of one image's route: `?group=G` names a group's image (as `G/NAME` does).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageScopeQuery {
+    #[serde(default)]
+    group: Option<String>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ImageImport {
@@ -177,12 +185,19 @@ pub async fn import(
         group: b.group,
     };
     let owner = owner_for(&st, &c, meta.group.clone(), &meta.name).await?;
-    let resp = reqwest::Client::new()
-        .get(url.clone())
-        .send()
+    let resp = crate::import_guard::fetch(url.clone(), &st.image_import_allow)
         .await
-        .and_then(|r| r.error_for_status())
-        .map_err(|e| ApiError::invalid("url", format!("cannot download {url}: {e}")))?;
+        .map_err(|e| {
+            // The reason stays in the log: the caller gets one answer for every refusal.
+            tracing::info!(url = %url, actor = c.name(), reason = %e.0, "image import refused");
+            ApiError::invalid(
+                "url",
+                format!(
+                    "cannot download {url}: {}",
+                    crate::import_guard::GENERIC_REFUSAL
+                ),
+            )
+        })?;
     let stream = resp.bytes_stream().map_err(|e| e.to_string());
     let blob = st
         .images
@@ -221,16 +236,20 @@ pub async fn show(
     State(st): State<AppState>,
     c: Caller,
     Path(reference): Path<String>,
+    ApiQuery(q): ApiQuery<ImageScopeQuery>,
 ) -> Result<Json<Image>, ApiError> {
-    Ok(Json(visible_image(&st, &c, &reference).await?))
+    Ok(Json(
+        visible_image(&st, &c, &reference, q.group.as_deref()).await?,
+    ))
 }
 
 pub async fn remove(
     State(st): State<AppState>,
     c: Caller,
     Path(reference): Path<String>,
+    ApiQuery(q): ApiQuery<ImageScopeQuery>,
 ) -> Result<StatusCode, ApiError> {
-    let img = visible_image(&st, &c, &reference).await?;
+    let img = visible_image(&st, &c, &reference, q.group.as_deref()).await?;
     // Members may delete their group's images; public ones belong to the cooperative.
     let allowed: &[Role] = if img.owner_group.is_some() {
         ADDERS
@@ -238,10 +257,7 @@ pub async fn remove(
         crate::auth::STAFF
     };
     c.require(&st, allowed, "image.delete", &reference).await?;
-    let still_used = st
-        .inv
-        .delete_image(c.name(), &img.name, Some(&img.version))
-        .await?;
+    let still_used = st.inv.delete_image(c.name(), &img).await?;
     if !still_used {
         if let Err(e) = st.images.remove(&img.sha256).await {
             tracing::warn!(image = %reference, error = %e, "could not remove image bytes");
@@ -255,9 +271,10 @@ pub async fn content(
     State(st): State<AppState>,
     c: Caller,
     Path(reference): Path<String>,
+    ApiQuery(q): ApiQuery<ImageScopeQuery>,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let img = visible_image(&st, &c, &reference).await?;
+    let img = visible_image(&st, &c, &reference, q.group.as_deref()).await?;
     let path = st.images.path(&img.sha256).map_err(store_error)?;
     crate::boot::serve_file(path, req).await
 }

@@ -3,7 +3,7 @@
 use crate::auth::Caller;
 use crate::json::{ApiJson, ApiQuery};
 use crate::state::AppState;
-use crate::visibility::{visible_image, visible_machine};
+use crate::visibility::{deployable_on, visible_image, visible_machine};
 use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -60,6 +60,7 @@ async fn visible_job(st: &AppState, c: &Caller, id: i64) -> Result<Job, ApiError
     if c.group_scope().sees(job.member_group.as_deref()) {
         Ok(job)
     } else {
+        crate::visibility::audit_hidden(st, c, "job", &id.to_string()).await;
         Err(ApiError::not_found(format!("job {id} not found")))
     }
 }
@@ -78,7 +79,16 @@ pub async fn create(
     }
     let image_id = match (kind, &b.image) {
         (JobKind::Reimage, Some(r)) => {
-            let img = visible_image(&st, &c, r).await?;
+            let img = visible_image(&st, &c, r, None).await?;
+            if !deployable_on(&img, &m) {
+                return Err(ApiError::invalid(
+                    "image",
+                    format!(
+                        "image '{r}' belongs to group '{}'; it may only be deployed on that group's machines",
+                        img.owner_group.as_deref().unwrap_or("")
+                    ),
+                ));
+            }
             if img.arch != m.arch {
                 return Err(ApiError::invalid(
                     "image",

@@ -12,6 +12,9 @@ use crate::transition::{transition_tx, MachineRef, TransitionAudit};
 use crate::{now_ms, Backend, Error, Inventory, MachineState, NewAuditEvent, Result};
 use sqlx::{Any, Row, Transaction};
 
+/// The end of the year 9999 (unix ms): no lease time lies beyond it.
+const LATEST_TIME_MS: i64 = 253_402_300_799_999;
+
 impl Inventory {
     /// Asks for machines for `group`. Immediately: picks and marks them (`available →
     /// allocated`) in one transaction, or fails saying which constraint ruled how many out (or
@@ -52,8 +55,15 @@ impl Inventory {
                 "the lease must end after it starts",
             ));
         }
-        self.check_max_length(duration_ms).await?;
         let ends_at = starts_at.saturating_add(duration_ms);
+        // Times past the calendar's end (i64::MAX is the year 292 million) are mistakes.
+        if starts_at > LATEST_TIME_MS || ends_at > LATEST_TIME_MS {
+            return Err(Error::invalid(
+                "ends_at",
+                "times after the year 9999 are not accepted",
+            ));
+        }
+        self.check_max_length(duration_ms).await?;
 
         let mut tx = self.begin_write().await?;
         lock_leasing(self.backend, &mut tx).await?;

@@ -5,19 +5,26 @@ use super::{LeasePolicy, HOUR_MS};
 use crate::audit::record_in;
 use crate::{now_ms, Error, Inventory, NewAuditEvent, Result};
 
+/// The longest lease when staff set no maximum: 30 days (issue 14: a lease never runs for
+/// ever by accident). Staff raise or lower it with the lease policy.
+pub const DEFAULT_MAX_LEASE_HOURS: i64 = 30 * 24;
+
 impl Inventory {
-    /// The cooperative-wide lease policy.
+    /// The cooperative-wide lease policy (the default maximum when staff set none).
     pub async fn lease_policy(&self) -> Result<LeasePolicy> {
         let v: Option<String> =
             sqlx::query_scalar("SELECT value FROM settings WHERE key = 'max_lease_hours'")
                 .fetch_optional(&self.pool)
                 .await?;
         Ok(LeasePolicy {
-            max_lease_hours: v.and_then(|s| s.parse().ok()),
+            max_lease_hours: Some(
+                v.and_then(|s| s.parse().ok())
+                    .unwrap_or(DEFAULT_MAX_LEASE_HOURS),
+            ),
         })
     }
 
-    /// Sets the cooperative-wide lease policy (None: no maximum).
+    /// Sets the cooperative-wide lease policy (None: back to [`DEFAULT_MAX_LEASE_HOURS`]).
     pub async fn set_lease_policy(&self, actor: &str, p: &LeasePolicy) -> Result<LeasePolicy> {
         if p.max_lease_hours.is_some_and(|h| h <= 0) {
             return Err(Error::invalid(

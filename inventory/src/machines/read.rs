@@ -64,7 +64,13 @@ impl Inventory {
     /// database. Decoding 10,000 rows one by one through the driver costs ~10x more than
     /// letting the engine build the document; `tests/inventory.rs` checks both agree.
     pub async fn machines_json(&self, f: &MachineFilter) -> Result<String> {
-        let sql = match self.backend {
+        self.machines_json_for(f, true).await
+    }
+
+    /// Like [`Inventory::machines_json`]; without `bmc_details` each BMC's address, user and
+    /// last error are blank, as [`Machine::without_bmc_details`] leaves them (members' view).
+    pub async fn machines_json_for(&self, f: &MachineFilter, bmc_details: bool) -> Result<String> {
+        let mut sql = match self.backend {
             crate::Backend::Sqlite => format!(
                 "SELECT '[' || COALESCE(group_concat(doc, ','), '') || ']' FROM (SELECT {SQLITE_MACHINE_JSON} AS doc \
                  {MACHINE_FROM} WHERE {FILTER_WHERE} ORDER BY m.name) AS q"
@@ -74,6 +80,12 @@ impl Inventory {
                  {POSTGRES_MACHINE_JSON} AS doc {MACHINE_FROM} WHERE {FILTER_WHERE}) AS q"
             ),
         };
+        if !bmc_details {
+            sql = sql
+                .replace("'url', b.url", "'url', ''")
+                .replace("'username', b.username", "'username', ''")
+                .replace("'last_error', b.last_error", "'last_error', NULL");
+        }
         let text: String = bind_filter!(sqlx::query_scalar(&sql), f)
             .fetch_one(&self.pool)
             .await?;

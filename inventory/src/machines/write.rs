@@ -5,7 +5,7 @@ use super::*;
 use crate::audit::record_in;
 use crate::db::to_json;
 use crate::error::conflict_if_unique;
-use crate::sites::check_name;
+use crate::sites::{check_name, check_text, MAX_NOTES_BYTES};
 use crate::transition::{transition_tx, MachineRef, TransitionAudit};
 use crate::{now_ms, Error, Inventory, Machine, MachineState, NewAuditEvent, Nic, Result};
 use sqlx::{Any, Transaction};
@@ -106,6 +106,7 @@ impl Inventory {
         check_arch(&arch)?;
         check_non_negative("cpu_count", m.cpu_count)?;
         check_non_negative("ram_mib", m.ram_mib)?;
+        check_text("notes", m.notes.as_deref().unwrap_or(""), MAX_NOTES_BYTES)?;
         let nics = normalise_nics(m.nics.clone(), &m.macs)?;
         let (site_id, rack_id) = self.locate(m.site.as_deref(), m.rack.as_deref()).await?;
         if let Some(b) = &m.bmc {
@@ -176,6 +177,7 @@ impl Inventory {
         check_arch(&arch)?;
         check_non_negative("cpu_count", p.cpu_count)?;
         check_non_negative("ram_mib", p.ram_mib)?;
+        check_text("notes", p.notes.as_deref().unwrap_or(""), MAX_NOTES_BYTES)?;
         let site = p.site.clone().or_else(|| cur.site.clone());
         let rack = match (&p.site, &p.rack) {
             (_, Some(r)) => Some(r.clone()),
