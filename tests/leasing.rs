@@ -695,6 +695,17 @@ async fn an_expired_lease_is_wiped_and_the_group_reads_its_certificate() {
         .to_string();
     s.cli(&["machine", "add", "w1", "--mac", "52:54:00:0c:00:01"]);
     s.cli(&["machine", "state", "w1", "available"]);
+    // An inspection recorded its disk: the wipe report is checked against it.
+    let disks =
+        json!({"disks": [{"name": "vda", "size_bytes": 8_589_934_592_u64, "serial": "W1-DISK"}]});
+    let (code, body) = lab_call_text(
+        &lab,
+        "PATCH",
+        "/api/v1/machines/w1",
+        &s.admin_token,
+        Some(&disks),
+    );
+    assert_eq!(code, 200, "{body}");
 
     let lease = cli_json(&s, &rosa, &["lease", "create", "--duration", "2s"]);
     let id = lease["id"].as_i64().expect("id");
@@ -743,7 +754,7 @@ async fn an_expired_lease_is_wiped_and_the_group_reads_its_certificate() {
     let claim: Value = serde_json::from_str(&body).expect("claim");
     assert_eq!(claim["task"]["mode"], "wipe");
     let session = claim["session"].as_str().expect("session").to_string();
-    let result = json!({"ok": true, "wipe": {"disks": [{"name": "/dev/vda", "bytes": 8_589_934_592_u64, "method": "blkdiscard+zero", "verified": true}]}});
+    let result = json!({"ok": true, "wipe": {"disks": [{"name": "vda", "serial": "W1-DISK", "size_bytes": 8_589_934_592_u64, "bytes": 8_589_934_592_u64, "method": "blkdiscard+zero", "verified": true}]}});
     let (code, body) = lab_call_text(
         &lab,
         "POST",

@@ -12,6 +12,7 @@
 //! - `facts.rs`: the one merge of hardware facts, for the agent's and the BMC's inspection.
 
 mod bmc;
+mod checks;
 pub(crate) mod facts;
 mod steps;
 mod store;

@@ -5,6 +5,7 @@
 //! functions with unit tests; the drive loop in `mod.rs` persists what the steps decide.
 
 use super::bmc::BmcActions;
+use super::checks;
 use super::facts::{self, HardwareFacts};
 use super::store;
 use bmc::{BootDevice, PowerAction};
@@ -247,19 +248,44 @@ pub(super) fn report_verdict(
     Ok(Waiting::Wait)
 }
 
-/// Waits for the agent's result, then records what the step's report says.
+/// Waits for the agent's result, checks it and records what the step's report says. Every
+/// report is audited with what the engine made of it.
 async fn agent_report(ctx: &StepCtx<'_>, a: &Attempt<'_>) -> StepResult {
     // Silence counts from now at the earliest: after a restart the agent needs a moment to
     // get its retried report through.
     let since = inventory::now_ms();
     let reported = loop {
         let j = ctx.inv.job(a.job.id).await?;
-        match report_verdict(&j, since, a.timeout, inventory::now_ms())? {
-            Waiting::Ready(r) => break r,
-            Waiting::Cancelled(by) => return Ok(StepOutcome::Cancelled(by)),
-            Waiting::Wait => tokio::time::sleep(ctx.poll).await,
+        let verdict = report_verdict(&j, since, a.timeout, inventory::now_ms());
+        match verdict {
+            Ok(Waiting::Ready(r)) => break r,
+            Ok(Waiting::Cancelled(by)) => return Ok(StepOutcome::Cancelled(by)),
+            Ok(Waiting::Wait) => tokio::time::sleep(ctx.poll).await,
+            Err(f) => return audited(ctx, a, Err(f)).await,
         }
     };
+    let checked = accept_report(ctx, a, &reported).await;
+    // The deploy report is checked (and audited) by the verify step.
+    if a.name == StepName::Deploy && checked.is_ok() {
+        return checked;
+    }
+    audited(ctx, a, checked).await
+}
+
+/// Audits a step's verdict on the agent's report and passes it on. An inventory error is
+/// not the agent's fault (retried): only refusals and acceptances are audited.
+async fn audited(ctx: &StepCtx<'_>, a: &Attempt<'_>, res: StepResult) -> StepResult {
+    let verdict = match &res {
+        Ok(_) => Ok(()),
+        Err(f) if f.retry => return res,
+        Err(f) => Err(f.message.as_str()),
+    };
+    store::audit_report(ctx.inv, a.job, a.name.as_str(), verdict).await?;
+    res
+}
+
+/// Checks the report against what the server knows and records it.
+async fn accept_report(ctx: &StepCtx<'_>, a: &Attempt<'_>, reported: &Reported) -> StepResult {
     match a.name {
         StepName::Inspect => {
             let report =
@@ -269,9 +295,13 @@ async fn agent_report(ctx: &StepCtx<'_>, a: &Attempt<'_>) -> StepResult {
             record_inspection(ctx, a.job, &HardwareFacts::from(report)).await?;
         }
         StepName::Wipe => {
-            if reported.result.wipe.is_none() {
-                return Err(StepFailure::fatal("the agent's result has no wipe report"));
-            }
+            let report = reported
+                .result
+                .wipe
+                .as_ref()
+                .ok_or_else(|| StepFailure::fatal("the agent's result has no wipe report"))?;
+            let m = ctx.inv.machine(&a.job.machine).await?;
+            checks::check_wipe(&m.disks, &report.disks).map_err(StepFailure::fatal)?;
             let cert = wipe_certificate(a.job, &reported.raw, inventory::now_ms());
             let cid = ctx.inv.add_wipe_certificate(a.job, &cert).await?;
             store::event(
@@ -282,40 +312,36 @@ async fn agent_report(ctx: &StepCtx<'_>, a: &Attempt<'_>) -> StepResult {
             )
             .await;
         }
-        // The deploy report is checked by the verify step.
         _ => {}
     }
     Ok(StepOutcome::Done)
 }
 
-/// Records an inspection. A reported MAC that belongs to another machine keeps the NICs out
-/// of the record, not the rest.
+/// Records an inspection. It may add hardware facts but never takes over another machine's
+/// MAC: such a report fails the job.
 async fn record_inspection(
     ctx: &StepCtx<'_>,
     job: &Job,
     found: &HardwareFacts,
 ) -> Result<(), StepFailure> {
     let m = ctx.inv.machine(&job.machine).await?;
+    let mut owners = Vec::with_capacity(found.nics.len());
+    for (mac, _) in &found.nics {
+        let owner = ctx.inv.machine_by_mac(*mac).await?;
+        owners.push((*mac, owner.map(|o| o.name)));
+    }
+    if let Some((mac, other)) = checks::foreign_mac(&m, &owners) {
+        return Err(StepFailure::fatal(format!(
+            "the inspection reports MAC {mac}, which belongs to machine {other}; nothing recorded"
+        )));
+    }
     let patch = facts::merge(&m, found);
     match ctx.inv.update_machine("agent", &job.machine, &patch).await {
         Ok(_) => Ok(()),
-        Err(e @ inventory::Error::Conflict { .. }) if patch.nics.is_some() => {
-            store::event(
-                ctx.inv,
-                job.id,
-                "warn",
-                &format!("inspection NICs not recorded: {e}"),
-            )
-            .await;
-            let patch = inventory::MachinePatch {
-                nics: None,
-                ..patch
-            };
-            ctx.inv
-                .update_machine("agent", &job.machine, &patch)
-                .await?;
-            Ok(())
-        }
+        // Another machine took one of the MACs since the check above.
+        Err(e @ inventory::Error::Conflict { .. }) => Err(StepFailure::fatal(format!(
+            "the inspection was not recorded: {e}"
+        ))),
         Err(e) => Err(e.into()),
     }
 }
@@ -352,6 +378,11 @@ pub(super) fn check_deploy(image: &Image, d: &DeployResult) -> Result<String, St
 }
 
 async fn verify(ctx: &StepCtx<'_>, a: &Attempt<'_>) -> StepResult {
+    let res = verify_deploy(ctx, a).await;
+    audited(ctx, a, res).await
+}
+
+async fn verify_deploy(ctx: &StepCtx<'_>, a: &Attempt<'_>) -> StepResult {
     let j = ctx.inv.job(a.job.id).await?;
     let result = decode(&j.result.unwrap_or(Value::Null))?;
     let d = result
