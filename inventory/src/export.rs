@@ -38,6 +38,10 @@ pub struct InventoryExport {
     /// API tokens (hashes only), present only in exports made with secrets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Vec<ExportToken>>,
+    /// Every public key that signed a wipe certificate, so an instance that imports the file
+    /// still verifies old certificates (public: exported with or without secrets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_keys: Vec<crate::TrustKey>,
 }
 
 /// A site.
@@ -323,6 +327,7 @@ impl Inventory {
             users,
             machines,
             tokens,
+            trust_keys: self.trust_keys().await?,
         })
     }
 
@@ -588,6 +593,18 @@ impl Inventory {
                 .detail(serde_json::to_value(&summary).unwrap_or_default()),
         )
         .await?;
+        for k in &x.trust_keys {
+            sqlx::query(
+                "INSERT INTO trust_keys (key_id, algorithm, public_key, first_seen_at) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING",
+            )
+            .bind(&k.key_id)
+            .bind(&k.algorithm)
+            .bind(&k.public_key)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(summary)
     }

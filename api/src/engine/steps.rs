@@ -20,6 +20,8 @@ pub(super) struct StepCtx<'a> {
     pub inv: &'a Inventory,
     /// The machines' BMCs.
     pub bmc: &'a dyn BmcActions,
+    /// Signs wipe certificates.
+    pub signing_key: &'a trust::SigningKey,
     /// How often job rows are polled while waiting for the agent.
     pub poll: Duration,
 }
@@ -302,8 +304,15 @@ async fn accept_report(ctx: &StepCtx<'_>, a: &Attempt<'_>, reported: &Reported) 
                 .ok_or_else(|| StepFailure::fatal("the agent's result has no wipe report"))?;
             let m = ctx.inv.machine(&a.job.machine).await?;
             checks::check_wipe(&m.disks, &report.disks).map_err(StepFailure::fatal)?;
-            let cert = wipe_certificate(a.job, &reported.raw, inventory::now_ms());
-            let cid = ctx.inv.add_wipe_certificate(a.job, &cert).await?;
+            let key_id = ctx.signing_key.public().key_id;
+            let cert = wipe_certificate(a.job, &m, &reported.raw, &key_id, inventory::now_ms());
+            let signed = ctx.signing_key.sign(cert);
+            let signature = serde_json::to_value(&signed.signature)
+                .map_err(|e| StepFailure::fatal(format!("cannot encode the signature: {e}")))?;
+            let cid = ctx
+                .inv
+                .add_wipe_certificate(a.job, &signed.certificate, &signature)
+                .await?;
             store::event(
                 ctx.inv,
                 a.job.id,
@@ -428,17 +437,53 @@ async fn bounded(
     }
 }
 
-/// The certificate a wipe leaves: what was erased, how, and how it was checked. The disks
-/// are the agent's report verbatim, so a certificate keeps what a newer agent adds.
-pub(super) fn wipe_certificate(job: &Job, raw: &Value, now_ms: i64) -> Value {
+/// The NIST SP 800-88 class of a wipe method: overwriting and discarding (read back as
+/// zero) clear a disk against reading through its interface; a device's own secure erase,
+/// format with secure erase or sanitize purges it.
+pub(super) fn nist_class(method: &str) -> &'static str {
+    match method {
+        "ata-secure-erase" | "nvme-format" | "nvme-format-crypto" | "nvme-sanitize" => "Purge",
+        _ => "Clear",
+    }
+}
+
+/// The certificate a wipe leaves, signed by `key_id`: the machine and its serial, every disk
+/// as the agent reported it (unknown fields kept, so a certificate keeps what a newer agent
+/// adds) with its NIST SP 800-88 class, the lease it closes and its group, the job and its
+/// times, and the agent's version when it tells.
+pub(super) fn wipe_certificate(
+    job: &Job,
+    machine: &inventory::Machine,
+    raw: &Value,
+    key_id: &str,
+    now_ms: i64,
+) -> Value {
+    let mut disks = raw
+        .get("wipe")
+        .and_then(|w| w.get("disks"))
+        .cloned()
+        .unwrap_or(json!([]));
+    if let Some(list) = disks.as_array_mut() {
+        for d in list.iter_mut() {
+            let class = nist_class(d.get("method").and_then(Value::as_str).unwrap_or(""));
+            if let Some(o) = d.as_object_mut() {
+                o.insert("nist_sp800_88".into(), json!(class));
+            }
+        }
+    }
     json!({
+        "kind": "rackshare wipe certificate",
         "job": job.id,
         "machine": job.machine,
+        "machine_serial": machine.serial,
         "lease_id": job.lease_id,
         "member_group": job.member_group,
-        "disks": raw.get("wipe").and_then(|w| w.get("disks")).cloned().unwrap_or(json!([])),
+        "disks": disks,
+        "agent_version": raw.get("wipe").and_then(|w| w.get("agent_version")).cloned().unwrap_or(Value::Null),
+        "started_at": job.started_at,
         "completed_at": now_ms,
         "requested_by": job.requested_by,
+        "signing_key_id": key_id,
     })
 }
 

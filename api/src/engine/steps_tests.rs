@@ -8,6 +8,7 @@ struct Lab {
     _dir: tempfile::TempDir,
     inv: Inventory,
     bmc: FakeBmc,
+    key: trust::SigningKey,
 }
 
 async fn lab() -> Lab {
@@ -20,6 +21,7 @@ async fn lab() -> Lab {
         _dir: dir,
         inv,
         bmc: FakeBmc::default(),
+        key: trust::SigningKey::from_seed(&[3; 32]).expect("key"),
     }
 }
 
@@ -28,6 +30,7 @@ impl Lab {
         StepCtx {
             inv: &self.inv,
             bmc: &self.bmc,
+            signing_key: &self.key,
             poll: Duration::from_millis(10),
         }
     }
@@ -282,10 +285,36 @@ async fn a_wipe_leaves_a_certificate_with_the_agents_words() {
     lab.inv.agent_result(job.id, &report).await.expect("report");
     let r = run_step(&lab.ctx(), &attempt(&job, StepName::Wipe)).await;
     assert_eq!(r, Ok(StepOutcome::Done));
-    let cert = wipe_certificate(&job, &report, 5);
+    let m = lab.inv.machine("n1").await.expect("machine");
+    let cert = wipe_certificate(&job, &m, &report, "k1", 5);
     assert_eq!(cert["disks"][0]["verified"], true, "unknown fields kept");
+    assert_eq!(cert["disks"][0]["nist_sp800_88"], "Clear");
     assert_eq!(cert["machine"], "n1");
     assert_eq!(cert["completed_at"], 5);
+    assert_eq!(cert["signing_key_id"], "k1");
+    // The stored certificate verifies with the public key, and not once changed.
+    let log = lab.inv.job_events(job.id, 0).await.expect("events");
+    let id: i64 = log
+        .iter()
+        .find_map(|e| {
+            e.message
+                .strip_prefix("wipe certificate ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("stored");
+    let stored = lab.inv.wipe_certificate(id).await.expect("certificate");
+    let doc = trust::SignedDocument {
+        certificate: stored.body,
+        signature: serde_json::from_value(stored.signature.expect("signed")).expect("signature"),
+    };
+    let keys = [lab.key.public()];
+    assert!(trust::verify(&doc, &keys).is_ok());
+    let mut changed = doc.clone();
+    changed.certificate["disks"][0]["bytes"] = serde_json::json!(9);
+    assert!(trust::verify(&changed, &keys).is_err());
     let audits = report_audits(&lab.inv, "n1").await;
     assert_eq!(audits, vec![(inventory::AuditOutcome::Ok, String::new())]);
 }
