@@ -104,7 +104,7 @@ impl Server {
                 return Err(StartError::Images(e));
             }
         };
-        let signing_key = match load_signing_key(&inv, data_dir).await {
+        let signing_key = match load_signing_key(data_dir).await {
             Ok(k) => k,
             Err(e) => {
                 stop_boot_services(&shutdown, pxe_tasks).await;
@@ -237,22 +237,13 @@ fn write_token_file(path: &Path, token: &str) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// Loads (or creates, at first start) the wipe-certificate signing key in the data dir and
-/// records its public half, so the export carries every key that ever signed.
+/// Loads (or creates, at first start) the wipe-certificate signing key in the data dir.
 async fn load_signing_key(
-    inv: &Inventory,
     data_dir: &std::path::Path,
 ) -> Result<Arc<trust::SigningKey>, StartError> {
     let path = data_dir.join("signing.key");
     let key = tokio::task::spawn_blocking(move || trust::SigningKey::load_or_create(&path))
         .await
         .map_err(|e| StartError::Boot(format!("loading the signing key: {e}")))??;
-    let public = key.public();
-    inv.record_trust_key(&inventory::TrustKey {
-        algorithm: public.algorithm,
-        key_id: public.key_id,
-        public_key: public.public_key,
-    })
-    .await?;
     Ok(Arc::new(key))
 }

@@ -33,14 +33,17 @@ pub struct StoredCertificate {
 }
 
 impl Inventory {
-    /// Stores a signed wipe certificate for a wipe job; its id.
+    /// Stores a signed wipe certificate for a wipe job, and the key that signed it among the
+    /// keys the export carries, in one transaction; the certificate's id.
     pub async fn add_wipe_certificate(
         &self,
         job: &Job,
         body: &serde_json::Value,
         signature: &serde_json::Value,
+        signer: &TrustKey,
     ) -> Result<i64> {
         let mut tx = self.begin_write().await?;
+        insert_trust_key(&mut tx, signer).await?;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO wipe_certificates (job_id, machine_id, lease_id, body, created_at, signature) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -82,23 +85,6 @@ impl Inventory {
         })
     }
 
-    /// Records a key that signs certificates (a no-op when it is known).
-    pub async fn record_trust_key(&self, key: &TrustKey) -> Result<()> {
-        let mut tx = self.begin_write().await?;
-        sqlx::query(
-            "INSERT INTO trust_keys (key_id, algorithm, public_key, first_seen_at) \
-             VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING",
-        )
-        .bind(&key.key_id)
-        .bind(&key.algorithm)
-        .bind(&key.public_key)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
-    }
-
     /// Every key that signed certificates here (or in an imported instance), oldest first.
     pub async fn trust_keys(&self) -> Result<Vec<TrustKey>> {
         let rows = sqlx::query(
@@ -116,4 +102,23 @@ impl Inventory {
             })
             .collect()
     }
+}
+
+/// Records a key that signed certificates (a no-op when it is known): the one statement both
+/// signing and import use.
+pub(crate) async fn insert_trust_key(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    key: &TrustKey,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO trust_keys (key_id, algorithm, public_key, first_seen_at) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING",
+    )
+    .bind(&key.key_id)
+    .bind(&key.algorithm)
+    .bind(&key.public_key)
+    .bind(now_ms())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }

@@ -594,16 +594,7 @@ impl Inventory {
         )
         .await?;
         for k in &x.trust_keys {
-            sqlx::query(
-                "INSERT INTO trust_keys (key_id, algorithm, public_key, first_seen_at) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (key_id) DO NOTHING",
-            )
-            .bind(&k.key_id)
-            .bind(&k.algorithm)
-            .bind(&k.public_key)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await?;
+            crate::certificates::insert_trust_key(&mut tx, k).await?;
         }
         tx.commit().await?;
         Ok(summary)

@@ -304,14 +304,29 @@ async fn accept_report(ctx: &StepCtx<'_>, a: &Attempt<'_>, reported: &Reported) 
                 .ok_or_else(|| StepFailure::fatal("the agent's result has no wipe report"))?;
             let m = ctx.inv.machine(&a.job.machine).await?;
             checks::check_wipe(&m.disks, &report.disks).map_err(StepFailure::fatal)?;
-            let key_id = ctx.signing_key.public().key_id;
-            let cert = wipe_certificate(a.job, &m, &reported.raw, &key_id, inventory::now_ms());
+            let public = ctx.signing_key.public();
+            let cert = wipe_certificate(
+                a.job,
+                &m,
+                &reported.raw,
+                &public.key_id,
+                inventory::now_ms(),
+            );
             let signed = ctx.signing_key.sign(cert);
             let signature = serde_json::to_value(&signed.signature)
                 .map_err(|e| StepFailure::fatal(format!("cannot encode the signature: {e}")))?;
             let cid = ctx
                 .inv
-                .add_wipe_certificate(a.job, &signed.certificate, &signature)
+                .add_wipe_certificate(
+                    a.job,
+                    &signed.certificate,
+                    &signature,
+                    &inventory::TrustKey {
+                        algorithm: public.algorithm,
+                        key_id: public.key_id,
+                        public_key: public.public_key,
+                    },
+                )
                 .await?;
             store::event(
                 ctx.inv,
