@@ -189,7 +189,11 @@ fn boot_agent(
     let append = format!(
         "console=ttyS0 panic=-1 rackshare.api={api_url} rackshare.token=one-time rackshare.mode={what}"
     );
-    let drive = format!("file={},format=raw,if=virtio{drive_opts}", disk.display());
+    // A serial, as real disks have: the server matches wipe reports to the inventory by it.
+    let drive = format!(
+        "file={},format=raw,if=virtio,serial=RSVM-DISK0{drive_opts}",
+        disk.display()
+    );
     let nic = format!("virtio-net-pci,netdev=n0,mac={MAC}");
     let serial_arg = format!("file:{}", serial.display());
     let started = Instant::now();

@@ -84,6 +84,8 @@ pub fn wipe_disk(
                         return Ok(WipedDisk {
                             name: name.to_string(),
                             size_bytes: size,
+                            model: None,
+                            serial: None,
                             method: "discard".to_string(),
                             bytes: size,
                             verification,
@@ -108,6 +110,8 @@ pub fn wipe_disk(
     Ok(WipedDisk {
         name: name.to_string(),
         size_bytes: size,
+        model: None,
+        serial: None,
         method: "zero".to_string(),
         bytes: size,
         verification,
@@ -130,13 +134,13 @@ pub fn run(sys: &Path, progress: &mut dyn Progress) -> Result<WipeResult, Error>
     for d in disks {
         let path = Path::new("/dev").join(&d.name);
         crate::log!("wiping {} ({} bytes)", path.display(), d.info.size_bytes);
-        out.push(wipe_disk(
-            &path,
-            &d.name,
-            d.info.size_bytes,
-            true,
-            progress,
-        )?);
+        let wiped = wipe_disk(&path, &d.name, d.info.size_bytes, true, progress)?;
+        // The server matches the report to its inventory by serial (else model and name).
+        out.push(WipedDisk {
+            model: d.info.model.clone(),
+            serial: d.info.serial.clone(),
+            ..wiped
+        });
     }
     Ok(WipeResult { disks: out })
 }

@@ -139,6 +139,9 @@ pub enum StartError {
     /// The image store could not be opened.
     #[error("image store: {0}")]
     Images(images::Error),
+    /// The wipe-certificate signing key could not be loaded or created.
+    #[error("{0}")]
+    SigningKey(#[from] trust::TrustError),
     /// The boot services could not start.
     #[error("boot services: {0}")]
     Boot(String),

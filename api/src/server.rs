@@ -73,6 +73,7 @@ impl Server {
         let image_store = images::ImageStore::open(data_dir.join("images"))
             .await
             .map_err(StartError::Images)?;
+        let signing_key = load_signing_key(data_dir).await?;
         let mut boot_http: Option<crate::boot::BootHttp> = None;
         let mut pxe_tasks = Vec::new();
         let mut prepared = Vec::new();
@@ -101,8 +102,12 @@ impl Server {
             }
         }
         let bmc = Arc::new(BmcService::new(inv.clone(), config.bmc_policy));
-        let conductor =
-            crate::engine::Conductor::new(inv.clone(), bmc.clone(), config.conductor.clone());
+        let conductor = crate::engine::Conductor::new(
+            inv.clone(),
+            bmc.clone(),
+            config.conductor.clone(),
+            signing_key.clone(),
+        );
         let state = AppState {
             inv: inv.clone(),
             http_metrics: Arc::new(HttpMetrics::default()),
@@ -113,6 +118,7 @@ impl Server {
             boot: boot_http,
             pxe_metrics,
             conductor: conductor.clone(),
+            signing_key,
         };
         let app = crate::routes::router(state);
         let mut background = Vec::new();
@@ -213,4 +219,15 @@ fn write_token_file(path: &Path, token: &str) -> std::io::Result<()> {
     let mut f = opts.open(path)?;
     writeln!(f, "{token}")?;
     f.sync_all()
+}
+
+/// Loads (or creates, at first start) the wipe-certificate signing key in the data dir.
+async fn load_signing_key(
+    data_dir: &std::path::Path,
+) -> Result<Arc<trust::SigningKey>, StartError> {
+    let path = data_dir.join("signing.key");
+    let key = tokio::task::spawn_blocking(move || trust::SigningKey::load_or_create(&path))
+        .await
+        .map_err(|e| StartError::Boot(format!("loading the signing key: {e}")))??;
+    Ok(Arc::new(key))
 }

@@ -27,4 +27,6 @@ pub struct AppState {
     pub pxe_metrics: Arc<pxe::Metrics>,
     /// The job engine.
     pub conductor: Arc<crate::engine::Conductor>,
+    /// Signs wipe certificates (`DATA_DIR/signing.key`).
+    pub signing_key: Arc<trust::SigningKey>,
 }

@@ -38,6 +38,10 @@ pub struct InventoryExport {
     /// API tokens (hashes only), present only in exports made with secrets.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tokens: Option<Vec<ExportToken>>,
+    /// Every public key that signed a wipe certificate, so an instance that imports the file
+    /// still verifies old certificates (public: exported with or without secrets).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_keys: Vec<crate::TrustKey>,
 }
 
 /// A site.
@@ -326,6 +330,7 @@ impl Inventory {
             users,
             machines,
             tokens,
+            trust_keys: self.trust_keys().await?,
         })
     }
 
@@ -591,6 +596,9 @@ impl Inventory {
                 .detail(serde_json::to_value(&summary).unwrap_or_default()),
         )
         .await?;
+        for k in &x.trust_keys {
+            crate::certificates::insert_trust_key(&mut tx, k).await?;
+        }
         tx.commit().await?;
         Ok(summary)
     }

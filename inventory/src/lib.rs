@@ -6,6 +6,7 @@
 //! types and typed [`Error`]s back.
 
 mod audit;
+mod certificates;
 mod clock;
 mod db;
 mod dhcp;
@@ -24,6 +25,7 @@ mod state;
 mod transition;
 
 pub use audit::{AuditEvent, AuditFilter, AuditOutcome, NewAuditEvent};
+pub use certificates::{StoredCertificate, TrustKey};
 pub use clock::{fmt_utc, month_bounds, now_ms, utc_ms};
 pub use db::{Backend, Inventory};
 pub use dhcp::{DhcpLease, DhcpLeaseChange, DhcpLeaseInfo};

@@ -311,12 +311,26 @@ async fn lifecycle_extend_release_revoke_and_max_length() {
             .into_iter()
             .find(|j| j.kind == JobKind::Wipe && j.lease_id == Some(lease.id))
             .expect("wipe job");
-        inv.add_wipe_certificate(
-            &wipe,
-            &serde_json::json!({"method": "blkdiscard", "verified": true}),
-        )
-        .await
-        .expect("certificate");
+        let signer = inventory::TrustKey {
+            algorithm: "ed25519".into(),
+            key_id: "k1".into(),
+            public_key: "AAAA".into(),
+        };
+        let sig = serde_json::json!({"algorithm": "ed25519", "key_id": "k1", "value": "c2ln"});
+        let cid = inv
+            .add_wipe_certificate(
+                &wipe,
+                &serde_json::json!({"method": "blkdiscard", "verified": true}),
+                &sig,
+                &signer,
+            )
+            .await
+            .expect("certificate");
+        // Stored with its signature and group; the signer is among the exported keys.
+        let stored = inv.wipe_certificate(cid).await.expect("stored");
+        assert_eq!(stored.signature, Some(sig), "{l}");
+        assert_eq!(stored.member_group.as_deref(), Some("a"), "{l}");
+        assert_eq!(inv.trust_keys().await.expect("keys"), vec![signer], "{l}");
         let detail = inv.lease_detail(lease.id).await.expect("detail");
         assert!(
             (detail.energy_kwh - 0.001).abs() < 1e-9,

@@ -284,6 +284,12 @@ pub struct WipedDisk {
     pub name: String,
     /// Size in bytes.
     pub size_bytes: u64,
+    /// Model, when the device tells (how the server names a disk without a serial).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// Serial number, when the device tells (how the server matches it to the inventory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub serial: Option<String>,
     /// `discard` or `zero`.
     pub method: String,
     /// Bytes erased.

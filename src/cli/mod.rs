@@ -2,6 +2,7 @@
 //! `doctor` and `agent build` is a client of the API.
 
 mod audit;
+mod certificates;
 mod groups;
 mod images;
 mod leases;
@@ -103,6 +104,9 @@ pub enum Command {
     /// Leases: ask for machines (now, at a future start, or when capacity frees up), list, show, extend, release, revoke
     #[command(subcommand)]
     Lease(Box<leases::LeaseCmd>),
+    /// Signed wipe certificates: download one, verify one offline
+    #[command(subcommand)]
+    Certificate(certificates::CertificateCmd),
     /// Write the whole inventory as JSON to standard output
     Export {
         /// Include BMC passwords (in clear) and token hashes
@@ -168,6 +172,7 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
         } => machines::bootdev(&c, fmt, name, device, persistent, mode).await,
         Command::Dhcp(d) => audit::dhcp(&c, fmt, d).await,
         Command::Events(a) => audit::events(&c, fmt, a).await,
+        Command::Certificate(cmd) => certificates::run(&c, cmd).await,
         Command::Export { with_secrets } => audit::export(&c, with_secrets).await,
         Command::Import { file } => audit::import(&c, fmt, file).await,
     }

@@ -493,6 +493,7 @@ impl VmLab {
       <driver name='qemu' type='raw'/>
       <source file='{disk}'/>
       <target dev='vda' bus='virtio'/>
+      <serial>RSVM-DISK0</serial>
     </disk>
     <interface type='bridge'>
       <mac address='{mac}'/>

@@ -12,6 +12,7 @@
 //! - `facts.rs`: the one merge of hardware facts, for the agent's and the BMC's inspection.
 
 mod bmc;
+mod checks;
 pub(crate) mod facts;
 mod steps;
 mod store;
@@ -50,6 +51,7 @@ impl Default for ConductorConfig {
 pub struct Conductor {
     inv: Inventory,
     bmc: Arc<dyn BmcActions>,
+    signing_key: Arc<trust::SigningKey>,
     cfg: ConductorConfig,
     driving: Mutex<HashSet<i64>>,
     wake: Notify,
@@ -126,15 +128,27 @@ fn end_of_attempt(
 }
 
 impl Conductor {
-    /// A conductor over the inventory and the BMC service.
-    pub fn new(inv: Inventory, bmc: Arc<BmcService>, cfg: ConductorConfig) -> Arc<Self> {
-        Self::with_bmc(inv, bmc, cfg)
+    /// A conductor over the inventory and the BMC service; `signing_key` signs wipe
+    /// certificates.
+    pub fn new(
+        inv: Inventory,
+        bmc: Arc<BmcService>,
+        cfg: ConductorConfig,
+        signing_key: Arc<trust::SigningKey>,
+    ) -> Arc<Self> {
+        Self::with_bmc(inv, bmc, cfg, signing_key)
     }
 
-    fn with_bmc(inv: Inventory, bmc: Arc<dyn BmcActions>, cfg: ConductorConfig) -> Arc<Self> {
+    fn with_bmc(
+        inv: Inventory,
+        bmc: Arc<dyn BmcActions>,
+        cfg: ConductorConfig,
+        signing_key: Arc<trust::SigningKey>,
+    ) -> Arc<Self> {
         Arc::new(Conductor {
             inv,
             bmc,
+            signing_key,
             cfg,
             driving: Mutex::new(HashSet::new()),
             wake: Notify::new(),
@@ -214,6 +228,7 @@ impl Conductor {
         StepCtx {
             inv: &self.inv,
             bmc: self.bmc.as_ref(),
+            signing_key: &self.signing_key,
             poll: self.cfg.poll,
         }
     }

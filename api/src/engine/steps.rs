@@ -5,6 +5,7 @@
 //! functions with unit tests; the drive loop in `mod.rs` persists what the steps decide.
 
 use super::bmc::BmcActions;
+use super::checks;
 use super::facts::{self, HardwareFacts};
 use super::store;
 use bmc::{BootDevice, PowerAction};
@@ -19,6 +20,8 @@ pub(super) struct StepCtx<'a> {
     pub inv: &'a Inventory,
     /// The machines' BMCs.
     pub bmc: &'a dyn BmcActions,
+    /// Signs wipe certificates.
+    pub signing_key: &'a trust::SigningKey,
     /// How often job rows are polled while waiting for the agent.
     pub poll: Duration,
 }
@@ -247,19 +250,44 @@ pub(super) fn report_verdict(
     Ok(Waiting::Wait)
 }
 
-/// Waits for the agent's result, then records what the step's report says.
+/// Waits for the agent's result, checks it and records what the step's report says. Every
+/// report is audited with what the engine made of it.
 async fn agent_report(ctx: &StepCtx<'_>, a: &Attempt<'_>) -> StepResult {
     // Silence counts from now at the earliest: after a restart the agent needs a moment to
     // get its retried report through.
     let since = inventory::now_ms();
     let reported = loop {
         let j = ctx.inv.job(a.job.id).await?;
-        match report_verdict(&j, since, a.timeout, inventory::now_ms())? {
-            Waiting::Ready(r) => break r,
-            Waiting::Cancelled(by) => return Ok(StepOutcome::Cancelled(by)),
-            Waiting::Wait => tokio::time::sleep(ctx.poll).await,
+        let verdict = report_verdict(&j, since, a.timeout, inventory::now_ms());
+        match verdict {
+            Ok(Waiting::Ready(r)) => break r,
+            Ok(Waiting::Cancelled(by)) => return Ok(StepOutcome::Cancelled(by)),
+            Ok(Waiting::Wait) => tokio::time::sleep(ctx.poll).await,
+            Err(f) => return audited(ctx, a, Err(f)).await,
         }
     };
+    let checked = accept_report(ctx, a, &reported).await;
+    // The deploy report is checked (and audited) by the verify step.
+    if a.name == StepName::Deploy && checked.is_ok() {
+        return checked;
+    }
+    audited(ctx, a, checked).await
+}
+
+/// Audits a step's verdict on the agent's report and passes it on. An inventory error is
+/// not the agent's fault (retried): only refusals and acceptances are audited.
+async fn audited(ctx: &StepCtx<'_>, a: &Attempt<'_>, res: StepResult) -> StepResult {
+    let verdict = match &res {
+        Ok(_) => Ok(()),
+        Err(f) if f.retry => return res,
+        Err(f) => Err(f.message.as_str()),
+    };
+    store::audit_report(ctx.inv, a.job, a.name.as_str(), verdict).await?;
+    res
+}
+
+/// Checks the report against what the server knows and records it.
+async fn accept_report(ctx: &StepCtx<'_>, a: &Attempt<'_>, reported: &Reported) -> StepResult {
     match a.name {
         StepName::Inspect => {
             let report =
@@ -269,11 +297,37 @@ async fn agent_report(ctx: &StepCtx<'_>, a: &Attempt<'_>) -> StepResult {
             record_inspection(ctx, a.job, &HardwareFacts::from(report)).await?;
         }
         StepName::Wipe => {
-            if reported.result.wipe.is_none() {
-                return Err(StepFailure::fatal("the agent's result has no wipe report"));
-            }
-            let cert = wipe_certificate(a.job, &reported.raw, inventory::now_ms());
-            let cid = ctx.inv.add_wipe_certificate(a.job, &cert).await?;
+            let report = reported
+                .result
+                .wipe
+                .as_ref()
+                .ok_or_else(|| StepFailure::fatal("the agent's result has no wipe report"))?;
+            let m = ctx.inv.machine(&a.job.machine).await?;
+            checks::check_wipe(&m.disks, &report.disks).map_err(StepFailure::fatal)?;
+            let public = ctx.signing_key.public();
+            let cert = wipe_certificate(
+                a.job,
+                &m,
+                &reported.raw,
+                &public.key_id,
+                inventory::now_ms(),
+            );
+            let signed = ctx.signing_key.sign(cert);
+            let signature = serde_json::to_value(&signed.signature)
+                .map_err(|e| StepFailure::fatal(format!("cannot encode the signature: {e}")))?;
+            let cid = ctx
+                .inv
+                .add_wipe_certificate(
+                    a.job,
+                    &signed.certificate,
+                    &signature,
+                    &inventory::TrustKey {
+                        algorithm: public.algorithm,
+                        key_id: public.key_id,
+                        public_key: public.public_key,
+                    },
+                )
+                .await?;
             store::event(
                 ctx.inv,
                 a.job.id,
@@ -282,40 +336,36 @@ async fn agent_report(ctx: &StepCtx<'_>, a: &Attempt<'_>) -> StepResult {
             )
             .await;
         }
-        // The deploy report is checked by the verify step.
         _ => {}
     }
     Ok(StepOutcome::Done)
 }
 
-/// Records an inspection. A reported MAC that belongs to another machine keeps the NICs out
-/// of the record, not the rest.
+/// Records an inspection. It may add hardware facts but never takes over another machine's
+/// MAC: such a report fails the job.
 async fn record_inspection(
     ctx: &StepCtx<'_>,
     job: &Job,
     found: &HardwareFacts,
 ) -> Result<(), StepFailure> {
     let m = ctx.inv.machine(&job.machine).await?;
+    let mut owners = Vec::with_capacity(found.nics.len());
+    for (mac, _) in &found.nics {
+        let owner = ctx.inv.machine_by_mac(*mac).await?;
+        owners.push((*mac, owner.map(|o| o.name)));
+    }
+    if let Some((mac, other)) = checks::foreign_mac(&m, &owners) {
+        return Err(StepFailure::fatal(format!(
+            "the inspection reports MAC {mac}, which belongs to machine {other}; nothing recorded"
+        )));
+    }
     let patch = facts::merge(&m, found);
     match ctx.inv.update_machine("agent", &job.machine, &patch).await {
         Ok(_) => Ok(()),
-        Err(e @ inventory::Error::Conflict { .. }) if patch.nics.is_some() => {
-            store::event(
-                ctx.inv,
-                job.id,
-                "warn",
-                &format!("inspection NICs not recorded: {e}"),
-            )
-            .await;
-            let patch = inventory::MachinePatch {
-                nics: None,
-                ..patch
-            };
-            ctx.inv
-                .update_machine("agent", &job.machine, &patch)
-                .await?;
-            Ok(())
-        }
+        // Another machine took one of the MACs since the check above.
+        Err(e @ inventory::Error::Conflict { .. }) => Err(StepFailure::fatal(format!(
+            "the inspection was not recorded: {e}"
+        ))),
         Err(e) => Err(e.into()),
     }
 }
@@ -352,6 +402,11 @@ pub(super) fn check_deploy(image: &Image, d: &DeployResult) -> Result<String, St
 }
 
 async fn verify(ctx: &StepCtx<'_>, a: &Attempt<'_>) -> StepResult {
+    let res = verify_deploy(ctx, a).await;
+    audited(ctx, a, res).await
+}
+
+async fn verify_deploy(ctx: &StepCtx<'_>, a: &Attempt<'_>) -> StepResult {
     let j = ctx.inv.job(a.job.id).await?;
     let result = decode(&j.result.unwrap_or(Value::Null))?;
     let d = result
@@ -397,17 +452,53 @@ async fn bounded(
     }
 }
 
-/// The certificate a wipe leaves: what was erased, how, and how it was checked. The disks
-/// are the agent's report verbatim, so a certificate keeps what a newer agent adds.
-pub(super) fn wipe_certificate(job: &Job, raw: &Value, now_ms: i64) -> Value {
+/// The NIST SP 800-88 class of a wipe method: overwriting and discarding (read back as
+/// zero) clear a disk against reading through its interface; a device's own secure erase,
+/// format with secure erase or sanitize purges it.
+pub(super) fn nist_class(method: &str) -> &'static str {
+    match method {
+        "ata-secure-erase" | "nvme-format" | "nvme-format-crypto" | "nvme-sanitize" => "Purge",
+        _ => "Clear",
+    }
+}
+
+/// The certificate a wipe leaves, signed by `key_id`: the machine and its serial, every disk
+/// as the agent reported it (unknown fields kept, so a certificate keeps what a newer agent
+/// adds) with its NIST SP 800-88 class, the lease it closes and its group, the job and its
+/// times, and the agent's version when it tells.
+pub(super) fn wipe_certificate(
+    job: &Job,
+    machine: &inventory::Machine,
+    raw: &Value,
+    key_id: &str,
+    now_ms: i64,
+) -> Value {
+    let mut disks = raw
+        .get("wipe")
+        .and_then(|w| w.get("disks"))
+        .cloned()
+        .unwrap_or(json!([]));
+    if let Some(list) = disks.as_array_mut() {
+        for d in list.iter_mut() {
+            let class = nist_class(d.get("method").and_then(Value::as_str).unwrap_or(""));
+            if let Some(o) = d.as_object_mut() {
+                o.insert("nist_sp800_88".into(), json!(class));
+            }
+        }
+    }
     json!({
+        "kind": "rackshare wipe certificate",
         "job": job.id,
         "machine": job.machine,
+        "machine_serial": machine.serial,
         "lease_id": job.lease_id,
         "member_group": job.member_group,
-        "disks": raw.get("wipe").and_then(|w| w.get("disks")).cloned().unwrap_or(json!([])),
+        "disks": disks,
+        "agent_version": raw.get("wipe").and_then(|w| w.get("agent_version")).cloned().unwrap_or(Value::Null),
+        "started_at": job.started_at,
         "completed_at": now_ms,
         "requested_by": job.requested_by,
+        "signing_key_id": key_id,
     })
 }
 

@@ -8,6 +8,7 @@ struct Lab {
     _dir: tempfile::TempDir,
     inv: Inventory,
     bmc: FakeBmc,
+    key: trust::SigningKey,
 }
 
 async fn lab() -> Lab {
@@ -20,6 +21,7 @@ async fn lab() -> Lab {
         _dir: dir,
         inv,
         bmc: FakeBmc::default(),
+        key: trust::SigningKey::from_seed(&[3; 32]).expect("key"),
     }
 }
 
@@ -28,6 +30,7 @@ impl Lab {
         StepCtx {
             inv: &self.inv,
             bmc: &self.bmc,
+            signing_key: &self.key,
             poll: Duration::from_millis(10),
         }
     }
@@ -240,18 +243,137 @@ async fn verify_compares_the_read_back_with_the_image() {
     );
 }
 
+/// The agent reports audited for a machine, as (outcome, error).
+async fn report_audits(inv: &Inventory, machine: &str) -> Vec<(inventory::AuditOutcome, String)> {
+    let f = inventory::AuditFilter {
+        machine: Some(machine.into()),
+        ..Default::default()
+    };
+    inv.events(&f)
+        .await
+        .expect("audit")
+        .into_iter()
+        .filter(|e| e.actor == "agent" && e.action == "agent.report")
+        .map(|e| {
+            (
+                e.outcome,
+                e.detail["error"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn a_wipe_leaves_a_certificate_with_the_agents_words() {
     let lab = lab().await;
     let job = lab.job("n1", false, JobKind::Wipe).await;
-    let report = serde_json::json!({"ok": true, "wipe": {"disks": [{"name": "vda", "bytes": 8, "verified": true}]}});
+    let disks = vec![inventory::Disk {
+        name: "vda".into(),
+        size_bytes: 8,
+        model: None,
+        serial: Some("D1".into()),
+    }];
+    let patch = inventory::MachinePatch {
+        disks: Some(disks),
+        ..Default::default()
+    };
+    lab.inv
+        .update_machine("test", "n1", &patch)
+        .await
+        .expect("disks recorded");
+    let report = serde_json::json!({"ok": true, "wipe": {"disks": [{"name": "vda", "serial": "D1", "size_bytes": 8, "bytes": 8, "verified": true}]}});
     lab.inv.agent_result(job.id, &report).await.expect("report");
     let r = run_step(&lab.ctx(), &attempt(&job, StepName::Wipe)).await;
     assert_eq!(r, Ok(StepOutcome::Done));
-    let cert = wipe_certificate(&job, &report, 5);
+    let m = lab.inv.machine("n1").await.expect("machine");
+    let cert = wipe_certificate(&job, &m, &report, "k1", 5);
     assert_eq!(cert["disks"][0]["verified"], true, "unknown fields kept");
+    assert_eq!(cert["disks"][0]["nist_sp800_88"], "Clear");
     assert_eq!(cert["machine"], "n1");
     assert_eq!(cert["completed_at"], 5);
+    assert_eq!(cert["signing_key_id"], "k1");
+    // The stored certificate verifies with the public key, and not once changed.
+    let log = lab.inv.job_events(job.id, 0).await.expect("events");
+    let id: i64 = log
+        .iter()
+        .find_map(|e| {
+            e.message
+                .strip_prefix("wipe certificate ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("stored");
+    let stored = lab.inv.wipe_certificate(id).await.expect("certificate");
+    let doc = trust::SignedDocument {
+        certificate: stored.body,
+        signature: serde_json::from_value(stored.signature.expect("signed")).expect("signature"),
+    };
+    let keys = [lab.key.public()];
+    assert!(trust::verify(&doc, &keys).is_ok());
+    let mut changed = doc.clone();
+    changed.certificate["disks"][0]["bytes"] = serde_json::json!(9);
+    assert!(trust::verify(&changed, &keys).is_err());
+    let audits = report_audits(&lab.inv, "n1").await;
+    assert_eq!(audits, vec![(inventory::AuditOutcome::Ok, String::new())]);
+}
+
+#[tokio::test]
+async fn a_forged_empty_wipe_fails_the_job_and_is_audited() {
+    let lab = lab().await;
+    let job = lab.job("n1", false, JobKind::Wipe).await;
+    let patch = inventory::MachinePatch {
+        disks: Some(vec![inventory::Disk {
+            name: "vda".into(),
+            size_bytes: 8,
+            model: None,
+            serial: Some("D1".into()),
+        }]),
+        ..Default::default()
+    };
+    lab.inv
+        .update_machine("test", "n1", &patch)
+        .await
+        .expect("disks recorded");
+    let forged = serde_json::json!({"ok": true, "wipe": {"disks": []}});
+    lab.inv.agent_result(job.id, &forged).await.expect("report");
+    let f = run_step(&lab.ctx(), &attempt(&job, StepName::Wipe))
+        .await
+        .expect_err("forged");
+    assert!(
+        !f.retry && f.message.contains("not in the wipe report"),
+        "{f:?}"
+    );
+    let audits = report_audits(&lab.inv, "n1").await;
+    assert_eq!(audits.len(), 1);
+    assert_eq!(audits[0].0, inventory::AuditOutcome::Failed);
+    assert!(audits[0].1.contains("serial D1"), "{audits:?}");
+    let m = lab.inv.machine("n1").await.expect("machine");
+    assert_eq!(m.disks.len(), 1, "the record is unchanged");
+}
+
+#[tokio::test]
+async fn an_inspection_that_takes_another_machines_mac_fails() {
+    let lab = lab().await;
+    let job = lab.job("n1", false, JobKind::Inspect).await;
+    let _other = lab.job("n2", false, JobKind::Inspect).await;
+    let report = serde_json::json!({"ok": true, "inspect": {
+        "arch": "x86_64", "cpu_count": 512, "ram_mib": 4_194_304_u64,
+        "nics": [{"name": "eth0", "mac": "52:54:00:00:00:32"}],
+    }});
+    lab.inv.agent_result(job.id, &report).await.expect("report");
+    let f = run_step(&lab.ctx(), &attempt(&job, StepName::Inspect))
+        .await
+        .expect_err("stolen MAC");
+    assert!(
+        !f.retry && f.message.contains("52:54:00:00:00:32") && f.message.contains("n2"),
+        "{f:?}"
+    );
+    let m = lab.inv.machine("n1").await.expect("machine");
+    assert_eq!(m.cpu_count, None, "nothing recorded");
+    let audits = report_audits(&lab.inv, "n1").await;
+    assert_eq!(audits[0].0, inventory::AuditOutcome::Failed, "{audits:?}");
 }
 
 #[tokio::test]

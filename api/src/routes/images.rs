@@ -138,7 +138,10 @@ async fn register(
         owner_group: owner,
     };
     match st.inv.add_image(c.name(), &new).await {
-        Ok(i) => Ok(i),
+        Ok(i) => {
+            index_in_background(st, &blob.sha256, format);
+            Ok(i)
+        }
         Err(e) => {
             // Bytes nobody refers to must not stay behind.
             if !blob.deduplicated {
@@ -147,6 +150,19 @@ async fn register(
             Err(e.into())
         }
     }
+}
+
+/// Builds the image's content index (per-MiB hashes of the expanded content, what deploys are
+/// checked against) once, now, off the runtime and without holding up the upload's answer. A
+/// failure is only logged: the index is built again on first use, which reports the error.
+fn index_in_background(st: &AppState, sha256: &str, format: ImageFormat) {
+    let store = st.images.clone();
+    let sha = sha256.to_string();
+    tokio::spawn(async move {
+        if let Err(e) = store.content_index(&sha, format).await {
+            tracing::warn!(sha256 = %sha, error = %e, "could not index the image's content");
+        }
+    });
 }
 
 /// `POST /api/v1/images?name=…` with the image as the raw body, streamed to disk.

@@ -2,6 +2,7 @@
 
 mod agent;
 mod boot;
+mod certificates;
 mod dhcp;
 mod events;
 pub(crate) mod images;
@@ -97,6 +98,8 @@ pub fn router(state: AppState) -> Router {
         .route("/agent/progress", post(agent::progress))
         .route("/agent/result", post(agent::result))
         .route("/events", get(events::list))
+        .route("/trust/key", get(certificates::key))
+        .route("/certificates/{id}", get(certificates::download))
         .route("/dhcp/leases", get(dhcp::list_leases))
         .route("/export", get(system::export))
         .route(

@@ -507,24 +507,6 @@ impl Inventory {
 }
 
 impl Inventory {
-    /// Stores a wipe certificate for a wipe job.
-    pub async fn add_wipe_certificate(&self, job: &Job, body: &serde_json::Value) -> Result<i64> {
-        let mut tx = self.begin_write().await?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO wipe_certificates (job_id, machine_id, lease_id, body, created_at) \
-             VALUES ($1, $2, $3, $4, $5) RETURNING id",
-        )
-        .bind(job.id)
-        .bind(job.machine_id)
-        .bind(job.lease_id)
-        .bind(crate::db::to_json(body))
-        .bind(now_ms())
-        .fetch_one(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(id)
-    }
-
     /// The SSH keys of the member group holding a machine (injected on reimage).
     pub async fn ssh_keys_for_machine(&self, machine_id: i64) -> Result<Vec<String>> {
         let keys: Option<String> = sqlx::query_scalar(

@@ -30,7 +30,7 @@ impl Inventory {
             wh += crate::energy::energy_wh(&samples, ENERGY_MAX_GAP_MS);
         }
         let rows = sqlx::query(
-            "SELECT c.job_id, m.name AS machine_name, c.body, c.created_at FROM wipe_certificates c \
+            "SELECT c.id, c.job_id, m.name AS machine_name, c.body, c.created_at FROM wipe_certificates c \
              JOIN machines m ON m.id = c.machine_id WHERE c.lease_id = $1 ORDER BY c.id",
         )
         .bind(id)
@@ -40,6 +40,7 @@ impl Inventory {
             .iter()
             .map(|r| {
                 Ok(WipeCertificate {
+                    id: r.try_get("id")?,
                     job_id: r.try_get("job_id")?,
                     machine: r.try_get("machine_name")?,
                     body: from_json("body", &r.try_get::<String, _>("body")?)?,

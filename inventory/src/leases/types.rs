@@ -165,6 +165,8 @@ pub struct Lease {
 /// A wipe certificate of a machine that a lease held.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WipeCertificate {
+    /// The certificate's id (`GET /api/v1/certificates/{id}` serves it signed).
+    pub id: i64,
     /// The wipe job.
     pub job_id: i64,
     /// The machine wiped.
