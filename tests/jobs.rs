@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{agent_call, agent_call_with, boot_token, json_of, serve_in_lab, Service};
+use common::{agent_call, agent_call_with, boot_token, json_of, lab_call, serve_in_lab, Service};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
@@ -86,7 +86,8 @@ async fn reimage_job_with_a_scripted_agent_and_a_crash_in_the_middle() {
         "no BMC: PXE boot is set by hand"
     );
 
-    // The boot script carries a fresh token each time; only the newest one works, once.
+    // The boot attempt's token: every fetch in the attempt carries the same one (a GET
+    // never mints or changes it); it works once, then the script carries none.
     let (script, first) = boot_token(&lab, mac);
     assert!(
         script.contains("agent-vmlinuz") && script.contains("rackshare.mode=deploy"),
@@ -94,22 +95,37 @@ async fn reimage_job_with_a_scripted_agent_and_a_crash_in_the_middle() {
     );
     let first = first.expect("token");
     let (_, second) = boot_token(&lab, mac);
-    let second = second.expect("token");
-    assert_ne!(first, second);
-    let claim_body = json!({"macs": ["52:54:00:0b:00:01"]});
-    let (code, _) = agent_call(
+    assert_eq!(
+        second.as_deref(),
+        Some(first.as_str()),
+        "one attempt, one token"
+    );
+    // The member listener serves neither the boot script nor the agent's endpoints.
+    let (code, _) = lab_call(
         &lab,
+        &format!("{}/boot/{mac}.ipxe", s.url),
+        "GET",
+        "-",
+        None,
+        &[],
+    );
+    assert_eq!(code, 404);
+    let claim_body = json!({"macs": ["52:54:00:0b:00:01"]});
+    let (code, body) = lab_call(
+        &lab,
+        &format!("{}/api/v1/agent/claim", s.url),
         "POST",
-        "/api/v1/agent/claim",
         &first,
         Some(&claim_body),
+        &[],
     );
-    assert_eq!(code, 401, "a superseded token is refused");
+    assert_eq!(code, 404);
+    assert_eq!(json_of(&body)["error"]["code"], "not_found");
     let (code, body) = agent_call(
         &lab,
         "POST",
         "/api/v1/agent/claim",
-        &second,
+        &first,
         Some(&claim_body),
     );
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
@@ -118,10 +134,15 @@ async fn reimage_job_with_a_scripted_agent_and_a_crash_in_the_middle() {
         &lab,
         "POST",
         "/api/v1/agent/claim",
-        &second,
+        &first,
         Some(&claim_body),
     );
     assert_eq!(code, 401, "a token works once");
+    let (script, after) = boot_token(&lab, mac);
+    assert_eq!(
+        after, None,
+        "a claimed attempt's script carries no token: {script}"
+    );
     let session = claim["session"].as_str().expect("session").to_string();
     assert_eq!(claim["task"]["mode"], "deploy");
     assert_eq!(claim["task"]["hostname"], "n1");
@@ -133,8 +154,9 @@ async fn reimage_job_with_a_scripted_agent_and_a_crash_in_the_middle() {
     // An API token is not an agent session, and the session is not an API token.
     let (code, _) = agent_call(&lab, "GET", "/api/v1/agent/image", &s.admin_token, None);
     assert_eq!(code, 401);
+    // The boot listener serves nothing of the member API.
     let (code, _) = agent_call(&lab, "GET", "/api/v1/machines", &session, None);
-    assert_eq!(code, 401);
+    assert_eq!(code, 404);
 
     // The image, whole and resumed with Range.
     let (code, body) = agent_call(&lab, "GET", "/api/v1/agent/image", &session, None);

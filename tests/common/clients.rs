@@ -25,9 +25,20 @@ pub fn agent_call_with(
     body: Option<&Value>,
     extra: &[&str],
 ) -> (u16, Vec<u8>) {
+    lab_call(lab, &format!("{LAB_API}{path}"), method, token, body, extra)
+}
+
+/// One HTTP call to `url` from the lab's server namespace: (status, body).
+pub fn lab_call(
+    lab: &Lab,
+    url: &str,
+    method: &str,
+    token: &str,
+    body: Option<&Value>,
+    extra: &[&str],
+) -> (u16, Vec<u8>) {
     let out_file = lab.path(&format!("curl-{}.out", rand_tag()));
     let auth = format!("Authorization: Bearer {token}");
-    let url = format!("{LAB_API}{path}");
     let out_path = out_file.display().to_string();
     let data = body.map(|b| b.to_string());
     let mut argv = vec![
@@ -46,7 +57,7 @@ pub fn agent_call_with(
         argv.extend(["-H", "Content-Type: application/json", "--data-binary", d]);
     }
     argv.extend(extra);
-    argv.push(&url);
+    argv.push(url);
     let out = lab.exec(&lab.srv, &argv, Duration::from_secs(30));
     let code: u16 = String::from_utf8_lossy(&out.stdout)
         .trim()

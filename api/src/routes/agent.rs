@@ -2,10 +2,11 @@
 //! it presents the one-time token from its kernel command line once, then a session token
 //! bound to its job. Neither works for anything but that job.
 
+use crate::boot::BootConnection;
 use crate::state::AppState;
 use crate::ApiError;
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, Extensions, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use inventory::{Job, JobKind};
@@ -39,10 +40,18 @@ async fn session_job(st: &AppState, headers: &HeaderMap) -> Result<Job, ApiError
         })
 }
 
-/// The base URL the agent reaches the API at: the boot network's, else the Host it used.
-fn base_url(st: &AppState, headers: &HeaderMap) -> String {
+/// The boot listener's connection a request came on (None outside one: in-process tests).
+fn connection(ext: &Extensions) -> Option<BootConnection> {
+    ext.get::<ConnectInfo<BootConnection>>().map(|c| c.0)
+}
+
+/// The base URL the agent reaches the API at: the boot interface's the request arrived on,
+/// else the Host it used.
+fn base_url(st: &AppState, headers: &HeaderMap, conn: Option<BootConnection>) -> String {
     if let Some(b) = &st.boot {
-        return b.base.clone();
+        return b
+            .base_for(conn.and_then(|c| c.local).map(|a| a.ip()))
+            .to_string();
     }
     let host = headers
         .get(header::HOST)
@@ -53,6 +62,7 @@ fn base_url(st: &AppState, headers: &HeaderMap) -> String {
 
 pub async fn claim(
     State(st): State<AppState>,
+    ext: Extensions,
     headers: HeaderMap,
     body: Option<Json<ClaimRequest>>,
 ) -> Result<Json<ClaimResponse>, ApiError> {
@@ -70,8 +80,10 @@ pub async fn claim(
         other => other.into(),
     })?;
     let job = claim.job;
-    let task = task_for(&st, &job, &base_url(&st, &headers)).await?;
-    tracing::info!(job = job.id, machine = %job.machine, "agent claimed its job");
+    let conn = connection(&ext);
+    let task = task_for(&st, &job, &base_url(&st, &headers, conn)).await?;
+    let source = conn.and_then(|c| c.peer).map(|a| a.ip());
+    tracing::info!(job = job.id, machine = %job.machine, ?source, "agent claimed its job");
     Ok(Json(ClaimResponse {
         job_id: job.id,
         session: claim.session,
