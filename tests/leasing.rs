@@ -693,7 +693,13 @@ async fn an_expired_lease_is_wiped_and_the_group_reads_its_certificate() {
         .as_str()
         .expect("token")
         .to_string();
-    s.cli(&["machine", "add", "w1", "--mac", "52:54:00:0c:00:01"]);
+    s.cli(&[
+        "machine",
+        "add",
+        "w1",
+        "--mac",
+        &common::reserved("52:54:00:0c:00:01"),
+    ]);
     s.cli(&["machine", "state", "w1", "available"]);
 
     let lease = cli_json(&s, &rosa, &["lease", "create", "--duration", "2s"]);
@@ -732,13 +738,8 @@ async fn an_expired_lease_is_wiped_and_the_group_reads_its_certificate() {
         .find_map(|w| w.strip_prefix("rackshare.token="))
         .expect("token in the boot script")
         .to_string();
-    let (code, body) = lab_call_text(
-        &lab,
-        "POST",
-        "/api/v1/agent/claim",
-        &token,
-        Some(&json!({"macs": ["52:54:00:0c:00:01"]})),
-    );
+    let (code, body) = common::agent_claim(&lab, "52:54:00:0c:00:01", &token);
+    let body = String::from_utf8_lossy(&body).into_owned();
     assert_eq!(code, 200, "{body}");
     let claim: Value = serde_json::from_str(&body).expect("claim");
     assert_eq!(claim["task"]["mode"], "wipe");

@@ -45,6 +45,7 @@ pub fn intent_for(state: MachineState) -> BootIntent {
 
 /// The inventory as the boot server's machine directory.
 pub struct InventoryDirectory {
+    seen: Arc<crate::claim::BootAddresses>,
     /// The inventory.
     pub inv: Inventory,
     /// Every NIC's machine, read at most once per [`SNAPSHOT_TTL`]: DHCP asks for every
@@ -61,8 +62,9 @@ const SNAPSHOT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl InventoryDirectory {
     /// A directory over the inventory.
-    pub fn new(inv: Inventory) -> Self {
+    pub fn new(inv: Inventory, seen: Arc<crate::claim::BootAddresses>) -> Self {
         InventoryDirectory {
+            seen,
             inv,
             snapshot: tokio::sync::Mutex::new(None),
         }
@@ -107,6 +109,10 @@ impl MachineDirectory for InventoryDirectory {
             }))
         }
         .boxed()
+    }
+
+    fn address_seen(&self, mac: MacAddr, ip: Ipv4Addr) {
+        self.seen.record(mac.0, ip);
     }
 
     fn discovered(&self, info: ClientInfo) -> BoxFuture<'_, Result<(), DirectoryError>> {
@@ -246,6 +252,8 @@ pub struct BootHttp {
     pub bases: Vec<(Ipv4Addr, String)>,
     /// The boot listeners' addresses: each interface's own address on the boot HTTP port.
     pub listen: Vec<std::net::SocketAddr>,
+    /// Proxy mode: the addresses machines' PXE exchanges showed, shared with the DHCP side.
+    pub seen: Arc<crate::claim::BootAddresses>,
 }
 
 impl BootHttp {
@@ -441,6 +449,7 @@ pub async fn prepare(
                 vec![(server_ip, base.clone()), (if_ip, base)]
             },
             listen: vec![std::net::SocketAddr::from((if_ip, boot_http_port))],
+            seen: Arc::default(),
         },
     ))
 }
@@ -488,8 +497,9 @@ pub async fn start(
     inv: Inventory,
     metrics: Arc<pxe::Metrics>,
     shutdown: pxe::Shutdown,
+    seen: Arc<crate::claim::BootAddresses>,
 ) -> Result<tokio::task::JoinHandle<Result<(), pxe::PxeError>>, crate::StartError> {
-    let directory = Arc::new(InventoryDirectory::new(inv.clone()));
+    let directory = Arc::new(InventoryDirectory::new(inv.clone(), seen));
     let leases = Arc::new(InventoryLeaseStore { inv });
     pxe::start(cfg, directory, leases, metrics, shutdown)
         .await
@@ -540,6 +550,7 @@ mod tests {
                 (Ipv4Addr::new(10, 78, 0, 1), "http://10.78.0.1:8080".into()),
             ],
             listen: Vec::new(),
+            seen: Arc::default(),
         };
         let on = |s: &str| Some(s.parse::<std::net::IpAddr>().expect("ip"));
         assert_eq!(http.base_for(on("10.78.0.1")), "http://10.78.0.1:8080");

@@ -101,9 +101,19 @@ impl Server {
         // One DHCP core, socket set and TFTP server per interface; the machine directory,
         // the lease store (each core loads only its own subnets' leases), the boot root and
         // the counters are shared.
-        for (cfg, http) in prepared {
+        // One record of PXE-exchange addresses for every interface (a claim's check reads it).
+        let seen = Arc::new(crate::claim::BootAddresses::default());
+        for (cfg, mut http) in prepared {
             let interface = cfg.interface.clone();
-            match crate::boot::start(cfg, inv.clone(), pxe_metrics.clone(), shutdown.clone()).await
+            http.seen = seen.clone();
+            match crate::boot::start(
+                cfg,
+                inv.clone(),
+                pxe_metrics.clone(),
+                shutdown.clone(),
+                seen.clone(),
+            )
+            .await
             {
                 Ok(t) => pxe_tasks.push(t),
                 Err(e) => {

@@ -89,6 +89,25 @@ impl Inventory {
         Ok(Some((id, token, kind.parse()?)))
     }
 
+    /// The running job and boot attempt (its arming time) an unclaimed, unexpired agent token
+    /// belongs to; reads only, so a claim can be checked before the token is consumed.
+    pub async fn agent_token_attempt(&self, token: &str) -> Result<Option<(Job, i64)>> {
+        let row = sqlx::query(
+            "SELECT id, agent_armed_at FROM jobs WHERE agent_token_hash = $1 AND state = 'running' \
+             AND agent_armed_at IS NOT NULL AND agent_token_expires_at > $2",
+        )
+        .bind(sha256_hex(token))
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: i64 = row.try_get("id")?;
+        let attempt: i64 = row.try_get("agent_armed_at")?;
+        Ok(Some((self.job(id).await?, attempt)))
+    }
+
     /// The agent presents its one-time token: consumed here, exchanged for a session token.
     pub async fn claim_agent(&self, token: &str, macs: &[String]) -> Result<AgentClaim> {
         let mut tx = self.begin_write().await?;
