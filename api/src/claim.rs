@@ -90,10 +90,12 @@ pub async fn boot_addresses_of(
     Ok(allowed)
 }
 
-/// The pure check: `source` must be one of `allowed`; `reported` (the claim's MACs, each
-/// with the machine owning it, if any) must include one of `m`'s and none of another's.
+/// The pure check for the claim of machine `name` (its MACs `own`): `source` must be one of
+/// `allowed`; `reported` (the claim's MACs, each with the machine owning it, if any) must
+/// include one of `own` and none of another machine's.
 pub fn check_claim(
-    m: &Machine,
+    name: &str,
+    own: &[MacAddress],
     source: Option<IpAddr>,
     allowed: &BTreeSet<Ipv4Addr>,
     reported: &[(MacAddress, Option<String>)],
@@ -106,7 +108,7 @@ pub fn check_claim(
     if !v4.is_some_and(|ip| allowed.contains(&ip)) {
         return Err(ClaimRefusal::Address {
             from: source.map_or_else(|| "an unknown address".into(), |s| s.to_string()),
-            machine: m.name.clone(),
+            machine: name.to_string(),
             allowed: if allowed.is_empty() {
                 "none known".into()
             } else {
@@ -120,18 +122,70 @@ pub fn check_claim(
     }
     if let Some((mac, Some(owner))) = reported
         .iter()
-        .find(|(_, owner)| owner.as_deref().is_some_and(|o| o != m.name))
+        .find(|(_, owner)| owner.as_deref().is_some_and(|o| o != name))
     {
         return Err(ClaimRefusal::ForeignMac {
             mac: mac.to_string(),
             owner: owner.clone(),
         });
     }
-    if !reported
-        .iter()
-        .any(|(mac, _)| m.nics.iter().any(|n| n.mac == *mac))
-    {
-        return Err(ClaimRefusal::NoOwnMac(m.name.clone()));
+    if !reported.iter().any(|(mac, _)| own.contains(mac)) {
+        return Err(ClaimRefusal::NoOwnMac(name.to_string()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac(s: &str) -> MacAddress {
+        s.parse().expect("mac")
+    }
+
+    #[test]
+    fn only_the_machines_address_and_macs_pass() {
+        let own = [mac("52:54:00:00:00:01")];
+        let allowed: BTreeSet<Ipv4Addr> = [Ipv4Addr::new(10, 77, 0, 101)].into();
+        let from = |s: &str| Some(s.parse::<IpAddr>().expect("ip"));
+        let mine = vec![(own[0], Some("n1".to_string()))];
+        let check =
+            |src, rep: &[(MacAddress, Option<String>)]| check_claim("n1", &own, src, &allowed, rep);
+        assert_eq!(check(from("10.77.0.101"), &mine), Ok(()));
+        assert_eq!(check(from("::ffff:10.77.0.101"), &mine), Ok(()));
+        assert!(matches!(
+            check(from("10.77.0.1"), &mine),
+            Err(ClaimRefusal::Address { .. })
+        ));
+        assert!(matches!(
+            check(None, &mine),
+            Err(ClaimRefusal::Address { .. })
+        ));
+        assert_eq!(
+            check(from("10.77.0.101"), &[(mac("de:ad:be:ef:00:01"), None)]),
+            Err(ClaimRefusal::NoOwnMac("n1".into()))
+        );
+        let foreign = vec![
+            (own[0], Some("n1".to_string())),
+            (mac("52:54:00:00:00:09"), Some("n9".to_string())),
+        ];
+        assert!(matches!(
+            check(from("10.77.0.101"), &foreign),
+            Err(ClaimRefusal::ForeignMac { .. })
+        ));
+        assert!(matches!(
+            check_claim("n1", &own, from("10.77.0.101"), &BTreeSet::new(), &mine),
+            Err(ClaimRefusal::Address { .. })
+        ));
+    }
+
+    #[test]
+    fn a_seen_address_counts_only_in_its_attempt() {
+        let seen = BootAddresses::default();
+        let m = [0x52, 0x54, 0, 0, 0, 1];
+        seen.record(m, Ipv4Addr::new(10, 0, 0, 5));
+        assert_eq!(seen.since(m, 0), Some(Ipv4Addr::new(10, 0, 0, 5)));
+        assert_eq!(seen.since(m, i64::MAX), None, "recorded before the attempt");
+        assert_eq!(seen.since([0; 6], 0), None);
+    }
 }

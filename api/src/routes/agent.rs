@@ -102,7 +102,8 @@ pub async fn claim(
             reported.push((mac, owner));
         }
     }
-    if let Err(why) = crate::claim::check_claim(&machine, source, &allowed, &reported) {
+    let own: Vec<MacAddress> = machine.nics.iter().map(|n| n.mac).collect();
+    if let Err(why) = crate::claim::check_claim(&machine.name, &own, source, &allowed, &reported) {
         refuse(&st, Some(&job), &source_text, &macs, &why.to_string()).await;
         return Err(ApiError::forbidden(
             "this claim is not from the machine's own address and NICs in this boot",
