@@ -6,7 +6,10 @@
 
 mod common;
 
-use common::{agent_call, agent_call_with, boot_token, json_of, serve_in_lab, Service};
+use common::{
+    agent_call, agent_call_with, agent_claim, boot_token, claim_from_host, json_of, lab_call,
+    reserved, serve_in_lab, Service,
+};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
@@ -46,7 +49,7 @@ fn setup(tag: &str, machines: &[(&str, &str)]) -> Setup {
     let lab = Lab::new(tag);
     let s = serve_in_lab(&lab.srv, tempfile::tempdir().expect("tmp"), &[]);
     for (name, mac) in machines {
-        s.cli(&["machine", "add", name, "--mac", mac]);
+        s.cli(&["machine", "add", name, "--mac", &reserved(mac)]);
         s.cli(&["machine", "state", name, "available"]);
     }
     let image = testkit::netns::pseudo_random(3 << 20, 7);
@@ -86,7 +89,8 @@ async fn reimage_job_with_a_scripted_agent_and_a_crash_in_the_middle() {
         "no BMC: PXE boot is set by hand"
     );
 
-    // The boot script carries a fresh token each time; only the newest one works, once.
+    // The boot attempt's token: every fetch in the attempt carries the same one (a GET
+    // never mints or changes it); it works once, then the script carries none.
     let (script, first) = boot_token(&lab, mac);
     assert!(
         script.contains("agent-vmlinuz") && script.contains("rackshare.mode=deploy"),
@@ -94,34 +98,80 @@ async fn reimage_job_with_a_scripted_agent_and_a_crash_in_the_middle() {
     );
     let first = first.expect("token");
     let (_, second) = boot_token(&lab, mac);
-    let second = second.expect("token");
-    assert_ne!(first, second);
+    assert_eq!(
+        second.as_deref(),
+        Some(first.as_str()),
+        "one attempt, one token"
+    );
+    // The member listener serves neither the boot script nor the agent's endpoints.
+    let (code, _) = lab_call(
+        &lab,
+        &format!("{}/boot/{mac}.ipxe", s.url),
+        "GET",
+        "-",
+        None,
+        &[],
+    );
+    assert_eq!(code, 404);
     let claim_body = json!({"macs": ["52:54:00:0b:00:01"]});
-    let (code, _) = agent_call(
+    let (code, body) = lab_call(
+        &lab,
+        &format!("{}/api/v1/agent/claim", s.url),
+        "POST",
+        &first,
+        Some(&claim_body),
+        &[],
+    );
+    assert_eq!(code, 404);
+    assert_eq!(json_of(&body)["error"]["code"], "not_found");
+    // The audit's reproductions: the right token from another address on the boot segment
+    // (the server's own namespace here), or from the machine's address with foreign MACs, is
+    // refused, audited with its source and counted, and changes nothing.
+    let (code, body) = agent_call(
         &lab,
         "POST",
         "/api/v1/agent/claim",
         &first,
         Some(&claim_body),
     );
-    assert_eq!(code, 401, "a superseded token is refused");
-    let (code, body) = agent_call(
+    assert_eq!(code, 403, "{}", String::from_utf8_lossy(&body));
+    let (code, _) = claim_from_host(&lab, mac, &first, &json!({"macs": ["de:ad:be:ef:00:01"]}));
+    assert_eq!(code, 403, "none of the machine's MACs");
+    s.cli(&["machine", "add", "other", "--mac", "52:54:00:0b:00:09"]);
+    let (code, _) = claim_from_host(
         &lab,
-        "POST",
-        "/api/v1/agent/claim",
-        &second,
-        Some(&claim_body),
+        mac,
+        &first,
+        &json!({"macs": ["52:54:00:0b:00:01", "52:54:00:0b:00:09"]}),
     );
+    assert_eq!(code, 403, "another machine's MAC");
+    let ev = s.cli_json(&["events", "--machine", "n1"]).to_string();
+    assert!(
+        ev.contains("job.agent_claim") && ev.contains("denied") && ev.contains("10.77.0.1"),
+        "{ev}"
+    );
+    let (_, metrics) = lab_call(&lab, &format!("{}/metrics", s.url), "GET", "-", None, &[]);
+    assert!(
+        String::from_utf8_lossy(&metrics).contains("rackshare_agent_claims_refused_total 3"),
+        "{}",
+        String::from_utf8_lossy(&metrics)
+    );
+    let (_, again) = boot_token(&lab, mac);
+    assert_eq!(
+        again.as_deref(),
+        Some(first.as_str()),
+        "a refused claim changes nothing"
+    );
+    let (code, body) = agent_claim(&lab, mac, &first);
     assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
     let claim = json_of(&body);
-    let (code, _) = agent_call(
-        &lab,
-        "POST",
-        "/api/v1/agent/claim",
-        &second,
-        Some(&claim_body),
-    );
+    let (code, _) = agent_claim(&lab, mac, &first);
     assert_eq!(code, 401, "a token works once");
+    let (script, after) = boot_token(&lab, mac);
+    assert_eq!(
+        after, None,
+        "a claimed attempt's script carries no token: {script}"
+    );
     let session = claim["session"].as_str().expect("session").to_string();
     assert_eq!(claim["task"]["mode"], "deploy");
     assert_eq!(claim["task"]["hostname"], "n1");
@@ -133,8 +183,9 @@ async fn reimage_job_with_a_scripted_agent_and_a_crash_in_the_middle() {
     // An API token is not an agent session, and the session is not an API token.
     let (code, _) = agent_call(&lab, "GET", "/api/v1/agent/image", &s.admin_token, None);
     assert_eq!(code, 401);
+    // The boot listener serves nothing of the member API.
     let (code, _) = agent_call(&lab, "GET", "/api/v1/machines", &session, None);
-    assert_eq!(code, 401);
+    assert_eq!(code, 404);
 
     // The image, whole and resumed with Range.
     let (code, body) = agent_call(&lab, "GET", "/api/v1/agent/image", &session, None);
@@ -212,13 +263,7 @@ async fn hash_mismatch_fails_the_job_and_cancel_stops_one() {
     let id = start_reimage(&s, "n2");
     wait_job(&s, id, "wait_agent", |j| j["step"] == "wait_agent");
     let (_, token) = boot_token(&lab, "52-54-00-0b-00-02");
-    let (code, body) = agent_call(
-        &lab,
-        "POST",
-        "/api/v1/agent/claim",
-        &token.expect("token"),
-        None,
-    );
+    let (code, body) = agent_claim(&lab, "52-54-00-0b-00-02", &token.expect("token"));
     assert_eq!(code, 200);
     let session = json_of(&body)["session"]
         .as_str()
@@ -255,13 +300,7 @@ async fn hash_mismatch_fails_the_job_and_cancel_stops_one() {
     let id = start_reimage(&s, "n2");
     wait_job(&s, id, "wait_agent", |j| j["step"] == "wait_agent");
     let (_, token) = boot_token(&lab, "52-54-00-0b-00-02");
-    let (_, body) = agent_call(
-        &lab,
-        "POST",
-        "/api/v1/agent/claim",
-        &token.expect("token"),
-        None,
-    );
+    let (_, body) = agent_claim(&lab, "52-54-00-0b-00-02", &token.expect("token"));
     let session = json_of(&body)["session"]
         .as_str()
         .expect("session")
@@ -287,13 +326,7 @@ async fn hash_mismatch_fails_the_job_and_cancel_stops_one() {
     s.cli(&["job", "cancel", &id.to_string()]);
     let j = wait_job(&s, id, "cancelled", |j| j["state"] != "running");
     assert_eq!(j["state"], "cancelled");
-    let (code, _) = agent_call(
-        &lab,
-        "POST",
-        "/api/v1/agent/claim",
-        &token.expect("token"),
-        None,
-    );
+    let (code, _) = agent_claim(&lab, "52-54-00-0b-00-03", &token.expect("token"));
     assert_eq!(code, 401);
     assert_eq!(s.cli_json(&["machine", "show", "n3"])["state"], "failed");
     // A second job on a machine with one in progress is refused with a clear message.

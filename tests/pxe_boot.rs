@@ -430,7 +430,7 @@ async fn two_interfaces_each_hand_out_their_own_segments_pool() {
         dir.path(),
         "rackshare.toml",
         r#"
-listen = "0.0.0.0:8080"
+listen = "0.0.0.0:9090"
 energy-interval-secs = 0
 
 [[pxe-interface]]
@@ -554,7 +554,7 @@ async fn a_proxy_interface_beside_the_networks_dhcp_and_an_authoritative_one() {
         dir.path(),
         "rackshare.toml",
         r#"
-listen = "0.0.0.0:8080"
+listen = "0.0.0.0:9090"
 energy-interval-secs = 0
 
 [[pxe-interface]]

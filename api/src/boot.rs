@@ -46,6 +46,7 @@ pub fn intent_for(state: MachineState) -> BootIntent {
 
 /// The inventory as the boot server's machine directory.
 pub struct InventoryDirectory {
+    seen: Arc<crate::claim::BootAddresses>,
     /// The inventory.
     pub inv: Inventory,
     /// Every NIC's machine, read at most once per [`SNAPSHOT_TTL`]: DHCP asks for every
@@ -62,8 +63,9 @@ const SNAPSHOT_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl InventoryDirectory {
     /// A directory over the inventory.
-    pub fn new(inv: Inventory) -> Self {
+    pub fn new(inv: Inventory, seen: Arc<crate::claim::BootAddresses>) -> Self {
         InventoryDirectory {
+            seen,
             inv,
             snapshot: tokio::sync::Mutex::new(None),
         }
@@ -108,6 +110,10 @@ impl MachineDirectory for InventoryDirectory {
             }))
         }
         .boxed()
+    }
+
+    fn address_seen(&self, mac: MacAddr, ip: Ipv4Addr) {
+        self.seen.record(mac.0, ip);
     }
 
     fn discovered(&self, info: ClientInfo) -> BoxFuture<'_, Result<(), DirectoryError>> {
@@ -249,6 +255,10 @@ pub struct BootHttp {
     pub base: String,
     /// Every boot interface's server address with its base, in configuration order.
     pub bases: Vec<(Ipv4Addr, String)>,
+    /// The boot listeners' addresses: each interface's own address on the boot HTTP port.
+    pub listen: Vec<std::net::SocketAddr>,
+    /// Proxy mode: the addresses machines' PXE exchanges showed, shared with the DHCP side.
+    pub seen: Arc<crate::claim::BootAddresses>,
 }
 
 impl BootHttp {
@@ -268,17 +278,26 @@ impl BootHttp {
     }
 }
 
-/// The local address a connection arrived on, for [`BootHttp::base_for`]; the server puts it
-/// in every request's extensions as `ConnectInfo<LocalAddr>`.
+/// A boot listener's connection: the local address it arrived on (for
+/// [`BootHttp::base_for`]) and the peer's (a claim is checked against it). The boot listeners
+/// put it in every request's extensions as `ConnectInfo<BootConnection>`.
 #[derive(Clone, Copy, Debug)]
-pub struct LocalAddr(pub Option<std::net::SocketAddr>);
+pub struct BootConnection {
+    /// Our address the connection arrived on.
+    pub local: Option<std::net::SocketAddr>,
+    /// The client's address.
+    pub peer: Option<std::net::SocketAddr>,
+}
 
 impl
     axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, tokio::net::TcpListener>>
-    for LocalAddr
+    for BootConnection
 {
     fn connect_info(stream: axum::serve::IncomingStream<'_, tokio::net::TcpListener>) -> Self {
-        LocalAddr(stream.io().local_addr().ok())
+        BootConnection {
+            local: stream.io().local_addr().ok(),
+            peer: Some(*stream.remote_addr()),
+        }
     }
 }
 
@@ -308,7 +327,7 @@ pub struct BootSettings {
     pub force: bool,
     /// TFTP/HTTP boot root; default `DATA_DIR/boot`, filled from Debian's `ipxe` package.
     pub root: Option<PathBuf>,
-    /// Base URL machines use to reach the HTTP boot server; default `http://SERVER_IP:API_PORT`.
+    /// Base URL machines use to reach the HTTP boot server; default `http://SERVER_IP:BOOT_HTTP_PORT`.
     pub http_base: Option<String>,
     /// Authoritative mode: how long a declined address is held out of the pool.
     pub decline_hold: std::time::Duration,
@@ -371,7 +390,7 @@ impl BootPool {
 pub async fn prepare(
     s: &BootSettings,
     data_dir: &std::path::Path,
-    api_port: u16,
+    boot_http_port: u16,
 ) -> Result<(pxe::PxeConfig, BootHttp), crate::StartError> {
     let err = |m: String| crate::StartError::Boot(m);
     let root = s.root.clone().unwrap_or_else(|| data_dir.join("boot"));
@@ -414,11 +433,11 @@ pub async fn prepare(
     let base = s
         .http_base
         .clone()
-        .unwrap_or_else(|| format!("http://{server_ip}:{api_port}"));
+        .unwrap_or_else(|| format!("http://{server_ip}:{boot_http_port}"));
     let mut cfg = pxe::PxeConfig::new(s.interface.clone(), root.clone());
     cfg.mode = mode;
     cfg.server_ip = Some(server_ip);
-    cfg.http_port = api_port;
+    cfg.http_port = boot_http_port;
     cfg.http_base = Some(base.clone());
     cfg.discovery = s.discovery;
     cfg.decline_hold = s.decline_hold;
@@ -434,6 +453,8 @@ pub async fn prepare(
             } else {
                 vec![(server_ip, base.clone()), (if_ip, base)]
             },
+            listen: vec![std::net::SocketAddr::from((if_ip, boot_http_port))],
+            seen: Arc::default(),
         },
     ))
 }
@@ -481,8 +502,9 @@ pub async fn start(
     inv: Inventory,
     metrics: Arc<pxe::Metrics>,
     shutdown: pxe::Shutdown,
+    seen: Arc<crate::claim::BootAddresses>,
 ) -> Result<tokio::task::JoinHandle<Result<(), pxe::PxeError>>, crate::StartError> {
-    let directory = Arc::new(InventoryDirectory::new(inv.clone()));
+    let directory = Arc::new(InventoryDirectory::new(inv.clone(), seen));
     let leases = Arc::new(InventoryAddressLeaseStore { inv });
     pxe::start(cfg, directory, leases, metrics, shutdown)
         .await
@@ -532,6 +554,8 @@ mod tests {
                 (Ipv4Addr::new(10, 77, 0, 1), "http://10.77.0.1:8080".into()),
                 (Ipv4Addr::new(10, 78, 0, 1), "http://10.78.0.1:8080".into()),
             ],
+            listen: Vec::new(),
+            seen: Arc::default(),
         };
         let on = |s: &str| Some(s.parse::<std::net::IpAddr>().expect("ip"));
         assert_eq!(http.base_for(on("10.78.0.1")), "http://10.78.0.1:8080");

@@ -9,8 +9,10 @@ use std::time::Duration;
 pub struct Config {
     /// Where the database (SQLite), secret key and admin token live.
     pub data_dir: PathBuf,
-    /// API listen address.
+    /// The member-facing API's listen address (never a boot listener's).
     pub listen: SocketAddr,
+    /// The port of each boot interface's own listener (boot files, scripts, the agent).
+    pub boot_http_port: u16,
     /// `sqlite://…` or `postgres://…`; default: SQLite in the data dir.
     pub database_url: Option<String>,
     /// How often to read every BMC's power draw; None: never.
@@ -33,6 +35,7 @@ impl Config {
         Config {
             data_dir: PathBuf::from("rackshare-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            boot_http_port: 8080,
             database_url: None,
             energy_interval: Some(Duration::from_secs(60)),
             bmc_policy: bmc::Policy::default(),

@@ -5,6 +5,7 @@
 mod auth;
 mod bmc_service;
 mod boot;
+mod claim;
 mod config;
 mod engine;
 mod error;

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 #[derive(Default)]
 pub struct HttpMetrics {
     requests: Mutex<BTreeMap<(String, u16), u64>>,
+    agent_claims_refused: std::sync::atomic::AtomicU64,
 }
 
 impl HttpMetrics {
@@ -18,8 +19,20 @@ impl HttpMetrics {
         }
     }
 
+    /// Counts one refused agent claim (wrong address, foreign MACs, bad token).
+    pub fn agent_claim_refused(&self) {
+        self.agent_claims_refused
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Appends the counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "# HELP rackshare_agent_claims_refused_total Agent claims refused (address, MACs or token).\n# TYPE rackshare_agent_claims_refused_total counter\nrackshare_agent_claims_refused_total {}",
+            self.agent_claims_refused
+                .load(std::sync::atomic::Ordering::Relaxed)
+        );
         let _ = writeln!(
             out,
             "# HELP rackshare_http_requests_total API requests answered, by method and status."

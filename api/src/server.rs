@@ -77,16 +77,49 @@ impl Server {
         let mut boot_http: Option<crate::boot::BootHttp> = None;
         let mut pxe_tasks = Vec::new();
         let mut prepared = Vec::new();
+        if !config.boot.is_empty() && config.boot_http_port == 0 {
+            return Err(StartError::Boot(
+                "--boot-http-port must be a fixed port: it goes into every boot script".into(),
+            ));
+        }
         for b in &config.boot {
-            prepared.push(crate::boot::prepare(b, data_dir, addr.port()).await?);
+            prepared.push(crate::boot::prepare(b, data_dir, config.boot_http_port).await?);
         }
         crate::boot::check_interfaces(prepared.iter().map(|(c, _)| c))?;
+        for (_, http) in &prepared {
+            for boot in &http.listen {
+                check_apart(config.listen, *boot)?;
+            }
+        }
+        // Bound before the boot services start, so a taken port fails the start cleanly.
+        let mut boot_listeners = Vec::new();
+        for (_, http) in &prepared {
+            for boot in &http.listen {
+                let l = tokio::net::TcpListener::bind(boot)
+                    .await
+                    .map_err(|source| StartError::Listen {
+                        addr: boot.to_string(),
+                        source,
+                    })?;
+                boot_listeners.push(l);
+            }
+        }
         // One DHCP core, socket set and TFTP server per interface; the machine directory,
         // the lease store (each core loads only its own subnets' leases), the boot root and
         // the counters are shared.
-        for (cfg, http) in prepared {
+        // One record of PXE-exchange addresses for every interface (a claim's check reads it).
+        let seen = Arc::new(crate::claim::BootAddresses::default());
+        for (cfg, mut http) in prepared {
             let interface = cfg.interface.clone();
-            match crate::boot::start(cfg, inv.clone(), pxe_metrics.clone(), shutdown.clone()).await
+            http.seen = seen.clone();
+            match crate::boot::start(
+                cfg,
+                inv.clone(),
+                pxe_metrics.clone(),
+                shutdown.clone(),
+                seen.clone(),
+            )
+            .await
             {
                 Ok(t) => pxe_tasks.push(t),
                 Err(e) => {
@@ -98,7 +131,10 @@ impl Server {
             tracing::info!(%interface, base = %http.base, "boot services running");
             match &mut boot_http {
                 None => boot_http = Some(http),
-                Some(all) => all.bases.extend(http.bases),
+                Some(all) => {
+                    all.bases.extend(http.bases);
+                    all.listen.extend(http.listen);
+                }
             }
         }
         let bmc = Arc::new(BmcService::new(inv.clone(), config.bmc_policy));
@@ -120,6 +156,7 @@ impl Server {
             conductor: conductor.clone(),
             signing_key,
         };
+        let boot_app = crate::routes::boot_router(state.clone());
         let app = crate::routes::router(state);
         let mut background = Vec::new();
         if let Some(every) = config.energy_interval {
@@ -141,15 +178,29 @@ impl Server {
             crate::scheduler::LEASE_TICK,
             shutdown.clone(),
         ));
+        for l in boot_listeners {
+            let stop = shutdown.clone();
+            let app = boot_app.clone();
+            let at = l.local_addr().ok();
+            background.push(tokio::spawn(async move {
+                // The local address of each connection picks the boot interface's base URL.
+                let served = axum::serve(
+                    l,
+                    app.into_make_service_with_connect_info::<crate::boot::BootConnection>(),
+                )
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await;
+                if let Err(e) = served {
+                    tracing::error!(addr = ?at, error = %e, "boot listener failed");
+                }
+            }));
+            tracing::info!(addr = ?at, "boot listener serving /boot and /api/v1/agent");
+        }
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
-            // The local address of each connection picks the boot interface's base URL.
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<crate::boot::LocalAddr>(),
-            )
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { stop.cancelled().await })
+                .await
         });
         tracing::info!(%addr, database = ?inv.backend(), "rackshare API listening");
         Ok(RunningServer {
@@ -179,6 +230,20 @@ impl RunningServer {
         self.inv.close().await;
         res
     }
+}
+
+/// Refuses a member listener that would take a boot listener's address and port: the boot
+/// paths must never answer where members reach the API.
+fn check_apart(member: SocketAddr, boot: SocketAddr) -> Result<(), StartError> {
+    let same_ip = member.ip().is_unspecified() || member.ip() == boot.ip();
+    if member.port() == boot.port() && same_ip {
+        return Err(StartError::Boot(format!(
+            "--listen {member} takes the boot listener {boot} (boot files and the agent API are served only there); \
+             move the member API to another port (e.g. --listen {}:9090) or the boot listener with --boot-http-port",
+            member.ip()
+        )));
+    }
+    Ok(())
 }
 
 /// Cancels the shutdown signal and waits for the boot services to stop.
@@ -230,4 +295,21 @@ async fn load_signing_key(
         .await
         .map_err(|e| StartError::Boot(format!("loading the signing key: {e}")))??;
     Ok(Arc::new(key))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_member_listener_stays_off_the_boot_listeners() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        let boot = a("10.77.0.1:8080");
+        assert!(check_apart(a("0.0.0.0:8080"), boot).is_err());
+        assert!(check_apart(a("10.77.0.1:8080"), boot).is_err());
+        assert!(check_apart(a("[::]:8080"), boot).is_err());
+        assert!(check_apart(a("10.77.0.1:9090"), boot).is_ok());
+        assert!(check_apart(a("127.0.0.1:8080"), boot).is_ok());
+        assert!(check_apart(a("0.0.0.0:9090"), boot).is_ok());
+    }
 }

@@ -21,6 +21,9 @@ pub const SECRET_KEY_ENV: &str = "RACKSHARE_SECRET_KEY";
 #[derive(Clone)]
 pub struct SecretBox {
     cipher: ChaCha20Poly1305,
+    /// A sub-key of the secret key for agent boot tokens, so the encryption key itself
+    /// never keys a MAC.
+    agent_token_key: [u8; 32],
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -34,6 +37,7 @@ impl SecretBox {
     pub fn from_key(key: [u8; 32]) -> Self {
         SecretBox {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
+            agent_token_key: hmac_sha256(&key, &[b"rackshare sub-key: agent-token"]),
         }
     }
 
@@ -156,6 +160,35 @@ pub(crate) fn token_prefix(token: &str) -> Option<&str> {
     (prefix.len() == 12 && !secret.is_empty()).then_some(prefix)
 }
 
+impl SecretBox {
+    /// The agent token of one boot attempt of a job: HMAC-SHA256 under the agent-token
+    /// sub-key of ("agent-token", job, attempt). Derived, so a re-fetched boot script carries
+    /// the same token without the token itself being stored.
+    pub fn agent_boot_token(&self, job_id: i64, attempt: i64) -> String {
+        let mac = hmac_sha256(
+            &self.agent_token_key,
+            &[
+                b"agent-token|",
+                job_id.to_string().as_bytes(),
+                b"|",
+                attempt.to_string().as_bytes(),
+            ],
+        );
+        format!("rsat_{}", hex::encode(mac))
+    }
+}
+
+/// HMAC-SHA256 of the concatenated `parts` under `key`.
+fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
+    use hmac::{Hmac, Mac};
+    // HMAC takes keys of any length; new_from_slice cannot fail for it.
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap_or_else(|_| unreachable!());
+    for p in parts {
+        m.update(p);
+    }
+    m.finalize().into_bytes().into()
+}
+
 /// Hex SHA-256, the stored form of tokens.
 pub fn sha256_hex(data: &str) -> String {
     hex::encode(Sha256::digest(data.as_bytes()))
@@ -181,6 +214,10 @@ mod tests {
         assert!(!s.contains("hunter2"));
         assert_eq!(b.open(&s).expect("open"), "hunter2");
         let other = SecretBox::from_key([8; 32]);
+        assert_eq!(b.agent_boot_token(1, 5), b.agent_boot_token(1, 5));
+        assert_ne!(b.agent_boot_token(1, 5), b.agent_boot_token(1, 6));
+        assert_ne!(b.agent_boot_token(1, 5), b.agent_boot_token(2, 5));
+        assert_ne!(b.agent_boot_token(1, 5), other.agent_boot_token(1, 5));
         assert!(other.open(&s).is_err());
     }
 

@@ -71,18 +71,30 @@ async fn jobs_move_machines_and_agent_tokens_work_once() {
             MachineState::Deploying
         );
 
-        // Not armed: nothing to mint.
-        assert!(inv.mint_agent_token(m.id).await.expect("mint").is_none());
+        // Not armed: no token.
+        assert!(inv.armed_agent_token(m.id).await.expect("token").is_none());
         assert!(inv.start_job(job.id).await.expect("start"));
         assert!(!inv.start_job(job.id).await.expect("start twice"));
         inv.arm_agent(job.id, true).await.expect("arm");
         let (jid, token, kind) = inv
-            .mint_agent_token(m.id)
+            .armed_agent_token(m.id)
             .await
-            .expect("mint")
+            .expect("token")
             .expect("some");
         assert_eq!((jid, kind), (job.id, JobKind::Reimage));
+        let again = inv.armed_agent_token(m.id).await.expect("token");
+        assert_eq!(
+            again.map(|(_, t, _)| t).as_deref(),
+            Some(token.as_str()),
+            "{}: the same attempt, the same token",
+            db.label
+        );
         let claim = inv.claim_agent(&token, &[]).await.expect("claim");
+        assert!(
+            inv.armed_agent_token(m.id).await.expect("token").is_none(),
+            "{}: a claimed attempt hands out no token",
+            db.label
+        );
         assert!(
             inv.claim_agent(&token, &[]).await.is_err(),
             "{}: single use",

@@ -34,6 +34,10 @@ pub trait MachineDirectory: Send + Sync + 'static {
     /// An unknown machine PXE-booted while discovery is on: record it as `new`.
     /// Called at most once per MAC per server run.
     fn discovered(&self, info: ClientInfo) -> BoxFuture<'_, Result<(), DirectoryError>>;
+    /// Proxy mode: the machine's PXE exchange showed the boot server this address (the one its
+    /// REQUEST asks the network's DHCP server for, or its proxy request's ciaddr). The API binds
+    /// an agent's claim to it. Default: ignored.
+    fn address_seen(&self, _mac: MacAddr, _ip: Ipv4Addr) {}
 }
 
 /// A directory held in memory (tests, examples, and a fallback).

@@ -19,8 +19,8 @@ use crate::output::Format;
 pub const NETNS: &str = "rackshare-lab";
 /// The host end of the veth pair the API forward reaches the lab service through.
 pub const HOST_VETH: &str = "rslab-host";
-/// The lab service's API port, inside the namespace.
-pub const SERVICE_PORT: u16 = 8080;
+/// The lab service's member API port, inside the namespace (its boot listener on br0 keeps the default 8080).
+pub const SERVICE_PORT: u16 = 9090;
 /// The lab service's address on the veth, inside the namespace.
 pub const SERVICE_VETH_IP: &str = "10.78.1.2";
 /// The first vBMC port (127.0.0.1 inside the namespace); lab-N gets BMC_BASE_PORT + N.

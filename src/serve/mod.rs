@@ -15,9 +15,12 @@ pub struct ServeSettings {
     /// Directory for the SQLite database, the secret key and the admin token [default: ./rackshare-data]
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Address the API listens on [default: 127.0.0.1:8080]
+    /// Address the member-facing API listens on; never a boot listener's address and port [default: 127.0.0.1:8080]
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Port of each boot interface's own listener (boot files, boot scripts, the agent API) [default: 8080]
+    #[arg(long)]
+    pub boot_http_port: Option<u16>,
     /// Database URL: sqlite://PATH or postgres://… [default: SQLite in the data dir]
     #[arg(long, env = "RACKSHARE_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -90,7 +93,7 @@ pub struct ServeSettings {
     /// Directory with the iPXE binaries [default: DATA_DIR/boot, filled from Debian's ipxe package]
     #[arg(long)]
     pub pxe_root: Option<PathBuf>,
-    /// URL machines use to reach the HTTP boot server [default: http://SERVER_IP:API_PORT]
+    /// URL machines use to reach the HTTP boot server [default: http://SERVER_IP:BOOT_HTTP_PORT]
     #[arg(long)]
     pub pxe_http_base: Option<String>,
     /// Internal address range (CIDR) that image imports from a URL may reach anyway; repeat. Loopback, private, link-local, CGNAT, multicast and this host's addresses are refused otherwise
@@ -202,6 +205,7 @@ impl ServeSettings {
         ServeSettings {
             data_dir: self.data_dir.or(file.data_dir),
             listen: self.listen.or(file.listen),
+            boot_http_port: self.boot_http_port.or(file.boot_http_port),
             database_url: self.database_url.or(file.database_url),
             log_level: self.log_level.or(file.log_level),
             energy_interval_secs: self.energy_interval_secs.or(file.energy_interval_secs),
@@ -271,6 +275,9 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
     }
     if let Some(l) = s.listen {
         config.listen = l;
+    }
+    if let Some(p) = s.boot_http_port {
+        config.boot_http_port = p;
     }
     if let Some(url) = s.database_url {
         inventory::Backend::of_url(&url).context("--database-url")?;

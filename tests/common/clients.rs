@@ -25,9 +25,33 @@ pub fn agent_call_with(
     body: Option<&Value>,
     extra: &[&str],
 ) -> (u16, Vec<u8>) {
+    lab_call(lab, &format!("{LAB_API}{path}"), method, token, body, extra)
+}
+
+/// One HTTP call to `url` from the lab's server namespace: (status, body).
+pub fn lab_call(
+    lab: &Lab,
+    url: &str,
+    method: &str,
+    token: &str,
+    body: Option<&Value>,
+    extra: &[&str],
+) -> (u16, Vec<u8>) {
+    call_in(lab, &lab.srv, url, method, token, body, extra)
+}
+
+/// One HTTP call to `url` from namespace `ns`: (status, body).
+pub fn call_in(
+    lab: &Lab,
+    ns: &str,
+    url: &str,
+    method: &str,
+    token: &str,
+    body: Option<&Value>,
+    extra: &[&str],
+) -> (u16, Vec<u8>) {
     let out_file = lab.path(&format!("curl-{}.out", rand_tag()));
     let auth = format!("Authorization: Bearer {token}");
-    let url = format!("{LAB_API}{path}");
     let out_path = out_file.display().to_string();
     let data = body.map(|b| b.to_string());
     let mut argv = vec![
@@ -46,8 +70,8 @@ pub fn agent_call_with(
         argv.extend(["-H", "Content-Type: application/json", "--data-binary", d]);
     }
     argv.extend(extra);
-    argv.push(&url);
-    let out = lab.exec(&lab.srv, &argv, Duration::from_secs(30));
+    argv.push(url);
+    let out = lab.exec(ns, &argv, Duration::from_secs(30));
     let code: u16 = String::from_utf8_lossy(&out.stdout)
         .trim()
         .parse()
@@ -76,4 +100,57 @@ pub fn boot_token(lab: &Lab, mac: &str) -> (String, Option<String>) {
         .find_map(|w| w.strip_prefix("rackshare.token="))
         .map(str::to_string);
     (script, token)
+}
+
+/// The address the tests reserve for a machine's MAC on the lab segment (10.77.0.100 + the
+/// MAC's last byte), e.g. `s.cli(&["machine", "add", n, "--mac", &reserved(mac)])`.
+pub fn machine_ip(mac: &str) -> String {
+    let last = mac
+        .rsplit([':', '-'])
+        .next()
+        .and_then(|b| u8::from_str_radix(b, 16).ok())
+        .expect("a MAC");
+    format!("10.77.0.{}", 100 + u16::from(last) % 150)
+}
+
+/// `MAC=IP`: the `--mac` argument that reserves [`machine_ip`] for `mac`.
+pub fn reserved(mac: &str) -> String {
+    format!("{mac}={}", machine_ip(mac))
+}
+
+/// The agent's claim as the machine makes it: from a host on the boot segment (a veth on
+/// br0 with the machine's MAC and its reserved address [`machine_ip`]), reporting its MAC.
+pub fn agent_claim(lab: &Lab, mac: &str, token: &str) -> (u16, Vec<u8>) {
+    let colons = mac.replace('-', ":");
+    let body = serde_json::json!({ "macs": [colons] });
+    claim_from_host(lab, mac, token, &body)
+}
+
+/// A claim with `body` from the machine's host (see [`agent_claim`]).
+pub fn claim_from_host(lab: &Lab, mac: &str, token: &str, body: &Value) -> (u16, Vec<u8>) {
+    let ns = machine_host(lab, mac);
+    call_in(
+        lab,
+        &ns,
+        &format!("{LAB_API}/api/v1/agent/claim"),
+        "POST",
+        token,
+        Some(body),
+        &[],
+    )
+}
+
+/// The namespace that plays the machine with `mac` on br0, made on first use.
+pub fn machine_host(lab: &Lab, mac: &str) -> String {
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static MADE: Mutex<Option<HashSet<String>>> = Mutex::new(None);
+    let colons = mac.replace('-', ":");
+    let role = format!("m{}", colons.replace(':', ""));
+    let ns = format!("{}-{role}", lab.prefix);
+    let mut made = MADE.lock().unwrap_or_else(|e| e.into_inner());
+    if made.get_or_insert_with(HashSet::new).insert(ns.clone()) {
+        lab.add_host(&role, &colons, Some(&format!("{}/24", machine_ip(mac))));
+    }
+    ns
 }

@@ -8,15 +8,16 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Instant;
 
-/// `rackshare serve` inside the lab namespace `ns`: API on 10.77.0.1:8080, boot services on
-/// br0 (proxy mode unless `extra` says otherwise), data in `dir/data`.
+/// `rackshare serve` inside the lab namespace `ns`: the member API on 10.77.0.1:9090 (the
+/// service's `url`), boot services on br0 with the boot listener (boot files, the agent API)
+/// on 10.77.0.1:8080 ([`LAB_API`]), proxy mode unless `extra` says otherwise, data in `dir/data`.
 pub fn serve_in_lab(ns: &str, dir: tempfile::TempDir, extra: &[&str]) -> Service {
     let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into()];
     args.push(dir.path().join("data").display().to_string());
     args.extend(
         [
             "--listen",
-            "10.77.0.1:8080",
+            "10.77.0.1:9090",
             "--pxe-interface",
             "br0",
             "--energy-interval-secs",
@@ -107,5 +108,5 @@ pub fn install_agent_boot_files(boot_root: &Path) {
     }
 }
 
-/// Where `serve_in_lab` answers, inside the lab.
+/// Where `serve_in_lab`'s boot listener answers (boot scripts, the agent API), inside the lab.
 pub const LAB_API: &str = "http://10.77.0.1:8080";

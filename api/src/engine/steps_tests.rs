@@ -162,9 +162,9 @@ async fn power_cycle_arms_the_agent_then_cycles_and_power_off_disarms() {
     );
     let minted = lab
         .inv
-        .mint_agent_token(job.machine_id)
+        .armed_agent_token(job.machine_id)
         .await
-        .expect("mint");
+        .expect("token");
     assert!(minted.is_some(), "armed: the boot script hands out a token");
     let r = run_step(&ctx, &attempt(&job, StepName::PowerOff)).await;
     assert_eq!(r, Ok(StepOutcome::Done));
@@ -174,9 +174,9 @@ async fn power_cycle_arms_the_agent_then_cycles_and_power_off_disarms() {
     );
     let minted = lab
         .inv
-        .mint_agent_token(job.machine_id)
+        .armed_agent_token(job.machine_id)
         .await
-        .expect("mint");
+        .expect("token");
     assert!(minted.is_none(), "disarmed");
 }
 

@@ -2,13 +2,14 @@
 //! it presents the one-time token from its kernel command line once, then a session token
 //! bound to its job. Neither works for anything but that job.
 
+use crate::boot::BootConnection;
 use crate::state::AppState;
 use crate::ApiError;
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, Extensions, HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
-use inventory::{Job, JobKind};
+use inventory::{AuditOutcome, Job, JobKind, MacAddress, NewAuditEvent};
 use proto::{
     AgentAction, AgentResult, ClaimRequest, ClaimResponse, ImageSpec, ProgressReport, ResultAnswer,
     Task,
@@ -39,10 +40,18 @@ async fn session_job(st: &AppState, headers: &HeaderMap) -> Result<Job, ApiError
         })
 }
 
-/// The base URL the agent reaches the API at: the boot network's, else the Host it used.
-fn base_url(st: &AppState, headers: &HeaderMap) -> String {
+/// The boot listener's connection a request came on (None outside one: in-process tests).
+fn connection(ext: &Extensions) -> Option<BootConnection> {
+    ext.get::<ConnectInfo<BootConnection>>().map(|c| c.0)
+}
+
+/// The base URL the agent reaches the API at: the boot interface's the request arrived on,
+/// else the Host it used.
+fn base_url(st: &AppState, headers: &HeaderMap, conn: Option<BootConnection>) -> String {
     if let Some(b) = &st.boot {
-        return b.base.clone();
+        return b
+            .base_for(conn.and_then(|c| c.local).map(|a| a.ip()))
+            .to_string();
     }
     let host = headers
         .get(header::HOST)
@@ -51,8 +60,11 @@ fn base_url(st: &AppState, headers: &HeaderMap) -> String {
     format!("http://{host}")
 }
 
+/// `POST /api/v1/agent/claim`: the token, from the machine's own address in this boot, with
+/// the machine's MACs (crate::claim). A refused claim changes nothing; every claim is audited.
 pub async fn claim(
     State(st): State<AppState>,
+    ext: Extensions,
     headers: HeaderMap,
     body: Option<Json<ClaimRequest>>,
 ) -> Result<Json<ClaimResponse>, ApiError> {
@@ -63,6 +75,40 @@ pub async fn claim(
         .take(64)
         .map(|m| m.chars().take(32).collect())
         .collect();
+    let conn = connection(&ext);
+    let source = conn.and_then(|c| c.peer).map(|a| a.ip());
+    let source_text = source.map_or_else(|| "unknown".to_string(), |s| s.to_string());
+    let Some((job, attempt)) = st.inv.agent_token_attempt(token).await? else {
+        refuse(
+            &st,
+            None,
+            &source_text,
+            &macs,
+            "unknown, used or expired token",
+        )
+        .await;
+        return Err(ApiError::unauthenticated(
+            "the agent token is unknown, already used or expired; reboot the machine to get a new one",
+        ));
+    };
+    let machine = st.inv.machine(&job.machine).await?;
+    let seen = st.boot.as_ref().map(|b| &*b.seen);
+    let allowed = crate::claim::boot_addresses_of(&st.inv, &machine, seen, attempt).await?;
+    let mut reported = Vec::with_capacity(macs.len());
+    for m in &macs {
+        // A MAC that does not parse is nobody's: it neither proves nor disproves anything.
+        if let Ok(mac) = m.parse::<MacAddress>() {
+            let owner = st.inv.machine_by_mac(mac).await?.map(|o| o.name);
+            reported.push((mac, owner));
+        }
+    }
+    let own: Vec<MacAddress> = machine.nics.iter().map(|n| n.mac).collect();
+    if let Err(why) = crate::claim::check_claim(&machine.name, &own, source, &allowed, &reported) {
+        refuse(&st, Some(&job), &source_text, &macs, &why.to_string()).await;
+        return Err(ApiError::forbidden(
+            "this claim is not from the machine's own address and NICs in this boot",
+        ));
+    }
     let claim = st.inv.claim_agent(token, &macs).await.map_err(|e| match e {
         inventory::Error::NotFound { .. } => ApiError::unauthenticated(
             "the agent token is unknown, already used or expired; reboot the machine to get a new one",
@@ -70,13 +116,35 @@ pub async fn claim(
         other => other.into(),
     })?;
     let job = claim.job;
-    let task = task_for(&st, &job, &base_url(&st, &headers)).await?;
-    tracing::info!(job = job.id, machine = %job.machine, "agent claimed its job");
+    let ev = NewAuditEvent::ok("agent", "job.agent_claim", "job", &job.id.to_string())
+        .machine(Some(job.machine.clone()))
+        .detail(serde_json::json!({ "source": source_text, "macs": macs }));
+    // The claim is committed; an audit line that cannot be written is logged, not a reason
+    // to strand the agent (its job's event log has the claim too).
+    if let Err(e) = st.inv.record(ev).await {
+        tracing::warn!(job = job.id, error = %e, "could not audit an agent claim");
+    }
+    let task = task_for(&st, &job, &base_url(&st, &headers, conn)).await?;
+    tracing::info!(job = job.id, machine = %job.machine, source = %source_text, "agent claimed its job");
     Ok(Json(ClaimResponse {
         job_id: job.id,
         session: claim.session,
         task,
     }))
+}
+
+/// Counts and audits a refused claim (outcome `denied`, with where it came from).
+async fn refuse(st: &AppState, job: Option<&Job>, source: &str, macs: &[String], why: &str) {
+    st.http_metrics.agent_claim_refused();
+    let target = job.map_or_else(|| "unknown".to_string(), |j| j.id.to_string());
+    let ev = NewAuditEvent::ok("agent", "job.agent_claim", "job", &target)
+        .outcome(AuditOutcome::Denied)
+        .machine(job.map(|j| j.machine.clone()))
+        .detail(serde_json::json!({ "source": source, "macs": macs, "reason": why }));
+    tracing::warn!(job = %target, source, reason = why, "refused an agent claim");
+    if let Err(e) = st.inv.record(ev).await {
+        tracing::warn!(error = %e, "could not audit a refused agent claim");
+    }
 }
 
 /// What the agent of `job` is told to do; `base` is where it reaches the API.

@@ -1,8 +1,8 @@
 //! `GET /boot/{file}`: what firmware and iPXE fetch over HTTP. `MAC.ipxe` is the machine's
 //! boot script, decided here from its state and job (and where a job waits for its agent,
-//! with a freshly minted one-time token); anything else is a file of the boot root.
+//! with the boot attempt's one-time token); anything else is a file of the boot root.
 
-use crate::boot::{intent_for, LocalAddr};
+use crate::boot::{intent_for, BootConnection};
 use crate::state::AppState;
 use crate::ApiError;
 use axum::extract::{Path, Request, State};
@@ -30,8 +30,8 @@ pub async fn boot_file(
         // The machine is sent URLs on the address of the interface it asked on.
         let local = req
             .extensions()
-            .get::<axum::extract::ConnectInfo<LocalAddr>>()
-            .and_then(|c| c.0 .0)
+            .get::<axum::extract::ConnectInfo<BootConnection>>()
+            .and_then(|c| c.0.local)
             .map(|a| a.ip());
         let base = boot.base_for(local).to_string();
         return boot_script(&st, mac, &base).await;
@@ -105,9 +105,9 @@ async fn script_for(st: &AppState, m: &Machine, base: &str) -> Result<BootScript
     if matches!(intent, BootIntent::LocalDisk | BootIntent::Ignore) {
         return Ok(BootScript::LocalDisk);
     }
-    // Only a job that waits for its agent gets a token, freshly minted (single use,
-    // short-lived): this script is readable by anyone on the boot network.
-    if let Some((_, token, kind)) = st.inv.mint_agent_token(m.id).await? {
+    // Only a job whose boot attempt waits for its agent gets a token: the attempt's own
+    // (the conductor armed it; a fetch never makes or changes one), single use.
+    if let Some((_, token, kind)) = st.inv.armed_agent_token(m.id).await? {
         return Ok(BootScript::Agent(agent_boot(
             base,
             kind.agent_mode(),

@@ -22,7 +22,8 @@ use axum::response::Response;
 use axum::routing::{delete, get, post};
 use axum::Router;
 
-/// Every route of the service.
+/// The member-facing API: everything but boot files and the agent's endpoints, which only
+/// the boot listeners serve ([`boot_router`]); here those paths are 404 like any unknown one.
 pub fn router(state: AppState) -> Router {
     let v1 = Router::new()
         .route("/openapi.json", get(system::openapi))
@@ -93,10 +94,6 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}", get(jobs::show))
         .route("/jobs/{id}/events", get(jobs::events))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/agent/claim", post(agent::claim))
-        .route("/agent/image", get(agent::image))
-        .route("/agent/progress", post(agent::progress))
-        .route("/agent/result", post(agent::result))
         .route("/events", get(events::list))
         .route("/trust/key", get(certificates::key))
         .route("/certificates/{id}", get(certificates::download))
@@ -107,12 +104,30 @@ pub fn router(state: AppState) -> Router {
             // A whole cooperative's inventory is larger than axum's 2 MB default.
             post(system::import).layer(DefaultBodyLimit::max(512 * 1024 * 1024)),
         );
-    Router::new()
+    let app = Router::new()
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
+        .nest("/api/v1", v1);
+    finish(state, app)
+}
+
+/// What a boot interface's own address serves: boot files and scripts, and the agent's
+/// endpoints. Nothing a member reaches is here, and nothing here is on the member listener.
+pub fn boot_router(state: AppState) -> Router {
+    let agent = Router::new()
+        .route("/claim", post(agent::claim))
+        .route("/image", get(agent::image))
+        .route("/progress", post(agent::progress))
+        .route("/result", post(agent::result));
+    let app = Router::new()
         .route("/boot/{file}", get(boot::boot_file))
-        .nest("/api/v1", v1)
-        .fallback(not_found)
+        .nest("/api/v1/agent", agent);
+    finish(state, app)
+}
+
+/// The JSON fallbacks and the layers every listener's router has.
+fn finish(state: AppState, app: Router<AppState>) -> Router {
+    app.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -1,5 +1,5 @@
-//! The agent's side of a job: arming the boot script, one-time tokens, the session, progress
-//! and the result. Tokens and sessions are stored hashed on the job row.
+//! The agent's side of a job: arming a boot attempt, its one-time token, the session,
+//! progress and the result. Tokens and sessions are stored hashed on the job row.
 
 use super::model::{AgentClaim, Job, JobKind};
 use crate::secrets::sha256_hex;
@@ -7,25 +7,50 @@ use crate::{now_ms, Error, Inventory, Result};
 use rand::RngCore;
 use sqlx::Row;
 
-/// A random token for the agent: 32 bytes, hex, with a prefix saying what it is.
+/// A random token for the agent (its session): 32 bytes, hex, with a prefix saying what it is.
 fn agent_token(kind: &str) -> String {
     let mut b = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut b);
     format!("rsa{kind}_{}", hex::encode(b))
 }
 
-/// How long a minted boot token may wait for its claim.
+/// How long a boot attempt's token may wait for its claim (the wait-agent step re-arms
+/// sooner when the agent does not show up).
 pub const AGENT_TOKEN_TTL_MS: i64 = 10 * 60 * 1000;
 
 impl Inventory {
-    /// From now on the boot script of the job's machine mints agent tokens (or stops, with
-    /// `armed` false).
+    /// Starts (with `armed`) a boot attempt of the job: its agent token is derived from the
+    /// job and this attempt (`SecretBox::agent_boot_token`) and only its hash is stored, so
+    /// every fetch of the boot script in the attempt carries the same token. `armed` false
+    /// ends the attempt: the token stops working.
     pub async fn arm_agent(&self, id: i64, armed: bool) -> Result<()> {
         let mut tx = self.begin_write().await?;
+        let now = now_ms();
+        // The attempt id is the arming time, never reused for the job: a retry within the
+        // same millisecond still gets a new token.
+        let previous: Option<i64> =
+            sqlx::query_scalar("SELECT agent_armed_at FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten();
+        let attempt = previous.map_or(now, |p| now.max(p + 1));
+        let (armed_at, hash, expires) = if armed {
+            let token = self.secrets.agent_boot_token(id, attempt);
+            (
+                Some(attempt),
+                Some(sha256_hex(&token)),
+                Some(attempt + AGENT_TOKEN_TTL_MS),
+            )
+        } else {
+            (None, None, None)
+        };
         sqlx::query(
-            "UPDATE jobs SET agent_armed_at = $1, agent_token_hash = NULL, agent_token_expires_at = NULL WHERE id = $2",
+            "UPDATE jobs SET agent_armed_at = $1, agent_token_hash = $2, agent_token_expires_at = $3 WHERE id = $4",
         )
-        .bind(if armed { Some(now_ms()) } else { None })
+        .bind(armed_at)
+        .bind(hash)
+        .bind(expires)
         .bind(id)
         .execute(&mut *tx)
         .await?;
@@ -33,35 +58,54 @@ impl Inventory {
         Ok(())
     }
 
-    /// For a machine whose running job waits for its agent: a fresh one-time token (the
-    /// previous unclaimed one stops working) and the agent mode. None when nothing waits.
-    pub async fn mint_agent_token(
+    /// For a machine whose running job waits for its agent in this boot attempt: the
+    /// attempt's token (the same at every call; nothing is written) and the agent mode.
+    /// None when nothing waits, or the attempt's token was claimed or has expired.
+    pub async fn armed_agent_token(
         &self,
         machine_id: i64,
     ) -> Result<Option<(i64, String, JobKind)>> {
-        let mut tx = self.begin_write().await?;
         let row = sqlx::query(
-            "SELECT id, kind FROM jobs WHERE machine_id = $1 AND state = 'running' AND agent_armed_at IS NOT NULL",
+            "SELECT id, kind, agent_armed_at, agent_token_hash FROM jobs WHERE machine_id = $1 AND state = 'running' \
+             AND agent_armed_at IS NOT NULL AND agent_token_hash IS NOT NULL AND agent_token_expires_at > $2",
         )
         .bind(machine_id)
-        .fetch_optional(&mut *tx)
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
         .await?;
         let Some(row) = row else {
             return Ok(None);
         };
         let id: i64 = row.try_get("id")?;
         let kind: String = row.try_get("kind")?;
-        let token = agent_token("t");
-        sqlx::query(
-            "UPDATE jobs SET agent_token_hash = $1, agent_token_expires_at = $2 WHERE id = $3",
-        )
-        .bind(sha256_hex(&token))
-        .bind(now_ms() + AGENT_TOKEN_TTL_MS)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        let attempt: i64 = row.try_get("agent_armed_at")?;
+        let stored: String = row.try_get("agent_token_hash")?;
+        let token = self.secrets.agent_boot_token(id, attempt);
+        // A hash that does not match is an attempt armed under another secret key (the key
+        // was replaced): its token cannot be rebuilt, so none is handed out.
+        if !crate::secrets::ct_eq(&sha256_hex(&token), &stored) {
+            return Ok(None);
+        }
         Ok(Some((id, token, kind.parse()?)))
+    }
+
+    /// The running job and boot attempt (its arming time) an unclaimed, unexpired agent token
+    /// belongs to; reads only, so a claim can be checked before the token is consumed.
+    pub async fn agent_token_attempt(&self, token: &str) -> Result<Option<(Job, i64)>> {
+        let row = sqlx::query(
+            "SELECT id, agent_armed_at FROM jobs WHERE agent_token_hash = $1 AND state = 'running' \
+             AND agent_armed_at IS NOT NULL AND agent_token_expires_at > $2",
+        )
+        .bind(sha256_hex(token))
+        .bind(now_ms())
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let id: i64 = row.try_get("id")?;
+        let attempt: i64 = row.try_get("agent_armed_at")?;
+        Ok(Some((self.job(id).await?, attempt)))
     }
 
     /// The agent presents its one-time token: consumed here, exchanged for a session token.

@@ -13,6 +13,9 @@ use crate::metrics::DropReason;
 
 impl DhcpCore {
     pub(super) async fn proxy(&self, req: &Request, port: Port, src: SocketAddrV4) -> DhcpOutcome {
+        if let Some(ip) = address_shown(req, port) {
+            self.directory.address_seen(req.mac, ip);
+        }
         let mt = match (port, req.msg_type) {
             (Port::Dhcp, MessageType::Discover) => MessageType::Offer,
             (Port::Proxy, MessageType::Request | MessageType::Inform) => MessageType::Ack,
@@ -41,4 +44,20 @@ impl DhcpCore {
         };
         self.send_now(&m, dest, port, mt)
     }
+}
+
+/// The address a proxy-mode client shows in `req`: its REQUEST's requested address (option 50)
+/// to the network's DHCP server, else a non-zero ciaddr (a renewal, or its request to 4011).
+fn address_shown(req: &Request, port: Port) -> Option<Ipv4Addr> {
+    use dhcproto::v4::{DhcpOption, OptionCode};
+    if !matches!(req.msg_type, MessageType::Request | MessageType::Inform) {
+        return None;
+    }
+    let requested = match (port, req.msg.opts().get(OptionCode::RequestedIpAddress)) {
+        (Port::Dhcp, Some(DhcpOption::RequestedIpAddress(ip))) => Some(*ip),
+        _ => None,
+    };
+    requested
+        .or(Some(req.msg.ciaddr()))
+        .filter(|ip| !ip.is_unspecified() && !ip.is_broadcast())
 }
