@@ -14,7 +14,7 @@ MIB=${1:-64}
 NS=rsbench-reimage-$$
 MAC=52:54:00:be:0e:01
 MACURL=52-54-00-be-0e-01
-API=http://10.77.0.1:8080
+API=http://10.77.0.1:9090  # the member API; agents use the boot listener on :8080
 
 . "$ROOT/bench/lib.sh"
 need_root
@@ -60,7 +60,7 @@ head -c $((MIB << 20)) /dev/urandom > "$WORK/image.raw"
 SHA=$(sha256sum "$WORK/image.raw" | cut -d' ' -f1)
 cp "$WORK/image.raw" "$WORK/data/boot/bench.raw"
 
-ip netns exec "$NS" "$BIN" serve --data-dir "$WORK/data" --listen 10.77.0.1:8080 \
+ip netns exec "$NS" "$BIN" serve --data-dir "$WORK/data" --listen 10.77.0.1:9090 \
   --pxe-interface br0 --pxe-mode authoritative --pxe-pool 10.77.0.100-10.77.0.150 --pxe-force \
   --energy-interval-secs 0 > "$WORK/serve.out" 2> "$WORK/serve.log" &
 SERVE_PID=$!
