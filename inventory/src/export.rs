@@ -521,6 +521,8 @@ impl Inventory {
                 }
                 _ => None,
             };
+            // Deliberately its own INSERT beside `enrol`'s: an import keeps the exported
+            // state-change time ($18), where enrolment stamps now.
             let id: i64 = sqlx::query_scalar(
                 "INSERT INTO machines (name, serial, vendor, model, arch, cpu_count, cpu_model, ram_mib, disks, tags, \
                  site_id, rack_id, rack_unit, notes, state, state_reason, state_changed_at, created_at, updated_at) \

@@ -66,6 +66,8 @@ impl JobKind {
         }
         // Agent steps time out on silence (no progress report), not on total duration: a big
         // image on a slow disk is fine as long as the agent keeps talking.
+        // The plans are data and deliberately spelled out whole, though they share their
+        // first and last steps: a reader sees each job's steps in order, in one place.
         const REIMAGE: &[StepSpec] = &[
             s(SetPxeBoot, 3, 120),
             s(PowerCycle, 3, 300),
