@@ -191,7 +191,7 @@ fn boot_agent(
     );
     // A serial, as real disks have: the server matches wipe reports to the inventory by it.
     let drive = format!(
-        "file={},format=raw,if=virtio,serial=RSVM-DISK0{drive_opts}",
+        "file={},format=raw,if=none,id=d0{drive_opts}",
         disk.display()
     );
     let nic = format!("virtio-net-pci,netdev=n0,mac={MAC}");
@@ -221,6 +221,9 @@ fn boot_agent(
             &nic,
             "-drive",
             &drive,
+            // QEMU 7.2 takes a serial on the device, not on `-drive`.
+            "-device",
+            "virtio-blk-pci,drive=d0,serial=RSVM-DISK0",
             "-serial",
             &serial_arg,
         ],

@@ -580,6 +580,18 @@ async fn every_documented_operation_is_routed() {
                 .expect("req");
             let status = r.status().as_u16();
             let body = r.text().await.unwrap_or_default();
+            if ops[method]["x-rackshare-listener"] == "boot" {
+                // Boot files and the agent's endpoints live only on the boot interfaces.
+                assert!(
+                    status == 404 && body.contains("no such endpoint"),
+                    "{method} {path} is a boot-listener operation but the member API answers it ({status}: {body})"
+                );
+                continue;
+            }
+            assert_eq!(
+                ops[method]["x-rackshare-listener"], "member",
+                "{method} {path}"
+            );
             assert!(
                 !body.contains("no such endpoint") && status != 405,
                 "{method} {path} is documented but not routed ({status}: {body})"

@@ -32,6 +32,14 @@ macro_rules! op {
     };
 }
 
+impl Operation {
+    /// Whether the operation is served on the boot listeners (boot files and the agent's
+    /// endpoints) rather than on the member API: the split `routes::boot_router` makes.
+    pub fn on_boot_listener(&self) -> bool {
+        self.path.starts_with("/boot/") || self.path.starts_with("/api/v1/agent/")
+    }
+}
+
 /// Every operation of the API.
 pub const OPERATIONS: &[Operation] = &[
     op!("get", "/healthz", "Liveness and database reachability", "anyone", None, Some("Status")),
@@ -243,6 +251,7 @@ pub fn document() -> Value {
     let mut paths: Map<String, Value> = Map::new();
     for op in OPERATIONS {
         let mut o = json!({
+            "x-rackshare-listener": if op.on_boot_listener() { "boot" } else { "member" },
             "summary": op.summary,
             "description": format!("Allowed: {}.", op.roles),
             "responses": {
