@@ -3,10 +3,12 @@
 mod agent_build;
 mod cli;
 mod client;
+mod debs;
 mod doctor;
 mod jobs_cli;
 mod lab;
 mod output;
+mod ramdisk;
 mod serve;
 
 use clap::Parser;

@@ -1,6 +1,6 @@
 //! `rackshare lab` end to end: `lab up --machines 2 --firmware mixed`, a member leases both
-//! machines, reimages them with the demo image, both reach `deployed`; the BIOS one's serial
-//! shows the demo's login prompt; release wipes them; `lab down` leaves nothing behind.
+//! machines, reimages them with the demo image, both reach `deployed` and both serials (BIOS
+//! and UEFI) show the demo's login prompt; release wipes them; `lab down` leaves nothing behind.
 //! Heavy (QEMU, namespaces): run under the shared lock.
 
 mod common;
@@ -11,6 +11,18 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 const API_PORT: &str = "18181";
+
+/// Runs `lab down` for its state dir when dropped, so a failing test leaves no lab behind
+/// (a later `lab up` would refuse the namespace).
+struct LabDown(String);
+
+impl Drop for LabDown {
+    fn drop(&mut self) {
+        let _ = Command::new(common::BIN)
+            .args(["lab", "down", "--state-dir", &self.0])
+            .output();
+    }
+}
 
 fn rackshare(token: &str, args: &[&str]) -> Output {
     Command::new(common::BIN)
@@ -78,6 +90,7 @@ fn a_lab_is_brought_up_leased_reimaged_wiped_and_torn_down() {
     let dir = tempfile::tempdir().expect("tmp");
     let state = dir.path().join("lab");
     let sd = state.display().to_string();
+    let _down = LabDown(sd.clone());
     let t0 = Instant::now();
     let up = Command::new(common::BIN)
         .args(["lab", "up", "--machines", "2", "--firmware", "mixed"])
@@ -165,16 +178,19 @@ fn a_lab_is_brought_up_leased_reimaged_wiped_and_torn_down() {
         );
         eprintln!("{m} deployed after {:.1} s", t1.elapsed().as_secs_f64());
     }
-    wait_until(
-        "the demo's login prompt",
-        Duration::from_secs(120),
-        &state,
-        || {
-            std::fs::read_to_string(state.join("vms/lab-1/serial.log"))
-                .unwrap_or_default()
-                .contains("lab-demo login:")
-        },
-    );
+    // The demo image boots under BIOS (lab-1) and UEFI (lab-2) alike.
+    for m in ["lab-1", "lab-2"] {
+        wait_until(
+            &format!("{m}'s demo login prompt"),
+            Duration::from_secs(180),
+            &state,
+            || {
+                std::fs::read_to_string(state.join(format!("vms/{m}/serial.log")))
+                    .unwrap_or_default()
+                    .contains("lab-demo login:")
+            },
+        );
+    }
 
     ok(&ada, &["lease", "release", &lease_id]);
     for m in ["lab-1", "lab-2"] {
@@ -184,7 +200,10 @@ fn a_lab_is_brought_up_leased_reimaged_wiped_and_torn_down() {
             &state,
             || {
                 let s = json(&admin, &["machine", "show", m])["state"].clone();
-                assert_ne!(s, "failed", "{m} failed its wipe");
+                if s == "failed" {
+                    let jobs = json(&admin, &["job", "list", "--machine", m, "--limit", "1"]);
+                    panic!("{m} failed its wipe: {jobs:#}");
+                }
                 s == "available"
             },
         );

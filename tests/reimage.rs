@@ -354,6 +354,7 @@ async fn uefi_vm_in_proxy_mode_refuses_a_corrupt_image_then_deploys_a_good_one()
     assert_eq!(r.vm.disk_sha256((IMAGE_MIB << 20) as u64), sha);
 }
 
+/// The stored blob (`images/…/blobs/sha256/SHA`), not its content index of the same name.
 fn find_blob(data: &Path, sha: &str) -> std::path::PathBuf {
     let mut stack = vec![data.join("images")];
     while let Some(d) = stack.pop() {
@@ -361,10 +362,8 @@ fn find_blob(data: &Path, sha: &str) -> std::path::PathBuf {
             let p = e.path();
             if p.is_dir() {
                 stack.push(p);
-            } else if p
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.contains(sha))
+            } else if p.file_name().and_then(|n| n.to_str()) == Some(sha)
+                && p.parent().is_some_and(|d| d.ends_with("blobs/sha256"))
             {
                 return p;
             }

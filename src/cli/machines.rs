@@ -31,6 +31,49 @@ pub struct BmcArgs {
     pub bmc_ca: Option<PathBuf>,
 }
 
+/// A machine's descriptive details, the same for `machine add` and `machine edit`.
+#[derive(Debug, Args)]
+pub struct DetailArgs {
+    /// CPU architecture
+    #[arg(long)]
+    pub arch: Option<String>,
+    /// Site
+    #[arg(long)]
+    pub site: Option<String>,
+    /// Rack (needs --site)
+    #[arg(long)]
+    pub rack: Option<String>,
+    /// Position in the rack, e.g. U12
+    #[arg(long)]
+    pub rack_unit: Option<String>,
+    /// Serial number
+    #[arg(long)]
+    pub serial: Option<String>,
+    /// Memory in GiB
+    #[arg(long)]
+    pub ram_gib: Option<i64>,
+    /// Logical CPUs
+    #[arg(long)]
+    pub cpus: Option<i64>,
+    /// Notes
+    #[arg(long)]
+    pub notes: Option<String>,
+}
+
+impl DetailArgs {
+    /// Puts the details that were given into a request body.
+    fn put_into(self, o: &mut Map<String, Value>) {
+        put(o, "arch", self.arch);
+        put(o, "site", self.site);
+        put(o, "rack", self.rack);
+        put(o, "rack_unit", self.rack_unit);
+        put(o, "serial", self.serial);
+        put(o, "notes", self.notes);
+        put(o, "ram_mib", self.ram_gib.map(|g| g.saturating_mul(1024)));
+        put(o, "cpu_count", self.cpus);
+    }
+}
+
 /// `rackshare machine …`.
 #[derive(Debug, Subcommand)]
 pub enum MachineCmd {
@@ -42,33 +85,11 @@ pub enum MachineCmd {
         macs: Vec<String>,
         #[command(flatten)]
         bmc: BmcArgs,
-        /// CPU architecture
-        #[arg(long)]
-        arch: Option<String>,
         /// Tag (repeat)
         #[arg(long = "tag")]
         tags: Vec<String>,
-        /// Site
-        #[arg(long)]
-        site: Option<String>,
-        /// Rack (needs --site)
-        #[arg(long)]
-        rack: Option<String>,
-        /// Position in the rack, e.g. U12
-        #[arg(long)]
-        rack_unit: Option<String>,
-        /// Serial number
-        #[arg(long)]
-        serial: Option<String>,
-        /// Memory in GiB
-        #[arg(long)]
-        ram_gib: Option<i64>,
-        /// Logical CPUs
-        #[arg(long)]
-        cpus: Option<i64>,
-        /// Notes
-        #[arg(long)]
-        notes: Option<String>,
+        #[command(flatten)]
+        details: DetailArgs,
     },
     /// List machines
     List {
@@ -104,22 +125,8 @@ pub enum MachineCmd {
         add_tags: Vec<String>,
         #[arg(long = "remove-tag")]
         remove_tags: Vec<String>,
-        #[arg(long)]
-        arch: Option<String>,
-        #[arg(long)]
-        site: Option<String>,
-        #[arg(long)]
-        rack: Option<String>,
-        #[arg(long)]
-        rack_unit: Option<String>,
-        #[arg(long)]
-        serial: Option<String>,
-        #[arg(long)]
-        ram_gib: Option<i64>,
-        #[arg(long)]
-        cpus: Option<i64>,
-        #[arg(long)]
-        notes: Option<String>,
+        #[command(flatten)]
+        details: DetailArgs,
         #[command(flatten)]
         bmc: BmcArgs,
         /// Remove the BMC
@@ -240,28 +247,14 @@ pub async fn run(c: &Client, fmt: Format, cmd: MachineCmd) -> anyhow::Result<()>
             name,
             macs,
             bmc,
-            arch,
             tags,
-            site,
-            rack,
-            rack_unit,
-            serial,
-            ram_gib,
-            cpus,
-            notes,
+            details,
         } => {
             let mut body = json!({"name": name, "nics": nics_body(&macs), "tags": tags});
             let o = body
                 .as_object_mut()
                 .ok_or_else(|| anyhow!("internal: body"))?;
-            put(o, "arch", arch);
-            put(o, "site", site);
-            put(o, "rack", rack);
-            put(o, "rack_unit", rack_unit);
-            put(o, "serial", serial);
-            put(o, "notes", notes);
-            put(o, "ram_mib", ram_gib.map(|g| g.saturating_mul(1024)));
-            put(o, "cpu_count", cpus);
+            details.put_into(o);
             if let Some(b) = bmc_body(&bmc)? {
                 o.insert("bmc".into(), b);
             }
@@ -310,14 +303,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: MachineCmd) -> anyhow::Result<()>
             macs,
             add_tags,
             remove_tags,
-            arch,
-            site,
-            rack,
-            rack_unit,
-            serial,
-            ram_gib,
-            cpus,
-            notes,
+            details,
             bmc,
             remove_bmc,
         } => {
@@ -332,14 +318,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: MachineCmd) -> anyhow::Result<()>
                     Value::Array(macs.iter().map(|m| json!({"mac": m})).collect()),
                 );
             }
-            put(o, "arch", arch);
-            put(o, "site", site);
-            put(o, "rack", rack);
-            put(o, "rack_unit", rack_unit);
-            put(o, "serial", serial);
-            put(o, "notes", notes);
-            put(o, "ram_mib", ram_gib.map(|g| g.saturating_mul(1024)));
-            put(o, "cpu_count", cpus);
+            details.put_into(o);
             if let Some(b) = bmc_body(&bmc)? {
                 o.insert("bmc".into(), b);
             }

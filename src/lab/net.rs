@@ -80,7 +80,13 @@ pub fn remove_network() -> anyhow::Result<()> {
         ip(&format!("netns del {NETNS}"))?;
     }
     if ip(&format!("link show {HOST_VETH}")).is_ok() {
-        ip(&format!("link del {HOST_VETH}"))?;
+        // The kernel removes the veth's host end after the namespace asynchronously: it may
+        // vanish between the show and the del, which is the outcome we want.
+        if let Err(e) = ip(&format!("link del {HOST_VETH}")) {
+            if !e.to_string().contains("Cannot find device") {
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }

@@ -215,6 +215,8 @@ async fn build(a: UpArgs) -> anyhow::Result<()> {
     }
     let s = |p: &Path| p.display().to_string();
     // An IPv6 router advertisement, as real networks have: iPXE waits ~13 s for one otherwise.
+    // Deliberate repeat of testkit's `start_router_advertiser`: the product must not depend on
+    // the test harness, nor the harness on the product's lab.
     let ra: Vec<String> = [
         "dnsmasq",
         "-d",
@@ -291,7 +293,10 @@ async fn build(a: UpArgs) -> anyhow::Result<()> {
     let c = Client::new(&record.url, Some(token.clone()))?;
     wait_for_api(&c, &serve_log).await?;
 
-    progress(t0, "enrolling the VMs with their BMCs (Redfish)");
+    progress(
+        t0,
+        "enrolling the VMs with their BMCs (Redfish) and reading their hardware",
+    );
     let password = std::fs::read_to_string(state.join("bmc-password"))?;
     for m in &record.machines {
         c.post(
@@ -304,6 +309,13 @@ async fn build(a: UpArgs) -> anyhow::Result<()> {
         )
         .await
         .with_context(|| format!("enrolling {}", m.name))?;
+        // Its disks (serials, sizes) from the BMC: a wipe report is checked against them.
+        c.post(
+            &format!("/api/v1/machines/{}/inspect", enc(&m.name)),
+            &json!({}),
+        )
+        .await
+        .with_context(|| format!("inspecting {} through its BMC", m.name))?;
         c.post(
             &format!("/api/v1/machines/{}/state", enc(&m.name)),
             &json!({"state": "available", "reason": "lab up"}),
@@ -314,7 +326,14 @@ async fn build(a: UpArgs) -> anyhow::Result<()> {
 
     progress(t0, "demo image");
     let img = state.join("demo.raw");
-    demo::write(&img)?;
+    if !img.is_file() {
+        demo::build(
+            &data.join("cache/demo"),
+            &data.join("boot/agent-vmlinuz"),
+            &img,
+        )
+        .context("building the demo image (Debian's kernel, busybox and SYSLINUX)")?;
+    }
     c.upload(&format!("/api/v1/images?name={DEMO_IMAGE}"), &img)
         .await
         .context("adding the demo image")?;
@@ -328,7 +347,10 @@ async fn build(a: UpArgs) -> anyhow::Result<()> {
     println!("rackshare lab status --state-dir {sd}");
     println!("rackshare lease create --count 1 --duration 2h    # or reimage directly as admin:");
     println!("rackshare reimage lab-1 --image {DEMO_IMAGE} --wait");
-    println!("tail -f {sd}/vms/lab-1/serial.log    # watch it boot to a login prompt");
+    println!(
+        "tail -f {sd}/vms/lab-1/serial.log    # watch it boot to \"{}\" (user root, no password)",
+        demo::LOGIN_PROMPT
+    );
     println!("rackshare lab down --state-dir {sd}");
     Ok(())
 }

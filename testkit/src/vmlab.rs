@@ -691,6 +691,7 @@ impl Drop for Vm {
 
 /// dnsmasq sending IPv6 router advertisements (and nothing else) on the lab's `br0`, so iPXE
 /// does not wait ~13 s for one. Gives `br0` the ULA fd77::1/64. Killed when the lab drops.
+/// (Deliberately the same dnsmasq arguments as `rackshare lab up`'s: neither side depends on the other.)
 /// Returns dnsmasq's log path.
 pub fn start_router_advertiser(lab: &Lab) -> PathBuf {
     require("dnsmasq", "dnsmasq-base");
