@@ -41,6 +41,31 @@ fn respond(w: &mut TcpStream, code: &str, body: &str) -> std::io::Result<()> {
     )
 }
 
+/// What the double's server chooses to have read back: the first 4 KiB and 4 KiB at 1 MiB
+/// of a deploy's disk; the first and the last 4 KiB of each wiped disk.
+fn challenge_for(body: &str) -> serde_json::Value {
+    let req: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let disks: Vec<serde_json::Value> = req["disks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    let size = d["size_bytes"].as_u64().unwrap_or(0);
+                    serde_json::json!({"name": d["name"], "ranges": [
+                        {"offset": 0, "length": 4096},
+                        {"offset": size.saturating_sub(4096), "length": 4096}]})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let ranges = if disks.is_empty() {
+        serde_json::json!([{"offset": 0, "length": 4096}, {"offset": 1 << 20, "length": 4096}])
+    } else {
+        serde_json::json!([])
+    };
+    serde_json::json!({"ranges": ranges, "disks": disks})
+}
+
 fn handle(api: &Api, stream: TcpStream) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut r = BufReader::new(stream.try_clone()?);
@@ -86,6 +111,9 @@ fn handle(api: &Api, stream: TcpStream) -> std::io::Result<()> {
                 }
             }
             write!(w, "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        }
+        ("POST", "/api/v1/agent/challenge", "Bearer sess") => {
+            respond(&mut w, "200 OK", &challenge_for(&body).to_string())
         }
         ("POST", "/api/v1/agent/result", "Bearer sess") => {
             api.seen.lock().expect("lock").result = serde_json::from_str(&body).ok();
@@ -266,6 +294,7 @@ fn sha_hex(b: &[u8]) -> String {
 #[test]
 fn the_agent_boots_in_qemu_and_deploys_an_image() {
     let image = pseudo_random(IMAGE_BYTES, 77);
+    let image_copy = image.clone();
     let sha = sha_hex(&image);
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = dir.path().join("disk.img");
@@ -293,6 +322,14 @@ fn the_agent_boots_in_qemu_and_deploys_an_image() {
     assert_eq!(r["deploy"]["sha256"], sha.as_str(), "{r}");
     assert_eq!(r["deploy"]["written_bytes"], IMAGE_BYTES as u64);
     assert_eq!(r["deploy"]["target_disk"], "/dev/vda");
+    // The challenge is answered from the disk, before the seed.
+    let answered = &r["deploy"]["challenge"];
+    assert_eq!(answered[0]["sha256"], sha_hex(&image_copy[..4096]), "{r}");
+    assert_eq!(
+        answered[1]["sha256"],
+        sha_hex(&image_copy[1 << 20..(1 << 20) + 4096]),
+        "{r}"
+    );
     assert_eq!(
         r["deploy"]["seed"], "skipped: no Linux root filesystem on the image",
         "random bytes have no filesystem"
@@ -341,6 +378,11 @@ fn the_agent_wipes_then_inspects_a_vm() {
         disks[0]["verification"], "66 sampled 1 MiB blocks read back as zero",
         "{r}"
     );
+    let zeros = sha_hex(&[0u8; 4096]);
+    let samples = disks[0]["samples"].as_array().expect("samples");
+    assert_eq!(samples.len(), 2, "{r}");
+    assert!(samples.iter().all(|s| s["sha256"] == zeros.as_str()), "{r}");
+    assert_eq!(samples[1]["offset"], size as u64 - 4096, "{r}");
     assert!(run.phases.iter().any(|p| p == "wiping"), "{:?}", run.phases);
     let after = std::fs::read(&disk).expect("read the VM's disk");
     assert!(

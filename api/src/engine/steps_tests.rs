@@ -229,9 +229,57 @@ async fn verify_compares_the_read_back_with_the_image() {
         !f.retry && f.message.contains("reads back sha256 00"),
         "{f:?}"
     );
+    // The audit's forger: the hash the claim returned, and no challenge asked for.
     lab.inv.reset_agent(job.id).await.expect("reset");
-    let good =
+    let forged =
         serde_json::json!({"ok": true, "deploy": {"sha256": "AB".repeat(32), "seed": "written"}});
+    lab.inv.agent_result(job.id, &forged).await.expect("report");
+    let f = run_step(&ctx, &attempt(&job, StepName::Verify))
+        .await
+        .expect_err("forged");
+    assert!(
+        !f.retry && f.message.contains("without asking for the challenge"),
+        "{f:?}"
+    );
+    // Asked, but not answered: still forged.
+    lab.inv.reset_agent(job.id).await.expect("reset");
+    let issued =
+        serde_json::json!({"deploy": [{"offset": 0, "length": 4, "sha256": "cd".repeat(32)}]});
+    lab.inv
+        .agent_challenge_once(job.id, &issued)
+        .await
+        .expect("challenge");
+    lab.inv.agent_result(job.id, &forged).await.expect("report");
+    let f = run_step(&ctx, &attempt(&job, StepName::Verify))
+        .await
+        .expect_err("unanswered");
+    assert!(
+        f.message.contains("did not answer the deploy challenge"),
+        "{f:?}"
+    );
+    let audits = report_audits(&lab.inv, "n1").await;
+    assert!(
+        audits
+            .iter()
+            .all(|(o, _)| *o == inventory::AuditOutcome::Failed),
+        "{audits:?}"
+    );
+    // The stored challenge survives a re-request; a reset (a new boot) forgets it.
+    lab.inv.reset_agent(job.id).await.expect("reset");
+    assert_eq!(lab.inv.agent_challenge(job.id).await.expect("read"), None);
+    lab.inv
+        .agent_challenge_once(job.id, &issued)
+        .await
+        .expect("challenge");
+    let other = serde_json::json!({"deploy": []});
+    let kept = lab
+        .inv
+        .agent_challenge_once(job.id, &other)
+        .await
+        .expect("again");
+    assert_eq!(kept, issued, "one draw per boot");
+    let good = serde_json::json!({"ok": true, "deploy": {"sha256": "AB".repeat(32), "seed": "written",
+        "challenge": [{"offset": 0, "length": 4, "sha256": "CD".repeat(32)}]}});
     lab.inv.agent_result(job.id, &good).await.expect("report");
     let r = run_step(&ctx, &attempt(&job, StepName::Verify)).await;
     assert_eq!(r, Ok(StepOutcome::Done));
@@ -239,6 +287,11 @@ async fn verify_compares_the_read_back_with_the_image() {
     assert!(
         log.iter()
             .any(|e| e.message.contains("verified") && e.message.contains("seed written")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|e| e.message.contains("deploy challenge passed")),
         "{log:?}"
     );
 }
@@ -281,14 +334,33 @@ async fn a_wipe_leaves_a_certificate_with_the_agents_words() {
         .update_machine("test", "n1", &patch)
         .await
         .expect("disks recorded");
-    let report = serde_json::json!({"ok": true, "wipe": {"disks": [{"name": "vda", "serial": "D1", "size_bytes": 8, "bytes": 8, "verified": true}]}});
+    let issued =
+        serde_json::json!({"wipe": [{"name": "vda", "ranges": [{"offset": 0, "length": 8}]}]});
+    lab.inv
+        .agent_challenge_once(job.id, &issued)
+        .await
+        .expect("challenge");
+    let zeros = hex::encode(<sha2::Sha256 as sha2::Digest>::digest([0u8; 8]));
+    let report = serde_json::json!({"ok": true, "wipe": {"disks": [{"name": "vda", "serial": "D1", "size_bytes": 8, "bytes": 8, "verified": true,
+        "method": "zero", "samples": [{"offset": 0, "length": 8, "sha256": zeros}]}]}});
     lab.inv.agent_result(job.id, &report).await.expect("report");
     let r = run_step(&lab.ctx(), &attempt(&job, StepName::Wipe)).await;
     assert_eq!(r, Ok(StepOutcome::Done));
     let m = lab.inv.machine("n1").await.expect("machine");
-    let cert = wipe_certificate(&job, &m, &report, "k1", 5);
+    let sampled = vec![("vda".to_string(), "1 ranges".to_string())];
+    let cert = wipe_certificate(&job, &m, &report, &sampled, "k1", 5);
     assert_eq!(cert["disks"][0]["verified"], true, "unknown fields kept");
     assert_eq!(cert["disks"][0]["nist_sp800_88"], "Clear");
+    assert_eq!(cert["disks"][0]["server_verification"], "1 ranges");
+    for purge in [
+        "nvme-format",
+        "nvme-sanitize-crypto",
+        "ata-secure-erase-enhanced",
+    ] {
+        assert_eq!(nist_class(purge), "Purge", "{purge}");
+    }
+    assert_eq!(nist_class("discard"), "Clear");
+    assert_eq!(cert["disks"][0]["samples"][0]["offset"], 0);
     assert_eq!(cert["machine"], "n1");
     assert_eq!(cert["completed_at"], 5);
     assert_eq!(cert["signing_key_id"], "k1");
@@ -408,4 +480,51 @@ async fn the_agents_report_decides_the_agent_steps() {
     assert_eq!(claim_verdict(&job), Waiting::Wait);
     job.agent_claimed_at = Some(1);
     assert_eq!(claim_verdict(&job), Waiting::Ready(()));
+}
+
+#[tokio::test]
+async fn a_wipe_that_did_not_read_the_servers_samples_fails() {
+    let lab = lab().await;
+    let job = lab.job("n1", false, JobKind::Wipe).await;
+    let patch = inventory::MachinePatch {
+        disks: Some(vec![inventory::Disk {
+            name: "vda".into(),
+            size_bytes: 8,
+            model: None,
+            serial: Some("D1".into()),
+        }]),
+        ..Default::default()
+    };
+    lab.inv
+        .update_machine("test", "n1", &patch)
+        .await
+        .expect("disks recorded");
+    // The right disks, but no challenge asked for: what an old agent or a forger sends.
+    let forged = serde_json::json!({"ok": true, "wipe": {"disks": [{"name": "vda", "serial": "D1", "size_bytes": 8, "bytes": 8, "method": "zero"}]}});
+    lab.inv.agent_result(job.id, &forged).await.expect("report");
+    let f = run_step(&lab.ctx(), &attempt(&job, StepName::Wipe))
+        .await
+        .expect_err("forged");
+    assert!(
+        f.message.contains("without asking for the challenge"),
+        "{f:?}"
+    );
+    // Asked, but answered without reading.
+    lab.inv.reset_agent(job.id).await.expect("reset");
+    let issued =
+        serde_json::json!({"wipe": [{"name": "vda", "ranges": [{"offset": 0, "length": 8}]}]});
+    lab.inv
+        .agent_challenge_once(job.id, &issued)
+        .await
+        .expect("challenge");
+    lab.inv.agent_result(job.id, &forged).await.expect("report");
+    let f = run_step(&lab.ctx(), &attempt(&job, StepName::Wipe))
+        .await
+        .expect_err("unread");
+    assert!(f.message.contains("was not read back"), "{f:?}");
+    let log = lab.inv.job_events(job.id, 0).await.expect("events");
+    assert!(
+        !log.iter().any(|e| e.message.contains("wipe certificate")),
+        "no certificate for a forged wipe: {log:?}"
+    );
 }
