@@ -10,7 +10,7 @@ use super::checks;
 use super::facts::{self, HardwareFacts};
 use super::store;
 use bmc::{BootDevice, PowerAction};
-use inventory::{Image, Inventory, Job, StepName};
+use inventory::{Image, Inventory, Job, JobKind, StepName};
 use proto::{AgentResult, DeployResult};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -291,6 +291,16 @@ async fn audited(ctx: &StepCtx<'_>, a: &Attempt<'_>, res: StepResult) -> StepRes
 async fn accept_report(ctx: &StepCtx<'_>, a: &Attempt<'_>, reported: &Reported) -> StepResult {
     match a.name {
         StepName::Inspect => {
+            if a.job.kind == JobKind::Wipe {
+                // The record the wipe is checked against is not the wiping agent's to change.
+                let m = ctx.inv.machine(&a.job.machine).await?;
+                if !m.disks.is_empty() {
+                    return Ok(StepOutcome::Skipped(
+                        "the machine's disks are on record; the wipe is checked against them"
+                            .into(),
+                    ));
+                }
+            }
             let report =
                 reported.result.inspect.as_ref().ok_or_else(|| {
                     StepFailure::fatal("the agent's result has no inspection report")
