@@ -254,6 +254,16 @@ impl Conductor {
                     .await;
                 return;
             };
+            // A job made under an older plan (e.g. a wipe before its inspect step existed)
+            // is not driven by the new one step for step.
+            if step.name != spec.name {
+                self.fail(
+                    &job,
+                    "the job was planned by an older rackshare (its steps differ from today's plan); start it again",
+                )
+                .await;
+                return;
+            }
             if step.state.is_done() {
                 continue;
             }
