@@ -83,6 +83,34 @@ fn device_erase(ns: &Namespace, method: EraseMethod) -> Result<(), Error> {
     }
 }
 
+/// Runs a device erase on its own thread and reports progress every few seconds meanwhile:
+/// a Format NVM or Sanitize of a big disk takes minutes to hours in one command, and the
+/// server counts a silent agent as lost.
+fn erase_reporting(
+    ns: &Namespace,
+    method: EraseMethod,
+    size: u64,
+    progress: &mut dyn Progress,
+) -> Result<(), Error> {
+    std::thread::scope(|s| {
+        let erase = s.spawn(|| device_erase(ns, method));
+        let mut reported = Ok(());
+        let mut last = std::time::Instant::now();
+        while !erase.is_finished() {
+            if reported.is_ok() && last.elapsed() >= Duration::from_secs(5) {
+                reported = progress.report("wiping", 0, size);
+                last = std::time::Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let done = erase
+            .join()
+            .unwrap_or_else(|_| Err(Error::DeviceErase("the erase thread panicked".into())));
+        // The command cannot be interrupted: a job found gone meanwhile is said afterwards.
+        reported.and(done)
+    })
+}
+
 /// What the disk's controller offers, and its NVMe namespace when it is one.
 pub fn probe(path: &Path) -> (Controller, Option<Namespace>) {
     match Namespace::open(path) {
@@ -127,7 +155,7 @@ pub fn wipe_disk(
                     &format!("blkdiscard did not run ({e})"),
                 )),
             },
-            device => match ns.map(|ns| device_erase(ns, device)) {
+            device => match ns.map(|ns| erase_reporting(ns, device, size, progress)) {
                 Some(Ok(())) => Ok(true),
                 Some(Err(e)) => Ok(why_not(&mut not_used, method, &e.to_string())),
                 None => Ok(why_not(&mut not_used, method, "no NVMe namespace")),
