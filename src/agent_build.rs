@@ -86,6 +86,44 @@ for pass in 1 2; do
 done
 modprobe -a -q __BOOT_MODULES__ 2>/dev/null
 ip link set lo up
+# The agent proper; bench/reimage's baseline instead when asked (the same VM, kernel and
+# network writing the same image with busybox `wget | dd`, for comparison with the agent).
+start_agent() {
+  for w in $(cat /proc/cmdline); do
+    case "$w" in rackshare.baseline=*)
+      url=${w#rackshare.baseline=}
+      t0=$(cut -d' ' -f1 /proc/uptime)
+      wget -q -O - "$url" | dd of=/dev/vda bs=1M conv=fsync 2>/dev/null
+      t1=$(cut -d' ' -f1 /proc/uptime)
+      echo "rackshare baseline: wget|dd from $t0 to $t1"
+      poweroff -f
+    esac
+  done
+  exec /bin/rackshare-agent
+}
+# The address the firmware got (iPXE's ${netX/...} on the command line): kept, so the claim
+# comes from the address the boot server saw in this boot's PXE exchange, whoever gave it.
+fw_mac= fw_ip= fw_mask= fw_gw=
+for w in $(cat /proc/cmdline); do
+  case "$w" in
+    rackshare.mac=*) fw_mac=${w#rackshare.mac=} ;;
+    rackshare.ip=*) fw_ip=${w#rackshare.ip=} ;;
+    rackshare.netmask=*) fw_mask=${w#rackshare.netmask=} ;;
+    rackshare.gateway=*) fw_gw=${w#rackshare.gateway=} ;;
+  esac
+done
+if [ -n "$fw_ip" ] && [ -n "$fw_mac" ]; then
+  for n in /sys/class/net/*; do
+    i=${n##*/}; [ "$i" = lo ] && continue
+    [ "$(cat "$n/address" 2>/dev/null)" = "$fw_mac" ] || continue
+    if ifconfig "$i" "$fw_ip" netmask "${fw_mask:-255.255.255.0}" up; then
+      case "$fw_gw" in ""|0.0.0.0) ;; *) route add default gw "$fw_gw" dev "$i" ;; esac
+      echo "rackshare init: $(cat /proc/uptime | cut -d' ' -f1)s, $i keeps the firmware's $fw_ip"
+      start_agent
+    fi
+  done
+  echo "rackshare init: no interface has $fw_mac; asking DHCP instead"
+fi
 round=0
 while :; do
   for n in /sys/class/net/*; do
@@ -96,19 +134,7 @@ while :; do
     # Without -s the lease is never applied to the interface (LAB-NOTES).
     if udhcpc -i "$i" -s /etc/udhcpc.script -q -n -t 10 -T 2; then
       echo "rackshare init: $(cat /proc/uptime | cut -d' ' -f1)s, $i is up"
-      # bench/reimage's baseline: the same VM, kernel and network writing the same image
-      # with busybox `wget | dd`, for comparison with the agent.
-      for w in $(cat /proc/cmdline); do
-        case "$w" in rackshare.baseline=*)
-          url=${w#rackshare.baseline=}
-          t0=$(cut -d' ' -f1 /proc/uptime)
-          wget -q -O - "$url" | dd of=/dev/vda bs=1M conv=fsync 2>/dev/null
-          t1=$(cut -d' ' -f1 /proc/uptime)
-          echo "rackshare baseline: wget|dd from $t0 to $t1"
-          poweroff -f
-        esac
-      done
-      exec /bin/rackshare-agent
+      start_agent
     fi
   done
   round=$((round+1))

@@ -41,6 +41,31 @@ fn respond(w: &mut TcpStream, code: &str, body: &str) -> std::io::Result<()> {
     )
 }
 
+/// What the double's server chooses to have read back: the first 4 KiB and 4 KiB at 1 MiB
+/// of a deploy's disk; the first and the last 4 KiB of each wiped disk.
+fn challenge_for(body: &str) -> serde_json::Value {
+    let req: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let disks: Vec<serde_json::Value> = req["disks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    let size = d["size_bytes"].as_u64().unwrap_or(0);
+                    serde_json::json!({"name": d["name"], "ranges": [
+                        {"offset": 0, "length": 4096},
+                        {"offset": size.saturating_sub(4096), "length": 4096}]})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let ranges = if disks.is_empty() {
+        serde_json::json!([{"offset": 0, "length": 4096}, {"offset": 1 << 20, "length": 4096}])
+    } else {
+        serde_json::json!([])
+    };
+    serde_json::json!({"ranges": ranges, "disks": disks})
+}
+
 fn handle(api: &Api, stream: TcpStream) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut r = BufReader::new(stream.try_clone()?);
@@ -86,6 +111,9 @@ fn handle(api: &Api, stream: TcpStream) -> std::io::Result<()> {
                 }
             }
             write!(w, "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        }
+        ("POST", "/api/v1/agent/challenge", "Bearer sess") => {
+            respond(&mut w, "200 OK", &challenge_for(&body).to_string())
         }
         ("POST", "/api/v1/agent/result", "Bearer sess") => {
             api.seen.lock().expect("lock").result = serde_json::from_str(&body).ok();
@@ -158,13 +186,15 @@ struct Run {
 
 /// Boots the agent in a fresh lab with `disk` as its virtio disk (`drive_opts` appended to
 /// `-drive`), serves `image` and the claim `task(api_url)`, and waits (bounded) for the result.
-/// `inspect` gets the disk back while QEMU still runs.
+/// `inspect` gets the disk back while QEMU still runs. `extra` is appended to QEMU's arguments
+/// (more disks).
 fn boot_agent(
     what: &str,
     image: Vec<u8>,
     task: impl Fn(&str) -> serde_json::Value,
     disk: &Path,
     drive_opts: &str,
+    extra: &[&str],
 ) -> Run {
     testkit::netns::must_be_root();
     require("qemu-system-x86_64", "qemu-system-x86");
@@ -197,38 +227,36 @@ fn boot_agent(
     let nic = format!("virtio-net-pci,netdev=n0,mac={MAC}");
     let serial_arg = format!("file:{}", serial.display());
     let started = Instant::now();
-    lab.spawn(
-        &lab.srv,
-        &[
-            "qemu-system-x86_64",
-            "-accel",
-            "tcg",
-            "-m",
-            "512",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-kernel",
-            &kernel,
-            "-initrd",
-            &initrd,
-            "-append",
-            &append,
-            "-netdev",
-            "tap,id=n0,ifname=tap0,script=no,downscript=no",
-            "-device",
-            &nic,
-            "-drive",
-            &drive,
-            // QEMU 7.2 takes a serial on the device, not on `-drive`.
-            "-device",
-            "virtio-blk-pci,drive=d0,serial=RSVM-DISK0",
-            "-serial",
-            &serial_arg,
-        ],
-        &lab.path("qemu.log"),
-    );
+    let mut args = vec![
+        "qemu-system-x86_64",
+        "-accel",
+        "tcg",
+        "-m",
+        "512",
+        "-nodefaults",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        &kernel,
+        "-initrd",
+        &initrd,
+        "-append",
+        &append,
+        "-netdev",
+        "tap,id=n0,ifname=tap0,script=no,downscript=no",
+        "-device",
+        &nic,
+        "-drive",
+        &drive,
+        // QEMU 7.2 takes a serial on the device, not on `-drive`.
+        "-device",
+        "virtio-blk-pci,drive=d0,serial=RSVM-DISK0",
+        "-serial",
+        &serial_arg,
+    ];
+    args.extend_from_slice(extra);
+    lab.spawn(&lab.srv, &args, &lab.path("qemu.log"));
 
     // TCG on a shared 2-core box: ~10-20 s expected, 240 s allowed.
     let deadline = started + Duration::from_secs(240);
@@ -266,6 +294,7 @@ fn sha_hex(b: &[u8]) -> String {
 #[test]
 fn the_agent_boots_in_qemu_and_deploys_an_image() {
     let image = pseudo_random(IMAGE_BYTES, 77);
+    let image_copy = image.clone();
     let sha = sha_hex(&image);
     let dir = tempfile::tempdir().expect("tempdir");
     let disk = dir.path().join("disk.img");
@@ -287,12 +316,21 @@ fn the_agent_boots_in_qemu_and_deploys_an_image() {
         },
         &disk,
         ",cache=writeback",
+        &[],
     );
     let r = &run.result;
     assert_eq!(r["ok"], true, "{r}\n{}", run.serial);
     assert_eq!(r["deploy"]["sha256"], sha.as_str(), "{r}");
     assert_eq!(r["deploy"]["written_bytes"], IMAGE_BYTES as u64);
     assert_eq!(r["deploy"]["target_disk"], "/dev/vda");
+    // The challenge is answered from the disk, before the seed.
+    let answered = &r["deploy"]["challenge"];
+    assert_eq!(answered[0]["sha256"], sha_hex(&image_copy[..4096]), "{r}");
+    assert_eq!(
+        answered[1]["sha256"],
+        sha_hex(&image_copy[1 << 20..(1 << 20) + 4096]),
+        "{r}"
+    );
     assert_eq!(
         r["deploy"]["seed"], "skipped: no Linux root filesystem on the image",
         "random bytes have no filesystem"
@@ -318,6 +356,12 @@ fn the_agent_wipes_then_inspects_a_vm() {
     let disk = dir.path().join("disk.img");
     let size = 32usize << 20;
     std::fs::write(&disk, pseudo_random(size, 5)).expect("disk full of data");
+    // A second disk on QEMU's emulated NVMe controller: the agent erases it with the
+    // controller's own command (Format NVM or Sanitize, whichever it advertises).
+    let nvme = dir.path().join("nvme.img");
+    let nvme_size = 16usize << 20;
+    std::fs::write(&nvme, pseudo_random(nvme_size, 6)).expect("NVMe disk full of data");
+    let nvme_drive = format!("file={},format=raw,if=none,id=d1", nvme.display());
     let run = boot_agent(
         "wipe",
         Vec::new(),
@@ -325,27 +369,67 @@ fn the_agent_wipes_then_inspects_a_vm() {
         &disk,
         // QEMU punches holes in the file for the guest's discards, so they read back as zeros.
         ",discard=unmap",
+        &[
+            "-drive",
+            &nvme_drive,
+            "-device",
+            "nvme,drive=d1,serial=RSVM-NVME0",
+        ],
     );
     let r = &run.result;
     assert_eq!(r["ok"], true, "{r}\n{}", run.serial);
     let disks = r["wipe"]["disks"].as_array().expect("disks");
     eprintln!("wipe: {r}");
-    assert_eq!(disks.len(), 1, "{r}");
-    assert_eq!(disks[0]["name"], "vda");
-    assert_eq!(disks[0]["size_bytes"], size as u64);
+    assert_eq!(disks.len(), 2, "{r}");
+    let (virtio, nvme_disk) = (&disks[1], &disks[0]);
+    assert_eq!(virtio["name"], "vda");
+    assert_eq!(virtio["size_bytes"], size as u64);
     assert!(
-        ["discard", "zero"].contains(&disks[0]["method"].as_str().unwrap_or("")),
+        ["discard", "zero"].contains(&virtio["method"].as_str().unwrap_or("")),
         "{r}"
+    );
+    assert!(
+        virtio["not_used"][0]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("device sanitize"),
+        "a virtio disk says why no device erase ran: {r}"
     );
     assert_eq!(
-        disks[0]["verification"], "66 sampled 1 MiB blocks read back as zero",
+        virtio["verification"], "66 sampled 1 MiB blocks read back as zero",
         "{r}"
     );
+    assert_eq!(nvme_disk["name"], "nvme0n1", "{r}");
+    assert_eq!(nvme_disk["serial"], "RSVM-NVME0", "{r}");
+    let method = nvme_disk["method"].as_str().unwrap_or("");
+    assert!(
+        [
+            "nvme-format",
+            "nvme-sanitize-block",
+            "nvme-sanitize-crypto",
+            "nvme-format-crypto"
+        ]
+        .contains(&method),
+        "the NVMe disk is erased by the controller: {r}\n{}",
+        run.serial
+    );
+    let zeros = sha_hex(&[0u8; 4096]);
+    for d in disks {
+        let samples = d["samples"].as_array().expect("samples");
+        assert_eq!(samples.len(), 2, "{r}");
+        assert!(samples.iter().all(|s| s["sha256"] == zeros.as_str()), "{r}");
+    }
+    assert_eq!(virtio["samples"][1]["offset"], size as u64 - 4096, "{r}");
     assert!(run.phases.iter().any(|p| p == "wiping"), "{:?}", run.phases);
     let after = std::fs::read(&disk).expect("read the VM's disk");
     assert!(
         after.iter().all(|&b| b == 0),
         "every byte of the disk is zero"
+    );
+    let after = std::fs::read(&nvme).expect("read the VM's NVMe disk");
+    assert!(
+        after.iter().all(|&b| b == 0),
+        "every byte of the NVMe disk is zero"
     );
 
     let run = boot_agent(
@@ -354,6 +438,7 @@ fn the_agent_wipes_then_inspects_a_vm() {
         |_| serde_json::json!({"job_id": 43, "session": "sess", "task": {"mode": "inspect"}}),
         &disk,
         "",
+        &[],
     );
     let i = &run.result["inspect"];
     assert_eq!(run.result["ok"], true, "{}\n{}", run.result, run.serial);
@@ -461,6 +546,7 @@ fn the_agent_deploys_a_qcow2_and_seeds_cloud_init() {
         },
         &disk,
         ",cache=writeback",
+        &[],
     );
     let r = &run.result;
     assert_eq!(r["ok"], true, "{r}\n{}", run.serial);

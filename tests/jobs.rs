@@ -67,6 +67,32 @@ fn setup(tag: &str, machines: &[(&str, &str)]) -> Setup {
     Setup { lab, s, image, sha }
 }
 
+/// The scripted agent asks for its deploy challenge.
+fn deploy_challenge(lab: &Lab, session: &str) -> Value {
+    let (code, body) = agent_call(
+        lab,
+        "POST",
+        "/api/v1/agent/challenge",
+        session,
+        Some(&json!({})),
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&body));
+    json_of(&body)
+}
+
+/// The hashes of the challenged ranges of `disk`, as the real agent reads them back.
+fn answer_from(disk: &[u8], challenge: &Value) -> Vec<Value> {
+    let ranges = challenge["ranges"].as_array().expect("ranges");
+    ranges
+        .iter()
+        .map(|r| {
+            let off = r["offset"].as_u64().expect("offset") as usize;
+            let len = r["length"].as_u64().expect("length") as usize;
+            json!({"offset": off, "length": len, "sha256": hex::encode(Sha256::digest(&disk[off..off + len]))})
+        })
+        .collect()
+}
+
 fn start_reimage(s: &Service, machine: &str) -> i64 {
     let j = s.cli_json(&["reimage", machine, "--image", "debian:12"]);
     j["id"].as_i64().expect("job id")
@@ -219,7 +245,21 @@ async fn reimage_job_with_a_scripted_agent_and_a_crash_in_the_middle() {
     s.kill9();
     let dir = s.take_dir();
     let s = serve_in_lab(&lab.srv, dir, &[]);
-    let result = json!({"ok": true, "deploy": {"target_disk": "/dev/vda", "written_bytes": image.len(), "sha256": sha, "seed": "skipped: no Linux root filesystem on the image"}});
+    // The deploy challenge: chunks the server picks now, answered from what was "written".
+    let challenge = deploy_challenge(&lab, &session);
+    let again = deploy_challenge(&lab, &session);
+    assert_eq!(
+        challenge, again,
+        "one draw per boot: a retried request gets the same ranges"
+    );
+    let answers = answer_from(&image, &challenge);
+    assert_eq!(
+        answers.len(),
+        3,
+        "a 3 MiB image has three chunks: {challenge}"
+    );
+    let result = json!({"ok": true, "deploy": {"target_disk": "/dev/vda", "written_bytes": image.len(), "sha256": sha,
+        "seed": "skipped: no Linux root filesystem on the image", "challenge": answers}});
     let (code, body) = agent_call(
         &lab,
         "POST",
@@ -295,6 +335,48 @@ async fn hash_mismatch_fails_the_job_and_cancel_stops_one() {
         m["state_reason"].as_str().unwrap_or("").contains("failed"),
         "{m}"
     );
+
+    // The audit's forged deploy: the hash the claim returned, nothing written, no challenge
+    // asked for; then one that asks but answers with bytes that are not the image.
+    for answer in [false, true] {
+        let id = start_reimage(&s, "n2");
+        wait_job(&s, id, "wait_agent", |j| j["step"] == "wait_agent");
+        let (_, token) = boot_token(&lab, "52-54-00-0b-00-02");
+        let (_, body) = agent_claim(&lab, "52-54-00-0b-00-02", &token.expect("token"));
+        let claim = json_of(&body);
+        let session = claim["session"].as_str().expect("session").to_string();
+        let claimed = claim["task"]["image"]["sha256"].clone();
+        let mut deploy =
+            json!({"target_disk": "/dev/vda", "written_bytes": 3 << 20, "sha256": claimed});
+        if answer {
+            let challenge = deploy_challenge(&lab, &session);
+            deploy["challenge"] = json!(answer_from(&vec![0u8; 3 << 20], &challenge));
+        }
+        let result = json!({"ok": true, "deploy": deploy});
+        let (code, _) = agent_call(
+            &lab,
+            "POST",
+            "/api/v1/agent/result",
+            &session,
+            Some(&result),
+        );
+        assert_eq!(code, 200);
+        let j = wait_job(&s, id, "failed", |j| j["state"] != "running");
+        assert_eq!(
+            j["state"], "failed",
+            "a forged deploy never succeeds: {j:#}"
+        );
+        let err = j["error"].as_str().unwrap_or("");
+        let want = if answer {
+            "the image is not on the disk"
+        } else {
+            "without asking for the challenge"
+        };
+        assert!(err.contains(want), "{err}");
+        assert_eq!(s.cli_json(&["machine", "show", "n2"])["state"], "failed");
+        let ev = s.cli_json(&["events", "--machine", "n2"]).to_string();
+        assert!(ev.contains("agent.report") && ev.contains(want), "{ev}");
+    }
 
     // An agent's own failure report ends the job with its words.
     let id = start_reimage(&s, "n2");

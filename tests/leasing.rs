@@ -758,7 +758,29 @@ async fn an_expired_lease_is_wiped_and_the_group_reads_its_certificate() {
     let claim: Value = serde_json::from_str(&body).expect("claim");
     assert_eq!(claim["task"]["mode"], "wipe");
     let session = claim["session"].as_str().expect("session").to_string();
-    let result = json!({"ok": true, "wipe": {"disks": [{"name": "vda", "serial": "W1-DISK", "size_bytes": 8_589_934_592_u64, "bytes": 8_589_934_592_u64, "method": "blkdiscard+zero", "verified": true}]}});
+    // After the wipe the server chooses where the agent reads back; it read zeros there.
+    let ask = json!({"disks": [{"name": "vda", "size_bytes": 8_589_934_592_u64}]});
+    let (code, body) = lab_call_text(
+        &lab,
+        "POST",
+        "/api/v1/agent/challenge",
+        &session,
+        Some(&ask),
+    );
+    assert_eq!(code, 200, "{body}");
+    let challenge: Value = serde_json::from_str(&body).expect("challenge");
+    let samples: Vec<Value> = challenge["disks"][0]["ranges"]
+        .as_array()
+        .expect("ranges")
+        .iter()
+        .map(|r| {
+            let len = r["length"].as_u64().expect("length") as usize;
+            let zeros = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(vec![0u8; len]));
+            json!({"offset": r["offset"], "length": len, "sha256": zeros})
+        })
+        .collect();
+    assert!(samples.len() >= 3, "{challenge}");
+    let result = json!({"ok": true, "wipe": {"disks": [{"name": "vda", "serial": "W1-DISK", "size_bytes": 8_589_934_592_u64, "bytes": 8_589_934_592_u64, "method": "blkdiscard+zero", "verified": true, "samples": samples}]}});
     let (code, body) = lab_call_text(
         &lab,
         "POST",
@@ -792,6 +814,11 @@ async fn an_expired_lease_is_wiped_and_the_group_reads_its_certificate() {
     assert_eq!(certs[0]["body"]["disks"][0]["verified"], true, "{detail}");
     assert_eq!(certs[0]["body"]["lease_id"], id);
     assert_eq!(certs[0]["body"]["disks"][0]["nist_sp800_88"], "Clear");
+    let checked = certs[0]["body"]["disks"][0]["server_verification"].to_string();
+    assert!(
+        checked.contains("offsets the server chose read back as zeros"),
+        "{detail}"
+    );
 
     // The member downloads the signed certificate and checks it; a changed byte fails it.
     let cid = certs[0]["id"].as_i64().expect("certificate id").to_string();

@@ -3,7 +3,10 @@
 
 use crate::error::Error;
 use crate::source::ImageSource;
-use proto::{AgentResult, ClaimRequest, ClaimResponse, ProgressReport, ResultAnswer};
+use proto::{
+    AgentResult, Challenge, ChallengeRequest, ClaimRequest, ClaimResponse, ProgressReport,
+    ResultAnswer,
+};
 use std::io::Read;
 use std::time::{Duration, Instant};
 
@@ -171,6 +174,20 @@ impl Client {
             url: url.to_string(),
             session: self.session.clone(),
             retry: self.retry,
+        }
+    }
+}
+
+impl crate::Challenger for Client {
+    /// Asks the server which ranges to read back (retried like every POST; the server hands
+    /// out the same ranges again).
+    fn challenge(&mut self, req: &ChallengeRequest) -> Result<Challenge, Error> {
+        let body = serde_json::to_value(req).map_err(|e| Error::Api(e.to_string()))?;
+        match self.post("/api/v1/agent/challenge", &self.session, &body) {
+            Ok(v) => serde_json::from_value(v)
+                .map_err(|e| Error::Api(format!("the challenge is not understood: {e}"))),
+            Err((code @ (401 | 404), _)) => Err(Error::JobGone(code)),
+            Err((_, msg)) => Err(Error::Api(format!("asking for the challenge: {msg}"))),
         }
     }
 }

@@ -3,9 +3,11 @@
 
 use crate::error::{io, Error};
 use crate::Progress;
+use proto::{ByteRange, RangeHash};
 use sha2::{Digest, Sha256};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 
@@ -73,6 +75,34 @@ pub fn drop_caches(disk: &Path) {
     if let Err(e) = dropped {
         crate::log!("could not drop the page cache ({e}); the read-back may come from memory");
     }
+}
+
+/// The sha256 of each of `ranges` of `disk`, read back (the answer to a challenge). Ranges
+/// past the end of the disk are an error: the server chose them inside what was reported.
+pub fn hash_ranges(disk: &Path, ranges: &[ByteRange]) -> Result<Vec<RangeHash>, Error> {
+    let name = disk.display().to_string();
+    let f = File::open(disk).map_err(io(format!("opening {name} to answer the challenge")))?;
+    let mut out = Vec::with_capacity(ranges.len());
+    let mut buf = Vec::new();
+    for r in ranges {
+        let len = usize::try_from(r.length)
+            .ok()
+            .filter(|&l| l <= 16 * CHUNK)
+            .ok_or_else(|| {
+                Error::Api(format!("the challenge asks for {} bytes at once", r.length))
+            })?;
+        buf.resize(len, 0);
+        f.read_exact_at(&mut buf, r.offset).map_err(io(format!(
+            "reading {name} at byte {} for the challenge",
+            r.offset
+        )))?;
+        out.push(RangeHash {
+            offset: r.offset,
+            length: r.length,
+            sha256: hex::encode(Sha256::digest(&buf)),
+        });
+    }
+    Ok(out)
 }
 
 /// sha256 of the first `len` bytes of `disk`, read back.

@@ -1,11 +1,13 @@
 //! Deploy: stream the image onto the disk (no staging copy), read it back and hash it, then
 //! seed cloud-init. Raw and raw.zst are written front to back; qcow2 is in `qcow2.rs`.
 
-use crate::blockdev::{check_fits, drop_caches, open_disk, read_back, read_full, CHUNK};
+use crate::blockdev::{
+    check_fits, drop_caches, hash_ranges, open_disk, read_back, read_full, CHUNK,
+};
 use crate::error::{io, Error};
 use crate::source::{unwrap_io, HashingReader, ImageSource, ResumingReader};
-use crate::Progress;
-use proto::{DeployResult, ImageSpec, Task};
+use crate::{Challenger, Progress};
+use proto::{ChallengeRequest, DeployResult, ImageSpec, Task};
 use sha2::{Digest, Sha256};
 use std::cell::Cell;
 use std::fs::File;
@@ -260,13 +262,14 @@ pub fn write_and_verify_timed(
     Ok((written.bytes, back, timing))
 }
 
-/// The whole deploy task: pick the disk, write, verify, then seed cloud-init.
-pub fn run(
+/// The whole deploy task: pick the disk, write, verify, answer the server's challenge, then
+/// seed cloud-init.
+pub fn run<S: Progress + Challenger>(
     source: &mut dyn ImageSource,
     job_id: i64,
     task: &Task,
     sys_root: &Path,
-    progress: &mut dyn Progress,
+    server: &mut S,
 ) -> Result<DeployResult, Error> {
     let spec = task
         .image
@@ -292,8 +295,14 @@ pub fn run(
         spec.size_bytes,
         disk.display()
     );
-    let (bytes, sha256, timing) = write_and_verify_timed(source, spec, &disk, progress)?;
+    let (bytes, sha256, timing) = write_and_verify_timed(source, spec, &disk, server)?;
     crate::log!("wrote and read back {bytes} bytes, sha256 {sha256}");
+    // Before the seed changes the disk: the chunks the server names now must read back as
+    // the image's (the page cache was dropped for the read-back above).
+    let challenge = server.challenge(&ChallengeRequest::default())?;
+    let challenge = hash_ranges(&disk, &challenge.ranges)?;
+    crate::log!("answered the deploy challenge ({} ranges)", challenge.len());
+    let progress: &mut dyn Progress = server;
     progress.report("seeding", 0, 0)?;
     // The seed goes in after the read-back, so the hash compares the image exactly.
     let seed = crate::seed::seed(&disk, sys_root, job_id, task)?;
@@ -308,6 +317,7 @@ pub fn run(
         seed,
         write_ms: timing.write_ms,
         verify_ms: timing.verify_ms,
+        challenge,
     })
 }
 

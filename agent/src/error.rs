@@ -48,6 +48,9 @@ pub enum Error {
     /// The API answered 401/404 to progress/result: the job was cancelled.
     #[error("the job is gone (the API answered {0} to the agent)")]
     JobGone(u16),
+    /// A device's own erase (NVMe Format/Sanitize) was refused or failed.
+    #[error("device erase: {0}")]
+    DeviceErase(String),
     /// Wiping could not be verified.
     #[error("wipe verification failed: {0}")]
     WipeVerify(String),

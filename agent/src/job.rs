@@ -69,8 +69,15 @@ fn run_task(
             Ok(AgentResult::inspected(r))
         }
         AgentMode::Wipe => {
+            // Inspected first, and reported with the wipe: a machine whose disks were never
+            // recorded gets its record from this inspection before the wipe is checked.
+            client.report("inspecting", 0, 0)?;
+            let found = crate::inspect::inspect(&env.proc_root, &env.sys_root)?;
             let r = crate::wipe::run(&env.sys_root, client)?;
-            Ok(AgentResult::wiped(r))
+            Ok(AgentResult {
+                inspect: Some(found),
+                ..AgentResult::wiped(r)
+            })
         }
     }
 }

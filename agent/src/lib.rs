@@ -12,7 +12,9 @@ pub mod disks;
 pub mod error;
 pub mod inspect;
 pub mod job;
+pub mod nvme;
 pub mod qcow2;
+pub mod sanitize;
 pub mod seed;
 pub mod source;
 pub mod wipe;
@@ -31,6 +33,14 @@ macro_rules! log {
 pub trait Progress {
     /// Reports `bytes` of `total` done in `phase`; implementations rate-limit themselves.
     fn report(&mut self, phase: &str, bytes: u64, total: u64) -> Result<(), Error>;
+}
+
+/// Where the agent asks which ranges to read back once its work is done (the API in
+/// production; tests answer themselves). The server chooses them, so a report cannot be
+/// prepared before the disk holds what it says.
+pub trait Challenger {
+    /// The ranges to read back for `req`.
+    fn challenge(&mut self, req: &proto::ChallengeRequest) -> Result<proto::Challenge, Error>;
 }
 
 /// Progress that goes nowhere.

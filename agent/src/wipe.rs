@@ -1,14 +1,18 @@
-//! Wipe: discard every disk (or overwrite it with zeros) and check by reading samples back.
-//! The discard-zeroes ioctl is no help: modern kernels always answer 0, so read-back decides.
+//! Wipe: erase every disk by the strongest method it offers (`sanitize::plan`: NVMe Sanitize or
+//! Format NVM, else discard, else zeros) and check by reading samples back. The
+//! discard-zeroes ioctl is no help: modern kernels always answer 0, so read-back decides.
 
-use crate::blockdev::{drop_caches, CHUNK};
+use crate::blockdev::{drop_caches, hash_ranges, CHUNK};
 use crate::error::{io, Error};
-use crate::Progress;
-use proto::{WipeResult, WipedDisk};
+use crate::nvme::Namespace;
+use crate::sanitize::{self, Controller, EraseMethod, ErasePlan};
+use crate::{Challenger, Progress};
+use proto::{ChallengeDisk, ChallengeRequest, WipeResult, WipedDisk};
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 const MIB: u64 = 1 << 20;
 /// Spread samples, besides the first and last MiB.
@@ -62,64 +66,153 @@ fn zero_fill(path: &Path, size: u64, progress: &mut dyn Progress) -> Result<(), 
     f.sync_all().map_err(io(format!("flushing {name}")))
 }
 
-/// Wipes one disk of `size` bytes: discard when `try_discard` and it reads back as zeros,
-/// else zeros written over every byte.
+/// How long a device's own erase may take before the agent gives up on it.
+const DEVICE_ERASE_LIMIT: Duration = Duration::from_secs(4 * 3600);
+
+/// Runs one device erase method on `ns`.
+fn device_erase(ns: &Namespace, method: EraseMethod) -> Result<(), Error> {
+    match method {
+        EraseMethod::NvmeSanitizeCrypto => ns.sanitize(4, DEVICE_ERASE_LIMIT),
+        EraseMethod::NvmeSanitizeBlock => ns.sanitize(2, DEVICE_ERASE_LIMIT),
+        EraseMethod::NvmeFormatCrypto => ns.format(2, DEVICE_ERASE_LIMIT),
+        EraseMethod::NvmeFormat => ns.format(1, DEVICE_ERASE_LIMIT),
+        other => Err(Error::DeviceErase(format!(
+            "{} is not an NVMe command",
+            other.as_str()
+        ))),
+    }
+}
+
+/// Runs a device erase on its own thread and reports progress every few seconds meanwhile:
+/// a Format NVM or Sanitize of a big disk takes minutes to hours in one command, and the
+/// server counts a silent agent as lost.
+fn erase_reporting(
+    ns: &Namespace,
+    method: EraseMethod,
+    size: u64,
+    progress: &mut dyn Progress,
+) -> Result<(), Error> {
+    std::thread::scope(|s| {
+        let erase = s.spawn(|| device_erase(ns, method));
+        let mut reported = Ok(());
+        let mut last = std::time::Instant::now();
+        while !erase.is_finished() {
+            if reported.is_ok() && last.elapsed() >= Duration::from_secs(5) {
+                reported = progress.report("wiping", 0, size);
+                last = std::time::Instant::now();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let done = erase
+            .join()
+            .unwrap_or_else(|_| Err(Error::DeviceErase("the erase thread panicked".into())));
+        // The command cannot be interrupted: a job found gone meanwhile is said afterwards.
+        reported.and(done)
+    })
+}
+
+/// What the disk's controller offers, and its NVMe namespace when it is one.
+pub fn probe(path: &Path) -> (Controller, Option<Namespace>) {
+    match Namespace::open(path) {
+        Some(ns) => match ns.caps() {
+            Ok(c) => (Controller::Nvme(c), Some(ns)),
+            Err(e) => {
+                crate::log!("{}: NVMe Identify failed ({e})", path.display());
+                (Controller::Other, None)
+            }
+        },
+        None => (Controller::Other, None),
+    }
+}
+
+/// Wipes one disk of `size` bytes by the first method of `plan` that works and verifies:
+/// the device's own erase (through `ns`), discard, or zeros over every byte. Every method
+/// passed over is said in the report's `not_used`.
 pub fn wipe_disk(
     path: &Path,
     name: &str,
     size: u64,
-    try_discard: bool,
+    plan: &ErasePlan,
+    ns: Option<&Namespace>,
     progress: &mut dyn Progress,
 ) -> Result<WipedDisk, Error> {
     let samples = sample_offsets(size).len();
-    let verification = format!("{samples} sampled 1 MiB blocks read back as zero");
+    let mut not_used = plan.not_used.clone();
     progress.report("wiping", 0, size)?;
-    if try_discard {
-        match Command::new("blkdiscard").arg(path).status() {
-            Ok(s) if s.success() => {
-                drop_caches(path);
-                match first_nonzero(path, size)? {
-                    None => {
-                        progress.report("wiping", size, size)?;
-                        return Ok(WipedDisk {
-                            name: name.to_string(),
-                            size_bytes: size,
-                            model: None,
-                            serial: None,
-                            method: "discard".to_string(),
-                            bytes: size,
-                            verification,
-                        });
-                    }
-                    Some(at) => crate::log!(
-                        "{name}: discarded blocks do not read back as zero (byte {at}); writing zeros"
-                    ),
+    for &method in &plan.methods {
+        let done = match method {
+            EraseMethod::Zero => zero_fill(path, size, progress).map(|()| true),
+            EraseMethod::Discard => match Command::new("blkdiscard").arg(path).status() {
+                Ok(s) if s.success() => Ok(true),
+                Ok(s) => Ok(why_not(
+                    &mut not_used,
+                    method,
+                    &format!("blkdiscard failed ({s})"),
+                )),
+                Err(e) => Ok(why_not(
+                    &mut not_used,
+                    method,
+                    &format!("blkdiscard did not run ({e})"),
+                )),
+            },
+            device => match ns.map(|ns| erase_reporting(ns, device, size, progress)) {
+                Some(Ok(())) => Ok(true),
+                Some(Err(e)) => Ok(why_not(&mut not_used, method, &e.to_string())),
+                None => Ok(why_not(&mut not_used, method, "no NVMe namespace")),
+            },
+        }?;
+        if !done {
+            continue;
+        }
+        drop_caches(path);
+        let verification = if method.reads_zero() {
+            match first_nonzero(path, size)? {
+                None => format!("{samples} sampled 1 MiB blocks read back as zero"),
+                Some(at) if method != EraseMethod::Zero => {
+                    why_not(
+                        &mut not_used,
+                        method,
+                        &format!("the disk did not read back as zero afterwards (byte {at})"),
+                    );
+                    continue;
+                }
+                Some(at) => {
+                    return Err(Error::WipeVerify(format!(
+                        "{name} still has data at byte {at} after being overwritten with zeros"
+                    )))
                 }
             }
-            Ok(s) => crate::log!("{name}: blkdiscard failed ({s}); writing zeros"),
-            Err(e) => crate::log!("{name}: blkdiscard did not run ({e}); writing zeros"),
-        }
+        } else {
+            "a crypto erase leaves ciphertext under a destroyed key; not read back as zero".into()
+        };
+        progress.report("wiping", size, size)?;
+        crate::log!("{name}: erased by {}", method.as_str());
+        return Ok(WipedDisk {
+            name: name.to_string(),
+            size_bytes: size,
+            method: method.as_str().to_string(),
+            not_used,
+            bytes: size,
+            verification,
+            ..Default::default()
+        });
     }
-    zero_fill(path, size, progress)?;
-    drop_caches(path);
-    if let Some(at) = first_nonzero(path, size)? {
-        return Err(Error::WipeVerify(format!(
-            "{name} still has data at byte {at} after being overwritten with zeros"
-        )));
-    }
-    Ok(WipedDisk {
-        name: name.to_string(),
-        size_bytes: size,
-        model: None,
-        serial: None,
-        method: "zero".to_string(),
-        bytes: size,
-        verification,
-    })
+    Err(Error::WipeVerify(format!(
+        "{name}: no erase method worked ({})",
+        not_used.join("; ")
+    )))
 }
 
-/// Wipes every non-removable disk sysfs lists.
-pub fn run(sys: &Path, progress: &mut dyn Progress) -> Result<WipeResult, Error> {
+/// Records why `method` was passed over; false (nothing was erased).
+fn why_not(not_used: &mut Vec<String>, method: EraseMethod, why: &str) -> bool {
+    crate::log!("{}: {why}; trying the next method", method.as_str());
+    not_used.push(format!("{}: {why}", method.as_str()));
+    false
+}
+
+/// Wipes every non-removable disk sysfs lists, then reads back the samples the server
+/// chooses for each.
+pub fn run<S: Progress + Challenger>(sys: &Path, server: &mut S) -> Result<WipeResult, Error> {
     let disks: Vec<_> = crate::disks::list(sys)?
         .into_iter()
         .filter(|d| !d.removable && d.info.size_bytes > 0)
@@ -134,7 +227,17 @@ pub fn run(sys: &Path, progress: &mut dyn Progress) -> Result<WipeResult, Error>
     for d in disks {
         let path = Path::new("/dev").join(&d.name);
         crate::log!("wiping {} ({} bytes)", path.display(), d.info.size_bytes);
-        let wiped = wipe_disk(&path, &d.name, d.info.size_bytes, true, progress)?;
+        let (controller, ns) = probe(&path);
+        let plan = sanitize::plan(controller, false);
+        crate::log!("{}: {controller:?}; plan {:?}", d.name, plan.methods);
+        let wiped = wipe_disk(
+            &path,
+            &d.name,
+            d.info.size_bytes,
+            &plan,
+            ns.as_ref(),
+            server,
+        )?;
         // The server matches the report to its inventory by serial (else model and name).
         out.push(WipedDisk {
             model: d.info.model.clone(),
@@ -142,7 +245,44 @@ pub fn run(sys: &Path, progress: &mut dyn Progress) -> Result<WipeResult, Error>
             ..wiped
         });
     }
-    Ok(WipeResult { disks: out })
+    answer_challenge(server, Path::new("/dev"), &mut out)?;
+    Ok(WipeResult {
+        disks: out,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    })
+}
+
+/// Asks the server where to read each wiped disk (under `dev`) back, and records what was
+/// read there as the disk's samples.
+pub fn answer_challenge(
+    server: &mut dyn Challenger,
+    dev: &Path,
+    wiped: &mut [WipedDisk],
+) -> Result<(), Error> {
+    let req = ChallengeRequest {
+        disks: wiped
+            .iter()
+            .map(|w| ChallengeDisk {
+                name: w.name.clone(),
+                size_bytes: w.size_bytes,
+            })
+            .collect(),
+    };
+    let challenge = server.challenge(&req)?;
+    for w in wiped.iter_mut() {
+        let Some(chosen) = challenge.disks.iter().find(|d| d.name == w.name) else {
+            continue;
+        };
+        let path = dev.join(&w.name);
+        drop_caches(&path);
+        w.samples = hash_ranges(&path, &chosen.ranges)?;
+        crate::log!(
+            "{}: read back {} samples the server chose",
+            w.name,
+            w.samples.len()
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -167,9 +307,52 @@ mod tests {
         std::fs::write(&disk, vec![0x5Au8; size as usize]).expect("write");
         assert!(first_nonzero(&disk, size).expect("reads").is_some());
         // blkdiscard refuses a regular file, so this takes the zero path.
-        let r = wipe_disk(&disk, "disk", size, true, &mut NoProgress).expect("wipes");
+        let plan = sanitize::plan(Controller::Other, false);
+        let r = wipe_disk(&disk, "disk", size, &plan, None, &mut NoProgress).expect("wipes");
         assert_eq!(r.method, "zero");
+        // Discard was tried (blkdiscard refuses a file, or is missing) and says why it was not used.
+        assert!(
+            r.not_used.iter().any(|w| w.starts_with("discard:")),
+            "{r:?}"
+        );
+        assert!(r.not_used[0].starts_with("device sanitize"), "{r:?}");
         assert_eq!(r.bytes, size);
         assert!(std::fs::read(&disk).expect("read").iter().all(|&b| b == 0));
+    }
+
+    /// Answers a challenge with fixed ranges, as the server would.
+    struct Fixed(proto::Challenge);
+
+    impl Challenger for Fixed {
+        fn challenge(&mut self, _req: &ChallengeRequest) -> Result<proto::Challenge, Error> {
+            Ok(self.0.clone())
+        }
+    }
+
+    #[test]
+    fn the_servers_samples_are_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("vda"), vec![0u8; 3 * MIB as usize]).expect("write");
+        let range = proto::ByteRange {
+            offset: MIB,
+            length: 4096,
+        };
+        let mut server = Fixed(proto::Challenge {
+            ranges: Vec::new(),
+            disks: vec![proto::DiskRanges {
+                name: "vda".into(),
+                ranges: vec![range],
+            }],
+        });
+        let mut wiped = vec![WipedDisk {
+            name: "vda".into(),
+            size_bytes: 3 * MIB,
+            ..Default::default()
+        }];
+        answer_challenge(&mut server, dir.path(), &mut wiped).expect("answers");
+        let zeros = hex::encode(<sha2::Sha256 as sha2::Digest>::digest([0u8; 4096]));
+        assert_eq!(wiped[0].samples.len(), 1);
+        assert_eq!(wiped[0].samples[0].offset, MIB);
+        assert_eq!(wiped[0].samples[0].sha256, zeros);
     }
 }

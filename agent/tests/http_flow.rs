@@ -25,6 +25,31 @@ struct Api {
     seen: Mutex<Seen>,
 }
 
+/// What the double's server chooses to have read back: the first 4 KiB and 4 KiB at 1 MiB
+/// of a deploy's disk; the first and the last 4 KiB of each wiped disk.
+fn challenge_for(body: &str) -> serde_json::Value {
+    let req: serde_json::Value = serde_json::from_str(body).unwrap_or_default();
+    let disks: Vec<serde_json::Value> = req["disks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|d| {
+                    let size = d["size_bytes"].as_u64().unwrap_or(0);
+                    serde_json::json!({"name": d["name"], "ranges": [
+                        {"offset": 0, "length": 4096},
+                        {"offset": size.saturating_sub(4096), "length": 4096}]})
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let ranges = if disks.is_empty() {
+        serde_json::json!([{"offset": 0, "length": 4096}, {"offset": 1 << 20, "length": 4096}])
+    } else {
+        serde_json::json!([])
+    };
+    serde_json::json!({"ranges": ranges, "disks": disks})
+}
+
 fn handle(api: &Api, stream: TcpStream) -> std::io::Result<()> {
     let mut r = BufReader::new(stream.try_clone()?);
     let mut line = String::new();
@@ -72,6 +97,9 @@ fn handle(api: &Api, stream: TcpStream) -> std::io::Result<()> {
         ),
         ("POST", "/api/v1/agent/progress") => {
             write!(w, "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n")
+        }
+        ("POST", "/api/v1/agent/challenge") if auth == "Bearer sess" => {
+            json(&mut w, "200 OK", &challenge_for(&body))
         }
         ("POST", "/api/v1/agent/result") => {
             seen.result = serde_json::from_str(&body).ok();
@@ -233,6 +261,11 @@ fn deploy_over_http_resumes_and_reports_the_read_back_hash() {
     assert_eq!(r["ok"], true, "{r}");
     assert_eq!(r["deploy"]["sha256"], sha.as_str());
     assert_eq!(r["deploy"]["written_bytes"], data.len() as u64);
+    assert_eq!(
+        r["deploy"]["challenge"][1]["sha256"],
+        hex::encode(Sha256::digest(&data[1 << 20..(1 << 20) + 4096])),
+        "the server's chunk, read back from the disk: {r}"
+    );
     assert!(
         r["deploy"]["seed"]
             .as_str()

@@ -76,6 +76,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("post", "/api/v1/agent/claim", "The deploy agent exchanges its one-time boot token for its task and a session (docs/agent-protocol.md)", "the agent (one-time token)", None, None),
     op!("get", "/api/v1/agent/image", "The agent downloads its job's image (Range supported)", "the agent (session token)", None, None),
     op!("post", "/api/v1/agent/progress", "The agent reports progress", "the agent (session token)", None, None),
+    op!("post", "/api/v1/agent/challenge", "The agent asks which ranges of its disks to read back after a deploy or wipe; the server chooses them (docs/agent-protocol.md)", "the agent (session token)", None, None),
     op!("post", "/api/v1/agent/result", "The agent reports its result", "the agent (session token)", None, None),
     op!("get", "/api/v1/groups", "List member groups", "any role (members: own)", None, Some("[MemberGroup]")),
     op!("post", "/api/v1/groups", "Add a member group", "admin, staff", Some("NewGroup"), Some("MemberGroup")),

@@ -224,6 +224,10 @@ pub struct DeployResult {
     pub write_ms: u64,
     /// Milliseconds spent reading back and hashing.
     pub verify_ms: u64,
+    /// The answer to the deploy challenge: the hash of every range the server named, read
+    /// back from the disk before the cloud-init seed was written.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub challenge: Vec<RangeHash>,
 }
 
 /// One disk as inspect reports it.
@@ -290,12 +294,20 @@ pub struct WipedDisk {
     /// Serial number, when the device tells (how the server matches it to the inventory).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
-    /// `discard` or `zero`.
+    /// How it was erased: `nvme-sanitize-crypto`, `nvme-sanitize-block`, `nvme-format-crypto`,
+    /// `nvme-format`, `ata-secure-erase(-enhanced)`, `discard` or `zero`.
     pub method: String,
+    /// Why each stronger method was not used (not offered by the device, refused, failed).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub not_used: Vec<String>,
     /// Bytes erased.
     pub bytes: u64,
     /// How it was checked.
     pub verification: String,
+    /// What the agent read back at the ranges the server chose for this disk (the wipe
+    /// challenge).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub samples: Vec<RangeHash>,
 }
 
 /// What wipe reports.
@@ -304,6 +316,71 @@ pub struct WipedDisk {
 pub struct WipeResult {
     /// Every disk wiped.
     pub disks: Vec<WipedDisk>,
+    /// The agent's version (for the certificate).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub agent_version: String,
+}
+
+/// `POST /api/v1/agent/challenge` body: what the agent has done, so the server can choose
+/// where the agent must read. A deploy sends nothing; a wipe names the disks it erased.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChallengeRequest {
+    /// Wipe: every disk erased.
+    pub disks: Vec<ChallengeDisk>,
+}
+
+/// A disk the agent asks to be challenged on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ChallengeDisk {
+    /// Kernel name, e.g. `vda`.
+    pub name: String,
+    /// Size in bytes.
+    pub size_bytes: u64,
+}
+
+/// `POST /api/v1/agent/challenge` answer: the byte ranges the agent must read back and hash.
+/// The server chose them after the work was done, so a report cannot be prepared without it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Challenge {
+    /// Deploy: ranges of the target disk (each one chunk of the image's content index).
+    pub ranges: Vec<ByteRange>,
+    /// Wipe: ranges of each disk, by kernel name.
+    pub disks: Vec<DiskRanges>,
+}
+
+/// The ranges of one disk.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct DiskRanges {
+    /// Kernel name, as in the request.
+    pub name: String,
+    /// Where to read.
+    pub ranges: Vec<ByteRange>,
+}
+
+/// A byte range of a disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ByteRange {
+    /// First byte.
+    pub offset: u64,
+    /// Length in bytes.
+    pub length: u64,
+}
+
+/// What the agent read at a range: its sha256.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RangeHash {
+    /// First byte.
+    pub offset: u64,
+    /// Length in bytes.
+    pub length: u64,
+    /// sha256 of the bytes read, lowercase hex.
+    pub sha256: String,
 }
 
 /// What the agent does after its result is accepted.

@@ -169,7 +169,7 @@ mod tests {
         );
         assert!(s.starts_with("#!ipxe\n"), "{s}");
         assert!(s.contains(
-            "kernel http://10.0.0.1:8080/agent/vmlinuz initrd=initrd.img rackshare.api=http://10.0.0.1:8080 rackshare.token=tok123 rackshare.mode=deploy console=ttyS0 || goto failed"
+            "kernel http://10.0.0.1:8080/agent/vmlinuz initrd=initrd.img rackshare.api=http://10.0.0.1:8080 rackshare.token=tok123 rackshare.mode=deploy rackshare.mac=${netX/mac} rackshare.ip=${netX/ip} rackshare.netmask=${netX/netmask} rackshare.gateway=${netX/gateway} console=ttyS0 || goto failed"
         ), "{s}");
         assert!(s.contains("initrd --name initrd.img http://10.0.0.1:8080/agent/initrd.img"));
         assert!(s.contains("boot || goto failed"));

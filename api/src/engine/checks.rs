@@ -106,8 +106,10 @@ mod tests {
             model: Some("QEMU HARDDISK".into()),
             serial: serial.map(Into::into),
             method: "zero".into(),
+            not_used: Vec::new(),
             bytes: size,
             verification: String::new(),
+            samples: Vec::new(),
         }
     }
 

@@ -7,11 +7,13 @@
 //!   (`JobKind::plan` in the inventory), and `end_of_attempt`, which decides what an attempt's
 //!   outcome means for the step and the job;
 //! - `steps.rs`: one function per step, deciding and making its BMC call;
+//! - `challenge.rs`: the ranges the agent must read back after its work, and their checks;
 //! - `store.rs`: the persisting layer (retried writes, the job log);
 //! - `bmc.rs`: the BMC operations steps use, as a trait (faked in tests);
 //! - `facts.rs`: the one merge of hardware facts, for the agent's and the BMC's inspection.
 
 mod bmc;
+pub(crate) mod challenge;
 mod checks;
 pub(crate) mod facts;
 mod steps;
@@ -252,6 +254,16 @@ impl Conductor {
                     .await;
                 return;
             };
+            // A job made under an older plan (e.g. a wipe before its inspect step existed)
+            // is not driven by the new one step for step.
+            if step.name != spec.name {
+                self.fail(
+                    &job,
+                    "the job was planned by an older rackshare (its steps differ from today's plan); start it again",
+                )
+                .await;
+                return;
+            }
             if step.state.is_done() {
                 continue;
             }

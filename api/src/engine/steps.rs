@@ -5,11 +5,12 @@
 //! functions with unit tests; the drive loop in `mod.rs` persists what the steps decide.
 
 use super::bmc::BmcActions;
+use super::challenge;
 use super::checks;
 use super::facts::{self, HardwareFacts};
 use super::store;
 use bmc::{BootDevice, PowerAction};
-use inventory::{Image, Inventory, Job, StepName};
+use inventory::{Image, Inventory, Job, JobKind, StepName};
 use proto::{AgentResult, DeployResult};
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -290,6 +291,16 @@ async fn audited(ctx: &StepCtx<'_>, a: &Attempt<'_>, res: StepResult) -> StepRes
 async fn accept_report(ctx: &StepCtx<'_>, a: &Attempt<'_>, reported: &Reported) -> StepResult {
     match a.name {
         StepName::Inspect => {
+            if a.job.kind == JobKind::Wipe {
+                // The record the wipe is checked against is not the wiping agent's to change.
+                let m = ctx.inv.machine(&a.job.machine).await?;
+                if !m.disks.is_empty() {
+                    return Ok(StepOutcome::Skipped(
+                        "the machine's disks are on record; the wipe is checked against them"
+                            .into(),
+                    ));
+                }
+            }
             let report =
                 reported.result.inspect.as_ref().ok_or_else(|| {
                     StepFailure::fatal("the agent's result has no inspection report")
@@ -304,11 +315,15 @@ async fn accept_report(ctx: &StepCtx<'_>, a: &Attempt<'_>, reported: &Reported) 
                 .ok_or_else(|| StepFailure::fatal("the agent's result has no wipe report"))?;
             let m = ctx.inv.machine(&a.job.machine).await?;
             checks::check_wipe(&m.disks, &report.disks).map_err(StepFailure::fatal)?;
+            let issued = issued_challenge(ctx, a, "wipe").await?;
+            let sampled =
+                challenge::check_wipe(&issued, &report.disks).map_err(StepFailure::fatal)?;
             let public = ctx.signing_key.public();
             let cert = wipe_certificate(
                 a.job,
                 &m,
                 &reported.raw,
+                &sampled,
                 &public.key_id,
                 inventory::now_ms(),
             );
@@ -417,9 +432,30 @@ async fn verify_deploy(ctx: &StepCtx<'_>, a: &Attempt<'_>) -> StepResult {
         None => return Err(StepFailure::fatal("the job's image was deleted")),
     };
     let line = check_deploy(&image, &d)?;
+    // The hash alone could be the one the claim handed out: the disk must also answer the
+    // chunks the server chose after the write.
+    let issued = issued_challenge(ctx, a, "deploy").await?;
+    let passed = challenge::check_deploy(&issued, &d.challenge).map_err(StepFailure::fatal)?;
     store::event(ctx.inv, a.job.id, "info", &line).await;
+    store::event(ctx.inv, a.job.id, "info", &passed).await;
     ctx.inv.arm_agent(a.job.id, false).await?;
     Ok(StepOutcome::Done)
+}
+
+/// The challenge the job's agent was given in this boot; a report without one cannot be
+/// checked, so it fails.
+async fn issued_challenge(
+    ctx: &StepCtx<'_>,
+    a: &Attempt<'_>,
+    what: &str,
+) -> Result<challenge::Issued, StepFailure> {
+    let stored = ctx.inv.agent_challenge(a.job.id).await?.ok_or_else(|| {
+        StepFailure::fatal(format!(
+            "the agent reported its {what} without asking for the challenge \
+             (POST /api/v1/agent/challenge), so the report cannot be checked"
+        ))
+    })?;
+    challenge::decode(&stored).map_err(|e| StepFailure::fatal(e.to_string()))
 }
 
 async fn power_down(ctx: &StepCtx<'_>, a: &Attempt<'_>, has_bmc: bool) -> StepResult {
@@ -452,24 +488,31 @@ async fn bounded(
     }
 }
 
-/// The NIST SP 800-88 class of a wipe method: overwriting and discarding (read back as
-/// zero) clear a disk against reading through its interface; a device's own secure erase,
-/// format with secure erase or sanitize purges it.
+/// The NIST SP 800-88 class of a wipe method (the agent's names, agent/src/sanitize.rs):
+/// overwriting and discarding (read back as zero) clear a disk against reading through its
+/// interface; a device's own secure erase, format with secure erase or sanitize purges it.
 pub(super) fn nist_class(method: &str) -> &'static str {
     match method {
-        "ata-secure-erase" | "nvme-format" | "nvme-format-crypto" | "nvme-sanitize" => "Purge",
+        "ata-secure-erase"
+        | "ata-secure-erase-enhanced"
+        | "nvme-format"
+        | "nvme-format-crypto"
+        | "nvme-sanitize-block"
+        | "nvme-sanitize-crypto" => "Purge",
         _ => "Clear",
     }
 }
 
 /// The certificate a wipe leaves, signed by `key_id`: the machine and its serial, every disk
 /// as the agent reported it (unknown fields kept, so a certificate keeps what a newer agent
-/// adds) with its NIST SP 800-88 class, the lease it closes and its group, the job and its
-/// times, and the agent's version when it tells.
+/// adds) with its NIST SP 800-88 class and the server's verdict on its samples (`sampled`,
+/// by kernel name), the lease it closes and its group, the job and its times, and the
+/// agent's version when it tells.
 pub(super) fn wipe_certificate(
     job: &Job,
     machine: &inventory::Machine,
     raw: &Value,
+    sampled: &[(String, String)],
     key_id: &str,
     now_ms: i64,
 ) -> Value {
@@ -481,8 +524,14 @@ pub(super) fn wipe_certificate(
     if let Some(list) = disks.as_array_mut() {
         for d in list.iter_mut() {
             let class = nist_class(d.get("method").and_then(Value::as_str).unwrap_or(""));
+            let name = d.get("name").and_then(Value::as_str).unwrap_or("");
+            let checked = sampled
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, l)| l.clone());
             if let Some(o) = d.as_object_mut() {
                 o.insert("nist_sp800_88".into(), json!(class));
+                o.insert("server_verification".into(), json!(checked));
             }
         }
     }

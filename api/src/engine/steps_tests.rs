@@ -229,9 +229,57 @@ async fn verify_compares_the_read_back_with_the_image() {
         !f.retry && f.message.contains("reads back sha256 00"),
         "{f:?}"
     );
+    // The audit's forger: the hash the claim returned, and no challenge asked for.
     lab.inv.reset_agent(job.id).await.expect("reset");
-    let good =
+    let forged =
         serde_json::json!({"ok": true, "deploy": {"sha256": "AB".repeat(32), "seed": "written"}});
+    lab.inv.agent_result(job.id, &forged).await.expect("report");
+    let f = run_step(&ctx, &attempt(&job, StepName::Verify))
+        .await
+        .expect_err("forged");
+    assert!(
+        !f.retry && f.message.contains("without asking for the challenge"),
+        "{f:?}"
+    );
+    // Asked, but not answered: still forged.
+    lab.inv.reset_agent(job.id).await.expect("reset");
+    let issued =
+        serde_json::json!({"deploy": [{"offset": 0, "length": 4, "sha256": "cd".repeat(32)}]});
+    lab.inv
+        .agent_challenge_once(job.id, &issued)
+        .await
+        .expect("challenge");
+    lab.inv.agent_result(job.id, &forged).await.expect("report");
+    let f = run_step(&ctx, &attempt(&job, StepName::Verify))
+        .await
+        .expect_err("unanswered");
+    assert!(
+        f.message.contains("did not answer the deploy challenge"),
+        "{f:?}"
+    );
+    let audits = report_audits(&lab.inv, "n1").await;
+    assert!(
+        audits
+            .iter()
+            .all(|(o, _)| *o == inventory::AuditOutcome::Failed),
+        "{audits:?}"
+    );
+    // The stored challenge survives a re-request; a reset (a new boot) forgets it.
+    lab.inv.reset_agent(job.id).await.expect("reset");
+    assert_eq!(lab.inv.agent_challenge(job.id).await.expect("read"), None);
+    lab.inv
+        .agent_challenge_once(job.id, &issued)
+        .await
+        .expect("challenge");
+    let other = serde_json::json!({"deploy": []});
+    let kept = lab
+        .inv
+        .agent_challenge_once(job.id, &other)
+        .await
+        .expect("again");
+    assert_eq!(kept, issued, "one draw per boot");
+    let good = serde_json::json!({"ok": true, "deploy": {"sha256": "AB".repeat(32), "seed": "written",
+        "challenge": [{"offset": 0, "length": 4, "sha256": "CD".repeat(32)}]}});
     lab.inv.agent_result(job.id, &good).await.expect("report");
     let r = run_step(&ctx, &attempt(&job, StepName::Verify)).await;
     assert_eq!(r, Ok(StepOutcome::Done));
@@ -239,6 +287,11 @@ async fn verify_compares_the_read_back_with_the_image() {
     assert!(
         log.iter()
             .any(|e| e.message.contains("verified") && e.message.contains("seed written")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter()
+            .any(|e| e.message.contains("deploy challenge passed")),
         "{log:?}"
     );
 }
@@ -281,14 +334,33 @@ async fn a_wipe_leaves_a_certificate_with_the_agents_words() {
         .update_machine("test", "n1", &patch)
         .await
         .expect("disks recorded");
-    let report = serde_json::json!({"ok": true, "wipe": {"disks": [{"name": "vda", "serial": "D1", "size_bytes": 8, "bytes": 8, "verified": true}]}});
+    let issued =
+        serde_json::json!({"wipe": [{"name": "vda", "ranges": [{"offset": 0, "length": 8}]}]});
+    lab.inv
+        .agent_challenge_once(job.id, &issued)
+        .await
+        .expect("challenge");
+    let zeros = hex::encode(<sha2::Sha256 as sha2::Digest>::digest([0u8; 8]));
+    let report = serde_json::json!({"ok": true, "wipe": {"disks": [{"name": "vda", "serial": "D1", "size_bytes": 8, "bytes": 8, "verified": true,
+        "method": "zero", "samples": [{"offset": 0, "length": 8, "sha256": zeros}]}]}});
     lab.inv.agent_result(job.id, &report).await.expect("report");
     let r = run_step(&lab.ctx(), &attempt(&job, StepName::Wipe)).await;
     assert_eq!(r, Ok(StepOutcome::Done));
     let m = lab.inv.machine("n1").await.expect("machine");
-    let cert = wipe_certificate(&job, &m, &report, "k1", 5);
+    let sampled = vec![("vda".to_string(), "1 ranges".to_string())];
+    let cert = wipe_certificate(&job, &m, &report, &sampled, "k1", 5);
     assert_eq!(cert["disks"][0]["verified"], true, "unknown fields kept");
     assert_eq!(cert["disks"][0]["nist_sp800_88"], "Clear");
+    assert_eq!(cert["disks"][0]["server_verification"], "1 ranges");
+    for purge in [
+        "nvme-format",
+        "nvme-sanitize-crypto",
+        "ata-secure-erase-enhanced",
+    ] {
+        assert_eq!(nist_class(purge), "Purge", "{purge}");
+    }
+    assert_eq!(nist_class("discard"), "Clear");
+    assert_eq!(cert["disks"][0]["samples"][0]["offset"], 0);
     assert_eq!(cert["machine"], "n1");
     assert_eq!(cert["completed_at"], 5);
     assert_eq!(cert["signing_key_id"], "k1");
@@ -408,4 +480,148 @@ async fn the_agents_report_decides_the_agent_steps() {
     assert_eq!(claim_verdict(&job), Waiting::Wait);
     job.agent_claimed_at = Some(1);
     assert_eq!(claim_verdict(&job), Waiting::Ready(()));
+}
+
+#[tokio::test]
+async fn a_wipe_that_did_not_read_the_servers_samples_fails() {
+    let lab = lab().await;
+    let job = lab.job("n1", false, JobKind::Wipe).await;
+    let patch = inventory::MachinePatch {
+        disks: Some(vec![inventory::Disk {
+            name: "vda".into(),
+            size_bytes: 8,
+            model: None,
+            serial: Some("D1".into()),
+        }]),
+        ..Default::default()
+    };
+    lab.inv
+        .update_machine("test", "n1", &patch)
+        .await
+        .expect("disks recorded");
+    // The right disks, but no challenge asked for: what an old agent or a forger sends.
+    let forged = serde_json::json!({"ok": true, "wipe": {"disks": [{"name": "vda", "serial": "D1", "size_bytes": 8, "bytes": 8, "method": "zero"}]}});
+    lab.inv.agent_result(job.id, &forged).await.expect("report");
+    let f = run_step(&lab.ctx(), &attempt(&job, StepName::Wipe))
+        .await
+        .expect_err("forged");
+    assert!(
+        f.message.contains("without asking for the challenge"),
+        "{f:?}"
+    );
+    // Asked, but answered without reading.
+    lab.inv.reset_agent(job.id).await.expect("reset");
+    let issued =
+        serde_json::json!({"wipe": [{"name": "vda", "ranges": [{"offset": 0, "length": 8}]}]});
+    lab.inv
+        .agent_challenge_once(job.id, &issued)
+        .await
+        .expect("challenge");
+    lab.inv.agent_result(job.id, &forged).await.expect("report");
+    let f = run_step(&lab.ctx(), &attempt(&job, StepName::Wipe))
+        .await
+        .expect_err("unread");
+    assert!(f.message.contains("was not read back"), "{f:?}");
+    let log = lab.inv.job_events(job.id, 0).await.expect("events");
+    assert!(
+        !log.iter().any(|e| e.message.contains("wipe certificate")),
+        "no certificate for a forged wipe: {log:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_wipe_of_a_machine_never_inspected_records_its_agents_inspection_first() {
+    let lab = lab().await;
+    let job = lab.job("n1", false, JobKind::Wipe).await;
+    let plan: Vec<StepName> = JobKind::Wipe.plan().iter().map(|s| s.name).collect();
+    let at = |n| plan.iter().position(|s| *s == n).expect("in the plan");
+    assert!(at(StepName::Inspect) < at(StepName::Wipe), "{plan:?}");
+    let zeros = hex::encode(<sha2::Sha256 as sha2::Digest>::digest([0u8; 8]));
+    let issued =
+        serde_json::json!({"wipe": [{"name": "vda", "ranges": [{"offset": 0, "length": 8}]}]});
+    lab.inv
+        .agent_challenge_once(job.id, &issued)
+        .await
+        .expect("challenge");
+    let report = serde_json::json!({"ok": true,
+        "inspect": {"arch": "x86_64", "cpu_count": 2, "ram_mib": 512,
+            "disks": [{"name": "vda", "size_bytes": 8, "serial": "D1"}],
+            "nics": [{"name": "eth0", "mac": "52:54:00:00:00:31"}]},
+        "wipe": {"disks": [{"name": "vda", "serial": "D1", "size_bytes": 8, "bytes": 8, "method": "zero",
+            "samples": [{"offset": 0, "length": 8, "sha256": zeros}]}]}});
+    lab.inv.agent_result(job.id, &report).await.expect("report");
+    let r = run_step(&lab.ctx(), &attempt(&job, StepName::Inspect)).await;
+    assert_eq!(r, Ok(StepOutcome::Done));
+    let m = lab.inv.machine("n1").await.expect("machine");
+    assert_eq!(m.disks.len(), 1, "the inspection recorded the disk");
+    let r = run_step(&lab.ctx(), &attempt(&job, StepName::Wipe)).await;
+    assert_eq!(r, Ok(StepOutcome::Done));
+    // Once on record, the disks are not the wiping agent's to change.
+    let r = run_step(&lab.ctx(), &attempt(&job, StepName::Inspect)).await;
+    assert!(matches!(r, Ok(StepOutcome::Skipped(_))), "{r:?}");
+}
+
+#[tokio::test]
+async fn an_nvme_format_wipe_is_certified_as_purge_with_why_not_sanitize() {
+    let lab = lab().await;
+    let job = lab.job("n1", false, JobKind::Wipe).await;
+    let patch = inventory::MachinePatch {
+        disks: Some(vec![inventory::Disk {
+            name: "nvme0n1".into(),
+            size_bytes: 8,
+            model: Some("QEMU NVMe Ctrl".into()),
+            serial: Some("RSVM-NVME0".into()),
+        }]),
+        ..Default::default()
+    };
+    lab.inv
+        .update_machine("test", "n1", &patch)
+        .await
+        .expect("disks recorded");
+    let issued =
+        serde_json::json!({"wipe": [{"name": "nvme0n1", "ranges": [{"offset": 0, "length": 8}]}]});
+    lab.inv
+        .agent_challenge_once(job.id, &issued)
+        .await
+        .expect("challenge");
+    let zeros = hex::encode(<sha2::Sha256 as sha2::Digest>::digest([0u8; 8]));
+    // The shape the real agent reports for QEMU's NVMe disk (tests/agent_boot.rs).
+    let report = serde_json::json!({"ok": true, "wipe": {"agent_version": "0.1.0", "disks": [{
+        "name": "nvme0n1", "serial": "RSVM-NVME0", "model": "QEMU NVMe Ctrl", "size_bytes": 8, "bytes": 8,
+        "method": "nvme-format",
+        "not_used": ["NVMe Sanitize: the controller does not support it (SANICAP has no crypto or block erase)"],
+        "verification": "66 sampled 1 MiB blocks read back as zero",
+        "samples": [{"offset": 0, "length": 8, "sha256": zeros}]}]}});
+    lab.inv.agent_result(job.id, &report).await.expect("report");
+    let r = run_step(&lab.ctx(), &attempt(&job, StepName::Wipe)).await;
+    assert_eq!(r, Ok(StepOutcome::Done));
+    let log = lab.inv.job_events(job.id, 0).await.expect("events");
+    let id: i64 = log
+        .iter()
+        .find_map(|e| {
+            e.message
+                .strip_prefix("wipe certificate ")?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .expect("stored");
+    let stored = lab.inv.wipe_certificate(id).await.expect("certificate");
+    let disk = &stored.body["disks"][0];
+    assert_eq!(disk["method"], "nvme-format");
+    assert_eq!(disk["nist_sp800_88"], "Purge");
+    assert!(
+        disk["not_used"][0]
+            .as_str()
+            .unwrap_or("")
+            .contains("Sanitize"),
+        "{disk}"
+    );
+    assert_eq!(stored.body["agent_version"], "0.1.0");
+    let doc = trust::SignedDocument {
+        certificate: stored.body,
+        signature: serde_json::from_value(stored.signature.expect("signed")).expect("signature"),
+    };
+    assert!(trust::verify(&doc, &[lab.key.public()]).is_ok());
 }

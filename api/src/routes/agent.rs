@@ -11,8 +11,8 @@ use axum::response::Response;
 use axum::Json;
 use inventory::{AuditOutcome, Job, JobKind, MacAddress, NewAuditEvent};
 use proto::{
-    AgentAction, AgentResult, ClaimRequest, ClaimResponse, ImageSpec, ProgressReport, ResultAnswer,
-    Task,
+    AgentAction, AgentResult, Challenge, ChallengeRequest, ClaimRequest, ClaimResponse, ImageSpec,
+    ProgressReport, ResultAnswer, Task,
 };
 use serde_json::Value;
 
@@ -197,6 +197,24 @@ pub async fn image(
     let img = st.inv.image_by_id(iid).await?;
     let path = st.images.path(&img.sha256).map_err(ApiError::internal)?;
     crate::boot::serve_file(path, req).await
+}
+
+/// `POST /api/v1/agent/challenge`: the ranges the agent must read back and hash, chosen by
+/// the server once per boot after the work is done (crate::engine::challenge).
+pub async fn challenge(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Option<Json<ChallengeRequest>>,
+) -> Result<Json<Challenge>, ApiError> {
+    use crate::engine::challenge::{issue, ChallengeError};
+    let job = session_job(&st, &headers).await?;
+    let req = body.map(|Json(b)| b).unwrap_or_default();
+    match issue(&st.inv, &st.images, &job, &req).await {
+        Ok(c) => Ok(Json(c)),
+        Err(ChallengeError::NotApplicable(why)) => Err(ApiError::invalid("challenge", why)),
+        Err(e @ ChallengeError::Index(_)) => Err(ApiError::internal(e)),
+        Err(ChallengeError::Inventory(e)) => Err(e.into()),
+    }
 }
 
 pub async fn progress(

@@ -118,6 +118,7 @@ pub fn boot_router(state: AppState) -> Router {
         .route("/claim", post(agent::claim))
         .route("/image", get(agent::image))
         .route("/progress", post(agent::progress))
+        .route("/challenge", post(agent::challenge))
         .route("/result", post(agent::result));
     let app = Router::new()
         .route("/boot/{file}", get(boot::boot_file))

@@ -238,12 +238,53 @@ impl Inventory {
         Ok(())
     }
 
+    /// Stores `candidate` as the job's agent challenge unless one is stored already; the one
+    /// stored (so an agent retrying its request gets the same ranges, never new ones).
+    pub async fn agent_challenge_once(
+        &self,
+        id: i64,
+        candidate: &serde_json::Value,
+    ) -> Result<serde_json::Value> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE jobs SET agent_challenge = $1 WHERE id = $2 AND agent_challenge IS NULL",
+        )
+        .bind(crate::db::to_json(candidate))
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT agent_challenge FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?
+                .flatten();
+        tx.commit().await?;
+        match stored {
+            Some(t) => crate::db::from_json("jobs.agent_challenge", &t),
+            None => Err(Error::not_found("job", id.to_string())),
+        }
+    }
+
+    /// The challenge the job's agent was given in this boot, if it asked for one.
+    pub async fn agent_challenge(&self, id: i64) -> Result<Option<serde_json::Value>> {
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT agent_challenge FROM jobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+                .flatten();
+        stored
+            .map(|t| crate::db::from_json("jobs.agent_challenge", &t))
+            .transpose()
+    }
+
     /// Forgets the agent's result and session (a retried agent step starts afresh).
     pub async fn reset_agent(&self, id: i64) -> Result<()> {
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "UPDATE jobs SET result = NULL, agent_session_hash = NULL, agent_claimed_at = NULL, \
-             phase = '', progress_bytes = 0, progress_total = 0 WHERE id = $1",
+             agent_challenge = NULL, phase = '', progress_bytes = 0, progress_total = 0 WHERE id = $1",
         )
         .bind(id)
         .execute(&mut *tx)

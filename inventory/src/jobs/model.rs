@@ -85,10 +85,13 @@ impl JobKind {
             s(SetDiskBoot, 3, 120),
             s(PowerOff, 3, 300),
         ];
+        // A wipe's agent inspects before it erases and reports both: the inspect step records
+        // the disks of a machine never inspected, so the wipe step has a record to check.
         const WIPE: &[StepSpec] = &[
             s(SetPxeBoot, 3, 120),
             s(PowerCycle, 3, 300),
             s(WaitAgent, 3, 600),
+            s(Inspect, 1, 600),
             s(Wipe, 1, 600),
             s(SetDiskBoot, 3, 120),
             s(PowerOff, 3, 300),
