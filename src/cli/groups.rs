@@ -190,22 +190,6 @@ fn byte_limit(s: &str) -> anyhow::Result<serde_json::Value> {
     Ok(json!(bytes))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::byte_limit;
-    use serde_json::json;
-
-    #[test]
-    fn sizes_take_binary_suffixes() {
-        assert_eq!(byte_limit("1500").expect("n"), json!(1500));
-        assert_eq!(byte_limit("2K").expect("k"), json!(2048));
-        assert_eq!(byte_limit("20g").expect("g"), json!(20i64 << 30));
-        assert_eq!(byte_limit("none").expect("none"), json!(null));
-        assert!(byte_limit("12X").is_err());
-        assert!(byte_limit("9999999T").is_err());
-    }
-}
-
 async fn ssh_key(c: &Client, fmt: Format, cmd: SshKeyCmd) -> anyhow::Result<()> {
     let cols: &[(&str, &str)] = &[("FINGERPRINT", "fingerprint"), ("KEY", "key")];
     match cmd {
@@ -243,4 +227,20 @@ async fn ssh_key(c: &Client, fmt: Format, cmd: SshKeyCmd) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_limit;
+    use serde_json::json;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(byte_limit("1500").expect("n"), json!(1500));
+        assert_eq!(byte_limit("2K").expect("k"), json!(2048));
+        assert_eq!(byte_limit("20g").expect("g"), json!(20i64 << 30));
+        assert_eq!(byte_limit("none").expect("none"), json!(null));
+        assert!(byte_limit("12X").is_err());
+        assert!(byte_limit("9999999T").is_err());
+    }
 }

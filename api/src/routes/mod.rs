@@ -162,11 +162,24 @@ async fn method_not_allowed(req: Request) -> ApiError {
 
 /// Every error answer is the one JSON shape, also those a layer or an extractor of axum or
 /// tower-http makes in plain text (a bad path segment, a range not satisfiable, …).
+/// An error answer to a request with a body also closes the connection: the body may be
+/// unread (a refusal before it, a 413), and the client must not queue its next request behind it.
 async fn json_errors(req: Request, next: Next) -> Response {
     use axum::http::header;
     use axum::response::IntoResponse;
-    let resp = next.run(req).await;
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let mut resp = next.run(req).await;
     let status = resp.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
     let is_json = resp
         .headers()
         .get(header::CONTENT_TYPE)
@@ -193,6 +206,7 @@ async fn json_errors(req: Request, next: Next) -> Response {
     *out.status_mut() = status;
     for (name, value) in &parts.headers {
         if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            // Copied as is: Connection, Retry-After, Allow and the like stay.
             out.headers_mut().insert(name.clone(), value.clone());
         }
     }
