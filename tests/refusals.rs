@@ -280,6 +280,34 @@ async fn events_name_their_source_and_token_prefix() {
     assert!(minted["source"]
         .as_str()
         .is_some_and(|a| a.starts_with("127.0.0.1:")));
+    // The member's ledger has the member's own origins, not the staff's.
+    let ledger: Vec<Value> = from
+        .get(format!("{}/api/v1/events", s.url))
+        .bearer_auth(&ann)
+        .send()
+        .await
+        .expect("ledger")
+        .json()
+        .await
+        .expect("json");
+    let minted_seen = ledger
+        .iter()
+        .find(|e| e["action"] == "token.create")
+        .expect("the member sees its token's creation");
+    assert!(
+        minted_seen["source"].is_null() && minted_seen["token_prefix"].is_null(),
+        "{minted_seen}"
+    );
+    let own = ledger
+        .iter()
+        .find(|e| e["action"] == "group.create")
+        .expect("the member sees its own refusal");
+    assert!(
+        own["source"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("127.0.0.9:")),
+        "{own}"
+    );
     // The CLI shows them.
     let table = s.cli(&["events", "--limit", "50"]);
     assert!(

@@ -55,7 +55,7 @@ impl FromRequestParts<AppState> for Caller {
                     }
                     // A prefix over its limit refuses wrong secrets only: a correct token still
                     // works, so knowing someone's (public) prefix cannot lock them out.
-                    let key = FailureKey::Prefix(prefix.clone()?);
+                    let key = FailureKey::Prefix(prefix?);
                     let limited = l.refused(&key, now);
                     if limited.is_none() {
                         l.failed(&key, now);
