@@ -233,6 +233,36 @@ async fn wrong_tokens(db: Db) {
 }
 
 #[tokio::test]
+async fn a_guessed_prefix_is_limited_but_its_owner_is_not_locked_out() {
+    let s = Service::start(Db::Sqlite).await;
+    let prefix = prefix_of(&s.admin_token);
+    let mut limited = false;
+    // Wrong secrets for the admin's (public) prefix, each from its own source, so only the
+    // prefix's count can trip.
+    for i in 0..40u8 {
+        let r = client_from([127, 0, 1, i + 1])
+            .get(format!("{}/api/v1/whoami", s.url))
+            .bearer_auth(format!("rs_{prefix}_guess{i}"))
+            .send()
+            .await
+            .expect("request");
+        match r.status().as_u16() {
+            401 => {}
+            429 => limited = true,
+            other => panic!("a wrong secret answered {other}"),
+        }
+    }
+    assert!(limited, "40 wrong secrets for one prefix met no limit");
+    let r = client_from([127, 0, 2, 1])
+        .get(format!("{}/api/v1/whoami", s.url))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .await
+        .expect("whoami");
+    assert_eq!(r.status(), 200, "the prefix's owner is locked out");
+}
+
+#[tokio::test]
 async fn events_name_their_source_and_token_prefix() {
     let s = Service::start(Db::Sqlite).await;
     s.cli(&["group", "add", "alpha"]);
