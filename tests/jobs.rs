@@ -292,6 +292,16 @@ async fn reimage_job_with_a_scripted_agent_and_a_crash_in_the_middle() {
     // The reimage is in the audit log with who asked.
     let ev = s.cli_json(&["events", "--machine", "n1"]);
     assert!(ev.to_string().contains("job.reimage"), "{ev}");
+    // The agent's claim and report are events, with the address they came from.
+    for action in ["job.agent_claim", "job.agent_report"] {
+        let e = ev
+            .as_array()
+            .expect("events")
+            .iter()
+            .find(|e| e["action"] == action && e["outcome"] == "ok")
+            .unwrap_or_else(|| panic!("no {action} event: {ev}"));
+        assert!(e["source"].as_str().is_some_and(|a| !a.is_empty()), "{e}");
+    }
 }
 
 #[tokio::test]

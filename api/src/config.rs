@@ -27,6 +27,8 @@ pub struct Config {
     pub conductor: crate::ConductorConfig,
     /// Internal address ranges URL imports may reach anyway (staff's choice); empty: none.
     pub image_import_allow: Vec<crate::ImportRange>,
+    /// When failed authentication is refused (429) and how long its windows are.
+    pub auth_limit: crate::AuthLimitPolicy,
 }
 
 impl Config {
@@ -43,6 +45,7 @@ impl Config {
             boot: Vec::new(),
             conductor: crate::ConductorConfig::default(),
             image_import_allow: Vec::new(),
+            auth_limit: crate::AuthLimitPolicy::default(),
         }
     }
 

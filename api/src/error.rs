@@ -122,6 +122,41 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// A 429: the JSON error with a `Retry-After` header.
+#[derive(Debug)]
+pub struct TooManyRequests {
+    /// Seconds until the client may try again.
+    pub retry_after_secs: u64,
+    /// What to do, for a person.
+    pub message: String,
+}
+
+impl TooManyRequests {
+    /// Try again in `retry_after_secs`.
+    pub fn new(retry_after_secs: u64, message: impl Into<String>) -> Self {
+        TooManyRequests {
+            retry_after_secs,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for TooManyRequests {
+    fn into_response(self) -> Response {
+        let secs = self.retry_after_secs;
+        let mut resp = ApiError {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            code: "too_many_requests",
+            message: format!("{} (in {secs} s)", self.message),
+            field: None,
+        }
+        .into_response();
+        resp.headers_mut()
+            .insert(axum::http::header::RETRY_AFTER, secs.into());
+        resp
+    }
+}
+
 /// Why the service could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

@@ -3,6 +3,7 @@
 #![recursion_limit = "256"]
 
 mod auth;
+mod auth_limit;
 mod bmc_service;
 mod boot;
 mod claim;
@@ -13,12 +14,14 @@ mod import_guard;
 mod json;
 mod metrics;
 mod openapi;
+mod origin;
 mod routes;
 mod scheduler;
 mod server;
 mod state;
 mod visibility;
 
+pub use auth_limit::AuthLimitPolicy;
 pub use boot::{BootPool, BootSettings, DhcpRole};
 pub use config::Config;
 pub use engine::ConductorConfig;

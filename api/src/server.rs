@@ -10,6 +10,9 @@ use std::path::Path;
 use std::sync::Arc;
 use tokio::task::JoinHandle;
 
+/// How often finished windows of failed authentication are written to the audit log.
+const FAILURE_AUDIT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The service, before it starts.
 pub struct Server;
 
@@ -154,8 +157,12 @@ impl Server {
             boot: boot_http,
             pxe_metrics,
             conductor: conductor.clone(),
+            auth_limiter: Arc::new(std::sync::Mutex::new(crate::auth_limit::AuthLimiter::new(
+                config.auth_limit,
+            ))),
             signing_key,
         };
+        let auth_limiter = state.auth_limiter.clone();
         let boot_app = crate::routes::boot_router(state.clone());
         let app = crate::routes::router(state);
         let mut background = Vec::new();
@@ -173,6 +180,12 @@ impl Server {
             }));
         }
         background.push(tokio::spawn(conductor.run(shutdown.clone())));
+        background.push(crate::origin::spawn_failure_audit(
+            inv.clone(),
+            auth_limiter,
+            FAILURE_AUDIT_EVERY,
+            shutdown.clone(),
+        ));
         background.push(crate::scheduler::spawn(
             inv.clone(),
             crate::scheduler::LEASE_TICK,
@@ -198,9 +211,13 @@ impl Server {
         }
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
+            // The connection's address is each request's source (audit, failed-login limits).
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await
         });
         tracing::info!(%addr, database = ?inv.backend(), "rackshare API listening");
         Ok(RunningServer {

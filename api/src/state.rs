@@ -27,6 +27,8 @@ pub struct AppState {
     pub pxe_metrics: Arc<pxe::Metrics>,
     /// The job engine.
     pub conductor: Arc<crate::engine::Conductor>,
+    /// Failed authentications per source and token prefix.
+    pub auth_limiter: crate::origin::SharedLimiter,
     /// Signs wipe certificates (`DATA_DIR/signing.key`).
     pub signing_key: Arc<trust::SigningKey>,
 }

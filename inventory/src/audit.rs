@@ -5,6 +5,42 @@ use crate::{now_ms, Inventory, Result};
 use serde::{Deserialize, Serialize};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
+use std::cell::RefCell;
+use std::future::Future;
+
+/// Where the request being served came from: every event recorded while serving it carries
+/// this, wherever in the inventory the event is written.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuditOrigin {
+    /// The client's address (`ip:port`).
+    pub source: Option<String>,
+    /// The public prefix of the token that authenticated the request (never the secret).
+    pub token_prefix: Option<String>,
+}
+
+tokio::task_local! {
+    // Per request, set by the API around each handler. A task-local and not a parameter: the
+    // events are written deep inside inventory transactions (transitions, leases, jobs), and
+    // one home for the origin beats threading it through every write method.
+    static ORIGIN: RefCell<AuditOrigin>;
+}
+
+impl AuditOrigin {
+    /// Runs `fut` with `self` as the origin of every event it records.
+    pub async fn scope<F: Future>(self, fut: F) -> F::Output {
+        ORIGIN.scope(RefCell::new(self), fut).await
+    }
+
+    /// Names the token that authenticated the current request (no-op outside a scope).
+    pub fn set_token_prefix(prefix: &str) {
+        let _ = ORIGIN.try_with(|o| o.borrow_mut().token_prefix = Some(prefix.to_string()));
+    }
+
+    /// The origin of the current request, if one is being served.
+    pub fn current() -> AuditOrigin {
+        ORIGIN.try_with(|o| o.borrow().clone()).unwrap_or_default()
+    }
+}
 
 /// How an audited action ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +148,10 @@ pub struct AuditEvent {
     pub outcome: AuditOutcome,
     /// Extra facts.
     pub detail: serde_json::Value,
+    /// The caller's address, when a request was behind the event.
+    pub source: Option<String>,
+    /// The public prefix of the caller's token, when one authenticated the request.
+    pub token_prefix: Option<String>,
 }
 
 /// Which events to list.
@@ -128,9 +168,10 @@ pub struct AuditFilter {
 }
 
 pub(crate) async fn record_in(tx: &mut Transaction<'_, Any>, ev: &NewAuditEvent) -> Result<()> {
+    let origin = AuditOrigin::current();
     sqlx::query(
-        "INSERT INTO audit_events (at, actor, action, target_kind, target, machine, member_group, outcome, detail) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        "INSERT INTO audit_events (at, actor, action, target_kind, target, machine, member_group, outcome, detail, source, token_prefix) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(now_ms())
     .bind(&ev.actor)
@@ -141,6 +182,8 @@ pub(crate) async fn record_in(tx: &mut Transaction<'_, Any>, ev: &NewAuditEvent)
     .bind(&ev.member_group)
     .bind(ev.outcome.as_str())
     .bind(to_json(&ev.detail))
+    .bind(origin.source)
+    .bind(origin.token_prefix)
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -163,6 +206,8 @@ fn event_from_row(r: &AnyRow) -> Result<AuditEvent> {
         member_group: r.try_get("member_group")?,
         outcome,
         detail: from_json("detail", &r.try_get::<String, _>("detail")?)?,
+        source: r.try_get("source")?,
+        token_prefix: r.try_get("token_prefix")?,
     })
 }
 
@@ -178,7 +223,7 @@ impl Inventory {
     /// Lists events, newest first.
     pub async fn events(&self, f: &AuditFilter) -> Result<Vec<AuditEvent>> {
         let rows = sqlx::query(
-            "SELECT id, at, actor, action, target_kind, target, machine, member_group, outcome, detail \
+            "SELECT id, at, actor, action, target_kind, target, machine, member_group, outcome, detail, source, token_prefix \
              FROM audit_events \
              WHERE ($1 IS NULL OR machine = $1) AND ($2 IS NULL OR member_group = $2) AND id > $3 \
              ORDER BY id DESC LIMIT $4",

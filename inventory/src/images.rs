@@ -83,6 +83,9 @@ impl Inventory {
             None => None,
         };
         let mut tx = self.begin_write().await?;
+        if let (Some(id), Some(g)) = (group_id, &i.owner_group) {
+            self.check_image_quota(&mut tx, id, g, i.size_bytes).await?;
+        }
         sqlx::query(
             "INSERT INTO images (name, version, arch, format, size_bytes, sha256, owner_group_id, created_by, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",

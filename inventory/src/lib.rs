@@ -24,7 +24,7 @@ mod sites;
 mod state;
 mod transition;
 
-pub use audit::{AuditEvent, AuditFilter, AuditOutcome, NewAuditEvent};
+pub use audit::{AuditEvent, AuditFilter, AuditOrigin, AuditOutcome, NewAuditEvent};
 pub use certificates::{StoredCertificate, TrustKey};
 pub use clock::{fmt_utc, month_bounds, now_ms, utc_ms};
 pub use db::{Backend, Inventory};
@@ -42,13 +42,13 @@ pub use jobs::{
 };
 pub use leases::{
     ssh_key_fingerprint, EndReason, GroupQuota, Lease, LeaseConstraints, LeaseDetail, LeaseFilter,
-    LeaseMachine, LeasePolicy, LeaseState, LeaseTick, NewLease, WipeCertificate,
+    LeaseMachine, LeasePolicy, LeaseState, LeaseTick, NewLease, QuotaLimits, WipeCertificate,
     DEFAULT_LEASE_HOURS,
 };
 pub use machines::{BmcAccess, BmcHealth, MachineFilter, MachinePatch, NewBmc, NewMachine};
 pub use model::{
     Bmc, BmcProtocol, Disk, MacAddress, Machine, MemberGroup, Nic, Rack, Role, Site, User,
 };
-pub use people::{ApiToken, IssuedToken, NewUser, TokenOwner};
-pub use secrets::SecretBox;
+pub use people::{ApiToken, IssuedToken, NewUser, TokenOwner, UserChange};
+pub use secrets::{token_prefix, SecretBox};
 pub use state::MachineState;

@@ -323,6 +323,9 @@ pub struct User {
     pub role: Role,
     /// The member group (members only).
     pub member_group: Option<String>,
+    /// When it was disabled (unix ms); a disabled user's tokens do not authenticate.
+    #[serde(default)]
+    pub disabled_at: Option<i64>,
 }
 
 #[cfg(test)]

@@ -72,7 +72,34 @@ fn user_from_row(r: &AnyRow) -> Result<User> {
         name: r.try_get("name")?,
         role: r.try_get::<String, _>("role")?.parse()?,
         member_group: r.try_get("member_group")?,
+        disabled_at: r.try_get("disabled_at")?,
     })
+}
+
+/// The one rule for whether a user may act at all (tokens here; web sessions use
+/// [`Inventory::user_is_active`]), as SQL over the `users` row `u`.
+const USER_IS_ACTIVE: &str = "u.disabled_at IS NULL";
+
+/// What disabling or deleting a user does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UserChange {
+    /// Its tokens stop authenticating; the user and its tokens stay.
+    Disable,
+    /// It may act again (tokens that were valid before are valid again).
+    Enable,
+    /// The user and its tokens are removed.
+    Delete,
+}
+
+impl UserChange {
+    /// The audited action.
+    pub fn action(self) -> &'static str {
+        match self {
+            UserChange::Disable => "user.disable",
+            UserChange::Enable => "user.enable",
+            UserChange::Delete => "user.delete",
+        }
+    }
 }
 
 impl Inventory {
@@ -122,13 +149,14 @@ impl Inventory {
             name: u.name.clone(),
             role: u.role,
             member_group: u.member_group.clone(),
+            disabled_at: None,
         })
     }
 
     /// All users by name.
     pub async fn users(&self) -> Result<Vec<User>> {
         let rows = sqlx::query(
-            "SELECT u.id, u.name, u.role, g.name AS member_group FROM users u \
+            "SELECT u.id, u.name, u.role, u.disabled_at, g.name AS member_group FROM users u \
              LEFT JOIN member_groups g ON g.id = u.group_id ORDER BY u.name",
         )
         .fetch_all(&self.pool)
@@ -139,7 +167,7 @@ impl Inventory {
     /// One user by name.
     pub async fn user(&self, name: &str) -> Result<User> {
         let row = sqlx::query(
-            "SELECT u.id, u.name, u.role, g.name AS member_group FROM users u \
+            "SELECT u.id, u.name, u.role, u.disabled_at, g.name AS member_group FROM users u \
              LEFT JOIN member_groups g ON g.id = u.group_id WHERE u.name = $1",
         )
         .bind(name)
@@ -197,11 +225,11 @@ impl Inventory {
         let Some(prefix) = token_prefix(token) else {
             return Ok(None);
         };
-        let row = sqlx::query(
+        let row = sqlx::query(&format!(
             "SELECT t.hash, t.expires_at, t.revoked_at, t.last_used_at, u.id AS user_id, u.name AS user_name, u.role, g.name AS member_group \
              FROM api_tokens t JOIN users u ON u.id = t.user_id LEFT JOIN member_groups g ON g.id = u.group_id \
-             WHERE t.prefix = $1",
-        )
+             WHERE t.prefix = $1 AND {USER_IS_ACTIVE}"
+        ))
         .bind(prefix)
         .fetch_optional(&self.pool)
         .await?;
@@ -281,6 +309,86 @@ impl Inventory {
         .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Whether the user may act: it exists and is not disabled. The check every
+    /// authentication path makes (tokens in [`Inventory::authenticate`], web sessions here).
+    pub async fn user_is_active(&self, user_id: i64) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM users u WHERE u.id = $1 AND {USER_IS_ACTIVE}"
+        ))
+        .bind(user_id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n > 0)
+    }
+
+    /// Disables, enables or deletes user `name`. Nobody changes themselves this way, and the
+    /// last active admin stays: an instance nobody can administer cannot be mended over the API.
+    pub async fn change_user(&self, actor: &str, name: &str, change: UserChange) -> Result<User> {
+        if actor == name && change != UserChange::Enable {
+            return Err(Error::invalid(
+                "name",
+                "you cannot disable or delete yourself; ask another admin",
+            ));
+        }
+        let u = self.user(name).await?;
+        let mut tx = self.begin_write().await?;
+        if u.role == Role::Admin && change != UserChange::Enable {
+            let others: i64 = sqlx::query_scalar(&format!(
+                "SELECT COUNT(*) FROM users u WHERE u.role = 'admin' AND u.id <> $1 AND {USER_IS_ACTIVE}"
+            ))
+            .bind(u.id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if others == 0 {
+                return Err(Error::conflict(
+                    "name",
+                    format!("'{name}' is the last active admin; make another admin first"),
+                ));
+            }
+        }
+        let now = now_ms();
+        let disabled_at = match change {
+            UserChange::Disable => {
+                sqlx::query(
+                    "UPDATE users SET disabled_at = $1 WHERE id = $2 AND disabled_at IS NULL",
+                )
+                .bind(now)
+                .bind(u.id)
+                .execute(&mut *tx)
+                .await?;
+                Some(u.disabled_at.unwrap_or(now))
+            }
+            UserChange::Enable => {
+                sqlx::query("UPDATE users SET disabled_at = NULL WHERE id = $1")
+                    .bind(u.id)
+                    .execute(&mut *tx)
+                    .await?;
+                None
+            }
+            UserChange::Delete => {
+                // Explicit, not only ON DELETE CASCADE: the tokens must go with the user.
+                sqlx::query("DELETE FROM api_tokens WHERE user_id = $1")
+                    .bind(u.id)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("DELETE FROM users WHERE id = $1")
+                    .bind(u.id)
+                    .execute(&mut *tx)
+                    .await?;
+                u.disabled_at
+            }
+        };
+        record_in(
+            &mut tx,
+            &NewAuditEvent::ok(actor, change.action(), "user", name)
+                .group(u.member_group.clone())
+                .detail(serde_json::json!({"role": u.role})),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(User { disabled_at, ..u })
     }
 
     /// On a database with no users: creates user `admin` and returns its first token.

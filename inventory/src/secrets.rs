@@ -153,8 +153,8 @@ pub(crate) fn new_token() -> (String, String) {
     (prefix, token)
 }
 
-/// The public prefix of a well-formed token.
-pub(crate) fn token_prefix(token: &str) -> Option<&str> {
+/// The public prefix of a well-formed token (`rs_<prefix>_<secret>`), None for anything else.
+pub fn token_prefix(token: &str) -> Option<&str> {
     let rest = token.strip_prefix("rs_")?;
     let (prefix, secret) = rest.split_once('_')?;
     (prefix.len() == 12 && !secret.is_empty()).then_some(prefix)

@@ -246,6 +246,74 @@ async fn tokens_are_hashed_revocable_and_shown_once() {
 }
 
 #[tokio::test]
+async fn disabled_users_do_not_authenticate_and_the_last_admin_stays() {
+    for db in common::both().await {
+        let inv = &db.inv;
+        let first = inv.bootstrap_admin().await.expect("boot").expect("token");
+        let admin = inv
+            .authenticate(&first.token)
+            .await
+            .expect("auth")
+            .expect("valid");
+        assert!(inv.user_is_active(admin.user_id).await.expect("active"));
+        // The only admin can be neither disabled nor deleted, by anyone.
+        for change in [UserChange::Disable, UserChange::Delete] {
+            let e = inv
+                .change_user("system", "admin", change)
+                .await
+                .expect_err("last admin");
+            assert!(
+                e.to_string().contains("last active admin"),
+                "{}: {e}",
+                db.label
+            );
+        }
+        let e = inv
+            .change_user("admin", "admin", UserChange::Disable)
+            .await
+            .expect_err("self");
+        assert!(e.to_string().contains("yourself"), "{e}");
+        inv.add_user(
+            "admin",
+            &NewUser {
+                name: "root2".into(),
+                role: Role::Admin,
+                member_group: None,
+            },
+        )
+        .await
+        .expect("second admin");
+        let t2 = inv
+            .create_token("admin", "root2", "", None)
+            .await
+            .expect("token");
+        let u = inv
+            .change_user("admin", "root2", UserChange::Disable)
+            .await
+            .expect("disable");
+        assert!(u.disabled_at.is_some());
+        assert!(inv.authenticate(&t2.token).await.expect("auth").is_none());
+        assert!(!inv.user_is_active(u.id).await.expect("active"));
+        // root2 is disabled, so admin is the last active admin again.
+        let e = inv
+            .change_user("system", "admin", UserChange::Disable)
+            .await
+            .expect_err("last admin");
+        assert!(e.to_string().contains("last active admin"), "{e}");
+        inv.change_user("admin", "root2", UserChange::Enable)
+            .await
+            .expect("enable");
+        assert!(inv.authenticate(&t2.token).await.expect("auth").is_some());
+        inv.change_user("admin", "root2", UserChange::Delete)
+            .await
+            .expect("delete");
+        assert!(inv.authenticate(&t2.token).await.expect("auth").is_none());
+        assert!(inv.user("root2").await.is_err());
+        assert!(inv.tokens(Some("root2")).await.expect("tokens").is_empty());
+    }
+}
+
+#[tokio::test]
 async fn export_import_export_is_identical() {
     for (a, b) in [
         (common::sqlite().await, common::postgres().await),

@@ -110,14 +110,28 @@ async fn quotas_hold_under_the_same_race() {
         let l = db.label;
         inv.add_group("staff", "tight", "").await.expect("group");
         inv.add_group("staff", "hours", "").await.expect("group");
-        inv.set_group_quota("staff", "tight", Some(7), None)
-            .await
-            .expect("quota");
+        inv.set_group_quota(
+            "staff",
+            "tight",
+            &QuotaLimits {
+                max_machines: Some(7),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("quota");
         // 10 machine-hours a month; each lease asks 1 machine for 3 h: 3 fit. A lease starting
         // near the month's end would be clipped; start both tests well inside the month.
-        inv.set_group_quota("staff", "hours", None, Some(10))
-            .await
-            .expect("quota");
+        inv.set_group_quota(
+            "staff",
+            "hours",
+            &QuotaLimits {
+                machine_hours_month: Some(10),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("quota");
         pool(&inv, "q", 60, 64, None).await;
         let mut tasks = Vec::new();
         for i in 0..60 {

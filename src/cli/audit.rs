@@ -71,6 +71,8 @@ pub async fn events(c: &Client, fmt: Format, a: EventsArgs) -> anyhow::Result<()
             ("TARGET", "target"),
             ("GROUP", "member_group"),
             ("OUTCOME", "outcome"),
+            ("SOURCE", "source"),
+            ("TOKEN", "token_prefix"),
             ("DETAIL", "detail"),
         ],
     );

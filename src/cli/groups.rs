@@ -43,6 +43,12 @@ pub enum QuotaCmd {
         /// Machine-hours per calendar month, UTC (a number or `none`)
         #[arg(long)]
         hours_per_month: Option<String>,
+        /// Bytes of images the group may store (a number, optionally with K, M, G or T for KiB…TiB, or `none`)
+        #[arg(long)]
+        max_image_bytes: Option<String>,
+        /// Images the group may store (a number or `none`)
+        #[arg(long)]
+        max_images: Option<String>,
     },
 }
 
@@ -125,12 +131,16 @@ async fn quota(c: &Client, fmt: Format, cmd: QuotaCmd) -> anyhow::Result<()> {
             group,
             max_machines,
             hours_per_month,
+            max_image_bytes,
+            max_images,
         } => {
             let path = format!("/api/v1/groups/{}/quota", enc(&group));
             let cur = c.get(&path).await?;
             let body = json!({
                 "max_machines": match max_machines { Some(s) => limit(&s)?, None => cur["max_machines"].clone() },
                 "machine_hours_month": match hours_per_month { Some(s) => limit(&s)?, None => cur["machine_hours_month"].clone() },
+                "max_image_bytes": match max_image_bytes { Some(s) => byte_limit(&s)?, None => cur["max_image_bytes"].clone() },
+                "max_images": match max_images { Some(s) => limit(&s)?, None => cur["max_images"].clone() },
             });
             c.call(reqwest::Method::PUT, &path, Some(&body)).await?
         }
@@ -145,9 +155,39 @@ async fn quota(c: &Client, fmt: Format, cmd: QuotaCmd) -> anyhow::Result<()> {
             ("Hours/month", "machine_hours_month"),
             ("Hours used", "machine_hours_used"),
             ("Hours booked", "machine_hours_booked"),
+            ("Max image bytes", "max_image_bytes"),
+            ("Image bytes stored", "image_bytes_stored"),
+            ("Max images", "max_images"),
+            ("Images stored", "images_stored"),
         ],
     );
     Ok(())
+}
+
+/// A byte count: a number, optionally with a binary suffix (`K`, `M`, `G`, `T`), or `none`.
+fn byte_limit(s: &str) -> anyhow::Result<serde_json::Value> {
+    let t = s.trim();
+    let (digits, shift) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return limit(t),
+            };
+            (&t[..i], shift)
+        }
+        _ => return limit(t),
+    };
+    let n: i64 = digits
+        .trim()
+        .parse()
+        .map_err(|_| anyhow::anyhow!("'{s}' is not a size (e.g. 500M, 20G) or 'none'"))?;
+    let bytes = n
+        .checked_mul(1i64 << shift)
+        .ok_or_else(|| anyhow::anyhow!("'{s}' is too large"))?;
+    Ok(json!(bytes))
 }
 
 async fn ssh_key(c: &Client, fmt: Format, cmd: SshKeyCmd) -> anyhow::Result<()> {
@@ -187,4 +227,20 @@ async fn ssh_key(c: &Client, fmt: Format, cmd: SshKeyCmd) -> anyhow::Result<()> 
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::byte_limit;
+    use serde_json::json;
+
+    #[test]
+    fn sizes_take_binary_suffixes() {
+        assert_eq!(byte_limit("1500").expect("n"), json!(1500));
+        assert_eq!(byte_limit("2K").expect("k"), json!(2048));
+        assert_eq!(byte_limit("20g").expect("g"), json!(20i64 << 30));
+        assert_eq!(byte_limit("none").expect("none"), json!(null));
+        assert!(byte_limit("12X").is_err());
+        assert!(byte_limit("9999999T").is_err());
+    }
 }

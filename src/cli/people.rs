@@ -22,6 +22,12 @@ pub enum UserCmd {
     },
     /// List users
     List,
+    /// Disable a user: its tokens stop working at once (not yourself, not the last admin)
+    Disable { name: String },
+    /// Enable a disabled user again
+    Enable { name: String },
+    /// Delete a user and its tokens (not yourself, not the last admin)
+    Delete { name: String },
 }
 
 /// `rackshare token …`.
@@ -76,8 +82,29 @@ pub async fn user(c: &Client, fmt: Format, cmd: UserCmd) -> anyhow::Result<()> {
                     ("NAME", "name"),
                     ("ROLE", "role"),
                     ("GROUP", "member_group"),
+                    ("DISABLED", "disabled_at"),
                 ],
             );
+            Ok(())
+        }
+        UserCmd::Disable { name } => {
+            c.post(&format!("/api/v1/users/{}/disable", enc(&name)), &json!({}))
+                .await?;
+            done(
+                fmt,
+                &format!("disabled user {name}; its tokens no longer work"),
+            );
+            Ok(())
+        }
+        UserCmd::Enable { name } => {
+            c.post(&format!("/api/v1/users/{}/enable", enc(&name)), &json!({}))
+                .await?;
+            done(fmt, &format!("enabled user {name}"));
+            Ok(())
+        }
+        UserCmd::Delete { name } => {
+            c.delete(&format!("/api/v1/users/{}", enc(&name))).await?;
+            done(fmt, &format!("deleted user {name} and its tokens"));
             Ok(())
         }
     }

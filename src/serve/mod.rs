@@ -100,6 +100,12 @@ pub struct ServeSettings {
     #[arg(long, num_args = 1..)]
     #[serde(default)]
     pub image_import_allow: Vec<String>,
+    /// Failed authentications from one address (or against one token prefix) in a window before it is answered 429 [default: 20]
+    #[arg(long)]
+    pub auth_failure_limit: Option<u64>,
+    /// Length of the failed-authentication window, in seconds; each window with failures is one audit event [default: 60]
+    #[arg(long)]
+    pub auth_failure_window_secs: Option<u64>,
 }
 
 /// One `[[pxe-subnet]]` of the config file: a segment whose DHCP relay forwards to rackshare
@@ -243,6 +249,10 @@ impl ServeSettings {
             } else {
                 self.image_import_allow
             },
+            auth_failure_limit: self.auth_failure_limit.or(file.auth_failure_limit),
+            auth_failure_window_secs: self
+                .auth_failure_window_secs
+                .or(file.auth_failure_window_secs),
         }
     }
 }
@@ -291,6 +301,19 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
             .parse()
             .map_err(|e: String| anyhow::anyhow!("--image-import-allow: {e}"))?;
         config.image_import_allow.push(range);
+    }
+    if let Some(n) = s.auth_failure_limit {
+        if n == 0 {
+            bail!("--auth-failure-limit must be at least 1");
+        }
+        config.auth_limit.max_per_source = n;
+        config.auth_limit.max_per_prefix = n;
+    }
+    if let Some(secs) = s.auth_failure_window_secs {
+        if !(1..=86_400).contains(&secs) {
+            bail!("--auth-failure-window-secs must be between 1 and 86400");
+        }
+        config.auth_limit.window_ms = i64::try_from(secs * 1000).unwrap_or(i64::MAX);
     }
     if let Some(n) = s.max_jobs {
         if n == 0 {
@@ -549,11 +572,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await
         .context("starting rackshare")?;
     if let Some(token) = &server.admin_token {
-        // Printed once, on the first start of a new database; it is stored only hashed.
-        println!("First start: created user 'admin'. Its API token (shown once):");
-        println!("  {token}");
-        if let Some(f) = &server.admin_token_file {
-            println!("It is also in {} (mode 0600).", f.display());
+        // On the first start of a new database. The token goes to the terminal only: stdout
+        // that is not a terminal is usually a service log, which must never hold it.
+        let file = server
+            .admin_token_file
+            .as_ref()
+            .map_or_else(|| "the data dir".to_string(), |f| f.display().to_string());
+        if std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+            println!("First start: created user 'admin'. Its API token (shown once):");
+            println!("  {token}");
+            println!("It is also in {file} (mode 0600).");
+        } else {
+            println!("First start: created user 'admin'; its API token is in {file} (mode 0600).");
         }
     }
     println!("rackshare API listening on http://{}", server.addr);

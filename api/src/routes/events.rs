@@ -1,4 +1,5 @@
-//! The audit log. Members see their own group's ledger only.
+//! The audit log. Members see their own group's ledger only, and the origins (source
+//! address, token prefix) of their own requests only.
 
 use crate::auth::Caller;
 use crate::json::ApiQuery;
@@ -34,14 +35,22 @@ pub async fn list(
     let Some(group) = scope.narrow(q.group) else {
         return Ok(Json(vec![]));
     };
-    Ok(Json(
-        st.inv
-            .events(&AuditFilter {
-                machine: q.machine,
-                member_group: group,
-                after_id: q.after,
-                limit: q.limit,
-            })
-            .await?,
-    ))
+    let mut events = st
+        .inv
+        .events(&AuditFilter {
+            machine: q.machine,
+            member_group: group,
+            after_id: q.after,
+            limit: q.limit,
+        })
+        .await?;
+    // A member's ledger shows where the member's own requests came from, not the addresses
+    // and token prefixes of the staff who acted on the group.
+    if matches!(scope, GroupScope::Group(_)) {
+        for e in events.iter_mut().filter(|e| e.actor != c.name()) {
+            e.source = None;
+            e.token_prefix = None;
+        }
+    }
+    Ok(Json(events))
 }

@@ -165,6 +165,39 @@ fn index_in_background(st: &AppState, sha256: &str, format: ImageFormat) {
     });
 }
 
+/// Streams `body` into the store, stopping at the smaller of the size limit and what the
+/// owning group's image quota has left, so a full quota stops an upload at the limit rather
+/// than after the whole body. A quota refusal gives the group's usage and limit.
+async fn ingest_within_quota<S, B, E>(
+    st: &AppState,
+    owner: Option<&str>,
+    body: S,
+    sha256: Option<&str>,
+) -> Result<StoredBlob, ApiError>
+where
+    S: futures::Stream<Item = Result<B, E>> + Unpin,
+    B: AsRef<[u8]>,
+    E: std::fmt::Display,
+{
+    let room = match owner {
+        Some(g) => st.inv.image_room(g).await?,
+        None => None,
+    };
+    let limit = room.map_or(st.max_image_bytes, |r| r.min(st.max_image_bytes));
+    match st.images.ingest(body, sha256, limit).await {
+        Ok(blob) => Ok(blob),
+        Err(images::Error::TooLarge { .. }) if limit < st.max_image_bytes => {
+            let g = owner.unwrap_or_default();
+            Err(st
+                .inv
+                .image_quota_refusal(g, limit.saturating_add(1))
+                .await?
+                .into())
+        }
+        Err(e) => Err(store_error(e)),
+    }
+}
+
 /// `POST /api/v1/images?name=…` with the image as the raw body, streamed to disk.
 pub async fn upload(
     State(st): State<AppState>,
@@ -174,11 +207,7 @@ pub async fn upload(
 ) -> Result<(StatusCode, Json<Image>), ApiError> {
     let owner = owner_for(&st, &c, meta.group.clone(), &meta.name).await?;
     let stream = req.into_body().into_data_stream();
-    let blob = st
-        .images
-        .ingest(stream, meta.sha256.as_deref(), st.max_image_bytes)
-        .await
-        .map_err(store_error)?;
+    let blob = ingest_within_quota(&st, owner.as_deref(), stream, meta.sha256.as_deref()).await?;
     Ok((
         StatusCode::CREATED,
         Json(register(&st, &c, meta, owner, blob).await?),
@@ -201,6 +230,10 @@ pub async fn import(
         group: b.group,
     };
     let owner = owner_for(&st, &c, meta.group.clone(), &meta.name).await?;
+    // A full quota refuses before the server fetches anything.
+    if let Some(g) = &owner {
+        st.inv.image_room(g).await?;
+    }
     let resp = crate::import_guard::fetch(url.clone(), &st.image_import_allow)
         .await
         .map_err(|e| {
@@ -215,11 +248,7 @@ pub async fn import(
             )
         })?;
     let stream = resp.bytes_stream().map_err(|e| e.to_string());
-    let blob = st
-        .images
-        .ingest(stream, meta.sha256.as_deref(), st.max_image_bytes)
-        .await
-        .map_err(store_error)?;
+    let blob = ingest_within_quota(&st, owner.as_deref(), stream, meta.sha256.as_deref()).await?;
     Ok((
         StatusCode::CREATED,
         Json(register(&st, &c, meta, owner, blob).await?),

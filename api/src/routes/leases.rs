@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use inventory::{
     ssh_key_fingerprint, AuditOutcome, EndReason, GroupQuota, Lease, LeaseDetail, LeaseFilter,
-    LeasePolicy, NewAuditEvent, NewLease, Role,
+    LeasePolicy, NewAuditEvent, NewLease, QuotaLimits, Role,
 };
 use serde::{Deserialize, Serialize};
 
@@ -219,30 +219,15 @@ pub async fn show_quota(
     Ok(Json(st.inv.group_quota(&name).await?))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct QuotaRequest {
-    /// Most machines at once; null: unlimited.
-    #[serde(default)]
-    max_machines: Option<i64>,
-    /// Machine-hours per calendar month; null: unlimited.
-    #[serde(default)]
-    machine_hours_month: Option<i64>,
-}
-
 pub async fn set_quota(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
-    ApiJson(b): ApiJson<QuotaRequest>,
+    ApiJson(b): ApiJson<QuotaLimits>,
 ) -> Result<Json<GroupQuota>, ApiError> {
     visible_group(&c, &name)?;
     c.require(&st, STAFF, "group.quota", &name).await?;
-    Ok(Json(
-        st.inv
-            .set_group_quota(c.name(), &name, b.max_machines, b.machine_hours_month)
-            .await?,
-    ))
+    Ok(Json(st.inv.set_group_quota(c.name(), &name, &b).await?))
 }
 
 /// One SSH key as listed.

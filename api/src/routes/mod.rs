@@ -85,6 +85,9 @@ pub fn router(state: AppState) -> Router {
             delete(leases::remove_key),
         )
         .route("/users", get(people::list_users).post(people::add_user))
+        .route("/users/{name}", delete(people::delete_user))
+        .route("/users/{name}/disable", post(people::disable_user))
+        .route("/users/{name}/enable", post(people::enable_user))
         .route(
             "/tokens",
             get(people::list_tokens).post(people::create_token),
@@ -101,8 +104,9 @@ pub fn router(state: AppState) -> Router {
         .route("/export", get(system::export))
         .route(
             "/import",
-            // A whole cooperative's inventory is larger than axum's 2 MB default.
-            post(system::import).layer(DefaultBodyLimit::max(512 * 1024 * 1024)),
+            // A whole cooperative's inventory is larger than axum's 2 MB default; the role
+            // is checked before the body is read (`Gated`).
+            post(system::import).layer(DefaultBodyLimit::max(system::IMPORT_MAX_BYTES)),
         );
     let app = Router::new()
         .route("/healthz", get(system::healthz))
@@ -134,7 +138,9 @@ fn finish(state: AppState, app: Router<AppState>) -> Router {
             state.clone(),
             count_requests,
         ))
+        .layer(middleware::from_fn(json_errors))
         .layer(middleware::from_fn(security_headers))
+        .layer(middleware::from_fn(crate::origin::track))
         .with_state(state)
 }
 
@@ -153,6 +159,59 @@ async fn method_not_allowed(req: Request) -> ApiError {
         message: format!("{} is not supported on {}", req.method(), req.uri().path()),
         field: None,
     }
+}
+
+/// Every error answer is the one JSON shape, also those a layer or an extractor of axum or
+/// tower-http makes in plain text (a bad path segment, a range not satisfiable, …).
+/// An error answer to a request with a body also closes the connection: the body may be
+/// unread (a refusal before it, a 413), and the client must not queue its next request behind it.
+async fn json_errors(req: Request, next: Next) -> Response {
+    use axum::http::header;
+    use axum::response::IntoResponse;
+    let has_body = req.headers().contains_key(header::TRANSFER_ENCODING)
+        || req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .is_some_and(|v| v.as_bytes() != b"0");
+    let mut resp = next.run(req).await;
+    let status = resp.status();
+    if has_body && (status.is_client_error() || status.is_server_error()) {
+        resp.headers_mut().insert(
+            header::CONNECTION,
+            header::HeaderValue::from_static("close"),
+        );
+    }
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    // Such bodies are a line of text; anything longer is not worth relaying.
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_string())
+        .unwrap_or_default();
+    let reason = status.canonical_reason().unwrap_or("error");
+    let code = reason.to_ascii_lowercase().replace([' ', '-'], "_");
+    let message = if text.is_empty() {
+        reason.to_string()
+    } else {
+        text
+    };
+    let mut out = axum::Json(serde_json::json!({"error": {"code": code, "message": message}}))
+        .into_response();
+    *out.status_mut() = status;
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            // Copied as is: Connection, Retry-After, Allow and the like stay.
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 /// Headers every answer carries: no MIME sniffing, no referrer leaks, never framed. API

@@ -7,7 +7,7 @@ use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use inventory::{now_ms, ApiToken, IssuedToken, MemberGroup, NewUser, Role, User};
+use inventory::{now_ms, ApiToken, IssuedToken, MemberGroup, NewUser, Role, User, UserChange};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -129,6 +129,49 @@ pub async fn add_user(
         StatusCode::CREATED,
         Json(st.inv.add_user(c.name(), &u).await?),
     ))
+}
+
+/// Disables, enables or deletes a user: staff for members, admins for everyone.
+async fn change_user(
+    st: &AppState,
+    c: &Caller,
+    name: &str,
+    change: UserChange,
+) -> Result<User, ApiError> {
+    let action = change.action();
+    // Staff need not know of other staff: only a refusal for a known user names it.
+    c.require(st, STAFF, action, name).await?;
+    let u = st.inv.user(name).await?;
+    let needed = if u.role == Role::Member { STAFF } else { ADMIN };
+    c.require(st, needed, action, name).await?;
+    Ok(st.inv.change_user(c.name(), name, change).await?)
+}
+
+pub async fn disable_user(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<User>, ApiError> {
+    Ok(Json(
+        change_user(&st, &c, &name, UserChange::Disable).await?,
+    ))
+}
+
+pub async fn enable_user(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<User>, ApiError> {
+    Ok(Json(change_user(&st, &c, &name, UserChange::Enable).await?))
+}
+
+pub async fn delete_user(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    change_user(&st, &c, &name, UserChange::Delete).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Deserialize)]

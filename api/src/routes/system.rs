@@ -1,6 +1,6 @@
 //! Health, metrics, the OpenAPI document, identity, export and import.
 
-use crate::auth::{Caller, ADMIN};
+use crate::auth::{Caller, Gate, Gated, ADMIN};
 use crate::json::{ApiJson, ApiQuery};
 use crate::state::AppState;
 use crate::ApiError;
@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
-use inventory::{InventoryExport, MachineState};
+use inventory::{InventoryExport, MachineState, Role};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::fmt::Write;
@@ -71,14 +71,23 @@ pub async fn export(
     Ok(Json(x))
 }
 
+/// Only admins import, and that is checked before the body (up to [`IMPORT_MAX_BYTES`]) is read.
+pub struct ImportGate;
+
+impl Gate for ImportGate {
+    const ROLES: &'static [Role] = ADMIN;
+    const ACTION: &'static str = "inventory.import";
+    const TARGET: &'static str = "inventory";
+}
+
+/// The largest import body: an export of thousands of machines is a few MiB.
+pub const IMPORT_MAX_BYTES: usize = 64 << 20;
+
 pub async fn import(
     State(st): State<AppState>,
-    caller: Caller,
+    Gated(caller, _): Gated<ImportGate>,
     ApiJson(x): ApiJson<InventoryExport>,
 ) -> Result<Json<Value>, ApiError> {
-    caller
-        .require(&st, ADMIN, "inventory.import", "inventory")
-        .await?;
     let summary = st.inv.import(caller.name(), &x).await?;
     Ok(Json(json!({ "imported": summary })))
 }

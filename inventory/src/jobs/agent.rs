@@ -230,8 +230,28 @@ impl Inventory {
             .bind(id)
             .bind(now)
             .bind(if ok { "info" } else { "error" })
-            .bind(msg)
+            .bind(&msg)
             .execute(&mut *tx)
+            .await?;
+            // The report's receipt is an event of its own (with the request's source), apart
+            // from the engine's verdict on it.
+            let machine: Option<String> = sqlx::query_scalar(
+                "SELECT m.name FROM jobs j JOIN machines m ON m.id = j.machine_id WHERE j.id = $1",
+            )
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+            crate::audit::record_in(
+                &mut tx,
+                &crate::NewAuditEvent::ok("agent", "job.agent_report", "job", &id.to_string())
+                    .machine(machine)
+                    .outcome(if ok {
+                        crate::AuditOutcome::Ok
+                    } else {
+                        crate::AuditOutcome::Failed
+                    })
+                    .detail(serde_json::json!({ "message": msg })),
+            )
             .await?;
         }
         tx.commit().await?;

@@ -1,4 +1,5 @@
-//! Group quotas: machines at once and machine-hours a month.
+//! Group quotas: machines at once and machine-hours a month, and the image storage a group
+//! may use (bytes and count).
 
 use super::calendar::{fmt_hours, hours, overlap};
 use super::*;
@@ -125,6 +126,7 @@ impl Inventory {
         .bind(g.id)
         .fetch_one(&mut *tx)
         .await?;
+        let images = image_usage(&mut tx, g.id).await?;
         tx.rollback().await?;
         Ok(GroupQuota {
             group: g.name,
@@ -133,7 +135,51 @@ impl Inventory {
             machines_in_use: in_use,
             machine_hours_used: (hours(used) * 10.0).round() / 10.0,
             machine_hours_booked: (hours(booked) * 10.0).round() / 10.0,
+            max_image_bytes: images.max_bytes,
+            max_images: images.max_count,
+            image_bytes_stored: images.bytes,
+            images_stored: images.count,
         })
+    }
+
+    /// How many more image bytes group `group` may store now (None: no byte limit), after
+    /// refusing with the numbers when it may store no more images at all. An upload streams
+    /// at most this much, so a full quota stops the body at its limit, not after it.
+    pub async fn image_room(&self, group: &str) -> Result<Option<u64>> {
+        let id = self.group_id(group).await?;
+        let mut tx = self.pool.begin().await?;
+        let u = image_usage(&mut tx, id).await?;
+        tx.rollback().await?;
+        images_quota(group, &u, 0)?;
+        Ok(u.max_bytes.map(|m| u64::try_from(m - u.bytes).unwrap_or(0)))
+    }
+
+    /// The refusal for an image of more than [`Inventory::image_room`] bytes.
+    pub async fn image_quota_refusal(&self, group: &str, size: u64) -> Result<Error> {
+        let id = self.group_id(group).await?;
+        let mut tx = self.pool.begin().await?;
+        let u = image_usage(&mut tx, id).await?;
+        tx.rollback().await?;
+        Ok(
+            images_quota(group, &u, i64::try_from(size).unwrap_or(i64::MAX))
+                .err()
+                .unwrap_or_else(|| {
+                    Error::conflict("quota", format!("group {group}'s image quota is full"))
+                }),
+        )
+    }
+
+    /// Refuses, inside the transaction adding it, an image that takes group `group_id` past
+    /// its image quota (the last word: two uploads racing each passed [`Inventory::image_room`]).
+    pub(crate) async fn check_image_quota(
+        &self,
+        tx: &mut Transaction<'static, Any>,
+        group_id: i64,
+        group: &str,
+        size: i64,
+    ) -> Result<()> {
+        let u = image_usage(tx, group_id).await?;
+        images_quota(group, &u, size)
     }
 
     /// Sets a group's quotas (None: unlimited). Takes effect for new requests and extensions.
@@ -141,12 +187,13 @@ impl Inventory {
         &self,
         actor: &str,
         group: &str,
-        max_machines: Option<i64>,
-        machine_hours_month: Option<i64>,
+        q: &QuotaLimits,
     ) -> Result<GroupQuota> {
         for (field, v) in [
-            ("max_machines", max_machines),
-            ("machine_hours_month", machine_hours_month),
+            ("max_machines", q.max_machines),
+            ("machine_hours_month", q.machine_hours_month),
+            ("max_image_bytes", q.max_image_bytes),
+            ("max_images", q.max_images),
         ] {
             if v.is_some_and(|n| n < 0) {
                 return Err(Error::invalid(
@@ -157,10 +204,13 @@ impl Inventory {
         }
         let mut tx = self.begin_write().await?;
         let n = sqlx::query(
-            "UPDATE member_groups SET quota_max_machines = $1, quota_machine_hours_month = $2 WHERE name = $3",
+            "UPDATE member_groups SET quota_max_machines = $1, quota_machine_hours_month = $2, \
+             quota_max_image_bytes = $3, quota_max_images = $4 WHERE name = $5",
         )
-        .bind(max_machines)
-        .bind(machine_hours_month)
+        .bind(q.max_machines)
+        .bind(q.machine_hours_month)
+        .bind(q.max_image_bytes)
+        .bind(q.max_images)
         .bind(group)
         .execute(&mut *tx)
         .await?
@@ -172,12 +222,67 @@ impl Inventory {
             &mut tx,
             &NewAuditEvent::ok(actor, "group.quota", "group", group)
                 .group(Some(group.into()))
-                .detail(serde_json::json!({"max_machines": max_machines, "machine_hours_month": machine_hours_month})),
+                .detail(serde_json::json!(q)),
         )
         .await?;
         tx.commit().await?;
         self.group_quota(group).await
     }
+}
+
+/// A group's image storage: its limits and what it stores.
+pub(crate) struct ImageUsage {
+    max_bytes: Option<i64>,
+    max_count: Option<i64>,
+    bytes: i64,
+    count: i64,
+}
+
+async fn image_usage(tx: &mut Transaction<'static, Any>, group_id: i64) -> Result<ImageUsage> {
+    let row = sqlx::query(
+        "SELECT g.quota_max_image_bytes, g.quota_max_images, \
+         (SELECT CAST(COALESCE(SUM(i.size_bytes), 0) AS BIGINT) FROM images i WHERE i.owner_group_id = g.id) AS bytes, \
+         (SELECT COUNT(*) FROM images i WHERE i.owner_group_id = g.id) AS n \
+         FROM member_groups g WHERE g.id = $1",
+    )
+    .bind(group_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(ImageUsage {
+        max_bytes: row.try_get("quota_max_image_bytes")?,
+        max_count: row.try_get("quota_max_images")?,
+        bytes: row.try_get("bytes")?,
+        count: row.try_get("n")?,
+    })
+}
+
+/// Refuses, with the usage and the limit, one more image of `size` bytes (0: only the
+/// count is checked) that would take a group past its image quota.
+fn images_quota(group: &str, u: &ImageUsage, size: i64) -> Result<()> {
+    if let Some(max) = u.max_count {
+        if u.count + 1 > max {
+            return Err(Error::conflict(
+                "quota",
+                format!(
+                    "group {group} may store {max} images and stores {}; delete one first",
+                    u.count
+                ),
+            ));
+        }
+    }
+    if let Some(max) = u.max_bytes {
+        if u.bytes.saturating_add(size) > max {
+            return Err(Error::conflict(
+                "quota",
+                format!(
+                    "group {group} may store {max} bytes of images and stores {}; {} bytes are left, and this image is larger",
+                    u.bytes,
+                    (max - u.bytes).max(0)
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses when a group holding (or having booked) `held` machines over a window would
@@ -251,6 +356,35 @@ impl Booking {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_storage() {
+        let u = |bytes, count| ImageUsage {
+            max_bytes: Some(100),
+            max_count: Some(3),
+            bytes,
+            count,
+        };
+        assert!(images_quota("a", &u(60, 2), 40).is_ok());
+        let e = images_quota("a", &u(60, 2), 41).expect_err("bytes");
+        assert!(
+            e.to_string()
+                .contains("may store 100 bytes of images and stores 60; 40 bytes are left"),
+            "{e}"
+        );
+        let e = images_quota("a", &u(10, 3), 0).expect_err("count");
+        assert!(
+            e.to_string().contains("may store 3 images and stores 3"),
+            "{e}"
+        );
+        let open = ImageUsage {
+            max_bytes: None,
+            max_count: None,
+            bytes: i64::MAX,
+            count: i64::MAX - 1,
+        };
+        assert!(images_quota("a", &open, i64::MAX).is_ok());
+    }
 
     #[test]
     fn machines_at_once() {

@@ -216,6 +216,28 @@ pub struct GroupQuota {
     pub machine_hours_used: f64,
     /// Machine-hours still booked this month by its active and pending leases.
     pub machine_hours_booked: f64,
+    /// Most bytes of images the group may store (None: unlimited).
+    pub max_image_bytes: Option<i64>,
+    /// Most images the group may store (None: unlimited).
+    pub max_images: Option<i64>,
+    /// Bytes of the group's images now (each image counts its size, shared bytes or not).
+    pub image_bytes_stored: i64,
+    /// The group's images now.
+    pub images_stored: i64,
+}
+
+/// A group's limits as staff set them (each None or absent: unlimited).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuotaLimits {
+    /// Most machines held at once.
+    pub max_machines: Option<i64>,
+    /// Machine-hours per calendar month, UTC.
+    pub machine_hours_month: Option<i64>,
+    /// Most bytes of images stored.
+    pub max_image_bytes: Option<i64>,
+    /// Most images stored.
+    pub max_images: Option<i64>,
 }
 
 /// Cooperative-wide lease policy.
