@@ -18,6 +18,7 @@ mod scheduler;
 mod server;
 mod state;
 mod visibility;
+mod web;
 
 pub use boot::{BootPool, BootSettings, DhcpRole};
 pub use config::Config;

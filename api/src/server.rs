@@ -155,6 +155,7 @@ impl Server {
             pxe_metrics,
             conductor: conductor.clone(),
             signing_key,
+            web: Arc::new(crate::web::WebState::default()),
         };
         let boot_app = crate::routes::boot_router(state.clone());
         let app = crate::routes::router(state);

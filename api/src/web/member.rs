@@ -1,0 +1,383 @@
+//! A group's pages: the overview (leases and machines), requesting, extending and releasing
+//! leases, a machine's page and its power actions (with a confirmation step). Every action
+//! calls the API's own handler, so the API's checks and refusal messages apply unchanged.
+
+use super::render::{page, see_other, span, when, PageError};
+use super::session::{CsrfForm, Visitor};
+use super::Me;
+use crate::json::{ApiJson, ApiQuery};
+use crate::routes::{leases, machines, power};
+use crate::state::AppState;
+use crate::ApiError;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::Json;
+use inventory::{now_ms, Lease, LeaseFilter, LeaseState, Machine, MachineFilter, NewLease};
+use minijinja::context;
+use serde::{Deserialize, Serialize};
+
+/// A lease ending within this is flagged with an "extend" button on the overview.
+const ENDING_SOON_MS: i64 = 24 * 3600 * 1000;
+
+#[derive(Serialize)]
+struct LeaseRow {
+    id: i64,
+    group: String,
+    state: &'static str,
+    waiting: bool,
+    count: i64,
+    machines: Vec<String>,
+    starts: String,
+    ends: String,
+    left: String,
+    ending_soon: bool,
+}
+
+impl LeaseRow {
+    fn of(l: &Lease, now: i64) -> Self {
+        LeaseRow {
+            id: l.id,
+            group: l.group.clone(),
+            state: l.state.as_str(),
+            waiting: l.waiting,
+            count: l.machine_count,
+            machines: l
+                .machines
+                .iter()
+                .filter(|m| m.released_at.is_none())
+                .map(|m| m.name.clone())
+                .collect(),
+            starts: when(l.starts_at),
+            ends: when(l.ends_at),
+            left: span(l.ends_at - now),
+            ending_soon: l.state == LeaseState::Active && l.ends_at - now < ENDING_SOON_MS,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct MachineRow {
+    name: String,
+    state: String,
+    reason: String,
+    since: String,
+    power: String,
+    lease: Option<i64>,
+    group: Option<String>,
+    addresses: Vec<String>,
+    energy: String,
+    hardware: String,
+    has_bmc: bool,
+}
+
+impl MachineRow {
+    fn of(m: &Machine) -> Self {
+        let addresses = m
+            .nics
+            .iter()
+            .map(|n| match n.ip {
+                Some(ip) => format!("{ip} ({})", n.mac),
+                None => n.mac.to_string(),
+            })
+            .collect();
+        let mut hw = vec![m.arch.clone()];
+        if let Some(c) = m.cpu_count {
+            hw.push(format!("{c} CPUs"));
+        }
+        if let Some(r) = m.ram_mib {
+            hw.push(format!("{} GiB RAM", r / 1024));
+        }
+        MachineRow {
+            name: m.name.clone(),
+            state: m.state.as_str().to_string(),
+            reason: m.state_reason.clone(),
+            since: when(m.state_changed_at),
+            power: m
+                .bmc
+                .as_ref()
+                .and_then(|b| b.power_state.clone())
+                .unwrap_or_else(|| "unknown".into()),
+            lease: m.lease_id,
+            group: m.member_group.clone(),
+            addresses,
+            energy: format!("{:.2} kWh", m.energy_wh / 1000.0),
+            hardware: hw.join(", "),
+            has_bmc: m.bmc.is_some(),
+        }
+    }
+}
+
+/// What `?done=` after an action says, in words (fixed texts: the query cannot inject any).
+fn notice(done: Option<&str>) -> Option<&'static str> {
+    match done? {
+        "requested" => Some("Your lease request was accepted."),
+        "extended" => Some("The lease was extended."),
+        "released" => Some("The lease was released; its machines are being wiped."),
+        "power" => Some("The power action was sent to the machine's BMC."),
+        _ => None,
+    }
+}
+
+/// `?done=` on a page after an action.
+#[derive(Deserialize, Default)]
+pub struct Done {
+    #[serde(default)]
+    done: Option<String>,
+}
+
+/// GET /: the group's leases and machines (staff: every lease and leased machine).
+pub async fn overview(
+    State(st): State<AppState>,
+    v: Visitor,
+    Query(q): Query<Done>,
+) -> Result<Response, PageError> {
+    let Json(all) = leases::list(
+        State(st.clone()),
+        v.caller.clone(),
+        ApiQuery(LeaseFilter::default()),
+    )
+    .await?;
+    let now = now_ms();
+    let live: Vec<LeaseRow> = all
+        .iter()
+        .filter(|l| l.state != LeaseState::Ended)
+        .map(|l| LeaseRow::of(l, now))
+        .collect();
+    let machines = match v.caller.group_scope().narrow(None) {
+        None => vec![],
+        Some(group) => {
+            let f = MachineFilter {
+                member_group: group,
+                ..Default::default()
+            };
+            st.inv
+                .machines(&f)
+                .await?
+                .into_iter()
+                .filter(|m| m.lease_id.is_some())
+                .map(|m| {
+                    if v.caller.sees_bmc_details() {
+                        m
+                    } else {
+                        m.without_bmc_details()
+                    }
+                })
+                .map(|m| MachineRow::of(&m))
+                .collect()
+        }
+    };
+    Ok(page(
+        StatusCode::OK,
+        "overview.html",
+        context! {
+            title => "Overview", me => Me::of(&v), leases => live, machines => machines,
+            notice => notice(q.done.as_deref()),
+        },
+    ))
+}
+
+/// The lease request form, as typed (empty fields are "no condition").
+#[derive(Deserialize, Serialize, Default)]
+pub struct LeaseForm {
+    #[serde(default)]
+    count: String,
+    #[serde(default)]
+    hours: String,
+    #[serde(default)]
+    min_ram_gib: String,
+    #[serde(default)]
+    min_cpus: String,
+    #[serde(default)]
+    arch: String,
+    #[serde(default)]
+    site: String,
+    #[serde(default)]
+    tags: String,
+    #[serde(default)]
+    wait: Option<String>,
+}
+
+fn number(field: &str, label: &str, text: &str) -> Result<Option<i64>, ApiError> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    t.parse()
+        .map(Some)
+        .map_err(|_| ApiError::invalid(field, format!("{label} must be a whole number")))
+}
+
+fn text(t: &str) -> Option<String> {
+    let t = t.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+impl LeaseForm {
+    fn to_request(&self) -> Result<NewLease, ApiError> {
+        Ok(NewLease {
+            count: number("count", "How many machines", &self.count)?.unwrap_or(1),
+            duration_secs: number("hours", "Hours", &self.hours)?.map(|h| h.saturating_mul(3600)),
+            min_ram_gib: number("min_ram_gib", "Memory", &self.min_ram_gib)?,
+            min_cpus: number("min_cpus", "CPUs", &self.min_cpus)?,
+            arch: text(&self.arch),
+            site: text(&self.site),
+            tags: self
+                .tags
+                .split([',', ' '])
+                .filter(|t| !t.is_empty())
+                .map(str::to_string)
+                .collect(),
+            wait_for_capacity: self.wait.is_some(),
+            ..Default::default()
+        })
+    }
+}
+
+fn lease_form(
+    v: &Visitor,
+    status: StatusCode,
+    form: &LeaseForm,
+    problem: Option<&str>,
+) -> Response {
+    page(
+        status,
+        "lease_new.html",
+        context! { title => "Request machines", me => Me::of(v), form => form, problem => problem },
+    )
+}
+
+/// GET /leases/new.
+pub async fn new_lease(v: Visitor) -> Response {
+    let form = LeaseForm {
+        count: "1".into(),
+        hours: "24".into(),
+        ..Default::default()
+    };
+    lease_form(&v, StatusCode::OK, &form, None)
+}
+
+/// POST /leases: the API's lease request; a refusal is shown in its words beside the form.
+pub async fn create_lease(
+    State(st): State<AppState>,
+    CsrfForm { visitor, form }: CsrfForm<LeaseForm>,
+) -> Response {
+    let made = match form.to_request() {
+        Ok(req) => leases::create(State(st), visitor.caller.clone(), ApiJson(req)).await,
+        Err(e) => Err(e),
+    };
+    match made {
+        Ok(_) => see_other("/?done=requested"),
+        Err(e) => lease_form(&visitor, e.status, &form, Some(&e.message)),
+    }
+}
+
+/// The extend form.
+#[derive(Deserialize)]
+pub struct ExtendForm {
+    hours: String,
+}
+
+/// POST /leases/{id}/extend.
+pub async fn extend_lease(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    CsrfForm { visitor, form }: CsrfForm<ExtendForm>,
+) -> Result<Response, PageError> {
+    let hours = number("hours", "Hours", &form.hours)?.unwrap_or(24);
+    let body = serde_json::from_value(serde_json::json!({"by_secs": hours.saturating_mul(3600)}))
+        .map_err(|e| ApiError::invalid("hours", e.to_string()))?;
+    let Json(_extended) =
+        leases::extend(State(st), visitor.caller, Path(id), ApiJson(body)).await?;
+    Ok(see_other("/?done=extended"))
+}
+
+/// The release form (no fields but the token).
+#[derive(Deserialize)]
+pub struct NoFields {}
+
+/// POST /leases/{id}/release.
+pub async fn release_lease(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+    CsrfForm { visitor, .. }: CsrfForm<NoFields>,
+) -> Result<Response, PageError> {
+    let Json(_released) = leases::release(
+        State(st),
+        visitor.caller,
+        Path(id),
+        axum::body::Bytes::new(),
+    )
+    .await?;
+    Ok(see_other("/?done=released"))
+}
+
+/// GET /machines/{name}: 404 page for a machine the caller may not see, as the API answers.
+pub async fn machine(
+    State(st): State<AppState>,
+    v: Visitor,
+    Path(name): Path<String>,
+    Query(q): Query<Done>,
+) -> Result<Response, PageError> {
+    let Json(m) = machines::show(State(st), v.caller.clone(), Path(name)).await?;
+    Ok(page(
+        StatusCode::OK,
+        "machine.html",
+        context! {
+            title => m.name.clone(), me => Me::of(&v), m => MachineRow::of(&m),
+            notice => notice(q.done.as_deref()),
+            actions => POWER_ACTIONS,
+        },
+    ))
+}
+
+/// Power actions, with what each does in words.
+const POWER_ACTIONS: &[(&str, &str)] = &[
+    ("on", "Power on"),
+    ("soft", "Shut down (ask the OS)"),
+    ("off", "Power off now"),
+    ("reset", "Reset"),
+    ("cycle", "Power cycle"),
+];
+
+/// `?action=` of the confirmation page.
+#[derive(Deserialize)]
+pub struct PowerChoice {
+    action: String,
+}
+
+/// GET /machines/{name}/power?action=…: the confirmation step (nothing happens yet).
+pub async fn confirm_power(
+    State(st): State<AppState>,
+    v: Visitor,
+    Path(name): Path<String>,
+    Query(q): Query<PowerChoice>,
+) -> Result<Response, PageError> {
+    let Json(m) = machines::show(State(st), v.caller.clone(), Path(name)).await?;
+    let Some((action, label)) = POWER_ACTIONS.iter().find(|(a, _)| *a == q.action) else {
+        return Err(
+            ApiError::invalid("action", format!("'{}' is not a power action", q.action)).into(),
+        );
+    };
+    Ok(page(
+        StatusCode::OK,
+        "confirm.html",
+        context! {
+            title => format!("{label}: {}", m.name), me => Me::of(&v), machine => m.name,
+            action => action, label => label,
+        },
+    ))
+}
+
+/// POST /machines/{name}/power: the API's power action.
+pub async fn power_action(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    CsrfForm { visitor, form }: CsrfForm<PowerChoice>,
+) -> Result<Response, PageError> {
+    let body = serde_json::from_value(serde_json::json!({"action": form.action}))
+        .map_err(|e| ApiError::invalid("action", e.to_string()))?;
+    let Json(_answer) =
+        power::power(State(st), visitor.caller, Path(name.clone()), ApiJson(body)).await?;
+    Ok(see_other(&format!("/machines/{name}?done=power")))
+}

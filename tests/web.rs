@@ -1,0 +1,433 @@
+//! The web dashboard in a real browser: Debian's Chromium, headless, driven over WebDriver
+//! (chromedriver) against the real `rackshare serve`. A member signs in with the first
+//! password staff set (and must choose their own), requests a lease (a refusal first, in
+//! words), sees only their machines, is shown a 404 page for another group's machine, has a
+//! form without its CSRF token refused, releases, and signs out. Screenshots go to
+//! `target/screenshots/` for a person to look at.
+
+mod common;
+
+use common::{Db, Service};
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// chromedriver as a child process, killed on drop.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+async fn start_driver() -> Driver {
+    for (path, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
+        assert!(
+            std::path::Path::new(path).exists(),
+            "{path} is missing: install Debian's {package} (apt-get install chromium chromium-driver)"
+        );
+    }
+    let port = free_port();
+    let child = Command::new(CHROMEDRIVER)
+        .arg(format!("--port={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start chromedriver");
+    let driver = Driver {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+    };
+    let http = reqwest::Client::new();
+    for _ in 0..100 {
+        if let Ok(r) = http.get(format!("{}/status", driver.url)).send().await {
+            if r.status().is_success() {
+                return driver;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("chromedriver did not answer on {}", driver.url);
+}
+
+async fn browser(driver: &Driver) -> Client {
+    let mut caps = serde_json::Map::new();
+    caps.insert(
+        "goog:chromeOptions".into(),
+        json!({
+            "binary": CHROMIUM,
+            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1100,900",
+                     "--no-first-run", "--disable-extensions", "--disable-background-networking",
+                     "--disable-component-update", "--disable-sync"],
+        }),
+    );
+    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps)
+        .connect(&driver.url)
+        .await
+        .expect("a Chromium session")
+}
+
+fn screenshot_dir() -> PathBuf {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
+    std::fs::create_dir_all(&d).expect("screenshot dir");
+    d
+}
+
+async fn shot(c: &Client, name: &str) {
+    let png = c.screenshot().await.expect("screenshot");
+    std::fs::write(screenshot_dir().join(format!("web-{name}.png")), png).expect("save screenshot");
+}
+
+async fn fill(c: &Client, id: &str, text: &str) {
+    let e = c
+        .find(Locator::Id(id))
+        .await
+        .unwrap_or_else(|e| panic!("field #{id}: {e}"));
+    e.clear().await.expect("clear");
+    e.send_keys(text).await.expect("type");
+}
+
+async fn click(c: &Client, css: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap_or_else(|e| panic!("{css}: {e}"))
+        .click()
+        .await
+        .expect("click");
+}
+
+async fn text_of_page(c: &Client) -> String {
+    c.find(Locator::Css("body"))
+        .await
+        .expect("body")
+        .text()
+        .await
+        .expect("text")
+}
+
+async fn api(s: &Service, token: &str, method: reqwest::Method, path: &str, body: Value) -> Value {
+    let r = s
+        .http()
+        .request(method.clone(), format!("{}{path}", s.url))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    assert!(status.is_success(), "{method} {path}: {status} {v}");
+    v
+}
+
+/// Groups a and b, members ana (a) and bo (b) with tokens, three available machines.
+async fn setup(s: &Service) -> (String, String) {
+    let admin = s.admin_token.clone();
+    let post = reqwest::Method::POST;
+    for g in ["a", "b"] {
+        api(
+            s,
+            &admin,
+            post.clone(),
+            "/api/v1/groups",
+            json!({"name": g}),
+        )
+        .await;
+    }
+    let mut tokens = vec![];
+    for (who, g) in [("ana", "a"), ("bo", "b")] {
+        api(
+            s,
+            &admin,
+            post.clone(),
+            "/api/v1/users",
+            json!({"name": who, "role": "member", "member_group": g}),
+        )
+        .await;
+        let t = api(
+            s,
+            &admin,
+            post.clone(),
+            "/api/v1/tokens",
+            json!({"user": who}),
+        )
+        .await;
+        tokens.push(t["token"].as_str().expect("token").to_string());
+    }
+    for i in 0..3 {
+        let name = format!("node-{i}");
+        api(
+            s,
+            &admin,
+            post.clone(),
+            "/api/v1/machines",
+            json!({"name": name, "macs": [format!("52:54:00:bb:00:{i:02x}")], "ram_mib": 16384, "cpu_count": 4}),
+        )
+        .await;
+        api(
+            s,
+            &admin,
+            post.clone(),
+            &format!("/api/v1/machines/{name}/state"),
+            json!({"state": "available"}),
+        )
+        .await;
+    }
+    (tokens[0].clone(), tokens[1].clone())
+}
+
+/// A plain HTTP client that keeps no cookies and follows no redirects, to check statuses.
+fn raw_http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+#[tokio::test]
+async fn a_member_uses_the_dashboard_in_a_real_browser() {
+    let driver = start_driver().await;
+    let s = Service::start(Db::Sqlite).await;
+    let (_ana_token, bo_token) = setup(&s).await;
+    // Staff set ana's first password with the CLI; it is temporary.
+    let pw_file = common::write(s.dir.path(), "ana.pw", "first-password-1\n");
+    s.cli(&[
+        "user",
+        "passwd",
+        "ana",
+        "--password-file",
+        &pw_file.display().to_string(),
+    ]);
+    // Bo's group holds a machine too.
+    let bo_lease = api(
+        &s,
+        &bo_token,
+        reqwest::Method::POST,
+        "/api/v1/leases",
+        json!({"count": 1, "duration_secs": 7200}),
+    )
+    .await;
+    let bo_machine = bo_lease["machines"][0]["name"]
+        .as_str()
+        .expect("bo's machine")
+        .to_string();
+
+    let c = browser(&driver).await;
+    // Signed out, every page leads to the sign-in page.
+    c.goto(&format!("{}/", s.url)).await.expect("goto /");
+    assert_eq!(c.current_url().await.expect("url").path(), "/login");
+    // A wrong password is refused in words.
+    fill(&c, "name", "ana").await;
+    fill(&c, "password", "not-the-password").await;
+    click(&c, "#sign-in").await;
+    assert!(text_of_page(&c).await.contains("do not match"));
+    fill(&c, "name", "ana").await;
+    fill(&c, "password", "first-password-1").await;
+    shot(&c, "login").await;
+    click(&c, "#sign-in").await;
+    // The temporary password must be changed first.
+    assert_eq!(c.current_url().await.expect("url").path(), "/password");
+    c.goto(&format!("{}/leases/new", s.url))
+        .await
+        .expect("goto");
+    assert_eq!(
+        c.current_url().await.expect("url").path(),
+        "/password",
+        "nothing else is reachable before the new password"
+    );
+    fill(&c, "current", "first-password-1").await;
+    fill(&c, "new", "anas-own-password").await;
+    fill(&c, "again", "anas-own-password").await;
+    click(&c, "form.card button[type=submit]").await;
+    assert!(text_of_page(&c).await.contains("Your password was changed"));
+
+    // The session cookie's flags (no TLS here, so no Secure).
+    let cookie = c
+        .get_named_cookie("rs_session")
+        .await
+        .expect("session cookie");
+    assert_eq!(cookie.http_only(), Some(true), "{cookie:?}");
+    assert_eq!(
+        format!("{:?}", cookie.same_site()),
+        "Some(Strict)",
+        "{cookie:?}"
+    );
+    assert_eq!(cookie.path(), Some("/"));
+    assert_ne!(cookie.secure(), Some(true), "plain HTTP: not Secure");
+    let session_value = cookie.value().to_string();
+
+    // Asking for more machines than exist: the API's refusal, in words, beside the form.
+    c.goto(&format!("{}/leases/new", s.url))
+        .await
+        .expect("goto");
+    fill(&c, "count", "5").await;
+    click(&c, "#request").await;
+    let problem = c
+        .find(Locator::Id("problem"))
+        .await
+        .expect("refusal shown")
+        .text()
+        .await
+        .expect("text");
+    assert!(!problem.is_empty(), "the refusal is explained");
+    shot(&c, "lease-refused").await;
+    fill(&c, "count", "1").await;
+    click(&c, "#request").await;
+    let page = text_of_page(&c).await;
+    assert!(page.contains("Your lease request was accepted"), "{page}");
+    let leases = api(
+        &s,
+        &s.admin_token,
+        reqwest::Method::GET,
+        "/api/v1/leases?group=a",
+        json!(null),
+    )
+    .await;
+    let lease = &leases.as_array().expect("leases")[0];
+    let lease_id = lease["id"].as_i64().expect("id");
+    let ana_machine = lease["machines"][0]["name"]
+        .as_str()
+        .expect("machine")
+        .to_string();
+    // The overview shows ana's machine and nothing of bo's.
+    let overview = c.source().await.expect("source");
+    assert!(
+        overview.contains(&format!("/machines/{ana_machine}")),
+        "{overview}"
+    );
+    assert!(
+        !overview.contains(&bo_machine),
+        "bo's machine leaks: {overview}"
+    );
+    shot(&c, "overview").await;
+    c.set_window_size(360, 800).await.expect("phone width");
+    shot(&c, "overview-360px").await;
+    c.set_window_size(1100, 900).await.expect("width");
+
+    // Ana's machine page; bo's machine is a 404 page, as in the API.
+    c.goto(&format!("{}/machines/{ana_machine}", s.url))
+        .await
+        .expect("goto");
+    assert!(text_of_page(&c).await.contains("Energy so far"));
+    c.goto(&format!("{}/machines/{bo_machine}", s.url))
+        .await
+        .expect("goto");
+    assert!(text_of_page(&c).await.contains("Not found"));
+    shot(&c, "foreign-machine-404").await;
+    let r = raw_http()
+        .get(format!("{}/machines/{bo_machine}", s.url))
+        .header("Cookie", format!("rs_session={session_value}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 404);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(csp.contains("script-src 'self'"), "{csp}");
+
+    // A form without its CSRF token is refused, and nothing changes.
+    c.goto(&format!("{}/", s.url)).await.expect("goto");
+    c.execute(
+        "document.querySelectorAll('input[name=csrf]').forEach(e => e.remove()); \
+         document.getElementById(arguments[0]).form.submit();",
+        vec![json!(format!("release-{lease_id}"))],
+    )
+    .await
+    .expect("submit without token");
+    assert!(text_of_page(&c)
+        .await
+        .contains("did not come from this site"));
+    shot(&c, "csrf-refused").await;
+    let r = raw_http()
+        .post(format!("{}/leases/{lease_id}/release", s.url))
+        .header("Cookie", format!("rs_session={session_value}"))
+        .header("Content-Type", "application/x-www-form-urlencoded")
+        .body("csrf=forged")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 403);
+    let l = api(
+        &s,
+        &s.admin_token,
+        reqwest::Method::GET,
+        &format!("/api/v1/leases/{lease_id}"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(l["state"], "active", "the refused forms changed nothing");
+
+    // Release through the page.
+    c.goto(&format!("{}/", s.url)).await.expect("goto");
+    click(&c, &format!("#release-{lease_id}")).await;
+    assert!(text_of_page(&c).await.contains("The lease was released"));
+    let l = api(
+        &s,
+        &s.admin_token,
+        reqwest::Method::GET,
+        &format!("/api/v1/leases/{lease_id}"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(l["state"], "ended");
+
+    // Sign out: the cookie no longer opens anything.
+    click(&c, "header button[type=submit]").await;
+    assert_eq!(c.current_url().await.expect("url").path(), "/login");
+    let r = raw_http()
+        .get(format!("{}/", s.url))
+        .header("Cookie", format!("rs_session={session_value}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], "/login");
+
+    // Bo signs in by pasting his API token and sees his group's machine.
+    fill(&c, "token", &bo_token).await;
+    click(&c, "#sign-in-token").await;
+    let overview = c.source().await.expect("source");
+    assert!(
+        overview.contains(&format!("/machines/{bo_machine}")),
+        "{overview}"
+    );
+    // Failed sign-ins are audited.
+    let events = api(
+        &s,
+        &s.admin_token,
+        reqwest::Method::GET,
+        "/api/v1/events?limit=200",
+        json!(null),
+    )
+    .await;
+    assert!(
+        events
+            .as_array()
+            .expect("events")
+            .iter()
+            .any(|e| e["action"] == "session.create" && e["outcome"] == "denied"),
+        "a failed sign-in is in the audit log"
+    );
+    c.close().await.expect("close browser");
+}
