@@ -105,13 +105,39 @@ async fn fill(c: &Client, id: &str, text: &str) {
     e.send_keys(text).await.expect("type");
 }
 
+/// Clicks what submits a form and waits (bounded) until the next page has replaced this one.
 async fn click(c: &Client, css: &str) {
+    let old = c.find(Locator::Css("html")).await.expect("page");
     c.find(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("{css}: {e}"))
         .click()
         .await
         .expect("click");
+    wait_for_next_page(c, old).await;
+}
+
+async fn wait_for_next_page(c: &Client, old: fantoccini::elements::Element) {
+    for _ in 0..200 {
+        // The old page's root goes stale once the browser has navigated.
+        if old.tag_name().await.is_err() {
+            for _ in 0..200 {
+                let ready = c.execute("return document.readyState", vec![]).await;
+                if ready
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .as_deref()
+                    == Some("complete")
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            panic!("the next page did not finish loading");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the form did not lead to another page");
 }
 
 async fn text_of_page(c: &Client) -> String {
@@ -207,7 +233,7 @@ fn raw_http() -> reqwest::Client {
 async fn a_member_uses_the_dashboard_in_a_real_browser() {
     let driver = start_driver().await;
     let s = Service::start(Db::Sqlite).await;
-    let (_ana_token, bo_token) = setup(&s).await;
+    let (ana_token, bo_token) = setup(&s).await;
     // Staff set ana's first password with the CLI; it is temporary.
     let pw_file = common::write(s.dir.path(), "ana.pw", "first-password-1\n");
     s.cli(&[
@@ -346,8 +372,53 @@ async fn a_member_uses_the_dashboard_in_a_real_browser() {
         .to_string();
     assert!(csp.contains("script-src 'self'"), "{csp}");
 
+    // Reimage with the group's own image: the picker offers it, the group's SSH keys are
+    // listed, and the job's page tells its progress in words and refreshes itself.
+    let up = s
+        .http()
+        .post(format!(
+            "{}/api/v1/images?name=demo&version=1&format=raw",
+            s.url
+        ))
+        .bearer_auth(&ana_token)
+        .body(vec![0u8; 4096])
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(up.status().as_u16(), 201, "{:?}", up.text().await);
+    c.goto(&format!("{}/machines/{ana_machine}", s.url))
+        .await
+        .expect("goto");
+    click(&c, "a#reimage").await;
+    let picker = c.source().await.expect("source");
+    assert!(
+        picker.contains("a/demo:1"),
+        "the group's image is offered: {picker}"
+    );
+    fill(&c, "user_data", "#cloud-config\nhostname: ana-box\n").await;
+    shot(&c, "reimage").await;
+    click(&c, "button#reimage").await;
+    assert!(c
+        .current_url()
+        .await
+        .expect("url")
+        .path()
+        .starts_with("/jobs/"));
+    let job_page = c.source().await.expect("source");
+    assert!(
+        job_page.contains("Write the image to the disk"),
+        "{job_page}"
+    );
+    assert!(c.find(Locator::Id("headline")).await.is_ok());
+    assert!(
+        job_page.contains("http-equiv=\"refresh\""),
+        "a running job's page refreshes itself"
+    );
+    shot(&c, "reimage-progress").await;
+
     // A form without its CSRF token is refused, and nothing changes.
     c.goto(&format!("{}/", s.url)).await.expect("goto");
+    let old = c.find(Locator::Css("html")).await.expect("page");
     c.execute(
         "document.querySelectorAll('input[name=csrf]').forEach(e => e.remove()); \
          document.getElementById(arguments[0]).form.submit();",
@@ -355,6 +426,7 @@ async fn a_member_uses_the_dashboard_in_a_real_browser() {
     )
     .await
     .expect("submit without token");
+    wait_for_next_page(&c, old).await;
     assert!(text_of_page(&c)
         .await
         .contains("did not come from this site"));

@@ -6,7 +6,7 @@ mod certificates;
 mod dhcp;
 mod events;
 pub(crate) mod images;
-mod jobs;
+pub(crate) mod jobs;
 pub(crate) mod leases;
 pub(crate) mod machines;
 mod people;

@@ -6,6 +6,7 @@
 
 mod login;
 mod member;
+mod reimage;
 mod render;
 mod session;
 mod throttle;
@@ -99,4 +100,9 @@ pub fn router() -> Router<AppState> {
             "/machines/{name}/power",
             get(member::confirm_power).post(member::power_action),
         )
+        .route(
+            "/machines/{name}/reimage",
+            get(reimage::form).post(reimage::start),
+        )
+        .route("/jobs/{id}", get(reimage::progress))
 }

@@ -19,6 +19,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("machine.html", include_str!("templates/machine.html")),
     ("confirm.html", include_str!("templates/confirm.html")),
     ("error.html", include_str!("templates/error.html")),
+    ("reimage.html", include_str!("templates/reimage.html")),
+    ("job.html", include_str!("templates/job.html")),
 ];
 
 /// The one stylesheet.
