@@ -503,3 +503,134 @@ async fn a_member_uses_the_dashboard_in_a_real_browser() {
     );
     c.close().await.expect("close browser");
 }
+
+#[tokio::test]
+async fn staff_page_through_the_fleet_and_change_a_machine_state() {
+    let driver = start_driver().await;
+    let s = Service::start(Db::Sqlite).await;
+    let admin = s.admin_token.clone();
+    // 105 machines: more than one fleet page (100).
+    for i in 0..105 {
+        api(
+            &s,
+            &admin,
+            reqwest::Method::POST,
+            "/api/v1/machines",
+            json!({"name": format!("rack1-{i:03}"), "macs": [format!("52:54:00:cc:00:{i:02x}")], "ram_mib": 8192}),
+        )
+        .await;
+    }
+    // The machine list API pages by name; the old call still returns everything.
+    let all = api(
+        &s,
+        &admin,
+        reqwest::Method::GET,
+        "/api/v1/machines",
+        json!(null),
+    )
+    .await;
+    assert_eq!(all.as_array().expect("list").len(), 105);
+    let r = s
+        .http()
+        .get(format!("{}/api/v1/machines?limit=40", s.url))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .expect("page");
+    let cursor = r.headers()["x-next-cursor"]
+        .to_str()
+        .expect("cursor")
+        .to_string();
+    let first: Value = r.json().await.expect("json");
+    assert_eq!(first.as_array().expect("page").len(), 40);
+    assert_eq!(cursor, "rack1-039");
+    let second = api(
+        &s,
+        &admin,
+        reqwest::Method::GET,
+        &format!("/api/v1/machines?limit=100&after={cursor}"),
+        json!(null),
+    )
+    .await;
+    assert_eq!(second.as_array().expect("page").len(), 65);
+    assert_eq!(second[0]["name"], "rack1-040");
+
+    let c = browser(&driver).await;
+    c.goto(&format!("{}/login", s.url)).await.expect("goto");
+    fill(&c, "token", &admin).await;
+    click(&c, "#sign-in-token").await;
+    c.goto(&format!("{}/fleet", s.url)).await.expect("goto");
+    let rows = c
+        .find_all(Locator::Css("#fleet tbody tr"))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 100, "one page");
+    assert!(
+        text_of_page(&c).await.contains("new 105"),
+        "counts per state"
+    );
+    shot(&c, "fleet").await;
+    click(&c, "#next").await;
+    let rows = c
+        .find_all(Locator::Css("#fleet tbody tr"))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 5, "the rest on the second page");
+
+    // A machine's timeline and a state change offering only the allowed next states.
+    c.goto(&format!("{}/machines/rack1-007/timeline", s.url))
+        .await
+        .expect("goto");
+    let options: Vec<String> = {
+        let mut v = vec![];
+        for o in c
+            .find_all(Locator::Css("#to option"))
+            .await
+            .expect("options")
+        {
+            v.push(o.attr("value").await.expect("value").unwrap_or_default());
+        }
+        v
+    };
+    assert_eq!(
+        options,
+        [
+            "inspecting",
+            "available",
+            "maintenance",
+            "failed",
+            "retired"
+        ]
+    );
+    c.find(Locator::Css("#to option[value=maintenance]"))
+        .await
+        .expect("option")
+        .click()
+        .await
+        .expect("select");
+    fill(&c, "why", "fan noise").await;
+    click(&c, "#move").await;
+    assert_eq!(
+        c.find(Locator::Id("state"))
+            .await
+            .expect("state")
+            .text()
+            .await
+            .expect("text"),
+        "maintenance"
+    );
+    let timeline = text_of_page(&c).await;
+    assert!(timeline.contains("machine.transition"), "{timeline}");
+    assert!(timeline.contains("machine.create"), "{timeline}");
+    shot(&c, "timeline").await;
+    // Filtering by state on the server.
+    c.goto(&format!("{}/fleet?state=maintenance", s.url))
+        .await
+        .expect("goto");
+    let rows = c
+        .find_all(Locator::Css("#fleet tbody tr"))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 1);
+    c.close().await.expect("close browser");
+}

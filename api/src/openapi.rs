@@ -51,7 +51,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("post", "/api/v1/sites", "Add a site", "admin, staff", Some("NewSite"), Some("Site")),
     op!("get", "/api/v1/racks", "List racks (?site=)", "any role", None, Some("[Rack]")),
     op!("post", "/api/v1/racks", "Add a rack", "admin, staff", Some("NewRack"), Some("Rack")),
-    op!("get", "/api/v1/machines", "List machines (?state=&arch=&tag=&site=&rack=&group=&min_ram_mib=&min_cpus=&mac=); members see their group's", "any role", None, Some("[Machine]")),
+    op!("get", "/api/v1/machines", "List machines (?state=&arch=&tag=&site=&rack=&group=&min_ram_mib=&min_cpus=&mac=), by name; pages with ?limit=N (at most 1000) and ?after=NAME, the X-Next-Cursor header naming the next page's after; members see their group's", "any role", None, Some("[Machine]")),
     op!("post", "/api/v1/machines", "Enrol a machine", "admin, staff", Some("NewMachine"), Some("Machine")),
     op!("get", "/api/v1/machines/{name}", "Show a machine", "any role (members: own group's)", None, Some("Machine")),
     op!("patch", "/api/v1/machines/{name}", "Edit a machine", "admin, staff", Some("MachinePatch"), Some("Machine")),

@@ -4,7 +4,7 @@ mod agent;
 mod boot;
 mod certificates;
 mod dhcp;
-mod events;
+pub(crate) mod events;
 pub(crate) mod images;
 pub(crate) mod jobs;
 pub(crate) mod leases;

@@ -9,6 +9,7 @@ mod member;
 mod reimage;
 mod render;
 mod session;
+mod staff;
 mod throttle;
 
 use crate::state::AppState;
@@ -105,4 +106,7 @@ pub fn router() -> Router<AppState> {
             get(reimage::form).post(reimage::start),
         )
         .route("/jobs/{id}", get(reimage::progress))
+        .route("/fleet", get(staff::fleet))
+        .route("/machines/{name}/timeline", get(staff::machine_timeline))
+        .route("/machines/{name}/state", post(staff::change_state))
 }

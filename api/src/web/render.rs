@@ -21,6 +21,8 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("error.html", include_str!("templates/error.html")),
     ("reimage.html", include_str!("templates/reimage.html")),
     ("job.html", include_str!("templates/job.html")),
+    ("fleet.html", include_str!("templates/fleet.html")),
+    ("timeline.html", include_str!("templates/timeline.html")),
 ];
 
 /// The one stylesheet.
