@@ -349,6 +349,10 @@ async fn a_member_uses_the_dashboard_in_a_real_browser() {
     shot(&c, "overview-360px").await;
     c.set_window_size(1100, 900).await.expect("width");
 
+    // Her sessions: this browser is listed.
+    c.goto(&format!("{}/sessions", s.url)).await.expect("goto");
+    assert!(text_of_page(&c).await.contains("this browser"));
+
     // Ana's machine page; bo's machine is a 404 page, as in the API.
     c.goto(&format!("{}/machines/{ana_machine}", s.url))
         .await
@@ -475,6 +479,18 @@ async fn a_member_uses_the_dashboard_in_a_real_browser() {
         .expect("get");
     assert_eq!(r.status().as_u16(), 303);
     assert_eq!(r.headers()["location"], "/login");
+
+    // Failed sign-ins are limited per name: after five, the sixth is not even checked.
+    for _ in 0..5 {
+        fill(&c, "name", "bo").await;
+        fill(&c, "password", "guessing-wrong").await;
+        click(&c, "#sign-in").await;
+        assert!(text_of_page(&c).await.contains("do not match"));
+    }
+    fill(&c, "name", "bo").await;
+    fill(&c, "password", "guessing-wrong").await;
+    click(&c, "#sign-in").await;
+    assert!(text_of_page(&c).await.contains("Too many failed sign-ins"));
 
     // Bo signs in by pasting his API token and sees his group's machine.
     fill(&c, "token", &bo_token).await;

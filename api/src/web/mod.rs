@@ -32,7 +32,7 @@ pub struct WebState {
 /// A session ends after 30 minutes without a request…
 pub const DEFAULT_IDLE_MS: i64 = 30 * 60_000;
 /// …and 12 hours after sign-in in any case.
-pub const DEFAULT_ABSOLUTE_MS: i64 = 12 * 3600_000;
+pub const DEFAULT_ABSOLUTE_MS: i64 = 12 * 3_600_000;
 
 impl WebState {
     /// The pages' state; `tls`: whether the member listener serves TLS.

@@ -171,6 +171,16 @@ struct TimelineEntry {
     outcome: String,
 }
 
+/// An audit event in a few words: the action, and a state move or error when it has one.
+fn describe(action: &str, detail: &serde_json::Value) -> String {
+    let text = |k: &str| detail.get(k).and_then(|v| v.as_str());
+    match (text("from"), text("to"), text("error")) {
+        (Some(f), Some(t), _) => format!("{action}: {f} → {t}"),
+        (_, _, Some(e)) => format!("{action}: {e}"),
+        _ => action.to_string(),
+    }
+}
+
 /// The machine's timeline, newest first: its audit events and its jobs with their steps.
 pub async fn timeline(
     st: &AppState,
@@ -185,7 +195,7 @@ pub async fn timeline(
         .map(|e| TimelineEntry {
             at: e.at,
             when: when(e.at),
-            what: e.action.clone(),
+            what: describe(&e.action, &e.detail),
             who: e.actor.clone(),
             outcome: e.outcome.as_str().to_string(),
         })
@@ -217,7 +227,7 @@ pub async fn timeline(
             }
         }
     }
-    out.sort_by(|a, b| b.at.cmp(&a.at));
+    out.sort_by_key(|e| std::cmp::Reverse(e.at));
     Ok(out
         .into_iter()
         .map(|e| serde_json::to_value(e).unwrap_or_default())
