@@ -468,6 +468,19 @@ async fn a_member_uses_the_dashboard_in_a_real_browser() {
     .await;
     assert_eq!(l["state"], "ended");
 
+    // The group's ledger shows the lease and the release; nothing group b did.
+    c.goto(&format!("{}/ledger", s.url)).await.expect("goto");
+    let ledger = text_of_page(&c).await;
+    assert!(
+        ledger.contains("lease.create") && ledger.contains("lease.release"),
+        "{ledger}"
+    );
+    // (Ana's own 404 probe of bo's machine is in her group's ledger, as the API records it.)
+    assert!(
+        !ledger.contains(&format!("machine.allocate {bo_machine}")) && !ledger.contains(" bo "),
+        "group b's events leak into a's ledger: {ledger}"
+    );
+
     // Sign out: the cookie no longer opens anything.
     click(&c, "header button[type=submit]").await;
     assert_eq!(c.current_url().await.expect("url").path(), "/login");

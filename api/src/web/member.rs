@@ -381,3 +381,36 @@ pub async fn power_action(
         power::power(State(st), visitor.caller, Path(name.clone()), ApiJson(body)).await?;
     Ok(see_other(&format!("/machines/{name}?done=power")))
 }
+
+#[derive(Serialize)]
+struct LedgerRow {
+    when: String,
+    who: String,
+    what: String,
+    target: String,
+    outcome: &'static str,
+}
+
+/// GET /ledger: the group's ledger (the audit log the API shows a member), newest first.
+pub async fn ledger(State(st): State<AppState>, v: Visitor) -> Result<Response, PageError> {
+    let q = serde_json::from_value(serde_json::json!({"limit": 200}))
+        .map_err(|e| ApiError::invalid("limit", e.to_string()))?;
+    let Json(mut events) =
+        crate::routes::events::list(State(st), v.caller.clone(), ApiQuery(q)).await?;
+    events.sort_by_key(|e| std::cmp::Reverse(e.id));
+    let rows: Vec<LedgerRow> = events
+        .iter()
+        .map(|e| LedgerRow {
+            when: when(e.at),
+            who: e.actor.clone(),
+            what: e.action.clone(),
+            target: e.target.clone(),
+            outcome: e.outcome.as_str(),
+        })
+        .collect();
+    Ok(page(
+        StatusCode::OK,
+        "ledger.html",
+        context! { title => "Ledger", me => Me::of(&v), rows => rows },
+    ))
+}

@@ -107,6 +107,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/jobs/{id}", get(reimage::progress))
         .route("/fleet", get(staff::fleet))
+        .route("/ledger", get(member::ledger))
         .route("/machines/{name}/timeline", get(staff::machine_timeline))
         .route("/machines/{name}/state", post(staff::change_state))
 }

@@ -23,6 +23,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("job.html", include_str!("templates/job.html")),
     ("fleet.html", include_str!("templates/fleet.html")),
     ("timeline.html", include_str!("templates/timeline.html")),
+    ("ledger.html", include_str!("templates/ledger.html")),
 ];
 
 /// The one stylesheet.
