@@ -530,6 +530,10 @@ async fn a_member_uses_the_dashboard_in_a_real_browser() {
             .any(|e| e["action"] == "session.create" && e["outcome"] == "denied"),
         "a failed sign-in is in the audit log"
     );
+    // Staff force a password reset: bo's open session ends at once.
+    s.cli(&["user", "reset-password", "bo"]);
+    c.goto(&format!("{}/", s.url)).await.expect("goto");
+    assert_eq!(c.current_url().await.expect("url").path(), "/login");
     c.close().await.expect("close browser");
 }
 

@@ -69,6 +69,7 @@ struct MachineRow {
     energy: String,
     hardware: String,
     has_bmc: bool,
+    image: String,
 }
 
 impl MachineRow {
@@ -104,8 +105,35 @@ impl MachineRow {
             energy: format!("{:.2} kWh", m.energy_wh / 1000.0),
             hardware: hw.join(", "),
             has_bmc: m.bmc.is_some(),
+            image: String::new(),
         }
     }
+}
+
+/// The image each machine runs: that of its latest succeeded reimage, through the API's job
+/// list (so scoped as the API scopes it).
+async fn deployed_images(
+    st: &AppState,
+    v: &Visitor,
+    machine: Option<&str>,
+) -> Result<std::collections::HashMap<String, String>, ApiError> {
+    let q = serde_json::from_value(
+        serde_json::json!({"machine": machine, "state": "succeeded", "limit": 500}),
+    )
+    .map_err(|e| ApiError::invalid("machine", e.to_string()))?;
+    let Json(done) =
+        crate::routes::jobs::list(State(st.clone()), v.caller.clone(), ApiQuery(q)).await?;
+    let mut images = std::collections::HashMap::new();
+    // Newest first: the first reimage seen per machine is its current image.
+    for j in done
+        .into_iter()
+        .filter(|j| j.kind == inventory::JobKind::Reimage)
+    {
+        if let Some(img) = j.image {
+            images.entry(j.machine).or_insert(img);
+        }
+    }
+    Ok(images)
 }
 
 /// What `?done=` after an action says, in words (fixed texts: the query cannot inject any).
@@ -167,6 +195,14 @@ pub async fn overview(
                 .collect()
         }
     };
+    let images = deployed_images(&st, &v, None).await?;
+    let machines: Vec<MachineRow> = machines
+        .into_iter()
+        .map(|mut r: MachineRow| {
+            r.image = images.get(&r.name).cloned().unwrap_or_default();
+            r
+        })
+        .collect();
     Ok(page(
         StatusCode::OK,
         "overview.html",
@@ -319,12 +355,17 @@ pub async fn machine(
     Path(name): Path<String>,
     Query(q): Query<Done>,
 ) -> Result<Response, PageError> {
-    let Json(m) = machines::show(State(st), v.caller.clone(), Path(name)).await?;
+    let Json(m) = machines::show(State(st.clone()), v.caller.clone(), Path(name)).await?;
+    let mut row = MachineRow::of(&m);
+    row.image = deployed_images(&st, &v, Some(&m.name))
+        .await?
+        .remove(&m.name)
+        .unwrap_or_default();
     Ok(page(
         StatusCode::OK,
         "machine.html",
         context! {
-            title => m.name.clone(), me => Me::of(&v), m => MachineRow::of(&m),
+            title => m.name.clone(), me => Me::of(&v), m => row,
             notice => notice(q.done.as_deref()),
             actions => POWER_ACTIONS,
         },
