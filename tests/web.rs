@@ -353,6 +353,41 @@ async fn a_member_uses_the_dashboard_in_a_real_browser() {
     c.goto(&format!("{}/sessions", s.url)).await.expect("goto");
     assert!(text_of_page(&c).await.contains("this browser"));
 
+    // A token made on the page is shown once and works with the API; revoked, it does not.
+    c.goto(&format!("{}/tokens", s.url)).await.expect("goto");
+    fill(&c, "description", "laptop").await;
+    click(&c, "#create-token").await;
+    let made = c
+        .find(Locator::Id("issued"))
+        .await
+        .expect("the new token is shown")
+        .text()
+        .await
+        .expect("text");
+    let whoami = api(
+        &s,
+        &made,
+        reqwest::Method::GET,
+        "/api/v1/whoami",
+        json!(null),
+    )
+    .await;
+    assert_eq!(whoami["user"], "ana");
+    let prefix = made.split('_').nth(1).expect("token prefix");
+    click(
+        &c,
+        &format!("form[action='/tokens/{prefix}/revoke'] button"),
+    )
+    .await;
+    let r = s
+        .http()
+        .get(format!("{}/api/v1/whoami", s.url))
+        .bearer_auth(&made)
+        .send()
+        .await
+        .expect("whoami");
+    assert_eq!(r.status().as_u16(), 401, "revoked on the page");
+
     // Ana's machine page; bo's machine is a 404 page, as in the API.
     c.goto(&format!("{}/machines/{ana_machine}", s.url))
         .await

@@ -9,7 +9,7 @@ pub(crate) mod images;
 pub(crate) mod jobs;
 pub(crate) mod leases;
 pub(crate) mod machines;
-mod people;
+pub(crate) mod people;
 pub(crate) mod power;
 pub(crate) mod signin;
 mod sites;

@@ -11,6 +11,7 @@ mod render;
 mod session;
 mod staff;
 mod throttle;
+mod tokens;
 
 use crate::state::AppState;
 use axum::routing::{get, post};
@@ -108,6 +109,8 @@ pub fn router() -> Router<AppState> {
         .route("/jobs/{id}", get(reimage::progress))
         .route("/fleet", get(staff::fleet))
         .route("/ledger", get(member::ledger))
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{prefix}/revoke", post(tokens::revoke))
         .route("/machines/{name}/timeline", get(staff::machine_timeline))
         .route("/machines/{name}/state", post(staff::change_state))
 }

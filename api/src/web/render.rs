@@ -24,6 +24,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("fleet.html", include_str!("templates/fleet.html")),
     ("timeline.html", include_str!("templates/timeline.html")),
     ("ledger.html", include_str!("templates/ledger.html")),
+    ("tokens.html", include_str!("templates/tokens.html")),
 ];
 
 /// The one stylesheet.
