@@ -231,7 +231,37 @@ pub struct LeaseForm {
     #[serde(default)]
     tags: String,
     #[serde(default)]
+    start: String,
+    #[serde(default)]
+    until: String,
+    #[serde(default)]
     wait: Option<String>,
+}
+
+/// A browser's `datetime-local` value (`YYYY-MM-DDTHH:MM`, seconds optional), read as UTC.
+fn utc_field(field: &str, label: &str, text: &str) -> Result<Option<i64>, ApiError> {
+    let t = text.trim();
+    if t.is_empty() {
+        return Ok(None);
+    }
+    let bad = || {
+        ApiError::invalid(
+            field,
+            format!("{label} must look like 2026-12-01T09:00 (UTC)"),
+        )
+    };
+    let (date, time) = t.split_once(['T', ' ']).ok_or_else(bad)?;
+    let d: Vec<&str> = date.split('-').collect();
+    let h: Vec<&str> = time.split(':').collect();
+    if d.len() != 3 || !(2..=3).contains(&h.len()) {
+        return Err(bad());
+    }
+    let n = |s: &str| s.parse::<u8>().map_err(|_| bad());
+    let second = if h.len() == 3 { n(h[2])? } else { 0 };
+    let year = d[0].parse::<i32>().map_err(|_| bad())?;
+    inventory::utc_ms(year, n(d[1])?, n(d[2])?, n(h[0])?, n(h[1])?, second)
+        .map(Some)
+        .ok_or_else(bad)
 }
 
 fn number(field: &str, label: &str, text: &str) -> Result<Option<i64>, ApiError> {
@@ -253,7 +283,13 @@ impl LeaseForm {
     fn to_request(&self) -> Result<NewLease, ApiError> {
         Ok(NewLease {
             count: number("count", "How many machines", &self.count)?.unwrap_or(1),
-            duration_secs: number("hours", "Hours", &self.hours)?.map(|h| h.saturating_mul(3600)),
+            starts_at: utc_field("start", "Start", &self.start)?,
+            ends_at: utc_field("until", "Until", &self.until)?,
+            // An end time replaces the length (the API takes one or the other).
+            duration_secs: match self.until.trim() {
+                "" => number("hours", "Hours", &self.hours)?.map(|h| h.saturating_mul(3600)),
+                _ => None,
+            },
             min_ram_gib: number("min_ram_gib", "Memory", &self.min_ram_gib)?,
             min_cpus: number("min_cpus", "CPUs", &self.min_cpus)?,
             arch: text(&self.arch),
@@ -454,4 +490,26 @@ pub async fn ledger(State(st): State<AppState>, v: Visitor) -> Result<Response, 
         "ledger.html",
         context! { title => "Ledger", me => Me::of(&v), rows => rows },
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datetime_local_fields_are_utc() {
+        let t = |s| utc_field("start", "Start", s);
+        assert_eq!(t("").ok(), Some(None));
+        assert_eq!(t("2026-11-25T18:00").ok(), Some(Some(1_795_629_600_000)));
+        assert_eq!(t("2026-11-25 18:00:00").ok(), Some(Some(1_795_629_600_000)));
+        for bad in [
+            "tomorrow",
+            "2026-13-01T00:00",
+            "2026-02-30T10:00",
+            "2026-11-25T25:00",
+            "2026-11-25",
+        ] {
+            assert!(t(bad).is_err(), "{bad}");
+        }
+    }
 }
