@@ -691,6 +691,32 @@ async fn staff_page_through_the_fleet_and_change_a_machine_state() {
     assert!(timeline.contains("machine.transition"), "{timeline}");
     assert!(timeline.contains("machine.create"), "{timeline}");
     shot(&c, "timeline").await;
+    // Staff give a new member a temporary password on the users page; signing in with it
+    // asks for their own first.
+    api(
+        &s,
+        &admin,
+        reqwest::Method::POST,
+        "/api/v1/groups",
+        json!({"name": "c"}),
+    )
+    .await;
+    api(
+        &s,
+        &admin,
+        reqwest::Method::POST,
+        "/api/v1/users",
+        json!({"name": "cai", "role": "member", "member_group": "c"}),
+    )
+    .await;
+    c.goto(&format!("{}/users", s.url)).await.expect("goto");
+    fill(&c, "pw-cai", "temporary-pass-1").await;
+    click(&c, "#set-cai").await;
+    assert!(text_of_page(&c)
+        .await
+        .contains("cai has a temporary password"));
+    shot(&c, "users").await;
+
     // Filtering by state on the server.
     c.goto(&format!("{}/fleet?state=maintenance", s.url))
         .await
@@ -700,5 +726,10 @@ async fn staff_page_through_the_fleet_and_change_a_machine_state() {
         .await
         .expect("rows");
     assert_eq!(rows.len(), 1);
+    click(&c, "header button[type=submit]").await;
+    fill(&c, "name", "cai").await;
+    fill(&c, "password", "temporary-pass-1").await;
+    click(&c, "#sign-in").await;
+    assert_eq!(c.current_url().await.expect("url").path(), "/password");
     c.close().await.expect("close browser");
 }

@@ -113,4 +113,10 @@ pub fn router() -> Router<AppState> {
         .route("/tokens/{prefix}/revoke", post(tokens::revoke))
         .route("/machines/{name}/timeline", get(staff::machine_timeline))
         .route("/machines/{name}/state", post(staff::change_state))
+        .route("/users", get(staff::users))
+        .route(
+            "/users/{name}/password",
+            post(staff::set_temporary_password),
+        )
+        .route("/users/{name}/reset", post(staff::reset_password))
 }

@@ -25,6 +25,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("timeline.html", include_str!("templates/timeline.html")),
     ("ledger.html", include_str!("templates/ledger.html")),
     ("tokens.html", include_str!("templates/tokens.html")),
+    ("users.html", include_str!("templates/users.html")),
 ];
 
 /// The one stylesheet.

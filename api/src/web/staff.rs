@@ -279,3 +279,95 @@ pub async fn change_state(
     let Json(m) = machines::set_state(State(st), visitor.caller, Path(name), ApiJson(body)).await?;
     Ok(see_other(&format!("/machines/{}/timeline", m.name)))
 }
+
+#[derive(Serialize)]
+struct UserRow {
+    name: String,
+    role: String,
+    group: String,
+}
+
+/// GET /users: people, with a temporary password and a forced reset for each (the API's
+/// rules decide whom the caller may manage).
+pub async fn users(State(st): State<AppState>, v: Visitor) -> Result<Response, PageError> {
+    users_page(&st, &v, None, None).await
+}
+
+async fn users_page(
+    st: &AppState,
+    v: &Visitor,
+    notice: Option<String>,
+    problem: Option<String>,
+) -> Result<Response, PageError> {
+    let Json(list) = crate::routes::people::list_users(State(st.clone()), v.caller.clone()).await?;
+    let rows: Vec<UserRow> = list
+        .into_iter()
+        .map(|u| UserRow {
+            name: u.name,
+            role: u.role.as_str().to_string(),
+            group: u.member_group.unwrap_or_default(),
+        })
+        .collect();
+    Ok(page(
+        StatusCode::OK,
+        "users.html",
+        context! { title => "Users", me => Me::of(v), users => rows, notice => notice, problem => problem },
+    ))
+}
+
+/// The temporary-password form.
+#[derive(Deserialize)]
+pub struct TemporaryPassword {
+    password: String,
+}
+
+/// POST /users/{name}/password: a temporary password (a new one is required at sign-in).
+pub async fn set_temporary_password(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    CsrfForm { visitor, form }: CsrfForm<TemporaryPassword>,
+) -> Result<Response, PageError> {
+    let body = serde_json::from_value(serde_json::json!({
+        "password": form.password, "change_required": true,
+    }))
+    .map_err(|e| ApiError::invalid("password", e.to_string()))?;
+    let done = crate::routes::signin::set_password(
+        State(st.clone()),
+        visitor.caller.clone(),
+        Path(name.clone()),
+        ApiJson(body),
+    )
+    .await;
+    match done {
+        Ok(_) => {
+            let msg = format!("{name} has a temporary password; they choose their own at sign-in.");
+            users_page(&st, &visitor, Some(msg), None).await
+        }
+        Err(e) => users_page(&st, &visitor, None, Some(e.message)).await,
+    }
+}
+
+/// The reset form (no fields but the CSRF token).
+#[derive(Deserialize)]
+pub struct NoFields {}
+
+/// POST /users/{name}/reset: a new password at next sign-in; their sessions end now.
+pub async fn reset_password(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+    CsrfForm { visitor, .. }: CsrfForm<NoFields>,
+) -> Result<Response, PageError> {
+    match crate::routes::signin::reset_password(
+        State(st.clone()),
+        visitor.caller.clone(),
+        Path(name.clone()),
+    )
+    .await
+    {
+        Ok(_) => {
+            let msg = format!("{name} must choose a new password at the next sign-in.");
+            users_page(&st, &visitor, Some(msg), None).await
+        }
+        Err(e) => users_page(&st, &visitor, None, Some(e.message)).await,
+    }
+}
