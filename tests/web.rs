@@ -565,6 +565,38 @@ async fn a_member_uses_the_dashboard_in_a_real_browser() {
             .any(|e| e["action"] == "session.create" && e["outcome"] == "denied"),
         "a failed sign-in is in the audit log"
     );
+    // Sessions through the API: bo lists his and ends the browser's; the page then asks to
+    // sign in again.
+    let mine = api(
+        &s,
+        &bo_token,
+        reqwest::Method::GET,
+        "/api/v1/sessions",
+        json!(null),
+    )
+    .await;
+    let live = mine
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .find(|x| x["revoked_at"].is_null() && x["method"] == "token")
+        .expect("the browser's session")["id"]
+        .as_i64()
+        .expect("id");
+    let r = s
+        .http()
+        .delete(format!("{}/api/v1/sessions/{live}", s.url))
+        .bearer_auth(&bo_token)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(r.status().as_u16(), 204);
+    c.goto(&format!("{}/", s.url)).await.expect("goto");
+    assert_eq!(c.current_url().await.expect("url").path(), "/login");
+    fill(&c, "token", &bo_token).await;
+    click(&c, "#sign-in-token").await;
+    assert_eq!(c.current_url().await.expect("url").path(), "/");
+
     // Staff force a password reset: bo's open session ends at once.
     s.cli(&["user", "reset-password", "bo"]);
     c.goto(&format!("{}/", s.url)).await.expect("goto");
