@@ -169,6 +169,8 @@ struct TimelineEntry {
     what: String,
     who: String,
     outcome: String,
+    /// The job's page, for job entries.
+    link: Option<String>,
 }
 
 /// An audit event in a few words: the action, and a state move or error when it has one.
@@ -198,6 +200,7 @@ pub async fn timeline(
             what: describe(&e.action, &e.detail),
             who: e.actor.clone(),
             outcome: e.outcome.as_str().to_string(),
+            link: None,
         })
         .collect();
     let jq = serde_json::from_value(serde_json::json!({"machine": machine, "limit": 10}))
@@ -211,6 +214,7 @@ pub async fn timeline(
             what: format!("job {} {} queued", job.id, job.kind),
             who: job.requested_by.clone(),
             outcome: job.state.as_str().to_string(),
+            link: Some(format!("/jobs/{}", job.id)),
         });
         for s in &job.steps {
             if let Some(at) = s.started_at {
@@ -223,6 +227,7 @@ pub async fn timeline(
                         Some(e) => format!("{}: {e}", s.state.as_str()),
                         None => s.state.as_str().to_string(),
                     },
+                    link: Some(format!("/jobs/{}", job.id)),
                 });
             }
         }
