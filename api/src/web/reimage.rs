@@ -210,3 +210,46 @@ pub async fn progress(
         },
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(state: &str, step: Option<&str>, done: i64, total: i64, error: Option<&str>) -> Job {
+        serde_json::from_value(serde_json::json!({
+            "id": 1, "kind": "reimage", "state": state, "machine": "m", "machine_id": 1,
+            "image": "img:1", "image_id": 1, "lease_id": null, "member_group": null,
+            "current_step": 3, "step": step, "phase": "writing", "progress_bytes": done,
+            "progress_total": total, "error": error, "requested_by": "ana",
+            "cancel_requested_by": null, "result": null, "agent_claimed_at": null,
+            "last_agent_at": null, "created_at": 0, "started_at": null, "finished_at": null,
+            "updated_at": 0, "steps": [],
+        }))
+        .unwrap_or_else(|e| panic!("job: {e}"))
+    }
+
+    #[test]
+    fn progress_in_plain_language() {
+        assert_eq!(
+            headline(&job("running", Some("deploy"), 43, 100, None)),
+            "Writing disk 43 %"
+        );
+        assert_eq!(
+            headline(&job("running", Some("verify"), 1, 4, None)),
+            "Checking the disk 25 %"
+        );
+        assert_eq!(
+            headline(&job("running", Some("wait_agent"), 0, 0, None)),
+            "Wait for the deploy agent to start on the machine…"
+        );
+        assert_eq!(
+            headline(&job("queued", None, 0, 0, None)),
+            "Waiting for a free slot to start."
+        );
+        assert_eq!(
+            headline(&job("failed", Some("deploy"), 0, 0, Some("disk too small"))),
+            "Failed: disk too small"
+        );
+        assert_eq!(headline(&job("succeeded", None, 0, 0, None)), "Done.");
+    }
+}
