@@ -1,6 +1,7 @@
 //! `rackshare lab` end to end: `lab up --machines 2 --firmware mixed`, a member leases both
 //! machines, reimages them with the demo image, both reach `deployed` and both serials (BIOS
-//! and UEFI) show the demo's login prompt; release wipes them; `lab down` leaves nothing behind.
+//! and UEFI) show the demo's login prompt; release wipes their NVMe disks by Format NVM and
+//! leaves certificates that verify; `lab down` leaves nothing behind.
 //! Heavy (QEMU, namespaces): run under the shared lock.
 
 mod common;
@@ -93,7 +94,16 @@ fn a_lab_is_brought_up_leased_reimaged_wiped_and_torn_down() {
     let _down = LabDown(sd.clone());
     let t0 = Instant::now();
     let up = Command::new(common::BIN)
-        .args(["lab", "up", "--machines", "2", "--firmware", "mixed"])
+        // NVMe disks: the release wipe takes the device's own erase (Format NVM).
+        .args([
+            "lab",
+            "up",
+            "--machines",
+            "2",
+            "--firmware",
+            "mixed",
+            "--nvme",
+        ])
         .args([
             "--disk-gib",
             "1",
@@ -208,6 +218,22 @@ fn a_lab_is_brought_up_leased_reimaged_wiped_and_torn_down() {
             },
         );
     }
+    // Each wipe left a signed certificate naming the device erase; the member checks one.
+    let detail = json(&ada, &["lease", "show", &lease_id]);
+    let certs = detail["wipe_certificates"]
+        .as_array()
+        .expect("certificates");
+    assert_eq!(certs.len(), 2, "{detail:#}");
+    for c in certs {
+        let disk = &c["body"]["disks"][0];
+        assert_eq!(disk["method"], "nvme-format", "{c:#}");
+        assert_eq!(disk["nist_sp800_88"], "Purge", "{c:#}");
+    }
+    let cid = certs[0]["id"].as_i64().expect("certificate id").to_string();
+    let file = dir.path().join("cert.json").display().to_string();
+    ok(&ada, &["certificate", "get", &cid, "-O", &file]);
+    assert!(ok(&ada, &["certificate", "verify", &file]).contains("valid"));
+
     let disk = std::fs::read(state.join("vms/lab-1/disk0.img")).expect("disk");
     assert!(
         disk[..8 << 20].iter().all(|b| *b == 0),

@@ -531,6 +531,7 @@ async fn isolation_matrix_every_operation_by_every_role() {
         ("GroupPatch", json!({})),
         ("NewGroup", json!({"name": "matrix-group"})),
         ("TokenRequest", json!({"user": "member-a"})),
+        ("PasswordRequest", json!({"password": "matrix-password-1"})),
         (
             "JobRequest",
             json!({"machine": machine, "kind": "reimage", "image": "a/a-img:1"}),

@@ -20,6 +20,7 @@ mod scheduler;
 mod server;
 mod state;
 mod visibility;
+mod web;
 
 pub use auth_limit::AuthLimitPolicy;
 pub use boot::{BootPool, BootSettings, DhcpRole};

@@ -161,6 +161,7 @@ impl Server {
                 config.auth_limit,
             ))),
             signing_key,
+            web: Arc::new(crate::web::WebState::default()),
         };
         let auth_limiter = state.auth_limiter.clone();
         let boot_app = crate::routes::boot_router(state.clone());

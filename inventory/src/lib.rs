@@ -20,6 +20,7 @@ mod machines;
 mod model;
 mod people;
 mod secrets;
+mod sessions;
 mod sites;
 mod state;
 mod transition;
@@ -51,4 +52,8 @@ pub use model::{
 };
 pub use people::{ApiToken, IssuedToken, NewUser, TokenOwner, UserChange};
 pub use secrets::{token_prefix, SecretBox};
+pub use sessions::{
+    check_password_rules, hash_password, looks_like_api_token, verify_password, IssuedSession,
+    PasswordRecord, SessionLifetime, SessionSummary, SignInMethod, WebSession, MIN_PASSWORD_CHARS,
+};
 pub use state::MachineState;

@@ -28,6 +28,44 @@ pub enum UserCmd {
     Enable { name: String },
     /// Delete a user and its tokens (not yourself, not the last admin)
     Delete { name: String },
+    /// Set a user's password for the web dashboard (asked twice on the terminal, or read from
+    /// a file). Setting someone else's makes it temporary: they choose their own at sign-in.
+    Passwd {
+        name: String,
+        /// Read the new password from this file (its first line) instead of the terminal
+        #[arg(long)]
+        password_file: Option<std::path::PathBuf>,
+        /// Your current password, from this file (changing your own when one is set)
+        #[arg(long)]
+        current_password_file: Option<std::path::PathBuf>,
+        /// Do not require a new password at the next sign-in (when setting someone else's)
+        #[arg(long)]
+        permanent: bool,
+    },
+    /// Force a password reset: the user must choose a new password at the next sign-in, and
+    /// their open browser sessions end
+    ResetPassword { name: String },
+}
+
+/// The first line of a password file (without its newline).
+fn password_from_file(path: &std::path::Path) -> anyhow::Result<String> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading the password from {}", path.display()))?;
+    Ok(text.lines().next().unwrap_or("").to_string())
+}
+
+/// A new password typed twice on the terminal (never echoed).
+fn password_from_terminal() -> anyhow::Result<String> {
+    use anyhow::Context;
+    let first = rpassword::prompt_password("New password: ")
+        .context("reading the password from the terminal (or give --password-file)")?;
+    let again = rpassword::prompt_password("New password again: ")
+        .context("reading the password from the terminal")?;
+    if first != again {
+        anyhow::bail!("the two passwords differ; nothing was changed");
+    }
+    Ok(first)
 }
 
 /// `rackshare token …`.
@@ -105,6 +143,45 @@ pub async fn user(c: &Client, fmt: Format, cmd: UserCmd) -> anyhow::Result<()> {
         UserCmd::Delete { name } => {
             c.delete(&format!("/api/v1/users/{}", enc(&name))).await?;
             done(fmt, &format!("deleted user {name} and its tokens"));
+            Ok(())
+        }
+        UserCmd::Passwd {
+            name,
+            password_file,
+            current_password_file,
+            permanent,
+        } => {
+            let password = match &password_file {
+                Some(f) => password_from_file(f)?,
+                None => password_from_terminal()?,
+            };
+            let current = current_password_file
+                .as_deref()
+                .map(password_from_file)
+                .transpose()?;
+            let mut body = json!({"password": password, "current_password": current});
+            if permanent {
+                body["change_required"] = json!(false);
+            }
+            c.call(
+                reqwest::Method::PUT,
+                &format!("/api/v1/users/{}/password", enc(&name)),
+                Some(&body),
+            )
+            .await?;
+            done(fmt, &format!("password of {name} set"));
+            Ok(())
+        }
+        UserCmd::ResetPassword { name } => {
+            c.post(
+                &format!("/api/v1/users/{}/password/reset", enc(&name)),
+                &json!({}),
+            )
+            .await?;
+            done(
+                fmt,
+                &format!("{name} must choose a new password at the next sign-in"),
+            );
             Ok(())
         }
     }

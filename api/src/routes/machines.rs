@@ -25,7 +25,30 @@ pub async fn list(
     }
     // The database renders the JSON: 10k machines in ~20 ms instead of ~200 ms.
     let body = st.inv.machines_json_for(&f, c.sees_bmc_details()).await?;
-    Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
+    let next = match f.limit {
+        Some(n) => next_cursor(&body, n)?,
+        None => None,
+    };
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body).into_response();
+    if let Some(v) = next.and_then(|n| header::HeaderValue::from_str(&n).ok()) {
+        resp.headers_mut().insert(NEXT_CURSOR, v);
+    }
+    Ok(resp)
+}
+
+/// The header naming the next page's cursor (`?after=`) of a full page of machines.
+pub const NEXT_CURSOR: &str = "x-next-cursor";
+
+/// The last machine name of a page that holds `limit` machines (there may be more), else None.
+fn next_cursor(page: &str, limit: i64) -> Result<Option<String>, ApiError> {
+    #[derive(Deserialize)]
+    struct Named {
+        name: String,
+    }
+    let names: Vec<Named> = serde_json::from_str(page).map_err(ApiError::internal)?;
+    Ok((names.len() as i64 >= limit)
+        .then(|| names.last().map(|n| n.name.clone()))
+        .flatten())
 }
 
 pub async fn show(

@@ -4,13 +4,14 @@ mod agent;
 mod boot;
 mod certificates;
 mod dhcp;
-mod events;
+pub(crate) mod events;
 pub(crate) mod images;
-mod jobs;
-mod leases;
+pub(crate) mod jobs;
+pub(crate) mod leases;
 pub(crate) mod machines;
-mod people;
-mod power;
+pub(crate) mod people;
+pub(crate) mod power;
+pub(crate) mod signin;
 mod sites;
 mod system;
 
@@ -19,7 +20,7 @@ use crate::ApiError;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 
 /// The member-facing API: everything but boot files and the agent's endpoints, which only
@@ -93,6 +94,10 @@ pub fn router(state: AppState) -> Router {
             get(people::list_tokens).post(people::create_token),
         )
         .route("/tokens/{prefix}", delete(people::revoke_token))
+        .route("/users/{name}/password", put(signin::set_password))
+        .route("/users/{name}/password/reset", post(signin::reset_password))
+        .route("/sessions", get(signin::list_sessions))
+        .route("/sessions/{id}", delete(signin::revoke_session))
         .route("/jobs", get(jobs::list).post(jobs::create))
         .route("/jobs/{id}", get(jobs::show))
         .route("/jobs/{id}/events", get(jobs::events))
@@ -111,7 +116,8 @@ pub fn router(state: AppState) -> Router {
     let app = Router::new()
         .route("/healthz", get(system::healthz))
         .route("/metrics", get(system::metrics))
-        .nest("/api/v1", v1);
+        .nest("/api/v1", v1)
+        .merge(crate::web::router());
     finish(state, app)
 }
 

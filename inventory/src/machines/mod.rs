@@ -132,6 +132,27 @@ pub struct MachineFilter {
     pub min_cpus: Option<i64>,
     /// Having a NIC with this MAC.
     pub mac: Option<MacAddress>,
+    /// Page cursor: only machines named after this one (the last name of the previous page).
+    pub after: Option<String>,
+    /// Page size: at most this many (None: all, as before pages existed).
+    pub limit: Option<i64>,
+}
+
+/// Largest page of machines one list call returns.
+pub const MAX_MACHINE_PAGE: i64 = 1000;
+
+impl MachineFilter {
+    /// The `LIMIT` clause of a page (empty for the whole list); checked, so it is a number.
+    pub(crate) fn limit_clause(&self) -> Result<String, crate::Error> {
+        match self.limit {
+            None => Ok(String::new()),
+            Some(n) if (1..=MAX_MACHINE_PAGE).contains(&n) => Ok(format!(" LIMIT {n}")),
+            Some(_) => Err(crate::Error::invalid(
+                "limit",
+                format!("limit must be between 1 and {MAX_MACHINE_PAGE}"),
+            )),
+        }
+    }
 }
 
 pub(super) const MACHINE_SELECT_COLUMNS: &str = "SELECT m.id, m.name, m.serial, m.vendor, m.model, m.arch, m.cpu_count, m.cpu_model, m.ram_mib, \
@@ -157,9 +178,10 @@ static MACHINE_SELECT: std::sync::LazyLock<String> =
 pub(super) const FILTER_WHERE: &str = "($1 IS NULL OR m.state = $1) AND ($2 IS NULL OR m.arch = $2) \
     AND ($3 IS NULL OR m.tags LIKE $3) AND ($4 IS NULL OR s.name = $4) AND ($5 IS NULL OR r.name = $5) \
     AND ($6 IS NULL OR g.name = $6) AND ($7 IS NULL OR m.ram_mib >= $7) AND ($8 IS NULL OR m.cpu_count >= $8) \
-    AND ($9 IS NULL OR m.id IN (SELECT machine_id FROM machine_nics WHERE mac = $9))";
+    AND ($9 IS NULL OR m.id IN (SELECT machine_id FROM machine_nics WHERE mac = $9)) \
+    AND ($10 IS NULL OR m.name > $10)";
 
-/// Binds a [`MachineFilter`] as $1..$9 of [`FILTER_WHERE`] to any query builder.
+/// Binds a [`MachineFilter`] as $1..$10 of [`FILTER_WHERE`] to any query builder.
 macro_rules! bind_filter {
     ($q:expr, $f:expr) => {{
         let f: &MachineFilter = $f;
@@ -172,6 +194,7 @@ macro_rules! bind_filter {
             .bind(f.min_ram_mib)
             .bind(f.min_cpus)
             .bind(f.mac.map(|m| m.to_string()))
+            .bind(f.after.clone())
     }};
 }
 

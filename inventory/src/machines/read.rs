@@ -48,7 +48,11 @@ impl Inventory {
 
     /// Lists machines matching `f`, by name.
     pub async fn machines(&self, f: &MachineFilter) -> Result<Vec<Machine>> {
-        let sql = format!("{} WHERE {FILTER_WHERE} ORDER BY m.name", *MACHINE_SELECT);
+        let sql = format!(
+            "{} WHERE {FILTER_WHERE} ORDER BY m.name{}",
+            *MACHINE_SELECT,
+            f.limit_clause()?
+        );
         let rows = bind_filter!(sqlx::query(&sql), f)
             .fetch_all(&self.pool)
             .await?;
@@ -70,14 +74,15 @@ impl Inventory {
     /// Like [`Inventory::machines_json`]; without `bmc_details` each BMC's address, user and
     /// last error are blank, as [`Machine::without_bmc_details`] leaves them (members' view).
     pub async fn machines_json_for(&self, f: &MachineFilter, bmc_details: bool) -> Result<String> {
+        let limit = f.limit_clause()?;
         let mut sql = match self.backend {
             crate::Backend::Sqlite => format!(
                 "SELECT '[' || COALESCE(group_concat(doc, ','), '') || ']' FROM (SELECT {SQLITE_MACHINE_JSON} AS doc \
-                 {MACHINE_FROM} WHERE {FILTER_WHERE} ORDER BY m.name) AS q"
+                 {MACHINE_FROM} WHERE {FILTER_WHERE} ORDER BY m.name{limit}) AS q"
             ),
             crate::Backend::Postgres => format!(
                 "SELECT COALESCE(json_agg(doc ORDER BY name), '[]'::json)::text FROM (SELECT m.name AS name, \
-                 {POSTGRES_MACHINE_JSON} AS doc {MACHINE_FROM} WHERE {FILTER_WHERE}) AS q"
+                 {POSTGRES_MACHINE_JSON} AS doc {MACHINE_FROM} WHERE {FILTER_WHERE} ORDER BY m.name{limit}) AS q"
             ),
         };
         if !bmc_details {

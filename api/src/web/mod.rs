@@ -1,0 +1,122 @@
+//! The web dashboard: HTML rendered on the server from embedded minijinja templates, one
+//! embedded stylesheet, no scripts (decision 31). Served at `/` on the member listener beside
+//! `/api/v1`. Pages act as the signed-in person through the API's own handlers, so nothing is
+//! possible in a browser that the API forbids; sign-in, sessions and CSRF live in
+//! `session.rs` and `login.rs`.
+
+mod login;
+mod member;
+mod reimage;
+mod render;
+mod session;
+mod staff;
+mod throttle;
+mod tokens;
+
+use crate::state::AppState;
+use axum::routing::{get, post};
+use axum::Router;
+use inventory::SessionLifetime;
+use serde::Serialize;
+
+/// What the pages need beyond the API's state.
+#[derive(Debug)]
+pub struct WebState {
+    /// The member listener speaks TLS: session cookies get `Secure`.
+    pub tls: bool,
+    /// Idle and absolute lifetime of a session.
+    pub lifetime: SessionLifetime,
+    /// Failed sign-ins per name.
+    throttle: throttle::LoginThrottle,
+}
+
+/// A session ends after 30 minutes without a request…
+pub const DEFAULT_IDLE_MS: i64 = 30 * 60_000;
+/// …and 12 hours after sign-in in any case.
+pub const DEFAULT_ABSOLUTE_MS: i64 = 12 * 3_600_000;
+
+impl WebState {
+    /// The pages' state; `tls`: whether the member listener serves TLS.
+    pub fn new(tls: bool, lifetime: SessionLifetime) -> Self {
+        WebState {
+            tls,
+            lifetime,
+            throttle: throttle::LoginThrottle::default(),
+        }
+    }
+}
+
+impl Default for WebState {
+    fn default() -> Self {
+        WebState::new(
+            false,
+            SessionLifetime {
+                idle_ms: DEFAULT_IDLE_MS,
+                absolute_ms: DEFAULT_ABSOLUTE_MS,
+            },
+        )
+    }
+}
+
+/// The signed-in person as every page's header shows them, with the form token.
+#[derive(Serialize)]
+struct Me {
+    name: String,
+    role: String,
+    group: Option<String>,
+    staff: bool,
+    csrf: String,
+}
+
+impl Me {
+    fn of(v: &session::Visitor) -> Me {
+        Me {
+            name: v.caller.name().to_string(),
+            role: v.caller.role().as_str().to_string(),
+            group: v.caller.0.member_group.clone(),
+            staff: v.caller.sees_bmc_details(),
+            csrf: v.session.csrf_token.clone(),
+        }
+    }
+}
+
+/// The pages' routes (merged into the member listener's router).
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/", get(member::overview))
+        .route("/static/site.css", get(render::stylesheet))
+        .route("/login", get(login::show).post(login::submit))
+        .route("/logout", post(login::logout))
+        .route(
+            "/password",
+            get(login::password_page).post(login::change_password),
+        )
+        .route("/sessions", get(login::sessions))
+        .route("/sessions/{id}/revoke", post(login::revoke))
+        .route("/leases/new", get(member::new_lease))
+        .route("/leases", post(member::create_lease))
+        .route("/leases/{id}/extend", post(member::extend_lease))
+        .route("/leases/{id}/release", post(member::release_lease))
+        .route("/machines/{name}", get(member::machine))
+        .route(
+            "/machines/{name}/power",
+            get(member::confirm_power).post(member::power_action),
+        )
+        .route(
+            "/machines/{name}/reimage",
+            get(reimage::form).post(reimage::start),
+        )
+        .route("/jobs/{id}", get(reimage::progress))
+        .route("/fleet", get(staff::fleet))
+        .route("/ledger", get(member::ledger))
+        .route("/tokens", get(tokens::list).post(tokens::create))
+        .route("/tokens/{prefix}/revoke", post(tokens::revoke))
+        .route("/machines/{name}/timeline", get(staff::machine_timeline))
+        .route("/machines/{name}/state", post(staff::change_state))
+        .route("/users", get(staff::users))
+        .route(
+            "/users/{name}/password",
+            post(staff::set_temporary_password),
+        )
+        .route("/users/{name}/reset", post(staff::reset_password))
+}
