@@ -52,7 +52,7 @@ pub struct Global {
     #[arg(long, global = true, env = "RACKSHARE_FINGERPRINT")]
     pub fingerprint: Option<String>,
     /// Send the token over plain http:// even to a host that is not loopback (it travels in clear)
-    #[arg(long, global = true, env = "RACKSHARE_INSECURE_HTTP")]
+    #[arg(long, global = true, env = "RACKSHARE_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new())]
     pub insecure_http: bool,
 }
 
