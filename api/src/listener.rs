@@ -207,7 +207,8 @@ async fn http<S>(
 /// Open connections, counted per source and in total.
 #[derive(Default)]
 struct Slots {
-    per_source: Mutex<HashMap<IpAddr, usize>>,
+    /// (all open connections, open connections per source).
+    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
 }
 
 /// One open connection's place; given back on drop.
@@ -219,13 +220,14 @@ struct Slot {
 impl Slots {
     fn take(self: &Arc<Self>, ip: IpAddr, limits: &ConnectionLimits) -> Option<Slot> {
         let source = source_of(ip);
-        let mut m = self.per_source.lock().ok()?;
-        let total: usize = m.values().sum();
-        let mine = m.get(&source).copied().unwrap_or(0);
-        if total >= limits.max_connections || mine >= limits.max_per_source {
+        let mut open = self.open.lock().ok()?;
+        let (total, per_source) = &mut *open;
+        let mine = per_source.get(&source).copied().unwrap_or(0);
+        if *total >= limits.max_connections || mine >= limits.max_per_source {
             return None;
         }
-        m.insert(source, mine + 1);
+        per_source.insert(source, mine + 1);
+        *total += 1;
         Some(Slot {
             slots: self.clone(),
             source,
@@ -235,11 +237,13 @@ impl Slots {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        if let Ok(mut m) = self.slots.per_source.lock() {
-            if let Some(n) = m.get_mut(&self.source) {
+        if let Ok(mut open) = self.slots.open.lock() {
+            let (total, per_source) = &mut *open;
+            *total = total.saturating_sub(1);
+            if let Some(n) = per_source.get_mut(&self.source) {
                 *n -= 1;
                 if *n == 0 {
-                    m.remove(&self.source);
+                    per_source.remove(&self.source);
                 }
             }
         }
