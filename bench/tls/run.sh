@@ -6,6 +6,9 @@
 # each time). Prints requests/s and latencies of both and the HTTPS/HTTP ratio. Loopback only.
 #
 #   bash bench/tls/run.sh [CLIENTS] [SECONDS]
+#
+# RACKSHARE_BENCH_PROFILE=debug uses the debug build instead (quicker to build, slower to run:
+# only its ratio means anything).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 CLIENTS=${1:-32}
@@ -14,9 +17,14 @@ PLAIN_PORT=18201
 TLS_PORT=18202
 command -v curl >/dev/null || { echo "curl is missing: apt-get install curl" >&2; exit 2; }
 
-cargo build --release --quiet --bin rackshare --example bench-tls-load
-BIN=$PWD/target/release/rackshare
-LOAD=$PWD/target/release/examples/bench-tls-load
+PROFILE=${RACKSHARE_BENCH_PROFILE:-release}
+case "$PROFILE" in
+  release) cargo build --release --quiet --bin rackshare --example bench-tls-load ;;
+  debug) cargo build --quiet --bin rackshare --example bench-tls-load ;;
+  *) echo "RACKSHARE_BENCH_PROFILE must be release or debug" >&2; exit 2 ;;
+esac
+BIN=$PWD/target/$PROFILE/rackshare
+LOAD=$PWD/target/$PROFILE/examples/bench-tls-load
 TMP=$(mktemp -d /tmp/rackshare-bench-tls.XXXXXX)
 PIDS=()
 cleanup() {
@@ -44,7 +52,7 @@ PLAIN_TOKEN=$(cat "$TMP/data-http/admin-token")
 TLS_TOKEN=$(cat "$TMP/data-https/admin-token")
 
 rate() { sed -E 's/.*"req_per_s":([0-9.]+).*/\1/' <<<"$1"; }
-echo "bench/tls: $CLIENTS clients, ${SECS}s per row, GET /api/v1/whoami, $(nproc) cores, $(date -u +%FT%TZ)"
+echo "bench/tls ($PROFILE build): $CLIENTS clients, ${SECS}s per row, GET /api/v1/whoami, $(nproc) cores, $(date -u +%FT%TZ)"
 for mode in reuse fresh; do
   plain=$("$LOAD" load "http://127.0.0.1:$PLAIN_PORT" "$PLAIN_TOKEN" "$CLIENTS" "$SECS" $mode)
   tls=$("$LOAD" load "https://127.0.0.1:$TLS_PORT" "$TLS_TOKEN" "$CLIENTS" "$SECS" $mode "$TMP/ca.pem")
