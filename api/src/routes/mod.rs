@@ -192,12 +192,14 @@ async fn json_errors(req: Request, next: Next) -> Response {
             header::HeaderValue::from_static("close"),
         );
     }
-    let is_json = resp
+    // JSON errors stay as they are, and so do the dashboard's pages: an HTML error page
+    // (a refused sign-in, a foreign machine's 404) is a whole answer for a person.
+    let is_whole = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        .is_some_and(|v| v.starts_with("application/json") || v.starts_with("text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || is_whole {
         return resp;
     }
     let (parts, body) = resp.into_parts();
