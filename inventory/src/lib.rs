@@ -41,9 +41,9 @@ pub use jobs::{
     StepState, AGENT_TOKEN_TTL_MS,
 };
 pub use leases::{
-    ssh_key_fingerprint, EndReason, GroupQuota, Lease, LeaseConstraints, LeaseDetail, LeaseFilter,
-    LeaseMachine, LeasePolicy, LeaseState, LeaseTick, NewLease, WipeCertificate,
-    DEFAULT_LEASE_HOURS,
+    ssh_key_fingerprint, EndReason, GroupQuota, HeldBackMachine, HoldBackReason, Lease,
+    LeaseConstraints, LeaseDetail, LeaseFilter, LeaseMachine, LeasePolicy, LeaseState, LeaseTick,
+    NewLease, WipeCertificate, DEFAULT_LEASE_HOURS,
 };
 pub use machines::{BmcAccess, BmcHealth, MachineFilter, MachinePatch, NewBmc, NewMachine};
 pub use model::{

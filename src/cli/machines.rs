@@ -91,6 +91,10 @@ pub enum MachineCmd {
         min_cpus: Option<i64>,
         #[arg(long)]
         mac: Option<String>,
+        /// Only the pool's machines that allocation holds back (BMC failing, last wipe not
+        /// succeeded), with why [staff]
+        #[arg(long, conflicts_with_all = ["state", "tag", "arch", "site", "rack", "group", "min_ram_gib", "min_cpus", "mac"])]
+        held_back: bool,
     },
     /// Show one machine
     Show { name: String },
@@ -165,6 +169,16 @@ pub(super) fn bmc_body(b: &BmcArgs) -> anyhow::Result<Option<Value>> {
     }
     Ok(Some(o))
 }
+
+const HELD_BACK_COLUMNS: &[(&str, &str)] = &[
+    ("NAME", "name"),
+    ("STATE", "state"),
+    ("SITE", "site"),
+    ("HELD_BACK", "reasons"),
+    ("BMC_FAILURES", "bmc_consecutive_failures"),
+    ("BMC_LAST_ERROR", "bmc_last_error"),
+    ("LAST_WIPE_JOB", "last_wipe_job"),
+];
 
 pub(super) const MACHINE_COLUMNS: &[(&str, &str)] = &[
     ("NAME", "name"),
@@ -278,7 +292,16 @@ pub async fn run(c: &Client, fmt: Format, cmd: MachineCmd) -> anyhow::Result<()>
             min_ram_gib,
             min_cpus,
             mac,
+            held_back,
         } => {
+            if held_back {
+                output::list(
+                    fmt,
+                    &c.get("/api/v1/lease-pool/held-back").await?,
+                    HELD_BACK_COLUMNS,
+                );
+                return Ok(());
+            }
             let q = query(&[
                 ("state", state),
                 ("tag", tag),

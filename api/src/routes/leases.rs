@@ -306,6 +306,16 @@ pub async fn remove_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The pool's machines that the health gate holds back from allocation, and why (staff).
+pub async fn held_back(
+    State(st): State<AppState>,
+    c: Caller,
+) -> Result<Json<Vec<inventory::HeldBackMachine>>, ApiError> {
+    c.require(&st, STAFF, "machine.held_back", "machines")
+        .await?;
+    Ok(Json(st.inv.held_back_machines().await?))
+}
+
 pub async fn show_policy(
     State(st): State<AppState>,
     _c: Caller,

@@ -68,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/leases/{id}/extend", post(leases::extend))
         .route("/leases/{id}/release", post(leases::release))
         .route("/leases/{id}/revoke", post(leases::revoke))
+        .route("/lease-pool/held-back", get(leases::held_back))
         .route(
             "/lease-policy",
             get(leases::show_policy).put(leases::set_policy),

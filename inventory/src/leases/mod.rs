@@ -13,6 +13,7 @@ mod constraints;
 mod allocation;
 mod calendar;
 mod end;
+mod health;
 mod keys;
 mod policy;
 mod quotas;
@@ -20,6 +21,7 @@ mod read;
 mod tick;
 mod types;
 
+pub use health::{HeldBackMachine, HoldBackReason};
 pub use keys::ssh_key_fingerprint;
 pub use types::*;
 
