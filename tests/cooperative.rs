@@ -126,3 +126,134 @@ async fn allocation_holds_back_a_dead_bmc_and_a_failed_wipe() {
         assert_eq!(lease["machines"][0]["name"], "dead", "{lease}");
     }
 }
+
+/// Waits (bounded) until this month's report row of `coop`, as `token` sees it, satisfies `pred`.
+fn wait_report(s: &Service, token: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = json_as(s, token, &["report", "usage", "--group", "coop"]);
+        let row = r[0].clone();
+        if pred(&row) {
+            return row;
+        }
+        assert!(Instant::now() < deadline, "report never got there: {r:#}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usage_report_prefers_the_bmc_energy_counter_and_estimates_the_rest() {
+    for db in databases() {
+        // One BMC keeps an energy counter (at 100 kWh), the other only reports 360 W.
+        let metered = testkit::fake_redfish::FakeRedfish::start_metered(1000.0, 100.0).await;
+        let plain = testkit::fake_redfish::FakeRedfish::start(360.0).await;
+        let s = Service::start_with(db, &["--energy-interval-secs", "1"]).await;
+        let (rosa, ops) = people(&s);
+        s.cli(&["group", "add", "other"]);
+        for (name, mac, url) in [
+            ("metered", "52:54:00:18:01:01", metered.url()),
+            ("plain", "52:54:00:18:01:02", plain.url()),
+        ] {
+            s.cli(&[
+                "machine",
+                "add",
+                name,
+                "--mac",
+                mac,
+                "--bmc",
+                &url,
+                "--bmc-user",
+                "u",
+            ]);
+            s.cli(&["machine", "state", name, "available"]);
+        }
+        let before = Instant::now();
+        let lease = json_as(&s, &rosa, &["lease", "create", "--count", "2"]);
+        let id = lease["id"].as_i64().expect("lease id").to_string();
+        // Samples taken while the lease holds both machines: the counter's first reading in
+        // the window is 100 kWh; then the BMC's counter rises by exactly 0.5 kWh.
+        wait_report(&s, &rosa, |r| {
+            r["energy_kwh_estimated"].as_f64() > Some(0.0)
+        });
+        metered.set_energy_kwh(100.5);
+        wait_report(&s, &rosa, |r| r["energy_kwh_counter"] == 0.5);
+        s.cli(&["lease", "release", &id]);
+        let held = before.elapsed().as_secs_f64() / 3600.0;
+        // The wipes cannot finish here (no agent; the fake BMC takes no power actions): they
+        // fail, or are cancelled, and count as wipes that did not succeed.
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let jobs = s.cli_json(&["job", "list"]);
+            let open: Vec<String> = jobs
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|j| j["state"] == "queued" || j["state"] == "running")
+                .map(|j| j["id"].to_string())
+                .collect();
+            if open.is_empty() {
+                break;
+            }
+            for jid in open {
+                // It may end on its own meanwhile: a refused cancel is fine.
+                let _ = run(&s, &s.admin_token, &["job", "cancel", &jid]);
+            }
+            assert!(Instant::now() < deadline, "wipe jobs never ended: {jobs:#}");
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let row = wait_report(&s, &rosa, |r| r["wipes"] == 2);
+        assert_eq!(row["group"], "coop");
+        assert_eq!(row["leases"], 1);
+        assert_eq!(row["wipes_failed"], 2, "{row}");
+        // The metered machine's kWh is the counter's rise, not its 1000 W integrated; the
+        // plain one's is estimated from its readings: 360 W over at most the time held.
+        assert_eq!(row["energy_kwh_counter"], 0.5, "{row}");
+        let estimated = row["energy_kwh_estimated"].as_f64().expect("estimated");
+        assert!(
+            estimated > 0.0 && estimated <= 0.36 * held + 0.001,
+            "{estimated} kWh estimated for {held} h at 360 W"
+        );
+        assert_eq!(row["energy_source"], "mixed");
+        let total = row["energy_kwh"].as_f64().expect("total");
+        assert!((total - 0.5 - estimated).abs() < 0.0015, "{row}");
+        let used = row["machine_hours_used"].as_f64().expect("used");
+        assert!(
+            used > 0.0 && used <= 2.0 * held + 0.002,
+            "two machines for at most {held} h: {used}"
+        );
+        assert_eq!(row["machine_hours_booked"], 0.0, "the lease ended: {row}");
+
+        // Members see their own group's only; staff see every group; another month is empty.
+        let mine = json_as(&s, &rosa, &["report", "usage"]);
+        assert_eq!(mine.as_array().map(Vec::len), Some(1), "{mine}");
+        let theirs = json_as(&s, &rosa, &["report", "usage", "--group", "other"]);
+        assert_eq!(theirs, serde_json::json!([]));
+        let all = json_as(&s, &ops, &["report", "usage"]);
+        assert_eq!(all.as_array().map(Vec::len), Some(2), "{all}");
+        let old = json_as(
+            &s,
+            &ops,
+            &["report", "usage", "--month", "2026-01", "--group", "coop"],
+        );
+        assert_eq!(old[0]["month"], "2026-01");
+        assert_eq!(old[0]["energy_kwh"], 0.0);
+        assert_eq!(old[0]["energy_source"], "none");
+        let (ok, _, err) = run(&s, &ops, &["report", "usage", "--month", "November"]);
+        assert!(!ok && err.contains("YYYY-MM"), "{err}");
+        // CSV for spreadsheets: a header of field names, one line per group.
+        let (ok, csv, err) = run(&s, &ops, &["report", "usage", "-o", "csv"]);
+        assert!(ok, "{err}");
+        let lines: Vec<&str> = csv.lines().collect();
+        assert!(
+            lines[0].starts_with("month,group,machine_hours_used,machine_hours_booked,energy_kwh,"),
+            "{csv}"
+        );
+        assert_eq!(lines.len(), 3, "{csv}");
+        assert!(
+            lines
+                .iter()
+                .any(|l| l.contains(",coop,") && l.contains(",mixed,")),
+            "{csv}"
+        );
+    }
+}

@@ -140,22 +140,25 @@ impl BmcService {
 
     async fn sample_one(&self, name: &str, interval: Duration) {
         let reading = self
-            .run(name, |h| async move { h.power_reading().await.map(Watts) })
+            .run(name, |h| async move { h.meter_reading().await.map(Meter) })
             .await;
         match reading {
-            Ok(Watts(Some(w))) => {
+            Ok(Meter(bmc::MeterReading {
+                watts: Some(w),
+                energy_kwh,
+            })) => {
                 // Gaps longer than 2.5 intervals (the service was down, the BMC was
                 // unreachable) are not bridged: nobody knows what was drawn meanwhile.
                 let max_gap_ms = (interval.as_millis() as i64).saturating_mul(5) / 2;
                 if let Err(e) = self
                     .inv
-                    .add_power_sample(name, inventory::now_ms(), w, max_gap_ms)
+                    .add_power_sample(name, inventory::now_ms(), w, energy_kwh, max_gap_ms)
                     .await
                 {
                     tracing::warn!(machine = %name, error = %e, "energy sampler: cannot store sample");
                 }
             }
-            Ok(Watts(None)) => {}
+            Ok(Meter(_)) => {}
             Err(e) => {
                 tracing::debug!(machine = %name, error = %e.message, "energy sampler: no reading")
             }
@@ -168,6 +171,9 @@ const ENERGY_PARALLELISM: usize = 16;
 
 /// A power reading in watts, if the BMC measures it.
 pub struct Watts(pub Option<f64>);
+
+/// A meter reading (watts and energy counter), for the health record.
+pub struct Meter(pub bmc::MeterReading);
 
 /// What an operation's result says about the power state, for the health record.
 pub trait PowerHint {
@@ -183,6 +189,7 @@ impl PowerHint for bmc::PowerState {
 }
 impl PowerHint for () {}
 impl PowerHint for Watts {}
+impl PowerHint for Meter {}
 impl PowerHint for bmc::HardwareInfo {}
 
 /// A BMC failure as an API error: 502, naming the machine; the message never holds a secret.

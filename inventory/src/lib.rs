@@ -29,7 +29,7 @@ pub use certificates::{StoredCertificate, TrustKey};
 pub use clock::{fmt_utc, month_bounds, now_ms, utc_ms};
 pub use db::{Backend, Inventory};
 pub use dhcp::{DhcpLease, DhcpLeaseChange, DhcpLeaseInfo};
-pub use energy::PowerSample;
+pub use energy::{energy_split, EnergySplit, MeterSample, PowerSample};
 pub use error::{Error, Result};
 pub use export::{
     ExportBmc, ExportGroup, ExportMachine, ExportRack, ExportSite, ExportToken, ExportUser,
@@ -41,9 +41,9 @@ pub use jobs::{
     StepState, AGENT_TOKEN_TTL_MS,
 };
 pub use leases::{
-    ssh_key_fingerprint, EndReason, GroupQuota, HeldBackMachine, HoldBackReason, Lease,
-    LeaseConstraints, LeaseDetail, LeaseFilter, LeaseMachine, LeasePolicy, LeaseState, LeaseTick,
-    NewLease, WipeCertificate, DEFAULT_LEASE_HOURS,
+    month_range, ssh_key_fingerprint, EndReason, GroupQuota, GroupUsage, HeldBackMachine,
+    HoldBackReason, Lease, LeaseConstraints, LeaseDetail, LeaseFilter, LeaseMachine, LeasePolicy,
+    LeaseState, LeaseTick, NewLease, WipeCertificate, DEFAULT_LEASE_HOURS,
 };
 pub use machines::{BmcAccess, BmcHealth, MachineFilter, MachinePatch, NewBmc, NewMachine};
 pub use model::{

@@ -477,20 +477,20 @@ async fn power_samples_integrate_to_watt_hours() {
             .expect("add");
         let t0 = 1_000_000_000_000;
         assert_eq!(
-            inv.add_power_sample("meter", t0, 100.0, 150_000)
+            inv.add_power_sample("meter", t0, 100.0, None, 150_000)
                 .await
                 .expect("first"),
             0.0
         );
         // 60 s at 100 W then 200 W: trapezoid 150 W for 1/60 h = 2.5 Wh.
         let wh = inv
-            .add_power_sample("meter", t0 + 60_000, 200.0, 150_000)
+            .add_power_sample("meter", t0 + 60_000, 200.0, None, 150_000)
             .await
             .expect("second");
         assert!((wh - 2.5).abs() < 1e-9, "{wh}");
         // A gap longer than the bound adds nothing.
         assert_eq!(
-            inv.add_power_sample("meter", t0 + 3_600_000, 200.0, 150_000)
+            inv.add_power_sample("meter", t0 + 3_600_000, 200.0, None, 150_000)
                 .await
                 .expect("gap"),
             0.0
@@ -508,11 +508,11 @@ async fn power_samples_integrate_to_watt_hours() {
             3
         );
         assert!(inv
-            .add_power_sample("meter", t0 + 3_700_000, f64::NAN, 1)
+            .add_power_sample("meter", t0 + 3_700_000, f64::NAN, None, 1)
             .await
             .is_err());
         assert!(matches!(
-            inv.add_power_sample("ghost", t0, 1.0, 1).await,
+            inv.add_power_sample("ghost", t0, 1.0, None, 1).await,
             Err(Error::NotFound { .. })
         ));
     }

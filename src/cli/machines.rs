@@ -413,7 +413,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: MachineCmd) -> anyhow::Result<()>
                 .await?;
             match fmt {
                 Format::Json => output::json(&v),
-                Format::Table => println!(
+                Format::Table | Format::Csv => println!(
                     "{} is now {}",
                     output::cell(&v["name"]),
                     output::cell(&v["state"])
@@ -434,7 +434,9 @@ pub async fn power(c: &Client, fmt: Format, name: String, action: String) -> any
     };
     match fmt {
         Format::Json => output::json(&v),
-        Format::Table => println!("{}: power {}", name, output::cell(&v["power_state"])),
+        Format::Table | Format::Csv => {
+            println!("{}: power {}", name, output::cell(&v["power_state"]))
+        }
     }
     Ok(())
 }
@@ -456,7 +458,7 @@ pub async fn bootdev(
         .await?;
     match fmt {
         Format::Json => output::json(&v),
-        Format::Table => println!(
+        Format::Table | Format::Csv => println!(
             "{name}: boots from {device} {}",
             if persistent {
                 "from now on"

@@ -8,6 +8,7 @@ mod images;
 mod leases;
 mod machines;
 mod people;
+mod reports;
 mod sites;
 mod time;
 
@@ -104,6 +105,9 @@ pub enum Command {
     /// Leases: ask for machines (now, at a future start, or when capacity frees up), list, show, extend, release, revoke
     #[command(subcommand)]
     Lease(Box<leases::LeaseCmd>),
+    /// Reports: usage and energy per group and month
+    #[command(subcommand)]
+    Report(reports::ReportCmd),
     /// Signed wipe certificates: download one, verify one offline
     #[command(subcommand)]
     Certificate(certificates::CertificateCmd),
@@ -173,6 +177,7 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
         Command::Dhcp(d) => audit::dhcp(&c, fmt, d).await,
         Command::Events(a) => audit::events(&c, fmt, a).await,
         Command::Certificate(cmd) => certificates::run(&c, cmd).await,
+        Command::Report(cmd) => reports::run(&c, fmt, cmd).await,
         Command::Export { with_secrets } => audit::export(&c, with_secrets).await,
         Command::Import { file } => audit::import(&c, fmt, file).await,
     }
@@ -212,7 +217,7 @@ pub(super) fn query(pairs: &[(&str, Option<String>)]) -> String {
 pub(super) fn done(fmt: Format, message: &str) {
     match fmt {
         Format::Json => output::json(&json!({"ok": true, "message": message})),
-        Format::Table => println!("{message}"),
+        Format::Table | Format::Csv => println!("{message}"),
     }
 }
 

@@ -11,6 +11,7 @@ mod leases;
 pub(crate) mod machines;
 mod people;
 mod power;
+mod reports;
 mod sites;
 mod system;
 
@@ -69,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         .route("/leases/{id}/release", post(leases::release))
         .route("/leases/{id}/revoke", post(leases::revoke))
         .route("/lease-pool/held-back", get(leases::held_back))
+        .route("/reports/usage", get(reports::usage))
         .route(
             "/lease-policy",
             get(leases::show_policy).put(leases::set_policy),

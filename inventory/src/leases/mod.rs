@@ -18,11 +18,13 @@ mod keys;
 mod policy;
 mod quotas;
 mod read;
+mod report;
 mod tick;
 mod types;
 
 pub use health::{HeldBackMachine, HoldBackReason};
 pub use keys::ssh_key_fingerprint;
+pub use report::{month_range, GroupUsage};
 pub use types::*;
 
 use crate::db::from_json;
