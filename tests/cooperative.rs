@@ -257,3 +257,132 @@ async fn usage_report_prefers_the_bmc_energy_counter_and_estimates_the_rest() {
         );
     }
 }
+
+fn idle_events(s: &Service, machine: &str) -> Vec<Value> {
+    s.cli_json(&["events", "--machine", machine])
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["action"] == "machine.idle_power_off")
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_machines_are_powered_off_once_and_a_reimage_powers_them_on() {
+    use testkit::{default_system, Sushy, SushyOpts};
+    let sys = default_system();
+    let uuid = sys.uuid;
+    let sushy = Sushy::start(
+        &[sys],
+        SushyOpts {
+            users: vec![("admin".into(), "correct-horse".into())],
+            ..Default::default()
+        },
+    );
+    let dead_url = {
+        let gone = testkit::fake_redfish::FakeRedfish::start(100.0).await;
+        gone.url()
+    };
+    let s = Service::start_with(common::Db::Sqlite, &["--energy-interval-secs", "0"]).await;
+    let (rosa, ops) = people(&s);
+    let pw = common::write(s.dir.path(), "bmc-pw", "correct-horse\n");
+    let url = format!("{}/redfish/v1/Systems/{uuid}", sushy.url());
+    s.cli(&[
+        "machine",
+        "add",
+        "idle1",
+        "--mac",
+        "52:54:00:18:02:01",
+        "--bmc",
+        &url,
+        "--bmc-user",
+        "admin",
+        "--bmc-password-file",
+        pw.to_str().expect("path"),
+    ]);
+    s.cli(&[
+        "machine",
+        "add",
+        "stuck",
+        "--mac",
+        "52:54:00:18:02:02",
+        "--bmc",
+        &dead_url,
+    ]);
+    s.cli(&["power", "idle1", "on"]);
+    for m in ["idle1", "stuck"] {
+        s.cli(&["machine", "state", m, "available"]);
+    }
+    // Off by default: nothing is powered off until staff set a time.
+    let policy = json_as(&s, &ops, &["lease", "policy"]);
+    assert_eq!(policy["idle_power_off"], serde_json::json!([]), "{policy}");
+    let (ok, _, _) = run(&s, &rosa, &["lease", "policy", "--idle-power-off", "2s"]);
+    assert!(!ok, "members do not set the policy");
+    let policy = json_as(&s, &ops, &["lease", "policy", "--idle-power-off", "2s"]);
+    assert_eq!(policy["idle_power_off"][0]["after_secs"], 2, "{policy}");
+    let table = run(&s, &ops, &["lease", "policy"]).1;
+    assert!(table.contains("every site: after 2s"), "{table}");
+
+    // The machine sitting available and unleased is powered off through its BMC, audited.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let raw = sushy
+            .system_json(uuid, Some(("admin", "correct-horse")))
+            .await;
+        if raw["PowerState"] == "Off" && !idle_events(&s, "idle1").is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never powered off: {raw}\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let ev = idle_events(&s, "idle1");
+    assert_eq!(ev[0]["outcome"], "ok", "{ev:?}");
+    // The BMC that cannot do it is reported once, not retried: a few worker ticks later
+    // there is still one failed event.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while idle_events(&s, "stuck").is_empty() {
+        assert!(Instant::now() < deadline, "the failure was never reported");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let ev = idle_events(&s, "stuck");
+    assert_eq!(ev.len(), 1, "reported once: {ev:?}");
+    assert_eq!(ev[0]["outcome"], "failed", "{ev:?}");
+    assert_eq!(idle_events(&s, "idle1").len(), 1);
+
+    // A lease and a reimage power it on as always.
+    let lease = json_as(&s, &rosa, &["lease", "create", "--count", "1"]);
+    assert_eq!(lease["machines"][0]["name"], "idle1", "{lease}");
+    let img = s.dir.path().join("tiny.raw");
+    std::fs::write(&img, vec![0u8; 1 << 20]).expect("image");
+    s.cli(&[
+        "image",
+        "add",
+        "tiny",
+        &img.display().to_string(),
+        "--version",
+        "1",
+    ]);
+    let job = json_as(&s, &rosa, &["reimage", "idle1", "--image", "tiny:1"]);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let raw = sushy
+            .system_json(uuid, Some(("admin", "correct-horse")))
+            .await;
+        if raw["PowerState"] == "On" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never powered on: {raw}\n{}",
+            s.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    s.cli(&["job", "cancel", &job["id"].to_string()]);
+}

@@ -42,8 +42,9 @@ pub use jobs::{
 };
 pub use leases::{
     month_range, ssh_key_fingerprint, EndReason, GroupQuota, GroupUsage, HeldBackMachine,
-    HoldBackReason, Lease, LeaseConstraints, LeaseDetail, LeaseFilter, LeaseMachine, LeasePolicy,
-    LeaseState, LeaseTick, NewLease, WipeCertificate, DEFAULT_LEASE_HOURS,
+    HoldBackReason, IdleMachine, IdlePowerOff, Lease, LeaseConstraints, LeaseDetail, LeaseFilter,
+    LeaseMachine, LeasePolicy, LeaseState, LeaseTick, NewLease, WipeCertificate,
+    DEFAULT_LEASE_HOURS,
 };
 pub use machines::{BmcAccess, BmcHealth, MachineFilter, MachinePatch, NewBmc, NewMachine};
 pub use model::{

@@ -221,6 +221,7 @@ async fn lifecycle_extend_release_revoke_and_max_length() {
             "staff",
             &LeasePolicy {
                 max_lease_hours: Some(72),
+                ..Default::default()
             },
         )
         .await

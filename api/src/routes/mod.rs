@@ -72,6 +72,10 @@ pub fn router(state: AppState) -> Router {
         .route("/lease-pool/held-back", get(leases::held_back))
         .route("/reports/usage", get(reports::usage))
         .route(
+            "/lease-policy/idle-power-off",
+            axum::routing::put(leases::set_idle_power_off),
+        )
+        .route(
             "/lease-policy",
             get(leases::show_policy).put(leases::set_policy),
         )

@@ -14,6 +14,7 @@ mod allocation;
 mod calendar;
 mod end;
 mod health;
+mod idle;
 mod keys;
 mod policy;
 mod quotas;
@@ -23,6 +24,7 @@ mod tick;
 mod types;
 
 pub use health::{HeldBackMachine, HoldBackReason};
+pub use idle::IdleMachine;
 pub use keys::ssh_key_fingerprint;
 pub use report::{month_range, GroupUsage};
 pub use types::*;
