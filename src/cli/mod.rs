@@ -130,6 +130,15 @@ pub enum Command {
     /// A virtual rack on this box: VMs with virtual BMCs and a lab service (`lab up|status|down`)
     #[command(subcommand)]
     Lab(crate::lab::LabCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell); for packagers
+    #[command(hide = true)]
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from this command line; for packagers
+    #[command(hide = true)]
+    Man,
     /// Look for DHCP servers on the network: broadcasts a DHCPDISCOVER and lists who answers
     Doctor {
         /// Interface to probe [default: every interface with an IPv4 address, except loopback]
@@ -153,8 +162,13 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
     let c = Client::new(&g.url, token_or_default(g.token))?;
     let fmt = g.output;
     match cmd {
-        Command::Serve(_) | Command::Doctor { .. } | Command::Agent(_) | Command::Lab(_) => {
-            unreachable!("serve, doctor, agent and lab are dispatched in main")
+        Command::Serve(_)
+        | Command::Doctor { .. }
+        | Command::Agent(_)
+        | Command::Lab(_)
+        | Command::Completions { .. }
+        | Command::Man => {
+            unreachable!("serve, doctor, agent, lab, completions and man are dispatched in main")
         }
         Command::Machine(m) => machines::run(&c, fmt, *m).await,
         Command::Lease(l) => leases::run(&c, fmt, *l).await,
@@ -181,6 +195,21 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
         Command::Export { with_secrets } => audit::export(&c, with_secrets).await,
         Command::Import { file } => audit::import(&c, fmt, file).await,
     }
+}
+
+/// Writes the completion script for `shell` to standard output.
+pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "rackshare", &mut std::io::stdout());
+    Ok(())
+}
+
+/// Writes the man page, rackshare(1), to standard output.
+pub fn man() -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+    Ok(())
 }
 
 /// A limit given as a number or `none`/`unlimited` (null).
