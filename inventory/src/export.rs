@@ -14,8 +14,11 @@ use std::collections::HashMap;
 
 /// The `format` field of every export.
 pub const EXPORT_FORMAT: &str = "rackshare-inventory";
-/// The version of the format this binary writes and reads.
-pub const EXPORT_VERSION: u32 = 1;
+/// The version of the format this binary writes. Version 2 added `settings`; version 1 files
+/// (which have none) still import.
+pub const EXPORT_VERSION: u32 = 2;
+/// The oldest version this binary reads.
+const OLDEST_READABLE_VERSION: u32 = 1;
 
 /// The whole inventory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +45,20 @@ pub struct InventoryExport {
     /// still verifies old certificates (public: exported with or without secrets).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trust_keys: Vec<crate::TrustKey>,
+    /// The cooperative's policies (maximum lease length, idle power-off times), as the
+    /// `settings` keys and values, by key (version 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<ExportSetting>,
+}
+
+/// One cooperative-wide setting.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSetting {
+    /// Key (`max_lease_hours`, `idle_power_off_secs`, `idle_power_off_secs@SITE`).
+    pub key: String,
+    /// Value, as stored.
+    pub value: String,
 }
 
 /// A site.
@@ -331,6 +348,7 @@ impl Inventory {
             machines,
             tokens,
             trust_keys: self.trust_keys().await?,
+            settings: self.export_settings().await?,
         })
     }
 
@@ -344,11 +362,11 @@ impl Inventory {
                 format!("expected '{EXPORT_FORMAT}', got '{}'", x.format),
             ));
         }
-        if x.version != EXPORT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=EXPORT_VERSION).contains(&x.version) {
             return Err(Error::invalid(
                 "version",
                 format!(
-                    "this rackshare reads format version {EXPORT_VERSION}, the file is version {}",
+                    "this rackshare reads format versions {OLDEST_READABLE_VERSION} to {EXPORT_VERSION}, the file is version {}",
                     x.version
                 ),
             ));
@@ -601,8 +619,40 @@ impl Inventory {
         for k in &x.trust_keys {
             crate::certificates::insert_trust_key(&mut tx, k).await?;
         }
+        // The file's policies replace this instance's, key by key.
+        for st in &x.settings {
+            sqlx::query("DELETE FROM settings WHERE key = $1")
+                .bind(&st.key)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO settings (key, value, updated_by, updated_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(&st.key)
+            .bind(&st.value)
+            .bind(actor)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
         tx.commit().await?;
         Ok(summary)
+    }
+}
+
+impl Inventory {
+    async fn export_settings(&self) -> Result<Vec<ExportSetting>> {
+        let rows = sqlx::query("SELECT key, value FROM settings ORDER BY key")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ExportSetting {
+                    key: r.try_get("key")?,
+                    value: r.try_get("value")?,
+                })
+            })
+            .collect()
     }
 }
 

@@ -32,8 +32,8 @@ pub use dhcp::{DhcpLease, DhcpLeaseChange, DhcpLeaseInfo};
 pub use energy::{energy_split, EnergySplit, MeterSample, PowerSample};
 pub use error::{Error, Result};
 pub use export::{
-    ExportBmc, ExportGroup, ExportMachine, ExportRack, ExportSite, ExportToken, ExportUser,
-    ImportSummary, InventoryExport, EXPORT_FORMAT, EXPORT_VERSION,
+    ExportBmc, ExportGroup, ExportMachine, ExportRack, ExportSetting, ExportSite, ExportToken,
+    ExportUser, ImportSummary, InventoryExport, EXPORT_FORMAT, EXPORT_VERSION,
 };
 pub use images::{Image, NewImage};
 pub use jobs::{

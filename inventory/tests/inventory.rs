@@ -304,8 +304,29 @@ async fn export_import_export_is_identical() {
         inv.transition("admin", "m2", MachineState::Maintenance, "psu", None)
             .await
             .expect("maint");
+        // Policies travel too (version 2).
+        inv.set_lease_policy(
+            "admin",
+            &LeasePolicy {
+                max_lease_hours: Some(336),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("policy");
+        inv.set_idle_power_off(
+            "admin",
+            &IdlePowerOff {
+                site: Some("hall".into()),
+                after_secs: Some(1800),
+            },
+        )
+        .await
+        .expect("idle policy");
 
         let plain = inv.export(false).await.expect("export");
+        assert_eq!(plain.version, EXPORT_VERSION);
+        assert_eq!(plain.settings.len(), 2, "{:?}", plain.settings);
         assert!(
             !serde_json::to_string(&plain)
                 .expect("json")
@@ -345,6 +366,40 @@ async fn export_import_export_is_identical() {
             Err(Error::Conflict { .. })
         ));
         assert_eq!(b.inv.export(false).await.expect("after"), before);
+    }
+}
+
+/// Every version of the format ever written still imports: one fixture per version, kept as
+/// written (add the current version's when it changes).
+#[tokio::test]
+async fn every_export_version_still_imports() {
+    let v2: InventoryExport =
+        serde_json::from_str(include_str!("fixtures/export-v2.json")).expect("version 2 parses");
+    let db = common::sqlite().await;
+    db.inv.bootstrap_admin().await.expect("boot");
+    db.inv.import("admin", &v2).await.expect("import v2");
+    let back = db.inv.export(false).await.expect("export");
+    assert_eq!(back.settings, v2.settings);
+    assert_eq!(
+        db.inv.lease_policy().await.expect("policy").max_lease_hours,
+        Some(336)
+    );
+
+    let text = include_str!("fixtures/export-v1.json");
+    let old: InventoryExport = serde_json::from_str(text).expect("a version 1 file parses");
+    for db in [common::sqlite().await, common::postgres().await] {
+        db.inv.bootstrap_admin().await.expect("boot");
+        let summary = db.inv.import("admin", &old).await.expect("import v1");
+        assert_eq!((summary.sites, summary.machines), (1, 1), "{}", db.label);
+        let now = db.inv.export(false).await.expect("export");
+        assert_eq!(now.version, EXPORT_VERSION);
+        assert_eq!(now.machines[0].name, "m1");
+        assert!(now.settings.is_empty());
+        // A version from the future is refused, saying which versions are read.
+        let mut future = old.clone();
+        future.version = EXPORT_VERSION + 1;
+        let err = db.inv.import("admin", &future).await.expect_err("future");
+        assert!(err.to_string().contains("versions 1 to"), "{err}");
     }
 }
 
