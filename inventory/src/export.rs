@@ -3,6 +3,7 @@
 
 use crate::audit::record_in;
 use crate::db::to_json;
+pub use crate::export_catalog::{ExportImage, ExportSetting};
 use crate::machines::normalise_for_import;
 use crate::sites::check_name;
 use crate::{
@@ -49,16 +50,10 @@ pub struct InventoryExport {
     /// `settings` keys and values, by key (version 2).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub settings: Vec<ExportSetting>,
-}
-
-/// One cooperative-wide setting.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExportSetting {
-    /// Key (`max_lease_hours`, `idle_power_off_secs`, `idle_power_off_secs@SITE`).
-    pub key: String,
-    /// Value, as stored.
-    pub value: String,
+    /// The image catalogue (entries only; the blobs are named by sha256), by owner, name and
+    /// version (version 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ExportImage>,
 }
 
 /// A site.
@@ -349,6 +344,7 @@ impl Inventory {
             tokens,
             trust_keys: self.trust_keys().await?,
             settings: self.export_settings().await?,
+            images: self.export_images().await?,
         })
     }
 
@@ -610,6 +606,8 @@ impl Inventory {
                 summary.tokens += 1;
             }
         }
+        crate::export_catalog::import_settings(&mut tx, actor, now, &x.settings).await?;
+        summary.images = crate::export_catalog::import_images(&mut tx, &x.images).await?;
         record_in(
             &mut tx,
             &NewAuditEvent::ok(actor, "inventory.import", "inventory", "import")
@@ -619,40 +617,8 @@ impl Inventory {
         for k in &x.trust_keys {
             crate::certificates::insert_trust_key(&mut tx, k).await?;
         }
-        // The file's policies replace this instance's, key by key.
-        for st in &x.settings {
-            sqlx::query("DELETE FROM settings WHERE key = $1")
-                .bind(&st.key)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query(
-                "INSERT INTO settings (key, value, updated_by, updated_at) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(&st.key)
-            .bind(&st.value)
-            .bind(actor)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-        }
         tx.commit().await?;
         Ok(summary)
-    }
-}
-
-impl Inventory {
-    async fn export_settings(&self) -> Result<Vec<ExportSetting>> {
-        let rows = sqlx::query("SELECT key, value FROM settings ORDER BY key")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(ExportSetting {
-                    key: r.try_get("key")?,
-                    value: r.try_get("value")?,
-                })
-            })
-            .collect()
     }
 }
 
@@ -671,4 +637,7 @@ pub struct ImportSummary {
     pub machines: u64,
     /// Tokens added.
     pub tokens: u64,
+    /// Image catalogue entries added.
+    #[serde(default)]
+    pub images: u64,
 }

@@ -13,6 +13,7 @@ mod dhcp;
 mod energy;
 mod error;
 mod export;
+mod export_catalog;
 mod images;
 mod jobs;
 mod leases;
@@ -32,8 +33,8 @@ pub use dhcp::{DhcpLease, DhcpLeaseChange, DhcpLeaseInfo};
 pub use energy::{energy_split, EnergySplit, MeterSample, PowerSample};
 pub use error::{Error, Result};
 pub use export::{
-    ExportBmc, ExportGroup, ExportMachine, ExportRack, ExportSetting, ExportSite, ExportToken,
-    ExportUser, ImportSummary, InventoryExport, EXPORT_FORMAT, EXPORT_VERSION,
+    ExportBmc, ExportGroup, ExportImage, ExportMachine, ExportRack, ExportSetting, ExportSite,
+    ExportToken, ExportUser, ImportSummary, InventoryExport, EXPORT_FORMAT, EXPORT_VERSION,
 };
 pub use images::{Image, NewImage};
 pub use jobs::{

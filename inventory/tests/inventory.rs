@@ -324,9 +324,28 @@ async fn export_import_export_is_identical() {
         .await
         .expect("idle policy");
 
+        // The image catalogue's entries (not the blobs): a public image and a group's.
+        for (name, owner) in [("debian", None), ("private", Some("tenants-union"))] {
+            inv.add_image(
+                "admin",
+                &NewImage {
+                    name: name.into(),
+                    version: "12".into(),
+                    arch: "x86_64".into(),
+                    format: "raw".into(),
+                    size_bytes: 4096,
+                    sha256: "ab".repeat(32),
+                    owner_group: owner.map(String::from),
+                },
+            )
+            .await
+            .expect("image");
+        }
+
         let plain = inv.export(false).await.expect("export");
         assert_eq!(plain.version, EXPORT_VERSION);
         assert_eq!(plain.settings.len(), 2, "{:?}", plain.settings);
+        assert_eq!(plain.images.len(), 2, "{:?}", plain.images);
         assert!(
             !serde_json::to_string(&plain)
                 .expect("json")
@@ -380,6 +399,7 @@ async fn every_export_version_still_imports() {
     db.inv.import("admin", &v2).await.expect("import v2");
     let back = db.inv.export(false).await.expect("export");
     assert_eq!(back.settings, v2.settings);
+    assert_eq!(back.images, v2.images);
     assert_eq!(
         db.inv.lease_policy().await.expect("policy").max_lease_hours,
         Some(336)
