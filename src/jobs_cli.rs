@@ -109,7 +109,7 @@ async fn start_then_follow(c: &Client, fmt: Format, job: Value, wait: bool) -> a
     if !wait {
         match fmt {
             Format::Json => output::json(&job),
-            Format::Table => println!(
+            Format::Table | Format::Csv => println!(
                 "job {id}: {} of {} queued; follow it with 'rackshare job wait {id}'",
                 output::cell(&job["kind"]),
                 output::cell(&job["machine"])
@@ -156,7 +156,7 @@ pub async fn job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()> {
             let v = c.get(&format!("/api/v1/jobs/{id}")).await?;
             match fmt {
                 Format::Json => output::json(&v),
-                Format::Table => {
+                Format::Table | Format::Csv => {
                     output::record(fmt, &v, JOB_FIELDS);
                     println!();
                     let rows = v["steps"]
@@ -189,7 +189,7 @@ pub async fn job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()> {
                 .await?;
             match fmt {
                 Format::Json => output::json(&v),
-                Format::Table => println!(
+                Format::Table | Format::Csv => println!(
                     "job {id}: {}",
                     if v["state"] == "cancelled" {
                         "cancelled".to_string()
@@ -209,7 +209,7 @@ pub async fn job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()> {
                     after = e["id"].as_i64().unwrap_or(after);
                     match fmt {
                         Format::Json => println!("{e}"),
-                        Format::Table => println!("{}", event_line(e)),
+                        Format::Table | Format::Csv => println!("{}", event_line(e)),
                     }
                 }
                 if !follow {
@@ -332,7 +332,7 @@ async fn follow(c: &Client, fmt: Format, id: i64) -> anyhow::Result<()> {
     bar.finish_and_clear();
     match fmt {
         Format::Json => output::json(&job),
-        Format::Table => println!(
+        Format::Table | Format::Csv => println!(
             "job {id}: {} — machine {} {}",
             output::cell(&job["state"]),
             output::cell(&job["machine"]),

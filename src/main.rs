@@ -30,6 +30,8 @@ async fn main() {
         } => doctor::run(interface, timeout_secs, args.global.output).await,
         cli::Command::Agent(cli::AgentCmd::Build(b)) => agent_build::run(b),
         cli::Command::Lab(l) => lab::run(l, args.global.output).await,
+        cli::Command::Completions { shell } => cli::completions(shell),
+        cli::Command::Man => cli::man(),
         other => cli::run(args.global, other).await,
     };
     if let Err(e) = result {

@@ -1,5 +1,5 @@
-//! `-o table|json`: every command prints either an aligned table for people or the API's JSON
-//! for scripts.
+//! `-o table|json|csv`: every command prints either an aligned table for people or the API's
+//! JSON for scripts; list-like output also as CSV (RFC 4180) for spreadsheets.
 
 use serde_json::Value;
 
@@ -11,6 +11,34 @@ pub enum Format {
     Table,
     /// The API's JSON, for scripts.
     Json,
+    /// Comma-separated values with a header of field names, for spreadsheets (list-like output;
+    /// a single record prints as `field,value` lines).
+    Csv,
+}
+
+/// A CSV field: raw values (unix ms stay numbers), lists joined by `;`, quoted when needed.
+pub fn csv_field(v: &Value) -> String {
+    let text = match v {
+        Value::Null => String::new(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) => a.iter().map(csv_field).collect::<Vec<_>>().join(";"),
+        other => other.to_string(),
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+/// CSV lines: a header of `keys`, then one line per item of `v`.
+pub fn csv_lines(v: &Value, keys: &[&str]) -> Vec<String> {
+    let mut out = vec![keys.join(",")];
+    for item in v.as_array().map(Vec::as_slice).unwrap_or_default() {
+        let fields: Vec<String> = keys.iter().map(|k| csv_field(&pointer(item, k))).collect();
+        out.push(fields.join(","));
+    }
+    out
 }
 
 /// Renders a cell value the way a person reads it.
@@ -62,6 +90,16 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) {
 pub fn record(format: Format, v: &Value, fields: &[(&str, &str)]) {
     match format {
         Format::Json => json(v),
+        Format::Csv => {
+            println!("field,value");
+            for (_, key) in fields {
+                println!(
+                    "{},{}",
+                    csv_field(&Value::from(*key)),
+                    csv_field(&pointer(v, key))
+                );
+            }
+        }
         Format::Table => {
             let width = fields
                 .iter()
@@ -99,6 +137,12 @@ pub fn pointer(v: &Value, key: &str) -> Value {
 pub fn list(format: Format, v: &Value, columns: &[(&str, &str)]) {
     match format {
         Format::Json => json(v),
+        Format::Csv => {
+            let keys: Vec<&str> = columns.iter().map(|(_, k)| *k).collect();
+            for line in csv_lines(v, &keys) {
+                println!("{line}");
+            }
+        }
         Format::Table => {
             let rows = v
                 .as_array()
@@ -137,5 +181,21 @@ mod tests {
             "2025-11-24 16:00:00"
         );
         assert_eq!(time(&Value::Null), "-");
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        let v = serde_json::json!([
+            {"name": "a", "n": 1.5, "tags": ["x", "y"], "note": null},
+            {"name": "say \"hi\", then", "n": 2, "tags": [], "note": "two\nlines"},
+        ]);
+        assert_eq!(
+            csv_lines(&v, &["name", "n", "tags", "note"]),
+            vec![
+                "name,n,tags,note".to_string(),
+                "a,1.5,x;y,".to_string(),
+                "\"say \"\"hi\"\", then\",2,,\"two\nlines\"".to_string(),
+            ]
+        );
     }
 }

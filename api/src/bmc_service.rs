@@ -20,6 +20,9 @@ pub struct BmcService {
     /// Handles by machine, with a digest of the settings they were built from: a Redfish
     /// session survives between calls, and an edited BMC gets a fresh handle.
     handles: Mutex<HashMap<String, ([u8; 32], BmcHandle)>>,
+    /// Energy sampler rounds so far (machines that are off are read every
+    /// [`OFF_SAMPLE_EVERY`]th round).
+    energy_rounds: std::sync::atomic::AtomicU64,
 }
 
 /// Checks a BMC URL as the user typed it.
@@ -51,6 +54,7 @@ impl BmcService {
             controller: Controller::new(policy),
             inv,
             handles: Mutex::new(HashMap::new()),
+            energy_rounds: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -115,8 +119,14 @@ impl BmcService {
         res.map_err(|e| bmc_error(machine, &e))
     }
 
-    /// Samples every machine's power draw once and adds the energy since the last sample.
+    /// Samples every machine's power draw once and adds the energy since the last sample;
+    /// machines last seen off (idle power-off) only every [`OFF_SAMPLE_EVERY`]th round, as
+    /// they draw little and their BMCs need not be asked every interval.
     pub async fn sample_energy(&self, interval: Duration) {
+        let round = self
+            .energy_rounds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let off_round = round % OFF_SAMPLE_EVERY == 0;
         let machines = match self.inv.machines(&MachineFilter::default()).await {
             Ok(m) => m,
             Err(e) => {
@@ -126,36 +136,46 @@ impl BmcService {
         };
         // Several BMCs at once: one slow or dead BMC must not stretch the tick for all the
         // others. Each BMC still sees one command at a time (the controller's rule).
-        let names: Vec<String> = machines
+        let names: Vec<(String, Duration)> = machines
             .into_iter()
-            .filter(|m| m.bmc.is_some() && m.state != inventory::MachineState::Retired)
-            .map(|m| m.name)
+            .filter(|m| m.state != inventory::MachineState::Retired)
+            .filter_map(|m| {
+                let off = m.bmc.as_ref()?.power_state.as_deref() == Some("off");
+                match (off, off_round) {
+                    (false, _) => Some((m.name, interval)),
+                    (true, true) => Some((m.name, interval * OFF_SAMPLE_EVERY as u32)),
+                    (true, false) => None,
+                }
+            })
             .collect();
         futures::stream::iter(names)
-            .for_each_concurrent(ENERGY_PARALLELISM, |name| async move {
-                self.sample_one(&name, interval).await
+            .for_each_concurrent(ENERGY_PARALLELISM, |(name, every)| async move {
+                self.sample_one(&name, every).await
             })
             .await;
     }
 
     async fn sample_one(&self, name: &str, interval: Duration) {
         let reading = self
-            .run(name, |h| async move { h.power_reading().await.map(Watts) })
+            .run(name, |h| async move { h.meter_reading().await.map(Meter) })
             .await;
         match reading {
-            Ok(Watts(Some(w))) => {
+            Ok(Meter(bmc::MeterReading {
+                watts: Some(w),
+                energy_kwh,
+            })) => {
                 // Gaps longer than 2.5 intervals (the service was down, the BMC was
                 // unreachable) are not bridged: nobody knows what was drawn meanwhile.
                 let max_gap_ms = (interval.as_millis() as i64).saturating_mul(5) / 2;
                 if let Err(e) = self
                     .inv
-                    .add_power_sample(name, inventory::now_ms(), w, max_gap_ms)
+                    .add_power_sample(name, inventory::now_ms(), w, energy_kwh, max_gap_ms)
                     .await
                 {
                     tracing::warn!(machine = %name, error = %e, "energy sampler: cannot store sample");
                 }
             }
-            Ok(Watts(None)) => {}
+            Ok(Meter(_)) => {}
             Err(e) => {
                 tracing::debug!(machine = %name, error = %e.message, "energy sampler: no reading")
             }
@@ -163,11 +183,17 @@ impl BmcService {
     }
 }
 
+/// A machine that is off is sampled every this many sampler rounds.
+pub const OFF_SAMPLE_EVERY: u64 = 10;
+
 /// How many BMCs the energy sampler reads at once.
 const ENERGY_PARALLELISM: usize = 16;
 
 /// A power reading in watts, if the BMC measures it.
 pub struct Watts(pub Option<f64>);
+
+/// A meter reading (watts and energy counter), for the health record.
+pub struct Meter(pub bmc::MeterReading);
 
 /// What an operation's result says about the power state, for the health record.
 pub trait PowerHint {
@@ -183,6 +209,7 @@ impl PowerHint for bmc::PowerState {
 }
 impl PowerHint for () {}
 impl PowerHint for Watts {}
+impl PowerHint for Meter {}
 impl PowerHint for bmc::HardwareInfo {}
 
 /// A BMC failure as an API error: 502, naming the machine; the message never holds a secret.

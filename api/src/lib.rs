@@ -10,6 +10,7 @@ mod claim;
 mod config;
 mod engine;
 mod error;
+mod idle;
 mod import_guard;
 mod json;
 mod listener;

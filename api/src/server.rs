@@ -228,6 +228,11 @@ impl Server {
         let metrics_app = crate::routes::metrics_router(state.clone());
         let app = crate::routes::router(state);
         let mut background = Vec::new();
+        background.push(crate::idle::spawn(
+            inv.clone(),
+            bmc.clone(),
+            shutdown.clone(),
+        ));
         if let Some(every) = config.energy_interval {
             let stop = shutdown.clone();
             background.push(tokio::spawn(async move {

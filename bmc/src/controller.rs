@@ -179,6 +179,16 @@ impl BmcHandle {
         .await
     }
 
+    /// Reads the power draw and the cumulative energy counter, where there is one (retried).
+    pub async fn meter_reading(&self) -> Result<crate::MeterReading, BmcError> {
+        self.call(
+            "meter reading",
+            true,
+            |d| async move { d.meter_reading().await },
+        )
+        .await
+    }
+
     /// Ends the driver's session (waits for the queue).
     pub async fn close(&self) {
         let _turn = self.slot.queue.lock().await;

@@ -23,7 +23,7 @@ pub use ipmi::{IpmiDriver, IpmiInvocation, IpmiOutput, IpmiRunner, ProcessRunner
 pub use redfish::RedfishDriver;
 pub use types::{
     BmcDriver, BootDevice, BootMode, Credentials, DiskInfo, DriverOptions, HardwareInfo,
-    PowerAction, PowerState, Secret, TlsPolicy,
+    MeterReading, PowerAction, PowerState, Secret, TlsPolicy,
 };
 pub use url::{BmcProtocol, BmcUrl, BmcUrlError};
 

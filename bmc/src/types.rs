@@ -296,6 +296,16 @@ pub struct HardwareInfo {
     pub warnings: Vec<String>,
 }
 
+/// What a BMC's meters say now.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct MeterReading {
+    /// Current draw in watts, if measured.
+    pub watts: Option<f64>,
+    /// The BMC's cumulative energy counter in kWh (Redfish `EnvironmentMetrics.EnergykWh`),
+    /// if it keeps one.
+    pub energy_kwh: Option<f64>,
+}
+
 /// One BMC, one small interface. Every call is one exchange sequence with the BMC; callers
 /// should go through a [`crate::BmcHandle`] for queueing, retries and health.
 #[async_trait]
@@ -317,6 +327,13 @@ pub trait BmcDriver: Send + Sync {
     async fn inspect(&self) -> Result<HardwareInfo, BmcError>;
     /// Reads the current power draw in watts; `None` when the BMC does not measure it.
     async fn power_reading(&self) -> Result<Option<f64>, BmcError>;
+    /// Reads the power draw and, where the BMC keeps one, its cumulative energy counter.
+    async fn meter_reading(&self) -> Result<MeterReading, BmcError> {
+        Ok(MeterReading {
+            watts: self.power_reading().await?,
+            energy_kwh: None,
+        })
+    }
     /// Ends any session with the BMC (Redfish: DELETE the session). Idempotent.
     async fn close(&self) {}
 }

@@ -3,6 +3,7 @@
 
 use crate::audit::record_in;
 use crate::db::to_json;
+pub use crate::export_catalog::{ExportImage, ExportSetting};
 use crate::machines::normalise_for_import;
 use crate::sites::check_name;
 use crate::{
@@ -14,8 +15,11 @@ use std::collections::HashMap;
 
 /// The `format` field of every export.
 pub const EXPORT_FORMAT: &str = "rackshare-inventory";
-/// The version of the format this binary writes and reads.
-pub const EXPORT_VERSION: u32 = 1;
+/// The version of the format this binary writes. Version 2 added `settings`; version 1 files
+/// (which have none) still import.
+pub const EXPORT_VERSION: u32 = 2;
+/// The oldest version this binary reads.
+const OLDEST_READABLE_VERSION: u32 = 1;
 
 /// The whole inventory.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -42,6 +46,14 @@ pub struct InventoryExport {
     /// still verifies old certificates (public: exported with or without secrets).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub trust_keys: Vec<crate::TrustKey>,
+    /// The cooperative's policies (maximum lease length, idle power-off times), as the
+    /// `settings` keys and values, by key (version 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub settings: Vec<ExportSetting>,
+    /// The image catalogue (entries only; the blobs are named by sha256), by owner, name and
+    /// version (version 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ExportImage>,
 }
 
 /// A site.
@@ -331,6 +343,8 @@ impl Inventory {
             machines,
             tokens,
             trust_keys: self.trust_keys().await?,
+            settings: self.export_settings().await?,
+            images: self.export_images().await?,
         })
     }
 
@@ -344,11 +358,11 @@ impl Inventory {
                 format!("expected '{EXPORT_FORMAT}', got '{}'", x.format),
             ));
         }
-        if x.version != EXPORT_VERSION {
+        if !(OLDEST_READABLE_VERSION..=EXPORT_VERSION).contains(&x.version) {
             return Err(Error::invalid(
                 "version",
                 format!(
-                    "this rackshare reads format version {EXPORT_VERSION}, the file is version {}",
+                    "this rackshare reads format versions {OLDEST_READABLE_VERSION} to {EXPORT_VERSION}, the file is version {}",
                     x.version
                 ),
             ));
@@ -592,6 +606,8 @@ impl Inventory {
                 summary.tokens += 1;
             }
         }
+        crate::export_catalog::import_settings(&mut tx, actor, now, &x.settings).await?;
+        summary.images = crate::export_catalog::import_images(&mut tx, &x.images).await?;
         record_in(
             &mut tx,
             &NewAuditEvent::ok(actor, "inventory.import", "inventory", "import")
@@ -621,4 +637,7 @@ pub struct ImportSummary {
     pub machines: u64,
     /// Tokens added.
     pub tokens: u64,
+    /// Image catalogue entries added.
+    #[serde(default)]
+    pub images: u64,
 }

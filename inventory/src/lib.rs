@@ -13,6 +13,7 @@ mod dhcp;
 mod energy;
 mod error;
 mod export;
+mod export_catalog;
 mod images;
 mod jobs;
 mod leases;
@@ -30,11 +31,11 @@ pub use certificates::{StoredCertificate, TrustKey};
 pub use clock::{fmt_utc, month_bounds, now_ms, utc_ms};
 pub use db::{Backend, Inventory};
 pub use dhcp::{DhcpLease, DhcpLeaseChange, DhcpLeaseInfo};
-pub use energy::PowerSample;
+pub use energy::{energy_split, EnergySplit, MeterSample, PowerSample};
 pub use error::{Error, Result};
 pub use export::{
-    ExportBmc, ExportGroup, ExportMachine, ExportRack, ExportSite, ExportToken, ExportUser,
-    ImportSummary, InventoryExport, EXPORT_FORMAT, EXPORT_VERSION,
+    ExportBmc, ExportGroup, ExportImage, ExportMachine, ExportRack, ExportSetting, ExportSite,
+    ExportToken, ExportUser, ImportSummary, InventoryExport, EXPORT_FORMAT, EXPORT_VERSION,
 };
 pub use images::{Image, NewImage};
 pub use jobs::{
@@ -42,7 +43,8 @@ pub use jobs::{
     StepState, AGENT_TOKEN_TTL_MS,
 };
 pub use leases::{
-    ssh_key_fingerprint, EndReason, GroupQuota, Lease, LeaseConstraints, LeaseDetail, LeaseFilter,
+    month_range, ssh_key_fingerprint, EndReason, GroupQuota, GroupUsage, HeldBackMachine,
+    HoldBackReason, IdleMachine, IdlePowerOff, Lease, LeaseConstraints, LeaseDetail, LeaseFilter,
     LeaseMachine, LeasePolicy, LeaseState, LeaseTick, NewLease, QuotaLimits, WipeCertificate,
     DEFAULT_LEASE_HOURS,
 };

@@ -372,8 +372,48 @@ async fn export_import_export_is_identical() {
         inv.transition("admin", "m2", MachineState::Maintenance, "psu", None)
             .await
             .expect("maint");
+        // Policies travel too (version 2).
+        inv.set_lease_policy(
+            "admin",
+            &LeasePolicy {
+                max_lease_hours: Some(336),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("policy");
+        inv.set_idle_power_off(
+            "admin",
+            &IdlePowerOff {
+                site: Some("hall".into()),
+                after_secs: Some(1800),
+            },
+        )
+        .await
+        .expect("idle policy");
+
+        // The image catalogue's entries (not the blobs): a public image and a group's.
+        for (name, owner) in [("debian", None), ("private", Some("tenants-union"))] {
+            inv.add_image(
+                "admin",
+                &NewImage {
+                    name: name.into(),
+                    version: "12".into(),
+                    arch: "x86_64".into(),
+                    format: "raw".into(),
+                    size_bytes: 4096,
+                    sha256: "ab".repeat(32),
+                    owner_group: owner.map(String::from),
+                },
+            )
+            .await
+            .expect("image");
+        }
 
         let plain = inv.export(false).await.expect("export");
+        assert_eq!(plain.version, EXPORT_VERSION);
+        assert_eq!(plain.settings.len(), 2, "{:?}", plain.settings);
+        assert_eq!(plain.images.len(), 2, "{:?}", plain.images);
         assert!(
             !serde_json::to_string(&plain)
                 .expect("json")
@@ -413,6 +453,41 @@ async fn export_import_export_is_identical() {
             Err(Error::Conflict { .. })
         ));
         assert_eq!(b.inv.export(false).await.expect("after"), before);
+    }
+}
+
+/// Every version of the format ever written still imports: one fixture per version, kept as
+/// written (add the current version's when it changes).
+#[tokio::test]
+async fn every_export_version_still_imports() {
+    let v2: InventoryExport =
+        serde_json::from_str(include_str!("fixtures/export-v2.json")).expect("version 2 parses");
+    let db = common::sqlite().await;
+    db.inv.bootstrap_admin().await.expect("boot");
+    db.inv.import("admin", &v2).await.expect("import v2");
+    let back = db.inv.export(false).await.expect("export");
+    assert_eq!(back.settings, v2.settings);
+    assert_eq!(back.images, v2.images);
+    assert_eq!(
+        db.inv.lease_policy().await.expect("policy").max_lease_hours,
+        Some(336)
+    );
+
+    let text = include_str!("fixtures/export-v1.json");
+    let old: InventoryExport = serde_json::from_str(text).expect("a version 1 file parses");
+    for db in [common::sqlite().await, common::postgres().await] {
+        db.inv.bootstrap_admin().await.expect("boot");
+        let summary = db.inv.import("admin", &old).await.expect("import v1");
+        assert_eq!((summary.sites, summary.machines), (1, 1), "{}", db.label);
+        let now = db.inv.export(false).await.expect("export");
+        assert_eq!(now.version, EXPORT_VERSION);
+        assert_eq!(now.machines[0].name, "m1");
+        assert!(now.settings.is_empty());
+        // A version from the future is refused, saying which versions are read.
+        let mut future = old.clone();
+        future.version = EXPORT_VERSION + 1;
+        let err = db.inv.import("admin", &future).await.expect_err("future");
+        assert!(err.to_string().contains("versions 1 to"), "{err}");
     }
 }
 
@@ -545,20 +620,20 @@ async fn power_samples_integrate_to_watt_hours() {
             .expect("add");
         let t0 = 1_000_000_000_000;
         assert_eq!(
-            inv.add_power_sample("meter", t0, 100.0, 150_000)
+            inv.add_power_sample("meter", t0, 100.0, None, 150_000)
                 .await
                 .expect("first"),
             0.0
         );
         // 60 s at 100 W then 200 W: trapezoid 150 W for 1/60 h = 2.5 Wh.
         let wh = inv
-            .add_power_sample("meter", t0 + 60_000, 200.0, 150_000)
+            .add_power_sample("meter", t0 + 60_000, 200.0, None, 150_000)
             .await
             .expect("second");
         assert!((wh - 2.5).abs() < 1e-9, "{wh}");
         // A gap longer than the bound adds nothing.
         assert_eq!(
-            inv.add_power_sample("meter", t0 + 3_600_000, 200.0, 150_000)
+            inv.add_power_sample("meter", t0 + 3_600_000, 200.0, None, 150_000)
                 .await
                 .expect("gap"),
             0.0
@@ -576,11 +651,11 @@ async fn power_samples_integrate_to_watt_hours() {
             3
         );
         assert!(inv
-            .add_power_sample("meter", t0 + 3_700_000, f64::NAN, 1)
+            .add_power_sample("meter", t0 + 3_700_000, f64::NAN, None, 1)
             .await
             .is_err());
         assert!(matches!(
-            inv.add_power_sample("ghost", t0, 1.0, 1).await,
+            inv.add_power_sample("ghost", t0, 1.0, None, 1).await,
             Err(Error::NotFound { .. })
         ));
     }

@@ -235,6 +235,7 @@ async fn lifecycle_extend_release_revoke_and_max_length() {
             "staff",
             &LeasePolicy {
                 max_lease_hours: Some(72),
+                ..Default::default()
             },
         )
         .await
@@ -314,7 +315,7 @@ async fn lifecycle_extend_release_revoke_and_max_length() {
         // Energy inside the lease window counts; the wipe certificate is attached to it.
         let at = lease.machines[0].allocated_at;
         for (dt, w) in [(1, 3_600_000.0), (2, 3_600_000.0)] {
-            inv.add_power_sample(&machine, at + dt, w, 60_000)
+            inv.add_power_sample(&machine, at + dt, w, None, 60_000)
                 .await
                 .expect("sample");
         }

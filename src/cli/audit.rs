@@ -104,7 +104,7 @@ pub async fn import(c: &Client, fmt: Format, file: PathBuf) -> anyhow::Result<()
     let v = c.post("/api/v1/import", &body).await?;
     match fmt {
         Format::Json => output::json(&v),
-        Format::Table => {
+        Format::Table | Format::Csv => {
             let i = &v["imported"];
             println!(
                 "imported {} machines, {} sites, {} racks, {} groups, {} users, {} tokens",

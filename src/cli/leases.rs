@@ -83,11 +83,17 @@ pub enum LeaseCmd {
         #[arg(long, default_value = "")]
         reason: String,
     },
-    /// Show or set the cooperative's maximum lease length
+    /// Show or set the cooperative's maximum lease length and idle power-off time
     Policy {
         /// Longest lease in hours, or `none`
         #[arg(long)]
         max_hours: Option<String>,
+        /// Power off a machine available and unleased for this long (e.g. 30m), or `off`
+        #[arg(long)]
+        idle_power_off: Option<String>,
+        /// The site --idle-power-off applies to [default: every site without its own]
+        #[arg(long, requires = "idle_power_off")]
+        site: Option<String>,
     },
 }
 
@@ -247,19 +253,57 @@ pub async fn run(c: &Client, fmt: Format, cmd: LeaseCmd) -> anyhow::Result<()> {
                 .await?;
             show_lease(fmt, &v);
         }
-        LeaseCmd::Policy { max_hours } => {
-            let v = match max_hours {
-                Some(h) => {
-                    c.call(
+        LeaseCmd::Policy {
+            max_hours,
+            idle_power_off,
+            site,
+        } => {
+            let mut v = c.get("/api/v1/lease-policy").await?;
+            if let Some(h) = max_hours {
+                v = c
+                    .call(
                         reqwest::Method::PUT,
                         "/api/v1/lease-policy",
                         Some(&json!({"max_lease_hours": limit(&h)?})),
                     )
-                    .await?
-                }
-                None => c.get("/api/v1/lease-policy").await?,
-            };
+                    .await?;
+            }
+            if let Some(idle) = idle_power_off {
+                let after_secs = match idle.trim() {
+                    "off" | "none" => Value::Null,
+                    d => json!(parse_duration(d)?),
+                };
+                v = c
+                    .call(
+                        reqwest::Method::PUT,
+                        "/api/v1/lease-policy/idle-power-off",
+                        Some(&json!({"site": site, "after_secs": after_secs})),
+                    )
+                    .await?;
+            }
+            if fmt == Format::Json {
+                output::json(&v);
+                return Ok(());
+            }
             output::record(fmt, &v, &[("Max lease hours", "max_lease_hours")]);
+            let idle: Vec<String> = v["idle_power_off"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|p| {
+                    let secs = p["after_secs"].as_i64().unwrap_or(0);
+                    let at = p["site"]
+                        .as_str()
+                        .map_or("every site".to_string(), |s| format!("site {s}"));
+                    format!("{at}: after {}", super::time::fmt_secs(secs))
+                })
+                .collect();
+            let idle = if idle.is_empty() {
+                "off".to_string()
+            } else {
+                idle.join("; ")
+            };
+            println!("Idle power-off   {idle}");
         }
     }
     Ok(())

@@ -112,6 +112,10 @@ pub enum MachineCmd {
         min_cpus: Option<i64>,
         #[arg(long)]
         mac: Option<String>,
+        /// Only the pool's machines that allocation holds back (BMC failing, last wipe not
+        /// succeeded), with why [staff]
+        #[arg(long, conflicts_with_all = ["state", "tag", "arch", "site", "rack", "group", "min_ram_gib", "min_cpus", "mac"])]
+        held_back: bool,
     },
     /// Show one machine
     Show { name: String },
@@ -172,6 +176,16 @@ pub(super) fn bmc_body(b: &BmcArgs) -> anyhow::Result<Option<Value>> {
     }
     Ok(Some(o))
 }
+
+const HELD_BACK_COLUMNS: &[(&str, &str)] = &[
+    ("NAME", "name"),
+    ("STATE", "state"),
+    ("SITE", "site"),
+    ("HELD_BACK", "reasons"),
+    ("BMC_FAILURES", "bmc_consecutive_failures"),
+    ("BMC_LAST_ERROR", "bmc_last_error"),
+    ("LAST_WIPE_JOB", "last_wipe_job"),
+];
 
 pub(super) const MACHINE_COLUMNS: &[(&str, &str)] = &[
     ("NAME", "name"),
@@ -271,7 +285,16 @@ pub async fn run(c: &Client, fmt: Format, cmd: MachineCmd) -> anyhow::Result<()>
             min_ram_gib,
             min_cpus,
             mac,
+            held_back,
         } => {
+            if held_back {
+                output::list(
+                    fmt,
+                    &c.get("/api/v1/lease-pool/held-back").await?,
+                    HELD_BACK_COLUMNS,
+                );
+                return Ok(());
+            }
             let q = query(&[
                 ("state", state),
                 ("tag", tag),
@@ -369,7 +392,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: MachineCmd) -> anyhow::Result<()>
                 .await?;
             match fmt {
                 Format::Json => output::json(&v),
-                Format::Table => println!(
+                Format::Table | Format::Csv => println!(
                     "{} is now {}",
                     output::cell(&v["name"]),
                     output::cell(&v["state"])
@@ -390,7 +413,9 @@ pub async fn power(c: &Client, fmt: Format, name: String, action: String) -> any
     };
     match fmt {
         Format::Json => output::json(&v),
-        Format::Table => println!("{}: power {}", name, output::cell(&v["power_state"])),
+        Format::Table | Format::Csv => {
+            println!("{}: power {}", name, output::cell(&v["power_state"]))
+        }
     }
     Ok(())
 }
@@ -412,7 +437,7 @@ pub async fn bootdev(
         .await?;
     match fmt {
         Format::Json => output::json(&v),
-        Format::Table => println!(
+        Format::Table | Format::Csv => println!(
             "{name}: boots from {device} {}",
             if persistent {
                 "from now on"

@@ -8,6 +8,7 @@ mod images;
 mod leases;
 mod machines;
 mod people;
+mod reports;
 mod sites;
 mod time;
 
@@ -124,6 +125,9 @@ pub enum Command {
     /// Leases: ask for machines (now, at a future start, or when capacity frees up), list, show, extend, release, revoke
     #[command(subcommand)]
     Lease(Box<leases::LeaseCmd>),
+    /// Reports: usage and energy per group and month
+    #[command(subcommand)]
+    Report(reports::ReportCmd),
     /// Signed wipe certificates: download one, verify one offline
     #[command(subcommand)]
     Certificate(certificates::CertificateCmd),
@@ -146,6 +150,15 @@ pub enum Command {
     /// A virtual rack on this box: VMs with virtual BMCs and a lab service (`lab up|status|down`)
     #[command(subcommand)]
     Lab(crate::lab::LabCmd),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell); for packagers
+    #[command(hide = true)]
+    Completions {
+        /// The shell
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from this command line; for packagers
+    #[command(hide = true)]
+    Man,
     /// Look for DHCP servers on the network: broadcasts a DHCPDISCOVER and lists who answers
     Doctor {
         /// Interface to probe [default: every interface with an IPv4 address, except loopback]
@@ -169,8 +182,13 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
     let c = Client::new(&g.url, token_or_default(g.token.clone()), &g.trust())?;
     let fmt = g.output;
     match cmd {
-        Command::Serve(_) | Command::Doctor { .. } | Command::Agent(_) | Command::Lab(_) => {
-            unreachable!("serve, doctor, agent and lab are dispatched in main")
+        Command::Serve(_)
+        | Command::Doctor { .. }
+        | Command::Agent(_)
+        | Command::Lab(_)
+        | Command::Completions { .. }
+        | Command::Man => {
+            unreachable!("serve, doctor, agent, lab, completions and man are dispatched in main")
         }
         Command::Machine(m) => machines::run(&c, fmt, *m).await,
         Command::Lease(l) => leases::run(&c, fmt, *l).await,
@@ -193,9 +211,25 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
         Command::Dhcp(d) => audit::dhcp(&c, fmt, d).await,
         Command::Events(a) => audit::events(&c, fmt, a).await,
         Command::Certificate(cmd) => certificates::run(&c, cmd).await,
+        Command::Report(cmd) => reports::run(&c, fmt, cmd).await,
         Command::Export { with_secrets } => audit::export(&c, with_secrets).await,
         Command::Import { file } => audit::import(&c, fmt, file).await,
     }
+}
+
+/// Writes the completion script for `shell` to standard output.
+pub fn completions(shell: clap_complete::Shell) -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    let mut cmd = Cli::command();
+    clap_complete::generate(shell, &mut cmd, "rackshare", &mut std::io::stdout());
+    Ok(())
+}
+
+/// Writes the man page, rackshare(1), to standard output.
+pub fn man() -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+    Ok(())
 }
 
 /// A limit given as a number or `none`/`unlimited` (null).
@@ -232,7 +266,7 @@ pub(super) fn query(pairs: &[(&str, Option<String>)]) -> String {
 pub(super) fn done(fmt: Format, message: &str) {
     match fmt {
         Format::Json => output::json(&json!({"ok": true, "message": message})),
-        Format::Table => println!("{message}"),
+        Format::Table | Format::Csv => println!("{message}"),
     }
 }
 

@@ -206,7 +206,7 @@ pub async fn token(c: &Client, fmt: Format, cmd: TokenCmd) -> anyhow::Result<()>
                 Format::Json => output::json(
                     &json!({"token": v["token"], "prefix": v["prefix"], "user": v["user"]}),
                 ),
-                Format::Table => {
+                Format::Table | Format::Csv => {
                     println!("{}", output::cell(&v["token"]));
                     eprintln!(
                         "(token for {}; prefix {}; shown once — store it now)",

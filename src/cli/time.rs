@@ -20,6 +20,16 @@ pub fn parse_duration(s: &str) -> anyhow::Result<i64> {
     Ok(n.saturating_mul(mult))
 }
 
+/// Seconds the way `parse_duration` reads them: the largest whole unit (`30m`, `2h`, `45s`).
+pub fn fmt_secs(secs: i64) -> String {
+    for (unit, size) in [("w", 604_800), ("d", 86_400), ("h", 3600), ("m", 60)] {
+        if secs > 0 && secs % size == 0 {
+            return format!("{}{unit}", secs / size);
+        }
+    }
+    format!("{secs}s")
+}
+
 /// Parses a time for `--start`/`--until`: `+3d` (from now), `2026-12-01T18:00[:SS][Z]`,
 /// `2026-12-01 18:00` (UTC), `2026-12-01` (midnight UTC), or unix milliseconds.
 pub fn parse_time(s: &str, now_ms: i64) -> anyhow::Result<i64> {

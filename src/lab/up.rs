@@ -399,7 +399,7 @@ pub async fn status(state: &Path, fmt: Format) -> anyhow::Result<()> {
             "namespace": NETNS,
             "machines": rows,
         })),
-        Format::Table => {
+        Format::Table | Format::Csv => {
             println!(
                 "API {}  (token in {})",
                 record.url,

@@ -1,5 +1,6 @@
 //! A minimal Redfish BMC that reports a power draw, for what sushy-tools' fake driver does not
-//! offer (it has no Chassis Power). On 127.0.0.1, a free port; stopped on drop.
+//! offer (it has no Chassis Power), and optionally a cumulative energy counter the test sets
+//! (`EnvironmentMetrics.EnergykWh`). On 127.0.0.1, a free port; stopped on drop.
 
 use axum::extract::State;
 use axum::routing::get;
@@ -14,6 +15,8 @@ pub struct FakeRedfish {
     pub port: u16,
     /// Requests served so far.
     pub hits: Arc<AtomicU64>,
+    /// The energy counter in kWh as f64 bits (only served by [`FakeRedfish::start_metered`]).
+    energy_kwh: Arc<AtomicU64>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -21,6 +24,7 @@ pub struct FakeRedfish {
 struct St {
     watts: f64,
     hits: Arc<AtomicU64>,
+    energy_kwh: Arc<AtomicU64>,
 }
 
 async fn json_of(State(st): State<St>, v: Value) -> Json<Value> {
@@ -31,10 +35,32 @@ async fn json_of(State(st): State<St>, v: Value) -> Json<Value> {
 impl FakeRedfish {
     /// Starts a BMC whose single System draws `watts`.
     pub async fn start(watts: f64) -> FakeRedfish {
+        Self::serve(watts, None).await
+    }
+
+    /// Starts a BMC whose System draws `watts` and keeps an energy counter starting at
+    /// `energy_kwh` ([`FakeRedfish::set_energy_kwh`] moves it).
+    pub async fn start_metered(watts: f64, energy_kwh: f64) -> FakeRedfish {
+        Self::serve(watts, Some(energy_kwh)).await
+    }
+
+    /// Sets the energy counter (kWh).
+    pub fn set_energy_kwh(&self, v: f64) {
+        self.energy_kwh.store(v.to_bits(), Ordering::Relaxed);
+    }
+
+    async fn serve(watts: f64, energy_kwh: Option<f64>) -> FakeRedfish {
         let hits = Arc::new(AtomicU64::new(0));
+        let energy = Arc::new(AtomicU64::new(energy_kwh.unwrap_or(0.0).to_bits()));
         let st = St {
             watts,
             hits: hits.clone(),
+            energy_kwh: energy.clone(),
+        };
+        let chassis = if energy_kwh.is_some() {
+            json!({"Id": "1", "Power": {"@odata.id": "/redfish/v1/Chassis/1/Power"}, "EnvironmentMetrics": {"@odata.id": "/redfish/v1/Chassis/1/EnvironmentMetrics"}})
+        } else {
+            json!({"Id": "1", "Power": {"@odata.id": "/redfish/v1/Chassis/1/Power"}})
         };
         let app = Router::new()
             .route(
@@ -53,7 +79,15 @@ impl FakeRedfish {
             )
             .route(
                 "/redfish/v1/Chassis/1",
-                get(|s: State<St>| json_of(s, json!({"Id": "1", "Power": {"@odata.id": "/redfish/v1/Chassis/1/Power"}}))),
+                get(move |s: State<St>| json_of(s, chassis.clone())),
+            )
+            .route(
+                "/redfish/v1/Chassis/1/EnvironmentMetrics",
+                get(|s: State<St>| {
+                    let w = s.0.watts;
+                    let e = f64::from_bits(s.0.energy_kwh.load(Ordering::Relaxed));
+                    json_of(s, json!({"Id": "EnvironmentMetrics", "PowerWatts": {"Reading": w}, "EnergykWh": {"Reading": e}}))
+                }),
             )
             .route(
                 "/redfish/v1/Chassis/1/Power",
@@ -70,7 +104,12 @@ impl FakeRedfish {
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        FakeRedfish { port, hits, task }
+        FakeRedfish {
+            port,
+            hits,
+            energy_kwh: energy,
+            task,
+        }
     }
 
     /// Its URL in rackshare's BMC URL form.

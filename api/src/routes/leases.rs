@@ -291,6 +291,27 @@ pub async fn remove_key(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// The pool's machines that the health gate holds back from allocation, and why (staff).
+pub async fn held_back(
+    State(st): State<AppState>,
+    c: Caller,
+) -> Result<Json<Vec<inventory::HeldBackMachine>>, ApiError> {
+    c.require(&st, STAFF, "machine.held_back", "machines")
+        .await?;
+    Ok(Json(st.inv.held_back_machines().await?))
+}
+
+/// Sets or clears the idle power-off time, cooperative-wide or for one site (staff).
+pub async fn set_idle_power_off(
+    State(st): State<AppState>,
+    c: Caller,
+    ApiJson(p): ApiJson<inventory::IdlePowerOff>,
+) -> Result<Json<LeasePolicy>, ApiError> {
+    c.require(&st, STAFF, "settings.update", "idle_power_off")
+        .await?;
+    Ok(Json(st.inv.set_idle_power_off(c.name(), &p).await?))
+}
+
 pub async fn show_policy(
     State(st): State<AppState>,
     _c: Caller,

@@ -11,6 +11,7 @@ pub(crate) mod leases;
 pub(crate) mod machines;
 pub(crate) mod people;
 pub(crate) mod power;
+mod reports;
 pub(crate) mod signin;
 mod sites;
 mod system;
@@ -69,6 +70,12 @@ pub fn router(state: AppState) -> Router {
         .route("/leases/{id}/extend", post(leases::extend))
         .route("/leases/{id}/release", post(leases::release))
         .route("/leases/{id}/revoke", post(leases::revoke))
+        .route("/lease-pool/held-back", get(leases::held_back))
+        .route("/reports/usage", get(reports::usage))
+        .route(
+            "/lease-policy/idle-power-off",
+            axum::routing::put(leases::set_idle_power_off),
+        )
         .route(
             "/lease-policy",
             get(leases::show_policy).put(leases::set_policy),

@@ -13,7 +13,7 @@ use crate::error::{one_line, scrub};
 use crate::types::normalize_mac;
 use crate::{
     BmcDriver, BmcError, BmcProtocol, BmcUrl, BootDevice, BootMode, Credentials, DiskInfo,
-    DriverOptions, HardwareInfo, PowerAction, PowerState, Secret, TlsPolicy,
+    DriverOptions, HardwareInfo, MeterReading, PowerAction, PowerState, Secret, TlsPolicy,
 };
 
 /// At most this many members of any collection are read (bounded work on odd BMCs).
@@ -723,17 +723,24 @@ impl BmcDriver for RedfishDriver {
     }
 
     async fn power_reading(&self) -> Result<Option<f64>, BmcError> {
+        Ok(self.meter_reading().await?.watts)
+    }
+
+    async fn meter_reading(&self) -> Result<MeterReading, BmcError> {
         let path = self.system_path().await?;
         let sys: System = self.get(&path).await?;
         let Some(chassis_path) = self.chassis_path(&sys).await? else {
-            return Ok(None);
+            return Ok(MeterReading::default());
         };
         let chassis: Chassis = self.get(&chassis_path).await?;
+        let mut meter = MeterReading::default();
         if let Some(env) = chassis.environment_metrics {
             match self.get::<EnvironmentMetrics>(&env.id).await {
                 Ok(m) => {
-                    if let Some(w) = m.power_watts.and_then(|p| p.reading) {
-                        return Ok(Some(w));
+                    meter.energy_kwh = m.energy_kwh.and_then(|e| e.reading);
+                    meter.watts = m.power_watts.and_then(|p| p.reading);
+                    if meter.watts.is_some() {
+                        return Ok(meter);
                     }
                 }
                 Err(BmcError::Http { status: 404, .. }) => {}
@@ -742,12 +749,14 @@ impl BmcDriver for RedfishDriver {
         }
         if let Some(power) = chassis.power {
             match self.get::<Power>(&power.id).await {
-                Ok(p) => return Ok(p.power_control.first().and_then(|c| c.consumed_watts)),
+                Ok(p) => {
+                    meter.watts = p.power_control.first().and_then(|c| c.consumed_watts);
+                }
                 Err(BmcError::Http { status: 404, .. }) => {}
                 Err(e) => return Err(e),
             }
         }
-        Ok(None)
+        Ok(meter)
     }
 
     async fn close(&self) {

@@ -173,6 +173,8 @@ pub(super) struct PowerControl {
 pub(super) struct EnvironmentMetrics {
     #[serde(rename = "PowerWatts")]
     pub(super) power_watts: Option<SensorReading>,
+    #[serde(rename = "EnergykWh")]
+    pub(super) energy_kwh: Option<SensorReading>,
 }
 
 #[derive(Deserialize, Default)]

@@ -5,6 +5,7 @@ use super::calendar::fmt_time;
 use super::constraints::{
     check_constraints, first_failure, match_sql, Bind, Candidate, POOL_STATES,
 };
+use super::health::{held_back_summary, hold_back, MachineHealth, HEALTH_COLUMNS};
 use super::*;
 use crate::audit::record_in;
 use crate::db::{from_json, to_json};
@@ -205,7 +206,7 @@ impl Inventory {
         reservation: bool,
     ) -> Result<String> {
         let rows = sqlx::query(&format!(
-            "SELECT m.state, m.arch, m.ram_mib, m.cpu_count, m.disks, m.tags, s.name AS site_name \
+            "SELECT m.state, m.arch, m.ram_mib, m.cpu_count, m.disks, m.tags, s.name AS site_name, {HEALTH_COLUMNS} \
              FROM machines m LEFT JOIN sites s ON s.id = m.site_id WHERE m.state IN {POOL_STATES}"
         ))
         .fetch_all(&mut **tx)
@@ -214,6 +215,7 @@ impl Inventory {
         let mut busy_matching = 0;
         let mut matching_pool = 0;
         let mut reasons: Vec<((String, String), i64)> = Vec::new();
+        let mut held_back = Vec::new();
         for r in &rows {
             let state: String = r.try_get("state")?;
             let cand = Candidate {
@@ -225,22 +227,29 @@ impl Inventory {
                 tags: from_json("tags", &r.try_get::<String, _>("tags")?)?,
             };
             let fail = first_failure(&cand, c);
-            if fail.is_none() {
+            let health = MachineHealth {
+                bmc_failures: r.try_get("bmc_failures")?,
+                last_wipe_state: r.try_get("last_wipe_state")?,
+            };
+            let held = hold_back(&health).first().copied();
+            if fail.is_none() && held.is_none() {
                 matching_pool += 1;
             }
             if state == "available" {
                 free += 1;
-                if let Some(f) = fail {
-                    match reasons.iter_mut().find(|(p, _)| *p == f) {
+                match (fail, held) {
+                    (Some(f), _) => match reasons.iter_mut().find(|(p, _)| *p == f) {
                         Some((_, n)) => *n += 1,
                         None => reasons.push((f, 1)),
-                    }
+                    },
+                    (None, Some(h)) => held_back.push(h),
+                    (None, None) => {}
                 }
             } else if fail.is_none() {
                 busy_matching += 1;
             }
         }
-        let fitting = free - reasons.iter().map(|(_, n)| n).sum::<i64>();
+        let fitting = free - reasons.iter().map(|(_, n)| n).sum::<i64>() - held_back.len() as i64;
         let mut msg = format!("asked for {count} machines; ");
         if reservation {
             let left = self.capacity(tx, c, start, end, None).await?;
@@ -264,6 +273,10 @@ impl Inventory {
             msg.push_str(&format!(": {}", parts.join(", ")));
         }
         msg.push_str(&format!("; {fitting} fit"));
+        // Counts only: a member learns that machines are held back, never a BMC's details.
+        if let Some(held) = held_back_summary(&held_back) {
+            msg.push_str(&format!("; {held}"));
+        }
         let reserved: i64 = sqlx::query_scalar(
             "SELECT CAST(COALESCE(SUM(machine_count), 0) AS BIGINT) FROM leases WHERE state = 'pending' AND waiting = 0 \
              AND starts_at < $1 AND ends_at > $2",

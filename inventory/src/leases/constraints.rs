@@ -4,7 +4,8 @@
 use super::{LeaseConstraints, GIB};
 use crate::{Backend, Error, Result};
 
-/// The SQL condition "machine m matches the constraints", with its binds from `$first` on.
+/// The SQL condition "machine m matches the constraints and is not held back by the health
+/// gate", with its binds from `$first` on.
 /// Tags are JSON text lists; `"tag"` in the text is an exact element match because tags can
 /// hold no quote (machines.rs `check_tags`).
 pub(super) struct MatchSql {
@@ -36,7 +37,8 @@ pub(super) fn match_sql(backend: Backend, c: &LeaseConstraints, first: usize) ->
     let mut sql = format!(
         "({arch} IS NULL OR m.arch = {arch}) AND ({site} IS NULL OR m.site_id = (SELECT id FROM sites WHERE name = {site})) \
          AND ({ram} IS NULL OR m.ram_mib >= {ram}) AND ({cpus} IS NULL OR m.cpu_count >= {cpus}) \
-         AND ({disk} IS NULL OR {disk_exists})"
+         AND ({disk} IS NULL OR {disk_exists}) AND {}",
+        super::health::healthy_sql()
     );
     let mut binds = vec![
         Bind::Text(c.arch.clone()),

@@ -13,14 +13,20 @@ mod constraints;
 mod allocation;
 mod calendar;
 mod end;
+mod health;
+mod idle;
 mod keys;
 mod policy;
 mod quotas;
 mod read;
+mod report;
 mod tick;
 mod types;
 
+pub use health::{HeldBackMachine, HoldBackReason};
+pub use idle::IdleMachine;
 pub use keys::ssh_key_fingerprint;
+pub use report::{month_range, GroupUsage};
 pub use types::*;
 
 use crate::db::from_json;

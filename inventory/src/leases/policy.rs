@@ -21,6 +21,7 @@ impl Inventory {
                 v.and_then(|s| s.parse().ok())
                     .unwrap_or(DEFAULT_MAX_LEASE_HOURS),
             ),
+            idle_power_off: self.idle_power_off_policy().await?,
         })
     }
 

@@ -23,11 +23,12 @@ impl Inventory {
     pub async fn lease_detail(&self, id: i64) -> Result<LeaseDetail> {
         let lease = self.lease(id).await?;
         let now = now_ms();
-        let mut wh = 0.0;
+        // The same measure as the usage report: the BMC's counter where it has one.
+        let mut energy = crate::energy::EnergySplit::default();
         for m in &lease.machines {
             let to = m.released_at.unwrap_or(now);
-            let samples = self.power_samples(&m.name, m.allocated_at, to).await?;
-            wh += crate::energy::energy_wh(&samples, ENERGY_MAX_GAP_MS);
+            let samples = self.meter_samples(&m.name, m.allocated_at, to).await?;
+            energy += crate::energy::energy_split(&samples, ENERGY_MAX_GAP_MS);
         }
         let rows = sqlx::query(
             "SELECT c.id, c.job_id, m.name AS machine_name, c.body, c.created_at FROM wipe_certificates c \
@@ -50,7 +51,7 @@ impl Inventory {
             .collect::<Result<Vec<_>>>()?;
         Ok(LeaseDetail {
             lease,
-            energy_kwh: wh / 1000.0,
+            energy_kwh: energy.total_kwh(),
             wipe_certificates,
         })
     }

@@ -247,6 +247,20 @@ pub struct LeasePolicy {
     /// Longest lease allowed, in hours (None: no limit).
     #[serde(default)]
     pub max_lease_hours: Option<i64>,
+    /// Idle power-off times (shown; set with [`crate::Inventory::set_idle_power_off`]).
+    #[serde(default, skip_deserializing)]
+    pub idle_power_off: Vec<IdlePowerOff>,
+}
+
+/// How long a machine may sit `available` and unleased before it is powered off.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdlePowerOff {
+    /// The site it applies to (None: every site without its own).
+    #[serde(default)]
+    pub site: Option<String>,
+    /// Seconds idle before the power-off (None in a request: off).
+    pub after_secs: Option<i64>,
 }
 
 /// What one scheduler step did.

@@ -1,0 +1,72 @@
+//! The idle power-off worker: every few seconds, machines that the inventory says are due
+//! (`Inventory::idle_machines_due`: available, unleased, past their site's policy time, not
+//! tried since they became idle) are powered off through their BMC. Each outcome is recorded
+//! and audited once; a BMC that cannot do it is reported, not retried until the machine is
+//! used again. Allocation, reimage and inspection power machines on as they always do.
+
+use crate::bmc_service::BmcService;
+use bmc::PowerAction;
+use futures::StreamExt;
+use inventory::{now_ms, Inventory};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+
+/// How often the worker looks; a machine is powered off at most this late.
+pub const IDLE_TICK: Duration = Duration::from_secs(2);
+
+/// How many BMCs are told at once.
+const PARALLELISM: usize = 8;
+
+/// One look: powers off every machine that is due.
+pub async fn power_off_idle(inv: &Inventory, bmc: &BmcService) {
+    let due = match inv.idle_machines_due(now_ms()).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(error = %e, "idle power-off: cannot list machines");
+            return;
+        }
+    };
+    futures::stream::iter(due)
+        .for_each_concurrent(PARALLELISM, |m| async move {
+            let res = bmc
+                .run(&m.name, |h| async move { h.power(PowerAction::Off).await })
+                .await;
+            let error = res.err().map(|e| e.message);
+            match &error {
+                None => tracing::info!(machine = %m.name, idle_secs = m.idle_ms / 1000, "idle power-off"),
+                Some(e) => tracing::warn!(machine = %m.name, error = %e, "idle power-off failed; not retried until the machine is used"),
+            }
+            // Recorded so it is not tried again this idle stretch; a failed write is retried
+            // once, then the next tick tries the machine again (bounded by the tick).
+            for attempt in 0..2 {
+                match inv
+                    .record_idle_power_off(&m.name, m.idle_ms, error.as_deref())
+                    .await
+                {
+                    Ok(()) => break,
+                    Err(e) if attempt == 0 => {
+                        tracing::warn!(machine = %m.name, error = %e, "idle power-off: record failed, retrying")
+                    }
+                    Err(e) => {
+                        tracing::error!(machine = %m.name, error = %e, "idle power-off: cannot record the outcome")
+                    }
+                }
+            }
+        })
+        .await;
+}
+
+/// Starts the worker; it stops when `stop` is cancelled.
+pub fn spawn(inv: Inventory, bmc: Arc<BmcService>, stop: pxe::Shutdown) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(IDLE_TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => power_off_idle(&inv, &bmc).await,
+                _ = stop.cancelled() => break,
+            }
+        }
+    })
+}
