@@ -1,5 +1,5 @@
 //! The web dashboard: HTML rendered on the server from embedded minijinja templates, one
-//! embedded stylesheet, no scripts (decision 31). Served at `/` on the member listener beside
+//! embedded stylesheet, no scripts (decision 34). Served at `/` on the member listener beside
 //! `/api/v1`. Pages act as the signed-in person through the API's own handlers, so nothing is
 //! possible in a browser that the API forbids; sign-in, sessions and CSRF live in
 //! `session.rs` and `login.rs`.
