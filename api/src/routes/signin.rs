@@ -50,10 +50,8 @@ async fn may_set_password_of(st: &AppState, c: &Caller, user: &str) -> Result<()
             }
         }
     }
-    if c.role() == Role::Member {
-        // A member never learns whether another user exists.
-        return Err(ApiError::not_found(format!("user '{user}' not found")));
-    }
+    // Users are nobody's group resource: another user's password is a role question (403,
+    // audited), for members as for technicians, the same answer whether the user exists or not.
     c.require(st, ADMIN, "user.password", user).await
 }
 
