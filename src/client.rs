@@ -1,5 +1,6 @@
 //! The CLI's HTTP client: one place that knows the URL, the token and the error format.
 
+use crate::client_tls::Trust;
 use anyhow::{anyhow, Context};
 use reqwest::Method;
 use serde_json::Value;
@@ -9,22 +10,42 @@ pub struct Client {
     base: String,
     token: Option<String>,
     http: reqwest::Client,
+    /// The certificate check of an https:// URL, read to explain a refusal.
+    verifier: Option<std::sync::Arc<crate::client_tls::Verifier>>,
 }
 
 impl Client {
-    /// A client for `base` (e.g. `http://127.0.0.1:8080`).
-    pub fn new(base: &str, token: Option<String>) -> anyhow::Result<Self> {
+    /// A client for `base` (e.g. `https://rack.example.org:8443`). Refuses, before any
+    /// connection, to send a token over plain HTTP to a host that is not loopback unless
+    /// `trust.insecure_http`.
+    pub fn new(base: &str, token: Option<String>, trust: &Trust) -> anyhow::Result<Self> {
         let url = url::Url::parse(base).with_context(|| format!("--url '{base}' is not a URL"))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(anyhow!("--url must be http:// or https://, got '{base}'"));
+        let token = token.filter(|t| !t.is_empty());
+        let mut builder = reqwest::Client::builder().timeout(std::time::Duration::from_secs(120));
+        let mut verifier = None;
+        match url.scheme() {
+            "https" => {
+                let (config, v) = crate::client_tls::client_config(trust)?;
+                builder = builder.use_preconfigured_tls(config);
+                verifier = Some(v);
+            }
+            "http" => {
+                if token.is_some() && !trust.insecure_http && !crate::client_tls::is_loopback(&url)
+                {
+                    return Err(anyhow!(
+                        "refusing to send the API token in clear over http:// to {}: use an https:// --url \
+                         (rackshare serve speaks HTTPS beyond loopback), or pass --insecure-http to send it anyway",
+                        url.host_str().unwrap_or(base)
+                    ));
+                }
+            }
+            _ => return Err(anyhow!("--url must be http:// or https://, got '{base}'")),
         }
         Ok(Client {
             base: base.trim_end_matches('/').to_string(),
             token,
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(120))
-                .build()
-                .context("building the HTTP client")?,
+            http: builder.build().context("building the HTTP client")?,
+            verifier,
         })
     }
 
@@ -57,6 +78,13 @@ impl Client {
         what: &str,
     ) -> anyhow::Result<Value> {
         let resp = req.send().await.map_err(|e| {
+            if let Some(why) = self
+                .verifier
+                .as_deref()
+                .and_then(crate::client_tls::explain)
+            {
+                return anyhow!("cannot {verb} rackshare at {}: {why}", self.base);
+            }
             anyhow!(
                 "cannot {verb} rackshare at {}: {}",
                 self.base,

@@ -3,6 +3,7 @@
 mod agent_build;
 mod cli;
 mod client;
+mod client_tls;
 mod doctor;
 mod jobs_cli;
 mod lab;

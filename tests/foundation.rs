@@ -290,11 +290,16 @@ async fn secrets_never_appear_in_responses_or_logs() {
         "/api/v1/tokens",
         "/api/v1/users",
         "/api/v1/whoami",
-        "/metrics",
+        "METRICS",
         "/api/v1/openapi.json",
     ] {
+        // /metrics is on its own listener.
+        let url = match path {
+            "METRICS" => s.metrics_url.clone().expect("metrics listener"),
+            p => format!("{}{p}", s.url),
+        };
         let r = http
-            .get(format!("{}{path}", s.url))
+            .get(url)
             .bearer_auth(&s.admin_token)
             .send()
             .await
@@ -580,6 +585,20 @@ async fn every_documented_operation_is_routed() {
                 .expect("req");
             let status = r.status().as_u16();
             let body = r.text().await.unwrap_or_default();
+            if ops[method]["x-rackshare-listener"] == "metrics" {
+                // Counters are for the operator's scraper on --metrics-listen, not members.
+                assert!(
+                    status == 404 && body.contains("no such endpoint"),
+                    "{method} {path} is a metrics-listener operation but the member API answers it ({status}: {body})"
+                );
+                let m = http
+                    .get(s.metrics_url.clone().expect("metrics listener"))
+                    .send()
+                    .await
+                    .expect("metrics");
+                assert_eq!(m.status(), 200, "{path} on the metrics listener");
+                continue;
+            }
             if ops[method]["x-rackshare-listener"] == "boot" {
                 // Boot files and the agent's endpoints live only on the boot interfaces.
                 assert!(

@@ -176,7 +176,8 @@ async fn reimage_job_with_a_scripted_agent_and_a_crash_in_the_middle() {
         ev.contains("job.agent_claim") && ev.contains("denied") && ev.contains("10.77.0.1"),
         "{ev}"
     );
-    let (_, metrics) = lab_call(&lab, &format!("{}/metrics", s.url), "GET", "-", None, &[]);
+    let metrics_url = s.metrics_url.clone().expect("metrics listener");
+    let (_, metrics) = lab_call(&lab, &metrics_url, "GET", "-", None, &[]);
     assert!(
         String::from_utf8_lossy(&metrics).contains("rackshare_agent_claims_refused_total 3"),
         "{}",

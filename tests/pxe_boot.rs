@@ -431,6 +431,7 @@ async fn two_interfaces_each_hand_out_their_own_segments_pool() {
         "rackshare.toml",
         r#"
 listen = "0.0.0.0:9090"
+no-tls = true
 energy-interval-secs = 0
 
 [[pxe-interface]]
@@ -555,6 +556,7 @@ async fn a_proxy_interface_beside_the_networks_dhcp_and_an_authoritative_one() {
         "rackshare.toml",
         r#"
 listen = "0.0.0.0:9090"
+no-tls = true
 energy-interval-secs = 0
 
 [[pxe-interface]]

@@ -149,6 +149,8 @@ fn reimage_wait(s: &Service, machine: &str, image: &str) -> std::process::Child 
     ])
     .args(["reimage", machine, "--image", image, "--wait"])
     .env("RACKSHARE_URL", &s.url)
+    // The lab's private namespace speaks plain HTTP.
+    .env("RACKSHARE_INSECURE_HTTP", "1")
     .env("RACKSHARE_TOKEN", &s.admin_token)
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped());
@@ -260,6 +262,7 @@ async fn bios_vm_is_reimaged_authoritative_and_survives_a_kill_9_mid_deploy() {
             &id.to_string(),
         ])
         .env("RACKSHARE_URL", &r.s.url)
+        .env("RACKSHARE_INSECURE_HTTP", "1")
         .env("RACKSHARE_TOKEN", &r.s.admin_token)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
@@ -506,6 +509,7 @@ async fn a_new_machine_is_inspected_leased_reimaged_by_its_group_and_wiped_on_re
                 "--wait",
             ])
             .env("RACKSHARE_URL", &r.s.url)
+            .env("RACKSHARE_INSECURE_HTTP", "1")
             .env("RACKSHARE_TOKEN", &rosa)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());

@@ -27,6 +27,28 @@ pub struct Config {
     pub conductor: crate::ConductorConfig,
     /// Internal address ranges URL imports may reach anyway (staff's choice); empty: none.
     pub image_import_allow: Vec<crate::ImportRange>,
+    /// HTTPS on the member listener: off, the operator's certificate, or self-signed.
+    pub tls: TlsSetting,
+    /// Where `/metrics` is served (never on the member listener); None: nowhere.
+    pub metrics_listen: Option<SocketAddr>,
+    /// Bounds on the member and boot listeners' connections.
+    pub connections: crate::ConnectionLimits,
+}
+
+/// How the member listener speaks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsSetting {
+    /// Plain HTTP (loopback, or `--no-tls`).
+    Off,
+    /// The operator's PEM certificate chain and key (HSTS is sent).
+    Operator {
+        /// The certificate chain file.
+        cert: PathBuf,
+        /// The private key file.
+        key: PathBuf,
+    },
+    /// A self-signed certificate made in the data dir at first start (no HSTS).
+    SelfSigned,
 }
 
 impl Config {
@@ -43,6 +65,9 @@ impl Config {
             boot: Vec::new(),
             conductor: crate::ConductorConfig::default(),
             image_import_allow: Vec::new(),
+            tls: TlsSetting::Off,
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9100))),
+            connections: crate::ConnectionLimits::default(),
         }
     }
 

@@ -145,6 +145,9 @@ pub enum StartError {
     /// The boot services could not start.
     #[error("boot services: {0}")]
     Boot(String),
+    /// The member listener's TLS certificate could not be loaded or made.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Listen {

@@ -38,12 +38,24 @@ impl Operation {
     pub fn on_boot_listener(&self) -> bool {
         self.path.starts_with("/boot/") || self.path.starts_with("/api/v1/agent/")
     }
+
+    /// The listener that serves the operation: `boot`, `metrics` (`--metrics-listen`,
+    /// `routes::metrics_router`) or `member`.
+    pub fn listener(&self) -> &'static str {
+        if self.on_boot_listener() {
+            "boot"
+        } else if self.path == "/metrics" {
+            "metrics"
+        } else {
+            "member"
+        }
+    }
 }
 
 /// Every operation of the API.
 pub const OPERATIONS: &[Operation] = &[
     op!("get", "/healthz", "Liveness and database reachability", "anyone", None, Some("Status")),
-    op!("get", "/metrics", "Prometheus metrics (text format)", "anyone", None, None),
+    op!("get", "/metrics", "Prometheus metrics (text format), on the metrics listener only (--metrics-listen, loopback by default)", "anyone", None, None),
     op!("get", "/boot/{file}", "HTTP boot: MAC.ipxe renders the machine's iPXE script; other names are files of the boot root (Range supported)", "anyone (machines on the boot network)", None, None),
     op!("get", "/api/v1/openapi.json", "This document", "anyone", None, None),
     op!("get", "/api/v1/whoami", "The caller's identity", "any role", None, Some("TokenOwner")),
@@ -252,7 +264,7 @@ pub fn document() -> Value {
     let mut paths: Map<String, Value> = Map::new();
     for op in OPERATIONS {
         let mut o = json!({
-            "x-rackshare-listener": if op.on_boot_listener() { "boot" } else { "member" },
+            "x-rackshare-listener": op.listener(),
             "summary": op.summary,
             "description": format!("Allowed: {}.", op.roles),
             "responses": {

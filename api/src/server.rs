@@ -1,6 +1,7 @@
 //! Start-up and graceful shutdown.
 
 use crate::bmc_service::BmcService;
+use crate::listener::Listening;
 use crate::metrics::HttpMetrics;
 use crate::state::AppState;
 use crate::{Config, StartError};
@@ -17,6 +18,12 @@ pub struct Server;
 pub struct RunningServer {
     /// The address the API listens on (useful with port 0).
     pub addr: SocketAddr,
+    /// `https` or `http`: how the member listener speaks.
+    pub scheme: &'static str,
+    /// The member listener's TLS, when it speaks HTTPS.
+    pub tls: Option<Arc<crate::tls::ReloadableTls>>,
+    /// Where `/metrics` is served, when it is.
+    pub metrics_addr: Option<SocketAddr>,
     /// The admin token, only on the very first start of a new database.
     pub admin_token: Option<String>,
     /// Where the admin token was written, when it was.
@@ -24,7 +31,7 @@ pub struct RunningServer {
     /// The one shutdown signal: the API, the background workers and the boot services all
     /// stop when it is cancelled.
     shutdown: pxe::Shutdown,
-    task: JoinHandle<std::io::Result<()>>,
+    task: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
     pxe_tasks: Vec<JoinHandle<Result<(), pxe::PxeError>>>,
     inv: Inventory,
@@ -63,6 +70,54 @@ impl Server {
             addr: config.listen.to_string(),
             source,
         })?;
+        let tls = match &config.tls {
+            crate::TlsSetting::Off => None,
+            crate::TlsSetting::Operator { cert, key } => Some(crate::tls::TlsSource::Operator {
+                cert: cert.clone(),
+                key: key.clone(),
+            }),
+            crate::TlsSetting::SelfSigned => Some(crate::tls::TlsSource::SelfSigned {
+                data_dir: data_dir.clone(),
+                names: certificate_names(config.listen),
+            }),
+        };
+        let tls = match tls {
+            Some(source) => Some(Arc::new(
+                tokio::task::spawn_blocking(move || crate::tls::ReloadableTls::new(source))
+                    .await
+                    .map_err(|e| StartError::Boot(format!("loading the TLS certificate: {e}")))??,
+            )),
+            None => None,
+        };
+        let metrics_listener = match config.metrics_listen {
+            Some(at) => Some(tokio::net::TcpListener::bind(at).await.map_err(|source| {
+                StartError::Listen {
+                    addr: format!("{at} (--metrics-listen)"),
+                    source,
+                }
+            })?),
+            None => None,
+        };
+        let metrics_addr = match &metrics_listener {
+            Some(l) => Some(l.local_addr().map_err(|source| StartError::Listen {
+                addr: "the metrics listener".into(),
+                source,
+            })?),
+            None => None,
+        };
+        // Every connection is a descriptor: take all the process may have, and keep the
+        // connection cap below it with room for the database, images and boot services.
+        let nofile = crate::listener::raise_open_file_limit();
+        let mut limits = config.connections.clone();
+        let room = usize::try_from(nofile.saturating_sub(256)).unwrap_or(usize::MAX);
+        if limits.max_connections > room {
+            tracing::warn!(
+                configured = limits.max_connections,
+                open_file_limit = nofile,
+                "the connection cap is lowered to fit the open-file limit"
+            );
+            limits.max_connections = room.max(16);
+        }
         let pxe_metrics = Arc::new(pxe::Metrics::default());
         // rackshare's one shutdown primitive (tokio_util's CancellationToken, which `pxe`
         // re-exports): everything started below stops when it is cancelled.
@@ -144,9 +199,10 @@ impl Server {
             config.conductor.clone(),
             signing_key.clone(),
         );
+        let http_metrics = Arc::new(HttpMetrics::default());
         let state = AppState {
             inv: inv.clone(),
-            http_metrics: Arc::new(HttpMetrics::default()),
+            http_metrics: http_metrics.clone(),
             bmc: bmc.clone(),
             images: image_store,
             max_image_bytes: config.max_image_bytes,
@@ -157,6 +213,7 @@ impl Server {
             signing_key,
         };
         let boot_app = crate::routes::boot_router(state.clone());
+        let metrics_app = crate::routes::metrics_router(state.clone());
         let app = crate::routes::router(state);
         let mut background = Vec::new();
         if let Some(every) = config.energy_interval {
@@ -179,32 +236,53 @@ impl Server {
             shutdown.clone(),
         ));
         for l in boot_listeners {
-            let stop = shutdown.clone();
-            let app = boot_app.clone();
             let at = l.local_addr().ok();
-            background.push(tokio::spawn(async move {
-                // The local address of each connection picks the boot interface's base URL.
-                let served = axum::serve(
-                    l,
-                    app.into_make_service_with_connect_info::<crate::boot::BootConnection>(),
-                )
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-                if let Err(e) = served {
-                    tracing::error!(addr = ?at, error = %e, "boot listener failed");
-                }
-            }));
+            let what = Listening {
+                app: boot_app.clone(),
+                tls: None,
+                hsts: false,
+                boot: true,
+                limits: limits.clone(),
+                metrics: http_metrics.clone(),
+            };
+            background.push(tokio::spawn(crate::listener::serve(
+                l,
+                what,
+                shutdown.clone(),
+            )));
             tracing::info!(addr = ?at, "boot listener serving /boot and /api/v1/agent");
         }
-        let stop = shutdown.clone();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await
-        });
+        if let Some(l) = metrics_listener {
+            let what = Listening {
+                app: metrics_app,
+                tls: None,
+                hsts: false,
+                boot: false,
+                limits: limits.clone(),
+                metrics: http_metrics.clone(),
+            };
+            background.push(tokio::spawn(crate::listener::serve(
+                l,
+                what,
+                shutdown.clone(),
+            )));
+            tracing::info!(addr = ?metrics_addr, "metrics listener serving /metrics");
+        }
+        let what = Listening {
+            app,
+            tls: tls.clone(),
+            hsts: tls.as_ref().is_some_and(|t| t.is_operator()),
+            boot: false,
+            limits,
+            metrics: http_metrics,
+        };
+        let task = tokio::spawn(crate::listener::serve(listener, what, shutdown.clone()));
         tracing::info!(%addr, database = ?inv.backend(), "rackshare API listening");
         Ok(RunningServer {
             addr,
+            scheme: if tls.is_some() { "https" } else { "http" },
+            tls,
+            metrics_addr,
             admin_token: issued.map(|t| t.token),
             admin_token_file,
             shutdown,
@@ -217,19 +295,46 @@ impl Server {
 }
 
 impl RunningServer {
+    /// Rereads the member listener's certificate and key (on SIGHUP) without touching the
+    /// listener; returns the new fingerprint, or None when it speaks plain HTTP. On error the
+    /// current certificate stays.
+    pub async fn reload_tls(&self) -> Result<Option<String>, crate::tls::TlsError> {
+        let Some(tls) = self.tls.clone() else {
+            return Ok(None);
+        };
+        tokio::task::spawn_blocking(move || tls.reload())
+            .await
+            .map_err(|e| crate::tls::TlsError::Config(e.to_string()))?
+            .map(Some)
+    }
+
     /// Stops accepting, lets in-flight requests finish, closes the database.
     pub async fn shutdown(self) -> std::io::Result<()> {
         stop_boot_services(&self.shutdown, self.pxe_tasks).await;
         for t in self.background {
             let _ = t.await;
         }
-        let res = match self.task.await {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(e)),
-        };
+        let res = self.task.await.map_err(std::io::Error::other);
         self.inv.close().await;
         res
     }
+}
+
+/// The names a self-signed certificate is made for: the listen address when it is one
+/// address, loopback, and this host's name (clients pin the fingerprint, names matter only to
+/// browsers).
+fn certificate_names(listen: SocketAddr) -> Vec<String> {
+    let mut names = vec!["localhost".to_string(), "127.0.0.1".into(), "::1".into()];
+    if !listen.ip().is_unspecified() && !listen.ip().is_loopback() {
+        names.push(listen.ip().to_string());
+    }
+    if let Ok(host) = std::fs::read_to_string("/proc/sys/kernel/hostname") {
+        let host = host.trim();
+        if !host.is_empty() && !names.iter().any(|n| n == host) {
+            names.push(host.to_string());
+        }
+    }
+    names
 }
 
 /// Refuses a member listener that would take a boot listener's address and port: the boot

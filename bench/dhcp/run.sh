@@ -72,7 +72,7 @@ start_rackshare() {
   rm -rf "$W/rs"; mkdir -p "$W/rs/data" "$W/rs/boot"
   # Boot files need only exist; the bench never fetches them.
   : > "$W/rs/boot/undionly.kpxe"; : > "$W/rs/boot/snponly.efi"
-  ip netns exec "$S" "$bin" serve --data-dir "$W/rs/data" --listen "$NET_SRV:9090" \
+  ip netns exec "$S" "$bin" serve --data-dir "$W/rs/data" --listen "$NET_SRV:9090" --no-tls \
     --pxe-interface br0 --pxe-mode authoritative --pxe-pool "$POOL_FIRST-$POOL_LAST" \
     --pxe-router "$NET_SRV" --pxe-force --pxe-root "$W/rs/boot" \
     --energy-interval-secs 0 --log-level warn > "$W/server.log" 2>&1 &
@@ -197,7 +197,7 @@ for srv in $SERVERS; do
     if [ "${srv%-base}" = rackshare ]; then
       # Evidence the leases are durable: rows in the inventory's dhcp_leases table, and the
       # server's own lease-batch counters (GET /metrics), read before stopping it.
-      m=$(ip netns exec "$S" curl -s --max-time 5 "http://$NET_SRV:9090/metrics" || true)
+      m=$(ip netns exec "$S" curl -s --max-time 5 "http://127.0.0.1:9100/metrics" || true)
       bat=$(awk '/^rackshare_lease_batches_total/{print $2}' <<<"$m")
       err=$(awk '/^rackshare_lease_store_errors_total/{print $2}' <<<"$m")
       acked=$(awk '/^rackshare_dhcp_acks_total/{print $2}' <<<"$m")

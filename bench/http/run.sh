@@ -64,7 +64,7 @@ wait_http() {  # $1 = URL; bounded 30 s
 }
 
 start_rackshare() {
-  ip netns exec "$NS" "$BIN" serve --data-dir "$W/rs" --listen "$ADDR:9090" --boot-http-port "$RS_PORT" \
+  ip netns exec "$NS" "$BIN" serve --data-dir "$W/rs" --listen "$ADDR:9090" --no-tls --boot-http-port "$RS_PORT" \
     --pxe-interface br0 --pxe-mode proxy --pxe-root "$ROOT" \
     --energy-interval-secs 0 --log-level warn > "$W/server.log" 2>&1 &
   SP=$!

@@ -40,7 +40,7 @@ doc = {"format": "rackshare-inventory", "version": 1, "sites": [{"name": "hall",
 json.dump(doc, sys.stdout)
 PY
 
-"$BIN" serve --data-dir "$TMP/data" --listen 127.0.0.1:$API_PORT --log-level warn > "$TMP/serve.out" 2> "$TMP/serve.log" &
+"$BIN" serve --data-dir "$TMP/data" --listen 127.0.0.1:$API_PORT --metrics-listen off --log-level warn > "$TMP/serve.out" 2> "$TMP/serve.log" &
 PIDS+=($!)
 API_PID=$!
 for _ in $(seq 1 100); do curl -sf http://127.0.0.1:$API_PORT/healthz >/dev/null && break; sleep 0.1; done

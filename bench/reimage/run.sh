@@ -60,12 +60,13 @@ head -c $((MIB << 20)) /dev/urandom > "$WORK/image.raw"
 SHA=$(sha256sum "$WORK/image.raw" | cut -d' ' -f1)
 cp "$WORK/image.raw" "$WORK/data/boot/bench.raw"
 
-ip netns exec "$NS" "$BIN" serve --data-dir "$WORK/data" --listen 10.77.0.1:9090 \
+ip netns exec "$NS" "$BIN" serve --data-dir "$WORK/data" --listen 10.77.0.1:9090 --no-tls \
   --pxe-interface br0 --pxe-mode authoritative --pxe-pool 10.77.0.100-10.77.0.150 --pxe-force \
   --energy-interval-secs 0 > "$WORK/serve.out" 2> "$WORK/serve.log" &
 SERVE_PID=$!
 for _ in $(seq 1 100); do [ -s "$WORK/data/admin-token" ] && break; sleep 0.2; done
-export RACKSHARE_URL=$API RACKSHARE_TOKEN
+# The bench's own namespace: plain HTTP to a non-loopback address, knowingly.
+export RACKSHARE_URL=$API RACKSHARE_TOKEN RACKSHARE_INSECURE_HTTP=1
 RACKSHARE_TOKEN=$(cat "$WORK/data/admin-token")
 rs() { ip netns exec "$NS" "$BIN" "$@"; }
 for _ in $(seq 1 100); do rs whoami >/dev/null 2>&1 && break; sleep 0.2; done

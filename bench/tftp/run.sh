@@ -93,7 +93,7 @@ wait_udp69() {
 
 start_rackshare() {
   # Proxy mode: boot services (TFTP) start, but DHCP never hands out addresses.
-  in_cg ip netns exec "$S" "$BIN" serve --data-dir "$W/rs" --listen "$SRV:9090" \
+  in_cg ip netns exec "$S" "$BIN" serve --data-dir "$W/rs" --listen "$SRV:9090" --no-tls \
     --pxe-interface br0 --pxe-mode proxy --pxe-root "$ROOT" \
     --energy-interval-secs 0 --log-level warn > "$W/server.log" 2>&1 &
   SP=$!
@@ -176,7 +176,7 @@ for round in $(seq "$ROUNDS"); do
       read -r WALL[$srv] BAD[$srv] < <(curl_fetch)
       CPU[$srv]=$(cpu_secs)
       if [ "$srv" = rackshare ]; then
-        ip netns exec "$S" curl -s --max-time 5 "http://$SRV:9090/metrics" \
+        ip netns exec "$S" curl -s --max-time 5 "http://127.0.0.1:9100/metrics" \
           | grep -E '^rackshare_tftp_(transfers|completed|timeouts|refused|aborted_by_client)_total' \
           | tr '\n' ' ' | sed 's/^/  rackshare metrics after the curl row: /'; echo
       fi

@@ -45,6 +45,26 @@ pub struct Global {
     /// Output format
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     pub output: Format,
+    /// CA certificate (PEM) to trust for an https:// --url, besides the public CAs
+    #[arg(long, global = true, env = "RACKSHARE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Trust exactly the server certificate with this SHA-256 fingerprint (SHA256:HEX, as `serve` prints it)
+    #[arg(long, global = true, env = "RACKSHARE_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// Send the token over plain http:// even to a host that is not loopback (it travels in clear)
+    #[arg(long, global = true, env = "RACKSHARE_INSECURE_HTTP", value_parser = clap::builder::BoolishValueParser::new())]
+    pub insecure_http: bool,
+}
+
+impl Global {
+    /// The TLS and plain-HTTP choices of these flags.
+    pub fn trust(&self) -> crate::client_tls::Trust {
+        crate::client_tls::Trust {
+            ca_cert: self.ca_cert.clone(),
+            fingerprint: self.fingerprint.clone(),
+            insecure_http: self.insecure_http,
+        }
+    }
 }
 
 /// Every command.
@@ -146,7 +166,7 @@ pub enum AgentCmd {
 
 /// Runs a client command.
 pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
-    let c = Client::new(&g.url, token_or_default(g.token))?;
+    let c = Client::new(&g.url, token_or_default(g.token.clone()), &g.trust())?;
     let fmt = g.output;
     match cmd {
         Command::Serve(_) | Command::Doctor { .. } | Command::Agent(_) | Command::Lab(_) => {

@@ -269,6 +269,8 @@ async fn build(a: UpArgs) -> anyhow::Result<()> {
         "--pxe-pool",
         "10.78.0.100-10.78.0.199",
         "--pxe-force",
+        // The lab's own namespace; its API is reached through the loopback forwarder.
+        "--no-tls",
     ]
     .iter()
     .map(|x| x.to_string())
@@ -288,7 +290,7 @@ async fn build(a: UpArgs) -> anyhow::Result<()> {
     ];
     net::spawn(false, &forward, &state.join("forward.log"))?;
     let token = read_token(&record.token_file).await?;
-    let c = Client::new(&record.url, Some(token.clone()))?;
+    let c = Client::new(&record.url, Some(token.clone()), &Default::default())?;
     wait_for_api(&c, &serve_log).await?;
 
     progress(t0, "enrolling the VMs with their BMCs (Redfish)");
@@ -339,7 +341,7 @@ pub async fn status(state: &Path, fmt: Format) -> anyhow::Result<()> {
     let token = std::fs::read_to_string(&record.token_file)
         .ok()
         .map(|t| t.trim().to_string());
-    let c = Client::new(&record.url, token)?;
+    let c = Client::new(&record.url, token, &Default::default())?;
     let leases = c.get("/api/v1/dhcp/leases").await.unwrap_or(Value::Null);
     let mut rows = Vec::new();
     for m in &record.machines {

@@ -96,6 +96,31 @@ pub struct ServeSettings {
     /// URL machines use to reach the HTTP boot server [default: http://SERVER_IP:BOOT_HTTP_PORT]
     #[arg(long)]
     pub pxe_http_base: Option<String>,
+    /// HTTPS: the member API's certificate chain (PEM, leaf first); reread on SIGHUP. Needs --tls-key; the API then sends HSTS
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// HTTPS: the private key of --tls-cert (PEM); reread on SIGHUP
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Serve the member API in plain HTTP even on a non-loopback --listen (without it and without --tls-cert, a self-signed certificate is made in the data dir)
+    #[arg(long)]
+    #[serde(default)]
+    pub no_tls: bool,
+    /// Where /metrics is served (never on the member API), or `off` [default: 127.0.0.1:9100]
+    #[arg(long, env = "RACKSHARE_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+    /// Seconds a request head (and a TLS handshake) may take, counted from the connection's opening or its previous answer; also the idle keep-alive timeout [default: 15]
+    #[arg(long)]
+    pub http_header_timeout_secs: Option<u64>,
+    /// Request bodies slower than this many bytes per second (over 20 s of waiting) are cut off; 0: no minimum [default: 1024]
+    #[arg(long)]
+    pub http_min_body_rate: Option<u64>,
+    /// Open HTTP connections at most, all clients together (kept below the open-file limit) [default: 4096]
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Open HTTP connections at most from one client address (IPv6: one /64) [default: 256]
+    #[arg(long)]
+    pub max_connections_per_source: Option<usize>,
     /// Internal address range (CIDR) that image imports from a URL may reach anyway; repeat. Loopback, private, link-local, CGNAT, multicast and this host's addresses are refused otherwise
     #[arg(long, num_args = 1..)]
     #[serde(default)]
@@ -243,6 +268,18 @@ impl ServeSettings {
             } else {
                 self.image_import_allow
             },
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            no_tls: self.no_tls || file.no_tls,
+            metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            http_header_timeout_secs: self
+                .http_header_timeout_secs
+                .or(file.http_header_timeout_secs),
+            http_min_body_rate: self.http_min_body_rate.or(file.http_min_body_rate),
+            max_connections: self.max_connections.or(file.max_connections),
+            max_connections_per_source: self
+                .max_connections_per_source
+                .or(file.max_connections_per_source),
         }
     }
 }
@@ -270,6 +307,7 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
     let s = args.settings.or(file);
     let mut config = api::Config::local_default();
     config.boot = boot_settings(&s)?;
+    config.tls = tls_setting(&s, s.listen.unwrap_or(config.listen))?;
     if let Some(d) = s.data_dir {
         config.data_dir = d;
     }
@@ -292,6 +330,35 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
             .map_err(|e: String| anyhow::anyhow!("--image-import-allow: {e}"))?;
         config.image_import_allow.push(range);
     }
+    if let Some(m) = &s.metrics_listen {
+        config.metrics_listen = match m.trim() {
+            "off" | "none" => None,
+            addr => Some(addr.parse().with_context(|| {
+                format!("--metrics-listen '{addr}' must be ADDRESS:PORT or off")
+            })?),
+        };
+    }
+    if let Some(secs) = s.http_header_timeout_secs {
+        if secs == 0 {
+            bail!("--http-header-timeout-secs must be at least 1");
+        }
+        config.connections.header_timeout = std::time::Duration::from_secs(secs);
+    }
+    if let Some(rate) = s.http_min_body_rate {
+        config.connections.min_body_rate = rate;
+    }
+    if let Some(n) = s.max_connections {
+        if n == 0 {
+            bail!("--max-connections must be at least 1");
+        }
+        config.connections.max_connections = n;
+    }
+    if let Some(n) = s.max_connections_per_source {
+        if n == 0 {
+            bail!("--max-connections-per-source must be at least 1");
+        }
+        config.connections.max_per_source = n;
+    }
     if let Some(n) = s.max_jobs {
         if n == 0 {
             bail!("--max-jobs must be at least 1");
@@ -299,6 +366,22 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
         config.conductor.max_running = n;
     }
     Ok((config, s.log_level.unwrap_or_else(|| "info".into())))
+}
+
+/// HTTPS or not: the operator's certificate when given; plain HTTP on loopback or when
+/// asked (`--no-tls`); otherwise self-signed, so no deployment runs in clear by accident.
+fn tls_setting(s: &ServeSettings, listen: SocketAddr) -> anyhow::Result<api::TlsSetting> {
+    match (&s.tls_cert, &s.tls_key) {
+        (Some(_), Some(_)) if s.no_tls => bail!("--no-tls and --tls-cert contradict each other"),
+        (Some(cert), Some(key)) => Ok(api::TlsSetting::Operator {
+            cert: cert.clone(),
+            key: key.clone(),
+        }),
+        (Some(_), None) => bail!("--tls-cert needs --tls-key"),
+        (None, Some(_)) => bail!("--tls-key needs --tls-cert"),
+        (None, None) if s.no_tls || listen.ip().is_loopback() => Ok(api::TlsSetting::Off),
+        (None, None) => Ok(api::TlsSetting::SelfSigned),
+    }
 }
 
 /// `FIRST-LAST` as two addresses, first ≤ last; errors start with `what`.
@@ -556,22 +639,50 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             println!("It is also in {} (mode 0600).", f.display());
         }
     }
-    println!("rackshare API listening on http://{}", server.addr);
-    wait_for_signal().await?;
+    if let Some(tls) = &server.tls {
+        match tls.source() {
+            api::tls::TlsSource::SelfSigned { data_dir, .. } => println!(
+                "TLS: self-signed certificate {} (clients: --fingerprint {})",
+                api::tls::self_signed_paths(data_dir).0.display(),
+                tls.fingerprint()
+            ),
+            api::tls::TlsSource::Operator { cert, .. } => {
+                println!("TLS: certificate {}", cert.display())
+            }
+        }
+        println!("TLS certificate fingerprint: {}", tls.fingerprint());
+    }
+    if let Some(m) = server.metrics_addr {
+        println!("metrics on http://{m}/metrics");
+    }
+    println!(
+        "rackshare API listening on {}://{}",
+        server.scheme, server.addr
+    );
+    wait_for_signal(&server).await?;
     tracing::info!("shutting down");
     server.shutdown().await.context("shutting down")?;
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+/// Waits for SIGTERM or SIGINT; on SIGHUP rereads the TLS certificate and key (the listener
+/// stays; a bad file keeps the current certificate).
+async fn wait_for_signal(server: &api::RunningServer) -> anyhow::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => match server.reload_tls().await {
+                Ok(Some(fp)) => tracing::info!(fingerprint = %fp, "TLS certificate reloaded"),
+                Ok(None) => tracing::info!("SIGHUP: no TLS certificate to reload"),
+                Err(e) => tracing::error!(error = %e, "TLS reload failed; the current certificate stays"),
+            },
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]

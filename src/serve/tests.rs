@@ -348,3 +348,82 @@ fn bad_interface_tables_are_refused_with_one_line_naming_the_interface() {
     assert!(e.contains("pools"), "{e}");
     assert!(parse_file("pxe-interface = 3").is_err());
 }
+
+fn loaded(args: &[&str]) -> api::Config {
+    let s = flags(args);
+    load(ServeArgs {
+        config: None,
+        settings: s,
+    })
+    .map(|(c, _)| c)
+    .unwrap_or_else(|e| panic!("{args:?}: {e:#}"))
+}
+
+fn refused(args: &[&str]) -> String {
+    let s = flags(args);
+    match load(ServeArgs {
+        config: None,
+        settings: s,
+    }) {
+        Ok(_) => panic!("accepted: {args:?}"),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn tls_is_off_on_loopback_self_signed_beyond_it_and_the_operators_when_given() {
+    assert_eq!(
+        loaded(&["--listen", "127.0.0.1:9090"]).tls,
+        api::TlsSetting::Off
+    );
+    assert_eq!(
+        loaded(&["--listen", "0.0.0.0:9090"]).tls,
+        api::TlsSetting::SelfSigned
+    );
+    assert_eq!(
+        loaded(&["--listen", "0.0.0.0:9090", "--no-tls"]).tls,
+        api::TlsSetting::Off
+    );
+    assert_eq!(
+        loaded(&["--tls-cert", "c.pem", "--tls-key", "k.pem"]).tls,
+        api::TlsSetting::Operator {
+            cert: "c.pem".into(),
+            key: "k.pem".into()
+        }
+    );
+    assert!(
+        refused(&["--tls-cert", "c.pem", "--tls-key", "k.pem", "--no-tls"]).contains("--no-tls")
+    );
+    let file = file("listen = \"10.0.0.1:9090\"\nno-tls = true\nmetrics-listen = \"off\"\nmax-connections = 10\n");
+    let (c, _) = load(ServeArgs {
+        config: None,
+        settings: ServeSettings::default().or(file),
+    })
+    .expect("file keys");
+    assert_eq!(c.tls, api::TlsSetting::Off);
+    assert_eq!(c.metrics_listen, None);
+    assert_eq!(c.connections.max_connections, 10);
+}
+
+#[test]
+fn metrics_and_connection_flags() {
+    let c = loaded(&[
+        "--metrics-listen",
+        "127.0.0.1:9200",
+        "--http-header-timeout-secs",
+        "5",
+        "--max-connections-per-source",
+        "3",
+    ]);
+    assert_eq!(
+        c.metrics_listen,
+        Some("127.0.0.1:9200".parse().expect("addr"))
+    );
+    assert_eq!(
+        c.connections.header_timeout,
+        std::time::Duration::from_secs(5)
+    );
+    assert_eq!(c.connections.max_per_source, 3);
+    assert!(refused(&["--metrics-listen", "nowhere"]).contains("--metrics-listen"));
+    assert!(refused(&["--max-connections", "0"]).contains("at least 1"));
+}

@@ -18,6 +18,8 @@ pub fn serve_in_lab(ns: &str, dir: tempfile::TempDir, extra: &[&str]) -> Service
         [
             "--listen",
             "10.77.0.1:9090",
+            // The lab's private namespace: plain HTTP, as the tests' clients speak it.
+            "--no-tls",
             "--pxe-interface",
             "br0",
             "--energy-interval-secs",

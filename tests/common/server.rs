@@ -40,6 +40,13 @@ pub struct Service {
     pub admin_token: String,
     pub dir: tempfile::TempDir,
     pub log: PathBuf,
+    /// `http://ADDR/metrics` of the metrics listener (every test service has one on a free
+    /// loopback port), when it printed one.
+    pub metrics_url: Option<String>,
+    /// The TLS certificate fingerprint it printed, when it speaks HTTPS.
+    pub fingerprint: Option<String>,
+    /// What it printed up to and including the listening line.
+    pub banner: Vec<String>,
 }
 
 impl Service {
@@ -94,6 +101,9 @@ impl Service {
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut token = String::new();
         let mut url = String::new();
+        let mut metrics_url = None;
+        let mut fingerprint = None;
+        let mut banner = Vec::new();
         while url.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             let line = rx.recv_timeout(left).unwrap_or_else(|_| {
@@ -108,6 +118,13 @@ impl Service {
             if let Some(u) = line.strip_prefix("rackshare API listening on ") {
                 url = u.trim().to_string();
             }
+            if let Some(m) = line.strip_prefix("metrics on ") {
+                metrics_url = Some(m.trim().to_string());
+            }
+            if let Some(f) = line.strip_prefix("TLS certificate fingerprint: ") {
+                fingerprint = Some(f.trim().to_string());
+            }
+            banner.push(line);
         }
         if token.is_empty() {
             if let Ok(t) = std::fs::read_to_string(dir.path().join("data/admin-token")) {
@@ -121,18 +138,29 @@ impl Service {
             admin_token: token,
             dir,
             log,
+            metrics_url,
+            fingerprint,
+            banner,
         }
     }
 
     fn command(netns: Option<&str>) -> Command {
-        match netns {
+        let mut c = match netns {
             Some(ns) => {
                 let mut c = Command::new("ip");
                 c.args(["netns", "exec", ns, BIN]);
                 c
             }
             None => Command::new(BIN),
+        };
+        // Tests run many services at once: each one's metrics listener on a free port (a
+        // `--metrics-listen` flag still wins), found in `metrics_url`.
+        c.env("RACKSHARE_METRICS_LISTEN", "127.0.0.1:0");
+        if netns.is_some() {
+            // A lab namespace's member API is plain HTTP on a private address.
+            c.env("RACKSHARE_INSECURE_HTTP", "1");
         }
+        c
     }
 
     /// Runs a CLI command against this service with `token`.

@@ -106,9 +106,14 @@ pub fn router(state: AppState) -> Router {
         );
     let app = Router::new()
         .route("/healthz", get(system::healthz))
-        .route("/metrics", get(system::metrics))
         .nest("/api/v1", v1);
     finish(state, app)
+}
+
+/// The metrics listener's one route (`--metrics-listen`, loopback by default): counters are
+/// for the operator's scraper, not for members, so the member listener answers 404 for it.
+pub fn metrics_router(state: AppState) -> Router {
+    finish(state, Router::new().route("/metrics", get(system::metrics)))
 }
 
 /// What a boot interface's own address serves: boot files and scripts, and the agent's
