@@ -659,6 +659,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
         println!("TLS certificate fingerprint: {}", tls.fingerprint());
     }
+    if let Some(tls) = &server.boot_tls {
+        // The member API is plain HTTP; the agent listeners still speak HTTPS, pinned.
+        println!(
+            "agent API (boot interfaces, HTTPS): certificate fingerprint {}",
+            tls.fingerprint()
+        );
+    }
     if let Some(m) = server.metrics_addr {
         println!("metrics on http://{m}/metrics");
     }
