@@ -85,11 +85,7 @@ impl Server {
             }),
         };
         let tls = match tls {
-            Some(source) => Some(Arc::new(
-                tokio::task::spawn_blocking(move || crate::tls::ReloadableTls::new(source))
-                    .await
-                    .map_err(|e| StartError::Boot(format!("loading the TLS certificate: {e}")))??,
-            )),
+            Some(source) => Some(load_tls(source).await?),
             None => None,
         };
         let metrics_listener = match config.metrics_listen {
@@ -164,19 +160,13 @@ impl Server {
         let boot_tls = match (&tls, prepared.is_empty()) {
             (_, true) => None,
             (Some(t), false) => Some(t.clone()),
-            (None, false) => {
-                let source = crate::tls::TlsSource::SelfSigned {
+            (None, false) => Some(
+                load_tls(crate::tls::TlsSource::SelfSigned {
                     data_dir: data_dir.clone(),
                     names: certificate_names(config.listen),
-                };
-                Some(Arc::new(
-                    tokio::task::spawn_blocking(move || crate::tls::ReloadableTls::new(source))
-                        .await
-                        .map_err(|e| {
-                            StartError::Boot(format!("loading the TLS certificate: {e}"))
-                        })??,
-                ))
-            }
+                })
+                .await?,
+            ),
         };
         // Bound before the boot services start, so a taken port fails the start cleanly.
         let mut boot_listeners = Vec::new();
@@ -384,6 +374,16 @@ impl RunningServer {
         self.inv.close().await;
         res
     }
+}
+
+/// Loads (or makes) a listener's certificate off the async threads.
+async fn load_tls(
+    source: crate::tls::TlsSource,
+) -> Result<Arc<crate::tls::ReloadableTls>, StartError> {
+    let tls = tokio::task::spawn_blocking(move || crate::tls::ReloadableTls::new(source))
+        .await
+        .map_err(|e| StartError::Boot(format!("loading the TLS certificate: {e}")))??;
+    Ok(Arc::new(tls))
 }
 
 /// The names a self-signed certificate is made for: the listen address when it is one
