@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use std::time::{Duration, Instant};
 use testkit::netns::Lab;
 
+use common::LAB_AGENT_API as AGENT_API;
 use common::LAB_API as API;
 
 fn job(s: &Service, id: i64) -> Value {
@@ -123,6 +124,35 @@ async fn reimage_job_with_a_scripted_agent_and_a_crash_in_the_middle() {
         "{script}"
     );
     let first = first.expect("token");
+    // The agent is sent to the HTTPS agent listener with the certificate's pin; the plain
+    // boot listener serves no agent endpoint (only a 404 saying where it is).
+    let (cert, key) = api::tls::self_signed_paths(&s.data_dir());
+    let pin = api::tls::TlsIdentity::load(&cert, &key)
+        .expect("the data dir's certificate")
+        .fingerprint();
+    let pin = pin.trim_start_matches("SHA256:");
+    assert!(
+        script.contains(&format!(
+            "rackshare.api={AGENT_API} rackshare.pin={pin} rackshare.token="
+        )),
+        "{script}"
+    );
+    let (code, body) = lab_call(
+        &lab,
+        &format!("{API}/api/v1/agent/claim"),
+        "POST",
+        &first,
+        Some(&json!({"macs": ["52:54:00:0b:00:01"]})),
+        &[],
+    );
+    assert_eq!(code, 404);
+    assert!(
+        json_of(&body)["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("HTTPS only")),
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
     let (_, second) = boot_token(&lab, mac);
     assert_eq!(
         second.as_deref(),
@@ -205,7 +235,7 @@ async fn reimage_job_with_a_scripted_agent_and_a_crash_in_the_middle() {
     assert_eq!(claim["task"]["image"]["sha256"], sha.as_str());
     assert_eq!(
         claim["task"]["image"]["url"],
-        format!("{API}/api/v1/agent/image")
+        format!("{AGENT_API}/api/v1/agent/image")
     );
     // An API token is not an agent session, and the session is not an API token.
     let (code, _) = agent_call(&lab, "GET", "/api/v1/agent/image", &s.admin_token, None);

@@ -909,12 +909,11 @@ fn lab_call_text(
     token: &str,
     body: Option<&Value>,
 ) -> (u16, String) {
-    let base = if path.starts_with("/boot/") || path.starts_with("/api/v1/agent/") {
-        common::LAB_API
+    let url = if path.starts_with("/boot/") || path.starts_with("/api/v1/agent/") {
+        common::lab_url(path)
     } else {
-        "http://10.77.0.1:9090"
+        format!("http://10.77.0.1:9090{path}")
     };
-    let url = format!("{base}{path}");
     let (code, body) = common::call_in(lab, &lab.srv, &url, method, token, body, &[]);
     (code, String::from_utf8_lossy(&body).into_owned())
 }

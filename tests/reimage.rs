@@ -357,9 +357,9 @@ async fn uefi_vm_in_proxy_mode_refuses_a_corrupt_image_then_deploys_a_good_one()
     assert_eq!(r.vm.disk_sha256((IMAGE_MIB << 20) as u64), sha);
 }
 
-/// The stored blob (`images/…/blobs/sha256/SHA`), not its content index of the same name.
+/// The stored blob of `sha` (under `images/blobs`: the content index beside it bears the same name).
 fn find_blob(data: &Path, sha: &str) -> std::path::PathBuf {
-    let mut stack = vec![data.join("images")];
+    let mut stack = vec![data.join("images/blobs")];
     while let Some(d) = stack.pop() {
         for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
             let p = e.path();

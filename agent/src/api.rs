@@ -1,13 +1,16 @@
-//! The agent's side of docs/agent-protocol.md over plain HTTP (ureq, no TLS: the boot network
-//! is the trust boundary, as for TFTP and iPXE).
+//! The agent's side of docs/agent-protocol.md: HTTPS to the boot listener with the
+//! certificate pinned by `rackshare.pin=` (ureq on rustls, [`crate::tls`]), so a passive
+//! listener on the boot network reads no user-data, key or image.
 
 use crate::error::Error;
 use crate::source::ImageSource;
+use crate::tls::PinnedTls;
 use proto::{
     AgentResult, Challenge, ChallengeRequest, ClaimRequest, ClaimResponse, ProgressReport,
     ResultAnswer,
 };
 use std::io::Read;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// How long and how often requests are retried (the protocol's numbers by default; tests
@@ -42,17 +45,49 @@ impl Default for Retry {
 pub struct Client {
     base: String,
     http: ureq::Agent,
+    tls: Option<Arc<PinnedTls>>,
     retry: Retry,
     session: String,
     last_progress: Option<(Instant, String)>,
 }
 
-fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
+fn agent(tls: Option<Arc<PinnedTls>>) -> ureq::Agent {
+    let b = ureq::AgentBuilder::new()
         .timeout_connect(Duration::from_secs(10))
         .timeout_read(Duration::from_secs(60))
-        .timeout_write(Duration::from_secs(60))
-        .build()
+        .timeout_write(Duration::from_secs(60));
+    match tls {
+        // https_only: a redirect (or a URL in the task) can never take the token to plain HTTP.
+        Some(t) => b.tls_connector(t).https_only(true).build(),
+        None => b.build(),
+    }
+}
+
+/// How the agent talks to `api` given the command line's `pin` (decision 40): HTTPS needs a
+/// pin; a pin with a plain-HTTP URL is refused (the token would go out in clear); plain HTTP
+/// without a pin is what an older server's script says, and is kept for it.
+pub fn transport(api: &str, pin: Option<&str>) -> Result<Option<Arc<PinnedTls>>, Error> {
+    let https = api.starts_with("https://");
+    match (https, pin) {
+        (true, Some(p)) => {
+            let pin = crate::tls::parse_pin(p).ok_or_else(|| {
+                Error::Api(format!(
+                    "rackshare.pin={p} is not a SHA-256 fingerprint (64 hex digits)"
+                ))
+            })?;
+            let tls = PinnedTls::new(pin).map_err(|e| Error::Api(format!("TLS: {e}")))?;
+            Ok(Some(Arc::new(tls)))
+        }
+        (true, None) => Err(Error::Api(format!(
+            "rackshare.api={api} is HTTPS but the command line has no rackshare.pin=: \
+             the agent trusts only the pinned certificate, so it does not connect"
+        ))),
+        (false, Some(_)) => Err(Error::Api(format!(
+            "rackshare.pin= is set but rackshare.api={api} is not HTTPS: \
+             refusing to send the token in clear"
+        ))),
+        (false, None) => Ok(None),
+    }
 }
 
 /// One failed request: whether the protocol says to try again.
@@ -61,7 +96,11 @@ enum Failure {
     Final(u16, String),
 }
 
-fn classify(e: ureq::Error) -> Failure {
+fn classify(e: ureq::Error, tls: Option<&PinnedTls>) -> Failure {
+    // The pin refused the server: no retry can fix that (a new boot brings a new script).
+    if let Some(seen) = tls.and_then(|t| t.refused()) {
+        return Failure::Final(0, format!("{e} (the server presented {seen})"));
+    }
     match e {
         ureq::Error::Status(code, resp) => {
             let body = resp.into_string().unwrap_or_default();
@@ -77,15 +116,18 @@ fn classify(e: ureq::Error) -> Failure {
 }
 
 impl Client {
-    /// A client of the API at `base` (e.g. `http://10.0.0.1:8080`).
-    pub fn new(base: &str, retry: Retry) -> Client {
-        Client {
+    /// A client of the API at `base` (e.g. `https://10.0.0.1:8443`) with the certificate
+    /// pinned by `pin` ([`transport`] says which combinations are refused).
+    pub fn new(base: &str, pin: Option<&str>, retry: Retry) -> Result<Client, Error> {
+        let tls = transport(base, pin)?;
+        Ok(Client {
             base: base.trim_end_matches('/').to_string(),
-            http: agent(),
+            http: agent(tls.clone()),
+            tls,
             retry,
             session: String::new(),
             last_progress: None,
-        }
+        })
     }
 
     /// POSTs JSON with `bearer`, retrying with backoff; the answer's JSON body (or null).
@@ -109,7 +151,7 @@ impl Client {
                     let text = resp.into_string().unwrap_or_default();
                     return Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null));
                 }
-                Err(e) => match classify(e) {
+                Err(e) => match classify(e, self.tls.as_deref()) {
                     Failure::Final(code, msg) => return Err((code, msg)),
                     Failure::Retry(msg) => {
                         if start.elapsed() + pause > self.retry.total {
@@ -171,6 +213,7 @@ impl Client {
     pub fn image(&self, url: &str) -> HttpImage {
         HttpImage {
             http: self.http.clone(),
+            tls: self.tls.clone(),
             url: url.to_string(),
             session: self.session.clone(),
             retry: self.retry,
@@ -228,6 +271,7 @@ impl crate::Progress for Client {
 /// The job's image over HTTP, with ranged requests.
 pub struct HttpImage {
     http: ureq::Agent,
+    tls: Option<Arc<PinnedTls>>,
     url: String,
     session: String,
     retry: Retry,
@@ -249,7 +293,7 @@ impl HttpImage {
             }
             let last = match req.call() {
                 Ok(resp) => return Ok((resp.status(), Box::new(resp.into_reader()))),
-                Err(e) => match classify(e) {
+                Err(e) => match classify(e, self.tls.as_deref()) {
                     Failure::Final(code @ (401 | 404), _) => return Err(Error::JobGone(code)),
                     Failure::Final(_, msg) => {
                         return Err(Error::Download {

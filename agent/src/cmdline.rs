@@ -1,4 +1,5 @@
-//! The kernel command line: where the API is, the one-time token and the mode.
+//! The kernel command line: where the API is, its certificate's pin, the one-time token and
+//! the mode.
 
 use proto::AgentMode;
 
@@ -7,6 +8,8 @@ use proto::AgentMode;
 pub struct BootParams {
     /// Base URL of the rackshare API, e.g. `http://10.0.0.1:8080`.
     pub api: String,
+    /// SHA-256 of the API's certificate (`rackshare.pin=`, hex): the only one trusted.
+    pub pin: Option<String>,
     /// The one-time claim token (`none` when there is nothing to claim yet).
     pub token: String,
     /// Informational (the claimed task decides); `None` when absent or not a mode this agent
@@ -17,12 +20,14 @@ pub struct BootParams {
 /// Parses `/proc/cmdline`; `None` when `rackshare.api` is missing.
 pub fn parse(cmdline: &str) -> Option<BootParams> {
     let mut api = None;
+    let mut pin = None;
     let mut token = None;
     let mut mode = None;
     for word in cmdline.split_whitespace() {
         if let Some((k, v)) = word.split_once('=') {
             match k {
                 "rackshare.api" => api = Some(v.trim_end_matches('/').to_string()),
+                "rackshare.pin" => pin = Some(v.to_string()),
                 "rackshare.token" => token = Some(v.to_string()),
                 "rackshare.mode" => mode = v.parse().ok(),
                 _ => {}
@@ -31,6 +36,7 @@ pub fn parse(cmdline: &str) -> Option<BootParams> {
     }
     Some(BootParams {
         api: api?,
+        pin,
         token: token.unwrap_or_else(|| "none".to_string()),
         mode,
     })
@@ -47,6 +53,9 @@ mod tests {
         assert_eq!(p.api, "http://10.0.0.1:8080");
         assert_eq!(p.token, "abc");
         assert_eq!(p.mode, Some(AgentMode::Deploy));
+        assert_eq!(p.pin, None);
+        let p = parse("rackshare.api=https://10.0.0.1:8443 rackshare.pin=abcd").expect("api");
+        assert_eq!(p.pin.as_deref(), Some("abcd"));
         assert_eq!(parse("quiet"), None);
         assert_eq!(
             parse("rackshare.api=http://a").map(|p| p.token).as_deref(),

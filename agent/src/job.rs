@@ -84,7 +84,10 @@ fn run_task(
 
 /// Claims with the boot parameters, runs the task, reports it.
 pub fn run(params: &BootParams, env: &Env) -> Outcome {
-    let mut client = Client::new(&params.api, env.retry);
+    let mut client = match Client::new(&params.api, params.pin.as_deref(), env.retry) {
+        Ok(c) => c,
+        Err(e) => return Outcome::Stopped(e.to_string()),
+    };
     let macs: Vec<String> = crate::inspect::nics(&env.sys_root)
         .into_iter()
         .map(|n| n.mac)

@@ -17,6 +17,7 @@ pub mod qcow2;
 pub mod sanitize;
 pub mod seed;
 pub mod source;
+pub mod tls;
 pub mod wipe;
 
 pub use error::Error;

@@ -243,6 +243,7 @@ fn deploy_over_http_resumes_and_reports_the_read_back_hash() {
     let out = job::run(
         &BootParams {
             api: base,
+            pin: None,
             token: "tok".into(),
             mode: Some(proto::AgentMode::Deploy),
         },
@@ -296,6 +297,7 @@ fn a_hash_mismatch_is_reported_as_a_failed_result() {
     let out = job::run(
         &BootParams {
             api: base,
+            pin: None,
             token: "tok".into(),
             mode: None,
         },
@@ -337,6 +339,7 @@ fn a_refused_token_stops_after_the_claim_window() {
     let out = job::run(
         &BootParams {
             api: base,
+            pin: None,
             token: "wrong".into(),
             mode: None,
         },
@@ -384,6 +387,7 @@ fn qcow2_over_http_uses_ranges_and_survives_a_broken_stream() {
     let out = job::run(
         &BootParams {
             api: base,
+            pin: None,
             token: "tok".into(),
             mode: None,
         },

@@ -259,6 +259,37 @@ pub struct BootHttp {
     pub listen: Vec<std::net::SocketAddr>,
     /// Proxy mode: the addresses machines' PXE exchanges showed, shared with the DHCP side.
     pub seen: Arc<crate::claim::BootAddresses>,
+    /// The agent API's HTTPS listeners (None: the agent is sent the plain base, in-process
+    /// tests only).
+    pub agent_tls: Option<AgentTls>,
+}
+
+/// Where the agent API is served over HTTPS, and with which certificate (its fingerprint goes
+/// on the agent's command line as the pin).
+#[derive(Clone)]
+pub struct AgentTls {
+    /// The HTTPS port on every boot interface's address.
+    pub port: u16,
+    /// The certificate the HTTPS listeners present (it follows reloads).
+    pub tls: Arc<crate::tls::ReloadableTls>,
+}
+
+impl std::fmt::Debug for AgentTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentTls")
+            .field("port", &self.port)
+            .field("fingerprint", &self.tls.fingerprint())
+            .finish()
+    }
+}
+
+/// Where the agent reaches the API, and the pin it checks the certificate against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentApi {
+    /// `https://SERVER:BOOT_HTTPS_PORT` (the plain base when no HTTPS listener runs).
+    pub url: String,
+    /// The leaf certificate's SHA-256, 64 hex digits (None with the plain base).
+    pub pin: Option<String>,
 }
 
 impl BootHttp {
@@ -275,6 +306,34 @@ impl BootHttp {
             .and_then(|ip| self.bases.iter().find(|(a, _)| *a == ip))
             .map(|(_, b)| b.as_str())
             .unwrap_or(&self.base)
+    }
+
+    /// The agent API for a request that arrived on `local`: HTTPS on the same interface's
+    /// address (the one in [`Self::base_for`]'s choice), with the certificate's pin.
+    pub fn agent_api_for(&self, local: Option<std::net::IpAddr>) -> AgentApi {
+        let local4 = match local {
+            Some(std::net::IpAddr::V4(ip)) => Some(ip),
+            Some(std::net::IpAddr::V6(ip)) => ip.to_ipv4_mapped(),
+            None => None,
+        };
+        let ip = local4
+            .filter(|ip| self.bases.iter().any(|(a, _)| a == ip))
+            .or_else(|| self.bases.first().map(|(a, _)| *a));
+        match (&self.agent_tls, ip) {
+            (Some(t), Some(ip)) => AgentApi {
+                url: format!("https://{ip}:{}", t.port),
+                pin: Some(
+                    t.tls
+                        .fingerprint()
+                        .trim_start_matches("SHA256:")
+                        .to_string(),
+                ),
+            },
+            _ => AgentApi {
+                url: self.base_for(local).to_string(),
+                pin: None,
+            },
+        }
     }
 }
 
@@ -455,6 +514,7 @@ pub async fn prepare(
             },
             listen: vec![std::net::SocketAddr::from((if_ip, boot_http_port))],
             seen: Arc::default(),
+            agent_tls: None,
         },
     ))
 }
@@ -556,6 +616,7 @@ mod tests {
             ],
             listen: Vec::new(),
             seen: Arc::default(),
+            agent_tls: None,
         };
         let on = |s: &str| Some(s.parse::<std::net::IpAddr>().expect("ip"));
         assert_eq!(http.base_for(on("10.78.0.1")), "http://10.78.0.1:8080");
@@ -567,6 +628,29 @@ mod tests {
         // Loopback, another address, no connection info: the first interface's.
         assert_eq!(http.base_for(on("127.0.0.1")), "http://10.77.0.1:8080");
         assert_eq!(http.base_for(None), "http://10.77.0.1:8080");
+        // Without HTTPS listeners the agent gets the plain base and no pin.
+        assert_eq!(http.agent_api_for(on("10.78.0.1")).pin, None);
+        let dir = tempfile::tempdir().expect("tmp");
+        let tls = crate::tls::ReloadableTls::new(crate::tls::TlsSource::SelfSigned {
+            data_dir: dir.path().to_path_buf(),
+            names: vec!["localhost".into()],
+        })
+        .expect("tls");
+        let fp = tls.fingerprint();
+        let http = BootHttp {
+            agent_tls: Some(AgentTls {
+                port: 8443,
+                tls: Arc::new(tls),
+            }),
+            ..http
+        };
+        let api = http.agent_api_for(on("10.78.0.1"));
+        assert_eq!(api.url, "https://10.78.0.1:8443");
+        assert_eq!(api.pin.map(|p| format!("SHA256:{p}")), Some(fp));
+        assert_eq!(
+            http.agent_api_for(on("127.0.0.1")).url,
+            "https://10.77.0.1:8443"
+        );
     }
 
     #[test]

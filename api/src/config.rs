@@ -13,6 +13,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The port of each boot interface's own listener (boot files, scripts, the agent).
     pub boot_http_port: u16,
+    /// The port of each boot interface's HTTPS listener (the agent API, certificate pinned).
+    pub boot_https_port: u16,
     /// `sqlite://…` or `postgres://…`; default: SQLite in the data dir.
     pub database_url: Option<String>,
     /// How often to read every BMC's power draw; None: never.
@@ -60,6 +62,7 @@ impl Config {
             data_dir: PathBuf::from("rackshare-data"),
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             boot_http_port: 8080,
+            boot_https_port: 8443,
             database_url: None,
             energy_interval: Some(Duration::from_secs(60)),
             bmc_policy: bmc::Policy::default(),

@@ -33,8 +33,9 @@ macro_rules! op {
 }
 
 impl Operation {
-    /// Whether the operation is served on the boot listeners (boot files and the agent's
-    /// endpoints) rather than on the member API: the split `routes::boot_router` makes.
+    /// Whether the operation is served on the boot listeners (boot files on the plain one, the
+    /// agent's endpoints on the HTTPS one) rather than on the member API: the split
+    /// `routes::boot_router` and `routes::agent_router` make.
     pub fn on_boot_listener(&self) -> bool {
         self.path.starts_with("/boot/") || self.path.starts_with("/api/v1/agent/")
     }

@@ -25,6 +25,9 @@ pub struct RunningServer {
     pub scheme: &'static str,
     /// The member listener's TLS, when it speaks HTTPS.
     pub tls: Option<Arc<crate::tls::ReloadableTls>>,
+    /// The agent listeners' TLS when it is not the member listener's (self-signed because the
+    /// member API speaks plain HTTP).
+    pub boot_tls: Option<Arc<crate::tls::ReloadableTls>>,
     /// Where `/metrics` is served, when it is.
     pub metrics_addr: Option<SocketAddr>,
     /// The admin token, only on the very first start of a new database.
@@ -85,11 +88,7 @@ impl Server {
             }),
         };
         let tls = match tls {
-            Some(source) => Some(Arc::new(
-                tokio::task::spawn_blocking(move || crate::tls::ReloadableTls::new(source))
-                    .await
-                    .map_err(|e| StartError::Boot(format!("loading the TLS certificate: {e}")))??,
-            )),
+            Some(source) => Some(load_tls(source).await?),
             None => None,
         };
         let metrics_listener = match config.metrics_listen {
@@ -144,22 +143,51 @@ impl Server {
             prepared.push(crate::boot::prepare(b, data_dir, config.boot_http_port).await?);
         }
         crate::boot::check_interfaces(prepared.iter().map(|(c, _)| c))?;
+        if !config.boot.is_empty()
+            && (config.boot_https_port == 0 || config.boot_https_port == config.boot_http_port)
+        {
+            return Err(StartError::Boot(format!(
+                "--boot-https-port must be a fixed port apart from --boot-http-port ({}): it goes into every boot script",
+                config.boot_http_port
+            )));
+        }
+        let https_at = |boot: &SocketAddr| SocketAddr::new(boot.ip(), config.boot_https_port);
         for (_, http) in &prepared {
             for boot in &http.listen {
                 check_apart(config.listen, *boot)?;
+                check_apart(config.listen, https_at(boot))?;
             }
         }
+        // The agent API's certificate: the member listener's, else the data dir's self-signed
+        // one (the agent pins it, so self-signed is as good as any).
+        let boot_tls = match (&tls, prepared.is_empty()) {
+            (_, true) => None,
+            (Some(t), false) => Some(t.clone()),
+            (None, false) => Some(
+                load_tls(crate::tls::TlsSource::SelfSigned {
+                    data_dir: data_dir.clone(),
+                    names: certificate_names(config.listen),
+                })
+                .await?,
+            ),
+        };
         // Bound before the boot services start, so a taken port fails the start cleanly.
         let mut boot_listeners = Vec::new();
+        let mut agent_listeners = Vec::new();
         for (_, http) in &prepared {
             for boot in &http.listen {
-                let l = tokio::net::TcpListener::bind(boot)
-                    .await
-                    .map_err(|source| StartError::Listen {
-                        addr: boot.to_string(),
-                        source,
+                for (at, into) in [
+                    (*boot, &mut boot_listeners),
+                    (https_at(boot), &mut agent_listeners),
+                ] {
+                    let l = tokio::net::TcpListener::bind(at).await.map_err(|source| {
+                        StartError::Listen {
+                            addr: at.to_string(),
+                            source,
+                        }
                     })?;
-                boot_listeners.push(l);
+                    into.push(l);
+                }
             }
         }
         // One DHCP core, socket set and TFTP server per interface; the machine directory,
@@ -170,6 +198,10 @@ impl Server {
         for (cfg, mut http) in prepared {
             let interface = cfg.interface.clone();
             http.seen = seen.clone();
+            http.agent_tls = boot_tls.as_ref().map(|t| crate::boot::AgentTls {
+                port: config.boot_https_port,
+                tls: t.clone(),
+            });
             match crate::boot::start(
                 cfg,
                 inv.clone(),
@@ -224,7 +256,8 @@ impl Server {
             )),
         };
         let auth_limiter = state.auth_limiter.clone();
-        let boot_app = crate::routes::boot_router(state.clone());
+        let boot_app = crate::routes::boot_router(state.clone(), config.boot_https_port);
+        let agent_app = crate::routes::agent_router(state.clone());
         let metrics_app = crate::routes::metrics_router(state.clone());
         let app = crate::routes::router(state);
         let mut background = Vec::new();
@@ -273,7 +306,24 @@ impl Server {
                 what,
                 shutdown.clone(),
             )));
-            tracing::info!(addr = ?at, "boot listener serving /boot and /api/v1/agent");
+            tracing::info!(addr = ?at, "boot listener serving /boot (plain HTTP, firmware)");
+        }
+        for l in agent_listeners {
+            let at = l.local_addr().ok();
+            let what = Listening {
+                app: agent_app.clone(),
+                tls: boot_tls.clone(),
+                hsts: false,
+                boot: true,
+                limits: limits.clone(),
+                metrics: http_metrics.clone(),
+            };
+            background.push(tokio::spawn(crate::listener::serve(
+                l,
+                what,
+                shutdown.clone(),
+            )));
+            tracing::info!(addr = ?at, "agent listener serving /api/v1/agent (HTTPS, pinned)");
         }
         if let Some(l) = metrics_listener {
             let what = Listening {
@@ -304,6 +354,7 @@ impl Server {
         Ok(RunningServer {
             addr,
             scheme: if tls.is_some() { "https" } else { "http" },
+            boot_tls: boot_tls.filter(|b| !tls.as_ref().is_some_and(|t| Arc::ptr_eq(t, b))),
             tls,
             metrics_addr,
             admin_token: issued.map(|t| t.token),
@@ -322,6 +373,11 @@ impl RunningServer {
     /// listener; returns the new fingerprint, or None when it speaks plain HTTP. On error the
     /// current certificate stays.
     pub async fn reload_tls(&self) -> Result<Option<String>, crate::tls::TlsError> {
+        if let Some(boot) = self.boot_tls.clone() {
+            tokio::task::spawn_blocking(move || boot.reload())
+                .await
+                .map_err(|e| crate::tls::TlsError::Config(e.to_string()))??;
+        }
         let Some(tls) = self.tls.clone() else {
             return Ok(None);
         };
@@ -341,6 +397,16 @@ impl RunningServer {
         self.inv.close().await;
         res
     }
+}
+
+/// Loads (or makes) a listener's certificate off the async threads.
+async fn load_tls(
+    source: crate::tls::TlsSource,
+) -> Result<Arc<crate::tls::ReloadableTls>, StartError> {
+    let tls = tokio::task::spawn_blocking(move || crate::tls::ReloadableTls::new(source))
+        .await
+        .map_err(|e| StartError::Boot(format!("loading the TLS certificate: {e}")))??;
+    Ok(Arc::new(tls))
 }
 
 /// The names a self-signed certificate is made for: the listen address when it is one

@@ -18,6 +18,8 @@ pub struct AgentBoot {
     pub initrd_name: String,
     /// API base URL the agent reports to (`rackshare.api=`).
     pub api_url: String,
+    /// SHA-256 of the API's certificate, hex (`rackshare.pin=`); None for a plain-HTTP API.
+    pub pin: Option<String>,
     /// One-time token (`rackshare.token=`).
     pub token: String,
     /// Agent mode (`rackshare.mode=`).
@@ -97,6 +99,9 @@ pub fn try_render_boot_script(
             check("initrd_name", &a.initrd_name, false)?;
             check("api_url", &a.api_url, false)?;
             check("token", &a.token, false)?;
+            if let Some(pin) = &a.pin {
+                check("pin", pin, false)?;
+            }
             check("extra_cmdline", &a.extra_cmdline, true)?;
             check("self_url", self_url, false)?;
             let mode = if discovery {
@@ -113,6 +118,7 @@ pub fn try_render_boot_script(
                 initrd_name => a.initrd_name,
                 api_url => a.api_url,
                 token => a.token,
+                pin => a.pin,
                 mode => mode.as_str(),
                 extra_cmdline => a.extra_cmdline.trim(),
                 self_url => self_url,
@@ -145,6 +151,7 @@ mod tests {
             initrd_url: "http://10.0.0.1:8080/agent/initrd.img".into(),
             initrd_name: "initrd.img".into(),
             api_url: "http://10.0.0.1:8080".into(),
+            pin: None,
             token: "tok123".into(),
             mode,
             extra_cmdline: "console=ttyS0 ".into(),
@@ -174,6 +181,23 @@ mod tests {
         assert!(s.contains("initrd --name initrd.img http://10.0.0.1:8080/agent/initrd.img"));
         assert!(s.contains("boot || goto failed"));
         assert!(!s.contains("sanboot"));
+    }
+
+    #[test]
+    fn an_https_api_goes_with_its_pin() {
+        let a = AgentBoot {
+            api_url: "https://10.0.0.1:8443".into(),
+            pin: Some("ab".repeat(32)),
+            ..agent(AgentMode::Wipe)
+        };
+        let s = render_boot_script(MAC, &BootScript::Agent(a), "http://x/s");
+        assert!(
+            s.contains(&format!(
+                "rackshare.api=https://10.0.0.1:8443 rackshare.pin={} rackshare.token=tok123",
+                "ab".repeat(32)
+            )),
+            "{s}"
+        );
     }
 
     #[test]

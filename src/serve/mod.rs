@@ -21,6 +21,9 @@ pub struct ServeSettings {
     /// Port of each boot interface's own listener (boot files, boot scripts, the agent API) [default: 8080]
     #[arg(long)]
     pub boot_http_port: Option<u16>,
+    /// Port of each boot interface's HTTPS listener: the agent API only, the certificate pinned on the agent's command line [default: 8443]
+    #[arg(long)]
+    pub boot_https_port: Option<u16>,
     /// Database URL: sqlite://PATH or postgres://… [default: SQLite in the data dir]
     #[arg(long, env = "RACKSHARE_DATABASE_URL")]
     pub database_url: Option<String>,
@@ -237,6 +240,7 @@ impl ServeSettings {
             data_dir: self.data_dir.or(file.data_dir),
             listen: self.listen.or(file.listen),
             boot_http_port: self.boot_http_port.or(file.boot_http_port),
+            boot_https_port: self.boot_https_port.or(file.boot_https_port),
             database_url: self.database_url.or(file.database_url),
             log_level: self.log_level.or(file.log_level),
             energy_interval_secs: self.energy_interval_secs.or(file.energy_interval_secs),
@@ -326,6 +330,9 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
     }
     if let Some(p) = s.boot_http_port {
         config.boot_http_port = p;
+    }
+    if let Some(p) = s.boot_https_port {
+        config.boot_https_port = p;
     }
     if let Some(url) = s.database_url {
         inventory::Backend::of_url(&url).context("--database-url")?;
@@ -681,6 +688,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         }
         println!("TLS certificate fingerprint: {}", tls.fingerprint());
+    }
+    if let Some(tls) = &server.boot_tls {
+        // The member API is plain HTTP; the agent listeners still speak HTTPS, pinned.
+        println!(
+            "agent API (boot interfaces, HTTPS): certificate fingerprint {}",
+            tls.fingerprint()
+        );
     }
     if let Some(m) = server.metrics_addr {
         println!("metrics on http://{m}/metrics");

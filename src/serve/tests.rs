@@ -427,3 +427,15 @@ fn metrics_and_connection_flags() {
     assert!(refused(&["--metrics-listen", "nowhere"]).contains("--metrics-listen"));
     assert!(refused(&["--max-connections", "0"]).contains("at least 1"));
 }
+
+#[test]
+fn the_agent_https_port_is_a_flag_and_a_file_key() {
+    assert_eq!(loaded(&[]).boot_https_port, 8443);
+    assert_eq!(loaded(&["--boot-https-port", "9443"]).boot_https_port, 9443);
+    let (c, _) = load(ServeArgs {
+        config: None,
+        settings: ServeSettings::default().or(file("boot-https-port = 10443\n")),
+    })
+    .expect("file key");
+    assert_eq!(c.boot_https_port, 10443);
+}

@@ -1,10 +1,20 @@
 //! Clients the tests play: a scripted agent inside the lab, and the boot-script fetch.
 #![allow(dead_code)]
 
-use super::lab::LAB_API;
+use super::lab::{LAB_AGENT_API, LAB_API};
 use serde_json::Value;
 use std::time::Duration;
 use testkit::netns::Lab;
+
+/// The lab URL of `path`: the agent's endpoints on the HTTPS agent listener, boot files and
+/// scripts on the plain one.
+pub fn lab_url(path: &str) -> String {
+    if path.starts_with("/api/v1/agent/") {
+        format!("{LAB_AGENT_API}{path}")
+    } else {
+        format!("{LAB_API}{path}")
+    }
+}
 
 /// One HTTP call from inside the lab, as the agent makes it: (status, body).
 pub fn agent_call(
@@ -25,7 +35,7 @@ pub fn agent_call_with(
     body: Option<&Value>,
     extra: &[&str],
 ) -> (u16, Vec<u8>) {
-    lab_call(lab, &format!("{LAB_API}{path}"), method, token, body, extra)
+    lab_call(lab, &lab_url(path), method, token, body, extra)
 }
 
 /// One HTTP call to `url` from the lab's server namespace: (status, body).
@@ -68,6 +78,11 @@ pub fn call_in(
     ];
     if let Some(d) = &data {
         argv.extend(["-H", "Content-Type: application/json", "--data-binary", d]);
+    }
+    // The scripted agents do not pin: the real agent's pin is tested in
+    // agent/tests/pinned_tls.rs and by the VM tests.
+    if url.starts_with("https://") {
+        argv.push("-k");
     }
     argv.extend(extra);
     argv.push(url);
@@ -132,7 +147,7 @@ pub fn claim_from_host(lab: &Lab, mac: &str, token: &str, body: &Value) -> (u16,
     call_in(
         lab,
         &ns,
-        &format!("{LAB_API}/api/v1/agent/claim"),
+        &lab_url("/api/v1/agent/claim"),
         "POST",
         token,
         Some(body),

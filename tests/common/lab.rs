@@ -9,8 +9,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// `rackshare serve` inside the lab namespace `ns`: the member API on 10.77.0.1:9090 (the
-/// service's `url`), boot services on br0 with the boot listener (boot files, the agent API)
-/// on 10.77.0.1:8080 ([`LAB_API`]), proxy mode unless `extra` says otherwise, data in `dir/data`.
+/// service's `url`), boot services on br0 with the boot listener (boot files) on 10.77.0.1:8080
+/// ([`LAB_API`]) and the agent API on 10.77.0.1:8443 ([`LAB_AGENT_API`]), proxy mode unless `extra` says otherwise, data in `dir/data`.
 pub fn serve_in_lab(ns: &str, dir: tempfile::TempDir, extra: &[&str]) -> Service {
     let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into()];
     args.push(dir.path().join("data").display().to_string());
@@ -110,5 +110,8 @@ pub fn install_agent_boot_files(boot_root: &Path) {
     }
 }
 
-/// Where `serve_in_lab`'s boot listener answers (boot scripts, the agent API), inside the lab.
+/// Where `serve_in_lab`'s plain-HTTP boot listener answers (boot files and scripts), inside the lab.
 pub const LAB_API: &str = "http://10.77.0.1:8080";
+
+/// Where `serve_in_lab`'s agent API answers (HTTPS on `boot-https-port`), inside the lab.
+pub const LAB_AGENT_API: &str = "https://10.77.0.1:8443";

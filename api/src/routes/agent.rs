@@ -45,13 +45,13 @@ fn connection(ext: &Extensions) -> Option<BootConnection> {
     ext.get::<ConnectInfo<BootConnection>>().map(|c| c.0)
 }
 
-/// The base URL the agent reaches the API at: the boot interface's the request arrived on,
-/// else the Host it used.
+/// The base URL the agent reaches the API at: the HTTPS agent API of the boot interface the
+/// request arrived on, else the Host it used.
 fn base_url(st: &AppState, headers: &HeaderMap, conn: Option<BootConnection>) -> String {
     if let Some(b) = &st.boot {
         return b
-            .base_for(conn.and_then(|c| c.local).map(|a| a.ip()))
-            .to_string();
+            .agent_api_for(conn.and_then(|c| c.local).map(|a| a.ip()))
+            .url;
     }
     let host = headers
         .get(header::HOST)

@@ -2,7 +2,7 @@
 //! boot script, decided here from its state and job (and where a job waits for its agent,
 //! with the boot attempt's one-time token); anything else is a file of the boot root.
 
-use crate::boot::{intent_for, BootConnection};
+use crate::boot::{intent_for, AgentApi, BootConnection};
 use crate::state::AppState;
 use crate::ApiError;
 use axum::extract::{Path, Request, State};
@@ -34,7 +34,8 @@ pub async fn boot_file(
             .and_then(|c| c.0.local)
             .map(|a| a.ip());
         let base = boot.base_for(local).to_string();
-        return boot_script(&st, mac, &base).await;
+        let api = boot.agent_api_for(local);
+        return boot_script(&st, mac, &base, &api).await;
     }
     if file.is_empty() || file.contains(['/', '\\']) || file.starts_with('.') {
         return Err(ApiError::not_found(format!("no boot file '{file}'")));
@@ -49,14 +50,19 @@ pub async fn boot_file(
     crate::boot::serve_file(path, req).await
 }
 
-/// Renders the iPXE script of the machine with `mac`, URLs on `base`.
-async fn boot_script(st: &AppState, mac: MacAddr, base: &str) -> Result<Response, ApiError> {
+/// Renders the iPXE script of the machine with `mac`: files on `base`, the agent told `api`.
+async fn boot_script(
+    st: &AppState,
+    mac: MacAddr,
+    base: &str,
+    api: &AgentApi,
+) -> Result<Response, ApiError> {
     let machine = st.inv.machine_by_mac(MacAddress(mac.0)).await?;
     let script = match &machine {
-        Some(m) => script_for(st, m, base).await?,
+        Some(m) => script_for(st, m, base, api).await?,
         // Not enrolled (discovery is on, or DHCP would not have sent it here): the agent
         // inspects it once it is enrolled.
-        None => BootScript::Discovery(agent_boot(base, AgentMode::Inspect, "none".into())),
+        None => BootScript::Discovery(agent_boot(base, api, AgentMode::Inspect, "none".into())),
     };
     let self_url = format!("{base}/boot/{}.ipxe", mac.to_url_form());
     let text = pxe::try_render_boot_script(mac, &script, &self_url).map_err(ApiError::internal)?;
@@ -83,13 +89,15 @@ async fn boot_script(st: &AppState, mac: MacAddr, base: &str) -> Result<Response
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
 }
 
-/// The agent's kernel and command line, on `base`.
-fn agent_boot(base: &str, mode: AgentMode, token: String) -> AgentBoot {
+/// The agent's kernel and command line: files on `base` (plain HTTP, for the firmware), the
+/// API at `api` (HTTPS, pinned).
+fn agent_boot(base: &str, api: &AgentApi, mode: AgentMode, token: String) -> AgentBoot {
     AgentBoot {
         kernel_url: format!("{base}/boot/agent-vmlinuz"),
         initrd_url: format!("{base}/boot/agent-initrd.img"),
         initrd_name: "agent-initrd.img".into(),
-        api_url: base.to_string(),
+        api_url: api.url.clone(),
+        pin: api.pin.clone(),
         token,
         mode,
         extra_cmdline: "console=ttyS0 console=tty0".into(),
@@ -100,7 +108,12 @@ fn agent_boot(base: &str, mode: AgentMode, token: String) -> AgentBoot {
 /// short wait while its job prepares, else its disk. A machine nobody has looked at yet
 /// gets an inspect job (MAAS commissions what it enlists), then it is `available` with its
 /// hardware recorded.
-async fn script_for(st: &AppState, m: &Machine, base: &str) -> Result<BootScript, ApiError> {
+async fn script_for(
+    st: &AppState,
+    m: &Machine,
+    base: &str,
+    api: &AgentApi,
+) -> Result<BootScript, ApiError> {
     let intent = intent_for(m.state);
     if matches!(intent, BootIntent::LocalDisk | BootIntent::Ignore) {
         return Ok(BootScript::LocalDisk);
@@ -110,6 +123,7 @@ async fn script_for(st: &AppState, m: &Machine, base: &str) -> Result<BootScript
     if let Some((_, token, kind)) = st.inv.armed_agent_token(m.id).await? {
         return Ok(BootScript::Agent(agent_boot(
             base,
+            api,
             kind.agent_mode(),
             token,
         )));

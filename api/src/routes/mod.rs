@@ -21,7 +21,7 @@ use crate::ApiError;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{delete, get, post, put};
+use axum::routing::{any, delete, get, post, put};
 use axum::Router;
 
 /// The member-facing API: everything but boot files and the agent's endpoints, which only
@@ -133,19 +133,31 @@ pub fn metrics_router(state: AppState) -> Router {
     finish(state, Router::new().route("/metrics", get(system::metrics)))
 }
 
-/// What a boot interface's own address serves: boot files and scripts, and the agent's
-/// endpoints. Nothing a member reaches is here, and nothing here is on the member listener.
-pub fn boot_router(state: AppState) -> Router {
+/// What a boot interface's own address serves in plain HTTP: boot files and scripts, for the
+/// firmware. The agent's endpoints answer 404 here with where they are (decision 40): nothing
+/// the agent sends or receives crosses the boot network in clear.
+pub fn boot_router(state: AppState, agent_https_port: u16) -> Router {
+    let elsewhere = move || async move {
+        ApiError::not_found(format!(
+            "the agent API is served over HTTPS only, on port {agent_https_port} of this address, its certificate pinned by rackshare.pin= (docs/agent-protocol.md)"
+        ))
+    };
+    let app = Router::new()
+        .route("/boot/{file}", get(boot::boot_file))
+        .route("/api/v1/agent/{*rest}", any(elsewhere));
+    finish(state, app)
+}
+
+/// What a boot interface's HTTPS listener serves: the agent's endpoints only. Nothing a member
+/// reaches is here, and nothing here is on the member listener.
+pub fn agent_router(state: AppState) -> Router {
     let agent = Router::new()
         .route("/claim", post(agent::claim))
         .route("/image", get(agent::image))
         .route("/progress", post(agent::progress))
         .route("/challenge", post(agent::challenge))
         .route("/result", post(agent::result));
-    let app = Router::new()
-        .route("/boot/{file}", get(boot::boot_file))
-        .nest("/api/v1/agent", agent);
-    finish(state, app)
+    finish(state, Router::new().nest("/api/v1/agent", agent))
 }
 
 /// The JSON fallbacks and the layers every listener's router has.
