@@ -603,6 +603,19 @@ async fn every_export_version_still_imports() {
         let detail = db.inv.lease_detail(41).await.expect("lease 41");
         assert_eq!(detail.wipe_certificates.len(), 1, "{}", db.label);
         assert_eq!(db.inv.job(17).await.expect("job 17").lease_id, Some(41));
+        // The history moves into an empty installation: an id already used is a conflict.
+        let mut twice = v3.clone();
+        twice.machines.clear();
+        let err = db
+            .inv
+            .import("admin", &twice)
+            .await
+            .expect_err("lease 41 twice");
+        assert!(
+            matches!(err, Error::Conflict { .. }) && err.to_string().contains("lease 41"),
+            "{}: {err}",
+            db.label
+        );
     }
 
     let v2: InventoryExport =
