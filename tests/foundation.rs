@@ -395,15 +395,39 @@ async fn export_then_import_into_empty_then_export_is_identical() {
         let file = common::write(a.dir.path(), "coop.json", &exported);
 
         let b = Service::start(b_db).await;
+        let own: Value = serde_json::from_str(&b.cli(&["export"])).expect("json");
         let out = b.cli(&["import", file.to_str().expect("p")]);
         assert!(out.contains("imported 2 machines"), "{out}");
         let again = b.cli(&["export"]);
+        // Everything is identical but the audit log, which is append-only: the receiving
+        // instance's own events, then the file's (with source and token prefix), then the import.
+        let mut sent: Value = serde_json::from_str(&exported).expect("json");
+        let mut got: Value = serde_json::from_str(&again).expect("json");
+        let sent_log = sent["audit_events"].take();
+        let got_log = got["audit_events"].take();
+        let own_log = own["audit_events"].as_array().cloned().unwrap_or_default();
+        let (sent_log, got_log) = (
+            sent_log.as_array().expect("a log was exported"),
+            got_log.as_array().expect("log"),
+        );
+        assert!(sent_log.iter().any(|e| e["action"] == "machine.create"
+            && e["token_prefix"].is_string()
+            && e["source"].is_string()));
+        // (Reading the empty instance's export was itself logged.)
+        let n = own_log.len() + 1;
+        assert_eq!(got_log[..n - 1], own_log[..], "{a_db:?} -> {b_db:?}");
+        assert_eq!(got_log[n - 1]["action"], "inventory.export");
         assert_eq!(
-            exported, again,
+            got_log[n..got_log.len() - 1],
+            sent_log[..],
+            "{a_db:?} -> {b_db:?}"
+        );
+        assert_eq!(got_log[got_log.len() - 1]["action"], "inventory.import");
+        assert_eq!(
+            sent, got,
             "{a_db:?} -> {b_db:?}: export, import, export must be identical"
         );
-        let v: Value = serde_json::from_str(&again).expect("json");
-        assert_eq!(v["format"], "rackshare-inventory");
+        assert_eq!(got["format"], "rackshare-inventory");
     }
 }
 

@@ -4,6 +4,10 @@
 use crate::audit::record_in;
 use crate::db::to_json;
 pub use crate::export_catalog::{ExportImage, ExportSetting};
+pub use crate::export_history::{
+    ExportAuditEvent, ExportCertificate, ExportImageRef, ExportJob, ExportJobStep, ExportLease,
+    ExportLeaseMachine,
+};
 use crate::machines::normalise_for_import;
 use crate::sites::check_name;
 use crate::{
@@ -15,9 +19,9 @@ use std::collections::HashMap;
 
 /// The `format` field of every export.
 pub const EXPORT_FORMAT: &str = "rackshare-inventory";
-/// The version of the format this binary writes. Version 2 added `settings`; version 1 files
-/// (which have none) still import.
-pub const EXPORT_VERSION: u32 = 2;
+/// The version of the format this binary writes. Version 2 added `settings` and `images`,
+/// version 3 the history (leases, jobs, certificates, the audit log); older files still import.
+pub const EXPORT_VERSION: u32 = 3;
 /// The oldest version this binary reads.
 const OLDEST_READABLE_VERSION: u32 = 1;
 
@@ -54,6 +58,18 @@ pub struct InventoryExport {
     /// version (version 2).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub images: Vec<ExportImage>,
+    /// Leases with the machines they held, by id (version 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub leases: Vec<ExportLease>,
+    /// Finished jobs with their steps, by id (version 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<ExportJob>,
+    /// Signed wipe certificates, by id (version 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wipe_certificates: Vec<ExportCertificate>,
+    /// The audit log, oldest first (version 3).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audit_events: Vec<ExportAuditEvent>,
 }
 
 /// A site.
@@ -98,6 +114,12 @@ pub struct ExportGroup {
     /// SSH public keys.
     #[serde(default)]
     pub ssh_keys: Vec<String>,
+    /// Quota: bytes of stored images (version 3).
+    #[serde(default)]
+    pub quota_max_image_bytes: Option<i64>,
+    /// Quota: stored images (version 3).
+    #[serde(default)]
+    pub quota_max_images: Option<i64>,
 }
 
 /// A user.
@@ -250,16 +272,23 @@ impl Inventory {
                 position: r.position,
             })
             .collect();
+        let mut image_quotas = self.group_image_quotas().await?;
         let groups = self
             .groups()
             .await?
             .into_iter()
-            .map(|g| ExportGroup {
-                name: g.name,
-                description: g.description,
-                quota_max_machines: g.quota_max_machines,
-                quota_machine_hours_month: g.quota_machine_hours_month,
-                ssh_keys: g.ssh_keys,
+            .map(|g| {
+                let (quota_max_image_bytes, quota_max_images) =
+                    image_quotas.remove(&g.name).unwrap_or_default();
+                ExportGroup {
+                    name: g.name,
+                    description: g.description,
+                    quota_max_machines: g.quota_max_machines,
+                    quota_machine_hours_month: g.quota_machine_hours_month,
+                    ssh_keys: g.ssh_keys,
+                    quota_max_image_bytes,
+                    quota_max_images,
+                }
             })
             .collect();
         let users = self
@@ -345,6 +374,10 @@ impl Inventory {
             trust_keys: self.trust_keys().await?,
             settings: self.export_settings().await?,
             images: self.export_images().await?,
+            leases: self.export_leases().await?,
+            jobs: self.export_jobs().await?,
+            wipe_certificates: self.export_certificates().await?,
+            audit_events: self.export_audit_log().await?,
         })
     }
 
@@ -437,8 +470,8 @@ impl Inventory {
                 None => {
                     summary.groups += 1;
                     sqlx::query_scalar(
-                        "INSERT INTO member_groups (name, description, quota_max_machines, quota_machine_hours_month, ssh_keys, created_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                        "INSERT INTO member_groups (name, description, quota_max_machines, quota_machine_hours_month, ssh_keys, created_at, \
+                         quota_max_image_bytes, quota_max_images) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
                     )
                     .bind(&g.name)
                     .bind(&g.description)
@@ -446,6 +479,8 @@ impl Inventory {
                     .bind(g.quota_machine_hours_month)
                     .bind(to_json(&g.ssh_keys))
                     .bind(now)
+                    .bind(g.quota_max_image_bytes)
+                    .bind(g.quota_max_images)
                     .fetch_one(&mut *tx)
                     .await?
                 }
@@ -608,6 +643,19 @@ impl Inventory {
         }
         crate::export_catalog::import_settings(&mut tx, actor, now, &x.settings).await?;
         summary.images = crate::export_catalog::import_images(&mut tx, &x.images).await?;
+        let history = crate::export_history::import_history(
+            &mut tx,
+            self.backend,
+            &x.leases,
+            &x.jobs,
+            &x.wipe_certificates,
+            &x.audit_events,
+        )
+        .await?;
+        summary.leases = history.leases;
+        summary.jobs = history.jobs;
+        summary.wipe_certificates = history.certificates;
+        summary.audit_events = history.audit_events;
         record_in(
             &mut tx,
             &NewAuditEvent::ok(actor, "inventory.import", "inventory", "import")
@@ -640,4 +688,16 @@ pub struct ImportSummary {
     /// Image catalogue entries added.
     #[serde(default)]
     pub images: u64,
+    /// Leases added.
+    #[serde(default)]
+    pub leases: u64,
+    /// Finished jobs added.
+    #[serde(default)]
+    pub jobs: u64,
+    /// Wipe certificates added.
+    #[serde(default)]
+    pub wipe_certificates: u64,
+    /// Audit events added.
+    #[serde(default)]
+    pub audit_events: u64,
 }

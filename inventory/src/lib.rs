@@ -14,6 +14,7 @@ mod energy;
 mod error;
 mod export;
 mod export_catalog;
+mod export_history;
 mod images;
 mod jobs;
 mod leases;
@@ -34,8 +35,10 @@ pub use dhcp::{DhcpLease, DhcpLeaseChange, DhcpLeaseInfo};
 pub use energy::{energy_split, EnergySplit, MeterSample, PowerSample};
 pub use error::{Error, Result};
 pub use export::{
-    ExportBmc, ExportGroup, ExportImage, ExportMachine, ExportRack, ExportSetting, ExportSite,
-    ExportToken, ExportUser, ImportSummary, InventoryExport, EXPORT_FORMAT, EXPORT_VERSION,
+    ExportAuditEvent, ExportBmc, ExportCertificate, ExportGroup, ExportImage, ExportImageRef,
+    ExportJob, ExportJobStep, ExportLease, ExportLeaseMachine, ExportMachine, ExportRack,
+    ExportSetting, ExportSite, ExportToken, ExportUser, ImportSummary, InventoryExport,
+    EXPORT_FORMAT, EXPORT_VERSION,
 };
 pub use images::{Image, NewImage};
 pub use jobs::{

@@ -410,24 +410,112 @@ async fn export_import_export_is_identical() {
             .expect("image");
         }
 
+        // The history travels too (version 3): a lease on m1, ended and wiped, the wipe's
+        // signed certificate, the audit log, and the group's image quotas.
+        inv.set_group_quota(
+            "admin",
+            "tenants-union",
+            &QuotaLimits {
+                max_machines: Some(4),
+                max_image_bytes: Some(1 << 40),
+                max_images: Some(7),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("image quota");
+        inv.transition("admin", "m1", MachineState::Available, "burn-in", None)
+            .await
+            .expect("available");
+        let lease = inv
+            .create_lease(
+                "rosa",
+                "tenants-union",
+                &NewLease {
+                    group: Some("tenants-union".into()),
+                    count: 1,
+                    duration_secs: Some(3600),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("lease");
+        inv.end_lease("rosa", lease.id, EndReason::Released, "done")
+            .await
+            .expect("release");
+        let wipe = inv
+            .jobs(&JobFilter::default())
+            .await
+            .expect("jobs")
+            .into_iter()
+            .find(|j| j.kind == JobKind::Wipe && j.lease_id == Some(lease.id))
+            .expect("wipe job");
+        inv.start_job(wipe.id).await.expect("start wipe");
+        inv.finish_job(
+            wipe.id,
+            JobState::Succeeded,
+            None,
+            Some(MachineState::Available),
+            "wiped",
+        )
+        .await
+        .expect("finish wipe");
+        let signer = TrustKey {
+            algorithm: "ed25519".into(),
+            key_id: "k1".into(),
+            public_key: "AAAA".into(),
+        };
+        let sig = serde_json::json!({"algorithm": "ed25519", "key_id": "k1", "value": "c2ln"});
+        let cert = inv
+            .add_wipe_certificate(
+                &wipe,
+                &serde_json::json!({"method": "blkdiscard", "machine": "m1"}),
+                &sig,
+                &signer,
+            )
+            .await
+            .expect("certificate");
+
         let plain = inv.export(false).await.expect("export");
         assert_eq!(plain.version, EXPORT_VERSION);
         assert_eq!(plain.settings.len(), 2, "{:?}", plain.settings);
         assert_eq!(plain.images.len(), 2, "{:?}", plain.images);
+        assert_eq!(plain.groups[0].quota_max_images, Some(7));
+        assert_eq!(plain.leases.len(), 1, "{:?}", plain.leases);
+        assert_eq!(plain.leases[0].machines.len(), 1);
+        assert!(plain.leases[0].end_reason.is_some());
+        assert_eq!(plain.jobs.len(), 1, "{:?}", plain.jobs);
+        assert_eq!(plain.wipe_certificates.len(), 1);
+        assert!(plain
+            .audit_events
+            .iter()
+            .any(|e| e.action == "lease.release"));
         assert!(
             !serde_json::to_string(&plain)
                 .expect("json")
                 .contains("pw-xyz"),
             "no secrets without --with-secrets"
         );
+        let own_events = b.inv.export(false).await.expect("empty b").audit_events;
         b.inv.import("admin", &plain).await.expect("import");
-        assert_eq!(
-            b.inv.export(false).await.expect("export b"),
-            plain,
-            "{} -> {}",
-            a.label,
-            b.label
-        );
+        // The receiving log is append-only: it keeps what it had, then the file's events, then
+        // the import itself; everything else is identical.
+        let mut again = b.inv.export(false).await.expect("export b");
+        let log = std::mem::take(&mut again.audit_events);
+        let n = own_events.len();
+        assert_eq!(log[..n], own_events[..], "{} -> {}", a.label, b.label);
+        assert_eq!(log[n..log.len() - 1], plain.audit_events[..]);
+        assert_eq!(log[log.len() - 1].action, "inventory.import");
+        again.audit_events = plain.audit_events.clone();
+        assert_eq!(again, plain, "{} -> {}", a.label, b.label);
+        // A certificate keeps its id: fetched before the move, found by it after.
+        let moved = b
+            .inv
+            .wipe_certificate(cert)
+            .await
+            .expect("certificate by id");
+        assert_eq!(moved.signature, Some(sig.clone()));
+        assert_eq!(moved.member_group.as_deref(), Some("tenants-union"));
 
         let secret = inv.export(true).await.expect("export secrets");
         let c = common::sqlite().await;
@@ -453,6 +541,28 @@ async fn export_import_export_is_identical() {
             Err(Error::Conflict { .. })
         ));
         assert_eq!(b.inv.export(false).await.expect("after"), before);
+        // New history after the move does not collide with the imported ids.
+        let next = b
+            .inv
+            .create_lease(
+                "rosa",
+                "tenants-union",
+                &NewLease {
+                    group: Some("tenants-union".into()),
+                    count: 1,
+                    duration_secs: Some(3600),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("a lease after the move");
+        assert!(
+            next.id > lease.id,
+            "{}: {} after {}",
+            b.label,
+            next.id,
+            lease.id
+        );
     }
 }
 
@@ -460,6 +570,54 @@ async fn export_import_export_is_identical() {
 /// written (add the current version's when it changes).
 #[tokio::test]
 async fn every_export_version_still_imports() {
+    // Version 3: the history, with its ids, on both databases.
+    let v3: InventoryExport =
+        serde_json::from_str(include_str!("fixtures/export-v3.json")).expect("version 3 parses");
+    for db in [common::sqlite().await, common::postgres().await] {
+        db.inv.bootstrap_admin().await.expect("boot");
+        let summary = db.inv.import("admin", &v3).await.expect("import v3");
+        assert_eq!(
+            (
+                summary.leases,
+                summary.jobs,
+                summary.wipe_certificates,
+                summary.audit_events
+            ),
+            (1, 1, 1, 1),
+            "{}",
+            db.label
+        );
+        let back = db.inv.export(false).await.expect("export");
+        assert_eq!(back.leases, v3.leases, "{}", db.label);
+        assert_eq!(back.jobs, v3.jobs, "{}", db.label);
+        assert_eq!(back.wipe_certificates, v3.wipe_certificates, "{}", db.label);
+        assert_eq!(back.groups, v3.groups, "{}", db.label);
+        assert!(
+            back.audit_events.contains(&v3.audit_events[0]),
+            "{}",
+            db.label
+        );
+        let cert = db.inv.wipe_certificate(9).await.expect("certificate 9");
+        assert_eq!(cert.member_group.as_deref(), Some("tenants-union"));
+        assert_eq!(cert.body["method"], "blkdiscard");
+        let detail = db.inv.lease_detail(41).await.expect("lease 41");
+        assert_eq!(detail.wipe_certificates.len(), 1, "{}", db.label);
+        assert_eq!(db.inv.job(17).await.expect("job 17").lease_id, Some(41));
+        // The history moves into an empty installation: an id already used is a conflict.
+        let mut twice = v3.clone();
+        twice.machines.clear();
+        let err = db
+            .inv
+            .import("admin", &twice)
+            .await
+            .expect_err("lease 41 twice");
+        assert!(
+            matches!(err, Error::Conflict { .. }) && err.to_string().contains("lease 41"),
+            "{}: {err}",
+            db.label
+        );
+    }
+
     let v2: InventoryExport =
         serde_json::from_str(include_str!("fixtures/export-v2.json")).expect("version 2 parses");
     let db = common::sqlite().await;

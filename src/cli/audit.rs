@@ -107,8 +107,19 @@ pub async fn import(c: &Client, fmt: Format, file: PathBuf) -> anyhow::Result<()
         Format::Table | Format::Csv => {
             let i = &v["imported"];
             println!(
-                "imported {} machines, {} sites, {} racks, {} groups, {} users, {} tokens",
-                i["machines"], i["sites"], i["racks"], i["groups"], i["users"], i["tokens"]
+                "imported {} machines, {} sites, {} racks, {} groups, {} users, {} tokens, \
+                 {} images, {} leases, {} jobs, {} wipe certificates, {} audit events",
+                i["machines"],
+                i["sites"],
+                i["racks"],
+                i["groups"],
+                i["users"],
+                i["tokens"],
+                i["images"],
+                i["leases"],
+                i["jobs"],
+                i["wipe_certificates"],
+                i["audit_events"]
             );
         }
     }
