@@ -355,7 +355,7 @@ async fn events_name_their_source_and_token_prefix() {
 }
 
 #[tokio::test]
-async fn a_members_huge_import_is_refused_before_its_body_is_read() {
+async fn a_members_huge_bodies_are_refused_before_they_are_read() {
     let s = Service::start(Db::Sqlite).await;
     s.cli(&["group", "add", "alpha"]);
     s.cli(&["user", "add", "ann", "--role", "member", "--group", "alpha"]);
@@ -381,6 +381,24 @@ async fn a_members_huge_import_is_refused_before_its_body_is_read() {
     assert_eq!(seen.status, 413, "{}", seen.body);
     assert_eq!(seen.body["error"]["code"], "payload_too_large");
     assert!(seen.sent < HUGE);
+    // The staff-only creations are gated the same way: the member's refusal is a 403 (not the
+    // body limit's 413), answered before the body is sent, and audited.
+    for (path, action) in [
+        ("/api/v1/machines", "machine.create"),
+        ("/api/v1/groups", "group.create"),
+        ("/api/v1/sites", "site.create"),
+        ("/api/v1/racks", "rack.create"),
+    ] {
+        let seen = post_huge(&s, path, &ann, HUGE).await;
+        assert_eq!(seen.status, 403, "{path}: {}", seen.body);
+        assert!(seen.sent < HUGE, "{path}");
+        let evs = events(&s, &s.http()).await;
+        assert!(
+            evs.iter()
+                .any(|e| e["action"] == action && e["outcome"] == "denied" && e["actor"] == "ann"),
+            "{path}: the refusal is audited"
+        );
+    }
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! Members act on their own group only; anything of another group answers 404 (never 403, so
 //! existence does not leak). Technicians may read leases but not change them.
 
-use crate::auth::{Caller, STAFF};
+use crate::auth::{Caller, Gate, Gated, STAFF};
 use crate::json::{ApiJson, ApiQuery};
 use crate::state::AppState;
 use crate::visibility::GroupScope;
@@ -301,14 +301,21 @@ pub async fn held_back(
     Ok(Json(st.inv.held_back_machines().await?))
 }
 
+/// The gate of `set_idle_power_off`: checked before the body is read (a refusal never costs a body).
+pub struct IdlePowerOffGate;
+
+impl Gate for IdlePowerOffGate {
+    const ROLES: &'static [Role] = STAFF;
+    const ACTION: &'static str = "settings.update";
+    const TARGET: &'static str = "idle_power_off";
+}
+
 /// Sets or clears the idle power-off time, cooperative-wide or for one site (staff).
 pub async fn set_idle_power_off(
     State(st): State<AppState>,
-    c: Caller,
+    Gated(c, _): Gated<IdlePowerOffGate>,
     ApiJson(p): ApiJson<inventory::IdlePowerOff>,
 ) -> Result<Json<LeasePolicy>, ApiError> {
-    c.require(&st, STAFF, "settings.update", "idle_power_off")
-        .await?;
     Ok(Json(st.inv.set_idle_power_off(c.name(), &p).await?))
 }
 
@@ -319,12 +326,19 @@ pub async fn show_policy(
     Ok(Json(st.inv.lease_policy().await?))
 }
 
+/// The gate of `set_policy`: checked before the body is read (a refusal never costs a body).
+pub struct LeasePolicyGate;
+
+impl Gate for LeasePolicyGate {
+    const ROLES: &'static [Role] = STAFF;
+    const ACTION: &'static str = "settings.update";
+    const TARGET: &'static str = "lease_policy";
+}
+
 pub async fn set_policy(
     State(st): State<AppState>,
-    c: Caller,
+    Gated(c, _): Gated<LeasePolicyGate>,
     ApiJson(p): ApiJson<LeasePolicy>,
 ) -> Result<Json<LeasePolicy>, ApiError> {
-    c.require(&st, STAFF, "settings.update", "lease_policy")
-        .await?;
     Ok(Json(st.inv.set_lease_policy(c.name(), &p).await?))
 }

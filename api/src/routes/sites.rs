@@ -1,6 +1,6 @@
 //! Sites and racks.
 
-use crate::auth::{Caller, STAFF};
+use crate::auth::{Caller, Gate, Gated, STAFF};
 use crate::json::{ApiJson, ApiQuery};
 use crate::state::AppState;
 use crate::ApiError;
@@ -25,12 +25,20 @@ pub async fn list_sites(
     Ok(Json(st.inv.sites().await?))
 }
 
+/// The gate of `add_site`: checked before the body is read (a refusal never costs a body).
+pub struct SiteCreateGate;
+
+impl Gate for SiteCreateGate {
+    const ROLES: &'static [inventory::Role] = STAFF;
+    const ACTION: &'static str = "site.create";
+    const TARGET: &'static str = "site";
+}
+
 pub async fn add_site(
     State(st): State<AppState>,
-    c: Caller,
+    Gated(c, _): Gated<SiteCreateGate>,
     ApiJson(b): ApiJson<NewSite>,
 ) -> Result<(StatusCode, Json<Site>), ApiError> {
-    c.require(&st, STAFF, "site.create", &b.name).await?;
     Ok((
         StatusCode::CREATED,
         Json(st.inv.add_site(c.name(), &b.name, &b.description).await?),
@@ -60,12 +68,20 @@ pub async fn list_racks(
     Ok(Json(st.inv.racks(q.site.as_deref()).await?))
 }
 
+/// The gate of `add_rack`: checked before the body is read (a refusal never costs a body).
+pub struct RackCreateGate;
+
+impl Gate for RackCreateGate {
+    const ROLES: &'static [inventory::Role] = STAFF;
+    const ACTION: &'static str = "rack.create";
+    const TARGET: &'static str = "rack";
+}
+
 pub async fn add_rack(
     State(st): State<AppState>,
-    c: Caller,
+    Gated(c, _): Gated<RackCreateGate>,
     ApiJson(b): ApiJson<NewRack>,
 ) -> Result<(StatusCode, Json<Rack>), ApiError> {
-    c.require(&st, STAFF, "rack.create", &b.name).await?;
     Ok((
         StatusCode::CREATED,
         Json(
