@@ -2,7 +2,8 @@
 //! (`Inventory::idle_machines_due`: available, unleased, past their site's policy time, not
 //! tried since they became idle) are powered off through their BMC. Each outcome is recorded
 //! and audited once; a BMC that cannot do it is reported, not retried until the machine is
-//! used again. Allocation, reimage and inspection power machines on as they always do.
+//! used again. A machine it powered off that a lease then holds is powered on again once
+//! (`power_on_leased`); reimage and inspection power machines on as they always do.
 
 use crate::bmc_service::BmcService;
 use bmc::PowerAction;
@@ -57,6 +58,40 @@ pub async fn power_off_idle(inv: &Inventory, bmc: &BmcService) {
         .await;
 }
 
+/// One look: powers on every machine the idle rule powered off that a lease now holds.
+pub async fn power_on_leased(inv: &Inventory, bmc: &BmcService) {
+    let wake = match inv.idle_machines_to_wake().await {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::warn!(error = %e, "idle power-on: cannot list machines");
+            return;
+        }
+    };
+    futures::stream::iter(wake)
+        .for_each_concurrent(PARALLELISM, |name| async move {
+            let res = bmc
+                .run(&name, |h| async move { h.power(PowerAction::On).await })
+                .await;
+            let error = res.err().map(|e| e.message);
+            match &error {
+                None => tracing::info!(machine = %name, "leased after an idle power-off: powered on"),
+                Some(e) => tracing::warn!(machine = %name, error = %e, "idle power-on failed; the group can power it on"),
+            }
+            for attempt in 0..2 {
+                match inv.record_idle_power_on(&name, error.as_deref()).await {
+                    Ok(()) => break,
+                    Err(e) if attempt == 0 => {
+                        tracing::warn!(machine = %name, error = %e, "idle power-on: record failed, retrying")
+                    }
+                    Err(e) => {
+                        tracing::error!(machine = %name, error = %e, "idle power-on: cannot record the outcome")
+                    }
+                }
+            }
+        })
+        .await;
+}
+
 /// Starts the worker; it stops when `stop` is cancelled.
 pub fn spawn(inv: Inventory, bmc: Arc<BmcService>, stop: pxe::Shutdown) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -64,7 +99,10 @@ pub fn spawn(inv: Inventory, bmc: Arc<BmcService>, stop: pxe::Shutdown) -> JoinH
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => power_off_idle(&inv, &bmc).await,
+                _ = tick.tick() => {
+                    power_on_leased(&inv, &bmc).await;
+                    power_off_idle(&inv, &bmc).await;
+                }
                 _ = stop.cancelled() => break,
             }
         }

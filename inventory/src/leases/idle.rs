@@ -153,6 +153,50 @@ impl Inventory {
         Ok(due)
     }
 
+    /// Machines the idle rule powered off that a lease now holds: each is powered on again
+    /// once, so a group finds the machine it leased running (MAAS-style allocation that
+    /// hands over a machine as it was before it idled).
+    pub async fn idle_machines_to_wake(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT name FROM machines WHERE lease_id IS NOT NULL AND idle_off_at IS NOT NULL \
+             AND idle_off_error IS NULL ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| r.try_get("name").map_err(Error::from))
+            .collect()
+    }
+
+    /// Records that a leased machine the idle rule had powered off was powered on again
+    /// (`error`: None when the BMC did it); audited as `machine.idle_power_on`. Either way the
+    /// idle mark is cleared, so it is tried once: a BMC that cannot is reported, and the group
+    /// can power the machine on itself.
+    pub async fn record_idle_power_on(&self, machine: &str, error: Option<&str>) -> Result<()> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "UPDATE machines SET idle_off_at = NULL, idle_off_error = NULL WHERE name = $1",
+        )
+        .bind(machine)
+        .execute(&mut *tx)
+        .await?;
+        let outcome = if error.is_some() {
+            AuditOutcome::Failed
+        } else {
+            AuditOutcome::Ok
+        };
+        record_in(
+            &mut tx,
+            &NewAuditEvent::ok("rackshare", "machine.idle_power_on", "machine", machine)
+                .machine(Some(machine.into()))
+                .outcome(outcome)
+                .detail(serde_json::json!({"error": error})),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     /// Records an idle power-off (`error`: None when the BMC did it), audited as
     /// `machine.idle_power_off`, so it is not tried again until the machine is used.
     pub async fn record_idle_power_off(
