@@ -1,7 +1,8 @@
-//! Failed authentication, counted per source address and per token prefix in fixed windows:
-//! over the limit a source is refused (429) before its token is even looked at, and a prefix's
-//! wrong secrets are refused; each window that saw failures becomes one audit event with its
-//! counts. Pure: the caller passes the time, so the tests drive a fake clock.
+//! Failed authentication — API tokens, web sign-ins, console logins — counted per source
+//! address, per token prefix and per account name in fixed windows: over the limit a source is
+//! refused (429) before its token is even looked at, and a prefix's wrong secrets or a name's
+//! wrong passwords are refused; each window that saw failures becomes one audit event with its
+//! counts. The one limiter of every way in. Pure: the caller passes the time, so the tests drive a fake clock.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -15,6 +16,8 @@ pub struct AuthLimitPolicy {
     pub max_per_source: u64,
     /// Failures against one token prefix in a window before its wrong secrets answer 429.
     pub max_per_prefix: u64,
+    /// Failed sign-ins of one account name in a window before it is refused unchecked.
+    pub max_per_account: u64,
     /// Most windows tracked at once; failures of keys past it are only counted in total.
     pub max_tracked: usize,
 }
@@ -25,6 +28,7 @@ impl Default for AuthLimitPolicy {
             window_ms: 60_000,
             max_per_source: 20,
             max_per_prefix: 20,
+            max_per_account: 5,
             max_tracked: 65_536,
         }
     }
@@ -37,6 +41,8 @@ pub enum FailureKey {
     Source(IpAddr),
     /// The public prefix of a presented token.
     Prefix(String),
+    /// An account name a password sign-in named (whether or not it exists).
+    Account(String),
 }
 
 /// One finished window of a key, for the audit log.
@@ -83,6 +89,7 @@ impl AuthLimiter {
         match key {
             FailureKey::Source(_) => self.policy.max_per_source,
             FailureKey::Prefix(_) => self.policy.max_per_prefix,
+            FailureKey::Account(_) => self.policy.max_per_account,
         }
     }
 
@@ -139,6 +146,19 @@ impl AuthLimiter {
         }
     }
 
+    /// A successful authentication under `key` ends its window (reported like any other), so
+    /// earlier mistakes do not count against the next ones.
+    pub fn succeeded(&mut self, key: &FailureKey) {
+        if let Some(w) = self.windows.remove(key) {
+            self.closed.push(FailureReport {
+                key: key.clone(),
+                started_ms: w.started_ms,
+                failures: w.failures,
+                refused: w.refused,
+            });
+        }
+    }
+
     /// Every window that has ended by `now` (all of them with `now = i64::MAX`, at shutdown),
     /// and the count of untracked failures since the last call.
     pub fn take_closed(&mut self, now: i64) -> (Vec<FailureReport>, u64) {
@@ -175,6 +195,7 @@ mod tests {
             window_ms: 10_000,
             max_per_source: 3,
             max_per_prefix: 5,
+            max_per_account: 2,
             max_tracked: 4,
         }
     }
@@ -261,5 +282,24 @@ mod tests {
         // Space again once windows close.
         l.failed(&src(42), 0);
         assert_eq!(l.take_closed(i64::MAX).0.len(), 1);
+    }
+
+    #[test]
+    fn an_account_is_refused_after_its_limit_and_a_success_clears_it() {
+        let mut l = AuthLimiter::new(policy());
+        let bo = FailureKey::Account("bo".into());
+        l.failed(&bo, 1_000);
+        l.succeeded(&bo);
+        assert_eq!(l.refused(&bo, 1_001), None, "a success forgets the mistake");
+        l.failed(&bo, 1_002);
+        l.failed(&bo, 1_003);
+        assert_eq!(l.refused(&bo, 1_004), Some(10));
+        assert_eq!(l.refused(&FailureKey::Account("rosa".into()), 1_004), None);
+        let (reports, _) = l.take_closed(i64::MAX);
+        assert_eq!(
+            reports.len(),
+            2,
+            "the cleared window and the open one: {reports:?}"
+        );
     }
 }

@@ -121,6 +121,11 @@ async fn record_report(inv: &Inventory, r: &FailureReport) -> inventory::Result<
                 token_prefix: Some(p.clone()),
             },
         ),
+        FailureKey::Account(name) => (
+            "user",
+            name.chars().take(64).collect(),
+            AuditOrigin::default(),
+        ),
     };
     let ev = NewAuditEvent::ok("anonymous", "auth.failed", kind, &target)
         .outcome(AuditOutcome::Denied)

@@ -31,6 +31,6 @@ pub struct AppState {
     pub auth_limiter: crate::origin::SharedLimiter,
     /// Signs wipe certificates (`DATA_DIR/signing.key`).
     pub signing_key: Arc<trust::SigningKey>,
-    /// The web dashboard's own state (TLS flag, session lifetimes, sign-in throttle).
+    /// The web dashboard's own state (TLS flag, session lifetimes).
     pub web: Arc<crate::web::WebState>,
 }

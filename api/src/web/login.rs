@@ -6,13 +6,16 @@ use super::session::{
 };
 use super::Me;
 use crate::auth::Caller;
+use crate::auth_limit::FailureKey;
 use crate::json::ApiJson;
+use crate::origin::Source;
 use crate::routes::signin;
 use crate::state::AppState;
 use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use inventory::{now_ms, AuditOutcome, NewAuditEvent, SignInMethod, TokenOwner};
@@ -76,27 +79,40 @@ async fn audit_failed_sign_in(st: &AppState, name: &str, reason: &str) {
     }
 }
 
-/// POST /login.
-pub async fn submit(State(st): State<AppState>, LoginForm { form }: LoginForm<SignIn>) -> Response {
+/// POST /login. Failures count in the service's one limiter of failed authentication
+/// (`auth_limit`): under the source address, and under the name (or the pasted token's prefix).
+pub async fn submit(
+    State(st): State<AppState>,
+    source: Option<Extension<Source>>,
+    LoginForm { form }: LoginForm<SignIn>,
+) -> Response {
     let by_token = !form.token.trim().is_empty();
-    // Tokens are throttled by their public prefix, names by the name.
     let key = if by_token {
-        format!(
-            "token:{}",
-            form.token.trim().chars().take(15).collect::<String>()
+        FailureKey::Prefix(
+            inventory::token_prefix(form.token.trim())
+                .unwrap_or("unrecognised")
+                .to_string(),
         )
     } else {
-        format!("name:{}", form.name.trim())
+        FailureKey::Account(form.name.trim().chars().take(64).collect())
     };
+    let source = source
+        .and_then(|Extension(s)| s.ip())
+        .map(FailureKey::Source);
     let now = now_ms();
     let retry = |status, problem: &str| {
         login_page(&st, &form.csrf, status, form.name.trim(), Some(problem))
     };
-    if let Some(wait) = st.web.throttle.wait_for(&key, now) {
+    let refused = st.auth_limiter.lock().ok().and_then(|mut l| {
+        let by_source = source.as_ref().and_then(|s| l.refused(s, now));
+        by_source.or_else(|| l.refused(&key, now))
+    });
+    if let Some(wait_secs) = refused {
         audit_failed_sign_in(&st, form.name.trim(), "too many failed sign-ins").await;
+        let wait_ms = i64::try_from(wait_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
         let msg = format!(
             "Too many failed sign-ins for this name. Try again in {}.",
-            super::render::span(wait.max(60_000))
+            super::render::span(wait_ms.max(60_000))
         );
         return retry(StatusCode::TOO_MANY_REQUESTS, &msg);
     }
@@ -108,7 +124,12 @@ pub async fn submit(State(st): State<AppState>, LoginForm { form }: LoginForm<Si
     let owner = match found {
         Ok(Some(o)) => o,
         Ok(None) => {
-            st.web.throttle.failed(&key, now);
+            if let Ok(mut l) = st.auth_limiter.lock() {
+                l.failed(&key, now);
+                if let Some(s) = &source {
+                    l.failed(s, now);
+                }
+            }
             let who = if by_token {
                 "(token)"
             } else {
@@ -124,7 +145,9 @@ pub async fn submit(State(st): State<AppState>, LoginForm { form }: LoginForm<Si
         }
         Err(e) => return PageError(e).into_response(),
     };
-    st.web.throttle.succeeded(&key);
+    if let Ok(mut l) = st.auth_limiter.lock() {
+        l.succeeded(&key);
+    }
     let method = if by_token {
         SignInMethod::Token
     } else {

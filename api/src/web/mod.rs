@@ -10,7 +10,6 @@ mod reimage;
 mod render;
 mod session;
 mod staff;
-mod throttle;
 mod tokens;
 
 use crate::state::AppState;
@@ -26,8 +25,6 @@ pub struct WebState {
     pub tls: bool,
     /// Idle and absolute lifetime of a session.
     pub lifetime: SessionLifetime,
-    /// Failed sign-ins per name.
-    throttle: throttle::LoginThrottle,
 }
 
 /// A session ends after 30 minutes without a request…
@@ -38,11 +35,7 @@ pub const DEFAULT_ABSOLUTE_MS: i64 = 12 * 3_600_000;
 impl WebState {
     /// The pages' state; `tls`: whether the member listener serves TLS.
     pub fn new(tls: bool, lifetime: SessionLifetime) -> Self {
-        WebState {
-            tls,
-            lifetime,
-            throttle: throttle::LoginThrottle::default(),
-        }
+        WebState { tls, lifetime }
     }
 }
 
