@@ -3,8 +3,10 @@
 //! tried since they became idle) are powered off through their BMC. Each outcome is recorded
 //! and audited once; a BMC that cannot do it is reported, not retried until the machine is
 //! used again. Allocation, reimage and inspection power machines on as they always do.
+//! Only the instance leading a machine's site does it (`Instance::site_leads`).
 
 use crate::bmc_service::BmcService;
+use crate::instance::Instance;
 use bmc::PowerAction;
 use futures::StreamExt;
 use inventory::{now_ms, Inventory};
@@ -18,8 +20,12 @@ pub const IDLE_TICK: Duration = Duration::from_secs(2);
 /// How many BMCs are told at once.
 const PARALLELISM: usize = 8;
 
-/// One look: powers off every machine that is due.
-pub async fn power_off_idle(inv: &Inventory, bmc: &BmcService) {
+/// One look: powers off every machine that is due and at a site `covers`.
+pub async fn power_off_idle(
+    inv: &Inventory,
+    bmc: &BmcService,
+    covers: impl Fn(Option<&str>) -> bool,
+) {
     let due = match inv.idle_machines_due(now_ms()).await {
         Ok(d) => d,
         Err(e) => {
@@ -27,6 +33,7 @@ pub async fn power_off_idle(inv: &Inventory, bmc: &BmcService) {
             return;
         }
     };
+    let due = due.into_iter().filter(|m| covers(m.site.as_deref()));
     futures::stream::iter(due)
         .for_each_concurrent(PARALLELISM, |m| async move {
             let res = bmc
@@ -58,13 +65,21 @@ pub async fn power_off_idle(inv: &Inventory, bmc: &BmcService) {
 }
 
 /// Starts the worker; it stops when `stop` is cancelled.
-pub fn spawn(inv: Inventory, bmc: Arc<BmcService>, stop: pxe::Shutdown) -> JoinHandle<()> {
+pub fn spawn(
+    inv: Inventory,
+    bmc: Arc<BmcService>,
+    instance: Arc<Instance>,
+    stop: pxe::Shutdown,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(IDLE_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => power_off_idle(&inv, &bmc).await,
+                _ = tick.tick() => {
+                    let leads = instance.site_leads(&inv).await;
+                    power_off_idle(&inv, &bmc, |site| leads.covers(&instance.scope, site)).await
+                }
                 _ = stop.cancelled() => break,
             }
         }

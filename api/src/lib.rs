@@ -12,6 +12,7 @@ mod engine;
 mod error;
 mod idle;
 mod import_guard;
+mod instance;
 mod json;
 mod listener;
 mod metrics;

@@ -55,8 +55,6 @@ impl Server {
         let secrets = SecretBox::load_or_create(data_dir)?;
         let inv = Inventory::open(&config.effective_database_url(), secrets).await?;
         let issued = inv.bootstrap_admin().await?;
-        // Leases that fell due while rackshare was down end before the API answers anyone.
-        crate::scheduler::catch_up(&inv, 100).await;
         let mut admin_token_file = None;
         if let Some(t) = &issued {
             let path = data_dir.join("admin-token");
@@ -91,6 +89,19 @@ impl Server {
             Some(source) => Some(load_tls(source).await?),
             None => None,
         };
+        let id_path = data_dir.join("instance-id");
+        let instance_id =
+            crate::instance::load_or_create_id(data_dir).map_err(|source| StartError::DataDir {
+                path: id_path.display().to_string(),
+                source,
+            })?;
+        let api_url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+        let instance =
+            crate::instance::Instance::register(&inv, instance_id, config.site.clone(), api_url)
+                .await?;
+        // Leases that fell due while rackshare was down end before the API answers anyone
+        // (on the scheduler's leader; another instance's leader has been ending them).
+        crate::scheduler::catch_up_as_leader(&inv, &instance, 100).await;
         let metrics_listener = match config.metrics_listen {
             Some(at) => Some(tokio::net::TcpListener::bind(at).await.map_err(|source| {
                 StartError::Listen {
@@ -227,12 +238,17 @@ impl Server {
                 }
             }
         }
-        let bmc = Arc::new(BmcService::new(inv.clone(), config.bmc_policy));
+        let bmc = Arc::new(BmcService::new(
+            inv.clone(),
+            config.bmc_policy,
+            instance.scope.clone(),
+        ));
         let conductor = crate::engine::Conductor::new(
             inv.clone(),
             bmc.clone(),
             config.conductor.clone(),
             signing_key.clone(),
+            instance.clone(),
         );
         let http_metrics = Arc::new(HttpMetrics::default());
         let state = AppState {
@@ -261,19 +277,29 @@ impl Server {
         let metrics_app = crate::routes::metrics_router(state.clone());
         let app = crate::routes::router(state);
         let mut background = Vec::new();
+        background.push(
+            instance
+                .clone()
+                .spawn_heartbeat(inv.clone(), shutdown.clone()),
+        );
         background.push(crate::idle::spawn(
             inv.clone(),
             bmc.clone(),
+            instance.clone(),
             shutdown.clone(),
         ));
         if let Some(every) = config.energy_interval {
             let stop = shutdown.clone();
+            let (inv, instance) = (inv.clone(), instance.clone());
             background.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => bmc.sample_energy(every).await,
+                        _ = tick.tick() => {
+                            let leads = instance.site_leads(&inv).await;
+                            bmc.sample_energy(every, |site| leads.covers(&instance.scope, site)).await
+                        }
                         _ = stop.cancelled() => break,
                     }
                 }
@@ -288,6 +314,7 @@ impl Server {
         ));
         background.push(crate::scheduler::spawn(
             inv.clone(),
+            instance.clone(),
             crate::scheduler::LEASE_TICK,
             shutdown.clone(),
         ));

@@ -16,6 +16,7 @@ mod export;
 mod export_catalog;
 mod export_history;
 mod images;
+mod instances;
 mod jobs;
 mod leases;
 mod machines;
@@ -41,6 +42,7 @@ pub use export::{
     EXPORT_FORMAT, EXPORT_VERSION,
 };
 pub use images::{Image, NewImage};
+pub use instances::{InstanceStatus, InstancesReport, NewInstance, SiteScope, CLAIM_TTL_MS};
 pub use jobs::{
     AgentClaim, Job, JobEvent, JobFilter, JobKind, JobState, JobStep, NewJob, StepName, StepSpec,
     StepState, AGENT_TOKEN_TTL_MS,

@@ -21,6 +21,8 @@ pub struct IdleMachine {
     pub name: String,
     /// How long it has been idle (ms).
     pub idle_ms: i64,
+    /// Its site, if any (only an instance of that site calls its BMC).
+    pub site: Option<String>,
 }
 
 /// The idle time for a machine of `site` under `policy` (a site's own entry first, then the
@@ -147,6 +149,7 @@ impl Inventory {
                 due.push(IdleMachine {
                     name: r.try_get("name")?,
                     idle_ms: now - since,
+                    site,
                 });
             }
         }
