@@ -21,6 +21,7 @@ mod origin;
 mod routes;
 mod scheduler;
 mod server;
+mod shared_secrets;
 mod state;
 pub mod tls;
 mod visibility;

@@ -85,10 +85,14 @@ impl Server {
                 names: certificate_names(config.listen),
             }),
         };
+        let self_signed = matches!(tls, Some(crate::tls::TlsSource::SelfSigned { .. }));
         let tls = match tls {
             Some(source) => Some(load_tls(source).await?),
             None => None,
         };
+        if let (Some(t), true) = (&tls, self_signed) {
+            crate::shared_secrets::self_signed_tls(&inv, data_dir, t).await?;
+        }
         let id_path = data_dir.join("instance-id");
         let instance_id =
             crate::instance::load_or_create_id(data_dir).map_err(|source| StartError::DataDir {
@@ -141,7 +145,7 @@ impl Server {
         let image_store = images::ImageStore::open(data_dir.join("images"))
             .await
             .map_err(StartError::Images)?;
-        let signing_key = load_signing_key(data_dir).await?;
+        let signing_key = crate::shared_secrets::signing_key(&inv, data_dir).await?;
         let mut boot_http: Option<crate::boot::BootHttp> = None;
         let mut pxe_tasks = Vec::new();
         let mut prepared = Vec::new();
@@ -174,13 +178,15 @@ impl Server {
         let boot_tls = match (&tls, prepared.is_empty()) {
             (_, true) => None,
             (Some(t), false) => Some(t.clone()),
-            (None, false) => Some(
-                load_tls(crate::tls::TlsSource::SelfSigned {
+            (None, false) => {
+                let t = load_tls(crate::tls::TlsSource::SelfSigned {
                     data_dir: data_dir.clone(),
                     names: certificate_names(config.listen),
                 })
-                .await?,
-            ),
+                .await?;
+                crate::shared_secrets::self_signed_tls(&inv, data_dir, &t).await?;
+                Some(t)
+            }
         };
         // Bound before the boot services start, so a taken port fails the start cleanly.
         let mut boot_listeners = Vec::new();
@@ -505,17 +511,6 @@ fn write_token_file(path: &Path, token: &str) -> std::io::Result<()> {
     let mut f = opts.open(path)?;
     writeln!(f, "{token}")?;
     f.sync_all()
-}
-
-/// Loads (or creates, at first start) the wipe-certificate signing key in the data dir.
-async fn load_signing_key(
-    data_dir: &std::path::Path,
-) -> Result<Arc<trust::SigningKey>, StartError> {
-    let path = data_dir.join("signing.key");
-    let key = tokio::task::spawn_blocking(move || trust::SigningKey::load_or_create(&path))
-        .await
-        .map_err(|e| StartError::Boot(format!("loading the signing key: {e}")))??;
-    Ok(Arc::new(key))
 }
 
 #[cfg(test)]

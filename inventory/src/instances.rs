@@ -260,9 +260,15 @@ impl Inventory {
     }
 
     /// Gives up everything `holder` holds (a clean shutdown): its leader roles and its job
-    /// claims expire now, so another instance takes them on its next look.
+    /// claims expire now, so another instance takes them on its next look, and the instance
+    /// shows as dead at once.
     pub async fn resign_instance(&self, holder: &str) -> Result<()> {
         let mut tx = self.begin_write().await?;
+        sqlx::query("UPDATE instances SET heartbeat_at = $1 WHERE id = $2")
+            .bind(now_ms() - CLAIM_TTL_MS - 1)
+            .bind(holder)
+            .execute(&mut *tx)
+            .await?;
         sqlx::query("DELETE FROM leaders WHERE holder = $1")
             .bind(holder)
             .execute(&mut *tx)
@@ -273,6 +279,34 @@ impl Inventory {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+
+    /// The shared secret `name` (sealed under the secret key in the database): the stored
+    /// one, or else `ours`, stored now. The first instance writes, the others read, so every
+    /// instance signs and speaks alike; an instance with another secret key cannot open it
+    /// and is refused, saying so.
+    pub async fn shared_secret(&self, name: &str, ours: &str) -> Result<String> {
+        let mut tx = self.begin_write().await?;
+        sqlx::query(
+            "INSERT INTO shared_secrets (name, sealed, created_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(self.secrets.seal(ours)?)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        let sealed: String =
+            sqlx::query_scalar("SELECT sealed FROM shared_secrets WHERE name = $1")
+                .bind(name)
+                .fetch_one(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        self.secrets.open(&sealed).map_err(|_| {
+            Error::Secret(format!(
+                "the database's shared {name} was sealed under another secret key: every instance needs the same RACKSHARE_SECRET_KEY (or secret.key)"
+            ))
+        })
     }
 
     /// Every instance with its jobs and leader roles, and the sites no live instance serves.

@@ -18,3 +18,11 @@ CREATE TABLE leaders (
     holder TEXT NOT NULL,
     held_until BIGINT NOT NULL
 );
+-- what every instance must sign and speak with alike (the wipe-certificate signing key, the
+-- self-signed TLS identity), sealed under the shared secret key: the first instance writes,
+-- the others read
+CREATE TABLE shared_secrets (
+    name TEXT PRIMARY KEY,
+    sealed TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
