@@ -5,7 +5,31 @@
 
 use crate::{now_ms, Backend, Error, Inventory, Result};
 use serde::Serialize;
+use sqlx::postgres::PgListener;
 use sqlx::Row;
+
+/// The PostgreSQL channel on which instances wake each other when jobs change.
+const JOBS_CHANNEL: &str = "rackshare_jobs";
+
+/// Wake-ups from other instances (PostgreSQL `LISTEN`); polling stays the fallback.
+pub struct JobWakeups {
+    listener: PgListener,
+}
+
+impl std::fmt::Debug for JobWakeups {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JobWakeups")
+    }
+}
+
+impl JobWakeups {
+    /// Waits for the next wake-up. The listener reconnects by itself after a dropped
+    /// connection; an error means it could not.
+    pub async fn next(&mut self) -> Result<()> {
+        self.listener.recv().await?;
+        Ok(())
+    }
+}
 
 /// How long a job claim, a leader row or an instance's heartbeat holds without a renewal.
 /// Renewals come every 2–3 s; another instance takes over at most this long after a death.
@@ -307,6 +331,29 @@ impl Inventory {
                 "the database's shared {name} was sealed under another secret key: every instance needs the same RACKSHARE_SECRET_KEY (or secret.key)"
             ))
         })
+    }
+
+    /// Listens for other instances' job wake-ups (PostgreSQL only; None on SQLite, whose one
+    /// process has no one else to hear from).
+    pub async fn job_wakeups(&self) -> Result<Option<JobWakeups>> {
+        if self.backend != Backend::Postgres {
+            return Ok(None);
+        }
+        let mut listener = PgListener::connect(&self.url.0).await?;
+        listener.listen(JOBS_CHANNEL).await?;
+        Ok(Some(JobWakeups { listener }))
+    }
+
+    /// Tells the other instances that jobs changed (created, cancelled): they look at once
+    /// instead of on their next poll. Nothing on SQLite.
+    pub async fn announce_jobs(&self) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(JOBS_CHANNEL)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Every instance with its jobs and leader roles, and the sites no live instance serves.

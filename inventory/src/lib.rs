@@ -42,7 +42,9 @@ pub use export::{
     EXPORT_FORMAT, EXPORT_VERSION,
 };
 pub use images::{Image, NewImage};
-pub use instances::{InstanceStatus, InstancesReport, NewInstance, SiteScope, CLAIM_TTL_MS};
+pub use instances::{
+    InstanceStatus, InstancesReport, JobWakeups, NewInstance, SiteScope, CLAIM_TTL_MS,
+};
 pub use jobs::{
     AgentClaim, Job, JobEvent, JobFilter, JobKind, JobState, JobStep, NewJob, StepName, StepSpec,
     StepState, AGENT_TOKEN_TTL_MS,

@@ -64,6 +64,18 @@ pub struct Conductor {
     wake: Notify,
 }
 
+/// The next wake-up from another instance; never, without a listener (a listener that fails
+/// is dropped and polling goes on).
+async fn next_wakeup(wakeups: &mut Option<inventory::JobWakeups>) {
+    let Some(w) = wakeups else {
+        return std::future::pending().await;
+    };
+    if let Err(e) = w.next().await {
+        tracing::warn!(error = %e, "lost the wake-ups from other instances; polling only");
+        *wakeups = None;
+    }
+}
+
 /// What comes after an attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Next {
@@ -155,9 +167,17 @@ impl Conductor {
         })
     }
 
-    /// Asks the loop to look at the jobs now (a job was created or cancelled).
+    /// Asks the loop to look at the jobs now (a job was created, cancelled or ended), and
+    /// the other instances' loops too (PostgreSQL `NOTIFY`).
     pub fn wake(&self) {
         self.wake.notify_one();
+        let inv = self.inv.clone();
+        tokio::spawn(async move {
+            // Only a wake-up is lost: the others' polling finds the change anyway.
+            if let Err(e) = inv.announce_jobs().await {
+                tracing::debug!(error = %e, "could not wake the other instances");
+            }
+        });
     }
 
     /// Runs until the service's one shutdown signal. Job drivers are aborted then: their state
@@ -167,10 +187,18 @@ impl Conductor {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renewed = Instant::now();
+        let mut wakeups = match self.inv.job_wakeups().await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "no wake-ups from other instances; polling only");
+                None
+            }
+        };
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.wake.notified() => {}
+                _ = next_wakeup(&mut wakeups) => {}
                 _ = stop.cancelled() => break,
             }
             while drivers.try_join_next().is_some() {}
