@@ -150,6 +150,18 @@ async fn instances_share_one_postgres() {
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("alive") && table.contains("dead"), "{table}");
 
+    // One signing key for all (stored by the first instance, sealed in the database).
+    let mut key_ids = Vec::new();
+    for s in [&a1, &a2, &b1] {
+        let (code, v) = api(s, &admin, reqwest::Method::GET, "/api/v1/trust/key", None).await;
+        assert_eq!(code, 200, "{v}");
+        key_ids.push(v["key_id"].clone());
+    }
+    assert!(
+        key_ids.iter().all(|k| *k == key_ids[0] && !k.is_null()),
+        "{key_ids:?}"
+    );
+
     // Site b's instance never calls site a's BMC: it refuses, naming the site.
     let before = bmc_a.hits.load(Ordering::Relaxed);
     let (code, v) = api(
@@ -197,6 +209,19 @@ async fn instances_share_one_postgres() {
     // A job driven by one instance survives its kill -9: another takes it over.
     let job = a1.cli_json(&["job", "start", "loose", "--kind", "inspect"]);
     let id = job["id"].as_i64().expect("job id");
+    // Killed once it waits for its agent (a step running), so the new holder resumes a step.
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while !a1
+        .cli(&["job", "logs", &id.to_string()])
+        .contains("PXE-boot the agent")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "job {id} never waited for its agent"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    std::thread::sleep(Duration::from_secs(1));
     let holder = wait_for(&a1, &admin, "a holder", |st| holder_of(st, id));
     let mut services = [a1, a2, b1];
     let ids: Vec<String> = services
