@@ -6,7 +6,7 @@ use crate::ApiError;
 use axum::http::StatusCode;
 use bmc::{BmcError, BmcHandle, BmcUrl, Controller, Credentials, Policy, TlsPolicy};
 use futures::StreamExt;
-use inventory::{BmcAccess, BmcHealth, Inventory, MachineFilter};
+use inventory::{BmcAccess, BmcHealth, Inventory, MachineFilter, SiteScope};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::future::Future;
@@ -23,6 +23,9 @@ pub struct BmcService {
     /// Energy sampler rounds so far (machines that are off are read every
     /// [`OFF_SAMPLE_EVERY`]th round).
     energy_rounds: std::sync::atomic::AtomicU64,
+    /// The machines this instance may call the BMCs of (a site's BMCs are reachable only
+    /// from there).
+    scope: SiteScope,
 }
 
 /// Checks a BMC URL as the user typed it.
@@ -48,13 +51,14 @@ fn digest(a: &BmcAccess) -> [u8; 32] {
 }
 
 impl BmcService {
-    /// A service with the given politeness policy.
-    pub fn new(inv: Inventory, policy: Policy) -> Self {
+    /// A service with the given politeness policy, calling the BMCs of machines in `scope`.
+    pub fn new(inv: Inventory, policy: Policy, scope: SiteScope) -> Self {
         BmcService {
             controller: Controller::new(policy),
             inv,
             handles: Mutex::new(HashMap::new()),
             energy_rounds: std::sync::atomic::AtomicU64::new(0),
+            scope,
         }
     }
 
@@ -86,6 +90,17 @@ impl BmcService {
             },
             other => other.into(),
         })?;
+        if !self.scope.serves(access.site.as_deref()) {
+            let site = access.site.as_deref().unwrap_or_default();
+            return Err(ApiError {
+                status: StatusCode::CONFLICT,
+                code: "other_site",
+                message: format!(
+                    "machine '{machine}' is at site '{site}': its BMC is reachable only from an instance of that site (see 'rackshare status')"
+                ),
+                field: Some("site".into()),
+            });
+        }
         let d = digest(&access);
         let mut map = self.handles.lock().unwrap_or_else(|p| p.into_inner());
         if let Some((old, h)) = map.get(machine) {
@@ -122,7 +137,8 @@ impl BmcService {
     /// Samples every machine's power draw once and adds the energy since the last sample;
     /// machines last seen off (idle power-off) only every [`OFF_SAMPLE_EVERY`]th round, as
     /// they draw little and their BMCs need not be asked every interval.
-    pub async fn sample_energy(&self, interval: Duration) {
+    /// Only machines at a site `covers` are read (the sites this instance leads).
+    pub async fn sample_energy(&self, interval: Duration, covers: impl Fn(Option<&str>) -> bool) {
         let round = self
             .energy_rounds
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -139,6 +155,7 @@ impl BmcService {
         let names: Vec<(String, Duration)> = machines
             .into_iter()
             .filter(|m| m.state != inventory::MachineState::Retired)
+            .filter(|m| self.scope.serves(m.site.as_deref()) && covers(m.site.as_deref()))
             .filter_map(|m| {
                 let off = m.bmc.as_ref()?.power_state.as_deref() == Some("off");
                 match (off, off_round) {

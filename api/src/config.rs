@@ -37,6 +37,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Bounds on the member and boot listeners' connections.
     pub connections: crate::ConnectionLimits,
+    /// The site this instance serves (`--site`; must exist); None: every machine.
+    pub site: Option<String>,
 }
 
 /// How the member listener speaks.
@@ -74,6 +76,7 @@ impl Config {
             tls: TlsSetting::Off,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9100))),
             connections: crate::ConnectionLimits::default(),
+            site: None,
         }
     }
 

@@ -4,8 +4,10 @@
 //! and audited once; a BMC that cannot do it is reported, not retried until the machine is
 //! used again. A machine it powered off that a lease then holds is powered on again once
 //! (`power_on_leased`); reimage and inspection power machines on as they always do.
+//! Only the instance leading a machine's site does either (`Instance::site_leads`).
 
 use crate::bmc_service::BmcService;
+use crate::instance::Instance;
 use bmc::PowerAction;
 use futures::StreamExt;
 use inventory::{now_ms, Inventory};
@@ -19,8 +21,12 @@ pub const IDLE_TICK: Duration = Duration::from_secs(2);
 /// How many BMCs are told at once.
 const PARALLELISM: usize = 8;
 
-/// One look: powers off every machine that is due.
-pub async fn power_off_idle(inv: &Inventory, bmc: &BmcService) {
+/// One look: powers off every machine that is due and at a site `covers`.
+pub async fn power_off_idle(
+    inv: &Inventory,
+    bmc: &BmcService,
+    covers: impl Fn(Option<&str>) -> bool,
+) {
     let due = match inv.idle_machines_due(now_ms()).await {
         Ok(d) => d,
         Err(e) => {
@@ -28,6 +34,7 @@ pub async fn power_off_idle(inv: &Inventory, bmc: &BmcService) {
             return;
         }
     };
+    let due = due.into_iter().filter(|m| covers(m.site.as_deref()));
     futures::stream::iter(due)
         .for_each_concurrent(PARALLELISM, |m| async move {
             let res = bmc
@@ -58,8 +65,13 @@ pub async fn power_off_idle(inv: &Inventory, bmc: &BmcService) {
         .await;
 }
 
-/// One look: powers on every machine the idle rule powered off that a lease now holds.
-pub async fn power_on_leased(inv: &Inventory, bmc: &BmcService) {
+/// One look: powers on every machine at a site `covers` that the idle rule powered off and
+/// a lease now holds.
+pub async fn power_on_leased(
+    inv: &Inventory,
+    bmc: &BmcService,
+    covers: impl Fn(Option<&str>) -> bool,
+) {
     let wake = match inv.idle_machines_to_wake().await {
         Ok(w) => w,
         Err(e) => {
@@ -67,8 +79,10 @@ pub async fn power_on_leased(inv: &Inventory, bmc: &BmcService) {
             return;
         }
     };
+    let wake = wake.into_iter().filter(|m| covers(m.site.as_deref()));
     futures::stream::iter(wake)
-        .for_each_concurrent(PARALLELISM, |name| async move {
+        .for_each_concurrent(PARALLELISM, |m| async move {
+            let name = m.name;
             let res = bmc
                 .run(&name, |h| async move { h.power(PowerAction::On).await })
                 .await;
@@ -93,15 +107,22 @@ pub async fn power_on_leased(inv: &Inventory, bmc: &BmcService) {
 }
 
 /// Starts the worker; it stops when `stop` is cancelled.
-pub fn spawn(inv: Inventory, bmc: Arc<BmcService>, stop: pxe::Shutdown) -> JoinHandle<()> {
+pub fn spawn(
+    inv: Inventory,
+    bmc: Arc<BmcService>,
+    instance: Arc<Instance>,
+    stop: pxe::Shutdown,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(IDLE_TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    power_on_leased(&inv, &bmc).await;
-                    power_off_idle(&inv, &bmc).await;
+                    let leads = instance.site_leads(&inv).await;
+                    let covers = |site: Option<&str>| leads.covers(&instance.scope, site);
+                    power_on_leased(&inv, &bmc, covers).await;
+                    power_off_idle(&inv, &bmc, covers).await;
                 }
                 _ = stop.cancelled() => break,
             }

@@ -1,9 +1,12 @@
 //! The lease scheduler: every few seconds it ends due leases, starts due reservations and
 //! serves the waitlist (`Inventory::lease_tick`). It keeps no state of its own — everything is
 //! in the database — so a restart loses nothing, and the step run at start-up ends the leases
-//! that fell due while rackshare was down.
+//! that fell due while rackshare was down. With several instances on one database only the
+//! leader of the `scheduler` role steps (`Instance::leads`); another takes over when it dies.
 
+use crate::instance::{Instance, SCHEDULER_ROLE};
 use inventory::{now_ms, Inventory};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
 
@@ -29,14 +32,26 @@ pub async fn catch_up(inv: &Inventory, rounds: usize) {
     }
 }
 
+/// [`catch_up`] when this instance leads the scheduler role (taking it if it is free).
+pub async fn catch_up_as_leader(inv: &Inventory, instance: &Instance, rounds: usize) {
+    if instance.leads(inv, SCHEDULER_ROLE).await {
+        catch_up(inv, rounds).await;
+    }
+}
+
 /// Starts the scheduler; it stops when `stop` is cancelled.
-pub fn spawn(inv: Inventory, every: Duration, stop: pxe::Shutdown) -> JoinHandle<()> {
+pub fn spawn(
+    inv: Inventory,
+    instance: Arc<Instance>,
+    every: Duration,
+    stop: pxe::Shutdown,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = tick.tick() => catch_up(&inv, 10).await,
+                _ = tick.tick() => catch_up_as_leader(&inv, &instance, 10).await,
                 _ = stop.cancelled() => break,
             }
         }

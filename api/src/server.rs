@@ -55,8 +55,6 @@ impl Server {
         let secrets = SecretBox::load_or_create(data_dir)?;
         let inv = Inventory::open(&config.effective_database_url(), secrets).await?;
         let issued = inv.bootstrap_admin().await?;
-        // Leases that fell due while rackshare was down end before the API answers anyone.
-        crate::scheduler::catch_up(&inv, 100).await;
         let mut admin_token_file = None;
         if let Some(t) = &issued {
             let path = data_dir.join("admin-token");
@@ -87,10 +85,27 @@ impl Server {
                 names: certificate_names(config.listen),
             }),
         };
+        let self_signed = matches!(tls, Some(crate::tls::TlsSource::SelfSigned { .. }));
         let tls = match tls {
             Some(source) => Some(load_tls(source).await?),
             None => None,
         };
+        if let (Some(t), true) = (&tls, self_signed) {
+            crate::shared_secrets::self_signed_tls(&inv, data_dir, t).await?;
+        }
+        let id_path = data_dir.join("instance-id");
+        let instance_id =
+            crate::instance::load_or_create_id(data_dir).map_err(|source| StartError::DataDir {
+                path: id_path.display().to_string(),
+                source,
+            })?;
+        let api_url = format!("{}://{addr}", if tls.is_some() { "https" } else { "http" });
+        let instance =
+            crate::instance::Instance::register(&inv, instance_id, config.site.clone(), api_url)
+                .await?;
+        // Leases that fell due while rackshare was down end before the API answers anyone
+        // (on the scheduler's leader; another instance's leader has been ending them).
+        crate::scheduler::catch_up_as_leader(&inv, &instance, 100).await;
         let metrics_listener = match config.metrics_listen {
             Some(at) => Some(tokio::net::TcpListener::bind(at).await.map_err(|source| {
                 StartError::Listen {
@@ -130,7 +145,7 @@ impl Server {
         let image_store = images::ImageStore::open(data_dir.join("images"))
             .await
             .map_err(StartError::Images)?;
-        let signing_key = load_signing_key(data_dir).await?;
+        let signing_key = crate::shared_secrets::signing_key(&inv, data_dir).await?;
         let mut boot_http: Option<crate::boot::BootHttp> = None;
         let mut pxe_tasks = Vec::new();
         let mut prepared = Vec::new();
@@ -163,13 +178,15 @@ impl Server {
         let boot_tls = match (&tls, prepared.is_empty()) {
             (_, true) => None,
             (Some(t), false) => Some(t.clone()),
-            (None, false) => Some(
-                load_tls(crate::tls::TlsSource::SelfSigned {
+            (None, false) => {
+                let t = load_tls(crate::tls::TlsSource::SelfSigned {
                     data_dir: data_dir.clone(),
                     names: certificate_names(config.listen),
                 })
-                .await?,
-            ),
+                .await?;
+                crate::shared_secrets::self_signed_tls(&inv, data_dir, &t).await?;
+                Some(t)
+            }
         };
         // Bound before the boot services start, so a taken port fails the start cleanly.
         let mut boot_listeners = Vec::new();
@@ -227,12 +244,17 @@ impl Server {
                 }
             }
         }
-        let bmc = Arc::new(BmcService::new(inv.clone(), config.bmc_policy));
+        let bmc = Arc::new(BmcService::new(
+            inv.clone(),
+            config.bmc_policy,
+            instance.scope.clone(),
+        ));
         let conductor = crate::engine::Conductor::new(
             inv.clone(),
             bmc.clone(),
             config.conductor.clone(),
             signing_key.clone(),
+            instance.clone(),
         );
         let http_metrics = Arc::new(HttpMetrics::default());
         let state = AppState {
@@ -261,19 +283,29 @@ impl Server {
         let metrics_app = crate::routes::metrics_router(state.clone());
         let app = crate::routes::router(state);
         let mut background = Vec::new();
+        background.push(
+            instance
+                .clone()
+                .spawn_heartbeat(inv.clone(), shutdown.clone()),
+        );
         background.push(crate::idle::spawn(
             inv.clone(),
             bmc.clone(),
+            instance.clone(),
             shutdown.clone(),
         ));
         if let Some(every) = config.energy_interval {
             let stop = shutdown.clone();
+            let (inv, instance) = (inv.clone(), instance.clone());
             background.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(every);
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     tokio::select! {
-                        _ = tick.tick() => bmc.sample_energy(every).await,
+                        _ = tick.tick() => {
+                            let leads = instance.site_leads(&inv).await;
+                            bmc.sample_energy(every, |site| leads.covers(&instance.scope, site)).await
+                        }
                         _ = stop.cancelled() => break,
                     }
                 }
@@ -288,6 +320,7 @@ impl Server {
         ));
         background.push(crate::scheduler::spawn(
             inv.clone(),
+            instance.clone(),
             crate::scheduler::LEASE_TICK,
             shutdown.clone(),
         ));
@@ -478,17 +511,6 @@ fn write_token_file(path: &Path, token: &str) -> std::io::Result<()> {
     let mut f = opts.open(path)?;
     writeln!(f, "{token}")?;
     f.sync_all()
-}
-
-/// Loads (or creates, at first start) the wipe-certificate signing key in the data dir.
-async fn load_signing_key(
-    data_dir: &std::path::Path,
-) -> Result<Arc<trust::SigningKey>, StartError> {
-    let path = data_dir.join("signing.key");
-    let key = tokio::task::spawn_blocking(move || trust::SigningKey::load_or_create(&path))
-        .await
-        .map_err(|e| StartError::Boot(format!("loading the signing key: {e}")))??;
-    Ok(Arc::new(key))
 }
 
 #[cfg(test)]

@@ -25,6 +25,18 @@ pub struct Inventory {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
     pub(crate) secrets: SecretBox,
+    /// The URL connected to (PostgreSQL's LISTEN needs a connection of its own).
+    pub(crate) url: ConnectUrl,
+}
+
+/// A database URL that never shows in a log (it may carry a password).
+#[derive(Clone)]
+pub(crate) struct ConnectUrl(pub(crate) std::sync::Arc<str>);
+
+impl std::fmt::Debug for ConnectUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConnectUrl(…)")
+    }
 }
 
 impl Backend {
@@ -123,6 +135,7 @@ impl Inventory {
             pool,
             backend,
             secrets,
+            url: ConnectUrl(url.as_str().into()),
         })
     }
 

@@ -16,6 +16,7 @@ mod export;
 mod export_catalog;
 mod export_history;
 mod images;
+mod instances;
 mod jobs;
 mod leases;
 mod machines;
@@ -41,15 +42,18 @@ pub use export::{
     EXPORT_FORMAT, EXPORT_VERSION,
 };
 pub use images::{Image, NewImage};
+pub use instances::{
+    InstanceStatus, InstancesReport, JobWakeups, NewInstance, SiteScope, CLAIM_TTL_MS,
+};
 pub use jobs::{
     AgentClaim, Job, JobEvent, JobFilter, JobKind, JobState, JobStep, NewJob, StepName, StepSpec,
     StepState, AGENT_TOKEN_TTL_MS,
 };
 pub use leases::{
     month_range, ssh_key_fingerprint, EndReason, GroupQuota, GroupUsage, HeldBackMachine,
-    HoldBackReason, IdleMachine, IdlePowerOff, Lease, LeaseConstraints, LeaseDetail, LeaseFilter,
-    LeaseMachine, LeasePolicy, LeaseState, LeaseTick, NewLease, QuotaLimits, WipeCertificate,
-    DEFAULT_LEASE_HOURS,
+    HoldBackReason, IdleMachine, IdlePowerOff, IdleWake, Lease, LeaseConstraints, LeaseDetail,
+    LeaseFilter, LeaseMachine, LeasePolicy, LeaseState, LeaseTick, NewLease, QuotaLimits,
+    WipeCertificate, DEFAULT_LEASE_HOURS,
 };
 pub use machines::{BmcAccess, BmcHealth, MachineFilter, MachinePatch, NewBmc, NewMachine};
 pub use model::{

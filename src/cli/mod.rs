@@ -82,6 +82,8 @@ pub enum Command {
     /// Racks
     #[command(subcommand)]
     Rack(sites::RackCmd),
+    /// The rackshare instances on the database: site, version, heartbeat, the jobs each holds
+    Status,
     /// Member groups
     #[command(subcommand)]
     Group(groups::GroupCmd),
@@ -195,6 +197,7 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
         Command::Group(g) => groups::run(&c, fmt, g).await,
         Command::Site(s) => sites::site(&c, fmt, s).await,
         Command::Rack(r) => sites::rack(&c, fmt, r).await,
+        Command::Status => sites::status(&c, fmt).await,
         Command::User(u) => people::user(&c, fmt, u).await,
         Command::Token(t) => people::token(&c, fmt, t).await,
         Command::Whoami => people::whoami(&c, fmt).await,

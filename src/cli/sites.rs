@@ -95,3 +95,46 @@ pub async fn rack(c: &Client, fmt: Format, cmd: RackCmd) -> anyhow::Result<()> {
         }
     }
 }
+
+/// Runs `rackshare status`: the instances on the database, and the sites none serves.
+pub async fn status(c: &Client, fmt: Format) -> anyhow::Result<()> {
+    let mut v = c.get("/api/v1/instances").await?;
+    if fmt == Format::Json {
+        output::json(&v);
+        return Ok(());
+    }
+    let mut instances = v["instances"].take();
+    if let Some(list) = instances.as_array_mut() {
+        for i in list {
+            let state = if i["alive"].as_bool() == Some(true) {
+                "alive"
+            } else {
+                "dead"
+            };
+            i["state"] = json!(state);
+        }
+    }
+    output::list(
+        fmt,
+        &instances,
+        &[
+            ("INSTANCE", "id"),
+            ("SITE", "site"),
+            ("VERSION", "version"),
+            ("STATE", "state"),
+            ("HEARTBEAT", "heartbeat_at"),
+            ("JOBS", "jobs"),
+            ("LEADS", "leads"),
+            ("API", "api_url"),
+        ],
+    );
+    if fmt == Format::Table {
+        for s in v["sites_without_instance"].as_array().into_iter().flatten() {
+            println!(
+                "site {} has no live instance: its BMCs are not called and its jobs wait",
+                s.as_str().unwrap_or("?")
+            );
+        }
+    }
+    Ok(())
+}

@@ -36,6 +36,9 @@ pub struct ServeSettings {
     /// At most this many reimage/inspect/wipe jobs run at once; more wait in the queue [default: 4]
     #[arg(long)]
     pub max_jobs: Option<usize>,
+    /// The site this instance serves: it calls the BMCs of and drives jobs only for machines of that site (and those without one); the site must exist. Without it: every machine
+    #[arg(long)]
+    pub site: Option<String>,
     /// Network interface to serve PXE boot on (DHCP, TFTP, HTTP boot); boot services are off without it and without [[pxe-interface]] tables
     #[arg(long)]
     #[serde(skip)]
@@ -245,6 +248,7 @@ impl ServeSettings {
             log_level: self.log_level.or(file.log_level),
             energy_interval_secs: self.energy_interval_secs.or(file.energy_interval_secs),
             max_jobs: self.max_jobs.or(file.max_jobs),
+            site: self.site.or(file.site),
             pxe_interface: self.pxe_interface.or(file.pxe_interface),
             pxe_interface_file: None,
             // Only the file has them.
@@ -394,6 +398,12 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
             bail!("--max-jobs must be at least 1");
         }
         config.conductor.max_running = n;
+    }
+    if let Some(site) = s.site {
+        if site.trim().is_empty() {
+            bail!("--site must name a site");
+        }
+        config.site = Some(site);
     }
     Ok((config, s.log_level.unwrap_or_else(|| "info".into())))
 }

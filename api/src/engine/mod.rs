@@ -1,7 +1,9 @@
 //! The job engine ("conductor"): drives reimage, inspect and wipe jobs step by step. Every
 //! step's start and end is written to the database before the next one begins, so a
 //! restarted rackshare picks each running job up where it was (Ironic's conductor, in one
-//! small loop).
+//! small loop). Which instance drives a job is decided in the database
+//! (`Inventory::claim_jobs`): a claim renewed on every look, so when an instance dies another
+//! takes its jobs over once the claim expires, and resumes them the same way.
 //!
 //! - `mod.rs`: the loop that starts queued jobs and drives each one through its plan
 //!   (`JobKind::plan` in the inventory), and `end_of_attempt`, which decides what an attempt's
@@ -23,18 +25,19 @@ use self::bmc::BmcActions;
 use self::steps::{Attempt, StepCtx, StepFailure, StepOutcome};
 use self::store::retry_write;
 use crate::bmc_service::BmcService;
+use crate::instance::Instance;
 use ::bmc::PowerAction;
 use inventory::{Inventory, Job, JobKind, JobState, MachineState, StepSpec, StepState};
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tokio::task::JoinSet;
+use tokio::task::{AbortHandle, JoinSet};
 
 /// How the conductor runs.
 #[derive(Debug, Clone)]
 pub struct ConductorConfig {
-    /// At most this many jobs run at once (the image server's protection).
+    /// At most this many jobs run at once on this instance (the image server's protection).
     pub max_running: usize,
     /// How often job rows are polled while waiting for the agent.
     pub poll: Duration,
@@ -55,8 +58,22 @@ pub struct Conductor {
     bmc: Arc<dyn BmcActions>,
     signing_key: Arc<trust::SigningKey>,
     cfg: ConductorConfig,
-    driving: Mutex<HashSet<i64>>,
+    instance: Arc<Instance>,
+    /// The jobs this instance drives now, each a task that is aborted when the claim is lost.
+    driving: Mutex<HashMap<i64, AbortHandle>>,
     wake: Notify,
+}
+
+/// The next wake-up from another instance; never, without a listener (a listener that fails
+/// is dropped and polling goes on).
+async fn next_wakeup(wakeups: &mut Option<inventory::JobWakeups>) {
+    let Some(w) = wakeups else {
+        return std::future::pending().await;
+    };
+    if let Err(e) = w.next().await {
+        tracing::warn!(error = %e, "lost the wake-ups from other instances; polling only");
+        *wakeups = None;
+    }
 }
 
 /// What comes after an attempt.
@@ -130,36 +147,37 @@ fn end_of_attempt(
 }
 
 impl Conductor {
-    /// A conductor over the inventory and the BMC service; `signing_key` signs wipe
-    /// certificates.
+    /// A conductor over the inventory and the BMC service for `instance`; `signing_key` signs
+    /// wipe certificates.
     pub fn new(
         inv: Inventory,
         bmc: Arc<BmcService>,
         cfg: ConductorConfig,
         signing_key: Arc<trust::SigningKey>,
-    ) -> Arc<Self> {
-        Self::with_bmc(inv, bmc, cfg, signing_key)
-    }
-
-    fn with_bmc(
-        inv: Inventory,
-        bmc: Arc<dyn BmcActions>,
-        cfg: ConductorConfig,
-        signing_key: Arc<trust::SigningKey>,
+        instance: Arc<Instance>,
     ) -> Arc<Self> {
         Arc::new(Conductor {
             inv,
             bmc,
             signing_key,
             cfg,
-            driving: Mutex::new(HashSet::new()),
+            instance,
+            driving: Mutex::new(HashMap::new()),
             wake: Notify::new(),
         })
     }
 
-    /// Asks the loop to look at the jobs now (a job was created or cancelled).
+    /// Asks the loop to look at the jobs now (a job was created, cancelled or ended), and
+    /// the other instances' loops too (PostgreSQL `NOTIFY`).
     pub fn wake(&self) {
         self.wake.notify_one();
+        let inv = self.inv.clone();
+        tokio::spawn(async move {
+            // Only a wake-up is lost: the others' polling finds the change anyway.
+            if let Err(e) = inv.announce_jobs().await {
+                tracing::debug!(error = %e, "could not wake the other instances");
+            }
+        });
     }
 
     /// Runs until the service's one shutdown signal. Job drivers are aborted then: their state
@@ -168,55 +186,93 @@ impl Conductor {
         let mut drivers = JoinSet::new();
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renewed = Instant::now();
+        let mut wakeups = match self.inv.job_wakeups().await {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "no wake-ups from other instances; polling only");
+                None
+            }
+        };
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = self.wake.notified() => {}
+                _ = next_wakeup(&mut wakeups) => {}
                 _ = stop.cancelled() => break,
             }
             while drivers.try_join_next().is_some() {}
-            if let Err(e) = self.schedule(&mut drivers).await {
-                tracing::warn!(error = %e, "conductor could not read the job list");
+            match self.schedule(&mut drivers).await {
+                Ok(()) => renewed = Instant::now(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "conductor could not claim jobs");
+                    // Claims not renewed for their lifetime may be another instance's now.
+                    if renewed.elapsed() >= Duration::from_millis(inventory::CLAIM_TTL_MS as u64) {
+                        self.stop_driving(&[]);
+                    }
+                }
             }
         }
         drivers.abort_all();
         while drivers.join_next().await.is_some() {}
     }
 
+    /// Renews this instance's claims and takes more jobs up to `--max-jobs`, then drives
+    /// every held job that is not driven yet and stops driving the ones it lost.
     async fn schedule(self: &Arc<Self>, drivers: &mut JoinSet<()>) -> inventory::Result<()> {
-        let active = self.inv.active_jobs().await?;
-        let mut running = active
-            .iter()
-            .filter(|j| j.state == JobState::Running)
-            .count();
-        for job in &active {
-            let start = match job.state {
-                JobState::Running => true,
-                JobState::Queued if running < self.cfg.max_running => {
-                    let started = self.inv.start_job(job.id).await?;
-                    running += usize::from(started);
-                    started
-                }
-                _ => false,
-            };
-            if start && self.claim_driver(job.id) {
-                let me = self.clone();
-                let id = job.id;
-                drivers.spawn(async move {
-                    me.drive(id).await;
-                    me.release_driver(id);
-                    me.wake();
-                });
+        let held = self
+            .inv
+            .claim_jobs(
+                &self.instance.id,
+                &self.instance.scope,
+                self.cfg.max_running,
+            )
+            .await?;
+        self.stop_driving(&held);
+        let mut driving = self.driving.lock().unwrap_or_else(|p| p.into_inner());
+        for id in held {
+            if driving.contains_key(&id) {
+                continue;
             }
+            let me = self.clone();
+            // Spawned under the lock, so the task's own removal comes after this insert.
+            let handle = drivers.spawn(async move {
+                me.drive(id).await;
+                me.release_driver(id);
+                me.wake();
+            });
+            driving.insert(id, handle);
         }
         Ok(())
     }
 
-    fn claim_driver(&self, id: i64) -> bool {
-        self.driving
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id)
+    /// Aborts the drivers of jobs not in `held`: another instance holds them now (their
+    /// state is in the database; the new holder resumes them).
+    fn stop_driving(&self, held: &[i64]) {
+        let mut driving = self.driving.lock().unwrap_or_else(|p| p.into_inner());
+        driving.retain(|id, handle| {
+            let keep = held.contains(id);
+            if !keep {
+                tracing::warn!(
+                    job = id,
+                    "the job's claim was lost; another instance drives it"
+                );
+                handle.abort();
+            }
+            keep
+        });
+    }
+
+    /// Whether this instance still holds job `id`; a database error counts as no (the next
+    /// look claims it again if it is still ours).
+    async fn holds(&self, id: i64) -> bool {
+        match self.inv.holds_job(&self.instance.id, id).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(job = id, error = %e, "cannot check the job's claim");
+                false
+            }
+        }
     }
 
     fn release_driver(&self, id: i64) {
@@ -275,12 +331,19 @@ impl Conductor {
                     &self.inv,
                     id,
                     "warn",
-                    &format!("resuming at step {} after a restart", spec.name),
+                    &format!(
+                        "resuming at step {} after a restart (instance {})",
+                        spec.name, self.instance.id
+                    ),
                 )
                 .await;
             }
             let mut attempt = step.attempts;
             loop {
+                // A paused instance whose claim expired must not write over the new holder.
+                if !self.holds(id).await {
+                    return;
+                }
                 if !(resumed && spec.name.is_agent_step()) {
                     attempt = match retry_write("a step start", || self.inv.begin_step(id, seq))
                         .await
@@ -356,6 +419,13 @@ impl Conductor {
         machine_to: MachineState,
         reason: &str,
     ) {
+        if !self.holds(job.id).await {
+            tracing::warn!(
+                job = job.id,
+                "not ending the job: this instance no longer holds it"
+            );
+            return;
+        }
         let written = retry_write("the end of a job", || {
             self.inv
                 .finish_job(job.id, state, error, Some(machine_to), reason)

@@ -31,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(system::openapi))
         .route("/whoami", get(system::whoami))
         .route("/sites", get(sites::list_sites).post(sites::add_site))
+        .route("/instances", get(sites::list_instances))
         .route("/racks", get(sites::list_racks).post(sites::add_rack))
         .route("/machines", get(machines::list).post(machines::create))
         .route(

@@ -7,7 +7,7 @@ use crate::ApiError;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use inventory::{Rack, Site};
+use inventory::{InstancesReport, Rack, Role, Site};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -16,6 +16,20 @@ pub struct NewSite {
     name: String,
     #[serde(default)]
     description: String,
+}
+
+/// Who may read the instances: their addresses are the cooperative's business.
+const INSTANCE_READERS: &[Role] = &[Role::Admin, Role::Staff, Role::Technician];
+
+/// `GET /api/v1/instances`: every instance with its site, version, heartbeat and the jobs
+/// it holds, and the sites no live instance serves.
+pub async fn list_instances(
+    State(st): State<AppState>,
+    c: Caller,
+) -> Result<Json<InstancesReport>, ApiError> {
+    c.require(&st, INSTANCE_READERS, "instance.list", "instances")
+        .await?;
+    Ok(Json(st.inv.instances().await?))
 }
 
 pub async fn list_sites(

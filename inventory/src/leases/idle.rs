@@ -21,6 +21,17 @@ pub struct IdleMachine {
     pub name: String,
     /// How long it has been idle (ms).
     pub idle_ms: i64,
+    /// Its site, if any (only an instance of that site calls its BMC).
+    pub site: Option<String>,
+}
+
+/// A leased machine the idle rule had powered off, to power on again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IdleWake {
+    /// Machine name.
+    pub name: String,
+    /// Its site, if any (the instance leading that site powers it on).
+    pub site: Option<String>,
 }
 
 /// The idle time for a machine of `site` under `policy` (a site's own entry first, then the
@@ -147,6 +158,7 @@ impl Inventory {
                 due.push(IdleMachine {
                     name: r.try_get("name")?,
                     idle_ms: now - since,
+                    site,
                 });
             }
         }
@@ -154,17 +166,22 @@ impl Inventory {
     }
 
     /// Machines the idle rule powered off that a lease now holds: each is powered on again
-    /// once, so a group finds the machine it leased running (MAAS-style allocation that
-    /// hands over a machine as it was before it idled).
-    pub async fn idle_machines_to_wake(&self) -> Result<Vec<String>> {
+    /// once, so a group finds the machine it leased running as it was before it idled.
+    pub async fn idle_machines_to_wake(&self) -> Result<Vec<IdleWake>> {
         let rows = sqlx::query(
-            "SELECT name FROM machines WHERE lease_id IS NOT NULL AND idle_off_at IS NOT NULL \
-             AND idle_off_error IS NULL ORDER BY name",
+            "SELECT m.name, s.name AS site_name FROM machines m LEFT JOIN sites s ON s.id = m.site_id \
+             WHERE m.lease_id IS NOT NULL AND m.idle_off_at IS NOT NULL \
+             AND m.idle_off_error IS NULL ORDER BY m.name",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| r.try_get("name").map_err(Error::from))
+            .map(|r| {
+                Ok(IdleWake {
+                    name: r.try_get("name")?,
+                    site: r.try_get("site_name")?,
+                })
+            })
             .collect()
     }
 

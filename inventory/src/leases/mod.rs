@@ -24,7 +24,7 @@ mod tick;
 mod types;
 
 pub use health::{HeldBackMachine, HoldBackReason};
-pub use idle::IdleMachine;
+pub use idle::{IdleMachine, IdleWake};
 pub use keys::ssh_key_fingerprint;
 pub use report::{month_range, GroupUsage};
 pub use types::*;

@@ -98,6 +98,8 @@ pub struct BmcAccess {
     pub tls_fingerprint: Option<String>,
     /// Verification off.
     pub tls_insecure: bool,
+    /// The machine's site: only an instance serving it calls this BMC.
+    pub site: Option<String>,
 }
 
 impl std::fmt::Debug for BmcAccess {
@@ -110,8 +112,10 @@ impl std::fmt::Debug for BmcAccess {
 }
 
 /// A machine's BMC settings, ciphertext included.
-pub(super) const BMC_ACCESS_SELECT: &str = "SELECT m.name AS machine_name, b.protocol, b.url, b.username, b.password_enc, \
-    b.tls_ca_pem, b.tls_fingerprint, b.tls_insecure FROM bmcs b JOIN machines m ON m.id = b.machine_id";
+pub(super) const BMC_ACCESS_SELECT: &str =
+    "SELECT m.name AS machine_name, b.protocol, b.url, b.username, b.password_enc, \
+    b.tls_ca_pem, b.tls_fingerprint, b.tls_insecure, s.name AS site_name FROM bmcs b \
+    JOIN machines m ON m.id = b.machine_id LEFT JOIN sites s ON s.id = m.site_id";
 
 impl Inventory {
     pub(crate) async fn upsert_bmc(
@@ -177,6 +181,7 @@ impl Inventory {
             tls_ca_pem: row.try_get("tls_ca_pem")?,
             tls_fingerprint: row.try_get("tls_fingerprint")?,
             tls_insecure: row.try_get::<i64, _>("tls_insecure")? != 0,
+            site: row.try_get("site_name")?,
         })
     }
 
