@@ -78,6 +78,8 @@ async fn browser(driver: &Driver) -> Client {
                      "--disable-component-update", "--disable-sync"],
         }),
     );
+    // The browser's console messages, read back by `console_errors`.
+    caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&driver.url)
@@ -1046,5 +1048,156 @@ async fn a_member_reads_certificates_adds_a_key_and_uploads_an_image() {
         .await
         .expect("post");
     assert_eq!(r.status().as_u16(), 403);
+    c.close().await.expect("close browser");
+}
+
+/// The browser console's errors since the last call (chromedriver's log endpoint).
+async fn console_errors(driver: &Driver, c: &Client) -> Vec<String> {
+    let id = c
+        .session_id()
+        .await
+        .expect("session id")
+        .expect("a session");
+    let log: Value = reqwest::Client::new()
+        .post(format!("{}/session/{id}/se/log", driver.url))
+        .json(&json!({"type": "browser"}))
+        .send()
+        .await
+        .expect("browser log")
+        .json()
+        .await
+        .expect("log json");
+    log["value"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no browser log: {log}"))
+        .iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_member_is_told_of_a_lease_ending_and_opens_the_console_page() {
+    let driver = start_driver().await;
+    let s = Service::start(Db::Sqlite).await;
+    let (ana_token, bo_token) = setup(&s).await;
+    let post = reqwest::Method::POST;
+    // Ana's lease ends in an hour; bo's in three days.
+    let lease = api(
+        &s,
+        &ana_token,
+        post.clone(),
+        "/api/v1/leases",
+        json!({"count": 1, "duration_secs": 3600}),
+    )
+    .await;
+    let id = lease["id"].as_i64().expect("id");
+    let machine = lease["machines"][0]["name"]
+        .as_str()
+        .expect("machine")
+        .to_string();
+    let bo_lease = api(
+        &s,
+        &bo_token,
+        post,
+        "/api/v1/leases",
+        json!({"count": 1, "duration_secs": 3 * 86_400}),
+    )
+    .await;
+    let bo_machine = bo_lease["machines"][0]["name"]
+        .as_str()
+        .expect("machine")
+        .to_string();
+
+    let c = browser(&driver).await;
+    c.goto(&format!("{}/login", s.url)).await.expect("goto");
+    fill(&c, "token", &ana_token).await;
+    click(&c, "#sign-in-token").await;
+    let banner = c
+        .find(Locator::Id("ending-soon"))
+        .await
+        .expect("the ending-soon banner")
+        .text()
+        .await
+        .expect("text");
+    assert!(banner.contains(&format!("lease #{id}")), "{banner}");
+    shot(&c, "ending-soon").await;
+    click(&c, &format!("#extend-soon-{id}")).await;
+    assert!(text_of_page(&c).await.contains("The lease was extended"));
+    assert!(
+        c.find(Locator::Id("ending-soon")).await.is_err(),
+        "a day more: no longer ending soon"
+    );
+
+    // The console page: xterm.js and our script load under the CSP; with no console behind
+    // the WebSocket here it says the console is unavailable, and nothing else went wrong.
+    let _ = console_errors(&driver, &c).await;
+    c.goto(&format!("{}/machines/{machine}", s.url))
+        .await
+        .expect("goto");
+    click(&c, "a#console").await;
+    wait_for_text(&c, "#console-status", "unavailable").await;
+    let loaded = c
+        .execute(
+            "return [typeof Terminal, document.querySelectorAll('#console .xterm').length]",
+            vec![],
+        )
+        .await
+        .expect("script state");
+    assert_eq!(loaded, json!(["function", 1]), "xterm.js ran and opened");
+    assert!(c.find(Locator::Id("take-control")).await.is_ok());
+    assert!(c.find(Locator::Id("give-control")).await.is_ok());
+    shot(&c, "console-unavailable").await;
+    let errors: Vec<String> = console_errors(&driver, &c)
+        .await
+        .into_iter()
+        .filter(|m| !m.contains("WebSocket"))
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    // Without JavaScript the page points to ssh and the CLI; scripts stay 'self' only.
+    let session = c
+        .get_named_cookie("rs_session")
+        .await
+        .expect("cookie")
+        .value()
+        .to_string();
+    let r = raw_http()
+        .get(format!("{}/machines/{machine}/console", s.url))
+        .header("Cookie", format!("rs_session={session}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self';") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    let html = r.text().await.expect("html");
+    assert!(html.contains("needs JavaScript"), "{html}");
+    assert!(
+        html.contains(&format!("rackshare console {machine}")),
+        "{html}"
+    );
+    assert!(html.contains(&format!("{machine}@127.0.0.1")), "{html}");
+    for asset in ["/static/vendor/xterm.js", "/static/console.js"] {
+        let r = raw_http()
+            .get(format!("{}{asset}", s.url))
+            .send()
+            .await
+            .expect("asset");
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("text/javascript"));
+    }
+    // Another group's machine: the console page is a 404 page, as the API answers.
+    c.goto(&format!("{}/machines/{bo_machine}/console", s.url))
+        .await
+        .expect("goto");
+    assert!(text_of_page(&c).await.contains("Not found"));
     c.close().await.expect("close browser");
 }

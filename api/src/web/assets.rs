@@ -6,11 +6,34 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 /// Every served file: its path under `/static/`, its type and its bytes.
-const ASSETS: &[(&str, &str, &[u8])] = &[(
-    "upload.js",
-    "text/javascript; charset=utf-8",
-    include_bytes!("static/upload.js"),
-)];
+const ASSETS: &[(&str, &str, &[u8])] = &[
+    (
+        "upload.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("static/upload.js"),
+    ),
+    (
+        "console.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("static/console.js"),
+    ),
+    // xterm.js 6.0.0, vendored unchanged with its licence (static/vendor/README.md).
+    (
+        "vendor/xterm.js",
+        "text/javascript; charset=utf-8",
+        include_bytes!("static/vendor/xterm.js"),
+    ),
+    (
+        "vendor/xterm.css",
+        "text/css; charset=utf-8",
+        include_bytes!("static/vendor/xterm.css"),
+    ),
+    (
+        "vendor/xterm.LICENSE",
+        "text/plain; charset=utf-8",
+        include_bytes!("static/vendor/xterm.LICENSE"),
+    ),
+];
 
 /// GET /static/{path}: an embedded file, cacheable for a day (it changes only with the binary).
 pub async fn asset(Path(path): Path<String>) -> Response {

@@ -7,6 +7,7 @@
 
 mod assets;
 mod certificates;
+mod console;
 mod login;
 mod member;
 mod member_images;
@@ -33,6 +34,9 @@ pub struct WebState {
     pub lifetime: SessionLifetime,
     /// Failed sign-ins per name.
     throttle: throttle::LoginThrottle,
+    /// The port of `serve --console-ssh-listen`, for the console page's ssh line (None: the
+    /// page says PORT).
+    pub console_ssh_port: Option<u16>,
 }
 
 /// A session ends after 30 minutes without a request…
@@ -47,6 +51,7 @@ impl WebState {
             tls,
             lifetime,
             throttle: throttle::LoginThrottle::default(),
+            console_ssh_port: None,
         }
     }
 }
@@ -134,6 +139,7 @@ pub fn router() -> Router<AppState> {
                 .post(member_images::upload)
                 .layer(axum::extract::DefaultBodyLimit::disable()),
         )
+        .route("/machines/{name}/console", get(console::page))
         .route("/certificates", get(certificates::list))
         .route("/certificates/{id}", get(certificates::show))
         .route("/certificates/{id}/download", get(certificates::download))

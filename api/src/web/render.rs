@@ -36,6 +36,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
     ("keys.html", include_str!("templates/keys.html")),
     ("images.html", include_str!("templates/images.html")),
+    ("console.html", include_str!("templates/console.html")),
 ];
 
 /// The one stylesheet.
