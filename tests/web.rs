@@ -78,6 +78,8 @@ async fn browser(driver: &Driver) -> Client {
                      "--disable-component-update", "--disable-sync"],
         }),
     );
+    // The browser's console messages, read back by `console_errors`.
+    caps.insert("goog:loggingPrefs".into(), json!({"browser": "ALL"}));
     ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
         .capabilities(caps)
         .connect(&driver.url)
@@ -763,5 +765,439 @@ async fn staff_page_through_the_fleet_and_change_a_machine_state() {
     fill(&c, "password", "temporary-pass-1").await;
     click(&c, "#sign-in").await;
     assert_eq!(c.current_url().await.expect("url").path(), "/password");
+    c.close().await.expect("close browser");
+}
+
+/// Waits (bounded) until element `css` has text containing `want`; returns that text.
+async fn wait_for_text(c: &Client, css: &str, want: &str) -> String {
+    let mut last = String::new();
+    for _ in 0..400 {
+        if let Ok(e) = c.find(Locator::Css(css)).await {
+            last = e.text().await.unwrap_or_default();
+            if last.contains(want) {
+                return last;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{css} never said '{want}'; it says '{last}'");
+}
+
+/// Ends a lease of `token`'s group and returns the wipe job the release queued.
+async fn released_wipe_job(s: &Service, token: &str) -> Value {
+    let post = reqwest::Method::POST;
+    let lease = api(
+        s,
+        token,
+        post.clone(),
+        "/api/v1/leases",
+        json!({"count": 1, "duration_secs": 7200}),
+    )
+    .await;
+    let id = lease["id"].as_i64().expect("lease id");
+    api(
+        s,
+        token,
+        post,
+        &format!("/api/v1/leases/{id}/release"),
+        json!({"reason": "done with it"}),
+    )
+    .await;
+    let jobs = api(
+        s,
+        &s.admin_token,
+        reqwest::Method::GET,
+        "/api/v1/jobs",
+        json!(null),
+    )
+    .await;
+    jobs.as_array()
+        .expect("jobs")
+        .iter()
+        .find(|j| j["kind"] == "wipe" && j["lease_id"] == id)
+        .cloned()
+        .unwrap_or_else(|| panic!("no wipe job for lease {id}: {jobs}"))
+}
+
+/// Stores a certificate for `job` signed with the service's own key, as the conductor does
+/// after a wipe (the agent's side of a wipe is tests/leasing.rs's; here only the pages matter).
+/// `tamper` changes the content after signing. Returns the certificate's id.
+async fn store_certificate(s: &Service, job: &Value, tamper: bool) -> i64 {
+    let key = trust::SigningKey::load_or_create(&s.data_dir().join("signing.key"))
+        .expect("the service's signing key");
+    let body = json!({
+        "kind": "rackshare wipe certificate", "job": job["id"], "machine": job["machine"],
+        "machine_serial": "SER-1", "lease_id": job["lease_id"], "member_group": job["member_group"],
+        "disks": [{"name": "vda", "serial": "W1-DISK", "size_bytes": 8_589_934_592_u64,
+                   "bytes": 8_589_934_592_u64, "method": "blkdiscard+zero", "verified": true,
+                   "nist_sp800_88": "clear", "server_verification": "16 ranges of 1 MiB read back as zeros"}],
+        "started_at": 1_795_629_600_000_i64, "completed_at": 1_795_629_900_000_i64,
+        "requested_by": "scheduler", "signing_key_id": key.public().key_id,
+    });
+    let mut doc = key.sign(body);
+    if tamper {
+        doc.certificate["disks"][0]["method"] = json!("none");
+    }
+    sqlx::any::install_default_drivers();
+    let db = s.data_dir().join("rackshare.db");
+    let pool = sqlx::AnyPool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .expect("the service's database");
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO wipe_certificates (job_id, machine_id, lease_id, body, created_at, signature) \
+         VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+    )
+    .bind(job["id"].as_i64().expect("job id"))
+    .bind(job["machine_id"].as_i64().expect("machine id"))
+    .bind(job["lease_id"].as_i64().expect("lease id"))
+    .bind(doc.certificate.to_string())
+    .bind(1_795_629_900_000_i64)
+    .bind(serde_json::to_string(&doc.signature).expect("signature"))
+    .fetch_one(&pool)
+    .await
+    .expect("insert certificate");
+    pool.close().await;
+    id
+}
+
+#[tokio::test]
+async fn a_member_reads_certificates_adds_a_key_and_uploads_an_image() {
+    let driver = start_driver().await;
+    let s = Service::start(Db::Sqlite).await;
+    let (ana_token, bo_token) = setup(&s).await;
+    let ana_job = released_wipe_job(&s, &ana_token).await;
+    let good = store_certificate(&s, &ana_job, false).await;
+    let changed = store_certificate(&s, &ana_job, true).await;
+    let bo_job = released_wipe_job(&s, &bo_token).await;
+    let bos = store_certificate(&s, &bo_job, false).await;
+
+    let c = browser(&driver).await;
+    c.goto(&format!("{}/login", s.url)).await.expect("goto");
+    fill(&c, "token", &ana_token).await;
+    click(&c, "#sign-in-token").await;
+    let session = c
+        .get_named_cookie("rs_session")
+        .await
+        .expect("session cookie")
+        .value()
+        .to_string();
+
+    // The list: ana's two certificates, each checked on the server; none of bo's.
+    c.goto(&format!("{}/certificates", s.url))
+        .await
+        .expect("goto");
+    let rows = c
+        .find_all(Locator::Css("#certificates tbody tr"))
+        .await
+        .expect("rows");
+    assert_eq!(rows.len(), 2, "ana's certificates only");
+    let list = text_of_page(&c).await;
+    assert!(
+        list.contains("verifies") && list.contains("does not verify"),
+        "{list}"
+    );
+    shot(&c, "certificates").await;
+    // One certificate: machine, method, disks, sampled ranges, times, and a good signature.
+    click(&c, &format!("a[href='/certificates/{good}']")).await;
+    let verdict = c
+        .find(Locator::Id("verification"))
+        .await
+        .expect("verdict")
+        .text()
+        .await
+        .expect("text");
+    assert!(verdict.contains("The signature verifies"), "{verdict}");
+    let view = text_of_page(&c).await;
+    for shown in [
+        "blkdiscard+zero",
+        "W1-DISK",
+        "16 ranges of 1 MiB read back as zeros",
+        "8.0 GiB",
+        ana_job["machine"].as_str().expect("machine"),
+    ] {
+        assert!(view.contains(shown), "{shown} missing: {view}");
+    }
+    shot(&c, "certificate").await;
+    // The download is the signed file, and it verifies offline with the service's key.
+    let r = raw_http()
+        .get(format!("{}/certificates/{good}/download", s.url))
+        .header("Cookie", format!("rs_session={session}"))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(r.status().as_u16(), 200);
+    let file = r.bytes().await.expect("file");
+    let key = trust::SigningKey::load_or_create(&s.data_dir().join("signing.key")).expect("key");
+    trust::verify_bytes(&file, &[key.public()]).expect("the downloaded file verifies");
+    // A changed certificate says so; another group's is a 404 page.
+    c.goto(&format!("{}/certificates/{changed}", s.url))
+        .await
+        .expect("goto");
+    let verdict = c
+        .find(Locator::Id("verification"))
+        .await
+        .expect("verdict")
+        .text()
+        .await
+        .expect("text");
+    assert!(verdict.contains("does not verify"), "{verdict}");
+    c.goto(&format!("{}/certificates/{bos}", s.url))
+        .await
+        .expect("goto");
+    assert!(text_of_page(&c).await.contains("Not found"));
+    let r = raw_http()
+        .get(format!("{}/certificates/{bos}/download", s.url))
+        .header("Cookie", format!("rs_session={session}"))
+        .send()
+        .await
+        .expect("download");
+    assert_eq!(r.status().as_u16(), 404);
+
+    // SSH keys: ana adds one on the page; the API lists it; she removes it again.
+    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAICFOdyhjR0c/rVXRp3H0TA3Q4CHNfmtk0ORfbevouAWR ana@laptop";
+    c.goto(&format!("{}/keys", s.url)).await.expect("goto");
+    fill(&c, "key", "not a key").await;
+    click(&c, "#add-key").await;
+    assert!(
+        c.find(Locator::Id("problem")).await.is_ok(),
+        "refused in words"
+    );
+    fill(&c, "key", KEY).await;
+    click(&c, "#add-key").await;
+    assert!(text_of_page(&c).await.contains("The key was added"));
+    let keys = api(
+        &s,
+        &ana_token,
+        reqwest::Method::GET,
+        "/api/v1/groups/a/ssh-keys",
+        json!(null),
+    )
+    .await;
+    assert_eq!(keys[0]["key"], KEY, "{keys}");
+    shot(&c, "ssh-keys").await;
+    click(&c, "form[action='/keys/remove'] button").await;
+    assert!(text_of_page(&c).await.contains("The key was removed"));
+    let keys = api(
+        &s,
+        &ana_token,
+        reqwest::Method::GET,
+        "/api/v1/groups/a/ssh-keys",
+        json!(null),
+    )
+    .await;
+    assert_eq!(keys, json!([]));
+
+    // Upload with progress: our script sends the form with XMLHttpRequest and shows its upload
+    // events; the image lands in the group's list through the API's upload path.
+    let image = s.dir.path().join("web-upload.img");
+    std::fs::write(&image, vec![0u8; 3 * 1024 * 1024]).expect("image file");
+    c.goto(&format!("{}/images", s.url)).await.expect("goto");
+    fill(&c, "image-name", "web-upload").await;
+    fill(&c, "image-version", "1").await;
+    c.find(Locator::Id("image-file"))
+        .await
+        .expect("file field")
+        .send_keys(&image.display().to_string())
+        .await
+        .expect("choose file");
+    c.find(Locator::Id("upload"))
+        .await
+        .expect("button")
+        .click()
+        .await
+        .expect("upload");
+    wait_for_text(&c, "#upload-status", "The image was uploaded").await;
+    let progress = c
+        .execute(
+            "return document.getElementById('upload-progress').value",
+            vec![],
+        )
+        .await
+        .expect("progress bar");
+    assert_eq!(progress, json!(100), "the bar reached the end");
+    assert_eq!(
+        c.current_url().await.expect("url").path(),
+        "/images",
+        "the script kept the page"
+    );
+    assert!(text_of_page(&c).await.contains("a/web-upload:1"));
+    shot(&c, "image-uploaded").await;
+    let all = api(
+        &s,
+        &ana_token,
+        reqwest::Method::GET,
+        "/api/v1/images",
+        json!(null),
+    )
+    .await;
+    let img = all
+        .as_array()
+        .expect("images")
+        .iter()
+        .find(|i| i["name"] == "web-upload")
+        .unwrap_or_else(|| panic!("the upload is listed: {all}"));
+    assert_eq!(img["size_bytes"], 3 * 1024 * 1024);
+    assert_eq!(img["owner_group"], "a");
+    // The form without its CSRF token (first field) stores nothing.
+    let r = raw_http()
+        .post(format!("{}/images", s.url))
+        .header("Cookie", format!("rs_session={session}"))
+        .header("Content-Type", "multipart/form-data; boundary=XyZ")
+        .body("--XyZ\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nforged\r\n--XyZ--\r\n")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 403);
+    c.close().await.expect("close browser");
+}
+
+/// The browser console's errors since the last call (chromedriver's log endpoint).
+async fn console_errors(driver: &Driver, c: &Client) -> Vec<String> {
+    let id = c
+        .session_id()
+        .await
+        .expect("session id")
+        .expect("a session");
+    let log: Value = reqwest::Client::new()
+        .post(format!("{}/session/{id}/se/log", driver.url))
+        .json(&json!({"type": "browser"}))
+        .send()
+        .await
+        .expect("browser log")
+        .json()
+        .await
+        .expect("log json");
+    log["value"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no browser log: {log}"))
+        .iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .map(|e| e["message"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_member_is_told_of_a_lease_ending_and_opens_the_console_page() {
+    let driver = start_driver().await;
+    let s = Service::start(Db::Sqlite).await;
+    let (ana_token, bo_token) = setup(&s).await;
+    let post = reqwest::Method::POST;
+    // Ana's lease ends in an hour; bo's in three days.
+    let lease = api(
+        &s,
+        &ana_token,
+        post.clone(),
+        "/api/v1/leases",
+        json!({"count": 1, "duration_secs": 3600}),
+    )
+    .await;
+    let id = lease["id"].as_i64().expect("id");
+    let machine = lease["machines"][0]["name"]
+        .as_str()
+        .expect("machine")
+        .to_string();
+    let bo_lease = api(
+        &s,
+        &bo_token,
+        post,
+        "/api/v1/leases",
+        json!({"count": 1, "duration_secs": 3 * 86_400}),
+    )
+    .await;
+    let bo_machine = bo_lease["machines"][0]["name"]
+        .as_str()
+        .expect("machine")
+        .to_string();
+
+    let c = browser(&driver).await;
+    c.goto(&format!("{}/login", s.url)).await.expect("goto");
+    fill(&c, "token", &ana_token).await;
+    click(&c, "#sign-in-token").await;
+    let banner = c
+        .find(Locator::Id("ending-soon"))
+        .await
+        .expect("the ending-soon banner")
+        .text()
+        .await
+        .expect("text");
+    assert!(banner.contains(&format!("lease #{id}")), "{banner}");
+    shot(&c, "ending-soon").await;
+    click(&c, &format!("#extend-soon-{id}")).await;
+    assert!(text_of_page(&c).await.contains("The lease was extended"));
+    assert!(
+        c.find(Locator::Id("ending-soon")).await.is_err(),
+        "a day more: no longer ending soon"
+    );
+
+    // The console page: xterm.js and our script load under the CSP; with no console behind
+    // the WebSocket here it says the console is unavailable, and nothing else went wrong.
+    let _ = console_errors(&driver, &c).await;
+    c.goto(&format!("{}/machines/{machine}", s.url))
+        .await
+        .expect("goto");
+    click(&c, "a#console").await;
+    wait_for_text(&c, "#console-status", "unavailable").await;
+    let loaded = c
+        .execute(
+            "return [typeof Terminal, document.querySelectorAll('#console .xterm').length]",
+            vec![],
+        )
+        .await
+        .expect("script state");
+    assert_eq!(loaded, json!(["function", 1]), "xterm.js ran and opened");
+    assert!(c.find(Locator::Id("take-control")).await.is_ok());
+    assert!(c.find(Locator::Id("give-control")).await.is_ok());
+    shot(&c, "console-unavailable").await;
+    let errors: Vec<String> = console_errors(&driver, &c)
+        .await
+        .into_iter()
+        .filter(|m| !m.contains("WebSocket"))
+        .collect();
+    assert!(errors.is_empty(), "console errors: {errors:?}");
+    // Without JavaScript the page points to ssh and the CLI; scripts stay 'self' only.
+    let session = c
+        .get_named_cookie("rs_session")
+        .await
+        .expect("cookie")
+        .value()
+        .to_string();
+    let r = raw_http()
+        .get(format!("{}/machines/{machine}/console", s.url))
+        .header("Cookie", format!("rs_session={session}"))
+        .send()
+        .await
+        .expect("get");
+    assert_eq!(r.status().as_u16(), 200);
+    let csp = r.headers()["content-security-policy"]
+        .to_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        csp.contains("script-src 'self';") && csp.contains("connect-src 'self'"),
+        "{csp}"
+    );
+    let html = r.text().await.expect("html");
+    assert!(html.contains("needs JavaScript"), "{html}");
+    assert!(
+        html.contains(&format!("rackshare console {machine}")),
+        "{html}"
+    );
+    assert!(html.contains(&format!("{machine}@127.0.0.1")), "{html}");
+    for asset in ["/static/vendor/xterm.js", "/static/console.js"] {
+        let r = raw_http()
+            .get(format!("{}{asset}", s.url))
+            .send()
+            .await
+            .expect("asset");
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap_or_default()
+            .starts_with("text/javascript"));
+    }
+    // Another group's machine: the console page is a 404 page, as the API answers.
+    c.goto(&format!("{}/machines/{bo_machine}/console", s.url))
+        .await
+        .expect("goto");
+    assert!(text_of_page(&c).await.contains("Not found"));
     c.close().await.expect("close browser");
 }

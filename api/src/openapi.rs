@@ -100,6 +100,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("get", "/api/v1/leases", "List leases (?group=&state=); members see their group's", "any role", None, Some("[Lease]")),
     op!("get", "/api/v1/leases/{id}", "Show a lease with its energy (kWh) and wipe certificates", "any role (members: own group's)", None, Some("LeaseDetail")),
     op!("post", "/api/v1/leases/{id}/extend", "Move the end later, within quotas, the maximum lease length and the calendar", "admin, staff, member (own group)", Some("LeaseExtend"), Some("Lease")),
+    op!("get", "/api/v1/certificates", "The wipe certificates the caller may read, newest first, each with whether its signature verifies here", "any role (members: own group's)", None, None),
     op!("get", "/api/v1/certificates/{id}", "Download a signed wipe certificate (verify it with `rackshare certificate verify`)", "any role (members: own group's)", None, None),
     op!("get", "/api/v1/trust/key", "The public key that signs wipe certificates, and every key that signed here before", "any role", None, None),
     op!("post", "/api/v1/leases/{id}/release", "Hand the machines back early (or cancel a pending lease); each is wiped", "admin, staff, member (own group)", Some("LeaseEnd"), Some("Lease")),

@@ -30,6 +30,29 @@ pub struct StoredCertificate {
     pub body: serde_json::Value,
     /// The signature over the canonical body (none for certificates from before signing).
     pub signature: Option<serde_json::Value>,
+    /// The wipe job it certifies.
+    pub job_id: i64,
+    /// When it was stored (unix ms).
+    pub created_at: i64,
+}
+
+/// The columns [`certificate_of`] reads.
+const CERTIFICATE_COLUMNS: &str = "SELECT c.id, c.job_id, c.created_at, m.name AS machine_name, \
+     g.name AS group_name, c.body, c.signature \
+     FROM wipe_certificates c JOIN machines m ON m.id = c.machine_id \
+     LEFT JOIN leases l ON l.id = c.lease_id LEFT JOIN member_groups g ON g.id = l.group_id";
+
+fn certificate_of(row: &sqlx::any::AnyRow) -> Result<StoredCertificate> {
+    let signature: Option<String> = row.try_get("signature")?;
+    Ok(StoredCertificate {
+        id: row.try_get("id")?,
+        machine: row.try_get("machine_name")?,
+        member_group: row.try_get("group_name")?,
+        body: from_json("body", &row.try_get::<String, _>("body")?)?,
+        signature: signature.map(|s| from_json("signature", &s)).transpose()?,
+        job_id: row.try_get("job_id")?,
+        created_at: row.try_get("created_at")?,
+    })
 }
 
 impl Inventory {
@@ -62,27 +85,44 @@ impl Inventory {
 
     /// One certificate by id.
     pub async fn wipe_certificate(&self, id: i64) -> Result<StoredCertificate> {
-        let row = sqlx::query(
-            "SELECT c.id, m.name AS machine_name, g.name AS group_name, c.body, c.signature \
-             FROM wipe_certificates c JOIN machines m ON m.id = c.machine_id \
-             LEFT JOIN leases l ON l.id = c.lease_id LEFT JOIN member_groups g ON g.id = l.group_id \
-             WHERE c.id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| crate::Error::NotFound {
-            kind: "wipe certificate",
-            name: id.to_string(),
-        })?;
-        let signature: Option<String> = row.try_get("signature")?;
-        Ok(StoredCertificate {
-            id: row.try_get("id")?,
-            machine: row.try_get("machine_name")?,
-            member_group: row.try_get("group_name")?,
-            body: from_json("body", &row.try_get::<String, _>("body")?)?,
-            signature: signature.map(|s| from_json("signature", &s)).transpose()?,
-        })
+        let row = sqlx::query(&format!("{CERTIFICATE_COLUMNS} WHERE c.id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .ok_or_else(|| crate::Error::NotFound {
+                kind: "wipe certificate",
+                name: id.to_string(),
+            })?;
+        certificate_of(&row)
+    }
+
+    /// The newest `limit` certificates of wipes that closed `group`'s leases (None: every
+    /// certificate), newest first.
+    pub async fn wipe_certificates(
+        &self,
+        group: Option<&str>,
+        limit: i64,
+    ) -> Result<Vec<StoredCertificate>> {
+        let rows = match group {
+            Some(g) => {
+                sqlx::query(&format!(
+                    "{CERTIFICATE_COLUMNS} WHERE g.name = $1 ORDER BY c.id DESC LIMIT $2"
+                ))
+                .bind(g)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+            None => {
+                sqlx::query(&format!(
+                    "{CERTIFICATE_COLUMNS} ORDER BY c.id DESC LIMIT $1"
+                ))
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?
+            }
+        };
+        rows.iter().map(certificate_of).collect()
     }
 
     /// Every key that signed certificates here (or in an imported instance), oldest first.

@@ -205,13 +205,43 @@ pub async fn upload(
     ApiQuery(meta): ApiQuery<ImageMeta>,
     req: Request,
 ) -> Result<(StatusCode, Json<Image>), ApiError> {
-    let owner = owner_for(&st, &c, meta.group.clone(), &meta.name).await?;
     let stream = req.into_body().into_data_stream();
-    let blob = ingest_within_quota(&st, owner.as_deref(), stream, meta.sha256.as_deref()).await?;
     Ok((
         StatusCode::CREATED,
-        Json(register(&st, &c, meta, owner, blob).await?),
+        Json(upload_stream(&st, &c, meta, stream).await?),
     ))
+}
+
+impl ImageMeta {
+    /// What the dashboard's upload form names: name, version and, optionally, the format.
+    pub(crate) fn from_form(name: String, version: String, format: Option<String>) -> Self {
+        ImageMeta {
+            name,
+            version,
+            arch: None,
+            format,
+            sha256: None,
+            group: None,
+        }
+    }
+}
+
+/// Streams `body` into the store as image `meta` added by `c`: the one upload path, of the
+/// API's raw body and of the dashboard's form alike.
+pub(crate) async fn upload_stream<S, B, E>(
+    st: &AppState,
+    c: &Caller,
+    meta: ImageMeta,
+    body: S,
+) -> Result<Image, ApiError>
+where
+    S: futures::Stream<Item = Result<B, E>> + Unpin,
+    B: AsRef<[u8]>,
+    E: std::fmt::Display,
+{
+    let owner = owner_for(st, c, meta.group.clone(), &meta.name).await?;
+    let blob = ingest_within_quota(st, owner.as_deref(), body, meta.sha256.as_deref()).await?;
+    register(st, c, meta, owner, blob).await
 }
 
 /// `POST /api/v1/images/import`: the server downloads the image from a URL.

@@ -2,7 +2,7 @@
 
 mod agent;
 mod boot;
-mod certificates;
+pub(crate) mod certificates;
 mod dhcp;
 pub(crate) mod events;
 pub(crate) mod images;
@@ -112,6 +112,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/events", get(events::list))
         .route("/trust/key", get(certificates::key))
+        .route("/certificates", get(certificates::list))
         .route("/certificates/{id}", get(certificates::download))
         .route("/dhcp/leases", get(dhcp::list_leases))
         .route("/export", get(system::export))

@@ -1,11 +1,17 @@
 //! The web dashboard: HTML rendered on the server from embedded minijinja templates, one
-//! embedded stylesheet, no scripts (decision 34). Served at `/` on the member listener beside
+//! embedded stylesheet, a few small scripts of our own and vendored xterm.js (`assets.rs`),
+//! none needed to use a page but the console's (decision 34). Served at `/` on the member listener beside
 //! `/api/v1`. Pages act as the signed-in person through the API's own handlers, so nothing is
 //! possible in a browser that the API forbids; sign-in, sessions and CSRF live in
 //! `session.rs` and `login.rs`.
 
+mod assets;
+mod certificates;
+mod console;
 mod login;
 mod member;
+mod member_images;
+mod member_keys;
 mod reimage;
 mod render;
 mod session;
@@ -25,6 +31,9 @@ pub struct WebState {
     pub tls: bool,
     /// Idle and absolute lifetime of a session.
     pub lifetime: SessionLifetime,
+    /// The port of `serve --console-ssh-listen`, for the console page's ssh line (None: the
+    /// page says PORT).
+    pub console_ssh_port: Option<u16>,
 }
 
 /// A session ends after 30 minutes without a request…
@@ -35,7 +44,11 @@ pub const DEFAULT_ABSOLUTE_MS: i64 = 12 * 3_600_000;
 impl WebState {
     /// The pages' state; `tls`: whether the member listener serves TLS.
     pub fn new(tls: bool, lifetime: SessionLifetime) -> Self {
-        WebState { tls, lifetime }
+        WebState {
+            tls,
+            lifetime,
+            console_ssh_port: None,
+        }
     }
 }
 
@@ -112,4 +125,18 @@ pub fn router() -> Router<AppState> {
             post(staff::set_temporary_password),
         )
         .route("/users/{name}/reset", post(staff::reset_password))
+        .route("/static/{*path}", get(assets::asset))
+        .route("/keys", get(member_keys::list).post(member_keys::add))
+        .route("/keys/remove", post(member_keys::remove))
+        .route(
+            "/images",
+            // The store's own limit applies while streaming; axum's 2 MB default must not.
+            get(member_images::list)
+                .post(member_images::upload)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
+        .route("/machines/{name}/console", get(console::page))
+        .route("/certificates", get(certificates::list))
+        .route("/certificates/{id}", get(certificates::show))
+        .route("/certificates/{id}/download", get(certificates::download))
 }

@@ -26,15 +26,26 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("ledger.html", include_str!("templates/ledger.html")),
     ("tokens.html", include_str!("templates/tokens.html")),
     ("users.html", include_str!("templates/users.html")),
+    (
+        "certificates.html",
+        include_str!("templates/certificates.html"),
+    ),
+    (
+        "certificate.html",
+        include_str!("templates/certificate.html"),
+    ),
+    ("keys.html", include_str!("templates/keys.html")),
+    ("images.html", include_str!("templates/images.html")),
+    ("console.html", include_str!("templates/console.html")),
 ];
 
 /// The one stylesheet.
 pub const SITE_CSS: &str = include_str!("static/site.css");
 
-/// Pages may load only our own stylesheet (and scripts, should one ever earn its place), post
-/// forms only to us, and are never framed.
+/// Pages may load only our own stylesheet and scripts, connect (the upload's XMLHttpRequest,
+/// the console's WebSocket) and post forms only to us, and are never framed.
 const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; script-src 'self'; \
-                        form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+                        connect-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
 
 static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
