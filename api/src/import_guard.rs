@@ -114,6 +114,65 @@ pub struct FetchRefused(pub String);
 pub const GENERIC_REFUSAL: &str =
     "the server could not import from this URL (it is refused or did not answer with an image)";
 
+/// A client that connects only to the address `url`'s host resolves to now, checked against
+/// `allow` (every address the name has must pass: the client could pick any); no redirects.
+async fn checked_client(
+    url: &reqwest::Url,
+    allow: &[ImportRange],
+) -> Result<reqwest::Client, FetchRefused> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(FetchRefused(format!("scheme of {url}")));
+    }
+    let host = url
+        .host_str()
+        .ok_or_else(|| FetchRefused(format!("no host in {url}")))?
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = url
+        .port_or_known_default()
+        .ok_or_else(|| FetchRefused(format!("no port for {url}")))?;
+    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .map_err(|e| FetchRefused(format!("resolving {host}: {e}")))?
+        .collect();
+    let ok = |a: &SocketAddr| !is_internal(a.ip()) || allow.iter().any(|r| r.contains(a.ip()));
+    let addr = match addrs.first() {
+        Some(a) if addrs.iter().all(ok) => *a,
+        _ => return Err(FetchRefused(format!("{host} resolves to {addrs:?}"))),
+    };
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(10))
+        .resolve(&host, addr)
+        .build()
+        .map_err(|e| FetchRefused(e.to_string()))
+}
+
+/// POSTs `body` as JSON to `url` under the same rule as imports (the address checked, no
+/// redirect followed: a webhook that redirects fails), within `timeout`; Ok on a 2xx answer.
+pub async fn post_json(
+    url: &str,
+    body: &serde_json::Value,
+    allow: &[ImportRange],
+    timeout: Duration,
+) -> Result<(), FetchRefused> {
+    let url = reqwest::Url::parse(url).map_err(|e| FetchRefused(format!("{url}: {e}")))?;
+    let client = checked_client(&url, allow).await?;
+    let resp = client
+        .post(url.clone())
+        .timeout(timeout)
+        .json(body)
+        .send()
+        .await
+        .map_err(|e| FetchRefused(e.to_string()))?;
+    if resp.status().is_success() {
+        Ok(())
+    } else {
+        Err(FetchRefused(format!("{url} answered {}", resp.status())))
+    }
+}
+
 /// Fetches `url`, following up to [`MAX_HOPS`] redirects itself, each hop's address checked
 /// against `allow` before anything is sent to it.
 pub async fn fetch(
@@ -122,34 +181,7 @@ pub async fn fetch(
 ) -> Result<reqwest::Response, FetchRefused> {
     let mut url = url;
     for _ in 0..=MAX_HOPS {
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(FetchRefused(format!("scheme of {url}")));
-        }
-        let host = url
-            .host_str()
-            .ok_or_else(|| FetchRefused(format!("no host in {url}")))?
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let port = url
-            .port_or_known_default()
-            .ok_or_else(|| FetchRefused(format!("no port for {url}")))?;
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-            .await
-            .map_err(|e| FetchRefused(format!("resolving {host}: {e}")))?
-            .collect();
-        // Every address the name has must be acceptable: the client could pick any.
-        let ok = |a: &SocketAddr| !is_internal(a.ip()) || allow.iter().any(|r| r.contains(a.ip()));
-        let addr = match addrs.first() {
-            Some(a) if addrs.iter().all(ok) => *a,
-            _ => return Err(FetchRefused(format!("{host} resolves to {addrs:?}"))),
-        };
-        let client = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(Duration::from_secs(10))
-            .resolve(&host, addr)
-            .build()
-            .map_err(|e| FetchRefused(e.to_string()))?;
+        let client = checked_client(&url, allow).await?;
         let resp = client
             .get(url.clone())
             .send()

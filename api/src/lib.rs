@@ -14,6 +14,7 @@ mod idle;
 mod import_guard;
 mod instance;
 mod json;
+mod lease_notices;
 mod listener;
 mod metrics;
 mod openapi;

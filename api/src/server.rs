@@ -324,6 +324,12 @@ impl Server {
             crate::scheduler::LEASE_TICK,
             shutdown.clone(),
         ));
+        background.push(crate::lease_notices::spawn(
+            inv.clone(),
+            instance.clone(),
+            Arc::new(config.image_import_allow.clone()),
+            shutdown.clone(),
+        ));
         for l in boot_listeners {
             let at = l.local_addr().ok();
             let what = Listening {

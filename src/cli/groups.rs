@@ -27,6 +27,25 @@ pub enum GroupCmd {
     /// A group's SSH public keys, injected on every reimage of its machines
     #[command(subcommand, name = "ssh-key")]
     SshKey(SshKeyCmd),
+    /// The URL called (JSON POST) 24 h and 1 h before each of a group's leases ends
+    #[command(subcommand)]
+    Webhook(WebhookCmd),
+}
+
+/// `rackshare group webhook …`.
+#[derive(Debug, Subcommand)]
+pub enum WebhookCmd {
+    /// Show a group's webhook
+    Show { group: String },
+    /// Set a group's webhook (an http:// or https:// URL reachable from the service)
+    Set {
+        group: String,
+        /// The URL (named `hook` so it never meets the global --url)
+        #[arg(value_name = "URL")]
+        hook: String,
+    },
+    /// Remove a group's webhook
+    Clear { group: String },
 }
 
 /// `rackshare group quota …`.
@@ -75,6 +94,7 @@ pub async fn run(c: &Client, fmt: Format, cmd: GroupCmd) -> anyhow::Result<()> {
     match cmd {
         GroupCmd::Quota(q) => quota(c, fmt, q).await,
         GroupCmd::SshKey(k) => ssh_key(c, fmt, k).await,
+        GroupCmd::Webhook(w) => webhook(c, fmt, w).await,
         GroupCmd::Add { name, description } => {
             let v = c
                 .post(
@@ -226,6 +246,29 @@ async fn ssh_key(c: &Client, fmt: Format, cmd: SshKeyCmd) -> anyhow::Result<()> 
             done(fmt, &format!("removed {key} from {group}"));
         }
     }
+    Ok(())
+}
+
+async fn webhook(c: &Client, fmt: Format, cmd: WebhookCmd) -> anyhow::Result<()> {
+    let (group, url) = match cmd {
+        WebhookCmd::Show { group } => {
+            let v = c
+                .get(&format!("/api/v1/groups/{}/webhook", enc(&group)))
+                .await?;
+            output::record(fmt, &v, &[("URL", "url")]);
+            return Ok(());
+        }
+        WebhookCmd::Set { group, hook } => (group, Some(hook)),
+        WebhookCmd::Clear { group } => (group, None),
+    };
+    let v = c
+        .call(
+            reqwest::Method::PUT,
+            &format!("/api/v1/groups/{}/webhook", enc(&group)),
+            Some(&json!({ "url": url })),
+        )
+        .await?;
+    output::record(fmt, &v, &[("URL", "url")]);
     Ok(())
 }
 

@@ -258,6 +258,44 @@ pub async fn list_keys(
     Ok(key_list(st.inv.group(&name).await?.ssh_keys))
 }
 
+/// A group's lease-end webhook.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Webhook {
+    /// Called with a JSON POST 24 h and 1 h before each of the group's leases ends; null: none.
+    url: Option<String>,
+}
+
+/// GET /groups/{name}/webhook.
+pub async fn show_webhook(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Webhook>, ApiError> {
+    visible_group(&c, &name)?;
+    c.require(&st, LEASERS, "group.webhook.show", &name).await?;
+    Ok(Json(Webhook {
+        url: st.inv.group_webhook(&name).await?,
+    }))
+}
+
+/// PUT /groups/{name}/webhook: staff or the group's own members. Where the URL points is
+/// checked at every call (as URL imports are), so a later DNS change cannot reach inside.
+pub async fn set_webhook(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<Webhook>,
+) -> Result<Json<Webhook>, ApiError> {
+    visible_group(&c, &name)?;
+    c.require(&st, LEASERS, "group.webhook.set", &name).await?;
+    let url = b.url.as_deref().map(str::trim).filter(|u| !u.is_empty());
+    st.inv.set_group_webhook(c.name(), &name, url).await?;
+    Ok(Json(Webhook {
+        url: url.map(String::from),
+    }))
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyRequest {

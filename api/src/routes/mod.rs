@@ -86,6 +86,10 @@ pub fn router(state: AppState) -> Router {
             get(leases::show_quota).put(leases::set_quota),
         )
         .route(
+            "/groups/{name}/webhook",
+            get(leases::show_webhook).put(leases::set_webhook),
+        )
+        .route(
             "/groups/{name}/ssh-keys",
             get(leases::list_keys).post(leases::add_key),
         )

@@ -16,6 +16,7 @@ mod end;
 mod health;
 mod idle;
 mod keys;
+mod notices;
 mod policy;
 mod quotas;
 mod read;
@@ -26,6 +27,7 @@ mod types;
 pub use health::{HeldBackMachine, HoldBackReason};
 pub use idle::{IdleMachine, IdleWake};
 pub use keys::ssh_key_fingerprint;
+pub use notices::{check_webhook_url, DueNotice, NoticeKind, NOTICE_ATTEMPTS};
 pub use report::{month_range, GroupUsage};
 pub use types::*;
 
