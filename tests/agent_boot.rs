@@ -362,6 +362,15 @@ fn the_agent_wipes_then_inspects_a_vm() {
     let nvme_size = 16usize << 20;
     std::fs::write(&nvme, pseudo_random(nvme_size, 6)).expect("NVMe disk full of data");
     let nvme_drive = format!("file={},format=raw,if=none,id=d1", nvme.display());
+    // A third on an AHCI controller: the agent reads its IDENTIFY DEVICE data through ATA
+    // pass-through; QEMU's IDE disks have no security feature set, so it falls back and says so.
+    let sata = dir.path().join("sata.img");
+    let sata_size = 8usize << 20;
+    std::fs::write(&sata, pseudo_random(sata_size, 7)).expect("SATA disk full of data");
+    let sata_drive = format!(
+        "file={},format=raw,if=none,id=d2,discard=unmap",
+        sata.display()
+    );
     let run = boot_agent(
         "wipe",
         Vec::new(),
@@ -374,14 +383,30 @@ fn the_agent_wipes_then_inspects_a_vm() {
             &nvme_drive,
             "-device",
             "nvme,drive=d1,serial=RSVM-NVME0",
+            "-drive",
+            &sata_drive,
+            "-device",
+            "ahci,id=ahci0",
+            "-device",
+            "ide-hd,drive=d2,bus=ahci0.0,serial=RSVM-SATA0",
         ],
     );
     let r = &run.result;
     assert_eq!(r["ok"], true, "{r}\n{}", run.serial);
     let disks = r["wipe"]["disks"].as_array().expect("disks");
     eprintln!("wipe: {r}");
-    assert_eq!(disks.len(), 2, "{r}");
-    let (virtio, nvme_disk) = (&disks[1], &disks[0]);
+    assert_eq!(disks.len(), 3, "{r}");
+    let (nvme_disk, sata_disk, virtio) = (&disks[0], &disks[1], &disks[2]);
+    assert_eq!(sata_disk["name"], "sda", "{r}");
+    assert!(
+        ["discard", "zero"].contains(&sata_disk["method"].as_str().unwrap_or("")),
+        "{r}"
+    );
+    assert_eq!(
+        sata_disk["not_used"][0],
+        "ATA Secure Erase: security feature set not supported (IDENTIFY DEVICE word 82 bit 1 or word 128 bit 0 clear)",
+        "the identify data of the AHCI disk was read and decides the fallback: {r}"
+    );
     assert_eq!(virtio["name"], "vda");
     assert_eq!(virtio["size_bytes"], size as u64);
     assert!(
@@ -425,6 +450,11 @@ fn the_agent_wipes_then_inspects_a_vm() {
     assert!(
         after.iter().all(|&b| b == 0),
         "every byte of the disk is zero"
+    );
+    let after = std::fs::read(&sata).expect("read the VM's SATA disk");
+    assert!(
+        after.iter().all(|&b| b == 0),
+        "every byte of the SATA disk is zero"
     );
     let after = std::fs::read(&nvme).expect("read the VM's NVMe disk");
     assert!(
