@@ -5,7 +5,6 @@
 use anyhow::{anyhow, Context};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -41,17 +40,25 @@ pub enum Refusal {
     NotTrusted(String),
 }
 
-/// The verifier: pinned fingerprint, or the WebPKI check with our roots.
+/// The verifier: pinned fingerprint (the `pin` crate's rule), or the WebPKI check with our
+/// roots.
 #[derive(Debug)]
 pub struct Verifier {
-    pin: Option<[u8; 32]>,
+    pinned: Option<pin::PinnedVerifier>,
     webpki: Arc<WebPkiServerVerifier>,
-    provider: Arc<CryptoProvider>,
     /// Read after a failed request to explain it.
     pub seen: Mutex<Seen>,
 }
 
 impl Verifier {
+    /// The verifier whose rule applies: the pin when one is given.
+    fn active(&self) -> &dyn ServerCertVerifier {
+        match &self.pinned {
+            Some(p) => p,
+            None => self.webpki.as_ref(),
+        }
+    }
+
     fn record(&self, fingerprint: String, refused: Option<Refusal>) {
         if let Ok(mut s) = self.seen.lock() {
             *s = Seen {
@@ -71,34 +78,21 @@ impl ServerCertVerifier for Verifier {
         ocsp_response: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        let seen = api::tls::fingerprint(end_entity.as_ref());
-        if let Some(pin) = self.pin {
-            // Pinning trusts exactly this certificate, whatever its names or signer.
-            if api::tls::parse_fingerprint(&seen) == Some(pin) {
-                self.record(seen, None);
-                return Ok(ServerCertVerified::assertion());
-            }
-            self.record(seen, Some(Refusal::NotPinned));
-            return Err(rustls::Error::General(
-                "the certificate is not the pinned one".into(),
-            ));
-        }
-        match self.webpki.verify_server_cert(
+        let seen = pin::fingerprint(end_entity.as_ref());
+        let verdict = self.active().verify_server_cert(
             end_entity,
             intermediates,
             server_name,
             ocsp_response,
             now,
-        ) {
-            Ok(v) => {
-                self.record(seen, None);
-                Ok(v)
-            }
-            Err(e) => {
-                self.record(seen, Some(Refusal::NotTrusted(e.to_string())));
-                Err(e)
-            }
-        }
+        );
+        let refused = match (&verdict, &self.pinned) {
+            (Ok(_), _) => None,
+            (Err(_), Some(_)) => Some(Refusal::NotPinned),
+            (Err(e), None) => Some(Refusal::NotTrusted(e.to_string())),
+        };
+        self.record(seen, refused);
+        verdict
     }
 
     fn verify_tls12_signature(
@@ -107,12 +101,7 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.active().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -121,18 +110,11 @@ impl ServerCertVerifier for Verifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        self.active().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
+        self.active().supported_verify_schemes()
     }
 }
 
@@ -159,8 +141,8 @@ pub fn client_config(trust: &Trust) -> anyhow::Result<(rustls::ClientConfig, Arc
             ));
         }
     }
-    let pin = match &trust.fingerprint {
-        Some(f) => Some(api::tls::parse_fingerprint(f).ok_or_else(|| {
+    let pinned = match &trust.fingerprint {
+        Some(f) => Some(pin::parse_fingerprint(f).ok_or_else(|| {
             anyhow!("--fingerprint '{f}' is not a SHA-256 fingerprint (SHA256: and 64 hex digits)")
         })?),
         None => None,
@@ -169,9 +151,8 @@ pub fn client_config(trust: &Trust) -> anyhow::Result<(rustls::ClientConfig, Arc
         .build()
         .context("building the certificate verifier")?;
     let verifier = Arc::new(Verifier {
-        pin,
+        pinned: pinned.map(|p| pin::PinnedVerifier::new(p, provider.clone())),
         webpki,
-        provider: provider.clone(),
         seen: Mutex::new(Seen::default()),
     });
     let config = rustls::ClientConfig::builder_with_provider(provider)

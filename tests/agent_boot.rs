@@ -196,14 +196,9 @@ fn boot_agent(
     drive_opts: &str,
     extra: &[&str],
 ) -> Run {
-    testkit::netns::must_be_root();
-    require("qemu-system-x86_64", "qemu-system-x86");
-    let boot = agent_boot_files();
-    let lab = Lab::new(what);
-    lab.ip(&lab.srv, "tuntap add tap0 mode tap");
-    lab.ip(&lab.srv, "link set tap0 master br0 up");
-    start_dnsmasq(&lab);
-
+    let lab = lab_with_dhcp(what);
+    // Built (or found cached) before the clock starts: the first build takes minutes.
+    agent_boot_files();
     let api = Arc::new(Api {
         image,
         claim: std::sync::OnceLock::new(),
@@ -212,13 +207,65 @@ fn boot_agent(
     let port = serve_in_ns(&lab.srv, api.clone());
     let api_url = format!("http://10.77.0.1:{port}");
     api.claim.set(task(&api_url)).expect("claim set once");
+    let serial = lab.path("serial.log");
+    let started = Instant::now();
+    start_vm(
+        &lab,
+        &format!("rackshare.api={api_url} rackshare.mode={what}"),
+        disk,
+        drive_opts,
+        extra,
+    );
 
+    // TCG on a shared 2-core box: ~10-20 s expected, 240 s allowed.
+    let deadline = started + Duration::from_secs(240);
+    let result = loop {
+        if let Some(r) = api.seen.lock().expect("lock").result.clone() {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: no result from the agent within 240 s; serial console:\n{}\nqemu: {}",
+            tail(&serial),
+            tail(&lab.path("qemu.log"))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let seen = api.seen.lock().expect("lock");
+    eprintln!(
+        "{what}: boot to result under TCG {:.1} s; phases {:?}",
+        started.elapsed().as_secs_f64(),
+        seen.phases
+    );
+    Run {
+        result,
+        phases: seen.phases.clone(),
+        claims: seen.claims,
+        serial: tail(&serial),
+    }
+    // Dropping the lab stops QEMU and deletes the namespaces.
+}
+
+/// A fresh lab with a tap for the VM on its bridge and dnsmasq answering DHCP.
+fn lab_with_dhcp(what: &str) -> Lab {
+    testkit::netns::must_be_root();
+    require("qemu-system-x86_64", "qemu-system-x86");
+    let lab = Lab::new(what);
+    lab.ip(&lab.srv, "tuntap add tap0 mode tap");
+    lab.ip(&lab.srv, "link set tap0 master br0 up");
+    start_dnsmasq(&lab);
+    lab
+}
+
+/// Starts QEMU in `lab` on the real agent kernel and ramdisk, `agent_args` on the kernel
+/// command line (a one-time token is added), `disk` as its virtio disk; the console goes to
+/// the lab's `serial.log`.
+fn start_vm(lab: &Lab, agent_args: &str, disk: &Path, drive_opts: &str, extra: &[&str]) {
+    let boot = agent_boot_files();
     let serial = lab.path("serial.log");
     let kernel = boot.join("agent-vmlinuz").display().to_string();
     let initrd = boot.join("agent-initrd.img").display().to_string();
-    let append = format!(
-        "console=ttyS0 panic=-1 rackshare.api={api_url} rackshare.token=one-time rackshare.mode={what}"
-    );
+    let append = format!("console=ttyS0 panic=-1 rackshare.token=one-time {agent_args}");
     // A serial, as real disks have: the server matches wipe reports to the inventory by it.
     let drive = format!(
         "file={},format=raw,if=none,id=d0{drive_opts}",
@@ -226,7 +273,6 @@ fn boot_agent(
     );
     let nic = format!("virtio-net-pci,netdev=n0,mac={MAC}");
     let serial_arg = format!("file:{}", serial.display());
-    let started = Instant::now();
     let mut args = vec![
         "qemu-system-x86_64",
         "-accel",
@@ -257,34 +303,6 @@ fn boot_agent(
     ];
     args.extend_from_slice(extra);
     lab.spawn(&lab.srv, &args, &lab.path("qemu.log"));
-
-    // TCG on a shared 2-core box: ~10-20 s expected, 240 s allowed.
-    let deadline = started + Duration::from_secs(240);
-    let result = loop {
-        if let Some(r) = api.seen.lock().expect("lock").result.clone() {
-            break r;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: no result from the agent within 240 s; serial console:\n{}\nqemu: {}",
-            tail(&serial),
-            tail(&lab.path("qemu.log"))
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let seen = api.seen.lock().expect("lock");
-    eprintln!(
-        "{what}: boot to result under TCG {:.1} s; phases {:?}",
-        started.elapsed().as_secs_f64(),
-        seen.phases
-    );
-    Run {
-        result,
-        phases: seen.phases.clone(),
-        claims: seen.claims,
-        serial: tail(&serial),
-    }
-    // Dropping the lab stops QEMU and deletes the namespaces.
 }
 
 fn sha_hex(b: &[u8]) -> String {
@@ -362,6 +380,15 @@ fn the_agent_wipes_then_inspects_a_vm() {
     let nvme_size = 16usize << 20;
     std::fs::write(&nvme, pseudo_random(nvme_size, 6)).expect("NVMe disk full of data");
     let nvme_drive = format!("file={},format=raw,if=none,id=d1", nvme.display());
+    // A third on an AHCI controller: the agent reads its IDENTIFY DEVICE data through ATA
+    // pass-through; QEMU's IDE disks have no security feature set, so it falls back and says so.
+    let sata = dir.path().join("sata.img");
+    let sata_size = 8usize << 20;
+    std::fs::write(&sata, pseudo_random(sata_size, 7)).expect("SATA disk full of data");
+    let sata_drive = format!(
+        "file={},format=raw,if=none,id=d2,discard=unmap",
+        sata.display()
+    );
     let run = boot_agent(
         "wipe",
         Vec::new(),
@@ -374,14 +401,30 @@ fn the_agent_wipes_then_inspects_a_vm() {
             &nvme_drive,
             "-device",
             "nvme,drive=d1,serial=RSVM-NVME0",
+            "-drive",
+            &sata_drive,
+            "-device",
+            "ahci,id=ahci0",
+            "-device",
+            "ide-hd,drive=d2,bus=ahci0.0,serial=RSVM-SATA0",
         ],
     );
     let r = &run.result;
     assert_eq!(r["ok"], true, "{r}\n{}", run.serial);
     let disks = r["wipe"]["disks"].as_array().expect("disks");
     eprintln!("wipe: {r}");
-    assert_eq!(disks.len(), 2, "{r}");
-    let (virtio, nvme_disk) = (&disks[1], &disks[0]);
+    assert_eq!(disks.len(), 3, "{r}");
+    let (nvme_disk, sata_disk, virtio) = (&disks[0], &disks[1], &disks[2]);
+    assert_eq!(sata_disk["name"], "sda", "{r}");
+    assert!(
+        ["discard", "zero"].contains(&sata_disk["method"].as_str().unwrap_or("")),
+        "{r}"
+    );
+    assert_eq!(
+        sata_disk["not_used"][0],
+        "ATA Secure Erase: security feature set not supported (IDENTIFY DEVICE word 82 bit 1 or word 128 bit 0 clear)",
+        "the identify data of the AHCI disk was read and decides the fallback: {r}"
+    );
     assert_eq!(virtio["name"], "vda");
     assert_eq!(virtio["size_bytes"], size as u64);
     assert!(
@@ -425,6 +468,11 @@ fn the_agent_wipes_then_inspects_a_vm() {
     assert!(
         after.iter().all(|&b| b == 0),
         "every byte of the disk is zero"
+    );
+    let after = std::fs::read(&sata).expect("read the VM's SATA disk");
+    assert!(
+        after.iter().all(|&b| b == 0),
+        "every byte of the SATA disk is zero"
     );
     let after = std::fs::read(&nvme).expect("read the VM's NVMe disk");
     assert!(
@@ -568,4 +616,114 @@ fn the_agent_deploys_a_qcow2_and_seeds_cloud_init() {
         ud,
         "#cloud-config\npackages: [htop]\nssh_authorized_keys:\n  - \"ssh-ed25519 AAAAC3Nza test@rackshare\"\n"
     );
+}
+
+/// A listener on 10.77.0.1 (any port) inside namespace `ns`: bound from a thread that joined
+/// it; the socket stays in that namespace wherever it is used.
+fn bind_in_ns(ns: &str) -> TcpListener {
+    let ns_path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let f = std::fs::File::open(&ns_path).expect("open netns");
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            TcpListener::bind("10.77.0.1:0").expect("bind 10.77.0.1")
+        })
+        .join()
+        .expect("bind thread")
+    })
+}
+
+/// What the HTTPS server double saw: connections, and connections that sent request bytes.
+#[derive(Default)]
+struct TlsSeen {
+    connections: usize,
+    requests: usize,
+}
+
+#[test]
+fn the_agent_refuses_a_server_whose_certificate_is_not_the_pinned_one() {
+    let lab = lab_with_dhcp("wrongpin");
+    // The server's certificate, and the pin of another one on the agent's command line.
+    let served = rcgen::generate_simple_self_signed(vec!["10.77.0.1".into()]).expect("cert");
+    let other = rcgen::generate_simple_self_signed(vec!["10.77.0.1".into()]).expect("cert");
+    let served_fp = pin::fingerprint(served.cert.der());
+    let wrong_pin = pin::fingerprint(other.cert.der());
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(served.key_pair.serialize_der().into());
+    let config = Arc::new(
+        rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![served.cert.der().clone()], key)
+        .expect("server config"),
+    );
+    let listener = bind_in_ns(&lab.srv);
+    let port = listener.local_addr().expect("addr").port();
+    let seen = Arc::new(Mutex::new(TlsSeen::default()));
+    let seen_srv = seen.clone();
+    std::thread::spawn(move || {
+        for mut tcp in listener.incoming().flatten() {
+            seen_srv.lock().expect("lock").connections += 1;
+            let Ok(mut conn) = rustls::ServerConnection::new(config.clone()) else {
+                continue;
+            };
+            let _ = tcp.set_read_timeout(Some(Duration::from_secs(10)));
+            let mut one = [0u8; 1];
+            // A request would be application data after the handshake: the pin must stop
+            // the agent before any (its claim carries the boot token).
+            if let Ok(n) = rustls::Stream::new(&mut conn, &mut tcp).read(&mut one) {
+                if n > 0 {
+                    seen_srv.lock().expect("lock").requests += 1;
+                }
+            }
+        }
+    });
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let disk = dir.path().join("disk.img");
+    std::fs::File::create(&disk)
+        .and_then(|f| f.set_len(16 << 20))
+        .expect("blank disk");
+    start_vm(
+        &lab,
+        &format!(
+            "rackshare.api=https://10.77.0.1:{port} rackshare.pin={wrong_pin} rackshare.mode=wipe"
+        ),
+        &disk,
+        "",
+        &[],
+    );
+    let serial = lab.path("serial.log");
+    // TCG on a shared 2-core box: ~10-20 s expected, 240 s allowed.
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let console = loop {
+        let s = std::fs::read_to_string(&serial).unwrap_or_default();
+        if s.contains("rackshare-agent: idle:") {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not stop within 240 s; serial console:\n{}\nqemu: {}",
+            tail(&serial),
+            tail(&lab.path("qemu.log"))
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let idle = console
+        .lines()
+        .find(|l| l.contains("rackshare-agent: idle:"))
+        .unwrap_or_default();
+    assert!(idle.contains("not the pinned"), "{idle}");
+    assert!(
+        idle.contains(&served_fp),
+        "the refusal names the certificate it saw: {idle}"
+    );
+    let seen = seen.lock().expect("lock");
+    assert!(
+        seen.connections >= 1,
+        "the agent reached the server (refused by the pin, not the network)"
+    );
+    assert_eq!(seen.requests, 0, "no request (no claim, no token) was sent");
 }

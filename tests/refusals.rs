@@ -58,15 +58,26 @@ struct HugeBody {
     sent: u64,
 }
 
-/// Sends `POST path` with a body of `content_length` zeros (never more), stopping as soon as
+/// Sends `POST path` with a body of `content_length` spaces (never more), stopping as soon as
 /// the server answers. Bounded by the length and a 60 s deadline.
 async fn post_huge(s: &Service, path: &str, token: &str, content_length: u64) -> HugeBody {
+    send_huge(s, "POST", path, token, content_length).await
+}
+
+/// [`post_huge`] with any method.
+async fn send_huge(
+    s: &Service,
+    method: &str,
+    path: &str,
+    token: &str,
+    content_length: u64,
+) -> HugeBody {
     let stream = tokio::net::TcpStream::connect(addr_of(s))
         .await
         .expect("connect");
     let (mut rd, mut wr) = stream.into_split();
     let head = format!(
-        "POST {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/json\r\nContent-Length: {content_length}\r\n\r\n"
     );
     wr.write_all(head.as_bytes()).await.expect("head");
@@ -398,6 +409,70 @@ async fn a_members_huge_bodies_are_refused_before_they_are_read() {
                 .any(|e| e["action"] == action && e["outcome"] == "denied" && e["actor"] == "ann"),
             "{path}: the refusal is audited"
         );
+    }
+    // The routes on a path's machine, group or lease check the caller's right to it before
+    // the body: a foreign machine or group is a 404 (audited as a denied lookup), the
+    // member's own group a 403 (audited), and none of the 500 MB is read.
+    s.cli(&["group", "add", "beta"]);
+    s.cli(&["machine", "add", "m1", "--mac", "52:54:00:77:00:01"]);
+    for (method, path, status, action) in [
+        ("PATCH", "/api/v1/machines/m1", 404, Some("machine.lookup")),
+        (
+            "POST",
+            "/api/v1/machines/m1/state",
+            404,
+            Some("machine.lookup"),
+        ),
+        (
+            "POST",
+            "/api/v1/machines/m1/power",
+            404,
+            Some("machine.lookup"),
+        ),
+        (
+            "POST",
+            "/api/v1/machines/m1/bootdev",
+            404,
+            Some("machine.lookup"),
+        ),
+        ("PATCH", "/api/v1/groups/beta", 404, Some("group.lookup")),
+        (
+            "PUT",
+            "/api/v1/groups/beta/quota",
+            404,
+            Some("group.lookup"),
+        ),
+        (
+            "POST",
+            "/api/v1/groups/beta/ssh-keys",
+            404,
+            Some("group.lookup"),
+        ),
+        ("PATCH", "/api/v1/groups/alpha", 403, Some("group.update")),
+        (
+            "PUT",
+            "/api/v1/groups/alpha/quota",
+            403,
+            Some("group.quota"),
+        ),
+        ("POST", "/api/v1/leases/999/extend", 404, None),
+        ("POST", "/api/v1/leases/999/release", 404, None),
+    ] {
+        let seen = send_huge(&s, method, path, &ann, HUGE).await;
+        assert_eq!(seen.status, status, "{method} {path}: {}", seen.body);
+        assert!(
+            seen.sent < HUGE,
+            "{method} {path}: answered before the body"
+        );
+        if let Some(action) = action {
+            let evs = events(&s, &s.http()).await;
+            assert!(
+                evs.iter().any(|e| e["action"] == action
+                    && e["outcome"] == "denied"
+                    && e["actor"] == "ann"),
+                "{method} {path}: the refusal is audited as {action}"
+            );
+        }
     }
 }
 

@@ -5,6 +5,7 @@
 //! The pipelines take paths and readers rather than fixed devices, so tests run on temp files.
 
 pub mod api;
+pub mod ata;
 pub mod blockdev;
 pub mod cmdline;
 pub mod deploy;

@@ -39,7 +39,7 @@ impl NvmeCaps {
     }
 }
 
-/// The ATA security feature set, from IDENTIFY DEVICE words 82 and 128.
+/// The ATA security feature set, from IDENTIFY DEVICE words 82, 85 and 128.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct AtaSecurity {
     /// The security feature set is supported.
@@ -55,13 +55,15 @@ pub struct AtaSecurity {
 }
 
 impl AtaSecurity {
-    /// The security state in the 256 words of IDENTIFY DEVICE data.
+    /// The security state in the 256 words of IDENTIFY DEVICE data (ATA/ACS-3: word 82 bit 1
+    /// supported, word 85 bit 1 enabled, word 128 the security status).
     pub fn from_identify(words: &[u16]) -> Option<AtaSecurity> {
         let w82 = *words.get(82)?;
+        let w85 = *words.get(85)?;
         let w128 = *words.get(128)?;
         Some(AtaSecurity {
             supported: w82 & 2 != 0 && w128 & 1 != 0,
-            enabled: w128 & 2 != 0,
+            enabled: w85 & 2 != 0 || w128 & 2 != 0,
             locked: w128 & 4 != 0,
             frozen: w128 & 8 != 0,
             enhanced: w128 & 32 != 0,
@@ -109,7 +111,7 @@ impl EraseMethod {
             EraseMethod::NvmeSanitizeBlock => "nvme-sanitize-block",
             EraseMethod::NvmeFormatCrypto => "nvme-format-crypto",
             EraseMethod::NvmeFormat => "nvme-format",
-            EraseMethod::AtaSecureEraseEnhanced => "ata-secure-erase-enhanced",
+            EraseMethod::AtaSecureEraseEnhanced => "ata-enhanced-secure-erase",
             EraseMethod::AtaSecureErase => "ata-secure-erase",
             EraseMethod::Discard => "discard",
             EraseMethod::Zero => "zero",
@@ -134,10 +136,8 @@ pub struct ErasePlan {
     pub not_used: Vec<String>,
 }
 
-/// The plan for a disk with `controller`. `ata_runs` says whether this agent can issue ATA
-/// security commands (it cannot yet: no SG_IO pass-through), so a supported ATA erase is
-/// named as not used, with why.
-pub fn plan(controller: Controller, ata_runs: bool) -> ErasePlan {
+/// The plan for a disk with `controller`.
+pub fn plan(controller: Controller) -> ErasePlan {
     use EraseMethod::*;
     let mut methods = Vec::new();
     let mut not_used = Vec::new();
@@ -172,15 +172,13 @@ pub fn plan(controller: Controller, ata_runs: bool) -> ErasePlan {
         }
         Controller::Ata(s) => {
             let why = if !s.supported {
-                Some("the drive does not support the security feature set")
+                Some("security feature set not supported (IDENTIFY DEVICE word 82 bit 1 or word 128 bit 0 clear)")
             } else if s.frozen {
                 Some("the drive is security-frozen (the firmware froze it at boot; a suspend/resume or hot-plug unfreezes some drives)")
             } else if s.locked {
                 Some("the drive is locked with a password rackshare does not know")
             } else if s.enabled {
                 Some("the drive already has a user password rackshare does not know")
-            } else if !ata_runs {
-                Some("supported, but this agent cannot issue ATA security commands yet (no SG_IO pass-through)")
             } else {
                 None
             };
@@ -234,7 +232,7 @@ mod tests {
     #[test]
     fn nvme_prefers_sanitize_then_format_and_says_why_not() {
         let full = NvmeCaps::from_identify(&identify(2, 3, 4)).expect("caps");
-        let p = plan(Controller::Nvme(full), false);
+        let p = plan(Controller::Nvme(full));
         assert_eq!(
             p.methods,
             vec![
@@ -248,17 +246,14 @@ mod tests {
         );
         assert!(p.not_used.is_empty(), "{p:?}");
         // Format without crypto erase and no Sanitize (what QEMU's emulated NVMe offers).
-        let p = plan(
-            Controller::Nvme(NvmeCaps {
-                format: true,
-                ..Default::default()
-            }),
-            false,
-        );
+        let p = plan(Controller::Nvme(NvmeCaps {
+            format: true,
+            ..Default::default()
+        }));
         assert_eq!(p.methods, vec![NvmeFormat, Discard, Zero]);
         assert_eq!(p.not_used.len(), 2, "{p:?}");
         assert!(p.not_used[0].starts_with("NVMe Sanitize"), "{p:?}");
-        let p = plan(Controller::Nvme(NvmeCaps::default()), false);
+        let p = plan(Controller::Nvme(NvmeCaps::default()));
         assert_eq!(p.methods, vec![Discard, Zero]);
         assert!(p.not_used.iter().any(|w| w.contains("OACS bit 1")), "{p:?}");
     }
@@ -266,39 +261,40 @@ mod tests {
     fn words(w82: u16, w128: u16) -> Vec<u16> {
         let mut w = vec![0u16; 256];
         w[82] = w82;
+        w[85] = if w128 & 2 != 0 { 2 } else { 0 };
         w[128] = w128;
         w
     }
 
     #[test]
-    fn ata_secure_erase_only_when_supported_not_frozen_and_runnable() {
+    fn ata_secure_erase_only_when_supported_not_frozen_nor_locked() {
         let ready = AtaSecurity::from_identify(&words(2, 1 | 32)).expect("security");
         assert!(ready.supported && ready.enhanced && !ready.frozen);
         assert_eq!(
-            plan(Controller::Ata(ready), true).methods,
+            plan(Controller::Ata(ready)).methods,
             vec![AtaSecureEraseEnhanced, AtaSecureErase, Discard, Zero]
         );
         let plain = AtaSecurity::from_identify(&words(2, 1)).expect("security");
         assert_eq!(
-            plan(Controller::Ata(plain), true).methods,
+            plan(Controller::Ata(plain)).methods,
             vec![AtaSecureErase, Discard, Zero]
         );
         let frozen = AtaSecurity::from_identify(&words(2, 1 | 8)).expect("security");
-        let p = plan(Controller::Ata(frozen), true);
+        let p = plan(Controller::Ata(frozen));
         assert_eq!(p.methods, vec![Discard, Zero]);
         assert!(p.not_used[0].contains("frozen"), "{p:?}");
         let none = AtaSecurity::from_identify(&words(0, 0)).expect("security");
-        assert!(plan(Controller::Ata(none), true).not_used[0].contains("does not support"));
+        assert!(
+            plan(Controller::Ata(none)).not_used[0].contains("security feature set not supported")
+        );
         let locked = AtaSecurity::from_identify(&words(2, 1 | 2 | 4)).expect("security");
-        assert!(plan(Controller::Ata(locked), true).not_used[0].contains("locked"));
-        let p = plan(Controller::Ata(plain), false);
-        assert!(p.not_used[0].contains("cannot issue"), "{p:?}");
+        assert!(plan(Controller::Ata(locked)).not_used[0].contains("locked"));
         assert_eq!(AtaSecurity::from_identify(&[0u16; 10]), None);
     }
 
     #[test]
     fn other_devices_are_discarded_or_overwritten() {
-        let p = plan(Controller::Other, true);
+        let p = plan(Controller::Other);
         assert_eq!(p.methods, vec![Discard, Zero]);
         assert_eq!(p.not_used.len(), 1);
         assert!(!NvmeFormatCrypto.reads_zero() && NvmeFormat.reads_zero());

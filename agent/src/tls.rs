@@ -1,100 +1,20 @@
 //! HTTPS to the boot listener with the server's certificate pinned: the agent trusts exactly
 //! the leaf whose SHA-256 the boot script put on the kernel command line (`rackshare.pin=`),
 //! whatever its names or issuer, and still checks that the server holds that leaf's key (the
-//! handshake signature). rustls on ring, so the binary stays static.
+//! handshake signature): the rule of the `pin` crate. rustls on ring, so the binary stays static.
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
-use sha2::{Digest, Sha256};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+pub use pin::PinnedVerifier;
 
 /// A pin as the command line carries it: 64 hex digits, `SHA256:` and colons allowed; None
 /// when it is not one.
 pub fn parse_pin(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim();
-    let hexpart = s
-        .strip_prefix("SHA256:")
-        .or_else(|| s.strip_prefix("sha256:"))
-        .unwrap_or(s);
-    let clean: String = hexpart.chars().filter(|c| *c != ':').collect();
-    hex::decode(clean).ok()?.try_into().ok()
-}
-
-/// Accepts exactly the pinned leaf; remembers a refused one so the agent can say which it saw.
-#[derive(Debug)]
-pub struct PinnedVerifier {
-    pin: [u8; 32],
-    provider: Arc<CryptoProvider>,
-    refused: Mutex<Option<String>>,
-}
-
-impl PinnedVerifier {
-    /// The fingerprint of the last certificate refused (`SHA256:` + hex), if one was.
-    pub fn refused(&self) -> Option<String> {
-        self.refused.lock().ok().and_then(|r| r.clone())
-    }
-}
-
-impl ServerCertVerifier for PinnedVerifier {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        let seen: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
-        if seen == self.pin {
-            return Ok(ServerCertVerified::assertion());
-        }
-        if let Ok(mut r) = self.refused.lock() {
-            *r = Some(format!("SHA256:{}", hex::encode(seen)));
-        }
-        Err(rustls::Error::General(format!(
-            "the server's certificate SHA256:{} is not the pinned SHA256:{}",
-            hex::encode(seen),
-            hex::encode(self.pin)
-        )))
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
+    pin::parse_fingerprint(s)
 }
 
 /// ureq's TLS for the pinned API: every connection is handshaken here, before a byte of the
@@ -109,11 +29,7 @@ impl PinnedTls {
     /// TLS 1.2 and 1.3 on ring, trusting only the leaf with SHA-256 `pin`.
     pub fn new(pin: [u8; 32]) -> Result<Self, rustls::Error> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier = Arc::new(PinnedVerifier {
-            pin,
-            provider: provider.clone(),
-            refused: Mutex::new(None),
-        });
+        let verifier = Arc::new(PinnedVerifier::new(pin, provider.clone()));
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .dangerous()

@@ -1,7 +1,8 @@
 //! Wipe: erase every disk by the strongest method it offers (`sanitize::plan`: NVMe Sanitize or
-//! Format NVM, else discard, else zeros) and check by reading samples back. The
+//! Format NVM, ATA Secure Erase, else discard, else zeros) and check by reading samples back. The
 //! discard-zeroes ioctl is no help: modern kernels always answer 0, so read-back decides.
 
+use crate::ata::AtaDisk;
 use crate::blockdev::{drop_caches, hash_ranges, CHUNK};
 use crate::error::{io, Error};
 use crate::nvme::Namespace;
@@ -69,15 +70,27 @@ fn zero_fill(path: &Path, size: u64, progress: &mut dyn Progress) -> Result<(), 
 /// How long a device's own erase may take before the agent gives up on it.
 const DEVICE_ERASE_LIMIT: Duration = Duration::from_secs(4 * 3600);
 
-/// Runs one device erase method on `ns`.
-fn device_erase(ns: &Namespace, method: EraseMethod) -> Result<(), Error> {
-    match method {
-        EraseMethod::NvmeSanitizeCrypto => ns.sanitize(4, DEVICE_ERASE_LIMIT),
-        EraseMethod::NvmeSanitizeBlock => ns.sanitize(2, DEVICE_ERASE_LIMIT),
-        EraseMethod::NvmeFormatCrypto => ns.format(2, DEVICE_ERASE_LIMIT),
-        EraseMethod::NvmeFormat => ns.format(1, DEVICE_ERASE_LIMIT),
-        other => Err(Error::DeviceErase(format!(
-            "{} is not an NVMe command",
+/// The handle a device's own erase commands go through.
+pub enum Device {
+    /// An NVMe namespace.
+    Nvme(Namespace),
+    /// A disk that answers ATA commands (SATA on AHCI or behind a SAS HBA).
+    Ata(AtaDisk),
+}
+
+/// Runs one device erase method on `dev`.
+fn device_erase(dev: &Device, method: EraseMethod) -> Result<(), Error> {
+    match (dev, method) {
+        (Device::Nvme(ns), EraseMethod::NvmeSanitizeCrypto) => ns.sanitize(4, DEVICE_ERASE_LIMIT),
+        (Device::Nvme(ns), EraseMethod::NvmeSanitizeBlock) => ns.sanitize(2, DEVICE_ERASE_LIMIT),
+        (Device::Nvme(ns), EraseMethod::NvmeFormatCrypto) => ns.format(2, DEVICE_ERASE_LIMIT),
+        (Device::Nvme(ns), EraseMethod::NvmeFormat) => ns.format(1, DEVICE_ERASE_LIMIT),
+        (Device::Ata(d), EraseMethod::AtaSecureEraseEnhanced) => {
+            d.secure_erase(true, DEVICE_ERASE_LIMIT)
+        }
+        (Device::Ata(d), EraseMethod::AtaSecureErase) => d.secure_erase(false, DEVICE_ERASE_LIMIT),
+        (_, other) => Err(Error::DeviceErase(format!(
+            "{} is not a command of this device",
             other.as_str()
         ))),
     }
@@ -87,13 +100,13 @@ fn device_erase(ns: &Namespace, method: EraseMethod) -> Result<(), Error> {
 /// a Format NVM or Sanitize of a big disk takes minutes to hours in one command, and the
 /// server counts a silent agent as lost.
 fn erase_reporting(
-    ns: &Namespace,
+    dev: &Device,
     method: EraseMethod,
     size: u64,
     progress: &mut dyn Progress,
 ) -> Result<(), Error> {
     std::thread::scope(|s| {
-        let erase = s.spawn(|| device_erase(ns, method));
+        let erase = s.spawn(|| device_erase(dev, method));
         let mut reported = Ok(());
         let mut last = std::time::Instant::now();
         while !erase.is_finished() {
@@ -111,29 +124,33 @@ fn erase_reporting(
     })
 }
 
-/// What the disk's controller offers, and its NVMe namespace when it is one.
-pub fn probe(path: &Path) -> (Controller, Option<Namespace>) {
-    match Namespace::open(path) {
-        Some(ns) => match ns.caps() {
-            Ok(c) => (Controller::Nvme(c), Some(ns)),
+/// What the disk's controller offers, and the handle for its own erase commands: an NVMe
+/// namespace, else a disk that answers ATA IDENTIFY DEVICE, else neither.
+pub fn probe(path: &Path) -> (Controller, Option<Device>) {
+    if let Some(ns) = Namespace::open(path) {
+        return match ns.caps() {
+            Ok(c) => (Controller::Nvme(c), Some(Device::Nvme(ns))),
             Err(e) => {
                 crate::log!("{}: NVMe Identify failed ({e})", path.display());
                 (Controller::Other, None)
             }
-        },
+        };
+    }
+    match AtaDisk::open(path) {
+        Some(d) => (Controller::Ata(d.identify.security()), Some(Device::Ata(d))),
         None => (Controller::Other, None),
     }
 }
 
 /// Wipes one disk of `size` bytes by the first method of `plan` that works and verifies:
-/// the device's own erase (through `ns`), discard, or zeros over every byte. Every method
+/// the device's own erase (through `dev`), discard, or zeros over every byte. Every method
 /// passed over is said in the report's `not_used`.
 pub fn wipe_disk(
     path: &Path,
     name: &str,
     size: u64,
     plan: &ErasePlan,
-    ns: Option<&Namespace>,
+    dev: Option<&Device>,
     progress: &mut dyn Progress,
 ) -> Result<WipedDisk, Error> {
     let samples = sample_offsets(size).len();
@@ -155,10 +172,10 @@ pub fn wipe_disk(
                     &format!("blkdiscard did not run ({e})"),
                 )),
             },
-            device => match ns.map(|ns| erase_reporting(ns, device, size, progress)) {
+            device => match dev.map(|d| erase_reporting(d, device, size, progress)) {
                 Some(Ok(())) => Ok(true),
                 Some(Err(e)) => Ok(why_not(&mut not_used, method, &e.to_string())),
-                None => Ok(why_not(&mut not_used, method, "no NVMe namespace")),
+                None => Ok(why_not(&mut not_used, method, "no device to command")),
             },
         }?;
         if !done {
@@ -227,15 +244,15 @@ pub fn run<S: Progress + Challenger>(sys: &Path, server: &mut S) -> Result<WipeR
     for d in disks {
         let path = Path::new("/dev").join(&d.name);
         crate::log!("wiping {} ({} bytes)", path.display(), d.info.size_bytes);
-        let (controller, ns) = probe(&path);
-        let plan = sanitize::plan(controller, false);
+        let (controller, dev) = probe(&path);
+        let plan = sanitize::plan(controller);
         crate::log!("{}: {controller:?}; plan {:?}", d.name, plan.methods);
         let wiped = wipe_disk(
             &path,
             &d.name,
             d.info.size_bytes,
             &plan,
-            ns.as_ref(),
+            dev.as_ref(),
             server,
         )?;
         // The server matches the report to its inventory by serial (else model and name).
@@ -307,7 +324,7 @@ mod tests {
         std::fs::write(&disk, vec![0x5Au8; size as usize]).expect("write");
         assert!(first_nonzero(&disk, size).expect("reads").is_some());
         // blkdiscard refuses a regular file, so this takes the zero path.
-        let plan = sanitize::plan(Controller::Other, false);
+        let plan = sanitize::plan(Controller::Other);
         let r = wipe_disk(&disk, "disk", size, &plan, None, &mut NoProgress).expect("wipes");
         assert_eq!(r.method, "zero");
         // Discard was tried (blkdiscard refuses a file, or is missing) and says why it was not used.

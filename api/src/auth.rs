@@ -167,3 +167,46 @@ impl<G: Gate> FromRequestParts<AppState> for Gated<G> {
         Ok(Gated(c, PhantomData))
     }
 }
+
+/// The rule for the resource a route's path names (`{name}` / `{id}`), run by [`GatedPath`]
+/// before the body is read: resolve it in the caller's scope (404 outside it, audited) and
+/// check the caller's right to the operation (403, audited). Each route module keeps its own
+/// rule; this is only where it runs.
+pub trait PathGate: Send + Sync + 'static {
+    /// What the check resolved (the machine, the lease…), handed to the handler.
+    type Resource: Send;
+    /// Resolves `key`, the path's one parameter, for `c`, or refuses.
+    fn check<'a>(
+        st: &'a AppState,
+        c: &'a Caller,
+        key: &'a str,
+    ) -> impl std::future::Future<Output = Result<Self::Resource, ApiError>> + Send + 'a;
+}
+
+/// A caller whose right to the path's resource was checked by `P` before the body extractor
+/// runs, so a member's large body to a foreign machine or group is refused unread.
+pub struct GatedPath<P: PathGate>(pub Caller, pub P::Resource);
+
+impl<P: PathGate> FromRequestParts<AppState> for GatedPath<P> {
+    type Rejection = Response;
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Response> {
+        let c = Caller::from_request_parts(parts, state).await?;
+        let axum::extract::Path(key) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::invalid("path", e.body_text()).into_response())?;
+        let r = P::check(state, &c, &key)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(GatedPath(c, r))
+    }
+}
+
+impl<P: PathGate> GatedPath<P> {
+    /// Runs `P`'s check for an already known caller (the dashboard's forms call the API's
+    /// handlers with their visitor).
+    pub async fn check(st: &AppState, c: Caller, key: &str) -> Result<Self, ApiError> {
+        let r = P::check(st, &c, key).await?;
+        Ok(GatedPath(c, r))
+    }
+}

@@ -7,7 +7,6 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
-use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -71,24 +70,7 @@ pub struct TlsIdentity {
     key: PrivateKeyDer<'static>,
 }
 
-/// The SHA-256 fingerprint of a DER certificate as rackshare prints and takes it:
-/// `SHA256:` and 64 lowercase hex digits.
-pub fn fingerprint(der: &[u8]) -> String {
-    format!("SHA256:{}", hex::encode(Sha256::digest(der)))
-}
-
-/// A fingerprint as typed by a person (`SHA256:` optional, hex with or without colons, any
-/// case) as its 32 bytes; None when it is not one.
-pub fn parse_fingerprint(s: &str) -> Option<[u8; 32]> {
-    let s = s.trim();
-    let hexpart = s
-        .strip_prefix("SHA256:")
-        .or_else(|| s.strip_prefix("sha256:"))
-        .unwrap_or(s);
-    let clean: String = hexpart.chars().filter(|c| *c != ':').collect();
-    let bytes = hex::decode(clean).ok()?;
-    bytes.try_into().ok()
-}
+pub use pin::{fingerprint, parse_fingerprint};
 
 impl TlsIdentity {
     /// Loads an operator's PEM certificate chain (leaf first) and private key.

@@ -2,7 +2,7 @@
 //! and nothing of another group's, not even that it exists (404, never 403); staff,
 //! technicians and admins see everything.
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Gate, PathGate};
 use crate::state::AppState;
 use crate::ApiError;
 use inventory::{AuditOutcome, Image, Machine, NewAuditEvent, Role};
@@ -163,6 +163,38 @@ pub async fn visible_image(
 /// machines (a public image anywhere).
 pub fn deployable_on(img: &Image, m: &Machine) -> bool {
     img.owner_group.is_none() || img.owner_group == m.member_group
+}
+
+/// The path's machine, visible to the caller, who has one of `G`'s roles: checked before the
+/// body is read (`GatedPath<OnMachine<G>>`).
+pub struct OnMachine<G>(std::marker::PhantomData<fn() -> G>);
+
+impl<G: Gate + 'static> PathGate for OnMachine<G> {
+    type Resource = Machine;
+    async fn check<'a>(
+        st: &'a AppState,
+        c: &'a Caller,
+        name: &'a str,
+    ) -> Result<Machine, ApiError> {
+        let m = visible_machine(st, c, name).await?;
+        c.require(st, G::ROLES, G::ACTION, name).await?;
+        Ok(m)
+    }
+}
+
+/// The path's member group, visible to the caller (a foreign one is 404, audited), who has
+/// one of `G`'s roles: checked before the body is read (`GatedPath<OnGroup<G>>`).
+pub struct OnGroup<G>(std::marker::PhantomData<fn() -> G>);
+
+impl<G: Gate + 'static> PathGate for OnGroup<G> {
+    type Resource = ();
+    async fn check<'a>(st: &'a AppState, c: &'a Caller, name: &'a str) -> Result<(), ApiError> {
+        if !c.group_scope().sees(Some(name)) {
+            audit_hidden(st, c, "group", name).await;
+            return Err(ApiError::not_found(format!("group '{name}' not found")));
+        }
+        c.require(st, G::ROLES, G::ACTION, name).await
+    }
 }
 
 #[cfg(test)]

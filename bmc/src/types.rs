@@ -99,15 +99,10 @@ pub enum TlsPolicy {
 impl TlsPolicy {
     /// A fingerprint pin from hex (`AB:CD:…` or `abcd…`), normalized to 64 lowercase hex digits.
     pub fn fingerprint(hex_digits: &str) -> Result<Self, String> {
-        let norm: String = hex_digits
-            .chars()
-            .filter(|c| *c != ':' && !c.is_whitespace())
-            .collect::<String>()
-            .to_ascii_lowercase();
-        if norm.len() != 64 || !norm.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err("a SHA-256 fingerprint is 64 hex digits (colons allowed)".into());
-        }
-        Ok(TlsPolicy::Fingerprint(norm))
+        let clean: String = hex_digits.chars().filter(|c| !c.is_whitespace()).collect();
+        let pin = pin::parse_fingerprint(&clean)
+            .ok_or("a SHA-256 fingerprint is 64 hex digits (colons allowed)")?;
+        Ok(TlsPolicy::Fingerprint(hex::encode(pin)))
     }
 }
 

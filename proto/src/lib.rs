@@ -295,7 +295,7 @@ pub struct WipedDisk {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
     /// How it was erased: `nvme-sanitize-crypto`, `nvme-sanitize-block`, `nvme-format-crypto`,
-    /// `nvme-format`, `ata-secure-erase(-enhanced)`, `discard` or `zero`.
+    /// `nvme-format`, `ata-secure-erase`, `ata-enhanced-secure-erase`, `discard` or `zero`.
     pub method: String,
     /// Why each stronger method was not used (not offered by the device, refused, failed).
     #[serde(skip_serializing_if = "Vec::is_empty")]

@@ -494,7 +494,7 @@ async fn bounded(
 pub(super) fn nist_class(method: &str) -> &'static str {
     match method {
         "ata-secure-erase"
-        | "ata-secure-erase-enhanced"
+        | "ata-enhanced-secure-erase"
         | "nvme-format"
         | "nvme-format-crypto"
         | "nvme-sanitize-block"

@@ -355,7 +355,7 @@ async fn a_wipe_leaves_a_certificate_with_the_agents_words() {
     for purge in [
         "nvme-format",
         "nvme-sanitize-crypto",
-        "ata-secure-erase-enhanced",
+        "ata-enhanced-secure-erase",
     ] {
         assert_eq!(nist_class(purge), "Purge", "{purge}");
     }

@@ -3,10 +3,10 @@
 //! Members act on their own group only; anything of another group answers 404 (never 403, so
 //! existence does not leak). Technicians may read leases but not change them.
 
-use crate::auth::{Caller, Gate, Gated, STAFF};
+use crate::auth::{Caller, Gate, Gated, GatedPath, PathGate, STAFF};
 use crate::json::{ApiJson, ApiQuery};
 use crate::state::AppState;
-use crate::visibility::GroupScope;
+use crate::visibility::{GroupScope, OnGroup};
 use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -68,6 +68,46 @@ async fn visible_lease(st: &AppState, c: &Caller, id: &str) -> Result<Lease, Api
     } else {
         Err(lease_not_found(id))
     }
+}
+
+/// The path's lease, visible to the caller, who has one of `G`'s roles on its group: checked
+/// before the body is read (`GatedPath<OnLease<G>>`).
+pub struct OnLease<G>(std::marker::PhantomData<fn() -> G>);
+
+impl<G: Gate + 'static> PathGate for OnLease<G> {
+    type Resource = Lease;
+    async fn check<'a>(st: &'a AppState, c: &'a Caller, id: &'a str) -> Result<Lease, ApiError> {
+        let lease = visible_lease(st, c, id).await?;
+        require_on(st, c, G::ROLES, G::ACTION, id, &lease.group).await?;
+        Ok(lease)
+    }
+}
+
+/// The gate of `extend`.
+pub struct LeaseExtendGate;
+
+impl Gate for LeaseExtendGate {
+    const ROLES: &'static [Role] = LEASERS;
+    const ACTION: &'static str = "lease.extend";
+    const TARGET: &'static str = "lease";
+}
+
+/// The gate of `release`.
+pub struct LeaseReleaseGate;
+
+impl Gate for LeaseReleaseGate {
+    const ROLES: &'static [Role] = LEASERS;
+    const ACTION: &'static str = "lease.release";
+    const TARGET: &'static str = "lease";
+}
+
+/// The gate of `revoke`.
+pub struct LeaseRevokeGate;
+
+impl Gate for LeaseRevokeGate {
+    const ROLES: &'static [Role] = STAFF;
+    const ACTION: &'static str = "lease.revoke";
+    const TARGET: &'static str = "lease";
 }
 
 /// A group the caller may see (members: their own), or 404.
@@ -138,12 +178,9 @@ pub struct ExtendRequest {
 
 pub async fn extend(
     State(st): State<AppState>,
-    c: Caller,
-    Path(id): Path<String>,
+    GatedPath(c, lease): GatedPath<OnLease<LeaseExtendGate>>,
     ApiJson(b): ApiJson<ExtendRequest>,
 ) -> Result<Json<Lease>, ApiError> {
-    let lease = visible_lease(&st, &c, &id).await?;
-    require_on(&st, &c, LEASERS, "lease.extend", &id, &lease.group).await?;
     let ends_at = match (b.ends_at, b.by_secs) {
         (Some(e), None) => e,
         (None, Some(s)) if s > 0 => lease.ends_at.saturating_add(s.saturating_mul(1000)),
@@ -180,12 +217,9 @@ fn end_reason(body: &[u8]) -> Result<String, ApiError> {
 
 pub async fn release(
     State(st): State<AppState>,
-    c: Caller,
-    Path(id): Path<String>,
+    GatedPath(c, lease): GatedPath<OnLease<LeaseReleaseGate>>,
     body: axum::body::Bytes,
 ) -> Result<Json<Lease>, ApiError> {
-    let lease = visible_lease(&st, &c, &id).await?;
-    require_on(&st, &c, LEASERS, "lease.release", &id, &lease.group).await?;
     let reason = end_reason(&body)?;
     Ok(Json(
         st.inv
@@ -196,12 +230,9 @@ pub async fn release(
 
 pub async fn revoke(
     State(st): State<AppState>,
-    c: Caller,
-    Path(id): Path<String>,
+    GatedPath(c, lease): GatedPath<OnLease<LeaseRevokeGate>>,
     body: axum::body::Bytes,
 ) -> Result<Json<Lease>, ApiError> {
-    let lease = visible_lease(&st, &c, &id).await?;
-    require_on(&st, &c, STAFF, "lease.revoke", &id, &lease.group).await?;
     let reason = end_reason(&body)?;
     Ok(Json(
         st.inv
@@ -219,14 +250,21 @@ pub async fn show_quota(
     Ok(Json(st.inv.group_quota(&name).await?))
 }
 
+/// The gate of `set_quota`, on the path's group.
+pub struct QuotaGate;
+
+impl Gate for QuotaGate {
+    const ROLES: &'static [Role] = STAFF;
+    const ACTION: &'static str = "group.quota";
+    const TARGET: &'static str = "group";
+}
+
 pub async fn set_quota(
     State(st): State<AppState>,
-    c: Caller,
+    GatedPath(c, ()): GatedPath<OnGroup<QuotaGate>>,
     Path(name): Path<String>,
     ApiJson(b): ApiJson<QuotaLimits>,
 ) -> Result<Json<GroupQuota>, ApiError> {
-    visible_group(&c, &name)?;
-    c.require(&st, STAFF, "group.quota", &name).await?;
     Ok(Json(st.inv.set_group_quota(c.name(), &name, &b).await?))
 }
 
@@ -283,12 +321,10 @@ pub async fn show_webhook(
 /// checked at every call (as URL imports are), so a later DNS change cannot reach inside.
 pub async fn set_webhook(
     State(st): State<AppState>,
-    c: Caller,
+    GatedPath(c, ()): GatedPath<OnGroup<WebhookSetGate>>,
     Path(name): Path<String>,
     ApiJson(b): ApiJson<Webhook>,
 ) -> Result<Json<Webhook>, ApiError> {
-    visible_group(&c, &name)?;
-    c.require(&st, LEASERS, "group.webhook.set", &name).await?;
     let url = b.url.as_deref().map(str::trim).filter(|u| !u.is_empty());
     st.inv.set_group_webhook(c.name(), &name, url).await?;
     Ok(Json(Webhook {
@@ -303,14 +339,30 @@ pub struct KeyRequest {
     key: String,
 }
 
+/// The gate of `set_webhook`, on the path's group.
+pub struct WebhookSetGate;
+
+impl Gate for WebhookSetGate {
+    const ROLES: &'static [Role] = LEASERS;
+    const ACTION: &'static str = "group.webhook.set";
+    const TARGET: &'static str = "group";
+}
+
+/// The gate of `add_key`, on the path's group.
+pub struct KeyAddGate;
+
+impl Gate for KeyAddGate {
+    const ROLES: &'static [Role] = LEASERS;
+    const ACTION: &'static str = "group.ssh_key.add";
+    const TARGET: &'static str = "group";
+}
+
 pub async fn add_key(
     State(st): State<AppState>,
-    c: Caller,
+    GatedPath(c, ()): GatedPath<OnGroup<KeyAddGate>>,
     Path(name): Path<String>,
     ApiJson(b): ApiJson<KeyRequest>,
 ) -> Result<(StatusCode, Json<Vec<SshKey>>), ApiError> {
-    visible_group(&c, &name)?;
-    c.require(&st, LEASERS, "group.ssh_key.add", &name).await?;
     Ok((
         StatusCode::CREATED,
         key_list(st.inv.add_group_ssh_key(c.name(), &name, &b.key).await?),

@@ -1,6 +1,6 @@
 //! Machines: enrol, list, show, edit, delete, and lifecycle moves.
 
-use crate::auth::{Caller, Gate, Gated, STAFF};
+use crate::auth::{Caller, Gate, Gated, GatedPath, STAFF};
 use crate::json::{ApiJson, ApiQuery};
 use crate::state::AppState;
 use crate::ApiError;
@@ -11,7 +11,7 @@ use axum::Json;
 use inventory::{Machine, MachineFilter, MachinePatch, MachineState, NewMachine};
 use serde::Deserialize;
 
-use crate::visibility::visible_machine;
+use crate::visibility::{visible_machine, OnMachine};
 
 pub async fn list(
     State(st): State<AppState>,
@@ -87,14 +87,21 @@ pub async fn create(
     ))
 }
 
+/// The gate of `update`, on the path's machine.
+pub struct MachineUpdateGate;
+
+impl Gate for MachineUpdateGate {
+    const ROLES: &'static [inventory::Role] = STAFF;
+    const ACTION: &'static str = "machine.update";
+    const TARGET: &'static str = "machine";
+}
+
 pub async fn update(
     State(st): State<AppState>,
-    c: Caller,
+    GatedPath(c, _): GatedPath<OnMachine<MachineUpdateGate>>,
     Path(name): Path<String>,
     ApiJson(p): ApiJson<MachinePatch>,
 ) -> Result<Json<Machine>, ApiError> {
-    visible_machine(&st, &c, &name).await?;
-    c.require(&st, STAFF, "machine.update", &name).await?;
     if let Some(b) = &p.bmc {
         crate::bmc_service::validate_url(&b.url)?;
     }
@@ -123,14 +130,21 @@ pub struct StateChange {
     expected_state: Option<MachineState>,
 }
 
+/// The gate of `set_state`, on the path's machine.
+pub struct MachineStateGate;
+
+impl Gate for MachineStateGate {
+    const ROLES: &'static [inventory::Role] = STAFF;
+    const ACTION: &'static str = "machine.transition";
+    const TARGET: &'static str = "machine";
+}
+
 pub async fn set_state(
     State(st): State<AppState>,
-    c: Caller,
+    GatedPath(c, _): GatedPath<OnMachine<MachineStateGate>>,
     Path(name): Path<String>,
     ApiJson(b): ApiJson<StateChange>,
 ) -> Result<Json<Machine>, ApiError> {
-    visible_machine(&st, &c, &name).await?;
-    c.require(&st, STAFF, "machine.transition", &name).await?;
     let reason = if b.reason.is_empty() {
         format!("set by {}", c.name())
     } else {

@@ -1,8 +1,9 @@
 //! Member groups, users and API tokens.
 
-use crate::auth::{Caller, Gate, Gated, ADMIN, STAFF};
+use crate::auth::{Caller, Gate, Gated, GatedPath, ADMIN, STAFF};
 use crate::json::{ApiJson, ApiQuery};
 use crate::state::AppState;
+use crate::visibility::OnGroup;
 use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -67,16 +68,21 @@ pub struct GroupPatch {
     ssh_keys: Option<Vec<String>>,
 }
 
+/// The gate of `update_group`, on the path's group.
+pub struct GroupUpdateGate;
+
+impl Gate for GroupUpdateGate {
+    const ROLES: &'static [Role] = STAFF;
+    const ACTION: &'static str = "group.update";
+    const TARGET: &'static str = "group";
+}
+
 pub async fn update_group(
     State(st): State<AppState>,
-    c: Caller,
+    GatedPath(c, ()): GatedPath<OnGroup<GroupUpdateGate>>,
     Path(name): Path<String>,
     ApiJson(p): ApiJson<GroupPatch>,
 ) -> Result<Json<MemberGroup>, ApiError> {
-    if !c.group_scope().sees(Some(&name)) {
-        return Err(ApiError::not_found(format!("group '{name}' not found")));
-    }
-    c.require(&st, STAFF, "group.update", &name).await?;
     let cur = st.inv.group(&name).await?;
     for (field, v) in [
         ("quota_max_machines", p.quota_max_machines),

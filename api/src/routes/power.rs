@@ -1,12 +1,12 @@
 //! Power, boot device and inspection through the machine's BMC. Every action is audited
 //! with who did it and how it ended.
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Gate, GatedPath};
 use crate::bmc_service::Watts;
 use crate::engine::facts::{self, HardwareFacts};
 use crate::json::ApiJson;
 use crate::state::AppState;
-use crate::visibility::visible_machine;
+use crate::visibility::{visible_machine, OnMachine};
 use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::Json;
@@ -61,13 +61,21 @@ pub struct PowerRequest {
     action: String,
 }
 
+/// The gate of `power`, on the path's machine.
+pub struct PowerGate;
+
+impl Gate for PowerGate {
+    const ROLES: &'static [inventory::Role] = OPERATORS;
+    const ACTION: &'static str = "machine.power";
+    const TARGET: &'static str = "machine";
+}
+
 pub async fn power(
     State(st): State<AppState>,
-    c: Caller,
+    GatedPath(c, m): GatedPath<OnMachine<PowerGate>>,
     Path(name): Path<String>,
     ApiJson(b): ApiJson<PowerRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let m = visible_machine(&st, &c, &name).await?;
     let action: PowerAction = b.action.parse().map_err(|_| {
         ApiError::invalid(
             "action",
@@ -77,7 +85,6 @@ pub async fn power(
             ),
         )
     })?;
-    c.require(&st, OPERATORS, "machine.power", &name).await?;
     let res = st
         .bmc
         .run(&name, |h| async move { h.power(action).await })
@@ -107,13 +114,21 @@ pub struct BootRequest {
     mode: Option<String>,
 }
 
+/// The gate of `bootdev`, on the path's machine.
+pub struct BootDeviceGate;
+
+impl Gate for BootDeviceGate {
+    const ROLES: &'static [inventory::Role] = OPERATORS;
+    const ACTION: &'static str = "machine.bootdev";
+    const TARGET: &'static str = "machine";
+}
+
 pub async fn bootdev(
     State(st): State<AppState>,
-    c: Caller,
+    GatedPath(c, m): GatedPath<OnMachine<BootDeviceGate>>,
     Path(name): Path<String>,
     ApiJson(b): ApiJson<BootRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let m = visible_machine(&st, &c, &name).await?;
     let device: BootDevice = b.device.parse().map_err(|_| {
         ApiError::invalid(
             "device",
@@ -131,7 +146,6 @@ pub async fn bootdev(
             ))
         }
     };
-    c.require(&st, OPERATORS, "machine.bootdev", &name).await?;
     let persistent = b.persistent;
     let res = st
         .bmc

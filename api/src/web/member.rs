@@ -5,6 +5,7 @@
 use super::render::{page, see_other, span, when, PageError};
 use super::session::{CsrfForm, Visitor};
 use super::Me;
+use crate::auth::GatedPath;
 use crate::json::{ApiJson, ApiQuery};
 use crate::routes::{leases, machines, power};
 use crate::state::AppState;
@@ -359,8 +360,12 @@ pub async fn extend_lease(
     let hours = number("hours", "Hours", &form.hours)?.unwrap_or(24);
     let body = serde_json::from_value(serde_json::json!({"by_secs": hours.saturating_mul(3600)}))
         .map_err(|e| ApiError::invalid("hours", e.to_string()))?;
-    let Json(_extended) =
-        leases::extend(State(st), visitor.caller, Path(id), ApiJson(body)).await?;
+    let Json(_extended) = leases::extend(
+        State(st.clone()),
+        GatedPath::check(&st, visitor.caller, &id).await?,
+        ApiJson(body),
+    )
+    .await?;
     Ok(see_other("/?done=extended"))
 }
 
@@ -375,9 +380,8 @@ pub async fn release_lease(
     CsrfForm { visitor, .. }: CsrfForm<NoFields>,
 ) -> Result<Response, PageError> {
     let Json(_released) = leases::release(
-        State(st),
-        visitor.caller,
-        Path(id),
+        State(st.clone()),
+        GatedPath::check(&st, visitor.caller, &id).await?,
         axum::body::Bytes::new(),
     )
     .await?;
@@ -454,8 +458,13 @@ pub async fn power_action(
 ) -> Result<Response, PageError> {
     let body = serde_json::from_value(serde_json::json!({"action": form.action}))
         .map_err(|e| ApiError::invalid("action", e.to_string()))?;
-    let Json(_answer) =
-        power::power(State(st), visitor.caller, Path(name.clone()), ApiJson(body)).await?;
+    let Json(_answer) = power::power(
+        State(st.clone()),
+        GatedPath::check(&st, visitor.caller, &name).await?,
+        Path(name.clone()),
+        ApiJson(body),
+    )
+    .await?;
     Ok(see_other(&format!("/machines/{name}?done=power")))
 }
 

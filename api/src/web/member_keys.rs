@@ -5,6 +5,7 @@
 use super::render::{page, see_other, PageError};
 use super::session::{CsrfForm, Visitor};
 use super::Me;
+use crate::auth::GatedPath;
 use crate::json::ApiJson;
 use crate::routes::leases;
 use crate::state::AppState;
@@ -97,14 +98,11 @@ pub async fn add(
     };
     let body = serde_json::from_value(serde_json::json!({"key": form.key.trim()}))
         .map_err(|e| ApiError::invalid("key", e.to_string()))?;
-    match leases::add_key(
-        State(st.clone()),
-        visitor.caller.clone(),
-        Path(group.clone()),
-        ApiJson(body),
-    )
-    .await
-    {
+    let gated = match GatedPath::check(&st, visitor.caller.clone(), &group).await {
+        Ok(g) => g,
+        Err(e) => return Err(e.into()),
+    };
+    match leases::add_key(State(st.clone()), gated, Path(group.clone()), ApiJson(body)).await {
         Ok(_) => Ok(see_other(&keys_url(&group, "added"))),
         Err(e) if e.status.is_client_error() && e.status != StatusCode::NOT_FOUND => {
             keys_page(&st, &visitor, Some(group), e.status, Some(&e.message), None).await

@@ -5,7 +5,7 @@
 use super::render::{page, see_other, when, PageError};
 use super::session::{CsrfForm, Visitor};
 use super::Me;
-use crate::auth::STAFF;
+use crate::auth::{GatedPath, STAFF};
 use crate::json::{ApiJson, ApiQuery};
 use crate::routes::{events, jobs, machines};
 use crate::state::AppState;
@@ -281,7 +281,8 @@ pub async fn change_state(
         "state": form.state, "reason": form.reason, "expected_state": form.from,
     }))
     .map_err(|e| ApiError::invalid("state", e.to_string()))?;
-    let Json(m) = machines::set_state(State(st), visitor.caller, Path(name), ApiJson(body)).await?;
+    let gated = GatedPath::check(&st, visitor.caller, &name).await?;
+    let Json(m) = machines::set_state(State(st), gated, Path(name), ApiJson(body)).await?;
     Ok(see_other(&format!("/machines/{}/timeline", m.name)))
 }
 
