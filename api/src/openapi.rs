@@ -127,6 +127,8 @@ pub const OPERATIONS: &[Operation] = &[
     op!("delete", "/api/v1/sessions/{id}", "End a browser session", "owner; staff for members; admin", None, None),
     op!("get", "/api/v1/events", "The audit log (?machine=&group=&after=&limit=); members see their group's ledger", "any role", None, Some("[AuditEvent]")),
     op!("get", "/api/v1/dhcp/leases", "The authoritative DHCP server's leases (bound, released, declined holds), in address order, with the machine each MAC belongs to", "admin, staff, technician", None, Some("[DhcpLease]")),
+    op!("get", "/api/v1/machines/{name}/boot-events", "What the boot server saw of the machine's NICs, newest first: DHCP messages (arch, vendor class), TFTP files, /boot fetches, the agent's claim (?limit=&after=ID to follow)", "any role (members: their group's)", None, Some("[BootEvent]")),
+    op!("get", "/api/v1/boot-events", "One MAC's boot events, enrolled or not (?mac=&limit=&after=)", "admin, staff", None, Some("[BootEvent]")),
     op!("get", "/api/v1/export", "Export the inventory (?with_secrets=true for BMC passwords and token hashes)", "admin", None, Some("InventoryExport")),
     op!("post", "/api/v1/import", "Import an export, all or nothing", "admin", Some("InventoryExport"), Some("ImportResult")),
 ];
@@ -276,6 +278,7 @@ fn schemas() -> Value {
             "requested_by": {"type": "string"}, "cancel_requested_by": {"type": ["string", "null"]}, "result": {"description": "the agent's report"},
             "created_at": {"type": "integer"}, "started_at": {"type": ["integer", "null"]}, "finished_at": {"type": ["integer", "null"]},
             "steps": {"type": "array", "items": {"$ref": "#/components/schemas/JobStep"}}}},
+        "BootEvent": {"type": "object", "properties": {"id": {"type": "integer"}, "mac": {"type": "string"}, "at": {"type": "integer"}, "kind": {"type": "string"}, "detail": {"type": "object"}}},
         "JobEvent": {"type": "object", "properties": {"id": {"type": "integer"}, "job_id": {"type": "integer"}, "at": {"type": "integer"}, "level": {"type": "string"}, "message": {"type": "string"}}}
     })
 }

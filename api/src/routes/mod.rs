@@ -2,6 +2,7 @@
 
 mod agent;
 mod boot;
+mod boot_events;
 mod certificates;
 mod dhcp;
 pub(crate) mod events;
@@ -113,6 +114,11 @@ pub fn router(state: AppState) -> Router {
         .route("/trust/key", get(certificates::key))
         .route("/certificates/{id}", get(certificates::download))
         .route("/dhcp/leases", get(dhcp::list_leases))
+        .route(
+            "/machines/{name}/boot-events",
+            get(boot_events::for_machine),
+        )
+        .route("/boot-events", get(boot_events::for_mac))
         .route("/export", get(system::export))
         .route(
             "/import",
