@@ -2,7 +2,7 @@
 
 mod agent;
 mod boot;
-mod boot_events;
+pub(crate) mod boot_events;
 mod certificates;
 mod dhcp;
 pub(crate) mod events;
