@@ -4,7 +4,7 @@ mod agent;
 mod boot;
 pub(crate) mod boot_events;
 mod certificates;
-mod dhcp;
+pub(crate) mod dhcp;
 pub(crate) mod events;
 pub(crate) mod images;
 pub(crate) mod jobs;

@@ -10,6 +10,7 @@ mod reimage;
 mod render;
 mod session;
 mod staff;
+mod staff_dhcp;
 mod throttle;
 mod tokens;
 
@@ -114,6 +115,7 @@ pub fn router() -> Router<AppState> {
         .route("/machines/{name}/timeline", get(staff::machine_timeline))
         .route("/machines/{name}/state", post(staff::change_state))
         .route("/users", get(staff::users))
+        .route("/dhcp-leases", get(staff_dhcp::leases))
         .route(
             "/users/{name}/password",
             post(staff::set_temporary_password),

@@ -26,6 +26,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("ledger.html", include_str!("templates/ledger.html")),
     ("tokens.html", include_str!("templates/tokens.html")),
     ("users.html", include_str!("templates/users.html")),
+    ("staff_dhcp.html", include_str!("templates/staff_dhcp.html")),
 ];
 
 /// The one stylesheet.
