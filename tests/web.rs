@@ -725,6 +725,13 @@ async fn staff_page_through_the_fleet_and_change_a_machine_state() {
     assert!(timeline.contains("machine.transition"), "{timeline}");
     assert!(timeline.contains("machine.create"), "{timeline}");
     shot(&c, "timeline").await;
+    // The DHCP lease table (none stored here: no boot services in this test).
+    c.goto(&format!("{}/dhcp-leases", s.url))
+        .await
+        .expect("dhcp leases page");
+    let dhcp = text_of_page(&c).await;
+    assert!(dhcp.contains("No DHCP leases are stored"), "{dhcp}");
+    shot(&c, "dhcp-leases").await;
     // Staff give a new member a temporary password on the users page; signing in with it
     // asks for their own first.
     api(

@@ -262,6 +262,8 @@ pub struct BootHttp {
     /// The agent API's HTTPS listeners (None: the agent is sent the plain base, in-process
     /// tests only).
     pub agent_tls: Option<AgentTls>,
+    /// Where DHCP, TFTP and these routes record what each MAC did (shared by every interface).
+    pub events: pxe::BootEvents,
 }
 
 /// Where the agent API is served over HTTPS, and with which certificate (its fingerprint goes
@@ -515,6 +517,7 @@ pub async fn prepare(
             listen: vec![std::net::SocketAddr::from((if_ip, boot_http_port))],
             seen: Arc::default(),
             agent_tls: None,
+            events: pxe::BootEvents::off(),
         },
     ))
 }
@@ -563,10 +566,11 @@ pub async fn start(
     metrics: Arc<pxe::Metrics>,
     shutdown: pxe::Shutdown,
     seen: Arc<crate::claim::BootAddresses>,
+    events: pxe::BootEvents,
 ) -> Result<tokio::task::JoinHandle<Result<(), pxe::PxeError>>, crate::StartError> {
     let directory = Arc::new(InventoryDirectory::new(inv.clone(), seen));
     let leases = Arc::new(InventoryAddressLeaseStore { inv });
-    pxe::start(cfg, directory, leases, metrics, shutdown)
+    pxe::start(cfg, directory, leases, metrics, events, shutdown)
         .await
         .map_err(|e| crate::StartError::Boot(e.to_string()))
 }
@@ -617,6 +621,7 @@ mod tests {
             listen: Vec::new(),
             seen: Arc::default(),
             agent_tls: None,
+            events: pxe::BootEvents::off(),
         };
         let on = |s: &str| Some(s.parse::<std::net::IpAddr>().expect("ip"));
         assert_eq!(http.base_for(on("10.78.0.1")), "http://10.78.0.1:8080");

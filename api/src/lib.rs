@@ -6,6 +6,7 @@ mod auth;
 mod auth_limit;
 mod bmc_service;
 mod boot;
+mod boot_events;
 mod claim;
 mod config;
 mod engine;

@@ -83,7 +83,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("delete", "/api/v1/images/{reference}", "Delete an image not used by a pending job", "admin, staff; members: own group's", None, None),
     op!("get", "/api/v1/images/{reference}/content", "Download the bytes (Range supported)", "any role (members: public and own)", None, None),
     op!("post", "/api/v1/jobs", "Start a job on a machine: reimage (with an image and optional cloud-init user data), inspect or wipe", "reimage: any role (members: own machines, public or own images); inspect, wipe: admin, staff, technician", Some("JobRequest"), Some("Job")),
-    op!("get", "/api/v1/jobs", "List jobs, newest first (?machine=&state=&limit=)", "any role (members: their group's)", None, Some("[Job]")),
+    op!("get", "/api/v1/jobs", "List jobs, newest first (?machine=&state=&limit=&after=ID: the page after the job ID)", "any role (members: their group's)", None, Some("[Job]")),
     op!("get", "/api/v1/jobs/{id}", "Show a job with its steps and the agent's progress", "any role (members: their group's)", None, Some("Job")),
     op!("get", "/api/v1/jobs/{id}/events", "A job's log (?after=ID to follow)", "any role (members: their group's)", None, Some("[JobEvent]")),
     op!("post", "/api/v1/jobs/{id}/cancel", "Cancel a job (a queued one at once, a running one at its next check); the machine goes failed", "as for starting it", None, Some("Job")),
@@ -97,7 +97,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("get", "/api/v1/groups/{name}", "Show a member group", "any role (members: own)", None, Some("MemberGroup")),
     op!("patch", "/api/v1/groups/{name}", "Set quotas and SSH keys", "admin, staff", Some("GroupPatch"), Some("MemberGroup")),
     op!("post", "/api/v1/leases", "Ask for machines: now (allocated in one transaction), at a future start (a reservation) or when capacity frees up (wait_for_capacity). Refusals name the constraint or quota and the numbers", "admin, staff, member (own group)", Some("NewLease"), Some("Lease")),
-    op!("get", "/api/v1/leases", "List leases (?group=&state=); members see their group's", "any role", None, Some("[Lease]")),
+    op!("get", "/api/v1/leases", "List leases, newest first (?group=&state=&limit=&after=ID: the page after the lease ID); members see their group's", "any role", None, Some("[Lease]")),
     op!("get", "/api/v1/leases/{id}", "Show a lease with its energy (kWh) and wipe certificates", "any role (members: own group's)", None, Some("LeaseDetail")),
     op!("post", "/api/v1/leases/{id}/extend", "Move the end later, within quotas, the maximum lease length and the calendar", "admin, staff, member (own group)", Some("LeaseExtend"), Some("Lease")),
     op!("get", "/api/v1/certificates", "The wipe certificates the caller may read, newest first, each with whether its signature verifies here", "any role (members: own group's)", None, None),
@@ -129,8 +129,10 @@ pub const OPERATIONS: &[Operation] = &[
     op!("post", "/api/v1/users/{name}/password/reset", "Force a password reset: a new password at next sign-in; the user's sessions end", "staff for members; admin", None, None),
     op!("get", "/api/v1/sessions", "Browser sessions (?user=; admins: ?user=* for all), never their cookies", "any role (own); staff for members; admin", None, Some("[WebSession]")),
     op!("delete", "/api/v1/sessions/{id}", "End a browser session", "owner; staff for members; admin", None, None),
-    op!("get", "/api/v1/events", "The audit log (?machine=&group=&after=&limit=); members see their group's ledger", "any role", None, Some("[AuditEvent]")),
+    op!("get", "/api/v1/events", "The audit log, newest first (?machine=&group=&limit=; after=ID follows newer events, before=ID pages back); members see their group's ledger", "any role", None, Some("[AuditEvent]")),
     op!("get", "/api/v1/dhcp/leases", "The authoritative DHCP server's leases (bound, released, declined holds), in address order, with the machine each MAC belongs to", "admin, staff, technician", None, Some("[DhcpLease]")),
+    op!("get", "/api/v1/machines/{name}/boot-events", "What the boot server saw of the machine's NICs, newest first: DHCP messages (arch, vendor class), TFTP files, /boot fetches, the agent's claim (?limit=&after=ID to follow)", "any role (members: their group's)", None, Some("[BootEvent]")),
+    op!("get", "/api/v1/boot-events", "One MAC's boot events, enrolled or not (?mac=&limit=&after=)", "admin, staff", None, Some("[BootEvent]")),
     op!("get", "/api/v1/export", "Export the inventory (?with_secrets=true for BMC passwords and token hashes)", "admin", None, Some("InventoryExport")),
     op!("post", "/api/v1/import", "Import an export, all or nothing", "admin", Some("InventoryExport"), Some("ImportResult")),
 ];
@@ -282,6 +284,7 @@ fn schemas() -> Value {
             "requested_by": {"type": "string"}, "cancel_requested_by": {"type": ["string", "null"]}, "result": {"description": "the agent's report"},
             "created_at": {"type": "integer"}, "started_at": {"type": ["integer", "null"]}, "finished_at": {"type": ["integer", "null"]},
             "steps": {"type": "array", "items": {"$ref": "#/components/schemas/JobStep"}}}},
+        "BootEvent": {"type": "object", "properties": {"id": {"type": "integer"}, "mac": {"type": "string"}, "at": {"type": "integer"}, "kind": {"type": "string"}, "detail": {"type": "object"}}},
         "JobEvent": {"type": "object", "properties": {"id": {"type": "integer"}, "job_id": {"type": "integer"}, "at": {"type": "integer"}, "level": {"type": "string"}, "message": {"type": "string"}}}
     })
 }

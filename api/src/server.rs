@@ -212,9 +212,25 @@ impl Server {
         // the counters are shared.
         // One record of PXE-exchange addresses for every interface (a claim's check reads it).
         let seen = Arc::new(crate::claim::BootAddresses::default());
+        // One boot event writer for every interface and the boot routes.
+        let events = if prepared.is_empty() {
+            pxe::BootEvents::off()
+        } else {
+            let sink = Arc::new(crate::boot_events::InventoryBootEvents { inv: inv.clone() });
+            let (events, writer) =
+                pxe::BootEvents::start(sink, pxe_metrics.clone(), shutdown.clone());
+            // Awaited with the boot services, so what is queued at shutdown is written.
+            pxe_tasks.push(tokio::spawn(async move {
+                writer
+                    .await
+                    .map_err(|e| pxe::PxeError::Config(format!("boot event writer failed: {e}")))
+            }));
+            events
+        };
         for (cfg, mut http) in prepared {
             let interface = cfg.interface.clone();
             http.seen = seen.clone();
+            http.events = events.clone();
             http.agent_tls = boot_tls.as_ref().map(|t| crate::boot::AgentTls {
                 port: config.boot_https_port,
                 tls: t.clone(),
@@ -225,6 +241,7 @@ impl Server {
                 pxe_metrics.clone(),
                 shutdown.clone(),
                 seen.clone(),
+                events.clone(),
             )
             .await
             {

@@ -162,8 +162,10 @@ pub struct AuditFilter {
     pub machine: Option<String>,
     /// Only events concerning this member group.
     pub member_group: Option<String>,
-    /// Only events after this id (for paging / following).
+    /// Only events after this id (for following new ones).
     pub after_id: Option<i64>,
+    /// Only events before this id (paging back: the last id of the previous page).
+    pub before_id: Option<i64>,
     /// At most this many (newest first); default 1000.
     pub limit: Option<i64>,
 }
@@ -227,12 +229,13 @@ impl Inventory {
             "SELECT id, at, actor, action, target_kind, target, machine, member_group, outcome, detail, source, token_prefix \
              FROM audit_events \
              WHERE ($1 IS NULL OR machine = $1) AND ($2 IS NULL OR member_group = $2) AND id > $3 \
-             ORDER BY id DESC LIMIT $4",
+             AND id < $5 ORDER BY id DESC LIMIT $4",
         )
         .bind(&f.machine)
         .bind(&f.member_group)
         .bind(f.after_id.unwrap_or(0))
         .bind(f.limit.unwrap_or(1000).clamp(1, 100_000))
+        .bind(f.before_id.unwrap_or(i64::MAX))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(event_from_row).collect()

@@ -6,6 +6,7 @@
 //! types and typed [`Error`]s back.
 
 mod audit;
+mod boot_events;
 mod certificates;
 mod clock;
 mod db;
@@ -29,6 +30,7 @@ mod state;
 mod transition;
 
 pub use audit::{AuditEvent, AuditFilter, AuditOrigin, AuditOutcome, NewAuditEvent};
+pub use boot_events::{BootEvent, NewBootEvent, BOOT_EVENTS_PER_MAC};
 pub use certificates::{StoredCertificate, TrustKey};
 pub use clock::{fmt_utc, month_bounds, now_ms, utc_ms};
 pub use db::{Backend, Inventory};

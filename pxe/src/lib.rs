@@ -9,6 +9,7 @@ pub mod config;
 pub mod dhcp;
 pub mod directory;
 pub mod error;
+pub mod events;
 pub mod files;
 pub mod lease;
 pub mod mac;
@@ -32,6 +33,7 @@ pub use config::{
 pub use dhcp::probe::{probe_dhcp_servers, ServerSeen};
 pub use directory::{DirectoryError, MachineDirectory, MachineEntry, StaticDirectory};
 pub use error::PxeError;
+pub use events::{BootEvent, BootEventSink, BootEventSinkError, BootEvents};
 pub use files::{check_tftp_root, populate_tftp_root, RootCheck, DEBIAN_IPXE_DIR};
 pub use lease::{
     AddressLease, AddressLeaseChange, AddressLeaseKey, AddressLeaseState, AddressLeaseStore,
@@ -89,16 +91,28 @@ pub async fn run(
     metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) -> Result<(), PxeError> {
-    run_inner(config, directory, lease_store, metrics, shutdown, None).await
+    let events = BootEvents::off();
+    run_inner(
+        config,
+        directory,
+        lease_store,
+        metrics,
+        events,
+        shutdown,
+        None,
+    )
+    .await
 }
 
 /// Like [`run`], but returns once every socket is bound and the leases are loaded, with the
 /// server running in a task: start-up errors come back here, serving errors from the task.
+/// What DHCP and TFTP see of each client is recorded in `events`.
 pub async fn start(
     config: PxeConfig,
     directory: Arc<dyn MachineDirectory>,
     lease_store: Arc<dyn AddressLeaseStore>,
     metrics: Arc<Metrics>,
+    events: BootEvents,
     shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<Result<(), PxeError>>, PxeError> {
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -107,6 +121,7 @@ pub async fn start(
         directory,
         lease_store,
         metrics,
+        events,
         shutdown,
         Some(tx),
     ));
@@ -133,6 +148,7 @@ async fn run_inner(
     directory: Arc<dyn MachineDirectory>,
     lease_store: Arc<dyn AddressLeaseStore>,
     metrics: Arc<Metrics>,
+    events: BootEvents,
     shutdown: CancellationToken,
     ready: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), PxeError> {
@@ -193,6 +209,7 @@ async fn run_inner(
             config.interface.clone(),
             config.tftp.clone(),
             Arc::clone(&metrics),
+            events.clone(),
         )
         .map_err(|source| PxeError::Io {
             context: format!("opening TFTP root {}", config.tftp_root.display()),
@@ -216,20 +233,23 @@ async fn run_inner(
     let mut tasks = tokio::task::JoinSet::new();
     let mut writer_task = None;
     if let Some((_, main)) = dhcp_socks.first() {
-        let core = Arc::new(DhcpCore::new(
-            CoreConfig {
-                interface: config.interface.clone(),
-                server_ip,
-                http_base,
-                discovery: config.discovery,
-                files: config.boot_files.clone(),
-                mode: config.mode.clone(),
-                decline_hold: config.decline_hold,
-            },
-            directory,
-            Arc::clone(&metrics),
-            leases,
-        ));
+        let core = Arc::new(
+            DhcpCore::new(
+                CoreConfig {
+                    interface: config.interface.clone(),
+                    server_ip,
+                    http_base,
+                    discovery: config.discovery,
+                    files: config.boot_files.clone(),
+                    mode: config.mode.clone(),
+                    decline_hold: config.decline_hold,
+                },
+                directory,
+                Arc::clone(&metrics),
+                leases,
+            )
+            .with_events(events),
+        );
         let senders = Arc::new(Senders {
             interface: config.interface.clone(),
             dhcp: Arc::clone(main),

@@ -108,6 +108,10 @@ pub struct Metrics {
     pub tftp_bytes: AtomicU64,
     /// TFTP transfers in progress.
     pub tftp_active: AtomicU64,
+    /// Boot events stored.
+    pub boot_events_recorded: AtomicU64,
+    /// Boot events dropped (queue full, or the store kept failing).
+    pub boot_events_dropped: AtomicU64,
 }
 
 impl Metrics {
@@ -251,6 +255,16 @@ impl Metrics {
             "rackshare_tftp_bytes_total",
             "TFTP payload bytes sent.",
             g(&self.tftp_bytes),
+        );
+        counter(
+            "rackshare_boot_events_recorded_total",
+            "Boot events stored.",
+            g(&self.boot_events_recorded),
+        );
+        counter(
+            "rackshare_boot_events_dropped_total",
+            "Boot events dropped (queue full or store failing).",
+            g(&self.boot_events_dropped),
         );
         let _ = writeln!(
             out,

@@ -220,6 +220,7 @@ pub(crate) struct Tftp {
     active: Arc<Mutex<HashSet<SocketAddr>>>,
     slots: Arc<Semaphore>,
     engine: Engine,
+    events: crate::events::BootEvents,
 }
 
 /// A running transfer's claim: its place among `max_transfers` and its client in the set of
@@ -249,6 +250,7 @@ impl Tftp {
         interface: String,
         cfg: TftpConfig,
         metrics: Arc<Metrics>,
+        events: crate::events::BootEvents,
     ) -> io::Result<Self> {
         let root = std::fs::canonicalize(root)?;
         let slots = Arc::new(Semaphore::new(cfg.max_transfers.max(1)));
@@ -262,6 +264,7 @@ impl Tftp {
             active: Arc::new(Mutex::new(HashSet::new())),
             slots,
             engine,
+            events,
         })
     }
 
@@ -384,6 +387,23 @@ impl Tftp {
         })
         .await
         .unwrap_or(Err(PathRefusal::NotFound));
+        if let std::net::IpAddr::V4(ip) = peer.ip() {
+            let detail = match &opened {
+                Ok((_, size)) => serde_json::json!({ "file": req.filename, "size": size }),
+                Err(PathRefusal::Escape) => {
+                    serde_json::json!({ "file": req.filename, "error": "access violation" })
+                }
+                Err(PathRefusal::NotFound) => {
+                    serde_json::json!({ "file": req.filename, "error": "file not found" })
+                }
+            };
+            let kind = if opened.is_ok() {
+                "tftp.read"
+            } else {
+                "tftp.refused"
+            };
+            self.events.record_from(ip, kind, detail);
+        }
         let (file, size) = match opened {
             Ok(x) => x,
             Err(PathRefusal::Escape) => {

@@ -103,7 +103,25 @@ pub async fn claim(
         }
     }
     let own: Vec<MacAddress> = machine.nics.iter().map(|n| n.mac).collect();
+    // The claim goes on the record of the machine's MACs it named (all of them when none).
+    let named: Vec<MacAddress> = own
+        .iter()
+        .filter(|m| reported.iter().any(|(r, _)| r == *m))
+        .copied()
+        .collect();
+    let record = |kind: &str, detail: serde_json::Value| {
+        if let Some(b) = &st.boot {
+            for m in if named.is_empty() { &own } else { &named } {
+                b.events
+                    .record(pxe::BootEvent::now(pxe::MacAddr(m.0), kind, detail.clone()));
+            }
+        }
+    };
     if let Err(why) = crate::claim::check_claim(&machine.name, &own, source, &allowed, &reported) {
+        record(
+            "agent.claim_refused",
+            serde_json::json!({ "job": job.id, "from": source_text, "reason": why.to_string() }),
+        );
         refuse(&st, Some(&job), &source_text, &macs, &why.to_string()).await;
         return Err(ApiError::forbidden(
             "this claim is not from the machine's own address and NICs in this boot",
@@ -116,6 +134,10 @@ pub async fn claim(
         other => other.into(),
     })?;
     let job = claim.job;
+    record(
+        "agent.claim",
+        serde_json::json!({ "job": job.id, "kind": job.kind, "from": source_text }),
+    );
     let ev = NewAuditEvent::ok("agent", "job.agent_claim", "job", &job.id.to_string())
         .machine(Some(job.machine.clone()))
         .detail(serde_json::json!({ "source": source_text, "macs": macs }));

@@ -35,7 +35,21 @@ pub async fn boot_file(
             .map(|a| a.ip());
         let base = boot.base_for(local).to_string();
         let api = boot.agent_api_for(local);
-        return boot_script(&st, mac, &base, &api).await;
+        let from = peer_v4(&req);
+        if let Some(ip) = from {
+            boot.events.address(ip, mac);
+        }
+        let served = boot_script(&st, mac, &base, &api).await;
+        let detail = match &served {
+            Ok((_, kind)) => serde_json::json!({ "script": kind, "from": from }),
+            Err(e) => serde_json::json!({ "error": e.message, "from": from }),
+        };
+        // Wait scripts come back every few seconds and would push out everything else.
+        if !matches!(served, Ok((_, "wait"))) {
+            boot.events
+                .record(pxe::BootEvent::now(mac, "http.script", detail));
+        }
+        return served.map(|(r, _)| r);
     }
     if file.is_empty() || file.contains(['/', '\\']) || file.starts_with('.') {
         return Err(ApiError::not_found(format!("no boot file '{file}'")));
@@ -43,20 +57,45 @@ pub async fn boot_file(
     let path = boot.root.join(&file);
     // Symlinks out of the root are refused like in TFTP.
     let canon_root = std::fs::canonicalize(&boot.root).map_err(ApiError::internal)?;
-    match std::fs::canonicalize(&path) {
-        Ok(p) if p.starts_with(&canon_root) && p.is_file() => {}
-        _ => return Err(ApiError::not_found(format!("no boot file '{file}'"))),
+    let found = matches!(std::fs::canonicalize(&path),
+        Ok(p) if p.starts_with(&canon_root) && p.is_file());
+    // Range requests (the kernel fetched in pieces) would fill a MAC's record: the first
+    // request of a file is the event.
+    if !req.headers().contains_key(axum::http::header::RANGE) {
+        if let Some(ip) = peer_v4(&req) {
+            let detail = match found {
+                true => serde_json::json!({ "file": file }),
+                false => serde_json::json!({ "file": file, "error": "not found" }),
+            };
+            boot.events.record_from(ip, "http.file", detail);
+        }
+    }
+    if !found {
+        return Err(ApiError::not_found(format!("no boot file '{file}'")));
     }
     crate::boot::serve_file(path, req).await
 }
 
+/// The IPv4 address a boot request came from (IPv4-mapped IPv6 too).
+fn peer_v4(req: &Request) -> Option<std::net::Ipv4Addr> {
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<BootConnection>>()
+        .and_then(|c| c.0.peer)?;
+    match peer.ip() {
+        std::net::IpAddr::V4(ip) => Some(ip),
+        std::net::IpAddr::V6(ip) => ip.to_ipv4_mapped(),
+    }
+}
+
 /// Renders the iPXE script of the machine with `mac`: files on `base`, the agent told `api`.
+/// Also says which script it was (`local-disk`, `agent`, `discovery`, `wait`).
 async fn boot_script(
     st: &AppState,
     mac: MacAddr,
     base: &str,
     api: &AgentApi,
-) -> Result<Response, ApiError> {
+) -> Result<(Response, &'static str), ApiError> {
     let machine = st.inv.machine_by_mac(MacAddress(mac.0)).await?;
     let script = match &machine {
         Some(m) => script_for(st, m, base, api).await?,
@@ -66,18 +105,18 @@ async fn boot_script(
     };
     let self_url = format!("{base}/boot/{}.ipxe", mac.to_url_form());
     let text = pxe::try_render_boot_script(mac, &script, &self_url).map_err(ApiError::internal)?;
+    let kind = match script {
+        BootScript::LocalDisk => "local-disk",
+        BootScript::Agent(_) => "agent",
+        BootScript::Discovery(_) => "discovery",
+        BootScript::Wait { .. } => "wait",
+    };
     // Wait scripts come back every few seconds: not worth an audit line each.
     if let Some(m) = machine
         .as_ref()
         .filter(|_| !matches!(script, BootScript::Wait { .. }))
     {
         tracing::info!(machine = %m.name, state = %m.state, "served boot script");
-        let kind = match script {
-            BootScript::LocalDisk => "local-disk",
-            BootScript::Agent(_) => "agent",
-            BootScript::Discovery(_) => "discovery",
-            BootScript::Wait { .. } => "wait",
-        };
         let ev = NewAuditEvent::ok("pxe", "machine.boot_script", "machine", &m.name)
             .detail(serde_json::json!({ "script": kind }));
         // A read, audited after the fact: the script is served even when the audit log
@@ -86,7 +125,10 @@ async fn boot_script(
             tracing::warn!(machine = %m.name, error = %e, "could not audit a boot script");
         }
     }
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+    Ok((
+        ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response(),
+        kind,
+    ))
 }
 
 /// The agent's kernel and command line: files on `base` (plain HTTP, for the firmware), the

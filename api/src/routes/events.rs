@@ -17,6 +17,7 @@ pub struct EventQuery {
     machine: Option<String>,
     group: Option<String>,
     after: Option<i64>,
+    before: Option<i64>,
     limit: Option<i64>,
 }
 
@@ -41,6 +42,7 @@ pub async fn list(
             machine: q.machine,
             member_group: group,
             after_id: q.after,
+            before_id: q.before,
             limit: q.limit,
         })
         .await?;

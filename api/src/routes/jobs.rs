@@ -43,6 +43,9 @@ pub struct JobQuery {
     state: Option<String>,
     #[serde(default)]
     limit: Option<i64>,
+    /// The cursor: the last job id of the previous page.
+    #[serde(default)]
+    after: Option<i64>,
 }
 
 /// Query of `GET /api/v1/jobs/{id}/events`.
@@ -167,6 +170,7 @@ pub async fn list(
                 state,
                 group,
                 limit: q.limit,
+                after: q.after,
             })
             .await?,
     ))

@@ -2,8 +2,9 @@
 
 mod agent;
 mod boot;
+pub(crate) mod boot_events;
 pub(crate) mod certificates;
-mod dhcp;
+pub(crate) mod dhcp;
 pub(crate) mod events;
 pub(crate) mod images;
 pub(crate) mod jobs;
@@ -119,6 +120,11 @@ pub fn router(state: AppState) -> Router {
         .route("/certificates", get(certificates::list))
         .route("/certificates/{id}", get(certificates::download))
         .route("/dhcp/leases", get(dhcp::list_leases))
+        .route(
+            "/machines/{name}/boot-events",
+            get(boot_events::for_machine),
+        )
+        .route("/boot-events", get(boot_events::for_mac))
         .route("/export", get(system::export))
         .route(
             "/import",

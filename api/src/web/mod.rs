@@ -16,6 +16,7 @@ mod reimage;
 mod render;
 mod session;
 mod staff;
+mod staff_dhcp;
 mod tokens;
 
 use crate::state::AppState;
@@ -120,6 +121,7 @@ pub fn router() -> Router<AppState> {
         .route("/machines/{name}/timeline", get(staff::machine_timeline))
         .route("/machines/{name}/state", post(staff::change_state))
         .route("/users", get(staff::users))
+        .route("/dhcp-leases", get(staff_dhcp::leases))
         .route(
             "/users/{name}/password",
             post(staff::set_temporary_password),

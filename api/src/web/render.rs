@@ -37,6 +37,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("keys.html", include_str!("templates/keys.html")),
     ("images.html", include_str!("templates/images.html")),
     ("console.html", include_str!("templates/console.html")),
+    ("staff_dhcp.html", include_str!("templates/staff_dhcp.html")),
 ];
 
 /// The one stylesheet.

@@ -1,5 +1,5 @@
 //! Staff pages: the fleet (filtered and paged by the database, with counts per state) and, on
-//! a machine's page, one timeline of its audit events and jobs with their steps, and the
+//! a machine's page, one timeline of its audit events, jobs with their steps and boot events, and the
 //! state change offering only the lifecycle's allowed next states.
 
 use super::render::{page, see_other, when, PageError};
@@ -7,7 +7,7 @@ use super::session::{CsrfForm, Visitor};
 use super::Me;
 use crate::auth::{GatedPath, STAFF};
 use crate::json::{ApiJson, ApiQuery};
-use crate::routes::{events, jobs, machines};
+use crate::routes::{boot_events, events, jobs, machines};
 use crate::state::AppState;
 use crate::ApiError;
 use axum::extract::{Path, Query, State};
@@ -183,6 +183,34 @@ fn describe(action: &str, detail: &serde_json::Value) -> String {
     }
 }
 
+/// A boot event in a few words: what was seen, with the facts that explain a stuck boot.
+fn describe_boot(kind: &str, detail: &serde_json::Value) -> String {
+    let facts: Vec<String> = [
+        "arch",
+        "vendor_class",
+        "answer",
+        "address",
+        "boot_file",
+        "file",
+        "script",
+        "error",
+        "reason",
+        "job",
+    ]
+    .iter()
+    .filter_map(|k| match detail.get(*k) {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(format!("{k} {s}")),
+        Some(v) => Some(format!("{k} {v}")),
+    })
+    .collect();
+    if facts.is_empty() {
+        kind.to_string()
+    } else {
+        format!("{kind}: {}", facts.join(", "))
+    }
+}
+
 /// The machine's timeline, newest first: its audit events and its jobs with their steps.
 pub async fn timeline(
     st: &AppState,
@@ -232,6 +260,23 @@ pub async fn timeline(
             }
         }
     }
+    let bq = serde_json::from_value(serde_json::json!({"limit": 100}))
+        .map_err(|e| ApiError::invalid("limit", e.to_string()))?;
+    let Json(boot) = boot_events::for_machine(
+        State(st.clone()),
+        v.caller.clone(),
+        Path(machine.to_string()),
+        ApiQuery(bq),
+    )
+    .await?;
+    out.extend(boot.into_iter().map(|e| TimelineEntry {
+        at: e.at,
+        when: when(e.at),
+        what: describe_boot(&e.kind, &e.detail),
+        who: format!("boot server ({})", e.mac),
+        outcome: e.kind.clone(),
+        link: None,
+    }));
     out.sort_by_key(|e| std::cmp::Reverse(e.at));
     Ok(out
         .into_iter()

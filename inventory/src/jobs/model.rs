@@ -467,6 +467,8 @@ pub struct JobFilter {
     pub group: Option<String>,
     /// At most this many, newest first (default 100).
     pub limit: Option<i64>,
+    /// The cursor: only jobs older than this id (the last id of the previous page).
+    pub after: Option<i64>,
 }
 
 /// What the agent gets when it claims its job.

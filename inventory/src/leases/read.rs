@@ -56,13 +56,16 @@ impl Inventory {
         })
     }
 
-    /// Leases matching `f`, newest first (at most 1000).
+    /// Leases matching `f`, newest first (at most 1000), a page at a time with `limit`/`after`.
     pub async fn leases(&self, f: &LeaseFilter) -> Result<Vec<Lease>> {
         let rows = sqlx::query(&format!(
-            "{LEASE_SELECT} WHERE ($1 IS NULL OR g.name = $1) AND ($2 IS NULL OR l.state = $2) ORDER BY l.id DESC LIMIT 1000"
+            "{LEASE_SELECT} WHERE ($1 IS NULL OR g.name = $1) AND ($2 IS NULL OR l.state = $2) \
+             AND l.id < $3 ORDER BY l.id DESC LIMIT $4"
         ))
         .bind(f.group.clone())
         .bind(f.state.map(|s| s.as_str()))
+        .bind(f.after.unwrap_or(i64::MAX))
+        .bind(f.limit.unwrap_or(1000).clamp(1, 1000))
         .fetch_all(&self.pool)
         .await?;
         let mut out = rows

@@ -199,6 +199,12 @@ pub struct LeaseFilter {
     /// Only in this state.
     #[serde(default)]
     pub state: Option<LeaseState>,
+    /// At most this many, newest first (default and most: 1000).
+    #[serde(default)]
+    pub limit: Option<i64>,
+    /// The cursor: only leases older than this id (the last id of the previous page).
+    #[serde(default)]
+    pub after: Option<i64>,
 }
 
 /// A group's quotas and what it uses of them.

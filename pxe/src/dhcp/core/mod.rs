@@ -21,8 +21,9 @@ use dhcproto::v4::MessageType;
 
 use crate::boot::{decide_boot, BootContext, BootDecision, BootFiles, ClientInfo, IgnoreReason};
 use crate::config::{DhcpMode, PoolConfig};
-use crate::dhcp::packet::parse_request;
+use crate::dhcp::packet::{client_info, parse_request, Request};
 use crate::directory::{MachineDirectory, MachineEntry};
+use crate::events::{BootEvent, BootEvents};
 use crate::lease::{AddressLease, AddressLeaseChange};
 use crate::mac::MacAddr;
 use crate::metrics::{DropReason, Metrics};
@@ -100,17 +101,23 @@ pub struct CoreConfig {
 
 /// Milliseconds since the Unix epoch: the boot server's lease clock. The rest of rackshare
 /// uses `inventory::now_ms`; `pxe` never depends on the inventory, so this is its own.
-pub(super) fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+/// A DHCP message type in lower case (`discover`, `ack`, …), for boot event kinds.
+fn message_name(t: MessageType) -> String {
+    format!("{t:?}").to_lowercase()
+}
+
 /// The DHCP request handler shared by all sockets.
 pub struct DhcpCore {
     cfg: CoreConfig,
     directory: Arc<dyn MachineDirectory>,
     metrics: Arc<Metrics>,
+    events: BootEvents,
     table: Mutex<AddressLeaseTable>,
     seen: Mutex<HashSet<MacAddr>>,
 }
@@ -132,9 +139,16 @@ impl DhcpCore {
             cfg,
             directory,
             metrics,
+            events: BootEvents::off(),
             table: Mutex::new(table),
             seen: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Records what each client asked and was answered in `events`.
+    pub fn with_events(mut self, events: BootEvents) -> Self {
+        self.events = events;
+        self
     }
 
     pub(super) fn drop(&self, r: DropReason) -> DhcpOutcome {
@@ -149,12 +163,70 @@ impl DhcpCore {
             Ok(r) => r,
             Err(r) => return self.drop(r),
         };
-        match (&self.cfg.mode, port) {
+        let out = match (&self.cfg.mode, port) {
             (DhcpMode::Proxy, Port::Dhcp) => self.proxy(&req, port, src).await,
             (DhcpMode::Proxy, Port::Proxy) => self.proxy(&req, port, src).await,
             (DhcpMode::Authoritative { .. }, Port::Dhcp) => self.authoritative(&req).await,
             (DhcpMode::Authoritative { .. }, Port::Proxy) => self.drop(DropReason::NotForUs),
+        };
+        if self.events.is_on() {
+            self.record_events(&req, port, &out);
         }
+        out
+    }
+
+    /// The client's message (with the arch and vendor class it showed) and our answer, as
+    /// boot events; an answer's address is remembered so TFTP and HTTP events name the MAC.
+    fn record_events(&self, req: &Request, port: Port, out: &DhcpOutcome) {
+        let info = client_info(req, &self.cfg.interface);
+        let answer = match out {
+            DhcpOutcome::Drop(r) => format!("dropped: {}", r.as_str()),
+            DhcpOutcome::Silent => "none".to_string(),
+            DhcpOutcome::Reply(r) | DhcpOutcome::Durable { reply: Some(r), .. } => {
+                message_name(r.msg_type)
+            }
+            DhcpOutcome::Durable { reply: None, .. } => "stored".to_string(),
+        };
+        self.events.record(BootEvent::now(
+            req.mac,
+            format!("dhcp.{}", message_name(req.msg_type)),
+            serde_json::json!({
+                "arch": info.arch,
+                "vendor_class": info.vendor_class,
+                "ipxe": info.is_ipxe,
+                "relay": info.relay,
+                "interface": self.cfg.interface,
+                "port": if port == Port::Proxy { 4011 } else { 67 },
+                "answer": answer,
+            }),
+        ));
+        let reply = match out {
+            DhcpOutcome::Reply(r) | DhcpOutcome::Durable { reply: Some(r), .. } => r,
+            _ => return,
+        };
+        use dhcproto::Decodable;
+        let Ok(m) = dhcproto::v4::Message::decode(&mut dhcproto::Decoder::new(&reply.bytes)) else {
+            return;
+        };
+        let boot_file = match m.opts().get(dhcproto::v4::OptionCode::BootfileName) {
+            Some(dhcproto::v4::DhcpOption::BootfileName(b)) => {
+                Some(String::from_utf8_lossy(b).into_owned())
+            }
+            _ => None,
+        };
+        let address = (!m.yiaddr().is_unspecified()).then(|| m.yiaddr());
+        if let Some(ip) = address {
+            self.events.address(ip, req.mac);
+        }
+        self.events.record(BootEvent::now(
+            req.mac,
+            format!("dhcp.{}", message_name(reply.msg_type)),
+            serde_json::json!({
+                "address": address,
+                "boot_file": boot_file,
+                "interface": self.cfg.interface,
+            }),
+        ));
     }
 
     /// The directory's answer for `mac`. Not cached here: the directory is the one cache

@@ -15,6 +15,7 @@ impl DhcpCore {
     pub(super) async fn proxy(&self, req: &Request, port: Port, src: SocketAddrV4) -> DhcpOutcome {
         if let Some(ip) = address_shown(req, port) {
             self.directory.address_seen(req.mac, ip);
+            self.events.address(ip, req.mac);
         }
         let mt = match (port, req.msg_type) {
             (Port::Dhcp, MessageType::Discover) => MessageType::Offer,
