@@ -8,7 +8,7 @@ mod login;
 mod member;
 mod reimage;
 mod render;
-mod session;
+pub(crate) mod session;
 mod staff;
 mod throttle;
 mod tokens;
