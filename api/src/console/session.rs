@@ -256,10 +256,14 @@ async fn link(
                         _ = stopped(&mut stop) => return,
                         n = serial.output.read(&mut buf) => match n {
                             Ok(0) | Err(_) => break,
-                            Ok(n) => session.output(Bytes::copy_from_slice(&buf[..n])),
+                            Ok(n) => {
+                                tracing::debug!(machine = %session.machine, bytes = n, "console output");
+                                session.output(Bytes::copy_from_slice(&buf[..n]))
+                            }
                         },
                         keys = input.recv() => match keys {
                             Some(keys) => {
+                                tracing::debug!(machine = %session.machine, bytes = keys.len(), "console input");
                                 let wrote = async {
                                     serial.input.write_all(&keys).await?;
                                     serial.input.flush().await
