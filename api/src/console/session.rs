@@ -257,13 +257,13 @@ async fn link(
                         n = serial.output.read(&mut buf) => match n {
                             Ok(0) | Err(_) => break,
                             Ok(n) => {
-                                tracing::debug!(machine = %session.machine, bytes = n, "console output");
+                                tracing::trace!(machine = %session.machine, bytes = n, "console output");
                                 session.output(Bytes::copy_from_slice(&buf[..n]))
                             }
                         },
                         keys = input.recv() => match keys {
                             Some(keys) => {
-                                tracing::debug!(machine = %session.machine, bytes = keys.len(), "console input");
+                                tracing::trace!(machine = %session.machine, bytes = keys.len(), "console input");
                                 let wrote = async {
                                     serial.input.write_all(&keys).await?;
                                     serial.input.flush().await
