@@ -125,16 +125,16 @@ impl ConsoleHub {
         self.sessions.lock().map(|m| m.len()).unwrap_or(0)
     }
 
-    /// Join a machine's console as `who`; checks who may (member: only while their group's lease
-    /// holds the machine; staff/technician always), audits `console.open`, opens the BMC session if none.
-    /// `origin` names the front door (`websocket`, `ssh`, `cli`), for the audit log.
-    pub async fn attach(
+    /// Whether `who` may open the machine's console now (the rule of [`ConsoleHub::attach`],
+    /// without joining); refusals are audited. Front doors call it before upgrading a
+    /// connection, so a refusal is an ordinary JSON error.
+    pub async fn admit(
         &self,
         state: &AppState,
         machine: &str,
         who: &TokenOwner,
         origin: &str,
-    ) -> Result<ConsoleViewer, ApiError> {
+    ) -> Result<(), ApiError> {
         let caller = Caller(who.clone());
         let m = crate::visibility::visible_machine(state, &caller, machine).await?;
         let open_event = || {
@@ -163,6 +163,25 @@ impl ConsoleHub {
                 other => other.into(),
             });
         }
+        Ok(())
+    }
+
+    /// Join a machine's console as `who`; checks who may (member: only while their group's lease
+    /// holds the machine; staff/technician always), audits `console.open`, opens the BMC session if none.
+    /// `origin` names the front door (`websocket`, `ssh`, `cli`), for the audit log.
+    pub async fn attach(
+        &self,
+        state: &AppState,
+        machine: &str,
+        who: &TokenOwner,
+        origin: &str,
+    ) -> Result<ConsoleViewer, ApiError> {
+        self.admit(state, machine, who, origin).await?;
+        let open_event = || {
+            NewAuditEvent::ok(&who.user, "console.open", "machine", machine)
+                .group(who.member_group.clone())
+                .machine(Some(machine.to_string()))
+        };
         let id = self.next_viewer.fetch_add(1, Ordering::Relaxed);
         let (kick_tx, kick_rx) = watch::channel(None);
         let seat = Seat {

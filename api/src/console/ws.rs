@@ -62,6 +62,10 @@ pub async fn console(
             .into_response(),
         }
     };
+    // Who may is answered before the upgrade: a refusal is the usual JSON error.
+    if let Err(e) = st.consoles.admit(&st, &name, &caller.0, "websocket").await {
+        return e.into_response();
+    }
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &st).await {
         Ok(u) => u,
         Err(r) => return r.into_response(),
