@@ -9,6 +9,7 @@ mod boot;
 mod boot_events;
 mod claim;
 mod config;
+pub mod console;
 mod engine;
 mod error;
 mod idle;

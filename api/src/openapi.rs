@@ -75,6 +75,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("post", "/api/v1/machines/{name}/power", "Power on, off, soft, cycle or reset; waits for the state (audited)", "admin, staff, technician, member (own)", Some("PowerRequest"), Some("PowerStatus")),
     op!("get", "/api/v1/machines/{name}/power/reading", "Current power draw (W) and energy so far (Wh)", "any role (members: own group's)", None, Some("PowerReading")),
     op!("post", "/api/v1/machines/{name}/bootdev", "Set the next (or every) boot device (audited)", "admin, staff, technician, member (own)", Some("BootRequest"), None),
+    op!("get", "/api/v1/machines/{name}/console", "The serial console as a WebSocket (binary frames: bytes; text: JSON take/give/control/closed/error); bearer token or web session + ?csrf= (audited)", "admin, staff, technician, member (own, while leased)", None, None),
     op!("post", "/api/v1/machines/{name}/inspect", "Read hardware facts from the BMC into the inventory", "admin, staff, technician", None, Some("InspectResult")),
     op!("get", "/api/v1/images", "List images (members: public and their group's)", "any role", None, Some("[Image]")),
     op!("post", "/api/v1/images", "Upload an image as the raw body (?name=&version=&arch=&format=&sha256=&group=); streamed, hashed, verified", "any role (members: for their group)", None, Some("Image")),

@@ -293,6 +293,7 @@ impl Server {
                 tls.is_some(),
                 crate::web::WebState::default().lifetime,
             )),
+            consoles: Arc::new(crate::console::ConsoleHub::default()),
         };
         let auth_limiter = state.auth_limiter.clone();
         let boot_app = crate::routes::boot_router(state.clone(), config.boot_https_port);

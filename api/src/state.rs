@@ -33,4 +33,6 @@ pub struct AppState {
     pub signing_key: Arc<trust::SigningKey>,
     /// The web dashboard's own state (TLS flag, session lifetimes).
     pub web: Arc<crate::web::WebState>,
+    /// The console broker: one BMC serial session per machine, many viewers.
+    pub consoles: Arc<crate::console::ConsoleHub>,
 }

@@ -155,6 +155,37 @@ impl IpmiDriver {
         }
     }
 
+    /// Runs another program than `ipmitool` (tests put a stand-in on the console path).
+    pub(crate) fn with_program(mut self, program: &str) -> Self {
+        self.program = program.into();
+        self
+    }
+
+    /// Ends a stale Serial-over-LAN session ("not active" is fine) and returns the cipher suite
+    /// that reached the BMC, for the `sol activate` that follows.
+    pub(crate) async fn sol_deactivate(&self) -> Result<u8, BmcError> {
+        match self.run("sol deactivate", &["sol", "deactivate"]).await {
+            Ok(_) => {}
+            Err(BmcError::Command { cause, .. })
+                if cause.contains("de-activated") || cause.contains("not active") => {}
+            Err(e) => return Err(e),
+        }
+        Ok(match self.cipher.load(Ordering::Relaxed) {
+            0 => CIPHER_SUITES[0],
+            known => known,
+        })
+    }
+
+    /// The BMC's `host:port`.
+    pub(crate) fn address(&self) -> &str {
+        &self.bmc
+    }
+
+    /// The password, scrubbed from messages.
+    pub(crate) fn scrubbed(&self, text: &str) -> String {
+        self.clean(text)
+    }
+
     fn clean(&self, text: &str) -> String {
         one_line(&scrub(text, self.credentials.password.expose()), 300)
     }
@@ -200,6 +231,10 @@ impl IpmiDriver {
             }
             let err = self.classify(op, &out);
             let session_failure = matches!(err, BmcError::Unreachable { .. });
+            if !session_failure {
+                // The session came up, so this suite works even though the command failed.
+                self.cipher.store(cipher, Ordering::Relaxed);
+            }
             last_err = Some(err);
             // Another cipher suite can only help when the session could not be set up.
             if !(session_failure && i + 1 < suites.len()) {

@@ -4,11 +4,14 @@
 //! - [`BmcUrl`], [`Credentials`], [`TlsPolicy`]: what the inventory stores about a BMC;
 //! - [`BmcDriver`]: one small async interface, implemented by [`RedfishDriver`] and [`IpmiDriver`];
 //! - [`Controller`] / [`BmcHandle`]: politeness (one command in flight per BMC, timeouts, retries
-//!   of idempotent operations, polling after power actions).
+//!   of idempotent operations, polling after power actions);
+//! - [`open_serial`]: a machine's serial console as a byte stream ([`SerialLink`]), outside the
+//!   command slot.
 //!
 //! What a BMC's answers add up to (its health, the energy a machine drew) is recorded by the
 //! api in the inventory, the one home of each.
 
+mod console;
 mod controller;
 mod error;
 mod ipmi;
@@ -17,6 +20,7 @@ mod tls;
 mod types;
 mod url;
 
+pub use console::{open_serial, SerialEndpoint, SerialLink};
 pub use controller::{BmcHandle, Controller, Policy};
 pub use error::BmcError;
 pub use ipmi::{IpmiDriver, IpmiInvocation, IpmiOutput, IpmiRunner, ProcessRunner};

@@ -3,6 +3,7 @@
 
 mod audit;
 mod certificates;
+mod console;
 mod groups;
 mod images;
 mod leases;
@@ -107,6 +108,12 @@ pub enum Command {
         /// status, on, off (hard), soft, cycle, reset
         action: String,
     },
+    /// A machine's serial console (raw terminal; `~.` after a newline disconnects; piped input is
+    /// sent and the command exits once it ended and the output was quiet for 2 s)
+    Console {
+        /// The machine
+        name: String,
+    },
     /// Set the next boot device through the machine's BMC
     Bootdev {
         name: String,
@@ -204,6 +211,9 @@ pub async fn run(g: Global, cmd: Command) -> anyhow::Result<()> {
         Command::Image(cmd) => images::run(&c, fmt, cmd).await,
         Command::Reimage(a) => crate::jobs_cli::reimage(&c, fmt, a).await,
         Command::Job(cmd) => crate::jobs_cli::job(&c, fmt, cmd).await,
+        Command::Console { name } => {
+            console::run(&g.url, token_or_default(g.token.clone()), &g.trust(), &name).await
+        }
         Command::Power { name, action } => machines::power(&c, fmt, name, action).await,
         Command::Bootdev {
             name,

@@ -42,6 +42,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(machines::remove),
         )
         .route("/machines/{name}/state", post(machines::set_state))
+        .route("/machines/{name}/console", get(crate::console::ws::console))
         .route(
             "/machines/{name}/power",
             get(power::status).post(power::power),

@@ -14,7 +14,7 @@ mod member_images;
 mod member_keys;
 mod reimage;
 mod render;
-mod session;
+pub(crate) mod session;
 mod staff;
 mod staff_dhcp;
 mod tokens;

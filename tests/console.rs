@@ -1,0 +1,424 @@
+//! Issue 16, the console broker, against a real IPMI BMC with Serial-over-LAN: OpenIPMI's
+//! `ipmi_sim`, whose simulated chassis starts a QEMU VM at power-on and whose SOL payload is a
+//! TCP client of the VM's serial port. The guest is a 41-byte boot sector that answers every
+//! byte on COM1 upper-cased, so what comes back is the VM's answer and not an echo.
+//!
+//! Heavy (boots a VM): run under `flock -o /tmp/rackshare-heavy.lock`.
+
+mod common;
+
+use common::{Db, Service};
+use futures::{SinkExt, StreamExt};
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// The guest: poll COM1, upper-case a..z, send it back, forever.
+const ECHO_BOOT_SECTOR: &str =
+    "BAFD03ECA80174FBBAF803EC88C33C6172073C7A770380EB20BAFD03ECA82074FBBAF80388D8EEEBD7";
+
+fn need(tool: &str, package: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    assert!(
+        found,
+        "`{tool}` is missing: install the Debian package `{package}` (scripts/test does)"
+    );
+}
+
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("udp port")
+            .port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .expect("tcp port")
+            .port()
+    }
+}
+
+/// `ipmi_sim` and the VM behind its SOL payload; both killed on drop.
+struct SolBmc {
+    sim: Child,
+    vm: Child,
+    _dir: tempfile::TempDir,
+    lan_port: u16,
+}
+
+impl Drop for SolBmc {
+    fn drop(&mut self) {
+        for child in [&mut self.sim, &mut self.vm] {
+            let _already_gone = child.kill();
+            let _reaped = child.wait();
+        }
+    }
+}
+
+const BMC_PASSWORD: &str = "s3cret-sol";
+
+impl SolBmc {
+    fn start() -> SolBmc {
+        need("ipmi_sim", "openipmi");
+        need("ipmitool", "ipmitool");
+        need("qemu-system-x86_64", "qemu-system-x86");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let code: Vec<u8> = (0..ECHO_BOOT_SECTOR.len() / 2)
+            .map(|i| u8::from_str_radix(&ECHO_BOOT_SECTOR[2 * i..2 * i + 2], 16).expect("hex"))
+            .collect();
+        let mut img = code;
+        img.resize(510, 0);
+        img.extend([0x55, 0xaa]);
+        img.resize(1024 * 1024, 0);
+        let disk = dir.path().join("echo.img");
+        std::fs::write(&disk, img).expect("disk");
+        let lan_port = free_port(true);
+        let sol_port = free_port(false);
+        // The VM starts first: ipmi_sim connects to the serial port once, right after its
+        // `startcmd` (measured: a VM launched by `startcmd` is often not listening yet, and that
+        // session never carries a byte), so `startcmd` here only stands for the running VM.
+        let vm = Command::new("qemu-system-x86_64")
+            .args([
+                "-accel", "tcg", "-m", "32", "-display", "none", "-monitor", "none",
+            ])
+            .arg("-drive")
+            .arg(format!("file={},format=raw,if=ide", disk.display()))
+            .arg("-chardev")
+            .arg(format!(
+                "socket,id=s0,host=127.0.0.1,port={sol_port},server=on,wait=off"
+            ))
+            .args(["-serial", "chardev:s0"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn qemu");
+        let listening = (0..100).any(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            std::net::TcpStream::connect(("127.0.0.1", sol_port)).is_ok()
+        });
+        assert!(listening, "QEMU's serial port never listened");
+        std::thread::sleep(Duration::from_millis(500));
+        let lan = format!(
+            r#"name "rsconsole"
+set_working_mc 0x20
+  startlan 1
+    addr 127.0.0.1 {lan_port}
+    priv_limit admin
+    allowed_auths_callback none md2 md5 straight
+    allowed_auths_user none md2 md5 straight
+    allowed_auths_operator none md2 md5 straight
+    allowed_auths_admin none md2 md5 straight
+    guid a123456789abcdefa123456789abcdef
+  endlan
+  sol "tcp:127.0.0.1:{sol_port}" 115200
+  startcmd "sleep 86400"
+  startnow true
+  poweroff_wait 2
+  kill_wait 2
+  user 2 true  "admin" "{BMC_PASSWORD}" admin 10 none md2 md5 straight
+"#,
+        );
+        std::fs::write(dir.path().join("lan.conf"), lan).expect("lan.conf");
+        std::fs::write(
+            dir.path().join("cmds.emu"),
+            "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n",
+        )
+        .expect("emu");
+        std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
+        let sim = Command::new("ipmi_sim")
+            .arg("-c")
+            .arg(dir.path().join("lan.conf"))
+            .arg("-f")
+            .arg(dir.path().join("cmds.emu"))
+            .arg("-s")
+            .arg(dir.path().join("state"))
+            .arg("-n")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn ipmi_sim");
+        let bmc = SolBmc {
+            sim,
+            vm,
+            _dir: dir,
+            lan_port,
+        };
+        // Up when it answers a power status (bounded).
+        for _ in 0..60 {
+            let out = Command::new("ipmitool")
+                .args([
+                    "-I",
+                    "lanplus",
+                    "-H",
+                    "127.0.0.1",
+                    "-p",
+                    &lan_port.to_string(),
+                ])
+                .args(["-U", "admin", "-E", "-C", "3", "chassis", "power", "status"])
+                .env("IPMI_PASSWORD", BMC_PASSWORD)
+                .output()
+                .expect("ipmitool");
+            if String::from_utf8_lossy(&out.stdout).contains("is on") {
+                return bmc;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("ipmi_sim did not answer a power status with 'on'");
+    }
+}
+
+fn token_for(s: &Service, user: &str) -> String {
+    s.cli_json(&["token", "create", "--user", user])["token"]
+        .as_str()
+        .expect("token")
+        .to_string()
+}
+
+async fn connect(s: &Service, token: &str, machine: &str) -> Result<Ws, u16> {
+    let url = format!(
+        "{}/api/v1/machines/{machine}/console",
+        s.url.replacen("http", "ws", 1)
+    );
+    let mut req = url.as_str().into_client_request().expect("request");
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {token}").parse().expect("header"),
+    );
+    let addr = s.url.trim_start_matches("http://").trim_end_matches('/');
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    match tokio_tungstenite::client_async(req, tcp).await {
+        Ok((ws, _)) => Ok(ws),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => Err(resp.status().as_u16()),
+        Err(e) => panic!("websocket: {e}"),
+    }
+}
+
+/// Reads until the output holds `want` (bounded: 60 s, so a broken broker fails, not hangs).
+async fn read_until(s: &Service, ws: &mut Ws, want: &str) -> String {
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !String::from_utf8_lossy(&seen).contains(want) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Binary(b)))) => seen.extend_from_slice(&b),
+            Ok(Some(Ok(Message::Text(t)))) => {
+                assert!(
+                    !t.contains("\"closed\""),
+                    "closed while waiting for {want:?}: {t}"
+                );
+            }
+            Ok(Some(Ok(_))) => {}
+            other => panic!(
+                "no {want:?} (got {other:?}); output so far: {:?}; the service's console log:\n{}",
+                String::from_utf8_lossy(&seen),
+                console_log_lines(s)
+            ),
+        }
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
+fn console_log_lines(s: &Service) -> String {
+    s.log_text()
+        .lines()
+        .filter(|l| l.contains("console"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// The next JSON control message (output skipped), bounded.
+async fn next_control(ws: &mut Ws) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) => return serde_json::from_str(&t).expect("json"),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no control message: {other:?}"),
+        }
+    }
+}
+
+async fn take(ws: &mut Ws, me: &str) {
+    ws.send(Message::Text(r#"{"type":"take"}"#.into()))
+        .await
+        .expect("take");
+    loop {
+        let c = next_control(ws).await;
+        if c["type"] == "control" && c["writer"] == me {
+            return;
+        }
+        assert_ne!(c["type"], "error", "take refused: {c}");
+    }
+}
+
+#[tokio::test]
+async fn console_over_websocket_and_cli_to_a_real_sol_bmc() {
+    let bmc = SolBmc::start();
+    let s = Service::start(Db::Sqlite).await;
+    s.cli(&["group", "add", "alpha"]);
+    s.cli(&["group", "add", "beta"]);
+    s.cli(&["user", "add", "ann", "--role", "member", "--group", "alpha"]);
+    s.cli(&["user", "add", "bob", "--role", "member", "--group", "beta"]);
+    s.cli(&["user", "add", "tess", "--role", "technician"]);
+    let (ann, bob, tess) = (
+        token_for(&s, "ann"),
+        token_for(&s, "bob"),
+        token_for(&s, "tess"),
+    );
+    let pw = common::write(s.dir.path(), "bmc-pw", BMC_PASSWORD);
+    s.cli(&[
+        "machine",
+        "add",
+        "vm",
+        "--mac",
+        "52:54:00:16:00:01",
+        "--bmc",
+        &format!("ipmi://127.0.0.1:{}", bmc.lan_port),
+        "--bmc-user",
+        "admin",
+        "--bmc-password-file",
+        pw.to_str().expect("path"),
+    ]);
+    s.cli(&["machine", "state", "vm", "available"]);
+
+    // No lease yet: the member is refused (the machine is not theirs to see).
+    assert!(connect(&s, &ann, "vm").await.is_err());
+    let lease = s.cli_as(
+        &ann,
+        &[
+            "lease",
+            "create",
+            "--count",
+            "1",
+            "--duration",
+            "2h",
+            "-o",
+            "json",
+        ],
+    );
+    assert!(
+        lease.status.success(),
+        "{}",
+        String::from_utf8_lossy(&lease.stderr)
+    );
+    let lease: serde_json::Value = serde_json::from_slice(&lease.stdout).expect("lease json");
+    let lease_id = lease["id"].as_i64().expect("id").to_string();
+
+    // Another group's member is refused before the upgrade, as for any of its machines.
+    assert_eq!(connect(&s, &bob, "vm").await.err(), Some(404));
+
+    // The member types and the VM answers.
+    let mut a = connect(&s, &ann, "vm").await.expect("ann connects");
+    take(&mut a, "ann").await;
+    a.send(Message::Binary(b"hello\r".to_vec().into()))
+        .await
+        .expect("keys");
+    read_until(&s, &mut a, "HELLO").await;
+    // ipmitool's own escape is not reachable from the console: `~.` after a newline reaches
+    // the VM (as `~.`) and the session stays.
+    a.send(Message::Binary(b"\r~.x\r".to_vec().into()))
+        .await
+        .expect("keys");
+    read_until(&s, &mut a, "~.X").await;
+
+    // A second viewer sees the same output; one that never reads does not hold them up.
+    let mut t = connect(&s, &tess, "vm").await.expect("tess connects");
+    let _stalled = connect(&s, &s.admin_token, "vm")
+        .await
+        .expect("admin connects");
+    for i in 0..50 {
+        let line = format!("line{i:03}{}\r", "z".repeat(200));
+        a.send(Message::Binary(line.into_bytes().into()))
+            .await
+            .expect("keys");
+    }
+    a.send(Message::Binary(b"both\r".to_vec().into()))
+        .await
+        .expect("keys");
+    read_until(&s, &mut a, "BOTH").await;
+    read_until(&s, &mut t, "BOTH").await;
+
+    // Power commands still go through while the console is open.
+    let out = s.cli_as(&tess, &["power", "vm", "status"]);
+    assert!(
+        out.status.success(),
+        "power status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout)
+        .to_lowercase()
+        .contains("on"));
+
+    // The CLI, with piped input: sends it, prints the answer, exits after 2 s of quiet.
+    a.send(Message::Text(r#"{"type":"give"}"#.into()))
+        .await
+        .expect("give");
+    let mut cli = Command::new(common::BIN)
+        .args(["console", "vm"])
+        .env("RACKSHARE_URL", &s.url)
+        .env("RACKSHARE_TOKEN", &ann)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("rackshare console");
+    {
+        let mut stdin = cli.stdin.take().expect("stdin");
+        // Give the CLI time to take the seat before the keys arrive (it sends take first).
+        std::thread::sleep(Duration::from_secs(2));
+        stdin.write_all(b"from cli\r").expect("cli input");
+    }
+    let out = cli.wait_with_output().expect("cli ran");
+    assert!(
+        out.status.success(),
+        "console cli: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("FROM CLI"),
+        "cli output: {:?} / {:?}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Ending the lease cuts the member's session (the technician's stays) and refuses new ones.
+    let out = s.cli_as(&ann, &["lease", "release", &lease_id]);
+    assert!(
+        out.status.success(),
+        "release: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    loop {
+        let c = next_control(&mut a).await;
+        if c["type"] == "closed" {
+            break;
+        }
+    }
+    assert!(
+        connect(&s, &ann, "vm").await.is_err(),
+        "a member without a lease is refused"
+    );
+
+    let events = s.cli_json(&["events"]);
+    let text = events.to_string();
+    for action in ["console.open", "console.control", "console.close"] {
+        assert!(text.contains(action), "no {action} in the audit log");
+    }
+    assert!(
+        !text.contains(BMC_PASSWORD),
+        "the BMC password is in the audit log"
+    );
+    drop(t);
+}
