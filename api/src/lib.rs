@@ -8,6 +8,7 @@ mod bmc_service;
 mod boot;
 mod claim;
 mod config;
+pub mod console_ssh;
 mod engine;
 mod error;
 mod idle;
