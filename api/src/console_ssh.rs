@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 
 /// What a console viewer sees next (the broker's `ConsoleEvent`, mirrored at this seam).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -169,14 +169,14 @@ impl Drop for Admitted {
     }
 }
 
-/// Serves the SSH door on `listener` until `shutdown` turns true.
+/// Serves the SSH door on `listener` until `shutdown` (rackshare's one shutdown signal).
 pub async fn serve(
     listener: TcpListener,
     host_key: PrivateKey,
     inv: Inventory,
     door: Arc<dyn ConsoleDoor>,
     limits: SshDoorLimits,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: pxe::Shutdown,
 ) {
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::PublicKey);
@@ -194,7 +194,7 @@ pub async fn serve(
     let admission = Arc::new(Admission::default());
     loop {
         let (stream, peer) = tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.cancelled() => return,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -217,7 +217,7 @@ pub async fn serve(
             input: None,
         };
         let config = config.clone();
-        let mut stop = shutdown.clone();
+        let stop = shutdown.clone();
         tokio::spawn(async move {
             let _place = place;
             let session = match russh::server::run_stream(config, stream, handler).await {
@@ -232,13 +232,30 @@ pub async fn serve(
                 r = session => if let Err(e) = r {
                     tracing::debug!(%peer, error = %e, "console SSH session ended");
                 },
-                _ = stop.changed() => {
+                _ = stop.cancelled() => {
                     let _ = handle
                         .disconnect(russh::Disconnect::ByApplication, "rackshare is stopping".into(), "en".into())
                         .await;
                 }
             }
         });
+    }
+}
+
+/// The door until the broker is wired in: every attach is refused, in words.
+pub struct UnbrokeredDoor;
+
+#[async_trait::async_trait]
+impl ConsoleDoor for UnbrokeredDoor {
+    async fn attach(
+        &self,
+        _machine: &str,
+        _who: &TokenOwner,
+        _origin: &str,
+    ) -> Result<Box<dyn DoorViewer>, DoorRefusal> {
+        Err(DoorRefusal(
+            "this server has no console broker (consoles are not available)".into(),
+        ))
     }
 }
 

@@ -91,6 +91,22 @@ impl Server {
             Some(source) => Some(load_tls(source).await?),
             None => None,
         };
+        let console_ssh = match config.console_ssh_listen {
+            Some(at) => {
+                let l = tokio::net::TcpListener::bind(at).await.map_err(|source| {
+                    StartError::Listen {
+                        addr: format!("{at} (--console-ssh-listen)"),
+                        source,
+                    }
+                })?;
+                let path = data_dir.join("console-ssh-host-key");
+                let key = crate::console_ssh::load_or_create_host_key(&path).map_err(|e| {
+                    StartError::Boot(format!("the console SSH host key {}: {e}", path.display()))
+                })?;
+                Some((l, key))
+            }
+            None => None,
+        };
         let metrics_listener = match config.metrics_listen {
             Some(at) => Some(tokio::net::TcpListener::bind(at).await.map_err(|source| {
                 StartError::Listen {
@@ -324,6 +340,21 @@ impl Server {
                 shutdown.clone(),
             )));
             tracing::info!(addr = ?at, "agent listener serving /api/v1/agent (HTTPS, pinned)");
+        }
+        if let Some((l, key)) = console_ssh {
+            let at = l.local_addr().ok();
+            let fingerprint = crate::console_ssh::host_key_fingerprint(&key);
+            // TODO(merge): the broker's hub behind the door (ConsoleHub::attach).
+            let door = Arc::new(crate::console_ssh::UnbrokeredDoor);
+            background.push(tokio::spawn(crate::console_ssh::serve(
+                l,
+                key,
+                inv.clone(),
+                door,
+                crate::console_ssh::SshDoorLimits::default(),
+                shutdown.clone(),
+            )));
+            tracing::info!(addr = ?at, %fingerprint, "console SSH door listening (host key fingerprint)");
         }
         if let Some(l) = metrics_listener {
             let what = Listening {

@@ -246,7 +246,7 @@ async fn the_ssh_door_lets_in_whom_a_key_names_and_refuses_the_rest() {
         .await
         .expect("bind");
     let port = listener.local_addr().expect("addr").port();
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = pxe::Shutdown::new();
     let door = Arc::new(EchoDoor { inv: inv.clone() });
     let server = tokio::spawn(serve(
         listener,
@@ -254,7 +254,7 @@ async fn the_ssh_door_lets_in_whom_a_key_names_and_refuses_the_rest() {
         inv.clone(),
         door,
         SshDoorLimits::default(),
-        stop_rx,
+        stop.clone(),
     ));
 
     // Staff: any machine; the last screen first, then their typing echoed.
@@ -295,7 +295,7 @@ async fn the_ssh_door_lets_in_whom_a_key_names_and_refuses_the_rest() {
     assert_eq!(status, Some(1), "{out} / {err}");
     assert!(out.contains("not leased to your group"), "{out} / {err}");
 
-    stop_tx.send(true).expect("stop");
+    stop.cancel();
     tokio::time::timeout(Duration::from_secs(10), server)
         .await
         .expect("the door stops")
