@@ -13,6 +13,7 @@ mod controller;
 mod error;
 mod ipmi;
 mod redfish;
+pub mod serial_ssh;
 mod tls;
 mod types;
 mod url;

@@ -331,7 +331,7 @@ impl RedfishDriver {
         Ok(reply)
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, BmcError> {
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, BmcError> {
         let reply = self.get_reply(path).await?;
         self.parse(path, &reply.body)
     }

@@ -1,0 +1,161 @@
+//! The Redfish Manager's serial console over SSH: `discover` reads where a Manager offers it
+//! (`SerialConsole.SSH`), `open` logs in with the BMC's credentials (password) and returns the
+//! console as a byte stream. The lab's vbmc offers the same, so one backend serves both.
+
+use crate::{BmcError, RedfishDriver};
+use russh::client::{self, Handle};
+use russh::keys::PublicKeyOrCertificate;
+use serde_json::Value;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// An open serial console: bytes from the machine, bytes to it.
+// A copy of `console::SerialLink` (the broker's, written in parallel); one is kept at merge.
+pub struct SerialLink {
+    /// Bytes from the machine's serial port.
+    pub output: Pin<Box<dyn AsyncRead + Send>>,
+    /// Bytes to it.
+    pub input: Pin<Box<dyn AsyncWrite + Send>>,
+    /// What closes the console when dropped (here: the SSH connection).
+    pub closer: Box<dyn std::any::Any + Send>,
+}
+
+/// Where a Manager offers its serial console over SSH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SshConsole {
+    /// The SSH port on the BMC's address.
+    pub port: u16,
+}
+
+/// Reads a Manager resource's `SerialConsole`: Some when SSH is offered and enabled. Both
+/// shapes are read: `SerialConsole.SSH {ServiceEnabled, Port}` (Redfish 2023.1 and later) and
+/// the older `SerialConsole {ServiceEnabled, ConnectTypesSupported: ["SSH"]}` (port 22).
+pub fn ssh_console_of(manager: &Value) -> Option<SshConsole> {
+    let sc = manager.get("SerialConsole")?;
+    if let Some(ssh) = sc.get("SSH") {
+        if ssh.get("ServiceEnabled").and_then(Value::as_bool) != Some(true) {
+            return None;
+        }
+        let port = ssh.get("Port").and_then(Value::as_u64).unwrap_or(22);
+        return u16::try_from(port).ok().map(|port| SshConsole { port });
+    }
+    let enabled = sc.get("ServiceEnabled").and_then(Value::as_bool) == Some(true);
+    let ssh = sc
+        .get("ConnectTypesSupported")
+        .and_then(Value::as_array)
+        .is_some_and(|t| t.iter().any(|x| x.as_str() == Some("SSH")));
+    (enabled && ssh).then_some(SshConsole { port: 22 })
+}
+
+/// Asks the BMC behind `driver` whether its (first) Manager offers the serial console over SSH.
+pub async fn discover(driver: &RedfishDriver) -> Result<Option<SshConsole>, BmcError> {
+    let managers: Value = driver.get("/redfish/v1/Managers").await?;
+    let Some(first) = managers
+        .get("Members")
+        .and_then(Value::as_array)
+        .and_then(|m| m.first())
+        .and_then(|m| m.get("@odata.id"))
+        .and_then(Value::as_str)
+    else {
+        return Ok(None);
+    };
+    let manager: Value = driver.get(first).await?;
+    Ok(ssh_console_of(&manager))
+}
+
+/// Trusts the BMC's host key: the BMC was reached and authenticated over Redfish already, and
+/// BMC host keys change with firmware; pinning them is a later step.
+struct BmcSsh;
+
+impl client::Handler for BmcSsh {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        _key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        Ok(true)
+    }
+}
+
+/// Keeps the SSH connection open while the link lives.
+struct Connection(#[allow(dead_code)] Handle<BmcSsh>);
+
+/// Logs in to `host:port` with the BMC's user and password, asks for a pty and a shell, and
+/// returns the console's byte stream.
+pub async fn open(
+    host: &str,
+    port: u16,
+    username: &str,
+    password: &str,
+) -> Result<SerialLink, BmcError> {
+    let bmc = format!("{host}:{port}");
+    let unreachable = |cause: String| BmcError::Unreachable {
+        bmc: bmc.clone(),
+        cause,
+    };
+    let config = Arc::new(client::Config {
+        inactivity_timeout: None,
+        keepalive_interval: Some(Duration::from_secs(30)),
+        nodelay: true,
+        ..Default::default()
+    });
+    let mut session = tokio::time::timeout(
+        Duration::from_secs(20),
+        client::connect(config, (host, port), BmcSsh),
+    )
+    .await
+    .map_err(|_| unreachable("SSH connection timed out".into()))?
+    .map_err(|e| unreachable(format!("SSH: {e}")))?;
+    let auth = session
+        .authenticate_password(username, password)
+        .await
+        .map_err(|e| unreachable(format!("SSH authentication: {e}")))?;
+    if !auth.success() {
+        return Err(BmcError::AuthFailed {
+            bmc,
+            user: username.to_string(),
+            cause: "the serial console's SSH service refused the password".into(),
+        });
+    }
+    let channel = session
+        .channel_open_session()
+        .await
+        .map_err(|e| unreachable(format!("SSH session: {e}")))?;
+    channel
+        .request_pty(true, "vt100", 80, 24, 0, 0, &[])
+        .await
+        .map_err(|e| unreachable(format!("SSH pty: {e}")))?;
+    channel
+        .request_shell(true)
+        .await
+        .map_err(|e| unreachable(format!("SSH shell: {e}")))?;
+    let (output, input) = tokio::io::split(channel.into_stream());
+    Ok(SerialLink {
+        output: Box::pin(output),
+        input: Box::pin(input),
+        closer: Box::new(Connection(session)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_manager_says_where_its_console_is() {
+        let new = json!({"SerialConsole": {"SSH": {"ServiceEnabled": true, "Port": 2200}}});
+        assert_eq!(ssh_console_of(&new), Some(SshConsole { port: 2200 }));
+        let off = json!({"SerialConsole": {"SSH": {"ServiceEnabled": false, "Port": 2200}}});
+        assert_eq!(ssh_console_of(&off), None);
+        let old = json!({"SerialConsole": {"ServiceEnabled": true, "ConnectTypesSupported": ["IPMI", "SSH"]}});
+        assert_eq!(ssh_console_of(&old), Some(SshConsole { port: 22 }));
+        let ipmi =
+            json!({"SerialConsole": {"ServiceEnabled": true, "ConnectTypesSupported": ["IPMI"]}});
+        assert_eq!(ssh_console_of(&ipmi), None);
+        assert_eq!(ssh_console_of(&json!({})), None);
+    }
+}
