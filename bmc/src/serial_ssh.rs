@@ -29,7 +29,7 @@ pub struct SshConsole {
     pub port: u16,
 }
 
-/// Reads a Manager resource's `SerialConsole`: Some when SSH is offered and enabled. Both
+/// Reads a System's or Manager's `SerialConsole`: Some when SSH is offered and enabled. Both
 /// shapes are read: `SerialConsole.SSH {ServiceEnabled, Port}` (Redfish 2023.1 and later) and
 /// the older `SerialConsole {ServiceEnabled, ConnectTypesSupported: ["SSH"]}` (port 22).
 pub fn ssh_console_of(manager: &Value) -> Option<SshConsole> {
@@ -49,8 +49,13 @@ pub fn ssh_console_of(manager: &Value) -> Option<SshConsole> {
     (enabled && ssh).then_some(SshConsole { port: 22 })
 }
 
-/// Asks the BMC behind `driver` whether its (first) Manager offers the serial console over SSH.
+/// Asks the BMC behind `driver` where the host's serial console is offered over SSH: the
+/// System's `SerialConsole.SSH` (where Redfish puts the host console), else the first Manager's.
 pub async fn discover(driver: &RedfishDriver) -> Result<Option<SshConsole>, BmcError> {
+    let system: Value = driver.get(&driver.system_path().await?).await?;
+    if let Some(found) = ssh_console_of(&system) {
+        return Ok(Some(found));
+    }
     let managers: Value = driver.get("/redfish/v1/Managers").await?;
     let Some(first) = managers
         .get("Members")

@@ -337,7 +337,7 @@ impl RedfishDriver {
     }
 
     /// The System resource path: from the URL, or the only member of the Systems collection.
-    async fn system_path(&self) -> Result<String, BmcError> {
+    pub(crate) async fn system_path(&self) -> Result<String, BmcError> {
         if let Some(p) = self.state.lock().await.system_path.clone() {
             return Ok(p);
         }
