@@ -917,3 +917,90 @@ fn lab_call_text(
     let (code, body) = common::call_in(lab, &lab.srv, &url, method, token, body, &[]);
     (code, String::from_utf8_lossy(&body).into_owned())
 }
+
+#[tokio::test]
+async fn a_user_ssh_key_is_theirs_alone_and_members_manage_only_their_own() {
+    let s = Service::start(Db::Sqlite).await;
+    let p = setup(&s, 0).await;
+    const OTHER: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIFyqHg0z2hEJx7z0i0e1ZcH6mZ3M0vV7qQm0Qm8m4kUw ada@desk";
+    // Staff give a member a key; the member lists their own.
+    let (st, v) = api(
+        &s,
+        p.token("staff"),
+        reqwest::Method::POST,
+        "/api/v1/users/member-a/ssh-keys",
+        Some(json!({"key": OTHER})),
+    )
+    .await;
+    assert_eq!(st, 201, "{v}");
+    let fp = v[0]["fingerprint"].as_str().expect("fp").to_string();
+    let (st, v) = api(
+        &s,
+        p.token("member-a"),
+        reqwest::Method::GET,
+        "/api/v1/users/member-a/ssh-keys",
+        None,
+    )
+    .await;
+    assert_eq!((st, v[0]["fingerprint"].as_str()), (200, Some(fp.as_str())));
+    // Another member may not look, nor add to someone else.
+    let (st, _) = api(
+        &s,
+        p.token("member-b"),
+        reqwest::Method::GET,
+        "/api/v1/users/member-a/ssh-keys",
+        None,
+    )
+    .await;
+    assert_eq!(st, 403);
+    // The key is member-a's: no other user and no group may hold it (409, audited).
+    let (st, v) = api(
+        &s,
+        p.token("member-b"),
+        reqwest::Method::POST,
+        "/api/v1/groups/b/ssh-keys",
+        Some(json!({"key": OTHER})),
+    )
+    .await;
+    assert_eq!(st, 409, "{v}");
+    let (st, v) = api(
+        &s,
+        p.token("staff"),
+        reqwest::Method::POST,
+        "/api/v1/users/member-b/ssh-keys",
+        Some(json!({"key": OTHER})),
+    )
+    .await;
+    assert_eq!(st, 409, "{v}");
+    // A group's key cannot become a user's.
+    let (st, _) = api(
+        &s,
+        p.token("member-b"),
+        reqwest::Method::POST,
+        "/api/v1/groups/b/ssh-keys",
+        Some(json!({"key": KEY})),
+    )
+    .await;
+    assert_eq!(st, 201);
+    let (st, _) = api(
+        &s,
+        p.token("member-b"),
+        reqwest::Method::POST,
+        "/api/v1/users/member-b/ssh-keys",
+        Some(json!({"key": KEY})),
+    )
+    .await;
+    assert_eq!(st, 409);
+    // The owner removes it.
+    let enc = fp.replace('/', "%2F").replace('+', "%2B");
+    let (st, _) = api(
+        &s,
+        p.token("member-a"),
+        reqwest::Method::DELETE,
+        &format!("/api/v1/users/member-a/ssh-keys/{enc}"),
+        None,
+    )
+    .await;
+    assert_eq!(st, 204);
+}

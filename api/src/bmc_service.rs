@@ -50,6 +50,20 @@ fn digest(a: &BmcAccess) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// How a BMC's certificate is trusted, from its stored settings (the one home of the rule:
+/// commands and the console's Redfish lookups both use it).
+pub fn tls_policy(a: &BmcAccess) -> Result<TlsPolicy, ApiError> {
+    Ok(if a.tls_insecure {
+        TlsPolicy::Insecure
+    } else if let Some(fp) = &a.tls_fingerprint {
+        TlsPolicy::fingerprint(fp).map_err(|e| ApiError::invalid("bmc.tls_fingerprint", e))?
+    } else if let Some(ca) = &a.tls_ca_pem {
+        TlsPolicy::CaPem(ca.clone())
+    } else {
+        TlsPolicy::Verify
+    })
+}
+
 impl BmcService {
     /// A service with the given politeness policy, calling the BMCs of machines in `scope`.
     pub fn new(inv: Inventory, policy: Policy, scope: SiteScope) -> Self {
@@ -64,15 +78,7 @@ impl BmcService {
 
     fn build(&self, machine: &str, a: &BmcAccess) -> Result<BmcHandle, ApiError> {
         let url = validate_url(&a.url)?;
-        let tls = if a.tls_insecure {
-            TlsPolicy::Insecure
-        } else if let Some(fp) = &a.tls_fingerprint {
-            TlsPolicy::fingerprint(fp).map_err(|e| ApiError::invalid("bmc.tls_fingerprint", e))?
-        } else if let Some(ca) = &a.tls_ca_pem {
-            TlsPolicy::CaPem(ca.clone())
-        } else {
-            TlsPolicy::Verify
-        };
+        let tls = tls_policy(a)?;
         let creds = Credentials::new(a.username.clone(), a.password.clone().unwrap_or_default());
         self.controller
             .connect(&url, creds, &tls)

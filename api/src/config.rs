@@ -35,6 +35,8 @@ pub struct Config {
     pub tls: TlsSetting,
     /// Where `/metrics` is served (never on the member listener); None: nowhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Where the consoles' SSH door listens; None: nowhere (the default).
+    pub console_ssh_listen: Option<SocketAddr>,
     /// Bounds on the member and boot listeners' connections.
     pub connections: crate::ConnectionLimits,
     /// The site this instance serves (`--site`; must exist); None: every machine.
@@ -75,6 +77,7 @@ impl Config {
             auth_limit: crate::AuthLimitPolicy::default(),
             tls: TlsSetting::Off,
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9100))),
+            console_ssh_listen: None,
             connections: crate::ConnectionLimits::default(),
             site: None,
         }

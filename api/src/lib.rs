@@ -10,6 +10,8 @@ mod boot_events;
 mod claim;
 mod config;
 pub mod console;
+
+pub mod console_ssh;
 mod engine;
 mod error;
 mod idle;

@@ -123,6 +123,9 @@ pub const OPERATIONS: &[Operation] = &[
     op!("delete", "/api/v1/users/{name}", "Delete a user and its tokens (not yourself, not the last admin)", "admin; staff for members", None, None),
     op!("post", "/api/v1/users/{name}/disable", "Disable a user: its tokens stop at once (not yourself, not the last admin)", "admin; staff for members", None, Some("User")),
     op!("post", "/api/v1/users/{name}/enable", "Enable a disabled user again", "admin; staff for members", None, Some("User")),
+    op!("get", "/api/v1/users/{name}/ssh-keys", "A user's SSH public keys (console logins over SSH)", "any role (own); staff for members; admin", None, Some("[UserSshKey]")),
+    op!("post", "/api/v1/users/{name}/ssh-keys", "Add an SSH public key to a user; a key another user or any group holds is refused (409)", "any role (own); staff for members; admin", Some("SshKeyRequest"), Some("[UserSshKey]")),
+    op!("delete", "/api/v1/users/{name}/ssh-keys/{fingerprint}", "Remove a user's SSH key by fingerprint (SHA256:…, URL-encoded)", "any role (own); staff for members; admin", None, None),
     op!("get", "/api/v1/tokens", "List tokens (never the secret)", "any role (own)", None, Some("[ApiToken]")),
     op!("post", "/api/v1/tokens", "Create a token; the response is the only time it is shown", "any role (own); admin, staff for others", Some("TokenRequest"), Some("IssuedToken")),
     op!("delete", "/api/v1/tokens/{prefix}", "Revoke a token", "owner, admin", None, None),
@@ -273,6 +276,8 @@ fn schemas() -> Value {
             "max_image_bytes": {"type": ["integer", "null"]}, "max_images": {"type": ["integer", "null"]}}},
         "SshKey": {"type": "object", "properties": {"fingerprint": {"type": "string"}, "key": {"type": "string"}}},
         "Webhook": {"type": "object", "additionalProperties": false, "properties": {"url": {"type": ["string", "null"]}}},
+
+        "UserSshKey": {"type": "object", "properties": {"fingerprint": {"type": "string"}, "key": {"type": "string"}, "created_at": {"type": "integer"}}},
         "SshKeyRequest": {"type": "object", "required": ["key"], "additionalProperties": false, "properties": {"key": {"type": "string"}}},
         "JobRequest": {"type": "object", "required": ["machine", "kind"], "additionalProperties": false, "properties": {"machine": {"type": "string"},
             "kind": {"type": "string", "enum": ["reimage", "inspect", "wipe"]}, "image": {"type": "string", "description": "NAME or NAME:VERSION"}, "user_data": {"type": "string"}}},

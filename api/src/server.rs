@@ -106,6 +106,23 @@ impl Server {
         // Leases that fell due while rackshare was down end before the API answers anyone
         // (on the scheduler's leader; another instance's leader has been ending them).
         crate::scheduler::catch_up_as_leader(&inv, &instance, 100).await;
+
+        let console_ssh = match config.console_ssh_listen {
+            Some(at) => {
+                let l = tokio::net::TcpListener::bind(at).await.map_err(|source| {
+                    StartError::Listen {
+                        addr: format!("{at} (--console-ssh-listen)"),
+                        source,
+                    }
+                })?;
+                let path = data_dir.join("console-ssh-host-key");
+                let key = crate::console_ssh::load_or_create_host_key(&path).map_err(|e| {
+                    StartError::Boot(format!("the console SSH host key {}: {e}", path.display()))
+                })?;
+                Some((l, key))
+            }
+            None => None,
+        };
         let metrics_listener = match config.metrics_listen {
             Some(at) => Some(tokio::net::TcpListener::bind(at).await.map_err(|source| {
                 StartError::Listen {
@@ -289,16 +306,21 @@ impl Server {
             ))),
             signing_key,
             // Session cookies are `Secure` whenever the member listener speaks TLS.
-            web: Arc::new(crate::web::WebState::new(
-                tls.is_some(),
-                crate::web::WebState::default().lifetime,
-            )),
+            web: Arc::new(crate::web::WebState {
+                // The console page's `ssh -p PORT` line names the door's real port.
+                console_ssh_port: console_ssh
+                    .as_ref()
+                    .and_then(|(l, _)| l.local_addr().ok())
+                    .map(|a| a.port()),
+                ..crate::web::WebState::new(tls.is_some(), crate::web::WebState::default().lifetime)
+            }),
             consoles: Arc::new(crate::console::ConsoleHub::default()),
         };
         let auth_limiter = state.auth_limiter.clone();
         let boot_app = crate::routes::boot_router(state.clone(), config.boot_https_port);
         let agent_app = crate::routes::agent_router(state.clone());
         let metrics_app = crate::routes::metrics_router(state.clone());
+        let console_state = state.clone();
         let app = crate::routes::router(state);
         let mut background = Vec::new();
         background.push(
@@ -381,6 +403,22 @@ impl Server {
                 shutdown.clone(),
             )));
             tracing::info!(addr = ?at, "agent listener serving /api/v1/agent (HTTPS, pinned)");
+        }
+        if let Some((l, key)) = console_ssh {
+            let at = l.local_addr().ok();
+            let fingerprint = crate::console_ssh::host_key_fingerprint(&key);
+            let door = Arc::new(crate::console::HubDoor {
+                state: console_state,
+            });
+            background.push(tokio::spawn(crate::console_ssh::serve(
+                l,
+                key,
+                inv.clone(),
+                door,
+                crate::console_ssh::SshDoorLimits::default(),
+                shutdown.clone(),
+            )));
+            tracing::info!(addr = ?at, %fingerprint, "console SSH door listening (host key fingerprint)");
         }
         if let Some(l) = metrics_listener {
             let what = Listening {

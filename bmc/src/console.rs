@@ -92,10 +92,12 @@ pub async fn open_serial(endpoint: &SerialEndpoint) -> Result<SerialLink, BmcErr
             username,
             password,
         } => open_ipmi_sol(host, *port, username, password, "ipmitool").await,
-        SerialEndpoint::RedfishSsh { host, port, .. } => Err(BmcError::Unsupported {
-            bmc: format!("{host}:{port}"),
-            what: "the Redfish serial console over SSH is not built into this rackshare".into(),
-        }),
+        SerialEndpoint::RedfishSsh {
+            host,
+            port,
+            username,
+            password,
+        } => crate::serial_ssh::open(host, *port, username, password).await,
     }
 }
 
@@ -425,16 +427,21 @@ esac
     }
 
     #[tokio::test]
-    async fn redfish_ssh_is_a_typed_refusal_until_its_backend_is_in() {
+    async fn a_redfish_ssh_console_nobody_answers_is_unreachable() {
+        // A port just freed: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("port")
+            .port();
         let e = open_serial(&SerialEndpoint::RedfishSsh {
             host: "127.0.0.1".into(),
-            port: 2222,
+            port,
             username: "a".into(),
             password: "b".into(),
         })
         .await
         .err()
         .expect("refused");
-        assert!(matches!(e, BmcError::Unsupported { .. }), "{e}");
+        assert!(matches!(e, BmcError::Unreachable { .. }), "{e}");
     }
 }

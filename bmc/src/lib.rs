@@ -16,6 +16,7 @@ mod controller;
 mod error;
 mod ipmi;
 mod redfish;
+pub mod serial_ssh;
 mod tls;
 mod types;
 mod url;

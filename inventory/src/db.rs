@@ -62,6 +62,7 @@ impl Inventory {
     pub async fn open(url: &str, secrets: SecretBox) -> Result<Inventory> {
         let inv = Self::connect(url, secrets).await?;
         inv.migrate().await?;
+        inv.fill_group_key_owners().await?;
         Ok(inv)
     }
 

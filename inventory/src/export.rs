@@ -469,7 +469,7 @@ impl Inventory {
                 Some(id) => id,
                 None => {
                     summary.groups += 1;
-                    sqlx::query_scalar(
+                    let id: i64 = sqlx::query_scalar(
                         "INSERT INTO member_groups (name, description, quota_max_machines, quota_machine_hours_month, ssh_keys, created_at, \
                          quota_max_image_bytes, quota_max_images) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING id",
                     )
@@ -482,7 +482,9 @@ impl Inventory {
                     .bind(g.quota_max_image_bytes)
                     .bind(g.quota_max_images)
                     .fetch_one(&mut *tx)
-                    .await?
+                    .await?;
+                    crate::ssh_keys::claim_group_keys(&mut tx, id, &g.ssh_keys).await?;
+                    id
                 }
             };
             group_ids.insert(g.name.clone(), id);

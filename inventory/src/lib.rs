@@ -26,6 +26,7 @@ mod people;
 mod secrets;
 mod sessions;
 mod sites;
+mod ssh_keys;
 mod state;
 mod transition;
 
@@ -67,4 +68,5 @@ pub use sessions::{
     check_password_rules, hash_password, looks_like_api_token, verify_password, IssuedSession,
     PasswordRecord, SessionLifetime, SessionSummary, SignInMethod, WebSession, MIN_PASSWORD_CHARS,
 };
+pub use ssh_keys::{SshKeyOwner, UserSshKey};
 pub use state::MachineState;

@@ -373,6 +373,13 @@ impl Inventory {
                     .bind(u.id)
                     .execute(&mut *tx)
                     .await?;
+                // A deleted user's keys name no one; they may be given to someone else.
+                sqlx::query(
+                    "DELETE FROM ssh_key_owners WHERE owner_kind = 'user' AND owner_id = $1",
+                )
+                .bind(u.id)
+                .execute(&mut *tx)
+                .await?;
                 sqlx::query("DELETE FROM users WHERE id = $1")
                     .bind(u.id)
                     .execute(&mut *tx)

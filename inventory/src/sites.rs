@@ -262,6 +262,11 @@ impl Inventory {
         if n == 0 {
             return Err(Error::not_found("group", name));
         }
+        let id: i64 = sqlx::query_scalar("SELECT id FROM member_groups WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut *tx)
+            .await?;
+        crate::ssh_keys::claim_group_keys(&mut tx, id, ssh_keys).await?;
         record_in(
             &mut tx,
             &NewAuditEvent::ok(actor, "group.update", "group", name)

@@ -210,18 +210,23 @@ fn byte_limit(s: &str) -> anyhow::Result<serde_json::Value> {
     Ok(json!(bytes))
 }
 
+/// The key line of `ssh-key add`: the text given, or the file's.
+pub(super) fn key_text(key: Option<String>, file: Option<PathBuf>) -> anyhow::Result<String> {
+    Ok(match (key, file) {
+        (Some(k), None) => k,
+        (None, Some(f)) => std::fs::read_to_string(&f)
+            .with_context(|| format!("reading {}", f.display()))?
+            .trim()
+            .to_string(),
+        _ => bail!("give the key text or --file, one of them"),
+    })
+}
+
 async fn ssh_key(c: &Client, fmt: Format, cmd: SshKeyCmd) -> anyhow::Result<()> {
     let cols: &[(&str, &str)] = &[("FINGERPRINT", "fingerprint"), ("KEY", "key")];
     match cmd {
         SshKeyCmd::Add { group, key, file } => {
-            let key = match (key, file) {
-                (Some(k), None) => k,
-                (None, Some(f)) => std::fs::read_to_string(&f)
-                    .with_context(|| format!("reading {}", f.display()))?
-                    .trim()
-                    .to_string(),
-                _ => bail!("give the key text or --file, one of them"),
-            };
+            let key = key_text(key, file)?;
             let v = c
                 .post(
                     &format!("/api/v1/groups/{}/ssh-keys", enc(&group)),

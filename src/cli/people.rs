@@ -45,6 +45,59 @@ pub enum UserCmd {
     /// Force a password reset: the user must choose a new password at the next sign-in, and
     /// their open browser sessions end
     ResetPassword { name: String },
+    /// A user's own SSH public keys, for console logins (`ssh -p PORT MACHINE@HOST`)
+    #[command(subcommand, name = "ssh-key")]
+    SshKey(UserSshKeyCmd),
+}
+
+/// `rackshare user ssh-key …`.
+#[derive(Debug, Subcommand)]
+pub enum UserSshKeyCmd {
+    /// Add a public key (the text, or --file); a key another user or a group holds is refused
+    Add {
+        user: String,
+        /// The key line, e.g. "ssh-ed25519 AAAA… rosa@laptop"
+        key: Option<String>,
+        /// Read the key from this file (e.g. ~/.ssh/id_ed25519.pub)
+        #[arg(long)]
+        file: Option<std::path::PathBuf>,
+    },
+    /// List a user's keys with their fingerprints
+    List { user: String },
+    /// Remove a key by fingerprint (SHA256:…)
+    Remove { user: String, fingerprint: String },
+}
+
+async fn user_ssh_key(c: &Client, fmt: Format, cmd: UserSshKeyCmd) -> anyhow::Result<()> {
+    let cols: &[(&str, &str)] = &[("FINGERPRINT", "fingerprint"), ("KEY", "key")];
+    match cmd {
+        UserSshKeyCmd::Add { user, key, file } => {
+            let key = super::groups::key_text(key, file)?;
+            let v = c
+                .post(
+                    &format!("/api/v1/users/{}/ssh-keys", enc(&user)),
+                    &json!({"key": key}),
+                )
+                .await?;
+            output::list(fmt, &v, cols);
+        }
+        UserSshKeyCmd::List { user } => {
+            let v = c
+                .get(&format!("/api/v1/users/{}/ssh-keys", enc(&user)))
+                .await?;
+            output::list(fmt, &v, cols);
+        }
+        UserSshKeyCmd::Remove { user, fingerprint } => {
+            c.delete(&format!(
+                "/api/v1/users/{}/ssh-keys/{}",
+                enc(&user),
+                enc(&fingerprint)
+            ))
+            .await?;
+            done(fmt, &format!("removed {fingerprint} from {user}"));
+        }
+    }
+    Ok(())
 }
 
 /// The first line of a password file (without its newline).
@@ -94,6 +147,7 @@ pub enum TokenCmd {
 /// Runs `rackshare user`.
 pub async fn user(c: &Client, fmt: Format, cmd: UserCmd) -> anyhow::Result<()> {
     match cmd {
+        UserCmd::SshKey(k) => user_ssh_key(c, fmt, k).await,
         UserCmd::Add { name, role, group } => {
             let v = c
                 .post(

@@ -115,6 +115,9 @@ pub struct ServeSettings {
     /// Where /metrics is served (never on the member API), or `off` [default: 127.0.0.1:9100]
     #[arg(long, env = "RACKSHARE_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Serve machines' consoles over SSH here (`ssh -p PORT MACHINE@HOST`, public keys of users and groups), or `off` [default: off]
+    #[arg(long)]
+    pub console_ssh_listen: Option<String>,
     /// Seconds a request head (and a TLS handshake) may take, counted from the connection's opening or its previous answer; also the idle keep-alive timeout [default: 15]
     #[arg(long)]
     pub http_header_timeout_secs: Option<u64>,
@@ -290,6 +293,7 @@ impl ServeSettings {
             tls_key: self.tls_key.or(file.tls_key),
             no_tls: self.no_tls || file.no_tls,
             metrics_listen: self.metrics_listen.or(file.metrics_listen),
+            console_ssh_listen: self.console_ssh_listen.or(file.console_ssh_listen),
             http_header_timeout_secs: self
                 .http_header_timeout_secs
                 .or(file.http_header_timeout_secs),
@@ -369,6 +373,14 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
             "off" | "none" => None,
             addr => Some(addr.parse().with_context(|| {
                 format!("--metrics-listen '{addr}' must be ADDRESS:PORT or off")
+            })?),
+        };
+    }
+    if let Some(m) = &s.console_ssh_listen {
+        config.console_ssh_listen = match m.trim() {
+            "off" | "none" => None,
+            addr => Some(addr.parse().with_context(|| {
+                format!("--console-ssh-listen '{addr}' must be ADDRESS:PORT or off")
             })?),
         };
     }

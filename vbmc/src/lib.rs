@@ -5,6 +5,7 @@
 //! buffer + broadcast + input) for the console broker. No libvirt, no Python.
 
 mod console;
+mod console_ssh;
 mod machine;
 mod qmp;
 mod redfish;
@@ -66,6 +67,7 @@ pub struct VirtualBmc {
     addr: SocketAddr,
     machine: Arc<machine::Machine>,
     console: SerialConsole,
+    console_ssh_addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -97,8 +99,21 @@ impl VirtualBmc {
         let addr = listener
             .local_addr()
             .map_err(|e| io(Path::new(&listen.to_string()), e))?;
+        // The serial console over SSH, on the Redfish address and a port of its own.
+        let ssh_listener = tokio::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0))
+            .await
+            .map_err(|e| io(Path::new(&addr.ip().to_string()), e))?;
+        let console_ssh_addr = ssh_listener
+            .local_addr()
+            .map_err(|e| io(Path::new(&addr.ip().to_string()), e))?;
+        let console_ssh = tokio::spawn(console_ssh::serve(
+            ssh_listener,
+            console.clone(),
+            user.to_string(),
+            password.to_string(),
+        ));
         let (stop, stopped) = oneshot::channel::<()>();
-        let app = redfish::router(machine.clone(), user, password);
+        let app = redfish::router(machine.clone(), user, password, console_ssh_addr.port());
         let server = tokio::spawn(async move {
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async {
@@ -134,7 +149,8 @@ impl VirtualBmc {
             machine,
             console,
             stop: Some(stop),
-            tasks: vec![server, sampler, boot_keeper, serial_task],
+            console_ssh_addr,
+            tasks: vec![server, sampler, boot_keeper, serial_task, console_ssh],
         })
     }
 
@@ -154,6 +170,11 @@ impl VirtualBmc {
             "redfish+http://{}/redfish/v1/Systems/{}",
             self.addr, self.machine.spec.name
         )
+    }
+
+    /// Where the serial console is served over SSH (the BMC's user and password).
+    pub fn console_ssh_addr(&self) -> SocketAddr {
+        self.console_ssh_addr
     }
 
     /// The VM's serial console.

@@ -4,8 +4,11 @@
 //! admins always. The front doors (the WebSocket in `ws.rs`, the SSH server, the web page) only
 //! carry bytes and control messages to and from a [`ConsoleViewer`].
 
+mod door;
 mod session;
 pub mod ws;
+
+pub use door::HubDoor;
 
 use crate::auth::Caller;
 use crate::state::AppState;

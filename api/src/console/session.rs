@@ -196,7 +196,7 @@ impl Session {
 async fn endpoint_for(inv: &Inventory, machine: &str) -> Result<SerialEndpoint, String> {
     let access = inv.bmc_access(machine).await.map_err(|e| e.to_string())?;
     let url: BmcUrl = access.url.parse().map_err(|e| format!("{e}"))?;
-    let password = access.password.unwrap_or_default();
+    let password = access.password.clone().unwrap_or_default();
     Ok(match url.protocol() {
         BmcProtocol::Ipmi => SerialEndpoint::IpmiSol {
             host: url.host().to_string(),
@@ -204,13 +204,26 @@ async fn endpoint_for(inv: &Inventory, machine: &str) -> Result<SerialEndpoint, 
             username: access.username,
             password,
         },
-        // The Manager's SerialConsole port is learnt from Redfish by the SSH backend.
-        BmcProtocol::RedfishHttps | BmcProtocol::RedfishHttp => SerialEndpoint::RedfishSsh {
-            host: url.host().to_string(),
-            port: 22,
-            username: access.username,
-            password,
-        },
+        // Where the BMC offers its serial console over SSH is asked of Redfish each time the
+        // link opens (System's or Manager's `SerialConsole`).
+        BmcProtocol::RedfishHttps | BmcProtocol::RedfishHttp => {
+            let tls = crate::bmc_service::tls_policy(&access).map_err(|e| e.message)?;
+            let creds = bmc::Credentials::new(access.username.clone(), password.clone());
+            let driver = bmc::RedfishDriver::new(&url, creds, &tls, bmc::DriverOptions::default())
+                .map_err(|e| e.to_string())?;
+            let ssh = bmc::serial_ssh::discover(&driver)
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| {
+                    "this BMC offers no serial console over SSH (Redfish SerialConsole)".to_string()
+                })?;
+            SerialEndpoint::RedfishSsh {
+                host: url.host().to_string(),
+                port: ssh.port,
+                username: access.username,
+                password,
+            }
+        }
     })
 }
 

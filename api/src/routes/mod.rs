@@ -104,6 +104,14 @@ pub fn router(state: AppState) -> Router {
         .route("/users/{name}/disable", post(people::disable_user))
         .route("/users/{name}/enable", post(people::enable_user))
         .route(
+            "/users/{name}/ssh-keys",
+            get(people::list_user_keys).post(people::add_user_key),
+        )
+        .route(
+            "/users/{name}/ssh-keys/{fingerprint}",
+            delete(people::remove_user_key),
+        )
+        .route(
             "/tokens",
             get(people::list_tokens).post(people::create_token),
         )

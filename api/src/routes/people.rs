@@ -8,7 +8,9 @@ use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use inventory::{now_ms, ApiToken, IssuedToken, MemberGroup, NewUser, Role, User, UserChange};
+use inventory::{
+    now_ms, ApiToken, IssuedToken, MemberGroup, NewUser, Role, User, UserChange, UserSshKey,
+};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -201,6 +203,17 @@ pub struct TokenRequest {
 
 /// Whether `c` may manage tokens of `user`.
 async fn may_manage_tokens_of(st: &AppState, c: &Caller, user: &str) -> Result<(), ApiError> {
+    may_manage_credentials_of(st, c, user, "token.manage").await
+}
+
+/// Whether `c` may manage `user`'s credentials (tokens, SSH keys): their own, staff for
+/// members, admins for everyone; a refusal is audited as `action`.
+async fn may_manage_credentials_of(
+    st: &AppState,
+    c: &Caller,
+    user: &str,
+    action: &str,
+) -> Result<(), ApiError> {
     if user == c.name() || c.role() == Role::Admin {
         return Ok(());
     }
@@ -212,7 +225,49 @@ async fn may_manage_tokens_of(st: &AppState, c: &Caller, user: &str) -> Result<(
             }
         }
     }
-    c.require(st, ADMIN, "token.manage", user).await
+    c.require(st, ADMIN, action, user).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserKeyRequest {
+    /// An OpenSSH public key line.
+    key: String,
+}
+
+/// `GET /users/{name}/ssh-keys`: a user's console-login keys.
+pub async fn list_user_keys(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<UserSshKey>>, ApiError> {
+    may_manage_credentials_of(&st, &c, &name, "user.ssh_key.list").await?;
+    Ok(Json(st.inv.user_ssh_keys(&name).await?))
+}
+
+/// `POST /users/{name}/ssh-keys`: a key held by another user or any group is refused (409).
+pub async fn add_user_key(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    ApiJson(b): ApiJson<UserKeyRequest>,
+) -> Result<(StatusCode, Json<Vec<UserSshKey>>), ApiError> {
+    may_manage_credentials_of(&st, &c, &name, "user.ssh_key.add").await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(st.inv.add_user_ssh_key(c.name(), &name, &b.key).await?),
+    ))
+}
+
+/// `DELETE /users/{name}/ssh-keys/{fingerprint}`.
+pub async fn remove_user_key(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((name, which)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    may_manage_credentials_of(&st, &c, &name, "user.ssh_key.remove").await?;
+    st.inv.remove_user_ssh_key(c.name(), &name, &which).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn create_token(

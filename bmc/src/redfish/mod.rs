@@ -331,13 +331,13 @@ impl RedfishDriver {
         Ok(reply)
     }
 
-    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, BmcError> {
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, BmcError> {
         let reply = self.get_reply(path).await?;
         self.parse(path, &reply.body)
     }
 
     /// The System resource path: from the URL, or the only member of the Systems collection.
-    async fn system_path(&self) -> Result<String, BmcError> {
+    pub(crate) async fn system_path(&self) -> Result<String, BmcError> {
         if let Some(p) = self.state.lock().await.system_path.clone() {
             return Ok(p);
         }

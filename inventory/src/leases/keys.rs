@@ -54,7 +54,22 @@ impl Inventory {
             .any(|k| ssh_key_fingerprint(k).ok().as_deref() == Some(&fp));
         if !known {
             keys.push(key.to_string());
-            save_keys(&mut tx, group, &keys).await?;
+            if let Err(e) = save_keys(&mut tx, group, &keys).await {
+                drop(tx);
+                if matches!(e, Error::Conflict { .. }) {
+                    crate::ssh_keys::audit_refused_key(
+                        self,
+                        actor,
+                        "group.ssh_key.add",
+                        "group",
+                        group,
+                        key,
+                        Some(group.into()),
+                    )
+                    .await?;
+                }
+                return Err(e);
+            }
             record_in(
                 &mut tx,
                 &NewAuditEvent::ok(actor, "group.ssh_key.add", "group", group)
@@ -124,9 +139,15 @@ pub(super) async fn save_keys(
     group: &str,
     keys: &[String],
 ) -> Result<()> {
-    sqlx::query("UPDATE member_groups SET ssh_keys = $1 WHERE name = $2")
-        .bind(to_json(&keys))
+    let id: i64 = sqlx::query_scalar("SELECT id FROM member_groups WHERE name = $1")
         .bind(group)
+        .fetch_optional(&mut **tx)
+        .await?
+        .ok_or_else(|| Error::not_found("group", group))?;
+    crate::ssh_keys::claim_group_keys(tx, id, keys).await?;
+    sqlx::query("UPDATE member_groups SET ssh_keys = $1 WHERE id = $2")
+        .bind(to_json(&keys))
+        .bind(id)
         .execute(&mut **tx)
         .await?;
     Ok(())

@@ -65,11 +65,12 @@ pub(super) async fn manager(State(app): Shared) -> RfResult {
         "PowerState": "On",
         "Status": status_ok(),
         "VirtualMedia": link("/redfish/v1/Managers/1/VirtualMedia"),
-        // The stream is offered by rackshare's console broker, not by this service itself.
+        // The host's console over SSH on its own port; the port is on the System's
+        // SerialConsole.SSH (where Redfish puts it), the Manager says only that SSH is offered.
         "SerialConsole": {
             "ServiceEnabled": true,
-            "MaxConcurrentSessions": 1,
-            "ConnectTypesSupported": ["Oem"],
+            "MaxConcurrentSessions": 8,
+            "ConnectTypesSupported": ["SSH"],
         },
         "Links": {
             "ManagerForServers": [link(&app.system_path())],

@@ -60,17 +60,25 @@ struct App {
     user: String,
     password: String,
     sessions: Mutex<HashMap<String, Session>>,
+    /// The serial console's SSH port (on the Redfish address).
+    console_ssh_port: u16,
 }
 
 type Shared = State<Arc<App>>;
 
 /// The whole service for `machine`.
-pub(crate) fn router(machine: Arc<Machine>, user: &str, password: &str) -> Router {
+pub(crate) fn router(
+    machine: Arc<Machine>,
+    user: &str,
+    password: &str,
+    console_ssh_port: u16,
+) -> Router {
     let app = Arc::new(App {
         machine,
         user: user.to_string(),
         password: password.to_string(),
         sessions: Mutex::new(HashMap::new()),
+        console_ssh_port,
     });
     Router::new()
         .route("/redfish", get(versions))

@@ -39,6 +39,10 @@ impl App {
         json!({
             "@odata.id": path,
             "@odata.type": "#ComputerSystem.v1_13_0.ComputerSystem",
+            "SerialConsole": {
+                "MaxConcurrentSessions": 8,
+                "SSH": { "ServiceEnabled": true, "Port": self.console_ssh_port },
+            },
             "Id": spec.name,
             "Name": spec.name,
             "SystemType": "Virtual",

@@ -1,0 +1,67 @@
+//! The console hub behind the SSH front door (`console_ssh::ConsoleDoor`): the door knows
+//! nothing of BMCs or leases, the hub nothing of SSH; this is the one place they meet.
+
+use super::{ConsoleEvent, ConsoleViewer};
+use crate::console_ssh::{ConsoleDoor, DoorEvent, DoorRefusal, DoorViewer};
+use crate::state::AppState;
+use axum::body::Bytes;
+use inventory::{AuditOrigin, TokenOwner};
+
+/// [`super::ConsoleHub`] as the SSH door sees it.
+pub struct HubDoor {
+    /// The service's state (the hub is `state.consoles`).
+    pub state: AppState,
+}
+
+#[async_trait::async_trait]
+impl ConsoleDoor for HubDoor {
+    async fn attach(
+        &self,
+        machine: &str,
+        who: &TokenOwner,
+        origin: &str,
+    ) -> Result<Box<dyn DoorViewer>, DoorRefusal> {
+        // Every event of this login names where it came from and which key it used.
+        let scope = AuditOrigin {
+            source: Some(origin.to_string()),
+            token_prefix: Some(who.token_prefix.clone()),
+        };
+        let st = &self.state;
+        scope
+            .scope(st.consoles.attach(st, machine, who, "ssh"))
+            .await
+            .map(|v| Box::new(HubViewer(v)) as Box<dyn DoorViewer>)
+            .map_err(|e| DoorRefusal(e.message))
+    }
+}
+
+/// One hub viewer behind the door.
+struct HubViewer(ConsoleViewer);
+
+#[async_trait::async_trait]
+impl DoorViewer for HubViewer {
+    fn replay(&self) -> Bytes {
+        self.0.replay()
+    }
+
+    async fn next(&mut self) -> Option<DoorEvent> {
+        Some(match self.0.next().await? {
+            ConsoleEvent::Output(b) => DoorEvent::Output(b),
+            ConsoleEvent::Control { writer } => DoorEvent::Control { writer },
+            ConsoleEvent::Closed { reason } => DoorEvent::Closed { reason },
+        })
+    }
+
+    async fn input(&self, bytes: &[u8]) -> Result<(), DoorRefusal> {
+        self.0
+            .input(bytes)
+            .await
+            .map_err(|e| DoorRefusal(e.to_string()))
+    }
+
+    fn take_control(&self) -> Result<(), DoorRefusal> {
+        self.0
+            .take_control()
+            .map_err(|e| DoorRefusal(e.to_string()))
+    }
+}
