@@ -19,6 +19,7 @@ mod openapi;
 mod origin;
 mod routes;
 mod scheduler;
+mod sendfile;
 mod server;
 mod state;
 pub mod tls;
