@@ -139,7 +139,7 @@ fetch_all() {
 echo "bench/http: $CLIENTS clients x $SIZE_MIB MiB (one file), $(date -u +%FT%TZ)"
 machine_line
 declare -A WALL BAD PEAK IDLE
-for srv in rackshare nginx; do
+for srv in ${ORDER:-rackshare nginx}; do   # ORDER="nginx rackshare": the peer first
   case $srv in rackshare) start_rackshare ;; nginx) start_nginx ;; esac
   sleep 0.5
   IDLE[$srv]=$(rss_kib $SP $(pgrep -P "$SP" || true))

@@ -3,7 +3,7 @@
 # filtered query, beside nginx serving the very same JSON as a static file (the floor for
 # "10,000 machines over HTTP"). Prints medians, p95s and the ratios; traffic stays on 127.0.0.1.
 #
-#   bash bench/inventory/run.sh [MACHINES] [RUNS]
+#   bash bench/inventory/run.sh [MACHINES] [RUNS]      (env BIN=PATH: that binary, no build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 . bench/lib.sh
@@ -14,8 +14,8 @@ NGINX_PORT=18182
 command -v nginx >/dev/null || { echo "nginx is missing: apt-get install nginx-light" >&2; exit 2; }
 command -v curl >/dev/null || { echo "curl is missing: apt-get install curl" >&2; exit 2; }
 
-cargo build --release --quiet
-BIN=$PWD/target/release/rackshare
+# BIN=PATH runs that binary as is (no build).
+if [ -z "${BIN:-}" ]; then cargo build --release --quiet; BIN=$PWD/target/release/rackshare; fi
 TMP=$(mktemp -d /tmp/rackshare-bench.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
