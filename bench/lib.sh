@@ -38,3 +38,12 @@ client_ns() {
   ip -n "$2" addr add "$3" dev eth0
   ip -n "$2" link set eth0 up
 }
+
+# machine_line: the box a figure was measured on (CPU model, cores, memory, load average),
+# printed by every bench so a result never loses its context.
+machine_line() {
+  local cpu mem
+  cpu=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+  mem=$(awk '/^MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)
+  echo "machine: ${cpu:-unknown CPU}, $(nproc) cores, $mem, load average $(cut -d' ' -f1-3 /proc/loadavg), $(uname -r)"
+}

@@ -5,7 +5,7 @@
 use crate::ApiError;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use inventory::{DhcpLease, DhcpLeaseChange, Inventory, MacAddress, MachineState, NewMachine};
@@ -363,14 +363,25 @@ impl
 }
 
 /// Streams a file with Range support (boot files, image downloads).
+/// On a plain boot connection a GET's bytes then go out by sendfile (crate::sendfile);
+/// ServeFile still decides the status, range and headers.
 pub(crate) async fn serve_file(path: PathBuf, req: Request) -> Result<Response, ApiError> {
-    let resp = tower_http::services::ServeFile::new(path)
+    let zero_copy = req
+        .extensions()
+        .get::<crate::sendfile::SendfileSocket>()
+        .filter(|_| req.method() == axum::http::Method::GET)
+        .cloned();
+    let resp = tower_http::services::ServeFile::new(&path)
         // 1 MiB reads instead of 64 KiB: fewer wake-ups per GiB (bench/http).
         .with_buf_chunk_size(1 << 20)
         .oneshot(req)
         .await
-        .map_err(ApiError::internal)?;
-    Ok(resp.map(Body::new).into_response())
+        .map_err(ApiError::internal)?
+        .map(Body::new);
+    Ok(match zero_copy {
+        Some(socket) => crate::sendfile::zero_copy(resp, &path, socket),
+        None => resp,
+    })
 }
 
 /// One boot interface's settings, as `serve` flags or a `[[pxe-interface]]` table give them.

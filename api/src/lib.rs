@@ -25,6 +25,7 @@ mod openapi;
 mod origin;
 mod routes;
 mod scheduler;
+mod sendfile;
 mod server;
 mod shared_secrets;
 mod state;

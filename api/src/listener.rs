@@ -5,6 +5,7 @@
 
 use crate::boot::BootConnection;
 use crate::metrics::HttpMetrics;
+use crate::sendfile::{SendfileSocket, SendfileStream};
 use crate::tls::ReloadableTls;
 use axum::body::Bytes;
 use axum::extract::ConnectInfo;
@@ -137,11 +138,17 @@ async fn connection(stream: TcpStream, peer: SocketAddr, what: &Listening, stop:
     let local = stream.local_addr().ok();
     let deadline = what.limits.header_timeout;
     match &what.tls {
-        None => http(stream, peer, local, what, stop).await,
+        // Plain boot connections send files with sendfile(2) (crate::sendfile).
+        None if what.boot => {
+            let socket = SendfileSocket::default();
+            let stream = SendfileStream::new(stream, socket.clone());
+            http(stream, peer, local, what, Some(socket), stop).await
+        }
+        None => http(stream, peer, local, what, None, stop).await,
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.server_config());
             match tokio::time::timeout(deadline, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => http(s, peer, local, what, stop).await,
+                Ok(Ok(s)) => http(s, peer, local, what, None, stop).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
             }
@@ -154,6 +161,7 @@ async fn http<S>(
     peer: SocketAddr,
     local: Option<SocketAddr>,
     what: &Listening,
+    zero_copy: Option<SendfileSocket>,
     stop: pxe::Shutdown,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -171,6 +179,9 @@ async fn http<S>(
                 local,
                 peer: Some(peer),
             }));
+        }
+        if let Some(socket) = &zero_copy {
+            req.extensions_mut().insert(socket.clone());
         }
         let app = app.clone();
         async move {

@@ -10,6 +10,7 @@
 # dropped afterwards. Without it only SQLite runs.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/lib.sh
 N=${1:-10000}
 CLIENTS=${2:-100}
 SECS=${3:-20}
@@ -64,7 +65,8 @@ run() {
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-echo "bench/api: $N machines, $CLIENTS clients, ${SECS}s per backend, $(nproc) cores, $(date -u +%FT%TZ)"
+echo "bench/api: $N machines, $CLIENTS clients, ${SECS}s per backend, $(date -u +%FT%TZ)"
+machine_line
 run sqlite
 if [ -n "${RACKSHARE_BENCH_POSTGRES_URL:-}" ]; then
   command -v psql >/dev/null || { echo "psql is missing: apt-get install postgresql-client" >&2; exit 2; }

@@ -8,6 +8,7 @@
 # Usage (root, from the workspace root, after `cargo build --release`):
 #   bench/http/run.sh
 #   CLIENTS=4 SIZE_MIB=256 bench/http/run.sh
+#   CLIENTS=100 SIZE_MIB=256 bench/http/run.sh   # a reimage wave: 100 agents, one image
 # Env: BIN (rackshare binary), CLIENTS (default 16), SIZE_MIB (default 1024),
 #      SPARSE=1 to fallocate the file instead of filling it from /dev/urandom.
 #
@@ -135,8 +136,10 @@ fetch_all() {
   echo "$(echo "$t1 - $t0" | bc) $bad $peak"
 }
 
+echo "bench/http: $CLIENTS clients x $SIZE_MIB MiB (one file), $(date -u +%FT%TZ)"
+machine_line
 declare -A WALL BAD PEAK IDLE
-for srv in rackshare nginx; do
+for srv in ${ORDER:-rackshare nginx}; do   # ORDER="nginx rackshare": the peer first
   case $srv in rackshare) start_rackshare ;; nginx) start_nginx ;; esac
   sleep 0.5
   IDLE[$srv]=$(rss_kib $SP $(pgrep -P "$SP" || true))

@@ -3,9 +3,10 @@
 # filtered query, beside nginx serving the very same JSON as a static file (the floor for
 # "10,000 machines over HTTP"). Prints medians, p95s and the ratios; traffic stays on 127.0.0.1.
 #
-#   bash bench/inventory/run.sh [MACHINES] [RUNS]
+#   bash bench/inventory/run.sh [MACHINES] [RUNS]      (env BIN=PATH: that binary, no build)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+. bench/lib.sh
 N=${1:-10000}
 RUNS=${2:-30}
 API_PORT=18181
@@ -13,8 +14,8 @@ NGINX_PORT=18182
 command -v nginx >/dev/null || { echo "nginx is missing: apt-get install nginx-light" >&2; exit 2; }
 command -v curl >/dev/null || { echo "curl is missing: apt-get install curl" >&2; exit 2; }
 
-cargo build --release --quiet
-BIN=$PWD/target/release/rackshare
+# BIN=PATH runs that binary as is (no build).
+if [ -z "${BIN:-}" ]; then cargo build --release --quiet; BIN=$PWD/target/release/rackshare; fi
 TMP=$(mktemp -d /tmp/rackshare-bench.XXXXXX)
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$TMP"; }
@@ -57,18 +58,18 @@ IMPORT_S=$(echo "$t1 - $t0" | bc -l 2>/dev/null || python3 -c "print($t1-$t0)")
 measure() {
   local url=$1; shift
   for _ in $(seq 1 "$RUNS"); do curl -s -o /dev/null -w '%{time_total}\n' "$@" "$url"; done |
-    python3 -c 'import sys; v=sorted(float(x)*1000 for x in sys.stdin); print(f"{v[len(v)//2]:.1f} {v[int(len(v)*0.95)-1]:.1f}")'
+    python3 -c 'import sys; v=sorted(float(x)*1000 for x in sys.stdin); print(f"{v[len(v)//2]:.1f} {v[int(len(v)*0.95)-1]:.1f} {v[max(0, -(-len(v)*99//100)-1)]:.1f}")'
 }
 AUTH=(-H "Authorization: Bearer $RACKSHARE_TOKEN")
 curl -s "${AUTH[@]}" http://127.0.0.1:$API_PORT/api/v1/machines -o "$TMP/machines.json"
 COUNT=$(python3 -c "import json,sys; print(len(json.load(open(sys.argv[1]))))" "$TMP/machines.json")
 [ "$COUNT" = "$N" ] || { echo "expected $N machines in the listing, got $COUNT" >&2; exit 1; }
 SIZE_KB=$(( $(stat -c %s "$TMP/machines.json") / 1024 ))
-read -r LIST_MED LIST_P95 < <(measure http://127.0.0.1:$API_PORT/api/v1/machines "${AUTH[@]}")
+read -r LIST_MED LIST_P95 LIST_P99 < <(measure http://127.0.0.1:$API_PORT/api/v1/machines "${AUTH[@]}")
 FILTER="state=available&tag=gpu&min_ram_mib=32768"
 FILTER_COUNT=$(curl -s "${AUTH[@]}" "http://127.0.0.1:$API_PORT/api/v1/machines?$FILTER" | python3 -c "import json,sys; print(len(json.load(sys.stdin)))")
-read -r FILT_MED FILT_P95 < <(measure "http://127.0.0.1:$API_PORT/api/v1/machines?$FILTER" "${AUTH[@]}")
-read -r SHOW_MED SHOW_P95 < <(measure http://127.0.0.1:$API_PORT/api/v1/machines/node-04242 "${AUTH[@]}")
+read -r FILT_MED FILT_P95 _ < <(measure "http://127.0.0.1:$API_PORT/api/v1/machines?$FILTER" "${AUTH[@]}")
+read -r SHOW_MED SHOW_P95 _ < <(measure http://127.0.0.1:$API_PORT/api/v1/machines/node-04242 "${AUTH[@]}")
 RSS_LOADED=$(rss $API_PID)
 sleep 2
 RSS_IDLE=$(rss $API_PID)
@@ -91,13 +92,14 @@ NGX
 nginx -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" &
 PIDS+=($!)
 for _ in $(seq 1 50); do curl -sf -o /dev/null http://127.0.0.1:$NGINX_PORT/machines.json && break; sleep 0.1; done
-read -r NGX_MED NGX_P95 < <(measure http://127.0.0.1:$NGINX_PORT/machines.json)
+read -r NGX_MED NGX_P95 _ < <(measure http://127.0.0.1:$NGINX_PORT/machines.json)
 
 ratio() { python3 -c "print(f'{$1/$2:.1f}')"; }
 cat <<OUT
-bench/inventory: $N machines, SQLite, $RUNS runs each, $(nproc) cores, $(date -u +%Y-%m-%d)
+bench/inventory: $N machines, SQLite, $RUNS runs each, $(date -u +%FT%TZ)
+$(machine_line)
 import of $N machines (one transaction):     ${IMPORT_S}s
-list all ($COUNT machines, ${SIZE_KB} KiB JSON):   median ${LIST_MED} ms  p95 ${LIST_P95} ms   (target < 100 ms)
+list all ($COUNT machines, ${SIZE_KB} KiB JSON):   median ${LIST_MED} ms  p95 ${LIST_P95} ms  p99 ${LIST_P99} ms   (target p99 < 100 ms)
 filtered list ($FILTER_COUNT machines: $FILTER): median ${FILT_MED} ms  p95 ${FILT_P95} ms
 show one machine:                             median ${SHOW_MED} ms  p95 ${SHOW_P95} ms
 nginx, same JSON as a static file:            median ${NGX_MED} ms  p95 ${NGX_P95} ms

@@ -78,7 +78,7 @@ impl Inventory {
         let mut sql = match self.backend {
             crate::Backend::Sqlite => format!(
                 "SELECT '[' || COALESCE(group_concat(doc, ','), '') || ']' FROM (SELECT {SQLITE_MACHINE_JSON} AS doc \
-                 {MACHINE_FROM} WHERE {FILTER_WHERE} ORDER BY m.name{limit}) AS q"
+                 {MACHINE_FROM} {SQLITE_NICS_JOIN} WHERE {FILTER_WHERE} ORDER BY m.name{limit}) AS q"
             ),
             crate::Backend::Postgres => format!(
                 "SELECT COALESCE(json_agg(doc ORDER BY name), '[]'::json)::text FROM (SELECT m.name AS name, \
