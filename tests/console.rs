@@ -2,6 +2,8 @@
 //! `ipmi_sim`, whose simulated chassis starts a QEMU VM at power-on and whose SOL payload is a
 //! TCP client of the VM's serial port. The guest is a 41-byte boot sector that answers every
 //! byte on COM1 upper-cased, so what comes back is the VM's answer and not an echo.
+//! The same console is reached over the WebSocket, through `rackshare console` and over SSH
+//! (`serve --console-ssh-listen`, a group key), through the one broker.
 //!
 //! Heavy (boots a VM): run under `flock -o /tmp/rackshare-heavy.lock`.
 
@@ -178,6 +180,97 @@ set_working_mc 0x20
     }
 }
 
+/// A fresh ed25519 key pair in the service's directory; the private key's path.
+fn ssh_key(s: &Service, name: &str) -> std::path::PathBuf {
+    let path = s.dir.path().join(format!("id_{name}"));
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+        .arg(&path)
+        .output()
+        .expect("ssh-keygen");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    path
+}
+
+/// `ssh -p PORT vm@127.0.0.1` with `key`, typing `keys`; whether `want` came back within 30 s,
+/// and everything the session printed.
+fn ssh_console(port: u16, key: &std::path::Path, keys: &[u8], want: &str) -> (bool, String) {
+    use std::io::Read;
+    let mut child = Command::new("ssh")
+        .args(["-tt", "-p", &port.to_string(), "-i"])
+        .arg(key)
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "LogLevel=ERROR",
+            "vm@127.0.0.1",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("ssh");
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    for stream in [
+        child
+            .stdout
+            .take()
+            .map(|o| Box::new(o) as Box<dyn Read + Send>),
+        child
+            .stderr
+            .take()
+            .map(|e| Box::new(e) as Box<dyn Read + Send>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let seen = seen.clone();
+        std::thread::spawn(move || {
+            let mut stream = stream;
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = stream.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                seen.lock().expect("lock").extend_from_slice(&buf[..n]);
+            }
+        });
+    }
+    let mut stdin = child.stdin.take().expect("stdin");
+    // Time to log in and take the seat before the keys.
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = stdin.write_all(keys);
+    let _ = stdin.flush();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let text = || String::from_utf8_lossy(&seen.lock().expect("lock")).into_owned();
+    let answered = loop {
+        if text().contains(want) {
+            break true;
+        }
+        let exited = matches!(child.try_wait(), Ok(Some(_)));
+        if exited || Instant::now() > deadline {
+            // Whatever was on its way out still lands.
+            std::thread::sleep(Duration::from_millis(300));
+            break text().contains(want);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    (answered, text())
+}
+
 fn token_for(s: &Service, user: &str) -> String {
     s.cli_json(&["token", "create", "--user", user])["token"]
         .as_str()
@@ -264,9 +357,16 @@ async fn take(ws: &mut Ws, me: &str) {
 }
 
 #[tokio::test]
-async fn console_over_websocket_and_cli_to_a_real_sol_bmc() {
+async fn console_over_websocket_ssh_and_cli_to_a_real_sol_bmc() {
+    need("ssh", "openssh-client");
+    need("ssh-keygen", "openssh-client");
     let bmc = SolBmc::start();
-    let s = Service::start(Db::Sqlite).await;
+    let ssh_port = free_port(false);
+    let s = Service::start_with(
+        Db::Sqlite,
+        &["--console-ssh-listen", &format!("127.0.0.1:{ssh_port}")],
+    )
+    .await;
     s.cli(&["group", "add", "alpha"]);
     s.cli(&["group", "add", "beta"]);
     s.cli(&["user", "add", "ann", "--role", "member", "--group", "alpha"]);
@@ -361,10 +461,37 @@ async fn console_over_websocket_and_cli_to_a_real_sol_bmc() {
         .to_lowercase()
         .contains("on"));
 
-    // The CLI, with piped input: sends it, prints the answer, exits after 2 s of quiet.
+    // Over SSH with a key of the group's: the same console, the VM answers; another group's
+    // key is refused in words.
     a.send(Message::Text(r#"{"type":"give"}"#.into()))
         .await
         .expect("give");
+    let ann_key = ssh_key(&s, "ann");
+    let bob_key = ssh_key(&s, "bob");
+    let add = |token: &str, group: &str, key: &std::path::Path| {
+        let pubkey = format!("{}.pub", key.display());
+        let out = s.cli_as(
+            token,
+            &["group", "ssh-key", "add", group, "--file", &pubkey],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    add(&ann, "alpha", &ann_key);
+    add(&bob, "beta", &bob_key);
+    let (answered, _) = ssh_console(ssh_port, &ann_key, b"over ssh\r", "OVER SSH");
+    assert!(answered, "no answer from the VM over SSH");
+    let (answered, said) = ssh_console(ssh_port, &bob_key, b"intruder\r", "INTRUDER");
+    assert!(!answered, "another group's key reached the console: {said}");
+    assert!(
+        said.contains("rackshare: vm:"),
+        "the refusal is in words: {said}"
+    );
+
+    // The CLI, with piped input: sends it, prints the answer, exits after 2 s of quiet.
     let mut cli = Command::new(common::BIN)
         .args(["console", "vm"])
         .env("RACKSHARE_URL", &s.url)

@@ -1,4 +1,4 @@
-//! Zero-copy file answers on the plain-HTTP boot listener (decision 42 (S2)).
+//! Zero-copy file answers on the plain-HTTP boot listener (decision 49).
 //!
 //! hyper still parses every request and writes every head, and the answer still passes
 //! through every layer (counters, security headers, errors); only the bytes of a file body go
