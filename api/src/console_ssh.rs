@@ -3,6 +3,7 @@
 //! `ssh_key_owners`), which becomes the [`TokenOwner`] the console broker checks. The broker is
 //! reached through [`ConsoleDoor`], so this file knows nothing of BMCs or leases.
 
+pub use crate::console::ConsoleEvent;
 use bytes::Bytes;
 use inventory::{
     ssh_key_fingerprint, AuditOrigin, AuditOutcome, Inventory, NewAuditEvent, Role, SshKeyOwner,
@@ -19,23 +20,6 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-/// What a console viewer sees next (the broker's `ConsoleEvent`, mirrored at this seam).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DoorEvent {
-    /// Bytes from the machine's serial port.
-    Output(Bytes),
-    /// Who now holds the one writer seat (None: nobody).
-    Control {
-        /// The writer's name.
-        writer: Option<String>,
-    },
-    /// The session ended (lease over, BMC gone…), in words.
-    Closed {
-        /// Why.
-        reason: String,
-    },
-}
-
 /// A refusal, in words a person reads on their terminal.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -47,7 +31,7 @@ pub trait DoorViewer: Send {
     /// The recent output to show first.
     fn replay(&self) -> Bytes;
     /// The next event; None when the session is closed.
-    async fn next(&mut self) -> Option<DoorEvent>;
+    async fn next(&mut self) -> Option<ConsoleEvent>;
     /// Sends keystrokes (refused unless this viewer holds control).
     async fn input(&self, bytes: &[u8]) -> Result<(), DoorRefusal>;
     /// Takes the one writer seat.
@@ -467,18 +451,18 @@ async fn bridge(
     loop {
         tokio::select! {
             ev = viewer.next() => match ev {
-                Some(DoorEvent::Output(b)) => {
+                Some(ConsoleEvent::Output(b)) => {
                     if send(b).await.is_err() {
                         return 0;
                     }
                 }
-                Some(DoorEvent::Control { writer: w }) => {
+                Some(ConsoleEvent::Control { writer: w }) => {
                     writer = w.as_deref() == Some(owner.user.as_str());
                     if !writer && w.is_none() {
                         writer = viewer.take_control().is_ok();
                     }
                 }
-                Some(DoorEvent::Closed { reason }) => {
+                Some(ConsoleEvent::Closed { reason }) => {
                     let words = format!("\r\nrackshare: console closed: {reason}\r\n");
                     let _ = send(Bytes::from(words)).await;
                     return 0;

@@ -4,7 +4,8 @@
 //! the broker's own test goes through the real hub.
 
 use api::console_ssh::{
-    load_or_create_host_key, serve, ConsoleDoor, DoorEvent, DoorRefusal, DoorViewer, SshDoorLimits,
+    load_or_create_host_key, serve, ConsoleDoor, ConsoleEvent, DoorRefusal, DoorViewer,
+    SshDoorLimits,
 };
 use bytes::Bytes;
 use inventory::{
@@ -31,11 +32,11 @@ impl DoorViewer for EchoViewer {
     fn replay(&self) -> Bytes {
         Bytes::from_static(b"last screen\r\n")
     }
-    async fn next(&mut self) -> Option<DoorEvent> {
+    async fn next(&mut self) -> Option<ConsoleEvent> {
         let b = self.rx.recv().await?;
         let mut out = b"echo:".to_vec();
         out.extend_from_slice(&b);
-        Some(DoorEvent::Output(out.into()))
+        Some(ConsoleEvent::Output(out.into()))
     }
     async fn input(&self, bytes: &[u8]) -> Result<(), DoorRefusal> {
         self.tx

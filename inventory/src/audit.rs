@@ -101,6 +101,15 @@ impl NewAuditEvent {
         }
     }
 
+    /// The outcome of an attempt: `failed` when it had an error, else it stays `ok`.
+    pub fn failed_if(self, error: Option<&str>) -> Self {
+        if error.is_some() {
+            self.outcome(AuditOutcome::Failed)
+        } else {
+            self
+        }
+    }
+
     /// Sets the outcome.
     pub fn outcome(mut self, o: AuditOutcome) -> Self {
         self.outcome = o;

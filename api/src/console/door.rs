@@ -2,7 +2,7 @@
 //! nothing of BMCs or leases, the hub nothing of SSH; this is the one place they meet.
 
 use super::{ConsoleEvent, ConsoleViewer};
-use crate::console_ssh::{ConsoleDoor, DoorEvent, DoorRefusal, DoorViewer};
+use crate::console_ssh::{ConsoleDoor, DoorRefusal, DoorViewer};
 use crate::state::AppState;
 use axum::body::Bytes;
 use inventory::{AuditOrigin, TokenOwner};
@@ -44,12 +44,8 @@ impl DoorViewer for HubViewer {
         self.0.replay()
     }
 
-    async fn next(&mut self) -> Option<DoorEvent> {
-        Some(match self.0.next().await? {
-            ConsoleEvent::Output(b) => DoorEvent::Output(b),
-            ConsoleEvent::Control { writer } => DoorEvent::Control { writer },
-            ConsoleEvent::Closed { reason } => DoorEvent::Closed { reason },
-        })
+    async fn next(&mut self) -> Option<ConsoleEvent> {
+        self.0.next().await
     }
 
     async fn input(&self, bytes: &[u8]) -> Result<(), DoorRefusal> {

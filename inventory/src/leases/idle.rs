@@ -4,7 +4,7 @@
 use super::IdlePowerOff;
 use crate::audit::record_in;
 use crate::sites::check_name;
-use crate::{now_ms, AuditOutcome, Error, Inventory, NewAuditEvent, Result};
+use crate::{now_ms, Error, Inventory, NewAuditEvent, Result};
 use sqlx::Row;
 
 /// The `settings` key of the cooperative-wide idle time, and the prefix of a site's own.
@@ -197,16 +197,11 @@ impl Inventory {
         .bind(machine)
         .execute(&mut *tx)
         .await?;
-        let outcome = if error.is_some() {
-            AuditOutcome::Failed
-        } else {
-            AuditOutcome::Ok
-        };
         record_in(
             &mut tx,
             &NewAuditEvent::ok("rackshare", "machine.idle_power_on", "machine", machine)
                 .machine(Some(machine.into()))
-                .outcome(outcome)
+                .failed_if(error)
                 .detail(serde_json::json!({"error": error})),
         )
         .await?;
@@ -229,16 +224,11 @@ impl Inventory {
             .bind(machine)
             .execute(&mut *tx)
             .await?;
-        let outcome = if error.is_some() {
-            AuditOutcome::Failed
-        } else {
-            AuditOutcome::Ok
-        };
         record_in(
             &mut tx,
             &NewAuditEvent::ok("rackshare", "machine.idle_power_off", "machine", machine)
                 .machine(Some(machine.into()))
-                .outcome(outcome)
+                .failed_if(error)
                 .detail(serde_json::json!({"idle_secs": idle_ms / 1000, "error": error})),
         )
         .await?;

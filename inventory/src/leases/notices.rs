@@ -3,7 +3,7 @@
 //! (`api/src/lease_notices.rs`) delivers them.
 
 use crate::audit::record_in;
-use crate::{now_ms, AuditOutcome, Error, Inventory, NewAuditEvent, Result};
+use crate::{now_ms, Error, Inventory, NewAuditEvent, Result};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
@@ -206,11 +206,6 @@ impl Inventory {
         .execute(&mut *tx)
         .await?;
         if done {
-            let outcome = if error.is_some() {
-                AuditOutcome::Failed
-            } else {
-                AuditOutcome::Ok
-            };
             record_in(
                 &mut tx,
                 &NewAuditEvent::ok(
@@ -219,7 +214,7 @@ impl Inventory {
                     "lease",
                     &n.lease_id.to_string(),
                 )
-                .outcome(outcome)
+                .failed_if(error)
                 .detail(serde_json::json!({
                     "group": n.group, "kind": n.kind.as_str(),
                     "attempts": attempts, "error": error,
