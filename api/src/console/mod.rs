@@ -5,6 +5,7 @@
 //! carry bytes and control messages to and from a [`ConsoleViewer`].
 
 mod door;
+mod recorder;
 mod session;
 pub mod ws;
 
@@ -73,6 +74,10 @@ pub struct ConsoleSettings {
     pub lease_poll: Duration,
     /// Longest wait between attempts to reopen a dropped BMC link.
     pub max_backoff: Duration,
+    /// Bytes of console output kept per lease (the newest).
+    pub recording_bytes: i64,
+    /// Output chunks waiting for the recorder; beyond this they are dropped and counted.
+    pub recording_queue: usize,
 }
 
 impl Default for ConsoleSettings {
@@ -83,6 +88,8 @@ impl Default for ConsoleSettings {
             linger: Duration::from_secs(5),
             lease_poll: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
+            recording_bytes: inventory::CONSOLE_RECORDING_BYTES,
+            recording_queue: 1024,
         }
     }
 }
