@@ -348,7 +348,7 @@ async fn a_wipe_leaves_a_certificate_with_the_agents_words() {
     assert_eq!(r, Ok(StepOutcome::Done));
     let m = lab.inv.machine("n1").await.expect("machine");
     let sampled = vec![("vda".to_string(), "1 ranges".to_string())];
-    let cert = wipe_certificate(&job, &m, &report, &sampled, "k1", 5);
+    let cert = wipe_certificate(&job, &m, &report, &sampled, "k1", 5, 42);
     assert_eq!(cert["disks"][0]["verified"], true, "unknown fields kept");
     assert_eq!(cert["disks"][0]["nist_sp800_88"], "Clear");
     assert_eq!(cert["disks"][0]["server_verification"], "1 ranges");
@@ -364,6 +364,7 @@ async fn a_wipe_leaves_a_certificate_with_the_agents_words() {
     assert_eq!(cert["machine"], "n1");
     assert_eq!(cert["completed_at"], 5);
     assert_eq!(cert["signing_key_id"], "k1");
+    assert_eq!(cert["console_recordings_deleted_bytes"], 42);
     // The stored certificate verifies with the public key, and not once changed.
     let log = lab.inv.job_events(job.id, 0).await.expect("events");
     let id: i64 = log
@@ -378,6 +379,10 @@ async fn a_wipe_leaves_a_certificate_with_the_agents_words() {
         })
         .expect("stored");
     let stored = lab.inv.wipe_certificate(id).await.expect("certificate");
+    assert_eq!(
+        stored.body["console_recordings_deleted_bytes"], 0,
+        "part of the signed body"
+    );
     let doc = trust::SignedDocument {
         certificate: stored.body,
         signature: serde_json::from_value(stored.signature.expect("signed")).expect("signature"),
