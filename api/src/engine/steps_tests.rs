@@ -630,3 +630,78 @@ async fn an_nvme_format_wipe_is_certified_as_purge_with_why_not_sanitize() {
     };
     assert!(trust::verify(&doc, &[lab.key.public()]).is_ok());
 }
+
+#[tokio::test]
+async fn a_job_that_ends_keeps_the_console_output_printed_while_it_ran() {
+    let lab = lab().await;
+    lab.inv.add_group("test", "g", "").await.expect("group");
+    let m = lab
+        .inv
+        .add_machine(
+            "test",
+            &NewMachine {
+                name: "c1".into(),
+                macs: vec![inventory::MacAddress([0x52, 0x54, 0, 0, 1, 1])],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("machine");
+    lab.inv
+        .transition("test", "c1", MachineState::Available, "test", None)
+        .await
+        .expect("available");
+    let lease = lab
+        .inv
+        .create_lease(
+            "rosa",
+            "g",
+            &inventory::NewLease {
+                group: Some("g".into()),
+                count: 1,
+                duration_secs: Some(3600),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("lease");
+    let chunk = |at, text: &str| inventory::ConsoleChunk {
+        lease_id: lease.id,
+        machine_id: m.id,
+        at,
+        bytes: text.as_bytes().to_vec(),
+    };
+    lab.inv
+        .record_console(&[chunk(1, "before the job\n")], 1 << 20)
+        .await
+        .expect("record");
+    let job = lab
+        .inv
+        .create_job(
+            "test",
+            &NewJob {
+                kind: JobKind::Wipe,
+                machine_id: m.id,
+                image_id: None,
+                lease_id: Some(lease.id),
+                user_data: None,
+            },
+        )
+        .await
+        .expect("job");
+    assert!(lab.inv.start_job(job.id).await.expect("start"));
+    let job = lab.inv.job(job.id).await.expect("reload");
+    let at = job.started_at.expect("started");
+    lab.inv
+        .record_console(&[chunk(at, "Kernel panic - not syncing\n")], 1 << 20)
+        .await
+        .expect("record");
+    store::attach_console(&lab.inv, &job).await;
+    let log = lab.inv.job_events(job.id, 0).await.expect("events");
+    let console: Vec<_> = log.iter().filter(|e| e.level == "console").collect();
+    assert_eq!(console.len(), 1, "{log:?}");
+    assert_eq!(
+        console[0].message, "Kernel panic - not syncing\n",
+        "only what the job saw"
+    );
+}
