@@ -552,6 +552,19 @@ async fn console_over_websocket_ssh_and_cli_to_a_real_sol_bmc() {
     );
     let out = log_of(&tess);
     assert!(String::from_utf8_lossy(&out.stdout).contains("HELLO"));
+    let metrics = reqwest::get(s.metrics_url.clone().expect("metrics listener"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let recorded: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rackshare_console_recorded_bytes_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("rackshare_console_recorded_bytes_total");
+    assert!(recorded > 0, "{metrics}");
+    assert!(metrics.contains("rackshare_console_recording_dropped_total"));
 
     // Ending the lease cuts the member's session (the technician's stays) and refuses new ones.
     let out = s.cli_as(&ann, &["lease", "release", &lease_id]);

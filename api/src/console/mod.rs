@@ -96,11 +96,21 @@ impl Default for ConsoleSettings {
 
 type Sessions = Arc<Mutex<HashMap<String, Arc<Session>>>>;
 
+/// What the recorders of every session did (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct RecordingCounters {
+    /// Console output bytes written to lease recordings.
+    pub recorded_bytes: AtomicU64,
+    /// Output chunks not recorded (queue full or the database refusing).
+    pub dropped_chunks: AtomicU64,
+}
+
 /// Every machine's console session.
 pub struct ConsoleHub {
     sessions: Sessions,
     next_viewer: AtomicU64,
     settings: ConsoleSettings,
+    recording: Arc<RecordingCounters>,
 }
 
 impl Default for ConsoleHub {
@@ -127,7 +137,13 @@ impl ConsoleHub {
             sessions: Arc::new(Mutex::new(HashMap::new())),
             next_viewer: AtomicU64::new(1),
             settings,
+            recording: Arc::new(RecordingCounters::default()),
         }
+    }
+
+    /// The recorders' counters.
+    pub fn recording_counters(&self) -> &RecordingCounters {
+        &self.recording
     }
 
     /// How many machines have a console session open now.
@@ -213,6 +229,7 @@ impl ConsoleHub {
                         state.inv.clone(),
                         self.settings.clone(),
                         self.sessions.clone(),
+                        self.recording.clone(),
                     )
                 })
                 .clone();

@@ -37,30 +37,38 @@ pub(super) async fn record(
                 Ok(None) | Err(_) => break,
             }
         }
-        if let Err(e) = write(&inv, &machine, at, bytes, bound).await {
-            tracing::warn!(machine = %machine, error = %e, "console recording write failed");
-            if let Some(s) = session.upgrade() {
+        let len = bytes.len() as u64;
+        let written = write(&inv, &machine, at, bytes, bound).await;
+        let Some(s) = session.upgrade() else {
+            continue;
+        };
+        match written {
+            Ok(true) => s.count_recorded(len),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(machine = %machine, error = %e, "console recording write failed");
                 s.count_unrecorded(chunks);
             }
         }
     }
 }
 
-/// Appends one batch to the holding lease's recording, retrying a failed write.
+/// Appends one batch to the holding lease's recording, retrying a failed write; false when no
+/// lease holds the machine (nothing kept).
 async fn write(
     inv: &Inventory,
     machine: &str,
     at: i64,
     bytes: Vec<u8>,
     bound: i64,
-) -> inventory::Result<()> {
+) -> inventory::Result<bool> {
     let mut attempt = 0;
     loop {
         attempt += 1;
         let res = async {
             let m = inv.machine(machine).await?;
             let Some(lease_id) = m.lease_id else {
-                return Ok(());
+                return Ok(false);
             };
             let chunk = ConsoleChunk {
                 lease_id,
@@ -70,10 +78,11 @@ async fn write(
             };
             inv.record_console(std::slice::from_ref(&chunk), bound)
                 .await
+                .map(|()| true)
         }
         .await;
         match res {
-            Ok(()) => return Ok(()),
+            Ok(kept) => return Ok(kept),
             Err(e) if attempt >= WRITE_ATTEMPTS => return Err(e),
             Err(_) => tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await,
         }

@@ -2,12 +2,12 @@
 //! replay buffer, the viewers' seats and the writer, and the watcher that closes member viewers
 //! whose lease ended and the session itself once its last viewer has been gone a while.
 
-use super::{ConsoleEvent, ConsoleRefusal, ConsoleSettings, Sessions};
+use super::{ConsoleEvent, ConsoleRefusal, ConsoleSettings, RecordingCounters, Sessions};
 use axum::body::Bytes;
 use bmc::{BmcProtocol, BmcUrl, SerialEndpoint};
 use inventory::Inventory;
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,8 +43,8 @@ pub(super) struct Session {
     stop: watch::Sender<bool>,
     /// Output on its way to the lease's recording (written off the console's path).
     recording: mpsc::Sender<(i64, Bytes)>,
-    /// Output chunks the recorder could not keep (queue full or the database refused).
-    recording_dropped: AtomicU64,
+    /// The hub's recording counters, shared by every session.
+    recording_counters: Arc<RecordingCounters>,
 }
 
 impl Session {
@@ -54,6 +54,7 @@ impl Session {
         inv: Inventory,
         settings: ConsoleSettings,
         sessions: Sessions,
+        recording_counters: Arc<RecordingCounters>,
     ) -> Arc<Session> {
         let (events, _) = broadcast::channel(settings.viewer_queue.max(1));
         let (input, input_rx) = mpsc::channel(INPUT_QUEUE);
@@ -71,7 +72,7 @@ impl Session {
             }),
             stop,
             recording,
-            recording_dropped: AtomicU64::new(0),
+            recording_counters,
         });
         tokio::spawn(super::recorder::record(
             session.machine.clone(),
@@ -194,10 +195,20 @@ impl Session {
         let _no_viewers_left = self.events.send(ConsoleEvent::Output(bytes));
     }
 
+    /// Counts bytes written to the recording.
+    pub fn count_recorded(&self, bytes: u64) {
+        self.recording_counters
+            .recorded_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
     /// Counts output chunks that did not reach the recording.
     pub fn count_unrecorded(&self, chunks: u64) {
-        let before = self.recording_dropped.fetch_add(chunks, Ordering::Relaxed);
-        // Said once, then every 1000th, so a stuck database does not flood the log.
+        let before = self
+            .recording_counters
+            .dropped_chunks
+            .fetch_add(chunks, Ordering::Relaxed);
+        // Said once, then every 1000th (hub-wide), so a stuck database does not flood the log.
         if before == 0 || (before + chunks) / 1000 > before / 1000 {
             tracing::warn!(machine = %self.machine, dropped = before + chunks, "console output not recorded");
         }
