@@ -100,13 +100,42 @@ impl Client {
             return serde_json::from_str(&text)
                 .with_context(|| format!("{what}: the response is not JSON"));
         }
-        let message = serde_json::from_str::<Value>(&text)
-            .ok()
-            .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
-            .unwrap_or_else(|| format!("{} {}", status, text.trim()));
-        Err(anyhow!("{message} (HTTP {})", status.as_u16()))
+        Err(api_error(status, &text))
     }
 
+    /// GET of a raw (non-JSON) body, e.g. a console log; the API's error message as the error.
+    pub async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.get(&url);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.map_err(|e| {
+            anyhow!(
+                "cannot reach rackshare at {}: {}",
+                self.base,
+                root_cause(&e)
+            )
+        })?;
+        let status = resp.status();
+        let body = resp.bytes().await.context("reading the response")?;
+        if status.is_success() {
+            return Ok(body.to_vec());
+        }
+        Err(api_error(status, &String::from_utf8_lossy(&body)))
+    }
+}
+
+/// The API's error message in an error body (or the status and body when it is not JSON).
+fn api_error(status: reqwest::StatusCode, text: &str) -> anyhow::Error {
+    let message = serde_json::from_str::<Value>(text)
+        .ok()
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+        .unwrap_or_else(|| format!("{} {}", status, text.trim()));
+    anyhow!("{message} (HTTP {})", status.as_u16())
+}
+
+impl Client {
     /// POSTs a file as the raw body, streamed (never read into memory whole).
     pub async fn upload(&self, path: &str, file: &std::path::Path) -> anyhow::Result<Value> {
         let f = tokio::fs::File::open(file)

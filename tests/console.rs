@@ -520,6 +520,52 @@ async fn console_over_websocket_ssh_and_cli_to_a_real_sol_bmc() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // The lease's recording holds the VM's answers: its member reads it (polled, bounded: the
+    // recorder writes in batches), another group's member gets 404, the technician reads it.
+    let log_of = |token: &str| s.cli_as(token, &["lease", "console-log", &lease_id]);
+    let mut recorded = String::new();
+    for _ in 0..40 {
+        let out = log_of(&ann);
+        assert!(
+            out.status.success(),
+            "console-log: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        recorded = String::from_utf8_lossy(&out.stdout).into_owned();
+        if recorded.contains("FROM CLI") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    for answer in ["HELLO", "BOTH", "OVER SSH", "FROM CLI"] {
+        assert!(
+            recorded.contains(answer),
+            "no {answer:?} in the lease's console log: {recorded:?}"
+        );
+    }
+    let out = log_of(&bob);
+    assert!(!out.status.success(), "another group read the console log");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("HTTP 404"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = log_of(&tess);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("HELLO"));
+    let metrics = reqwest::get(s.metrics_url.clone().expect("metrics listener"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let recorded: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("rackshare_console_recorded_bytes_total "))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("rackshare_console_recorded_bytes_total");
+    assert!(recorded > 0, "{metrics}");
+    assert!(metrics.contains("rackshare_console_recording_dropped_total"));
+
     // Ending the lease cuts the member's session (the technician's stays) and refuses new ones.
     let out = s.cli_as(&ann, &["lease", "release", &lease_id]);
     assert!(
@@ -538,9 +584,20 @@ async fn console_over_websocket_ssh_and_cli_to_a_real_sol_bmc() {
         "a member without a lease is refused"
     );
 
+    // After the lease: the member may no longer read its console log; the technician may.
+    let out = log_of(&ann);
+    assert!(!out.status.success(), "the console log outlived the lease");
+    let out = log_of(&tess);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("HELLO"));
+
     let events = s.cli_json(&["events"]);
     let text = events.to_string();
-    for action in ["console.open", "console.control", "console.close"] {
+    for action in [
+        "console.open",
+        "console.control",
+        "console.close",
+        "lease.console_log",
+    ] {
         assert!(text.contains(action), "no {action} in the audit log");
     }
     assert!(

@@ -100,6 +100,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("post", "/api/v1/leases", "Ask for machines: now (allocated in one transaction), at a future start (a reservation) or when capacity frees up (wait_for_capacity). Refusals name the constraint or quota and the numbers", "admin, staff, member (own group)", Some("NewLease"), Some("Lease")),
     op!("get", "/api/v1/leases", "List leases, newest first (?group=&state=&limit=&after=ID: the page after the lease ID); members see their group's", "any role", None, Some("[Lease]")),
     op!("get", "/api/v1/leases/{id}", "Show a lease with its energy (kWh) and wipe certificates", "any role (members: own group's)", None, Some("LeaseDetail")),
+    op!("get", "/api/v1/leases/{id}/console-log", "The lease's console recording as raw bytes (text/plain; ?machine= one machine's; the newest 16 MiB per lease; audited)", "admin, staff, technician, member (own group, while the lease is active)", None, None),
     op!("post", "/api/v1/leases/{id}/extend", "Move the end later, within quotas, the maximum lease length and the calendar", "admin, staff, member (own group)", Some("LeaseExtend"), Some("Lease")),
     op!("get", "/api/v1/certificates", "The wipe certificates the caller may read, newest first, each with whether its signature verifies here", "any role (members: own group's)", None, None),
     op!("get", "/api/v1/certificates/{id}", "Download a signed wipe certificate (verify it with `rackshare certificate verify`)", "any role (members: own group's)", None, None),

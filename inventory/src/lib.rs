@@ -9,6 +9,7 @@ mod audit;
 mod boot_events;
 mod certificates;
 mod clock;
+mod console_recordings;
 mod db;
 mod dhcp;
 mod energy;
@@ -34,6 +35,7 @@ pub use audit::{AuditEvent, AuditFilter, AuditOrigin, AuditOutcome, NewAuditEven
 pub use boot_events::{BootEvent, NewBootEvent, BOOT_EVENTS_PER_MAC};
 pub use certificates::{StoredCertificate, TrustKey};
 pub use clock::{fmt_utc, month_bounds, now_ms, utc_ms};
+pub use console_recordings::{ConsoleChunk, CONSOLE_RECORDING_BYTES};
 pub use db::{Backend, Inventory};
 pub use dhcp::{DhcpLease, DhcpLeaseChange, DhcpLeaseInfo};
 pub use energy::{energy_split, EnergySplit, MeterSample, PowerSample};

@@ -4,7 +4,7 @@ use super::time::{now_ms, parse_duration, parse_time};
 use super::{limit, query};
 use crate::client::Client;
 use crate::output::{self, Format};
-use anyhow::bail;
+use anyhow::{bail, Context};
 use clap::Subcommand;
 use serde_json::{json, Value};
 
@@ -61,6 +61,13 @@ pub enum LeaseCmd {
     },
     /// Show a lease with its machines, energy and wipe certificates
     Show { id: i64 },
+    /// Write the lease's console recording (raw bytes) to stdout
+    ConsoleLog {
+        id: i64,
+        /// Only this machine's output
+        #[arg(long)]
+        machine: Option<String>,
+    },
     /// Move a lease's end later
     Extend {
         id: i64,
@@ -223,6 +230,19 @@ pub async fn run(c: &Client, fmt: Format, cmd: LeaseCmd) -> anyhow::Result<()> {
         LeaseCmd::Show { id } => {
             let v = c.get(&format!("/api/v1/leases/{id}")).await?;
             show_lease(fmt, &v);
+        }
+        LeaseCmd::ConsoleLog { id, machine } => {
+            let bytes = c
+                .get_bytes(&format!(
+                    "/api/v1/leases/{id}/console-log{}",
+                    query(&[("machine", machine)])
+                ))
+                .await?;
+            use std::io::Write;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&bytes)
+                .and_then(|()| out.flush())
+                .context("writing the console log to stdout")?;
         }
         LeaseCmd::Extend { id, by, until } => {
             let body = match (by, until) {

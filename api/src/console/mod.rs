@@ -5,6 +5,7 @@
 //! carry bytes and control messages to and from a [`ConsoleViewer`].
 
 mod door;
+mod recorder;
 mod session;
 pub mod ws;
 
@@ -73,6 +74,10 @@ pub struct ConsoleSettings {
     pub lease_poll: Duration,
     /// Longest wait between attempts to reopen a dropped BMC link.
     pub max_backoff: Duration,
+    /// Bytes of console output kept per lease (the newest).
+    pub recording_bytes: i64,
+    /// Output chunks waiting for the recorder; beyond this they are dropped and counted.
+    pub recording_queue: usize,
 }
 
 impl Default for ConsoleSettings {
@@ -83,17 +88,29 @@ impl Default for ConsoleSettings {
             linger: Duration::from_secs(5),
             lease_poll: Duration::from_secs(1),
             max_backoff: Duration::from_secs(30),
+            recording_bytes: inventory::CONSOLE_RECORDING_BYTES,
+            recording_queue: 1024,
         }
     }
 }
 
 type Sessions = Arc<Mutex<HashMap<String, Arc<Session>>>>;
 
+/// What the recorders of every session did (for `/metrics`).
+#[derive(Debug, Default)]
+pub struct RecordingCounters {
+    /// Console output bytes written to lease recordings.
+    pub recorded_bytes: AtomicU64,
+    /// Output chunks not recorded (queue full or the database refusing).
+    pub dropped_chunks: AtomicU64,
+}
+
 /// Every machine's console session.
 pub struct ConsoleHub {
     sessions: Sessions,
     next_viewer: AtomicU64,
     settings: ConsoleSettings,
+    recording: Arc<RecordingCounters>,
 }
 
 impl Default for ConsoleHub {
@@ -120,7 +137,13 @@ impl ConsoleHub {
             sessions: Arc::new(Mutex::new(HashMap::new())),
             next_viewer: AtomicU64::new(1),
             settings,
+            recording: Arc::new(RecordingCounters::default()),
         }
+    }
+
+    /// The recorders' counters.
+    pub fn recording_counters(&self) -> &RecordingCounters {
+        &self.recording
     }
 
     /// How many machines have a console session open now.
@@ -206,6 +229,7 @@ impl ConsoleHub {
                         state.inv.clone(),
                         self.settings.clone(),
                         self.sessions.clone(),
+                        self.recording.clone(),
                     )
                 })
                 .clone();

@@ -2,11 +2,12 @@
 //! replay buffer, the viewers' seats and the writer, and the watcher that closes member viewers
 //! whose lease ended and the session itself once its last viewer has been gone a while.
 
-use super::{ConsoleEvent, ConsoleRefusal, ConsoleSettings, Sessions};
+use super::{ConsoleEvent, ConsoleRefusal, ConsoleSettings, RecordingCounters, Sessions};
 use axum::body::Bytes;
 use bmc::{BmcProtocol, BmcUrl, SerialEndpoint};
 use inventory::Inventory;
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -40,6 +41,10 @@ pub(super) struct Session {
     input: mpsc::Sender<Bytes>,
     state: Mutex<SessionState>,
     stop: watch::Sender<bool>,
+    /// Output on its way to the lease's recording (written off the console's path).
+    recording: mpsc::Sender<(i64, Bytes)>,
+    /// The hub's recording counters, shared by every session.
+    recording_counters: Arc<RecordingCounters>,
 }
 
 impl Session {
@@ -49,10 +54,12 @@ impl Session {
         inv: Inventory,
         settings: ConsoleSettings,
         sessions: Sessions,
+        recording_counters: Arc<RecordingCounters>,
     ) -> Arc<Session> {
         let (events, _) = broadcast::channel(settings.viewer_queue.max(1));
         let (input, input_rx) = mpsc::channel(INPUT_QUEUE);
         let (stop, stop_rx) = watch::channel(false);
+        let (recording, recording_rx) = mpsc::channel(settings.recording_queue.max(1));
         let session = Arc::new(Session {
             machine,
             settings,
@@ -64,7 +71,16 @@ impl Session {
                 seats: HashMap::new(),
             }),
             stop,
+            recording,
+            recording_counters,
         });
+        tokio::spawn(super::recorder::record(
+            session.machine.clone(),
+            inv.clone(),
+            session.settings.recording_bytes,
+            recording_rx,
+            Arc::downgrade(&session),
+        ));
         tokio::spawn(link(
             session.clone(),
             inv.clone(),
@@ -163,12 +179,39 @@ impl Session {
     }
 
     fn output(&self, bytes: Bytes) {
+        // Never waits: a full queue (the database slow) costs recording, not the console.
+        if self
+            .recording
+            .try_send((inventory::now_ms(), bytes.clone()))
+            .is_err()
+        {
+            self.count_unrecorded(1);
+        }
         let mut st = self.state();
         st.replay.extend(bytes.iter().copied());
         let over = st.replay.len().saturating_sub(self.settings.replay_bytes);
         st.replay.drain(..over);
         // No receiver (nobody watching during the linger) is fine: the replay keeps it.
         let _no_viewers_left = self.events.send(ConsoleEvent::Output(bytes));
+    }
+
+    /// Counts bytes written to the recording.
+    pub fn count_recorded(&self, bytes: u64) {
+        self.recording_counters
+            .recorded_bytes
+            .fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Counts output chunks that did not reach the recording.
+    pub fn count_unrecorded(&self, chunks: u64) {
+        let before = self
+            .recording_counters
+            .dropped_chunks
+            .fetch_add(chunks, Ordering::Relaxed);
+        // Said once, then every 1000th (hub-wide), so a stuck database does not flood the log.
+        if before == 0 || (before + chunks) / 1000 > before / 1000 {
+            tracing::warn!(machine = %self.machine, dropped = before + chunks, "console output not recorded");
+        }
     }
 
     /// Closes the member viewers whose lease no longer holds the machine.

@@ -426,6 +426,7 @@ impl Conductor {
             );
             return;
         }
+        store::attach_console(&self.inv, job).await;
         let written = retry_write("the end of a job", || {
             self.inv
                 .finish_job(job.id, state, error, Some(machine_to), reason)

@@ -319,6 +319,11 @@ async fn accept_report(ctx: &StepCtx<'_>, a: &Attempt<'_>, reported: &Reported) 
             let sampled =
                 challenge::check_wipe(&issued, &report.disks).map_err(StepFailure::fatal)?;
             let public = ctx.signing_key.public();
+            // The lease ended before its wipe, so nothing is added to its recording now.
+            let recorded = match a.job.lease_id {
+                Some(lease) => ctx.inv.console_recording_bytes(lease, m.id).await?,
+                None => 0,
+            };
             let cert = wipe_certificate(
                 a.job,
                 &m,
@@ -326,6 +331,7 @@ async fn accept_report(ctx: &StepCtx<'_>, a: &Attempt<'_>, reported: &Reported) 
                 &sampled,
                 &public.key_id,
                 inventory::now_ms(),
+                recorded,
             );
             let signed = ctx.signing_key.sign(cert);
             let signature = serde_json::to_value(&signed.signature)
@@ -350,6 +356,16 @@ async fn accept_report(ctx: &StepCtx<'_>, a: &Attempt<'_>, reported: &Reported) 
                 &format!("wipe certificate {cid} stored"),
             )
             .await;
+            if let Some(lease) = a.job.lease_id {
+                let deleted = ctx.inv.delete_console_recording(lease, m.id).await?;
+                store::event(
+                    ctx.inv,
+                    a.job.id,
+                    "info",
+                    &format!("console recording of lease {lease} on this machine deleted ({deleted} bytes)"),
+                )
+                .await;
+            }
         }
         _ => {}
     }
@@ -515,6 +531,7 @@ pub(super) fn wipe_certificate(
     sampled: &[(String, String)],
     key_id: &str,
     now_ms: i64,
+    console_recording_bytes: i64,
 ) -> Value {
     let mut disks = raw
         .get("wipe")
@@ -548,6 +565,7 @@ pub(super) fn wipe_certificate(
         "completed_at": now_ms,
         "requested_by": job.requested_by,
         "signing_key_id": key_id,
+        "console_recordings_deleted_bytes": console_recording_bytes,
     })
 }
 

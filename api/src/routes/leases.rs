@@ -10,6 +10,7 @@ use crate::visibility::{GroupScope, OnGroup};
 use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::IntoResponse;
 use axum::Json;
 use inventory::{
     ssh_key_fingerprint, AuditOutcome, EndReason, GroupQuota, Lease, LeaseDetail, LeaseFilter,
@@ -431,4 +432,63 @@ pub async fn set_policy(
     ApiJson(p): ApiJson<LeasePolicy>,
 ) -> Result<Json<LeasePolicy>, ApiError> {
     Ok(Json(st.inv.set_lease_policy(c.name(), &p).await?))
+}
+
+/// Which part of a lease's console recording to read.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleLogQuery {
+    /// Only this machine's output.
+    #[serde(default)]
+    machine: Option<String>,
+}
+
+/// The lease's console recording as raw bytes (`text/plain`, as the serial port sent them):
+/// to its group while the lease is active, to staff, technicians and admins always.
+pub async fn console_log(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<ConsoleLogQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    let lease = visible_lease(&st, &c, &id).await?;
+    let privileged = matches!(c.role(), Role::Admin | Role::Staff | Role::Technician);
+    let event = NewAuditEvent::ok(c.name(), "lease.console_log", "lease", &id)
+        .group(Some(lease.group.clone()))
+        .machine(q.machine.clone());
+    if !privileged && lease.state != inventory::LeaseState::Active {
+        st.inv
+            .record(
+                event
+                    .outcome(AuditOutcome::Denied)
+                    .detail(serde_json::json!({"reason": "the lease is not active"})),
+            )
+            .await?;
+        return Err(ApiError::forbidden(format!(
+            "the console log of lease {id} is open to your group only while the lease holds its machines"
+        )));
+    }
+    let machine_id = match &q.machine {
+        Some(name) if lease.machines.iter().any(|m| &m.name == name) => {
+            Some(st.inv.machine(name).await?.id)
+        }
+        Some(name) => {
+            return Err(ApiError::not_found(format!(
+                "machine '{name}' was never in lease {id}"
+            )))
+        }
+        None => None,
+    };
+    let bytes = st.inv.console_recording(lease.id, machine_id, None).await?;
+    st.inv
+        .record(event.detail(serde_json::json!({"bytes": bytes.len()})))
+        .await?;
+    Ok((
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; charset=utf-8",
+        )],
+        bytes,
+    )
+        .into_response())
 }

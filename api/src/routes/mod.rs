@@ -70,6 +70,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/leases", get(leases::list).post(leases::create))
         .route("/leases/{id}", get(leases::show))
+        .route("/leases/{id}/console-log", get(leases::console_log))
         .route("/leases/{id}/extend", post(leases::extend))
         .route("/leases/{id}/release", post(leases::release))
         .route("/leases/{id}/revoke", post(leases::revoke))

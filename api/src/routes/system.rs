@@ -22,6 +22,25 @@ pub async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, Ap
     let mut out = String::new();
     st.http_metrics.render(&mut out);
     st.pxe_metrics.render_prometheus(&mut out);
+    let rec = st.consoles.recording_counters();
+    for (name, help, n) in [
+        (
+            "rackshare_console_recorded_bytes_total",
+            "Console output bytes written to lease recordings.",
+            &rec.recorded_bytes,
+        ),
+        (
+            "rackshare_console_recording_dropped_total",
+            "Console output chunks not recorded (queue full or the database refusing).",
+            &rec.dropped_chunks,
+        ),
+    ] {
+        let n = n.load(std::sync::atomic::Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} counter\n{name} {n}"
+        );
+    }
     let counts = st.inv.machine_counts().await?;
     let _ = writeln!(
         out,

@@ -284,6 +284,7 @@ impl Inventory {
             "DELETE FROM bmcs WHERE machine_id = $1",
             "DELETE FROM energy_samples WHERE machine_id = $1",
             "DELETE FROM lease_machines WHERE machine_id = $1",
+            "DELETE FROM console_recordings WHERE machine_id = $1",
             "DELETE FROM machines WHERE id = $1",
         ] {
             sqlx::query(sql).bind(cur.id).execute(&mut *tx).await?;
