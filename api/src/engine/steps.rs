@@ -572,3 +572,7 @@ pub(super) fn wipe_certificate(
 #[cfg(test)]
 #[path = "steps_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "steps_console_tests.rs"]
+mod console_tests;

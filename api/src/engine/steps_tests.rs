@@ -4,14 +4,14 @@ use super::*;
 use crate::engine::bmc::fake::{Call, FakeBmc};
 use inventory::{JobKind, MachineState, NewBmc, NewImage, NewJob, NewMachine};
 
-struct Lab {
+pub(super) struct Lab {
     _dir: tempfile::TempDir,
-    inv: Inventory,
+    pub(super) inv: Inventory,
     bmc: FakeBmc,
-    key: trust::SigningKey,
+    pub(super) key: trust::SigningKey,
 }
 
-async fn lab() -> Lab {
+pub(super) async fn lab() -> Lab {
     let dir = tempfile::tempdir().expect("tmp");
     let url = format!("sqlite://{}", dir.path().join("inv.db").display());
     let inv = Inventory::open(&url, inventory::SecretBox::from_key([7; 32]))
@@ -26,7 +26,7 @@ async fn lab() -> Lab {
 }
 
 impl Lab {
-    fn ctx(&self) -> StepCtx<'_> {
+    pub(super) fn ctx(&self) -> StepCtx<'_> {
         StepCtx {
             inv: &self.inv,
             bmc: &self.bmc,
@@ -108,7 +108,7 @@ impl Lab {
     }
 }
 
-fn attempt(job: &Job, name: StepName) -> Attempt<'_> {
+pub(super) fn attempt(job: &Job, name: StepName) -> Attempt<'_> {
     Attempt {
         job,
         name,
@@ -624,186 +624,6 @@ async fn an_nvme_format_wipe_is_certified_as_purge_with_why_not_sanitize() {
         "{disk}"
     );
     assert_eq!(stored.body["agent_version"], "0.1.0");
-    let doc = trust::SignedDocument {
-        certificate: stored.body,
-        signature: serde_json::from_value(stored.signature.expect("signed")).expect("signature"),
-    };
-    assert!(trust::verify(&doc, &[lab.key.public()]).is_ok());
-}
-
-#[tokio::test]
-async fn a_job_that_ends_keeps_the_console_output_printed_while_it_ran() {
-    let lab = lab().await;
-    lab.inv.add_group("test", "g", "").await.expect("group");
-    let m = lab
-        .inv
-        .add_machine(
-            "test",
-            &NewMachine {
-                name: "c1".into(),
-                macs: vec![inventory::MacAddress([0x52, 0x54, 0, 0, 1, 1])],
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("machine");
-    lab.inv
-        .transition("test", "c1", MachineState::Available, "test", None)
-        .await
-        .expect("available");
-    let lease = lab
-        .inv
-        .create_lease(
-            "rosa",
-            "g",
-            &inventory::NewLease {
-                group: Some("g".into()),
-                count: 1,
-                duration_secs: Some(3600),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("lease");
-    let chunk = |at, text: &str| inventory::ConsoleChunk {
-        lease_id: lease.id,
-        machine_id: m.id,
-        at,
-        bytes: text.as_bytes().to_vec(),
-    };
-    lab.inv
-        .record_console(&[chunk(1, "before the job\n")], 1 << 20)
-        .await
-        .expect("record");
-    let job = lab
-        .inv
-        .create_job(
-            "test",
-            &NewJob {
-                kind: JobKind::Wipe,
-                machine_id: m.id,
-                image_id: None,
-                lease_id: Some(lease.id),
-                user_data: None,
-            },
-        )
-        .await
-        .expect("job");
-    assert!(lab.inv.start_job(job.id).await.expect("start"));
-    let job = lab.inv.job(job.id).await.expect("reload");
-    let at = job.started_at.expect("started");
-    lab.inv
-        .record_console(&[chunk(at, "Kernel panic - not syncing\n")], 1 << 20)
-        .await
-        .expect("record");
-    store::attach_console(&lab.inv, &job).await;
-    let log = lab.inv.job_events(job.id, 0).await.expect("events");
-    let console: Vec<_> = log.iter().filter(|e| e.level == "console").collect();
-    assert_eq!(console.len(), 1, "{log:?}");
-    assert_eq!(
-        console[0].message, "Kernel panic - not syncing\n",
-        "only what the job saw"
-    );
-}
-
-#[tokio::test]
-async fn a_wipe_deletes_the_leases_console_recording_of_the_machine_and_certifies_it() {
-    let lab = lab().await;
-    lab.inv.add_group("test", "g", "").await.expect("group");
-    let m = lab
-        .inv
-        .add_machine(
-            "test",
-            &NewMachine {
-                name: "w1".into(),
-                macs: vec![inventory::MacAddress([0x52, 0x54, 0, 0, 2, 1])],
-                disks: vec![inventory::Disk {
-                    name: "vda".into(),
-                    size_bytes: 8,
-                    model: None,
-                    serial: Some("D1".into()),
-                }],
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("machine");
-    lab.inv
-        .transition("test", "w1", MachineState::Available, "test", None)
-        .await
-        .expect("available");
-    let lease = lab
-        .inv
-        .create_lease(
-            "rosa",
-            "g",
-            &inventory::NewLease {
-                group: Some("g".into()),
-                count: 1,
-                duration_secs: Some(3600),
-                ..Default::default()
-            },
-        )
-        .await
-        .expect("lease");
-    let chunk = inventory::ConsoleChunk {
-        lease_id: lease.id,
-        machine_id: m.id,
-        at: 1,
-        bytes: vec![b'x'; 100],
-    };
-    lab.inv
-        .record_console(&[chunk], 1 << 20)
-        .await
-        .expect("record");
-    let job = lab
-        .inv
-        .create_job(
-            "test",
-            &NewJob {
-                kind: JobKind::Wipe,
-                machine_id: m.id,
-                image_id: None,
-                lease_id: Some(lease.id),
-                user_data: None,
-            },
-        )
-        .await
-        .expect("job");
-    assert!(lab.inv.start_job(job.id).await.expect("start"));
-    let job = lab.inv.job(job.id).await.expect("reload");
-    let issued =
-        serde_json::json!({"wipe": [{"name": "vda", "ranges": [{"offset": 0, "length": 8}]}]});
-    lab.inv
-        .agent_challenge_once(job.id, &issued)
-        .await
-        .expect("challenge");
-    let zeros = hex::encode(<sha2::Sha256 as sha2::Digest>::digest([0u8; 8]));
-    let report = serde_json::json!({"ok": true, "wipe": {"disks": [{"name": "vda", "serial": "D1", "size_bytes": 8, "bytes": 8, "verified": true,
-        "method": "zero", "samples": [{"offset": 0, "length": 8, "sha256": zeros}]}]}});
-    lab.inv.agent_result(job.id, &report).await.expect("report");
-    let r = run_step(&lab.ctx(), &attempt(&job, StepName::Wipe)).await;
-    assert_eq!(r, Ok(StepOutcome::Done));
-    let left = lab
-        .inv
-        .console_recording(lease.id, None, None)
-        .await
-        .expect("read");
-    assert!(left.is_empty(), "the recording outlived the wipe");
-    let log = lab.inv.job_events(job.id, 0).await.expect("events");
-    let id: i64 = log
-        .iter()
-        .find_map(|e| {
-            e.message
-                .strip_prefix("wipe certificate ")?
-                .split(' ')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .expect("stored");
-    let stored = lab.inv.wipe_certificate(id).await.expect("certificate");
-    assert_eq!(stored.body["console_recordings_deleted_bytes"], 100);
     let doc = trust::SignedDocument {
         certificate: stored.body,
         signature: serde_json::from_value(stored.signature.expect("signed")).expect("signature"),
