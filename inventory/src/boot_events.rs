@@ -1,6 +1,7 @@
 //! What the boot server saw of each MAC (DHCP, TFTP, `/boot` fetches, the agent's claim),
 //! kept per MAC and bounded: each batch's writer prunes every MAC it wrote to the newest
-//! [`BOOT_EVENTS_PER_MAC`], so the table never grows with time.
+//! [`BOOT_EVENTS_PER_MAC`], and the whole table to the newest [`BOOT_EVENTS_TOTAL`], so it
+//! grows neither with time nor with the number of MACs a stranger on the boot network invents.
 
 use crate::db::{from_json, to_json};
 use crate::{Inventory, MacAddress, Result};
@@ -10,6 +11,9 @@ use std::collections::BTreeSet;
 
 /// How many events are kept per MAC (the newest).
 pub const BOOT_EVENTS_PER_MAC: i64 = 300;
+
+/// How many events are kept in all (the newest), whatever the number of MACs.
+pub const BOOT_EVENTS_TOTAL: i64 = 100_000;
 
 /// One boot event as stored.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -43,6 +47,12 @@ impl Inventory {
     /// Stores a batch of boot events in one transaction and prunes each of their MACs to the
     /// newest [`BOOT_EVENTS_PER_MAC`].
     pub async fn record_boot_events(&self, batch: &[NewBootEvent]) -> Result<()> {
+        self.record_boot_events_within(batch, BOOT_EVENTS_TOTAL)
+            .await
+    }
+
+    /// [`Inventory::record_boot_events`] keeping at most `total` events in all.
+    async fn record_boot_events_within(&self, batch: &[NewBootEvent], total: i64) -> Result<()> {
         if batch.is_empty() {
             return Ok(());
         }
@@ -74,6 +84,18 @@ impl Inventory {
                     .execute(&mut *tx)
                     .await?;
             }
+        }
+        // Invented MACs (one event each) must not grow the table without end.
+        let oldest_kept: Option<i64> =
+            sqlx::query_scalar("SELECT id FROM boot_events ORDER BY id DESC LIMIT 1 OFFSET $1")
+                .bind(total - 1)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(id) = oldest_kept {
+            sqlx::query("DELETE FROM boot_events WHERE id < $1")
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -152,5 +174,40 @@ mod tests {
             .await
             .expect("read");
         assert_eq!(newer.len(), 1, "after: only newer ones");
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_invented_macs_keeps_the_table_bounded() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let url = format!("sqlite://{}", dir.path().join("t.db").display());
+        let inv = Inventory::open(&url, crate::SecretBox::from_key([7; 32]))
+            .await
+            .expect("open");
+        let batch: Vec<NewBootEvent> = (0..50u8)
+            .map(|n| NewBootEvent {
+                mac: MacAddress([2, 0, 0, 0, 1, n]),
+                at: i64::from(n),
+                kind: "dhcp.discover".into(),
+                detail: serde_json::json!({}),
+            })
+            .collect();
+        inv.record_boot_events_within(&batch, 20)
+            .await
+            .expect("write");
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM boot_events")
+            .fetch_one(&inv.pool)
+            .await
+            .expect("count");
+        assert_eq!(n, 20);
+        let newest = inv
+            .boot_events(&[MacAddress([2, 0, 0, 0, 1, 49])], None, 10)
+            .await
+            .expect("read");
+        assert_eq!(newest.len(), 1, "the newest are the ones kept");
+        let oldest = inv
+            .boot_events(&[MacAddress([2, 0, 0, 0, 1, 0])], None, 10)
+            .await
+            .expect("read");
+        assert!(oldest.is_empty());
     }
 }
