@@ -274,7 +274,9 @@ impl DoorSession {
             }),
             Some(SshKeyOwner::Group { name, comment }) => Ok(TokenOwner {
                 user_id: 0,
-                user: comment.unwrap_or_else(|| format!("group:{name}")),
+                // Never the comment alone: it is the member's own text, and a key commented
+                // "ops" must not act (or be audited) as the user ops.
+                user: group_key_actor(&name, comment.as_deref()),
                 role: Role::Member,
                 member_group: Some(name),
                 token_prefix: key_label(fp),
@@ -299,6 +301,15 @@ impl DoorSession {
         if let Err(e) = origin.scope(self.inv.record(ev)).await {
             tracing::warn!(error = %e, "recording a refused console SSH login failed");
         }
+    }
+}
+
+/// How a login by a group's key is named (actor in the audit log, writer seat): `group:NAME`,
+/// with the key's comment after a slash; `:` cannot appear in a user name, so it never is one.
+fn group_key_actor(group: &str, comment: Option<&str>) -> String {
+    match comment.map(str::trim).filter(|c| !c.is_empty()) {
+        Some(c) => format!("group:{group}/{}", c.chars().take(64).collect::<String>()),
+        None => format!("group:{group}"),
     }
 }
 
@@ -484,5 +495,17 @@ async fn bridge(
                 None => return 0,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_key_never_passes_for_a_user() {
+        assert_eq!(group_key_actor("red", Some("ops")), "group:red/ops");
+        assert_eq!(group_key_actor("red", Some("  ")), "group:red");
+        assert_eq!(group_key_actor("red", None), "group:red");
     }
 }
