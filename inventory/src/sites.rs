@@ -266,7 +266,13 @@ impl Inventory {
             .bind(name)
             .fetch_one(&mut *tx)
             .await?;
-        crate::ssh_keys::claim_group_keys(&mut tx, id, ssh_keys).await?;
+        if let Err(e) = crate::ssh_keys::claim_group_keys(&mut tx, id, ssh_keys).await {
+            drop(tx);
+            if matches!(e, Error::Conflict { .. }) {
+                crate::ssh_keys::audit_refused_group_keys(self, actor, name, id, ssh_keys).await?;
+            }
+            return Err(e);
+        }
         record_in(
             &mut tx,
             &NewAuditEvent::ok(actor, "group.update", "group", name)

@@ -106,6 +106,50 @@ pub(crate) async fn claim_group_keys(
     Ok(())
 }
 
+/// Records the refusal of a group's whole key list (`group.update`): audits the first key of
+/// `keys` that another user or group holds (after the refused transaction rolled back).
+pub(crate) async fn audit_refused_group_keys(
+    inv: &Inventory,
+    actor: &str,
+    group: &str,
+    group_id: i64,
+    keys: &[String],
+) -> Result<()> {
+    let mut foreign = None;
+    {
+        let mut tx = inv.begin_write().await?;
+        for k in keys {
+            let fp = ssh_key_fingerprint(k)?;
+            let owner: Option<(String, i64)> = sqlx::query_as(
+                "SELECT owner_kind, owner_id FROM ssh_key_owners WHERE fingerprint = $1",
+            )
+            .bind(&fp)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if owner.is_some_and(|(kind, id)| !(kind == "group" && id == group_id)) {
+                foreign = Some(k.clone());
+                break;
+            }
+        }
+        tx.rollback().await?;
+    }
+    match foreign {
+        Some(key) => {
+            audit_refused_key(
+                inv,
+                actor,
+                "group.update",
+                "group",
+                group,
+                &key,
+                Some(group.into()),
+            )
+            .await
+        }
+        None => Ok(()),
+    }
+}
+
 /// Records a refused key (after the refused transaction rolled back), naming who holds it.
 pub(crate) async fn audit_refused_key(
     inv: &Inventory,

@@ -82,6 +82,11 @@ async fn a_key_belongs_to_one_user_or_one_group() {
             .await
             .expect_err("taken");
         assert!(e.to_string().contains("already belongs"), "{l}: {e}");
+        assert_eq!(
+            denied(inv, "group.update").await,
+            1,
+            "{l}: a settings edit refused for a foreign key is audited"
+        );
 
         // A group's key: no user, no other group.
         inv.add_group_ssh_key("admin", "red", K2)
