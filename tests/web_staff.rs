@@ -479,7 +479,7 @@ async fn staff_enrol_edit_move_and_follow_jobs_in_a_real_browser() {
         .as_str()
         .expect("session")
         .to_string();
-    let progress = |pct: usize| json!({"phase": "writing", "bytes": image.len() * pct / 100, "total": image.len(), "message": "writing to /dev/vda"});
+    let progress = |pct: usize| json!({"phase": "writing", "bytes": (image.len() * pct).div_ceil(100), "total": image.len(), "message": "writing to /dev/vda"});
     let (code, _) = agent_call(
         &lab,
         "POST",
