@@ -168,6 +168,15 @@ impl<G: Gate> FromRequestParts<AppState> for Gated<G> {
     }
 }
 
+impl<G: Gate> Gated<G> {
+    /// Runs `G`'s check for an already known caller (the dashboard's forms call the API's
+    /// handlers with their visitor).
+    pub async fn check(st: &AppState, c: Caller) -> Result<Self, ApiError> {
+        c.require(st, G::ROLES, G::ACTION, G::TARGET).await?;
+        Ok(Gated(c, PhantomData))
+    }
+}
+
 /// The rule for the resource a route's path names (`{name}` / `{id}`), run by [`GatedPath`]
 /// before the body is read: resolve it in the caller's scope (404 outside it, audited) and
 /// check the caller's right to the operation (403, audited). Each route module keeps its own

@@ -238,3 +238,53 @@ pub fn start_dnsmasq(lab: &Lab) -> String {
     );
     ns
 }
+
+/// A TCP listener on `addr` inside namespace `ns`: bound from a thread that joined it; the
+/// socket stays in that namespace wherever it is used.
+pub fn bind_in(ns: &str, addr: &str) -> std::net::TcpListener {
+    let ns_path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let f = File::open(&ns_path).unwrap_or_else(|e| panic!("open {ns_path}: {e}"));
+            nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            std::net::TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind {addr} in {ns}: {e}"))
+        })
+        .join()
+        .expect("bind thread")
+    })
+}
+
+/// Relays every connection `listener` accepts to `to`, connecting from namespace
+/// `connect_ns` (None: the test's own), e.g. a browser on the host's loopback to a service
+/// inside a lab namespace, or a service inside one to a peer on the host's loopback. Threads
+/// live as long as the test process; each connection is copied both ways until either end
+/// closes.
+pub fn relay(listener: std::net::TcpListener, to: std::net::SocketAddr, connect_ns: Option<&str>) {
+    let ns_path = connect_ns.map(|ns| format!("/var/run/netns/{ns}"));
+    std::thread::spawn(move || {
+        if let Some(p) = &ns_path {
+            let Ok(f) = File::open(p) else { return };
+            if nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+                return;
+            }
+        }
+        for inbound in listener.incoming().flatten() {
+            let Ok(outbound) = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5))
+            else {
+                continue;
+            };
+            for (mut from, mut into) in [
+                (inbound.try_clone(), outbound.try_clone()),
+                (outbound.try_clone(), inbound.try_clone()),
+            ]
+            .into_iter()
+            .filter_map(|(a, b)| Some((a.ok()?, b.ok()?)))
+            {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut into);
+                    let _ = into.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        }
+    });
+}

@@ -3,6 +3,7 @@
 //! machine's side.
 #![allow(dead_code)]
 
+pub mod browser;
 mod clients;
 mod lab;
 mod server;

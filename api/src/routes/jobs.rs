@@ -16,6 +16,14 @@ const REIMAGERS: &[Role] = &[Role::Admin, Role::Staff, Role::Technician, Role::M
 /// Who may run inspect and wipe jobs by hand (members get wipes through lease release).
 const OPERATORS: &[Role] = &[Role::Admin, Role::Staff, Role::Technician];
 
+/// Who may start (and so cancel) a job of `kind` on a machine they see.
+pub fn starters(kind: JobKind) -> &'static [Role] {
+    match kind {
+        JobKind::Reimage => REIMAGERS,
+        _ => OPERATORS,
+    }
+}
+
 /// Largest cloud-init user data accepted (cloud-init itself warns above 16 KiB on some sources).
 const MAX_USER_DATA: usize = 64 * 1024;
 
@@ -41,6 +49,9 @@ pub struct JobQuery {
     machine: Option<String>,
     #[serde(default)]
     state: Option<String>,
+    /// reimage, inspect or wipe.
+    #[serde(default)]
+    kind: Option<String>,
     #[serde(default)]
     limit: Option<i64>,
     /// The cursor: the last job id of the previous page.
@@ -76,10 +87,7 @@ pub async fn create(
     let kind: JobKind = b.kind.parse()?;
     let m = visible_machine(&st, &c, &b.machine).await?;
     let action = format!("job.{kind}");
-    match kind {
-        JobKind::Reimage => c.require(&st, REIMAGERS, &action, &m.name).await?,
-        _ => c.require(&st, OPERATORS, &action, &m.name).await?,
-    }
+    c.require(&st, starters(kind), &action, &m.name).await?;
     let image_id = match (kind, &b.image) {
         (JobKind::Reimage, Some(r)) => {
             let img = visible_image(&st, &c, r, None).await?;
@@ -160,6 +168,10 @@ pub async fn list(
         Some(s) => Some(s.parse::<JobState>()?),
         None => None,
     };
+    let kind = match q.kind.as_deref() {
+        Some(k) => Some(k.parse::<JobKind>()?),
+        None => None,
+    };
     let Some(group) = c.group_scope().narrow(None) else {
         return Ok(Json(vec![]));
     };
@@ -168,6 +180,7 @@ pub async fn list(
             .jobs(&JobFilter {
                 machine: q.machine,
                 state,
+                kind,
                 group,
                 limit: q.limit,
                 after: q.after,
@@ -200,16 +213,8 @@ pub async fn cancel(
     Path(id): Path<i64>,
 ) -> Result<Json<Job>, ApiError> {
     let job = visible_job(&st, &c, id).await?;
-    match job.kind {
-        JobKind::Reimage => {
-            c.require(&st, REIMAGERS, "job.cancel", &id.to_string())
-                .await?
-        }
-        _ => {
-            c.require(&st, OPERATORS, "job.cancel", &id.to_string())
-                .await?
-        }
-    }
+    c.require(&st, starters(job.kind), "job.cancel", &id.to_string())
+        .await?;
     let job = st.inv.cancel_job(c.name(), id).await?;
     st.conductor.wake();
     Ok(Json(job))

@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .route("/machines/{name}/power/reading", get(power::reading))
         .route("/machines/{name}/bootdev", post(power::bootdev))
         .route("/machines/{name}/inspect", post(power::inspect))
+        .route("/machines/{name}/bmc/check", post(power::check_bmc))
         .route(
             "/images",
             // Our own size limit applies while streaming; axum's 2 MB default must not.

@@ -210,3 +210,86 @@ pub async fn reading(
         json!({"machine": name, "watts": w, "energy_wh": m.energy_wh}),
     ))
 }
+
+/// What a BMC check found, for `POST /api/v1/machines/{name}/bmc/check`.
+pub struct BmcFindings {
+    /// The power state the BMC reports.
+    pub power: bmc::PowerState,
+    /// What the BMC says of the system (model, serial…).
+    pub info: bmc::HardwareInfo,
+}
+
+impl crate::bmc_service::PowerHint for BmcFindings {
+    fn power_hint(&self) -> Option<String> {
+        Some(self.power.to_string())
+    }
+}
+
+/// A failed BMC check in words a person acts on: what failed, and what to change.
+fn check_failed(url: &str, e: ApiError) -> ApiError {
+    let hint = if e.message.contains("authentication failed") {
+        "check the BMC user and password"
+    } else if e.message.contains("unreachable") || e.message.contains("timed out") {
+        "check the BMC address and that this server can reach it"
+    } else if e.message.contains("TLS") {
+        "pin the BMC's certificate fingerprint or give its CA"
+    } else {
+        "check the BMC settings"
+    };
+    ApiError {
+        message: format!(
+            "could not log in to the BMC at {url} ({}); {hint}",
+            e.message
+        ),
+        code: "bmc_check_failed",
+        ..e
+    }
+}
+
+/// The gate of `check_bmc`, on the path's machine: only staff see BMC settings.
+pub struct BmcCheckGate;
+
+impl Gate for BmcCheckGate {
+    const ROLES: &'static [inventory::Role] = INSPECTORS;
+    const ACTION: &'static str = "machine.bmc_check";
+    const TARGET: &'static str = "machine";
+}
+
+/// POST /api/v1/machines/{name}/bmc/check: logs in to the machine's stored BMC and reads its
+/// power state and system facts, changing nothing on the machine; audited either way.
+pub async fn check_bmc(
+    State(st): State<AppState>,
+    GatedPath(c, m): GatedPath<OnMachine<BmcCheckGate>>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let url = m.bmc.as_ref().map(|b| b.url.clone()).unwrap_or_default();
+    let res = st
+        .bmc
+        .run(&name, |h| async move {
+            let power = h.power_state().await?;
+            let info = h.inspect().await?;
+            Ok(BmcFindings { power, info })
+        })
+        .await
+        .map(|f| {
+            json!({
+                "machine": name, "bmc": url, "power_state": f.power.to_string(),
+                "vendor": f.info.vendor, "model": f.info.model, "serial": f.info.serial,
+                "warnings": f.info.warnings,
+            })
+        })
+        .map_err(|e| match e.code {
+            "bmc_error" => check_failed(&url, e),
+            _ => e,
+        });
+    audit(
+        &st,
+        &c,
+        "machine.bmc_check",
+        &name,
+        m.member_group,
+        res.as_ref(),
+    )
+    .await;
+    res.map(Json)
+}

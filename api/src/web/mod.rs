@@ -17,6 +17,8 @@ mod render;
 pub(crate) mod session;
 mod staff;
 mod staff_dhcp;
+mod staff_jobs;
+mod staff_machines;
 mod tokens;
 
 use crate::state::AppState;
@@ -114,6 +116,20 @@ pub fn router() -> Router<AppState> {
             get(reimage::form).post(reimage::start),
         )
         .route("/jobs/{id}", get(reimage::progress))
+        .route("/jobs", get(staff_jobs::list))
+        .route(
+            "/jobs/{id}/cancel",
+            get(staff_jobs::confirm_cancel).post(staff_jobs::cancel),
+        )
+        .route(
+            "/machines/new",
+            get(staff_machines::new_form).post(staff_machines::enrol),
+        )
+        .route(
+            "/machines/{name}/edit",
+            get(staff_machines::edit_form).post(staff_machines::edit),
+        )
+        .route("/machines/{name}/bmc-check", post(staff_machines::check))
         .route("/fleet", get(staff::fleet))
         .route("/ledger", get(member::ledger))
         .route("/tokens", get(tokens::list).post(tokens::create))

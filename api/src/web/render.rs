@@ -38,6 +38,12 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("images.html", include_str!("templates/images.html")),
     ("console.html", include_str!("templates/console.html")),
     ("staff_dhcp.html", include_str!("templates/staff_dhcp.html")),
+    (
+        "machine_form.html",
+        include_str!("templates/machine_form.html"),
+    ),
+    ("jobs.html", include_str!("templates/jobs.html")),
+    ("job_cancel.html", include_str!("templates/job_cancel.html")),
 ];
 
 /// The one stylesheet.

@@ -19,6 +19,9 @@ pub enum JobKind {
 }
 
 impl JobKind {
+    /// Every kind.
+    pub const ALL: [JobKind; 3] = [JobKind::Reimage, JobKind::Inspect, JobKind::Wipe];
+
     /// The lowercase name used in the API and database.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -142,6 +145,15 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in the order a job passes them.
+    pub const ALL: [JobState; 5] = [
+        JobState::Queued,
+        JobState::Running,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
     /// The lowercase name used in the API and database.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -463,6 +475,8 @@ pub struct JobFilter {
     pub machine: Option<String>,
     /// Only in this state.
     pub state: Option<JobState>,
+    /// Only of this kind.
+    pub kind: Option<JobKind>,
     /// Only jobs concerning this member group (a member's view).
     pub group: Option<String>,
     /// At most this many, newest first (default 100).

@@ -235,13 +235,15 @@ impl Inventory {
     pub async fn jobs(&self, f: &JobFilter) -> Result<Vec<Job>> {
         let rows = sqlx::query(&format!(
             "{JOB_SELECT} WHERE ($1 IS NULL OR m.name = $1) AND ($2 IS NULL OR j.state = $2) \
-             AND ($3 IS NULL OR COALESCE(gj.name, gm.name) = $3) AND j.id < $5 ORDER BY j.id DESC LIMIT $4"
+             AND ($3 IS NULL OR COALESCE(gj.name, gm.name) = $3) AND j.id < $5 \
+             AND ($6 IS NULL OR j.kind = $6) ORDER BY j.id DESC LIMIT $4"
         ))
         .bind(&f.machine)
         .bind(f.state.map(|s| s.as_str()))
         .bind(&f.group)
         .bind(f.limit.unwrap_or(100).clamp(1, 10_000))
         .bind(f.after.unwrap_or(i64::MAX))
+        .bind(f.kind.map(|k| k.as_str()))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(job_from_row).collect()

@@ -29,6 +29,10 @@ pub struct NewBmc {
     /// Skip TLS verification (audited).
     #[serde(default)]
     pub tls_insecure: bool,
+    /// With no `password`: keep the one stored (an edit that does not retype it) instead of
+    /// storing none.
+    #[serde(default)]
+    pub keep_password: bool,
 }
 
 impl std::fmt::Debug for NewBmc {
@@ -127,6 +131,15 @@ impl Inventory {
         let protocol = b.protocol()?;
         let sealed = match &b.password {
             Some(p) => Some(self.secrets.seal(p)?),
+            None if b.keep_password => {
+                sqlx::query("SELECT password_enc FROM bmcs WHERE machine_id = $1")
+                    .bind(machine_id)
+                    .fetch_optional(&mut **tx)
+                    .await?
+                    .map(|r| r.try_get::<Option<String>, _>("password_enc"))
+                    .transpose()?
+                    .flatten()
+            }
             None => None,
         };
         sqlx::query("DELETE FROM bmcs WHERE machine_id = $1")

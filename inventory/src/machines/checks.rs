@@ -108,6 +108,7 @@ pub(crate) fn normalise_for_import(m: &crate::ExportMachine) -> Result<ImportedM
         tls_ca_pem: b.tls_ca_pem.clone(),
         tls_fingerprint: b.tls_fingerprint.clone(),
         tls_insecure: b.tls_insecure,
+        keep_password: false,
     });
     if let Some(b) = &bmc {
         b.protocol()?;
