@@ -283,12 +283,14 @@ impl Server {
             config.bmc_policy,
             instance.scope.clone(),
         ));
+        let consoles = Arc::new(crate::console::ConsoleHub::default());
         let conductor = crate::engine::Conductor::new(
             inv.clone(),
             bmc.clone(),
             config.conductor.clone(),
             signing_key.clone(),
             instance.clone(),
+            consoles.clone(),
         );
         let http_metrics = Arc::new(HttpMetrics::default());
         let state = AppState {
@@ -314,7 +316,7 @@ impl Server {
                     .map(|a| a.port()),
                 ..crate::web::WebState::new(tls.is_some(), crate::web::WebState::default().lifetime)
             }),
-            consoles: Arc::new(crate::console::ConsoleHub::default()),
+            consoles,
         };
         let auth_limiter = state.auth_limiter.clone();
         let boot_app = crate::routes::boot_router(state.clone(), config.boot_https_port);
