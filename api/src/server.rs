@@ -115,10 +115,7 @@ impl Server {
                         source,
                     }
                 })?;
-                let path = data_dir.join("console-ssh-host-key");
-                let key = crate::console_ssh::load_or_create_host_key(&path).map_err(|e| {
-                    StartError::Boot(format!("the console SSH host key {}: {e}", path.display()))
-                })?;
+                let key = crate::shared_secrets::console_ssh_host_key(&inv, data_dir).await?;
                 Some((l, key))
             }
             None => None,
