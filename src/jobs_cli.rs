@@ -29,12 +29,19 @@ pub enum JobCmd {
     Show { id: i64 },
     /// Stop a job (a queued one at once; a running one at its next check)
     Cancel { id: i64 },
-    /// A job's log
+    /// A job's log; a job that failed or was cancelled ends with its machine's last console
+    /// lines (what the serial console printed while the job ran)
     Logs {
         id: i64,
         /// Keep printing new lines until the job ends
         #[arg(long, short)]
         follow: bool,
+        /// Show the console's last lines whatever the job's state
+        #[arg(long)]
+        console: bool,
+        /// How many of the console's last lines
+        #[arg(long, default_value_t = 40)]
+        console_lines: u32,
     },
     /// Start an inspect or wipe job on a machine (reimage has its own command)
     Start {
@@ -199,9 +206,14 @@ pub async fn job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()> {
                 ),
             }
         }
-        JobCmd::Logs { id, follow } => {
+        JobCmd::Logs {
+            id,
+            follow,
+            console,
+            console_lines,
+        } => {
             let mut after = 0;
-            loop {
+            let job = loop {
                 let v = c
                     .get(&format!("/api/v1/jobs/{id}/events?after={after}"))
                     .await?;
@@ -212,14 +224,23 @@ pub async fn job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()> {
                         Format::Table | Format::Csv => println!("{}", event_line(e)),
                     }
                 }
-                if !follow {
-                    break;
-                }
                 let j = c.get(&format!("/api/v1/jobs/{id}")).await?;
-                if is_final(&j) {
-                    break;
+                if !follow || is_final(&j) {
+                    break j;
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
+            };
+            let failed = matches!(job["state"].as_str(), Some("failed" | "cancelled"));
+            if console || failed {
+                let tail = c
+                    .get(&format!("/api/v1/jobs/{id}/console?lines={console_lines}"))
+                    .await;
+                match tail {
+                    Ok(t) => print_console(fmt, &t),
+                    Err(e) if console => return Err(e),
+                    // The log is shown; the console may be closed to a member whose lease ended.
+                    Err(e) => eprintln!("(the job's console output is not shown: {e:#})"),
+                }
             }
         }
         JobCmd::Start {
@@ -235,6 +256,25 @@ pub async fn job(c: &Client, fmt: Format, cmd: JobCmd) -> anyhow::Result<()> {
         JobCmd::Wait { id } => follow(c, fmt, id).await?,
     }
     Ok(())
+}
+
+/// The job's console tail, after its log.
+fn print_console(fmt: Format, t: &Value) {
+    match fmt {
+        Format::Json => println!("{t}"),
+        Format::Table | Format::Csv => {
+            let text = t["text"].as_str().unwrap_or("");
+            if text.is_empty() {
+                println!("-- the machine's console printed nothing while the job ran (or it was not recorded)");
+            } else {
+                println!(
+                    "-- the machine's console, last lines ({} bytes kept):",
+                    output::cell(&t["bytes"])
+                );
+                println!("{text}");
+            }
+        }
+    }
 }
 
 fn is_final(j: &Value) -> bool {

@@ -1,7 +1,9 @@
 //! Issue 16, the console broker, against a real IPMI BMC with Serial-over-LAN: OpenIPMI's
 //! `ipmi_sim`, whose simulated chassis starts a QEMU VM at power-on and whose SOL payload is a
-//! TCP client of the VM's serial port. The guest is a 41-byte boot sector that answers every
-//! byte on COM1 upper-cased, so what comes back is the VM's answer and not an echo.
+//! TCP client of the VM's serial port. The guest is a 91-byte boot sector that prints
+//! `rackshare guest up` on COM1 when it starts and then answers every byte upper-cased, so
+//! what comes back is the VM's answer and not an echo. A job on the machine gets the VM's
+//! output (its banner after a reset) in its `job logs` without anyone opening the console.
 //! The same console is reached over the WebSocket, through `rackshare console` and over SSH
 //! (`serve --console-ssh-listen`, a group key), through the one broker.
 //!
@@ -19,9 +21,12 @@ use tokio_tungstenite::tungstenite::Message;
 
 type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
 
-/// The guest: poll COM1, upper-case a..z, send it back, forever.
-const ECHO_BOOT_SECTOR: &str =
-    "BAFD03ECA80174FBBAF803EC88C33C6172073C7A770380EB20BAFD03ECA82074FBBAF80388D8EEEBD7";
+/// The guest: print the banner, then poll COM1, upper-case a..z, send it back, forever
+/// (GNU as, `.code16`: set up DS/SS/SP, `lodsb` the banner out through a THRE-polling
+/// `putc`, then the echo loop).
+const ECHO_BOOT_SECTOR: &str = "fa31c08ed88ed0bc007cfbbe447cac84c07405e81d00ebf6bafd03eca80174f8baf803ec3c6172063c7a77022c20e80200ebe588c3bafd03eca82074fb88d8baf803eec30d0a7261636b73686172652067756573742075700d0a00";
+/// What the guest prints when it starts.
+const GUEST_BANNER: &str = "rackshare guest up";
 
 fn need(tool: &str, package: &str) {
     let found = Command::new("sh")
@@ -55,6 +60,8 @@ struct SolBmc {
     vm: Child,
     _dir: tempfile::TempDir,
     lan_port: u16,
+    /// QEMU's human monitor (a unix socket in the temp dir).
+    monitor: std::path::PathBuf,
 }
 
 impl Drop for SolBmc {
@@ -69,6 +76,18 @@ impl Drop for SolBmc {
 const BMC_PASSWORD: &str = "s3cret-sol";
 
 impl SolBmc {
+    /// Resets the VM, as a machine that reboots under its job does: the guest prints its
+    /// banner again. (ipmi_sim answers chassis power control with "invalid data field" and
+    /// does not own this VM, so the job's own power cycle cannot be what resets it.)
+    fn reset_vm(&self) {
+        use std::os::unix::net::UnixStream;
+        if let Ok(mut mon) = UnixStream::connect(&self.monitor) {
+            let _ = mon.write_all(b"system_reset\n");
+            // The monitor reads the line before the socket closes.
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn start() -> SolBmc {
         need("ipmi_sim", "openipmi");
         need("ipmitool", "ipmitool");
@@ -85,13 +104,13 @@ impl SolBmc {
         std::fs::write(&disk, img).expect("disk");
         let lan_port = free_port(true);
         let sol_port = free_port(false);
+        let monitor = dir.path().join("monitor.sock");
         // The VM starts first: ipmi_sim connects to the serial port once, right after its
         // `startcmd` (measured: a VM launched by `startcmd` is often not listening yet, and that
         // session never carries a byte), so `startcmd` here only stands for the running VM.
         let vm = Command::new("qemu-system-x86_64")
-            .args([
-                "-accel", "tcg", "-m", "32", "-display", "none", "-monitor", "none",
-            ])
+            .args(["-accel", "tcg", "-m", "32", "-display", "none", "-monitor"])
+            .arg(format!("unix:{},server=on,wait=off", monitor.display()))
             .arg("-drive")
             .arg(format!("file={},format=raw,if=ide", disk.display()))
             .arg("-chardev")
@@ -155,6 +174,7 @@ set_working_mc 0x20
             vm,
             _dir: dir,
             lan_port,
+            monitor,
         };
         // Up when it answers a power status (bounded).
         for _ in 0..60 {
@@ -393,6 +413,58 @@ async fn console_over_websocket_ssh_and_cli_to_a_real_sol_bmc() {
     ]);
     s.cli(&["machine", "state", "vm", "available"]);
 
+    // A job on the machine, nobody watching its console: the job holds the console session
+    // open and keeps what the machine printed. ipmi_sim refuses the job's power cycle, so the
+    // job fails after its retries, and a failed job's log ends with the console's last lines.
+    let job = s.cli_json(&["job", "start", "vm", "--kind", "inspect"]);
+    let job_id = job["id"].as_i64().expect("job id").to_string();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let j = s.cli_json(&["job", "show", &job_id]);
+        if matches!(
+            j["state"].as_str(),
+            Some("failed" | "succeeded" | "cancelled")
+        ) {
+            assert_eq!(j["state"], "failed", "{j}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never ended: {j}");
+        if j["state"] == "running" {
+            bmc.reset_vm();
+        }
+        std::thread::sleep(Duration::from_millis(700));
+    }
+    // A viewer within the session's 5 s linger keeps this one SOL session: ipmi_sim carries no
+    // byte on a SOL session that follows an ended one (decision 47), so the rest of this test
+    // shares it.
+    let mut t = connect(&s, &tess, "vm").await.expect("tess connects");
+    let mut logs = String::new();
+    for _ in 0..40 {
+        logs = s.cli(&["job", "logs", &job_id]);
+        if logs.contains(GUEST_BANNER) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        logs.contains("-- the machine's console, last lines") && logs.contains(GUEST_BANNER),
+        "the failed job's log has no console lines: {logs}\n{}",
+        console_log_lines(&s)
+    );
+    // Another group's member: 404, as for the job itself.
+    let status = reqwest::Client::new()
+        .get(format!("{}/api/v1/jobs/{job_id}/console", s.url))
+        .bearer_auth(&bob)
+        .send()
+        .await
+        .expect("console tail")
+        .status();
+    assert_eq!(status.as_u16(), 404, "another group read the job's console");
+    // The failed power cycles left the BMC unhealthy; a status that succeeds clears it, and
+    // staff put the machine back.
+    s.cli(&["power", "vm", "status"]);
+    s.cli(&["machine", "state", "vm", "available"]);
+
     // No lease yet: the member is refused (the machine is not theirs to see).
     assert!(connect(&s, &ann, "vm").await.is_err());
     let lease = s.cli_as(
@@ -433,8 +505,8 @@ async fn console_over_websocket_ssh_and_cli_to_a_real_sol_bmc() {
         .expect("keys");
     read_until(&s, &mut a, "~.X").await;
 
-    // A second viewer sees the same output; one that never reads does not hold them up.
-    let mut t = connect(&s, &tess, "vm").await.expect("tess connects");
+    // A second viewer (the technician, connected since the job) sees the same output; one that
+    // never reads does not hold them up.
     let _stalled = connect(&s, &s.admin_token, "vm")
         .await
         .expect("admin connects");

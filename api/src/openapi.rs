@@ -88,6 +88,7 @@ pub const OPERATIONS: &[Operation] = &[
     op!("get", "/api/v1/jobs", "List jobs, newest first (?machine=&state=&kind=&limit=&after=ID: the page after the job ID)", "any role (members: their group's)", None, Some("[Job]")),
     op!("get", "/api/v1/jobs/{id}", "Show a job with its steps and the agent's progress", "any role (members: their group's)", None, Some("Job")),
     op!("get", "/api/v1/jobs/{id}/events", "A job's log (?after=ID to follow)", "any role (members: their group's)", None, Some("[JobEvent]")),
+    op!("get", "/api/v1/jobs/{id}/console", "What the machine's serial console printed while the job ran (the newest 256 KiB, kept whether or not anyone watched): the last lines as text, ANSI stripped (?lines=N), or the bytes as they came (?raw=true)", "any role (members: their group's, while the job's lease holds the machine)", None, Some("JobConsole")),
     op!("post", "/api/v1/jobs/{id}/cancel", "Cancel a job (a queued one at once, a running one at its next check); the machine goes failed", "as for starting it", None, Some("Job")),
     op!("post", "/api/v1/agent/claim", "The deploy agent exchanges its one-time boot token for its task and a session (docs/agent-protocol.md)", "the agent (one-time token)", None, None),
     op!("get", "/api/v1/agent/image", "The agent downloads its job's image (Range supported)", "the agent (session token)", None, None),
@@ -294,7 +295,8 @@ fn schemas() -> Value {
             "created_at": {"type": "integer"}, "started_at": {"type": ["integer", "null"]}, "finished_at": {"type": ["integer", "null"]},
             "steps": {"type": "array", "items": {"$ref": "#/components/schemas/JobStep"}}}},
         "BootEvent": {"type": "object", "properties": {"id": {"type": "integer"}, "mac": {"type": "string"}, "at": {"type": "integer"}, "kind": {"type": "string"}, "detail": {"type": "object"}}},
-        "JobEvent": {"type": "object", "properties": {"id": {"type": "integer"}, "job_id": {"type": "integer"}, "at": {"type": "integer"}, "level": {"type": "string"}, "message": {"type": "string"}}}
+        "JobEvent": {"type": "object", "properties": {"id": {"type": "integer"}, "job_id": {"type": "integer"}, "at": {"type": "integer"}, "level": {"type": "string"}, "message": {"type": "string"}}},
+        "JobConsole": {"type": "object", "properties": {"job": {"type": "integer"}, "bytes": {"type": "integer"}, "text": {"type": "string"}}}
     })
 }
 

@@ -115,10 +115,7 @@ impl Server {
                         source,
                     }
                 })?;
-                let path = data_dir.join("console-ssh-host-key");
-                let key = crate::console_ssh::load_or_create_host_key(&path).map_err(|e| {
-                    StartError::Boot(format!("the console SSH host key {}: {e}", path.display()))
-                })?;
+                let key = crate::shared_secrets::console_ssh_host_key(&inv, data_dir).await?;
                 Some((l, key))
             }
             None => None,
@@ -283,12 +280,14 @@ impl Server {
             config.bmc_policy,
             instance.scope.clone(),
         ));
+        let consoles = Arc::new(crate::console::ConsoleHub::default());
         let conductor = crate::engine::Conductor::new(
             inv.clone(),
             bmc.clone(),
             config.conductor.clone(),
             signing_key.clone(),
             instance.clone(),
+            consoles.clone(),
         );
         let http_metrics = Arc::new(HttpMetrics::default());
         let state = AppState {
@@ -314,7 +313,7 @@ impl Server {
                     .map(|a| a.port()),
                 ..crate::web::WebState::new(tls.is_some(), crate::web::WebState::default().lifetime)
             }),
-            consoles: Arc::new(crate::console::ConsoleHub::default()),
+            consoles,
         };
         let auth_limiter = state.auth_limiter.clone();
         let boot_app = crate::routes::boot_router(state.clone(), config.boot_https_port);

@@ -1,5 +1,6 @@
 //! What every instance on one database must hold alike (decision S1): the wipe-certificate
-//! signing key and the self-signed TLS identity are kept in the database, sealed under the
+//! signing key, the self-signed TLS identity and the consoles' SSH host key are kept in the
+//! database, sealed under the
 //! secret key that every instance is provisioned with (`RACKSHARE_SECRET_KEY` or the same
 //! `secret.key`). The first instance to start stores its own; the others take that one and
 //! write it into their data dir, so a lone instance works exactly as before.
@@ -14,6 +15,37 @@ use std::sync::Arc;
 const SIGNING_KEY: &str = "signing_key";
 /// The shared secret name of the self-signed certificate and key (`{"cert": PEM, "key": PEM}`).
 const SELF_SIGNED_TLS: &str = "self_signed_tls";
+/// The shared secret name of the console SSH door's host key (OpenSSH private key text).
+const CONSOLE_SSH_HOST_KEY: &str = "console_ssh_host_key";
+
+/// Loads (or creates) the data dir's console SSH host key, then takes the database's shared
+/// one: the first instance to start (or an existing single instance, on its first start with
+/// this version) stores its own, so every instance presents the same host key and `ssh` does
+/// not warn when a name moves between them.
+pub async fn console_ssh_host_key(
+    inv: &Inventory,
+    data_dir: &Path,
+) -> Result<russh::keys::PrivateKey, StartError> {
+    let path = data_dir.join("console-ssh-host-key");
+    let bad =
+        |e: String| StartError::Boot(format!("the console SSH host key {}: {e}", path.display()));
+    let file = path.clone();
+    let ours = tokio::task::spawn_blocking(move || {
+        crate::console_ssh::load_or_create_host_key(&file)?;
+        std::fs::read_to_string(&file)
+    })
+    .await
+    .map_err(|e| bad(e.to_string()))?
+    .map_err(|e| bad(e.to_string()))?;
+    let shared = inv.shared_secret(CONSOLE_SSH_HOST_KEY, &ours).await?;
+    let key = russh::keys::PrivateKey::from_openssh(shared.as_bytes())
+        .map_err(|e| StartError::Boot(format!("the database's console SSH host key: {e}")))?;
+    if shared != ours {
+        tracing::info!("presenting the console SSH host key the other instances use");
+        write_private(&path, shared.as_bytes())?;
+    }
+    Ok(key)
+}
 
 /// Loads (or creates) the data dir's signing key, then takes the database's shared one.
 pub async fn signing_key(

@@ -19,6 +19,7 @@ mod export_catalog;
 mod export_history;
 mod images;
 mod instances;
+mod job_console;
 mod jobs;
 mod leases;
 mod machines;
@@ -50,6 +51,7 @@ pub use images::{Image, NewImage};
 pub use instances::{
     InstanceStatus, InstancesReport, JobWakeups, NewInstance, SiteScope, CLAIM_TTL_MS,
 };
+pub use job_console::{JobConsoleChunk, JobConsoleExtent, JOB_CONSOLE_BYTES};
 pub use jobs::{
     AgentClaim, Job, JobEvent, JobFilter, JobKind, JobState, JobStep, NewJob, StepName, StepSpec,
     StepState, AGENT_TOKEN_TTL_MS,

@@ -5,11 +5,14 @@
 //! carry bytes and control messages to and from a [`ConsoleViewer`].
 
 mod door;
+mod holds;
 mod recorder;
 mod session;
+pub mod text;
 pub mod ws;
 
 pub use door::HubDoor;
+pub use holds::HoldFor;
 
 use crate::auth::Caller;
 use crate::state::AppState;
@@ -151,6 +154,49 @@ impl ConsoleHub {
         self.sessions.lock().map(|m| m.len()).unwrap_or(0)
     }
 
+    /// The machine's session, started if there is none (call under the hub's lock, so the
+    /// session's watcher cannot close it between this and the join or hold that follows).
+    fn session_in(
+        &self,
+        sessions: &mut HashMap<String, Arc<Session>>,
+        inv: &inventory::Inventory,
+        machine: &str,
+    ) -> Arc<Session> {
+        sessions
+            .entry(machine.to_string())
+            .or_insert_with(|| {
+                Session::start(
+                    machine.to_string(),
+                    inv.clone(),
+                    self.settings.clone(),
+                    self.sessions.clone(),
+                    self.recording.clone(),
+                )
+            })
+            .clone()
+    }
+
+    /// Keeps the machine's console session open with no viewer for as long as the returned
+    /// hold lives (opening the BMC link if no one watches). The engine holds it while a job
+    /// runs, so the job's console output is recorded into the job's tail (and the lease's
+    /// recording, if a lease holds the machine). Whether a machine has a BMC is the caller's
+    /// to check; a session whose BMC offers no console keeps retrying with backoff.
+    pub fn hold(
+        &self,
+        inv: &inventory::Inventory,
+        machine: &str,
+        why: HoldFor,
+    ) -> Option<ConsoleHold> {
+        let id = self.next_viewer.fetch_add(1, Ordering::Relaxed);
+        let mut sessions = match self.sessions.lock() {
+            Ok(s) => s,
+            Err(_) => return None,
+        };
+        let session = self.session_in(&mut sessions, inv, machine);
+        session.hold(id, why);
+        Some(ConsoleHold { session, id })
+    }
+
     /// Whether `who` may open the machine's console now (the rule of [`ConsoleHub::attach`],
     /// without joining); refusals are audited. Front doors call it before upgrading a
     /// connection, so a refusal is an ordinary JSON error.
@@ -221,18 +267,7 @@ impl ConsoleHub {
         };
         let (session, events, replay, writer) = {
             let mut sessions = self.sessions.lock().map_err(ApiError::internal)?;
-            let session = sessions
-                .entry(machine.to_string())
-                .or_insert_with(|| {
-                    Session::start(
-                        machine.to_string(),
-                        state.inv.clone(),
-                        self.settings.clone(),
-                        self.sessions.clone(),
-                        self.recording.clone(),
-                    )
-                })
-                .clone();
+            let session = self.session_in(&mut sessions, &state.inv, machine);
             let (events, replay, writer) = session.join(id, seat);
             (session, events, replay, writer)
         };
@@ -258,6 +293,18 @@ impl ConsoleHub {
             origin: origin_now,
             done: false,
         })
+    }
+}
+
+/// A hold on a machine's console session ([`ConsoleHub::hold`]); released when dropped.
+pub struct ConsoleHold {
+    session: Arc<Session>,
+    id: u64,
+}
+
+impl Drop for ConsoleHold {
+    fn drop(&mut self) {
+        self.session.release(self.id);
     }
 }
 

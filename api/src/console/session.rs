@@ -1,7 +1,10 @@
 //! One machine's console session: the BMC link (reopened with backoff when it drops), the
 //! replay buffer, the viewers' seats and the writer, and the watcher that closes member viewers
-//! whose lease ended and the session itself once its last viewer has been gone a while.
+//! whose lease ended and the session itself once its last viewer (and its last hold, see
+//! `holds.rs`) has been gone a while.
 
+use super::holds::{HoldFor, Holds};
+use super::recorder::Output;
 use super::{ConsoleEvent, ConsoleRefusal, ConsoleSettings, RecordingCounters, Sessions};
 use axum::body::Bytes;
 use bmc::{BmcProtocol, BmcUrl, SerialEndpoint};
@@ -31,6 +34,7 @@ struct SessionState {
     replay: VecDeque<u8>,
     writer: Option<u64>,
     seats: HashMap<u64, Seat>,
+    holds: Holds,
 }
 
 /// A machine's console session.
@@ -42,7 +46,7 @@ pub(super) struct Session {
     state: Mutex<SessionState>,
     stop: watch::Sender<bool>,
     /// Output on its way to the lease's recording (written off the console's path).
-    recording: mpsc::Sender<(i64, Bytes)>,
+    recording: mpsc::Sender<Output>,
     /// The hub's recording counters, shared by every session.
     recording_counters: Arc<RecordingCounters>,
 }
@@ -69,6 +73,7 @@ impl Session {
                 replay: VecDeque::new(),
                 writer: None,
                 seats: HashMap::new(),
+                holds: Holds::default(),
             }),
             stop,
             recording,
@@ -117,6 +122,16 @@ impl Session {
         let rx = self.events.subscribe();
         let replay = Bytes::from(st.replay.iter().copied().collect::<Vec<u8>>());
         (rx, replay, Self::writer_name(&st))
+    }
+
+    /// Holds the session open with no viewer (hold ids come from the hub's viewer counter).
+    pub fn hold(&self, id: u64, why: HoldFor) {
+        self.state().holds.take(id, why);
+    }
+
+    /// Releases a hold.
+    pub fn release(&self, id: u64) {
+        self.state().holds.release(id);
     }
 
     pub fn leave(&self, id: u64) {
@@ -179,15 +194,17 @@ impl Session {
     }
 
     fn output(&self, bytes: Bytes) {
-        // Never waits: a full queue (the database slow) costs recording, not the console.
-        if self
-            .recording
-            .try_send((inventory::now_ms(), bytes.clone()))
-            .is_err()
-        {
+        let mut st = self.state();
+        // Never waits: a full queue (the database slow) costs recording, not the console. The
+        // jobs are the ones holding the session now, when the bytes are seen.
+        let out = Output {
+            at: inventory::now_ms(),
+            bytes: bytes.clone(),
+            jobs: st.holds.jobs(),
+        };
+        if self.recording.try_send(out).is_err() {
             self.count_unrecorded(1);
         }
-        let mut st = self.state();
         st.replay.extend(bytes.iter().copied());
         let over = st.replay.len().saturating_sub(self.settings.replay_bytes);
         st.replay.drain(..over);
@@ -349,7 +366,7 @@ async fn link(
 }
 
 /// Every `lease_poll`: closes member viewers whose group's lease no longer holds the machine,
-/// and ends the session once it has had no viewer for `linger`.
+/// and ends the session once it has had no viewer and no hold for `linger`.
 async fn watch_leases(
     session: Arc<Session>,
     inv: Inventory,
@@ -387,7 +404,11 @@ async fn watch_leases(
         let Ok(mut map) = sessions.lock() else {
             return;
         };
-        if session.state().seats.is_empty() {
+        let idle = {
+            let st = session.state();
+            !st.holds.keep_open(st.seats.len())
+        };
+        if idle {
             let since = *empty_since.get_or_insert_with(Instant::now);
             if since.elapsed() >= session.settings.linger {
                 if map
@@ -397,7 +418,7 @@ async fn watch_leases(
                     map.remove(&session.machine);
                 }
                 session.stop.send_replace(true);
-                tracing::info!(machine = %session.machine, "console session closed (no viewer)");
+                tracing::info!(machine = %session.machine, "console session closed (no viewer, no job)");
                 return;
             }
         } else {

@@ -59,6 +59,8 @@ pub struct Conductor {
     signing_key: Arc<trust::SigningKey>,
     cfg: ConductorConfig,
     instance: Arc<Instance>,
+    /// The console broker: a job holds its machine's console session open while it runs.
+    consoles: Arc<crate::console::ConsoleHub>,
     /// The jobs this instance drives now, each a task that is aborted when the claim is lost.
     driving: Mutex<HashMap<i64, AbortHandle>>,
     wake: Notify,
@@ -148,13 +150,14 @@ fn end_of_attempt(
 
 impl Conductor {
     /// A conductor over the inventory and the BMC service for `instance`; `signing_key` signs
-    /// wipe certificates.
+    /// wipe certificates; `consoles` records each job's console output.
     pub fn new(
         inv: Inventory,
         bmc: Arc<BmcService>,
         cfg: ConductorConfig,
         signing_key: Arc<trust::SigningKey>,
         instance: Arc<Instance>,
+        consoles: Arc<crate::console::ConsoleHub>,
     ) -> Arc<Self> {
         Arc::new(Conductor {
             inv,
@@ -162,6 +165,7 @@ impl Conductor {
             signing_key,
             cfg,
             instance,
+            consoles,
             driving: Mutex::new(HashMap::new()),
             wake: Notify::new(),
         })
@@ -302,6 +306,9 @@ impl Conductor {
             }
         };
         tracing::info!(job = id, kind = %job.kind, machine = %job.machine, "driving job");
+        // The machine's console stays open while this driver runs (a resumed job takes it
+        // again), so the job's console tail has what the machine printed, watched or not.
+        let _console = self.console_hold(&job).await;
         let ctx = self.ctx();
         for (seq, spec) in job.kind.plan().iter().enumerate() {
             let seq = seq as i64;
@@ -409,6 +416,22 @@ impl Conductor {
         tracing::info!(job = id, machine = %job.machine, "job succeeded");
     }
 
+    /// A hold on the job's machine's console session, if its BMC may offer one.
+    async fn console_hold(&self, job: &Job) -> Option<crate::console::ConsoleHold> {
+        match self.inv.machine(&job.machine).await {
+            Ok(m) if m.bmc.is_some() => self.consoles.hold(
+                &self.inv,
+                &job.machine,
+                crate::console::HoldFor::Job(job.id),
+            ),
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(job = job.id, error = %e, "no console recording for the job");
+                None
+            }
+        }
+    }
+
     /// Ends a job. When even that cannot be written the job stays running in the database
     /// and the scheduler drives it again on its next tick.
     async fn finish(
@@ -426,7 +449,6 @@ impl Conductor {
             );
             return;
         }
-        store::attach_console(&self.inv, job).await;
         let written = retry_write("the end of a job", || {
             self.inv
                 .finish_job(job.id, state, error, Some(machine_to), reason)

@@ -319,11 +319,14 @@ async fn accept_report(ctx: &StepCtx<'_>, a: &Attempt<'_>, reported: &Reported) 
             let sampled =
                 challenge::check_wipe(&issued, &report.disks).map_err(StepFailure::fatal)?;
             let public = ctx.signing_key.public();
-            // The lease ended before its wipe, so nothing is added to its recording now.
+            // The lease ended before its wipe, so nothing is added to its recording now. The
+            // machine's job console tails count up to the newest chunk now; what this wipe's
+            // console prints after the count is not the tenant's and stays.
             let recorded = match a.job.lease_id {
                 Some(lease) => ctx.inv.console_recording_bytes(lease, m.id).await?,
                 None => 0,
             };
+            let job_tails = ctx.inv.machine_job_console_extent(m.id).await?;
             let cert = wipe_certificate(
                 a.job,
                 &m,
@@ -331,7 +334,7 @@ async fn accept_report(ctx: &StepCtx<'_>, a: &Attempt<'_>, reported: &Reported) 
                 &sampled,
                 &public.key_id,
                 inventory::now_ms(),
-                recorded,
+                recorded + job_tails.bytes,
             );
             let signed = ctx.signing_key.sign(cert);
             let signature = serde_json::to_value(&signed.signature)
@@ -354,6 +357,17 @@ async fn accept_report(ctx: &StepCtx<'_>, a: &Attempt<'_>, reported: &Reported) 
                 a.job.id,
                 "info",
                 &format!("wipe certificate {cid} stored"),
+            )
+            .await;
+            let deleted = ctx
+                .inv
+                .delete_machine_job_console(m.id, job_tails.last_id)
+                .await?;
+            store::event(
+                ctx.inv,
+                a.job.id,
+                "info",
+                &format!("console output of this machine's jobs deleted ({deleted} bytes)"),
             )
             .await;
             if let Some(lease) = a.job.lease_id {

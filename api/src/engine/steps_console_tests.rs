@@ -1,9 +1,12 @@
-//! The console recording's part in the steps: a job's log keeps what the console printed
-//! while it ran, and the wipe deletes the lease's recording and certifies how much.
+//! The console recording's part in the steps: a job's console tail keeps what the console
+//! printed while it ran (bounded), and the wipe deletes the lease's recording and the machine's
+//! job tails and certifies how much.
 
 use super::tests::{attempt, lab, Lab};
 use super::*;
-use inventory::{ConsoleChunk, Disk, JobKind, Lease, Machine, MachineState, NewJob, NewMachine};
+use inventory::{
+    ConsoleChunk, Disk, JobConsoleChunk, JobKind, Lease, Machine, MachineState, NewJob, NewMachine,
+};
 
 /// A machine leased to group `g` with a started wipe job of that lease on it.
 async fn leased_wipe(lab: &Lab, name: &str, disks: Vec<Disk>) -> (Machine, Lease, Job) {
@@ -72,26 +75,34 @@ fn chunk(lease: &Lease, m: &Machine, at: i64, bytes: &[u8]) -> ConsoleChunk {
     }
 }
 
+fn tail(job: &Job, m: &Machine, bytes: &[u8]) -> JobConsoleChunk {
+    JobConsoleChunk {
+        job_id: job.id,
+        machine_id: m.id,
+        at: 3,
+        bytes: bytes.to_vec(),
+    }
+}
+
 #[tokio::test]
-async fn a_job_that_ends_keeps_the_console_output_printed_while_it_ran() {
+async fn a_jobs_console_tail_keeps_its_newest_bytes_within_the_bound() {
     let lab = lab().await;
-    let (m, lease, job) = leased_wipe(&lab, "c1", Vec::new()).await;
-    let at = job.started_at.expect("started");
+    let (m, _lease, job) = leased_wipe(&lab, "c1", Vec::new()).await;
+    for i in 0..5u8 {
+        lab.inv
+            .record_job_console(&tail(&job, &m, &[b'0' + i; 100]), 250)
+            .await
+            .expect("record");
+    }
+    let kept = lab.inv.job_console(job.id).await.expect("read");
+    // Whole chunks, the newest, never more than the bound.
+    assert_eq!(kept, [[b'3'; 100], [b'4'; 100]].concat());
     lab.inv
-        .record_console(
-            &[chunk(&lease, &m, at, b"Kernel panic - not syncing\n")],
-            1 << 20,
-        )
+        .record_job_console(&tail(&job, &m, b"Kernel panic - not syncing\r\n"), 1 << 20)
         .await
         .expect("record");
-    store::attach_console(&lab.inv, &job).await;
-    let log = lab.inv.job_events(job.id, 0).await.expect("events");
-    let console: Vec<_> = log.iter().filter(|e| e.level == "console").collect();
-    assert_eq!(console.len(), 1, "{log:?}");
-    assert_eq!(
-        console[0].message, "Kernel panic - not syncing\n",
-        "only what the job saw"
-    );
+    let kept = lab.inv.job_console(job.id).await.expect("read");
+    assert!(kept.ends_with(b"not syncing\r\n"));
 }
 
 #[tokio::test]
@@ -106,6 +117,15 @@ async fn a_wipe_deletes_the_leases_console_recording_of_the_machine_and_certifie
     let (m, lease, job) = leased_wipe(&lab, "w1", vec![disk]).await;
     lab.inv
         .record_console(&[chunk(&lease, &m, 2, &[b'x'; 100])], 1 << 20)
+        .await
+        .expect("record");
+    // The wipe's own tail so far (the machine's earlier jobs' would count alike): 30 + 20.
+    lab.inv
+        .record_job_console(&tail(&job, &m, &[b'e'; 30]), 1 << 20)
+        .await
+        .expect("record");
+    lab.inv
+        .record_job_console(&tail(&job, &m, &[b'w'; 20]), 1 << 20)
         .await
         .expect("record");
     let issued =
@@ -126,6 +146,10 @@ async fn a_wipe_deletes_the_leases_console_recording_of_the_machine_and_certifie
         .await
         .expect("read");
     assert!(left.is_empty(), "the recording outlived the wipe");
+    assert!(
+        lab.inv.job_console(job.id).await.expect("read").is_empty(),
+        "a job's console tail outlived the wipe"
+    );
     let log = lab.inv.job_events(job.id, 0).await.expect("events");
     let id: i64 = log
         .iter()
@@ -139,8 +163,9 @@ async fn a_wipe_deletes_the_leases_console_recording_of_the_machine_and_certifie
         })
         .expect("stored");
     let stored = lab.inv.wipe_certificate(id).await.expect("certificate");
-    // The 15 bytes from before the job count too: the whole lease's recording of the machine.
-    assert_eq!(stored.body["console_recordings_deleted_bytes"], 115);
+    // The 15 bytes from before the job count too: the whole lease's recording of the machine,
+    // and the machine's job tails (30 + 20).
+    assert_eq!(stored.body["console_recordings_deleted_bytes"], 165);
     let doc = trust::SignedDocument {
         certificate: stored.body,
         signature: serde_json::from_value(stored.signature.expect("signed")).expect("signature"),

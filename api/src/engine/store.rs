@@ -41,41 +41,6 @@ pub(super) async fn event(inv: &Inventory, id: i64, level: &str, msg: &str) {
     }
 }
 
-/// The tail of the machine's console output kept with a job's log when it ends.
-pub(super) const JOB_CONSOLE_BYTES: usize = 64 * 1024;
-
-/// Attaches the last [`JOB_CONSOLE_BYTES`] of what the machine's console printed while the job
-/// ran (from its lease's recording) as a `console` event, so a failed deploy shows the
-/// kernel's last lines. Nothing when the job has no lease or nothing was recorded.
-pub(super) async fn attach_console(inv: &Inventory, job: &Job) {
-    let Some(lease) = job.lease_id else {
-        return;
-    };
-    let since = job.started_at.unwrap_or(job.created_at);
-    let bytes = match inv
-        .console_recording(lease, Some(job.machine_id), Some(since))
-        .await
-    {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(job = job.id, error = %e, "could not read the console recording");
-            event(
-                inv,
-                job.id,
-                "warn",
-                &format!("console output not attached: {e}"),
-            )
-            .await;
-            return;
-        }
-    };
-    if bytes.is_empty() {
-        return;
-    }
-    let tail = &bytes[bytes.len().saturating_sub(JOB_CONSOLE_BYTES)..];
-    event(inv, job.id, "console", &String::from_utf8_lossy(tail)).await;
-}
-
 /// Audits what the engine made of an agent's report (actor `agent`): accepted, or refused
 /// and why. The audit write is retried; its error is returned so the step can fail on it.
 pub(super) async fn audit_report(

@@ -8,8 +8,10 @@ use crate::ApiError;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use inventory::{Job, JobEvent, JobFilter, JobKind, JobState, NewJob, Role};
-use serde::Deserialize;
+use inventory::{
+    AuditOutcome, Job, JobEvent, JobFilter, JobKind, JobState, NewAuditEvent, NewJob, Role,
+};
+use serde::{Deserialize, Serialize};
 
 /// Who may reimage: members too, on their own machines with public or their own images.
 const REIMAGERS: &[Role] = &[Role::Admin, Role::Staff, Role::Technician, Role::Member];
@@ -66,6 +68,34 @@ pub struct EventQuery {
     /// Only events with a larger id (for following a log).
     #[serde(default)]
     after: Option<i64>,
+}
+
+/// Query of `GET /api/v1/jobs/{id}/console`.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleQuery {
+    /// How many of the last lines (default 40, at most 10,000).
+    #[serde(default)]
+    lines: Option<usize>,
+    /// The kept bytes as they came (escape sequences and all), not as text.
+    #[serde(default)]
+    raw: bool,
+}
+
+/// Lines of a console tail shown unless asked otherwise.
+const CONSOLE_LINES: usize = 40;
+/// The most lines one answer carries (the whole 256 KiB tail fits).
+const MAX_CONSOLE_LINES: usize = 10_000;
+
+/// `GET /api/v1/jobs/{id}/console`: what the machine's console printed while the job ran.
+#[derive(Serialize)]
+pub struct JobConsole {
+    /// The job.
+    pub job: i64,
+    /// Bytes kept of the job's console output (the newest, at most 256 KiB).
+    pub bytes: usize,
+    /// The last lines as text, ANSI escape sequences stripped.
+    pub text: String,
 }
 
 /// A job the caller may see, or 404.
@@ -218,4 +248,52 @@ pub async fn cancel(
     let job = st.inv.cancel_job(c.name(), id).await?;
     st.conductor.wake();
     Ok(Json(job))
+}
+
+/// The job's console tail: what its machine's serial console printed while the job ran
+/// (recorded by the broker whether or not anyone watched). Members read it only while the
+/// job's lease still holds the machine, like the lease's own recording.
+pub async fn console(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<i64>,
+    ApiQuery(q): ApiQuery<ConsoleQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    let job = visible_job(&st, &c, id).await?;
+    let event = NewAuditEvent::ok(c.name(), "job.console", "job", &id.to_string())
+        .group(job.member_group.clone())
+        .machine(Some(job.machine.clone()));
+    let privileged = matches!(c.role(), Role::Admin | Role::Staff | Role::Technician);
+    if !privileged {
+        let holding = st.inv.machine(&job.machine).await?.lease_id;
+        if job.lease_id.is_none() || holding != job.lease_id {
+            st.inv
+                .record(event.outcome(AuditOutcome::Denied).detail(
+                    serde_json::json!({"reason": "the job's lease no longer holds the machine"}),
+                ))
+                .await?;
+            return Err(ApiError::forbidden(format!(
+                "the console output of job {id} is open to your group only while the job's lease holds the machine"
+            )));
+        }
+    }
+    let bytes = st.inv.job_console(id).await?;
+    st.inv
+        .record(event.detail(serde_json::json!({"bytes": bytes.len(), "raw": q.raw})))
+        .await?;
+    if q.raw {
+        return Ok((
+            [(axum::http::header::CONTENT_TYPE, "application/octet-stream")],
+            bytes,
+        )
+            .into_response());
+    }
+    let lines = q.lines.unwrap_or(CONSOLE_LINES).clamp(1, MAX_CONSOLE_LINES);
+    Ok(Json(JobConsole {
+        job: id,
+        bytes: bytes.len(),
+        text: crate::console::text::tail_text(&bytes, lines),
+    })
+    .into_response())
 }

@@ -125,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs", get(jobs::list).post(jobs::create))
         .route("/jobs/{id}", get(jobs::show))
         .route("/jobs/{id}/events", get(jobs::events))
+        .route("/jobs/{id}/console", get(jobs::console))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/events", get(events::list))
         .route("/trust/key", get(certificates::key))

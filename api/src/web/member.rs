@@ -401,13 +401,27 @@ pub async fn machine(
         .await?
         .remove(&m.name)
         .unwrap_or_default();
+    // The jobs of the lease that holds the machine now, each with its console's last lines.
+    let mut lease_jobs = Vec::new();
+    if let Some(lease) = m.lease_id {
+        let q = serde_json::from_value(serde_json::json!({"machine": m.name, "limit": 10}))
+            .map_err(|e| ApiError::invalid("machine", e.to_string()))?;
+        let Json(recent) =
+            crate::routes::jobs::list(State(st.clone()), v.caller.clone(), ApiQuery(q)).await?;
+        for j in recent.into_iter().filter(|j| j.lease_id == Some(lease)) {
+            lease_jobs.push(context! {
+                id => j.id, kind => j.kind.to_string(), state => j.state.as_str(),
+                console => super::staff::job_console_tail(&st, j.id).await?,
+            });
+        }
+    }
     Ok(page(
         StatusCode::OK,
         "machine.html",
         context! {
             title => m.name.clone(), me => Me::of(&v), m => row,
             notice => notice(q.done.as_deref()),
-            actions => POWER_ACTIONS,
+            actions => POWER_ACTIONS, jobs => lease_jobs,
         },
     ))
 }

@@ -200,6 +200,29 @@ mod tests {
     }
 
     #[test]
+    fn a_jobs_console_lines_are_collapsed_and_escaped_on_the_timeline() {
+        let entry = serde_json::json!({
+            "when": "now", "what": "job 7 inspect queued", "who": "ana", "outcome": "failed",
+            "link": "/jobs/7", "console": "Kernel panic <script>alert(1)</script>",
+        });
+        let ctx =
+            minijinja::context! { machine => "m1", state => "failed", entries => vec![entry] };
+        let body = ENV
+            .get_template("timeline.html")
+            .and_then(|t| t.render(ctx))
+            .expect("renders");
+        assert!(
+            body.contains("<details class=\"console-tail\"><summary>"),
+            "{body}"
+        );
+        assert!(
+            body.contains("Kernel panic &lt;script&gt;"),
+            "escaped: {body}"
+        );
+        assert!(!body.contains("<script>alert"), "{body}");
+    }
+
+    #[test]
     fn pages_carry_the_strict_policy() {
         let r = html(StatusCode::OK, String::new());
         let csp = r.headers()[header::CONTENT_SECURITY_POLICY]

@@ -171,6 +171,20 @@ struct TimelineEntry {
     outcome: String,
     /// The job's page, for job entries.
     link: Option<String>,
+    /// The machine's last console lines while the job ran, for job entries.
+    console: Option<String>,
+}
+
+/// Console lines a page shows of a job's tail.
+const PAGE_CONSOLE_LINES: usize = 30;
+
+/// The last lines a job's machine printed on its console while it ran, as text (None when it
+/// printed nothing or the wipe deleted it). Callers have checked the visitor may see the job
+/// (staff on the timeline; a member for their own lease's jobs on the machine page).
+pub(super) async fn job_console_tail(st: &AppState, job: i64) -> Result<Option<String>, ApiError> {
+    let bytes = st.inv.job_console(job).await?;
+    let text = crate::console::text::tail_text(&bytes, PAGE_CONSOLE_LINES);
+    Ok((!text.trim().is_empty()).then_some(text))
 }
 
 /// An audit event in a few words: the action, and a state move or error when it has one.
@@ -229,6 +243,7 @@ pub async fn timeline(
             who: e.actor.clone(),
             outcome: e.outcome.as_str().to_string(),
             link: None,
+            console: None,
         })
         .collect();
     let jq = serde_json::from_value(serde_json::json!({"machine": machine, "limit": 10}))
@@ -243,6 +258,7 @@ pub async fn timeline(
             who: job.requested_by.clone(),
             outcome: job.state.as_str().to_string(),
             link: Some(format!("/jobs/{}", job.id)),
+            console: job_console_tail(st, job.id).await?,
         });
         for s in &job.steps {
             if let Some(at) = s.started_at {
@@ -256,6 +272,7 @@ pub async fn timeline(
                         None => s.state.as_str().to_string(),
                     },
                     link: Some(format!("/jobs/{}", job.id)),
+                    console: None,
                 });
             }
         }
@@ -276,6 +293,7 @@ pub async fn timeline(
         who: format!("boot server ({})", e.mac),
         outcome: e.kind.clone(),
         link: None,
+        console: None,
     }));
     out.sort_by_key(|e| std::cmp::Reverse(e.at));
     Ok(out
