@@ -141,13 +141,20 @@ async fn machines_stream_as_their_pages(s: &Service, db: &str) {
             .send()
             .await
             .expect("page");
-        let cursor = resp.headers().get("x-next-cursor").map(|v| v.to_str().expect("ascii").to_string());
+        let cursor = resp
+            .headers()
+            .get("x-next-cursor")
+            .map(|v| v.to_str().expect("ascii").to_string());
         let page: Value = resp.json().await.expect("page parses");
         let page = page.as_array().expect("a page is a list").clone();
         pages.extend(page.iter().cloned());
         match cursor {
             Some(c) => {
-                assert_eq!(page.last().map(|m| m["name"].clone()), Some(json!(c)), "{db}");
+                assert_eq!(
+                    page.last().map(|m| m["name"].clone()),
+                    Some(json!(c)),
+                    "{db}"
+                );
                 after = format!("&after={c}");
             }
             None => break,

@@ -25,7 +25,8 @@ async fn fleet(inv: &Inventory) {
                     .expect("mac"),
                 name: "eno1".into(),
                 pxe: true,
-                ip: (i % 3 == 0).then(|| format!("10.9.{}.{}", i >> 8, i & 255).parse().expect("ip")),
+                ip: (i % 3 == 0)
+                    .then(|| format!("10.9.{}.{}", i >> 8, i & 255).parse().expect("ip")),
             }],
             tags: if i % 5 == 0 {
                 vec!["gpu".into(), "big-one".into()]
@@ -107,12 +108,26 @@ async fn the_streamed_list_is_the_same_document() {
         fleet(inv).await;
         let all = MachineFilter::default();
         let (doc, chunks) = streamed(inv, &all, true).await;
-        assert_eq!(doc, inv.machines_json_for(&all, true).await.expect("one string"), "{l}");
-        assert!(chunks > 3, "{l}: {chunks} chunks: the fleet must span several");
+        assert_eq!(
+            doc,
+            inv.machines_json_for(&all, true).await.expect("one string"),
+            "{l}"
+        );
+        assert!(
+            chunks > 3,
+            "{l}: {chunks} chunks: the fleet must span several"
+        );
         let parsed: Vec<Machine> = serde_json::from_str(&doc).expect("parse");
         assert_eq!(parsed, inv.machines(&all).await.expect("typed"), "{l}");
-        assert_eq!(parsed.iter().filter(|m| m.member_group.is_some()).count(), 5, "{l}");
-        assert!(parsed.iter().any(|m| m.nics.len() == 2 && m.bmc.is_some()), "{l}");
+        assert_eq!(
+            parsed.iter().filter(|m| m.member_group.is_some()).count(),
+            5,
+            "{l}"
+        );
+        assert!(
+            parsed.iter().any(|m| m.nics.len() == 2 && m.bmc.is_some()),
+            "{l}"
+        );
 
         for f in [
             MachineFilter {
@@ -155,8 +170,14 @@ async fn the_streamed_list_is_the_same_document() {
 
         // The members' view streams no BMC address, user or error.
         let (member_doc, _) = streamed(inv, &all, false).await;
-        assert!(!member_doc.contains("127.0.0.1"), "{l}: a BMC address in a member's list");
-        assert!(!member_doc.contains("\"root\""), "{l}: a BMC user in a member's list");
+        assert!(
+            !member_doc.contains("127.0.0.1"),
+            "{l}: a BMC address in a member's list"
+        );
+        assert!(
+            !member_doc.contains("\"root\""),
+            "{l}: a BMC user in a member's list"
+        );
         assert!(!member_doc.contains("s3cret"), "{l}");
         assert!(!doc.contains("s3cret"), "{l}: a password in the list");
 

@@ -50,10 +50,12 @@ async fn whole_list(
     bmc_details: bool,
 ) -> Result<Response, ApiError> {
     let mut chunks = Box::pin(st.inv.machines_json_stream(f, bmc_details));
-    let first = chunks.next().await.transpose()?.unwrap_or_else(|| "[]".into());
-    let body = stream::iter([Ok(first)])
-        .chain(chunks)
-        .map_ok(Bytes::from);
+    let first = chunks
+        .next()
+        .await
+        .transpose()?
+        .unwrap_or_else(|| "[]".into());
+    let body = stream::iter([Ok(first)]).chain(chunks).map_ok(Bytes::from);
     Ok((
         [(header::CONTENT_TYPE, "application/json")],
         Body::from_stream(body),

@@ -78,7 +78,9 @@ impl Inventory {
         let rows = machine_docs_sql(self.backend, f, bmc_details, DocAs::Json)?;
         let sql = match self.backend {
             crate::Backend::Sqlite => {
-                format!("SELECT '[' || COALESCE(group_concat(doc, ','), '') || ']' FROM ({rows}) AS q")
+                format!(
+                    "SELECT '[' || COALESCE(group_concat(doc, ','), '') || ']' FROM ({rows}) AS q"
+                )
             }
             crate::Backend::Postgres => format!(
                 "SELECT COALESCE(json_agg(doc ORDER BY name), '[]'::json)::text FROM ({rows}) AS q"
