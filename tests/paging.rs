@@ -1,6 +1,7 @@
 //! Lists page with `limit` and a cursor through the real binary, on SQLite and PostgreSQL:
 //! leases and jobs take `after` (the last id of the previous page, newest first), the audit
 //! log `before` (its `after` follows new events); without them the old answers are unchanged.
+//! The machine list without `limit` streams, and is its pages put together.
 
 mod common;
 
@@ -86,6 +87,7 @@ async fn leases_jobs_and_events_page_with_a_cursor() {
             )
             .await;
         }
+        machines_stream_as_their_pages(&s, &format!("{db:?}")).await;
         let every = ids(&api(&s, reqwest::Method::GET, "/api/v1/leases", None).await);
         assert_eq!(every.len(), 5, "{db:?}");
         assert_eq!(
@@ -114,4 +116,50 @@ async fn leases_jobs_and_events_page_with_a_cursor() {
         .await;
         assert_eq!(jobs, json!([]), "{db:?}");
     }
+}
+
+/// The unpaged machine list (streamed as the database renders it) is the pages put together,
+/// with each page's cursor naming its last machine.
+async fn machines_stream_as_their_pages(s: &Service, db: &str) {
+    let resp = s
+        .http()
+        .get(format!("{}/api/v1/machines", s.url))
+        .bearer_auth(&s.admin_token)
+        .send()
+        .await
+        .expect("list");
+    assert_eq!(resp.status().as_u16(), 200, "{db}");
+    assert_eq!(resp.headers()["content-type"], "application/json", "{db}");
+    let whole: Value = resp.json().await.expect("the whole list parses");
+    let mut pages = Vec::new();
+    let mut after = String::new();
+    for _ in 0..10 {
+        let resp = s
+            .http()
+            .get(format!("{}/api/v1/machines?limit=2{after}", s.url))
+            .bearer_auth(&s.admin_token)
+            .send()
+            .await
+            .expect("page");
+        let cursor = resp
+            .headers()
+            .get("x-next-cursor")
+            .map(|v| v.to_str().expect("ascii").to_string());
+        let page: Value = resp.json().await.expect("page parses");
+        let page = page.as_array().expect("a page is a list").clone();
+        pages.extend(page.iter().cloned());
+        match cursor {
+            Some(c) => {
+                assert_eq!(
+                    page.last().map(|m| m["name"].clone()),
+                    Some(json!(c)),
+                    "{db}"
+                );
+                after = format!("&after={c}");
+            }
+            None => break,
+        }
+    }
+    assert_eq!(whole, Value::Array(pages), "{db}");
+    assert_eq!(whole.as_array().map(Vec::len), Some(5), "{db}");
 }

@@ -3,7 +3,7 @@
 # lease and releasing it, for SECONDS, against the real `rackshare serve` (release build) on
 # SQLite and on PostgreSQL. Prints throughput and p50/p99 latencies per backend. Loopback only.
 #
-#   bash bench/api/run.sh [MACHINES] [CLIENTS] [SECONDS]
+#   bash bench/api/run.sh [MACHINES] [CLIENTS] [SECONDS]      (env BIN=PATH: that binary, no build)
 #
 # PostgreSQL: set RACKSHARE_BENCH_POSTGRES_URL to a server you own (e.g.
 # postgres://postgres@localhost/postgres?host=/tmp/pg); a fresh database is created on it and
@@ -18,9 +18,13 @@ NGROUPS=10  # not GROUPS: bash reserves that name
 PORT=18191
 command -v curl >/dev/null || { echo "curl is missing: apt-get install curl" >&2; exit 2; }
 
-cargo build --release --quiet --bin rackshare --example bench-api-load
-BIN=$PWD/target/release/rackshare
+# BIN=PATH runs that binary as is (the load driver is still built if missing).
+if [ -z "${BIN:-}" ]; then
+  cargo build --release --quiet --bin rackshare --example bench-api-load
+  BIN=$PWD/target/release/rackshare
+fi
 LOAD=$PWD/target/release/examples/bench-api-load
+[ -x "$LOAD" ] || cargo build --release --quiet --example bench-api-load
 TMP=$(mktemp -d /tmp/rackshare-bench-api.XXXXXX)
 PIDS=()
 PGDB=""
@@ -65,7 +69,7 @@ run() {
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
-echo "bench/api: $N machines, $CLIENTS clients, ${SECS}s per backend, $(date -u +%FT%TZ)"
+echo "bench/api: $N machines, $CLIENTS clients, ${SECS}s per backend, $(date -u +%FT%TZ), binary $BIN"
 machine_line
 run sqlite
 if [ -n "${RACKSHARE_BENCH_POSTGRES_URL:-}" ]; then

@@ -10,6 +10,9 @@ use std::time::Duration;
 static SQLITE_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES_MIGRATIONS: Migrator = sqlx::migrate!("./migrations/postgres");
 
+/// SQLite connections that read (the writer is one more).
+const SQLITE_READERS: u32 = 8;
+
 /// Which database engine is behind the handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -23,6 +26,15 @@ pub enum Backend {
 #[derive(Clone, Debug)]
 pub struct Inventory {
     pub(crate) pool: AnyPool,
+    /// Where write transactions begin ([`Inventory::begin_write`]). On SQLite its one
+    /// connection: writers queue in order in this process instead of retrying on
+    /// busy_timeout, which is neither fair nor free (decision 52 (F)). On PostgreSQL `pool`.
+    pub(crate) writer: AnyPool,
+    /// Where lease writes begin (`leases::begin_lease_write`). On PostgreSQL its one
+    /// connection: lease writes are serialised anyway (decision 18), and waiting here holds
+    /// none of `pool`'s connections, so readers are not starved behind the leasing lock. On
+    /// SQLite `writer`.
+    pub(crate) leasing: AnyPool,
     pub(crate) backend: Backend,
     pub(crate) secrets: SecretBox,
     /// The URL connected to (PostgreSQL's LISTEN needs a connection of its own).
@@ -104,36 +116,47 @@ impl Inventory {
             _ => url.to_string(),
         };
         let opts = AnyConnectOptions::from_str(&url)?;
-        let pool = match backend {
+        let (pool, writer, leasing) = match backend {
             // One writer at a time is SQLite's nature; WAL lets readers go on meanwhile and
-            // busy_timeout makes writers queue instead of failing. synchronous=FULL: a commit
-            // (a DHCP lease before its ACK, a job step) survives power loss, not only a crash.
+            // busy_timeout makes another process's writers queue instead of failing. Ours
+            // queue on the one writer connection. synchronous=FULL: a commit (a DHCP lease
+            // before its ACK, a job step) survives power loss, not only a crash. A file does
+            // not hang up, so no ping before each use (a round trip to the connection's thread).
             Backend::Sqlite => {
-                AnyPoolOptions::new()
-                    .max_connections(8)
-                    .after_connect(|conn, _meta| {
-                        Box::pin(async move {
-                            conn.execute(
-                                "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
-                                 PRAGMA foreign_keys=ON; PRAGMA busy_timeout=30000;",
-                            )
-                            .await?;
-                            Ok(())
+                let sqlite = |connections: u32| {
+                    AnyPoolOptions::new()
+                        .max_connections(connections)
+                        .test_before_acquire(false)
+                        .after_connect(|conn, _meta| {
+                            Box::pin(async move {
+                                conn.execute(
+                                    "PRAGMA journal_mode=WAL; PRAGMA synchronous=FULL; \
+                                     PRAGMA foreign_keys=ON; PRAGMA busy_timeout=30000;",
+                                )
+                                .await?;
+                                Ok(())
+                            })
                         })
-                    })
-                    .connect_with(opts)
-                    .await?
+                };
+                let writer = sqlite(1).connect_with(opts.clone()).await?;
+                let pool = sqlite(SQLITE_READERS).connect_with(opts).await?;
+                (pool, writer.clone(), writer)
             }
             Backend::Postgres => {
-                AnyPoolOptions::new()
-                    .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(30))
-                    .connect_with(opts)
-                    .await?
+                let postgres = |connections: u32| {
+                    AnyPoolOptions::new()
+                        .max_connections(connections)
+                        .acquire_timeout(Duration::from_secs(30))
+                };
+                let leasing = postgres(1).connect_with(opts.clone()).await?;
+                let pool = postgres(16).connect_with(opts).await?;
+                (pool.clone(), pool, leasing)
             }
         };
         Ok(Inventory {
             pool,
+            writer,
+            leasing,
             backend,
             secrets,
             url: ConnectUrl(url.as_str().into()),
@@ -145,9 +168,11 @@ impl Inventory {
         self.backend
     }
 
-    /// Closes the pool, waiting for connections to finish.
+    /// Closes the pools, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
+        self.leasing.close().await;
     }
 
     fn migrator(&self) -> &'static Migrator {
@@ -182,13 +207,14 @@ impl Inventory {
         Ok(())
     }
 
-    /// A transaction that will write. On SQLite it is `BEGIN IMMEDIATE`: the write lock is
-    /// taken up front, so concurrent writers queue on busy_timeout instead of failing when a
-    /// deferred read transaction tries to upgrade.
+    /// A transaction that will write, on the writer connection. On SQLite it is
+    /// `BEGIN IMMEDIATE`: the write lock is taken up front (another process's writers queue on
+    /// busy_timeout instead of failing when a deferred read transaction tries to upgrade),
+    /// and this process's writers wait their turn for the one writer connection, in order.
     pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
+            Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.writer.begin().await?,
         })
     }
 

@@ -251,7 +251,7 @@ impl Inventory {
             sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE prefix = $2")
                 .bind(now)
                 .bind(prefix)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         }
         Ok(Some(TokenOwner {

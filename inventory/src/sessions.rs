@@ -317,7 +317,7 @@ impl Inventory {
             sqlx::query("UPDATE web_sessions SET last_seen_at = $1 WHERE id = $2")
                 .bind(now)
                 .bind(id)
-                .execute(&self.pool)
+                .execute(&self.writer)
                 .await?;
         }
         Ok(Some(WebSession {

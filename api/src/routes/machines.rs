@@ -4,10 +4,12 @@ use crate::auth::{Caller, Gate, Gated, GatedPath, STAFF};
 use crate::json::{ApiJson, ApiQuery};
 use crate::state::AppState;
 use crate::ApiError;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use futures::{stream, StreamExt, TryStreamExt};
 use inventory::{Machine, MachineFilter, MachinePatch, MachineState, NewMachine};
 use serde::Deserialize;
 
@@ -23,6 +25,9 @@ pub async fn list(
         Some(group) => f.member_group = group,
         None => return Ok(empty()),
     }
+    if f.limit.is_none() {
+        return whole_list(&st, f, c.sees_bmc_details()).await;
+    }
     // The database renders the JSON: 10k machines in ~20 ms instead of ~200 ms.
     let body = st.inv.machines_json_for(&f, c.sees_bmc_details()).await?;
     let next = match f.limit {
@@ -34,6 +39,28 @@ pub async fn list(
         resp.headers_mut().insert(NEXT_CURSOR, v);
     }
     Ok(resp)
+}
+
+/// The unpaged list streams as the database renders it (decision 52 (F)): the same document
+/// as one string, but never all of it in memory. The first chunk is awaited before answering,
+/// so a failure to start is still a JSON error; a later one aborts the response.
+async fn whole_list(
+    st: &AppState,
+    f: MachineFilter,
+    bmc_details: bool,
+) -> Result<Response, ApiError> {
+    let mut chunks = Box::pin(st.inv.machines_json_stream(f, bmc_details));
+    let first = chunks
+        .next()
+        .await
+        .transpose()?
+        .unwrap_or_else(|| "[]".into());
+    let body = stream::iter([Ok(first)]).chain(chunks).map_ok(Bytes::from);
+    Ok((
+        [(header::CONTENT_TYPE, "application/json")],
+        Body::from_stream(body),
+    )
+        .into_response())
 }
 
 /// The header naming the next page's cursor (`?after=`) of a full page of machines.

@@ -66,8 +66,7 @@ impl Inventory {
         }
         self.check_max_length(duration_ms).await?;
 
-        let mut tx = self.begin_write().await?;
-        lock_leasing(self.backend, &mut tx).await?;
+        let mut tx = begin_lease_write(self).await?;
         let group_id: i64 = sqlx::query_scalar("SELECT id FROM member_groups WHERE name = $1")
             .bind(group)
             .fetch_optional(&mut *tx)

@@ -12,8 +12,7 @@ impl Inventory {
     /// calendar (reservations that would lose their machines refuse the extension).
     pub async fn extend_lease(&self, actor: &str, id: i64, ends_at: i64) -> Result<Lease> {
         let now = now_ms();
-        let mut tx = self.begin_write().await?;
-        lock_leasing(self.backend, &mut tx).await?;
+        let mut tx = begin_lease_write(self).await?;
         let row = self.lease_row_tx(&mut tx, id).await?;
         let l = &row.lease;
         if l.state == LeaseState::Ended {

@@ -2,7 +2,7 @@
 //! calendar, the waitlist, and the end of a lease (each machine queued for a wipe).
 //!
 //! Every write here is one transaction opened with [`Inventory::begin_write`]. On SQLite that
-//! is `BEGIN IMMEDIATE`, so lease writes are serialised; on PostgreSQL [`lock_leasing`] takes one
+//! is `BEGIN IMMEDIATE`, so lease writes are serialised; on PostgreSQL [`begin_lease_write`] takes one
 //! transaction-scoped advisory lock for the same effect, and machines are additionally picked
 //! `FOR UPDATE SKIP LOCKED`, so a writer outside leasing (a staff transition, the job engine)
 //! can never have a machine handed out under it. Serialising makes quotas and the calendar
@@ -32,7 +32,7 @@ pub use report::{month_range, GroupUsage};
 pub use types::*;
 
 use crate::db::from_json;
-use crate::{Backend, Result};
+use crate::{Backend, Inventory, Result};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
@@ -89,18 +89,22 @@ pub(super) fn lease_row(r: &AnyRow) -> Result<LeaseRow> {
     })
 }
 
-/// On PostgreSQL, serialises lease writes for the rest of the transaction (SQLite's
-/// `BEGIN IMMEDIATE` already has). Quotas and the calendar read then write: without this two
-/// concurrent requests could each see room for themselves.
-pub(super) async fn lock_leasing(
-    backend: Backend,
-    tx: &mut Transaction<'static, Any>,
-) -> Result<()> {
-    if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(LEASING_LOCK_KEY)
-            .execute(&mut **tx)
-            .await?;
+/// A lease write: a write transaction holding the leasing lock to its end. Quotas and the
+/// calendar read then write: without the lock two concurrent requests could each see room for
+/// themselves. SQLite's `BEGIN IMMEDIATE` on the writer connection already is that lock. On
+/// PostgreSQL the transaction runs on the leasing connection (this process's lease writers
+/// wait their turn for it without holding the pool's connections) and takes one
+/// transaction-scoped advisory lock, which serialises the instances sharing the database.
+pub(super) async fn begin_lease_write(inv: &Inventory) -> Result<Transaction<'static, Any>> {
+    match inv.backend {
+        Backend::Sqlite => inv.begin_write().await,
+        Backend::Postgres => {
+            let mut tx = inv.leasing.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(LEASING_LOCK_KEY)
+                .execute(&mut *tx)
+                .await?;
+            Ok(tx)
+        }
     }
-    Ok(())
 }

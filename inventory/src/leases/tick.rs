@@ -16,8 +16,7 @@ impl Inventory {
         {
             return Ok(false);
         }
-        let mut tx = self.begin_write().await?;
-        lock_leasing(self.backend, &mut tx).await?;
+        let mut tx = begin_lease_write(self).await?;
         let row = self.lease_row_tx(&mut tx, id).await?;
         let l = &row.lease;
         if l.state != LeaseState::Pending {

@@ -215,7 +215,7 @@ impl Inventory {
             .bind(now)
             .bind(msg.clone()),
         };
-        q.bind(name).execute(&self.pool).await?;
+        q.bind(name).execute(&self.writer).await?;
         Ok(())
     }
 }

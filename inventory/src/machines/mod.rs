@@ -1,6 +1,6 @@
 //! Machines, their NICs and BMCs, and the lifecycle transitions.
 //! `write.rs` enrols, edits and transitions; `read.rs` reads; `bmc.rs` has the BMC settings
-//! and health; `checks.rs` the shape rules.
+//! and health; `checks.rs` the shape rules; `stream.rs` the whole list as a stream.
 
 use crate::db::from_json;
 use crate::{Bmc, Disk, MacAddress, Machine, MachineState, Nic, Result};
@@ -291,6 +291,7 @@ pub(super) fn machine_from_row(r: &AnyRow) -> Result<Machine> {
 mod bmc;
 mod checks;
 mod read;
+mod stream;
 mod write;
 
 pub use bmc::{BmcAccess, BmcHealth, NewBmc};

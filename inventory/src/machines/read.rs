@@ -1,5 +1,6 @@
 //! Reading machines: one, lists (as models or straight to JSON), counts, boot identities.
 
+use super::stream::{machine_docs_sql, DocAs};
 use super::*;
 use crate::{Error, Inventory, MacAddress, Machine, MachineState, Nic, Result};
 use sqlx::Row;
@@ -74,23 +75,17 @@ impl Inventory {
     /// Like [`Inventory::machines_json`]; without `bmc_details` each BMC's address, user and
     /// last error are blank, as [`Machine::without_bmc_details`] leaves them (members' view).
     pub async fn machines_json_for(&self, f: &MachineFilter, bmc_details: bool) -> Result<String> {
-        let limit = f.limit_clause()?;
-        let mut sql = match self.backend {
-            crate::Backend::Sqlite => format!(
-                "SELECT '[' || COALESCE(group_concat(doc, ','), '') || ']' FROM (SELECT {SQLITE_MACHINE_JSON} AS doc \
-                 {MACHINE_FROM} {SQLITE_NICS_JOIN} WHERE {FILTER_WHERE} ORDER BY m.name{limit}) AS q"
-            ),
+        let rows = machine_docs_sql(self.backend, f, bmc_details, DocAs::Json)?;
+        let sql = match self.backend {
+            crate::Backend::Sqlite => {
+                format!(
+                    "SELECT '[' || COALESCE(group_concat(doc, ','), '') || ']' FROM ({rows}) AS q"
+                )
+            }
             crate::Backend::Postgres => format!(
-                "SELECT COALESCE(json_agg(doc ORDER BY name), '[]'::json)::text FROM (SELECT m.name AS name, \
-                 {POSTGRES_MACHINE_JSON} AS doc {MACHINE_FROM} WHERE {FILTER_WHERE} ORDER BY m.name{limit}) AS q"
+                "SELECT COALESCE(json_agg(doc ORDER BY name), '[]'::json)::text FROM ({rows}) AS q"
             ),
         };
-        if !bmc_details {
-            sql = sql
-                .replace("'url', b.url", "'url', ''")
-                .replace("'username', b.username", "'username', ''")
-                .replace("'last_error', b.last_error", "'last_error', NULL");
-        }
         let text: String = bind_filter!(sqlx::query_scalar(&sql), f)
             .fetch_one(&self.pool)
             .await?;
