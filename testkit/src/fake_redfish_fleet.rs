@@ -68,7 +68,10 @@ async fn root(State(f): State<Fleet>) -> Json<Value> {
 async fn show(State(f): State<Fleet>, Path(id): Path<String>) -> Result<Json<Value>, StatusCode> {
     f.requests.fetch_add(1, Ordering::Relaxed);
     let i = f.index(&id).ok_or(StatusCode::NOT_FOUND)?;
-    let s = f.systems[i].lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let s = f.systems[i]
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     Ok(Json(system_json(&id, &s)))
 }
 
