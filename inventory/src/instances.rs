@@ -3,6 +3,7 @@
 //! run on one instance at a time. SQLite has one writer, so the same conditional UPDATEs in a
 //! write transaction are the rule there too; PostgreSQL picks jobs `FOR UPDATE SKIP LOCKED`.
 
+use crate::audit::{record_in, NewAuditEvent};
 use crate::{now_ms, Backend, Error, Inventory, Result};
 use serde::Serialize;
 use sqlx::postgres::PgListener;
@@ -10,6 +11,21 @@ use sqlx::Row;
 
 /// The PostgreSQL channel on which instances wake each other when jobs change.
 const JOBS_CHANNEL: &str = "rackshare_jobs";
+
+const NOTIFY_JOBS: &str = "SELECT pg_notify($1, '')";
+
+/// Announces a job change inside `tx`: PostgreSQL delivers the `NOTIFY` when the transaction
+/// commits (never for one rolled back); nothing on SQLite, whose one process has no one else
+/// to tell.
+pub(crate) async fn announce_jobs_tx(tx: &mut sqlx::Transaction<'static, sqlx::Any>) -> Result<()> {
+    if tx.backend_name() == <sqlx::Postgres as sqlx::Database>::NAME {
+        sqlx::query(NOTIFY_JOBS)
+            .bind(JOBS_CHANNEL)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
 
 /// Wake-ups from other instances (PostgreSQL `LISTEN`); polling stays the fallback.
 pub struct JobWakeups {
@@ -202,17 +218,20 @@ impl Inventory {
                 Backend::Postgres => " FOR UPDATE OF j SKIP LOCKED",
             };
             let sql = format!(
-                "SELECT j.id FROM jobs j JOIN machines m ON m.id = j.machine_id \
+                "SELECT j.id, j.holder, m.name FROM jobs j JOIN machines m ON m.id = j.machine_id \
                  WHERE j.state IN ('queued', 'running') \
                  AND (j.holder IS NULL OR (j.holder <> $1 AND j.held_until < $2)){site} \
                  ORDER BY j.id LIMIT {slots}{lock}"
             );
-            let mut q = sqlx::query_scalar(&sql).bind(holder).bind(now);
+            let mut q = sqlx::query(&sql).bind(holder).bind(now);
             if let SiteScope::Site { id, .. } = scope {
                 q = q.bind(*id);
             }
-            let candidates: Vec<i64> = q.fetch_all(&mut *tx).await?;
-            for id in candidates {
+            let candidates = q.fetch_all(&mut *tx).await?;
+            for row in candidates {
+                let id: i64 = row.try_get("id")?;
+                let previous: Option<String> = row.try_get("holder")?;
+                let machine: String = row.try_get("name")?;
                 let taken = sqlx::query(
                     "UPDATE jobs SET holder = $1, held_until = $2, state = 'running', \
                      started_at = COALESCE(started_at, $3), updated_at = $3 \
@@ -228,6 +247,17 @@ impl Inventory {
                 .rows_affected();
                 if taken == 1 {
                     held.push(id);
+                    // A job another instance held (its claim expired: it died or hung) is
+                    // taken over; the audit log says from whom.
+                    if let Some(from) = previous {
+                        record_in(
+                            &mut tx,
+                            &NewAuditEvent::ok("conductor", "job.takeover", "job", &id.to_string())
+                                .machine(Some(machine))
+                                .detail(serde_json::json!({"from": from, "to": holder})),
+                        )
+                        .await?;
+                    }
                 }
             }
         }
@@ -344,11 +374,12 @@ impl Inventory {
         Ok(Some(JobWakeups { listener }))
     }
 
-    /// Tells the other instances that jobs changed (created, cancelled): they look at once
-    /// instead of on their next poll. Nothing on SQLite.
+    /// Tells the other instances that jobs changed (cancelled, ended): they look at once
+    /// instead of on their next poll. Nothing on SQLite. (A new job is announced by the
+    /// transaction that makes it, [`announce_jobs_tx`].)
     pub async fn announce_jobs(&self) -> Result<()> {
         if self.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_notify($1, '')")
+            sqlx::query(NOTIFY_JOBS)
                 .bind(JOBS_CHANNEL)
                 .execute(&self.pool)
                 .await?;

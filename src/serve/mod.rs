@@ -36,6 +36,9 @@ pub struct ServeSettings {
     /// At most this many reimage/inspect/wipe jobs run at once; more wait in the queue [default: 4]
     #[arg(long)]
     pub max_jobs: Option<usize>,
+    /// Seconds between looks for queued jobs when no wake-up came (new jobs wake the conductors of every instance at once on PostgreSQL; this is the fallback) [default: 2]
+    #[arg(long)]
+    pub job_poll_secs: Option<u64>,
     /// The site this instance serves: it calls the BMCs of and drives jobs only for machines of that site (and those without one); the site must exist. Without it: every machine
     #[arg(long)]
     pub site: Option<String>,
@@ -251,6 +254,7 @@ impl ServeSettings {
             log_level: self.log_level.or(file.log_level),
             energy_interval_secs: self.energy_interval_secs.or(file.energy_interval_secs),
             max_jobs: self.max_jobs.or(file.max_jobs),
+            job_poll_secs: self.job_poll_secs.or(file.job_poll_secs),
             site: self.site.or(file.site),
             pxe_interface: self.pxe_interface.or(file.pxe_interface),
             pxe_interface_file: None,
@@ -410,6 +414,12 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
             bail!("--max-jobs must be at least 1");
         }
         config.conductor.max_running = n;
+    }
+    if let Some(secs) = s.job_poll_secs {
+        if secs == 0 {
+            bail!("--job-poll-secs must be at least 1");
+        }
+        config.conductor.look_every = std::time::Duration::from_secs(secs);
     }
     if let Some(site) = s.site {
         if site.trim().is_empty() {

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod fake_redfish;
+pub mod fake_redfish_fleet;
 pub mod netns;
 pub mod vmlab;
 

@@ -5,12 +5,15 @@
 
 pub mod browser;
 mod clients;
+mod instances;
 mod lab;
 mod server;
 
 // Each test binary uses a different part of the harness.
 #[allow(unused_imports)]
 pub use clients::*;
+#[allow(unused_imports)]
+pub use instances::*;
 #[allow(unused_imports)]
 pub use lab::*;
 #[allow(unused_imports)]

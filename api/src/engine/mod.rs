@@ -41,13 +41,22 @@ pub struct ConductorConfig {
     pub max_running: usize,
     /// How often job rows are polled while waiting for the agent.
     pub poll: Duration,
+    /// How often the conductor looks for queued jobs without a wake-up (`--job-poll-secs`):
+    /// the fallback behind local wake-ups and other instances' `NOTIFY`. Claims are renewed
+    /// every [`RENEW_EVERY`] whatever this is.
+    pub look_every: Duration,
 }
+
+/// How often an instance renews the claims of the jobs it drives (well inside
+/// `inventory::CLAIM_TTL_MS`).
+pub const RENEW_EVERY: Duration = Duration::from_secs(2);
 
 impl Default for ConductorConfig {
     fn default() -> Self {
         ConductorConfig {
             max_running: 4,
             poll: Duration::from_millis(500),
+            look_every: Duration::from_secs(2),
         }
     }
 }
@@ -171,8 +180,9 @@ impl Conductor {
         })
     }
 
-    /// Asks the loop to look at the jobs now (a job was created, cancelled or ended), and
-    /// the other instances' loops too (PostgreSQL `NOTIFY`).
+    /// Asks the loop to look at the jobs now (a job was cancelled or ended), and the other
+    /// instances' loops too (PostgreSQL `NOTIFY`). A created job needs no call: its
+    /// transaction announces it (`insert_job_tx` in the inventory), wherever it was made.
     pub fn wake(&self) {
         self.wake.notify_one();
         let inv = self.inv.clone();
@@ -188,8 +198,10 @@ impl Conductor {
     /// is in the database and the next start resumes them.
     pub async fn run(self: Arc<Self>, stop: pxe::Shutdown) {
         let mut drivers = JoinSet::new();
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut renew = tokio::time::interval(RENEW_EVERY);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut look = tokio::time::interval(self.cfg.look_every);
+        look.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut renewed = Instant::now();
         let mut wakeups = match self.inv.job_wakeups().await {
             Ok(w) => w,
@@ -199,14 +211,17 @@ impl Conductor {
             }
         };
         loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = self.wake.notified() => {}
-                _ = next_wakeup(&mut wakeups) => {}
+            // A renewal only keeps what this instance holds; a look (poll, local wake-up or
+            // another instance's NOTIFY) also takes queued and abandoned jobs.
+            let take_new = tokio::select! {
+                _ = renew.tick() => false,
+                _ = look.tick() => true,
+                _ = self.wake.notified() => true,
+                _ = next_wakeup(&mut wakeups) => true,
                 _ = stop.cancelled() => break,
-            }
+            };
             while drivers.try_join_next().is_some() {}
-            match self.schedule(&mut drivers).await {
+            match self.schedule(&mut drivers, take_new).await {
                 Ok(()) => renewed = Instant::now(),
                 Err(e) => {
                     tracing::warn!(error = %e, "conductor could not claim jobs");
@@ -221,16 +236,17 @@ impl Conductor {
         while drivers.join_next().await.is_some() {}
     }
 
-    /// Renews this instance's claims and takes more jobs up to `--max-jobs`, then drives
-    /// every held job that is not driven yet and stops driving the ones it lost.
-    async fn schedule(self: &Arc<Self>, drivers: &mut JoinSet<()>) -> inventory::Result<()> {
+    /// Renews this instance's claims and (`take_new`) takes more jobs up to `--max-jobs`,
+    /// then drives every held job that is not driven yet and stops driving the ones it lost.
+    async fn schedule(
+        self: &Arc<Self>,
+        drivers: &mut JoinSet<()>,
+        take_new: bool,
+    ) -> inventory::Result<()> {
+        let max = if take_new { self.cfg.max_running } else { 0 };
         let held = self
             .inv
-            .claim_jobs(
-                &self.instance.id,
-                &self.instance.scope,
-                self.cfg.max_running,
-            )
+            .claim_jobs(&self.instance.id, &self.instance.scope, max)
             .await?;
         self.stop_driving(&held);
         let mut driving = self.driving.lock().unwrap_or_else(|p| p.into_inner());

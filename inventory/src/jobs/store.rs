@@ -78,7 +78,10 @@ fn step_from_row(r: &AnyRow) -> Result<JobStep> {
 }
 
 /// Inserts a job, its steps, its first log line and an audit event, and moves the machine to
-/// the job's state with a compare-and-set, all inside the caller's write transaction.
+/// the job's state with a compare-and-set, all inside the caller's write transaction. It is
+/// the one way a job is made (API, boot script, lease scheduler), so it is also where the job
+/// is announced: on PostgreSQL a `NOTIFY` in the same transaction, delivered to every
+/// instance's conductor when (and only if) the transaction commits.
 pub(crate) async fn insert_job_tx(
     tx: &mut Transaction<'static, Any>,
     actor: &str,
@@ -200,6 +203,7 @@ pub(crate) async fn insert_job_tx(
             .detail(serde_json::json!({"machine": name, "image_id": job.image_id, "lease_id": job.lease_id})),
     )
     .await?;
+    crate::instances::announce_jobs_tx(tx).await?;
     Ok(id)
 }
 
