@@ -60,7 +60,7 @@ pub use leases::{
     GroupQuota, GroupUsage, HeldBackMachine, HoldBackReason, IdleMachine, IdlePowerOff, IdleWake,
     Lease, LeaseConstraints, LeaseDetail, LeaseFilter, LeaseMachine, LeasePolicy, LeaseState,
     LeaseTick, NewLease, NoticeKind, QuotaLimits, WipeCertificate, DEFAULT_LEASE_HOURS,
-    NOTICE_ATTEMPTS,
+    DEFAULT_MAX_LEASE_HOURS, NOTICE_ATTEMPTS,
 };
 pub use machines::{BmcAccess, BmcHealth, MachineFilter, MachinePatch, NewBmc, NewMachine};
 pub use model::{

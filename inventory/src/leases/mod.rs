@@ -32,6 +32,7 @@ pub use health::{HeldBackMachine, HoldBackReason};
 pub use idle::{IdleMachine, IdleWake};
 pub use keys::ssh_key_fingerprint;
 pub use notices::{check_webhook_url, DueNotice, NoticeKind, NOTICE_ATTEMPTS};
+pub use policy::DEFAULT_MAX_LEASE_HOURS;
 pub use report::{month_range, GroupUsage};
 pub use types::*;
 
