@@ -58,7 +58,10 @@ async fn policy_page(
         .idle_power_off
         .iter()
         .map(|i| IdleRow {
-            site: i.site.clone().unwrap_or_else(|| "every other site".into()),
+            site: i
+                .site
+                .clone()
+                .unwrap_or_else(|| "every site without its own setting".into()),
             after: i
                 .after_secs
                 .map_or_else(|| "never".into(), |s| span(s.saturating_mul(1000))),
