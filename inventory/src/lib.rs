@@ -57,10 +57,12 @@ pub use jobs::{
     StepState, AGENT_TOKEN_TTL_MS,
 };
 pub use leases::{
-    check_webhook_url, month_range, ssh_key_fingerprint, DueNotice, EndReason, GroupQuota,
-    GroupUsage, HeldBackMachine, HoldBackReason, IdleMachine, IdlePowerOff, IdleWake, Lease,
-    LeaseConstraints, LeaseDetail, LeaseFilter, LeaseMachine, LeasePolicy, LeaseState, LeaseTick,
-    NewLease, NoticeKind, QuotaLimits, WipeCertificate, DEFAULT_LEASE_HOURS, NOTICE_ATTEMPTS,
+    capacity_timeline, check_webhook_url, month_range, ssh_key_fingerprint, CapacityCause,
+    CapacityChange, CapacityCount, CapacityOutlook, CapacityPoint, DueNotice, EndReason,
+    GroupQuota, GroupUsage, HeldBackMachine, HoldBackReason, IdleMachine, IdlePowerOff, IdleWake,
+    Lease, LeaseConstraints, LeaseDetail, LeaseFilter, LeaseMachine, LeasePolicy, LeaseState,
+    LeaseTick, NewLease, NoticeKind, QuotaLimits, WipeCertificate, DEFAULT_LEASE_HOURS,
+    DEFAULT_MAX_LEASE_HOURS, NOTICE_ATTEMPTS,
 };
 pub use machines::{BmcAccess, BmcHealth, MachineFilter, MachinePatch, NewBmc, NewMachine};
 pub use model::{

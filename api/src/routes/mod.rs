@@ -3,6 +3,7 @@
 mod agent;
 mod boot;
 pub(crate) mod boot_events;
+pub(crate) mod capacity;
 pub(crate) mod certificates;
 pub(crate) mod dhcp;
 pub(crate) mod events;
@@ -12,7 +13,7 @@ pub(crate) mod leases;
 pub(crate) mod machines;
 pub(crate) mod people;
 pub(crate) mod power;
-mod reports;
+pub(crate) mod reports;
 pub(crate) mod signin;
 mod sites;
 mod system;
@@ -77,6 +78,7 @@ pub fn router(state: AppState) -> Router {
         .route("/leases/{id}/revoke", post(leases::revoke))
         .route("/lease-pool/held-back", get(leases::held_back))
         .route("/reports/usage", get(reports::usage))
+        .route("/capacity", get(capacity::outlook))
         .route(
             "/lease-policy/idle-power-off",
             axum::routing::put(leases::set_idle_power_off),

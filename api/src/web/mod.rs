@@ -19,6 +19,8 @@ mod staff;
 mod staff_dhcp;
 mod staff_jobs;
 mod staff_machines;
+mod staff_groups;
+mod staff_ops;
 mod tokens;
 
 use crate::state::AppState;
@@ -26,6 +28,7 @@ use axum::routing::{get, post};
 use axum::Router;
 use inventory::SessionLifetime;
 use serde::Serialize;
+use tower_http::compression::CompressionLayer;
 
 /// What the pages need beyond the API's state.
 #[derive(Debug)]
@@ -93,7 +96,6 @@ impl Me {
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(member::overview))
-        .route("/static/site.css", get(render::stylesheet))
         .route("/login", get(login::show).post(login::submit))
         .route("/logout", post(login::logout))
         .route(
@@ -157,4 +159,24 @@ pub fn router() -> Router<AppState> {
         .route("/certificates", get(certificates::list))
         .route("/certificates/{id}", get(certificates::show))
         .route("/certificates/{id}/download", get(certificates::download))
+        .merge(staff_pages_ii())
+        // Pages are gzipped as they are sent; static assets come precompressed (assets.rs)
+        // and keep their own Content-Encoding, which this layer leaves alone.
+        .layer(CompressionLayer::new())
+}
+
+/// Groups against quota, lease policy, BMC health, energy per month, capacity.
+fn staff_pages_ii() -> Router<AppState> {
+    Router::new()
+        .route("/groups", get(staff_groups::list))
+        .route("/groups/{name}", get(staff_groups::show))
+        .route("/groups/{name}/quota", post(staff_groups::set_quota))
+        .route(
+            "/policy",
+            get(staff_ops::policy).post(staff_ops::set_max_length),
+        )
+        .route("/policy/idle-power-off", post(staff_ops::set_idle))
+        .route("/bmc-health", get(staff_ops::bmc_health))
+        .route("/energy", get(staff_ops::energy))
+        .route("/capacity", get(staff_ops::capacity))
 }

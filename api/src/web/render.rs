@@ -1,4 +1,4 @@
-//! Rendering: the embedded templates and stylesheet, the page response with its headers, and
+//! Rendering: the embedded templates, the page response with its headers, and
 //! the error page.
 
 use crate::ApiError;
@@ -44,10 +44,14 @@ const TEMPLATES: &[(&str, &str)] = &[
     ),
     ("jobs.html", include_str!("templates/jobs.html")),
     ("job_cancel.html", include_str!("templates/job_cancel.html")),
+    // Staff pages II (staff_groups.rs, staff_ops.rs).
+    ("groups.html", include_str!("templates/groups.html")),
+    ("group.html", include_str!("templates/group.html")),
+    ("policy.html", include_str!("templates/policy.html")),
+    ("bmc_health.html", include_str!("templates/bmc_health.html")),
+    ("energy.html", include_str!("templates/energy.html")),
+    ("capacity.html", include_str!("templates/capacity.html")),
 ];
-
-/// The one stylesheet.
-pub const SITE_CSS: &str = include_str!("static/site.css");
 
 /// Pages may load only our own stylesheet and scripts, connect (the upload's XMLHttpRequest,
 /// the console's WebSocket) and post forms only to us, and are never framed.
@@ -56,6 +60,8 @@ const PAGE_CSP: &str = "default-src 'none'; style-src 'self'; img-src 'self'; sc
 
 static ENV: LazyLock<Environment<'static>> = LazyLock::new(|| {
     let mut env = Environment::new();
+    // `{{ asset("site.css") }}`: a static file's versioned URL (cached for a year).
+    env.add_function("asset", |path: &str| super::assets::url(path));
     for (name, source) in TEMPLATES {
         // The templates are constants of the binary; `templates_parse` checks each one.
         if let Err(e) = env.add_template(name, source) {
@@ -106,21 +112,6 @@ pub fn see_other(to: &str) -> Response {
     if let Ok(v) = HeaderValue::from_str(to) {
         resp.headers_mut().insert(header::LOCATION, v);
     }
-    resp
-}
-
-/// The stylesheet, cacheable for a day (it changes only with the binary).
-pub async fn stylesheet() -> Response {
-    let mut resp = SITE_CSS.into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/css; charset=utf-8"),
-    );
-    h.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=86400"),
-    );
     resp
 }
 

@@ -12,6 +12,7 @@
 mod constraints;
 mod allocation;
 mod calendar;
+mod capacity;
 mod end;
 mod health;
 mod idle;
@@ -24,10 +25,14 @@ mod report;
 mod tick;
 mod types;
 
+pub use capacity::{
+    capacity_timeline, CapacityCause, CapacityChange, CapacityCount, CapacityOutlook, CapacityPoint,
+};
 pub use health::{HeldBackMachine, HoldBackReason};
 pub use idle::{IdleMachine, IdleWake};
 pub use keys::ssh_key_fingerprint;
 pub use notices::{check_webhook_url, DueNotice, NoticeKind, NOTICE_ATTEMPTS};
+pub use policy::DEFAULT_MAX_LEASE_HOURS;
 pub use report::{month_range, GroupUsage};
 pub use types::*;
 
