@@ -14,6 +14,18 @@ use std::sync::Arc;
 const SIGNING_KEY: &str = "signing_key";
 /// The shared secret name of the self-signed certificate and key (`{"cert": PEM, "key": PEM}`).
 const SELF_SIGNED_TLS: &str = "self_signed_tls";
+/// The shared secret name of the key console tickets are signed with (hex).
+const CONSOLE_TICKET_KEY: &str = "console_ticket_key";
+
+/// The key every instance signs and checks console tickets with (made by the first).
+pub async fn console_ticket_key(inv: &Inventory) -> Result<[u8; 32], StartError> {
+    let ours = hex::encode(rand::random::<[u8; 32]>());
+    let shared = inv.shared_secret(CONSOLE_TICKET_KEY, &ours).await?;
+    hex::decode(shared.trim())
+        .ok()
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .ok_or_else(|| StartError::Boot("the database's console ticket key is not 32 bytes".into()))
+}
 
 /// Loads (or creates) the data dir's signing key, then takes the database's shared one.
 pub async fn signing_key(

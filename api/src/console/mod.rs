@@ -5,8 +5,11 @@
 //! carry bytes and control messages to and from a [`ConsoleViewer`].
 
 mod door;
+mod proxy;
 mod recorder;
+pub mod route;
 mod session;
+pub mod ticket;
 pub mod ws;
 
 pub use door::HubDoor;
