@@ -1,7 +1,7 @@
 //! What every instance on one database must hold alike (decision S1): the wipe-certificate
-//! signing key, the self-signed TLS identity and the console ticket key are kept in the database, sealed under the
-//! secret key that every instance is provisioned with (`RACKSHARE_SECRET_KEY` or the same
-//! `secret.key`). The first instance to start stores its own; the others take that one and
+//! signing key, the self-signed TLS identity and the console ticket key are kept in the
+//! database, sealed under the secret key that every instance is provisioned with
+//! (`RACKSHARE_SECRET_KEY` or the same `secret.key`). The first instance to start stores its own; the others take that one and
 //! write it into their data dir, so a lone instance works exactly as before.
 
 use crate::tls::{self_signed_paths, ReloadableTls};
