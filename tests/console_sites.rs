@@ -15,6 +15,7 @@ use common::Service;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -83,7 +84,10 @@ struct SolBmc {
 
 impl Drop for SolBmc {
     fn drop(&mut self) {
-        let _already_gone = self.sim.kill();
+        // The whole group: ipmi_sim's `startcmd` child would outlive it, holding every
+        // descriptor the test inherited (the heavy-test lock among them).
+        let group = nix::unistd::Pid::from_raw(self.sim.id() as i32);
+        let _already_gone = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
         let _reaped = self.sim.wait();
     }
 }
@@ -128,6 +132,7 @@ set_working_mc 0x20
         .arg("-s")
         .arg(dir.path().join("state"))
         .arg("-n")
+        .process_group(0)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
