@@ -30,8 +30,11 @@ BIN=$PWD/target/$PROFILE/rackshare
 RTT=$PWD/target/$PROFILE/examples/bench-console-rtt
 TMP=$(mktemp -d /tmp/rackshare-bench-console.XXXXXX)
 PIDS=()
+SIM=
 cleanup() {
   stop_server
+  # ipmi_sim's `startcmd` child outlives it otherwise.
+  [ -n "$SIM" ] && pkill -KILL -P "$SIM" 2>/dev/null || true
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
   rm -rf "$TMP"
@@ -67,7 +70,9 @@ set_working_mc 0x20
 EOF
 printf 'mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n' > "$TMP/cmds.emu"
 mkdir -p "$TMP/sim-state"
-ipmi_sim -c "$TMP/lan.conf" -f "$TMP/cmds.emu" -s "$TMP/sim-state" -n </dev/null >/dev/null 2>&1 & PIDS+=($!)
+ipmi_sim -c "$TMP/lan.conf" -f "$TMP/cmds.emu" -s "$TMP/sim-state" -n </dev/null >/dev/null 2>&1 &
+SIM=$!
+PIDS+=($SIM)
 export IPMI_PASSWORD=$PASSWORD
 IPMI=(ipmitool -I lanplus -H 127.0.0.1 -p $LAN_PORT -U admin -E -C 3)
 for _ in $(seq 60); do
