@@ -412,6 +412,7 @@ async fn consoles_of_another_site_are_brokered_by_its_instance() {
 
     let db = common::fresh_postgres().await;
     let mut first = instance_first(&db);
+    let admin = first.admin_token.clone();
     let key_dir = first.data_dir();
     for args in [
         &["site", "add", "a"][..],
@@ -506,13 +507,19 @@ async fn consoles_of_another_site_are_brokered_by_its_instance() {
             &format!("127.0.0.1:{ssh_port}"),
         ],
     );
+    a.admin_token = admin.clone();
+    let mut b = b;
+    b.admin_token = admin;
     let pid_a = a.child.as_ref().expect("a runs").id();
     let pid_b = b.child.as_ref().expect("b runs").id();
 
     // A member on instance b types into the site-a machine's console; it answers.
     let mut ws = connect(&b, ann, "ma").await.expect("ann through b");
     type_and_see(&mut ws, "hello\r", "HELLO").await;
-    // Over SSH to b's door, with the group's key.
+    // Over SSH to b's door, with the group's key (the WebSocket gives the seat up first).
+    ws.send(Message::Text(r#"{"type":"give"}"#.into()))
+        .await
+        .expect("give");
     let said = ssh_console(ssh_port, &ann_key, "ma", b"over ssh\r", "OVER SSH");
     assert!(
         said.contains("OVER SSH"),
