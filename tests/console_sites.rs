@@ -256,6 +256,26 @@ async fn type_and_see(ws: &mut Ws, keys: &str, want: &str) {
     read_until(ws, want).await;
 }
 
+/// Kills, on drop, every `ipmitool` the wrapper started that still runs: a killed instance's
+/// `sol activate` outlives it (its own kill-on-drop never ran).
+struct Orphans(std::path::PathBuf);
+
+impl Drop for Orphans {
+    fn drop(&mut self) {
+        let log = std::fs::read_to_string(&self.0).unwrap_or_default();
+        for pid in log
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<i32>().ok())
+        {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("ipmitool") {
+                let pid = nix::unistd::Pid::from_raw(pid);
+                let _gone = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
 /// The parent pids of every `ipmitool` run so far.
 fn ipmitool_parents(log: &std::path::Path) -> Vec<u32> {
     std::fs::read_to_string(log)
@@ -393,7 +413,7 @@ async fn consoles_of_another_site_are_brokered_by_its_instance() {
     std::fs::write(
         &wrapper,
         format!(
-            "#!/bin/sh\necho \"$PPID $*\" >> {}\nexec {ipmitool} \"$@\"\n",
+            "#!/bin/sh\necho \"$PPID $$ $*\" >> {}\nexec {ipmitool} \"$@\"\n",
             runs.display()
         ),
     )
@@ -408,6 +428,7 @@ async fn consoles_of_another_site_are_brokered_by_its_instance() {
         std::env::var("PATH").unwrap_or_default()
     );
     std::env::set_var("PATH", path);
+    let _orphans = Orphans(runs.clone());
     let bmc = start_bmc(&ipmitool);
 
     let db = common::fresh_postgres().await;
