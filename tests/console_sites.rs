@@ -613,8 +613,7 @@ async fn consoles_of_another_site_are_brokered_by_its_instance() {
     // Replayed: refused, said so.
     let e = connect_with(&a, (TICKET_HEADER, ticket.clone()), "ma")
         .await
-        .err()
-        .expect("replay refused");
+        .expect_err("replay refused");
     assert!(e.0 == 401 && e.1.contains("already used"), "{e:?}");
     // Tampered (one character of its body changed): the signature no longer matches.
     let mut forged: Vec<char> = ticket.chars().collect();
@@ -622,8 +621,7 @@ async fn consoles_of_another_site_are_brokered_by_its_instance() {
     let forged: String = forged.into_iter().collect();
     let e = connect_with(&a, (TICKET_HEADER, forged), "ma")
         .await
-        .err()
-        .expect("forgery refused");
+        .expect_err("forgery refused");
     assert!(e.0 == 401 && e.1.contains("signature"), "{e:?}");
     // Only the console route reads tickets: elsewhere it authenticates nobody.
     let resp = a
@@ -638,8 +636,7 @@ async fn consoles_of_another_site_are_brokered_by_its_instance() {
     tokio::time::sleep(Duration::from_secs(11)).await;
     let e = connect_with(&a, (TICKET_HEADER, ticket.clone()), "ma")
         .await
-        .err()
-        .expect("expired refused");
+        .expect_err("expired refused");
     assert!(e.0 == 401 && e.1.contains("expired"), "{e:?}");
     drop(through);
 
@@ -676,7 +673,7 @@ async fn consoles_of_another_site_are_brokered_by_its_instance() {
 
     // Instance a killed: b's refusal says the site has no live instance, on every door.
     a.kill9();
-    let e = connect(&b, tess, "ma").await.err().expect("refused");
+    let e = connect(&b, tess, "ma").await.expect_err("refused");
     assert_eq!(e.0, 503, "{e:?}");
     assert!(
         e.1.contains("site a has no live instance; its consoles are unavailable until one starts"),
