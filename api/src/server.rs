@@ -290,6 +290,7 @@ impl Server {
             consoles.clone(),
         );
         let http_metrics = Arc::new(HttpMetrics::default());
+        let console_ticket_key = crate::shared_secrets::console_ticket_key(&inv).await?;
         let state = AppState {
             inv: inv.clone(),
             http_metrics: http_metrics.clone(),
@@ -314,6 +315,13 @@ impl Server {
                 ..crate::web::WebState::new(tls.is_some(), crate::web::WebState::default().lifetime)
             }),
             consoles,
+            consoles: Arc::new(crate::console::ConsoleHub::default()),
+            console_routing: Arc::new(crate::console::route::ConsoleRouting {
+                instance_id: instance.id.clone(),
+                scope: instance.scope.clone(),
+                tickets: crate::console::ticket::TicketKeys::new(console_ticket_key),
+                tls: tls.clone(),
+            }),
         };
         let auth_limiter = state.auth_limiter.clone();
         let boot_app = crate::routes::boot_router(state.clone(), config.boot_https_port);

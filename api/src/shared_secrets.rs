@@ -3,6 +3,9 @@
 //! database, sealed under the
 //! secret key that every instance is provisioned with (`RACKSHARE_SECRET_KEY` or the same
 //! `secret.key`). The first instance to start stores its own; the others take that one and
+//! signing key, the self-signed TLS identity and the console ticket key are kept in the
+//! database, sealed under the secret key that every instance is provisioned with
+//! (`RACKSHARE_SECRET_KEY` or the same `secret.key`). The first instance to start stores its own; the others take that one and
 //! write it into their data dir, so a lone instance works exactly as before.
 
 use crate::tls::{self_signed_paths, ReloadableTls};
@@ -45,6 +48,17 @@ pub async fn console_ssh_host_key(
         write_private(&path, shared.as_bytes())?;
     }
     Ok(key)
+/// The shared secret name of the key console tickets are signed with (hex).
+const CONSOLE_TICKET_KEY: &str = "console_ticket_key";
+
+/// The key every instance signs and checks console tickets with (made by the first).
+pub async fn console_ticket_key(inv: &Inventory) -> Result<[u8; 32], StartError> {
+    let ours = hex::encode(rand::random::<[u8; 32]>());
+    let shared = inv.shared_secret(CONSOLE_TICKET_KEY, &ours).await?;
+    hex::decode(shared.trim())
+        .ok()
+        .and_then(|k| <[u8; 32]>::try_from(k).ok())
+        .ok_or_else(|| StartError::Boot("the database's console ticket key is not 32 bytes".into()))
 }
 
 /// Loads (or creates) the data dir's signing key, then takes the database's shared one.

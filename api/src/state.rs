@@ -35,4 +35,6 @@ pub struct AppState {
     pub web: Arc<crate::web::WebState>,
     /// The console broker: one BMC serial session per machine, many viewers.
     pub consoles: Arc<crate::console::ConsoleHub>,
+    /// Which instance brokers a console, and the tickets instances proxy them with.
+    pub console_routing: Arc<crate::console::route::ConsoleRouting>,
 }

@@ -387,6 +387,29 @@ impl Inventory {
         Ok(())
     }
 
+    /// The live instances (other than `except`) that serve machines of `site`: the site's own
+    /// and those without a site, newest heartbeat first, as (id, api_url). Where a console of
+    /// another site's machine is brokered.
+    pub async fn live_instances_for_site(
+        &self,
+        site: &str,
+        except: &str,
+    ) -> Result<Vec<(String, String)>> {
+        let rows = sqlx::query(
+            "SELECT i.id, i.api_url FROM instances i LEFT JOIN sites s ON s.id = i.site_id \
+             WHERE (s.name = $1 OR i.site_id IS NULL) AND i.id <> $2 AND i.heartbeat_at >= $3 \
+             ORDER BY (i.site_id IS NULL), i.heartbeat_at DESC, i.id",
+        )
+        .bind(site)
+        .bind(except)
+        .bind(now_ms() - CLAIM_TTL_MS)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("id")?, r.try_get("api_url")?)))
+            .collect()
+    }
+
     /// Every instance with its jobs and leader roles, and the sites no live instance serves.
     pub async fn instances(&self) -> Result<InstancesReport> {
         let now = now_ms();

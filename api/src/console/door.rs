@@ -1,6 +1,8 @@
 //! The console hub behind the SSH front door (`console_ssh::ConsoleDoor`): the door knows
 //! nothing of BMCs or leases, the hub nothing of SSH; this is the one place they meet.
 
+use super::proxy::ProxyViewer;
+use super::route::ConsoleRoute;
 use super::{ConsoleEvent, ConsoleViewer};
 use crate::console_ssh::{ConsoleDoor, DoorRefusal, DoorViewer};
 use crate::state::AppState;
@@ -27,11 +29,31 @@ impl ConsoleDoor for HubDoor {
             token_prefix: Some(who.token_prefix.clone()),
         };
         let st = &self.state;
+        let refusal = |e: crate::ApiError| DoorRefusal(e.message);
         scope
-            .scope(st.consoles.attach(st, machine, who, "ssh"))
+            .scope(async {
+                // Who may is asked first, so a foreign machine says nothing of its site.
+                st.consoles
+                    .admit(st, machine, who, "ssh")
+                    .await
+                    .map_err(refusal)?;
+                match st.console_routing.route(&st.inv, machine).await {
+                    Ok(ConsoleRoute::Local) => st
+                        .consoles
+                        .attach(st, machine, who, "ssh")
+                        .await
+                        .map(|v| Box::new(HubViewer(v)) as Box<dyn DoorViewer>)
+                        .map_err(refusal),
+                    Ok(ConsoleRoute::Peers { site, peers }) => {
+                        super::proxy::open(st, who, "ssh", machine, &site, &peers)
+                            .await
+                            .map(|link| Box::new(ProxyViewer::new(link)) as Box<dyn DoorViewer>)
+                            .map_err(refusal)
+                    }
+                    Err(e) => Err(refusal(e)),
+                }
+            })
             .await
-            .map(|v| Box::new(HubViewer(v)) as Box<dyn DoorViewer>)
-            .map_err(|e| DoorRefusal(e.message))
     }
 }
 

@@ -6,9 +6,12 @@
 
 mod door;
 mod holds;
+mod proxy;
 mod recorder;
+pub mod route;
 mod session;
 pub mod text;
+pub mod ticket;
 pub mod ws;
 
 pub use door::HubDoor;

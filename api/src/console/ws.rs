@@ -2,6 +2,8 @@
 //! the README's consoles section). Binary frames carry bytes both ways (the replay first);
 //! text frames are JSON control messages.
 
+use super::route::ConsoleRoute;
+use super::ticket::{TicketRefusal, TICKET_HEADER};
 use super::{ConsoleEvent, ConsoleViewer};
 use crate::auth::Caller;
 use crate::state::AppState;
@@ -10,6 +12,7 @@ use crate::ApiError;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{FromRequestParts, Path, Request, State};
 use axum::response::{IntoResponse, Response};
+use inventory::{AuditOrigin, AuditOutcome, NewAuditEvent};
 use serde::Deserialize;
 
 /// A client's control message.
@@ -28,6 +31,9 @@ pub async fn console(
     req: Request,
 ) -> Response {
     let (mut parts, _body) = req.into_parts();
+    if let Some(ticket) = parts.headers.get(TICKET_HEADER).cloned() {
+        return ticketed(st, name, parts, ticket).await;
+    }
     let caller = if parts
         .headers
         .contains_key(axum::http::header::AUTHORIZATION)
@@ -66,15 +72,97 @@ pub async fn console(
     if let Err(e) = st.consoles.admit(&st, &name, &caller.0, "websocket").await {
         return e.into_response();
     }
+    // The instance of the machine's site brokers it; elsewhere the request is proxied there.
+    let route = match st.console_routing.route(&st.inv, &name).await {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
     let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &st).await {
         Ok(u) => u,
         Err(r) => return r.into_response(),
     };
+    match route {
+        ConsoleRoute::Local => {}
+        ConsoleRoute::Peers { site, peers } => {
+            return match super::proxy::open(&st, &caller.0, "websocket", &name, &site, &peers).await
+            {
+                Ok(link) => upgrade.on_upgrade(move |socket| super::proxy::relay(socket, link)),
+                Err(e) => e.into_response(),
+            };
+        }
+    }
     let viewer = match st.consoles.attach(&st, &name, &caller.0, "websocket").await {
         Ok(v) => v,
         Err(e) => return e.into_response(),
     };
     upgrade.on_upgrade(move |socket| carry(socket, viewer))
+}
+
+/// A console proxied from another instance: the ticket names the person, who is then let in
+/// (or not) by the same rule as anyone here. Refused tickets are audited as `console.ticket`.
+async fn ticketed(
+    st: AppState,
+    name: String,
+    mut parts: axum::http::request::Parts,
+    ticket: axum::http::HeaderValue,
+) -> Response {
+    let peer = AuditOrigin::current().source.unwrap_or_default();
+    let routing = &st.console_routing;
+    let opened = ticket
+        .to_str()
+        .map_err(|_| TicketRefusal::Malformed)
+        .and_then(|t| {
+            routing
+                .tickets
+                .open(t, &routing.instance_id, &name, inventory::now_ms())
+        });
+    let ticket = match opened {
+        Ok(t) => t,
+        Err(refusal) => {
+            let ev = NewAuditEvent::ok("-", "console.ticket", "machine", &name)
+                .outcome(AuditOutcome::Denied)
+                .machine(Some(name.clone()))
+                .detail(serde_json::json!({"reason": refusal.to_string(), "from": peer}));
+            super::audit(&st.inv, AuditOrigin::current(), ev).await;
+            return ApiError::unauthenticated(refusal.to_string()).into_response();
+        }
+    };
+    let owner = ticket.owner();
+    let via = format!("{} via instance {}", ticket.via, ticket.issuer);
+    // Events name the person's own address and credential, and the instance it came through.
+    let origin = AuditOrigin {
+        source: Some(format!("{} via {peer}", ticket.source)),
+        token_prefix: Some(owner.token_prefix.clone()),
+    };
+    origin
+        .scope(async move {
+            if let Err(e) = st.consoles.admit(&st, &name, &owner, &via).await {
+                return e.into_response();
+            }
+            // A ticket is for the instance that serves the machine: never proxied on.
+            match st.console_routing.route(&st.inv, &name).await {
+                Ok(ConsoleRoute::Local) => {}
+                Ok(ConsoleRoute::Peers { site, .. }) => {
+                    return ApiError {
+                        status: axum::http::StatusCode::CONFLICT,
+                        code: "other_site",
+                        message: format!("machine '{name}' is at site '{site}', not served here"),
+                        field: Some("site".into()),
+                    }
+                    .into_response()
+                }
+                Err(e) => return e.into_response(),
+            }
+            let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &st).await {
+                Ok(u) => u,
+                Err(r) => return r.into_response(),
+            };
+            match st.consoles.attach(&st, &name, &owner, &via).await {
+                Ok(viewer) => upgrade.on_upgrade(move |socket| carry(socket, viewer)),
+                Err(e) => e.into_response(),
+            }
+        })
+        .await
 }
 
 fn control_text(value: serde_json::Value) -> Message {
