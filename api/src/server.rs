@@ -291,6 +291,19 @@ impl Server {
             instance.clone(),
         );
         let http_metrics = Arc::new(HttpMetrics::default());
+        // Peers pin the certificate every instance's member listener shares, when it has one.
+        let peer_pin = tls
+            .as_ref()
+            .and_then(|t| pin::parse_fingerprint(&t.fingerprint()));
+        let peers = crate::image_peers::ImagePeers::new(
+            instance.id.clone(),
+            inv.clone(),
+            image_store.clone(),
+            config.image_peers.clone(),
+            peer_pin,
+        )
+        .map_err(StartError::Boot)?;
+        peers.reconcile().await;
         let state = AppState {
             inv: inv.clone(),
             http_metrics: http_metrics.clone(),
@@ -315,6 +328,7 @@ impl Server {
                 ..crate::web::WebState::new(tls.is_some(), crate::web::WebState::default().lifetime)
             }),
             consoles: Arc::new(crate::console::ConsoleHub::default()),
+            peers: peers.clone(),
         };
         let auth_limiter = state.auth_limiter.clone();
         let boot_app = crate::routes::boot_router(state.clone(), config.boot_https_port);
@@ -323,6 +337,7 @@ impl Server {
         let console_state = state.clone();
         let app = crate::routes::router(state);
         let mut background = Vec::new();
+        background.push(peers.spawn_prefetcher(shutdown.clone()));
         background.push(
             instance
                 .clone()

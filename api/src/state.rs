@@ -35,4 +35,6 @@ pub struct AppState {
     pub web: Arc<crate::web::WebState>,
     /// The console broker: one BMC serial session per machine, many viewers.
     pub consoles: Arc<crate::console::ConsoleHub>,
+    /// Blobs fetched from and served to other instances.
+    pub peers: Arc<crate::image_peers::ImagePeers>,
 }
