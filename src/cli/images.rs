@@ -76,7 +76,10 @@ fn site_progress(v: &serde_json::Value, site: &str) -> (Vec<String>, bool, Optio
         if c["site"].as_str() != Some(site) || c["alive"] != true {
             continue;
         }
-        let (bytes, size) = (c["bytes"].as_i64().unwrap_or(0), c["size_bytes"].as_i64().unwrap_or(0));
+        let (bytes, size) = (
+            c["bytes"].as_i64().unwrap_or(0),
+            c["size_bytes"].as_i64().unwrap_or(0),
+        );
         let state = c["state"].as_str().unwrap_or("?");
         lines.push(format!(
             "{}: {state} {} %",

@@ -107,14 +107,46 @@ impl PeerMetrics {
     pub fn render(&self, out: &mut String) {
         use std::fmt::Write;
         for (name, help, v) in [
-            ("served_total", "Blob requests answered for other instances.", &self.served),
-            ("served_bytes_total", "Bytes sent to other instances.", &self.served_bytes),
-            ("refused_total", "Peer requests refused (unsigned, forged, expired).", &self.refused),
-            ("fetched_total", "Blobs fetched from other instances and verified.", &self.fetched),
-            ("fetched_bytes_total", "Bytes received from other instances.", &self.fetched_bytes),
-            ("resumed_total", "Transfers that resumed a partial file with Range.", &self.resumed),
-            ("corrupt_total", "Transfers discarded for a wrong SHA-256 or size.", &self.corrupt),
-            ("failed_total", "Transfers that failed otherwise.", &self.failed),
+            (
+                "served_total",
+                "Blob requests answered for other instances.",
+                &self.served,
+            ),
+            (
+                "served_bytes_total",
+                "Bytes sent to other instances.",
+                &self.served_bytes,
+            ),
+            (
+                "refused_total",
+                "Peer requests refused (unsigned, forged, expired).",
+                &self.refused,
+            ),
+            (
+                "fetched_total",
+                "Blobs fetched from other instances and verified.",
+                &self.fetched,
+            ),
+            (
+                "fetched_bytes_total",
+                "Bytes received from other instances.",
+                &self.fetched_bytes,
+            ),
+            (
+                "resumed_total",
+                "Transfers that resumed a partial file with Range.",
+                &self.resumed,
+            ),
+            (
+                "corrupt_total",
+                "Transfers discarded for a wrong SHA-256 or size.",
+                &self.corrupt,
+            ),
+            (
+                "failed_total",
+                "Transfers that failed otherwise.",
+                &self.failed,
+            ),
         ] {
             let _ = writeln!(
                 out,
@@ -228,7 +260,9 @@ impl ImagePeers {
         };
         let mut seen = std::collections::HashSet::new();
         for img in images {
-            if seen.insert(img.sha256.clone()) && self.store.contains(&img.sha256).await.unwrap_or(false) {
+            if seen.insert(img.sha256.clone())
+                && self.store.contains(&img.sha256).await.unwrap_or(false)
+            {
                 self.record_held(&img.sha256, img.size_bytes).await;
             }
         }
@@ -263,12 +297,21 @@ impl ImagePeers {
     }
 
     async fn record(&self, sha256: &str, update: CopyUpdate) {
-        if let Err(e) = self.inv.set_image_copy(sha256, &self.instance, &update).await {
+        if let Err(e) = self
+            .inv
+            .set_image_copy(sha256, &self.instance, &update)
+            .await
+        {
             tracing::warn!(sha256, error = %e, "could not record the image copy's progress");
         }
     }
 
-    async fn run(&self, sha256: &str, size: u64, tx: &watch::Sender<FetchState>) -> Result<(), String> {
+    async fn run(
+        &self,
+        sha256: &str,
+        size: u64,
+        tx: &watch::Sender<FetchState>,
+    ) -> Result<(), String> {
         let _slot = self
             .slots
             .clone()
@@ -285,7 +328,14 @@ impl ImagePeers {
             Ok(from) => {
                 self.metrics.fetched.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(sha256, from = %from, size, "fetched an image blob from another instance");
-                self.record(sha256, CopyUpdate { source: Some(from.clone()), ..CopyUpdate::held(size_i) }).await;
+                self.record(
+                    sha256,
+                    CopyUpdate {
+                        source: Some(from.clone()),
+                        ..CopyUpdate::held(size_i)
+                    },
+                )
+                .await;
             }
             Err(why) => {
                 tracing::warn!(sha256, error = %why, "could not fetch an image blob from another instance");
@@ -306,7 +356,12 @@ impl ImagePeers {
     }
 
     /// Fetches the blob from the first holder that delivers it; returns that holder.
-    async fn transfer(&self, sha256: &str, size: u64, tx: &watch::Sender<FetchState>) -> Result<String, String> {
+    async fn transfer(
+        &self,
+        sha256: &str,
+        size: u64,
+        tx: &watch::Sender<FetchState>,
+    ) -> Result<String, String> {
         let holders = self
             .inv
             .image_blob_holders(sha256, &self.instance)
@@ -376,7 +431,13 @@ impl ImagePeers {
         let url = format!("{}{path}", holder.api_url.trim_end_matches('/'));
         let start = partial.len();
         let mut req = self.http.get(&url);
-        for (name, value) in signing::sign(self.inv.secrets(), "GET", &path, &self.instance, inventory::now_ms()) {
+        for (name, value) in signing::sign(
+            self.inv.secrets(),
+            "GET",
+            &path,
+            &self.instance,
+            inventory::now_ms(),
+        ) {
             req = req.header(name, value);
         }
         if start > 0 {
@@ -384,7 +445,9 @@ impl ImagePeers {
         }
         let resp = tokio::time::timeout(self.policy.stall, req.send())
             .await
-            .map_err(|_| TransferError::Failed(format!("{url}: no answer in {:?}", self.policy.stall)))?
+            .map_err(|_| {
+                TransferError::Failed(format!("{url}: no answer in {:?}", self.policy.stall))
+            })?
             .map_err(|e| TransferError::Failed(format!("{url}: {e}")))?;
         match (resp.status().as_u16(), start) {
             (206, s) if s > 0 => {
@@ -392,10 +455,16 @@ impl ImagePeers {
                 tracing::info!(from = %holder.instance, offset = s, "resuming an image transfer with Range");
             }
             (200, 0) => {}
-            (200, _) => partial.restart().await.map_err(|e| TransferError::Failed(e.to_string()))?,
+            (200, _) => partial
+                .restart()
+                .await
+                .map_err(|e| TransferError::Failed(e.to_string()))?,
             (code, _) => {
                 let text = resp.text().await.unwrap_or_default();
-                return Err(TransferError::Failed(format!("{url} answered {code}: {}", text.chars().take(300).collect::<String>())));
+                return Err(TransferError::Failed(format!(
+                    "{url} answered {code}: {}",
+                    text.chars().take(300).collect::<String>()
+                )));
             }
         }
         let began = Instant::now();
@@ -406,7 +475,12 @@ impl ImagePeers {
         loop {
             let next = tokio::time::timeout(self.policy.stall, body.next())
                 .await
-                .map_err(|_| TransferError::Failed(format!("{url}: nothing received for {:?}", self.policy.stall)))?;
+                .map_err(|_| {
+                    TransferError::Failed(format!(
+                        "{url}: nothing received for {:?}",
+                        self.policy.stall
+                    ))
+                })?;
             let Some(chunk) = next else { break };
             let chunk = chunk.map_err(|e| TransferError::Failed(format!("{url}: {e}")))?;
             partial.append(&chunk).await.map_err(|e| match e {
@@ -416,15 +490,24 @@ impl ImagePeers {
                 )),
                 other => TransferError::Failed(other.to_string()),
             })?;
-            self.metrics.fetched_bytes.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            self.metrics
+                .fetched_bytes
+                .fetch_add(chunk.len() as u64, Ordering::Relaxed);
             let bytes = partial.len();
             if bytes - last_sync >= 8 << 20 {
-                partial.sync().await.map_err(|e| TransferError::Failed(e.to_string()))?;
+                partial
+                    .sync()
+                    .await
+                    .map_err(|e| TransferError::Failed(e.to_string()))?;
                 last_sync = bytes;
             }
             if last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
-                let _ = tx.send(FetchState::Running { from: holder.instance.clone(), bytes, total: size });
+                let _ = tx.send(FetchState::Running {
+                    from: holder.instance.clone(),
+                    bytes,
+                    total: size,
+                });
                 self.record(
                     &sha256,
                     CopyUpdate {
@@ -457,7 +540,10 @@ impl ImagePeers {
 
     /// Every 2 s: fetches the blobs a prefetch asked this instance for (`image_copies` rows
     /// `wanted`), until `shutdown`.
-    pub fn spawn_prefetcher(self: &Arc<Self>, shutdown: pxe::Shutdown) -> tokio::task::JoinHandle<()> {
+    pub fn spawn_prefetcher(
+        self: &Arc<Self>,
+        shutdown: pxe::Shutdown,
+    ) -> tokio::task::JoinHandle<()> {
         let me = self.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
@@ -470,18 +556,23 @@ impl ImagePeers {
                     Ok(wanted) => {
                         for (sha, size) in wanted {
                             let size = u64::try_from(size).unwrap_or(0);
-                            me.record(&sha, CopyUpdate {
-                                state: CopyState::Fetching,
-                                bytes: 0,
-                                size_bytes: i64::try_from(size).unwrap_or(i64::MAX),
-                                source: None,
-                                error: None,
-                            })
+                            me.record(
+                                &sha,
+                                CopyUpdate {
+                                    state: CopyState::Fetching,
+                                    bytes: 0,
+                                    size_bytes: i64::try_from(size).unwrap_or(i64::MAX),
+                                    source: None,
+                                    error: None,
+                                },
+                            )
                             .await;
                             drop(me.fetch(&sha, size));
                         }
                     }
-                    Err(e) => tracing::warn!(error = %e, "could not read the prefetches asked of this instance"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "could not read the prefetches asked of this instance")
+                    }
                 }
             }
         })
@@ -518,7 +609,13 @@ pub(crate) async fn local_blob(
                 let clamp = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
                 let _ = st
                     .inv
-                    .agent_progress(job, "fetching", clamp(*bytes), clamp(*total), Some(&state.describe()))
+                    .agent_progress(
+                        job,
+                        "fetching",
+                        clamp(*bytes),
+                        clamp(*total),
+                        Some(&state.describe()),
+                    )
                     .await;
             }
         }
@@ -548,7 +645,9 @@ fn unavailable(why: String) -> ApiError {
     ApiError {
         status: axum::http::StatusCode::SERVICE_UNAVAILABLE,
         code: "image_unavailable",
-        message: format!("this instance does not have the image's bytes and could not fetch them: {why}"),
+        message: format!(
+            "this instance does not have the image's bytes and could not fetch them: {why}"
+        ),
         field: None,
     }
 }

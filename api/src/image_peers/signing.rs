@@ -91,7 +91,10 @@ mod tests {
         let theirs = SecretBox::from_key([8; 32]);
         let path = "/api/v1/peer/blobs/ab";
         let h = sign(&ours, "GET", path, "b-1", 1_000);
-        assert_eq!(verify(&ours, "GET", path, 1_500, headers(&h)), Ok("b-1".into()));
+        assert_eq!(
+            verify(&ours, "GET", path, 1_500, headers(&h)),
+            Ok("b-1".into())
+        );
         // Another key, another path, another method, another instance name: forged.
         assert_eq!(
             verify(&theirs, "GET", path, 1_500, headers(&h)),

@@ -354,7 +354,8 @@ pub async fn prefetch(
     } else {
         PREFETCHERS
     };
-    c.require(&st, allowed, "image.prefetch", &reference).await?;
+    c.require(&st, allowed, "image.prefetch", &reference)
+        .await?;
     st.inv
         .request_prefetch(
             c.name(),

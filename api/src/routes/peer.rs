@@ -7,7 +7,7 @@ use crate::image_peers::signing;
 use crate::state::AppState;
 use crate::ApiError;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{OriginalUri, Path, Request, State};
 use axum::response::Response;
 use futures::TryStreamExt;
 use inventory::{AuditOutcome, NewAuditEvent};
@@ -18,9 +18,11 @@ use std::sync::Arc;
 pub async fn blob(
     State(st): State<AppState>,
     Path(sha256): Path<String>,
+    OriginalUri(original): OriginalUri,
     req: Request,
 ) -> Result<Response, ApiError> {
-    let path = req.uri().path().to_string();
+    // The path as sent (inside the `/api/v1` nest, the request's own URI lacks the prefix).
+    let path = original.path().to_string();
     let headers = req.headers();
     let verdict = signing::verify(
         st.inv.secrets(),
