@@ -172,19 +172,21 @@ pub async fn run(c: &Client, fmt: Format, cmd: ImageCmd) -> anyhow::Result<()> {
                 .await?;
             // Bounded: a thin link moves a few GiB in hours, not days.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(24 * 3600);
-            while wait {
-                let (lines, all_held, failed) = site_progress(&v, &site);
-                if fmt == Format::Table {
-                    eprintln!("{}", lines.join(", "));
+            if wait {
+                loop {
+                    let (lines, all_held, failed) = site_progress(&v, &site);
+                    if fmt == Format::Table {
+                        eprintln!("{}", lines.join(", "));
+                    }
+                    if let Some(why) = failed {
+                        anyhow::bail!("prefetching {reference} at site {site} failed: {why}");
+                    }
+                    if all_held || std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    v = c.get(&path).await?;
                 }
-                if let Some(why) = failed {
-                    anyhow::bail!("prefetching {reference} at site {site} failed: {why}");
-                }
-                if all_held || std::time::Instant::now() > deadline {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-                v = c.get(&path).await?;
             }
             show_image(fmt, &v);
         }

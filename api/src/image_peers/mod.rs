@@ -386,7 +386,7 @@ impl ImagePeers {
         }
         let mut last = String::new();
         for holder in &holders {
-            match self.from_holder(holder, &mut partial, tx).await {
+            match self.transfer_from(holder, &mut partial, tx).await {
                 Ok(()) => {
                     return match partial.finish(&self.store).await {
                         Ok(_) => Ok(holder.instance.clone()),
@@ -419,7 +419,7 @@ impl ImagePeers {
     }
 
     /// One ranged GET of the rest of the blob from `holder` into `partial`.
-    async fn from_holder(
+    async fn transfer_from(
         &self,
         holder: &inventory::BlobHolder,
         partial: &mut images::PartialBlob,

@@ -81,8 +81,8 @@ pub fn verify<'a>(
 mod tests {
     use super::*;
 
-    fn headers(h: &[(&'static str, String)]) -> impl Fn(&str) -> Option<&str> + '_ {
-        move |name| h.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    fn header<'a>(h: &'a [(&'static str, String)], name: &str) -> Option<&'a str> {
+        h.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
     }
 
     #[test]
@@ -92,41 +92,45 @@ mod tests {
         let path = "/api/v1/peer/blobs/ab";
         let h = sign(&ours, "GET", path, "b-1", 1_000);
         assert_eq!(
-            verify(&ours, "GET", path, 1_500, headers(&h)),
+            verify(&ours, "GET", path, 1_500, |n| header(&h, n)),
             Ok("b-1".into())
         );
         // Another key, another path, another method, another instance name: forged.
         assert_eq!(
-            verify(&theirs, "GET", path, 1_500, headers(&h)),
+            verify(&theirs, "GET", path, 1_500, |n| header(&h, n)),
             Err(Refusal::Forged)
         );
         assert_eq!(
-            verify(&ours, "GET", "/api/v1/peer/blobs/cd", 1_500, headers(&h)),
+            verify(&ours, "GET", "/api/v1/peer/blobs/cd", 1_500, |n| header(
+                &h, n
+            )),
             Err(Refusal::Forged)
         );
         assert_eq!(
-            verify(&ours, "POST", path, 1_500, headers(&h)),
+            verify(&ours, "POST", path, 1_500, |n| header(&h, n)),
             Err(Refusal::Forged)
         );
         let mut renamed = h.clone();
         renamed[0].1 = "a-1".into();
         assert_eq!(
-            verify(&ours, "GET", path, 1_500, headers(&renamed)),
+            verify(&ours, "GET", path, 1_500, |n| header(&renamed, n)),
             Err(Refusal::Forged)
         );
         // Expired, and dated too far ahead.
         assert_eq!(
-            verify(&ours, "GET", path, 1_000 + VALID_FOR_MS + 1, headers(&h)),
+            verify(&ours, "GET", path, 1_000 + VALID_FOR_MS + 1, |n| header(
+                &h, n
+            )),
             Err(Refusal::Expired)
         );
         let ahead = sign(&ours, "GET", path, "b-1", 10 * VALID_FOR_MS);
         assert_eq!(
-            verify(&ours, "GET", path, 0, headers(&ahead)),
+            verify(&ours, "GET", path, 0, |n| header(&ahead, n)),
             Err(Refusal::Expired)
         );
         // Unsigned.
         assert_eq!(
-            verify(&ours, "GET", path, 1_500, headers(&h[..1])),
+            verify(&ours, "GET", path, 1_500, |n| header(&h[..1], n)),
             Err(Refusal::Unsigned(EXPIRES_HEADER))
         );
         assert_eq!(
