@@ -1,4 +1,4 @@
-//! Images over thin links (decision NN (I)): every instance serves images from its own store,
+//! Images over thin links (decision 52): every instance serves images from its own store,
 //! and a blob it lacks but the catalog has is fetched **once** from a live instance that holds
 //! it (the database's `image_copies`), resumably (a partial file kept across a dropped
 //! connection and a restart, continued with HTTP Range), verified by SHA-256 before it enters

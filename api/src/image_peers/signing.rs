@@ -1,6 +1,6 @@
 //! How one instance proves to another that it is one of them: the request carries its instance
 //! id, an expiry a minute ahead, and an HMAC-SHA256 of (method, path, instance, expiry) under a
-//! sub-key of the secret key every instance shares (decision NN (I)). Pure, so every refusal
+//! sub-key of the secret key every instance shares (decision 52). Pure, so every refusal
 //! has a unit test.
 
 use inventory::SecretBox;

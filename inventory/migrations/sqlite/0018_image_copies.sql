@@ -1,4 +1,4 @@
--- Which instance holds which image blob (decision NN (I)): every instance has its own image
+-- Which instance holds which image blob (decision 52): every instance has its own image
 -- store, so a blob uploaded at one site is fetched once by another site's instance from one
 -- that holds it. A row per (blob, instance): 'held' (in its store), 'wanted' (a prefetch asked
 -- for it), 'fetching' (bytes of size_bytes so far, from source) or 'failed' (error says why).
