@@ -41,6 +41,8 @@ pub struct Config {
     pub connections: crate::ConnectionLimits,
     /// The site this instance serves (`--site`; must exist); None: every machine.
     pub site: Option<String>,
+    /// How blobs this instance lacks are fetched from other instances.
+    pub image_peers: crate::PeerPolicy,
 }
 
 /// How the member listener speaks.
@@ -80,6 +82,7 @@ impl Config {
             console_ssh_listen: None,
             connections: crate::ConnectionLimits::default(),
             site: None,
+            image_peers: crate::PeerPolicy::default(),
         }
     }
 

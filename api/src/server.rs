@@ -291,6 +291,19 @@ impl Server {
         );
         let http_metrics = Arc::new(HttpMetrics::default());
         let console_ticket_key = crate::shared_secrets::console_ticket_key(&inv).await?;
+        // Peers pin the certificate every instance's member listener shares, when it has one.
+        let peer_pin = tls
+            .as_ref()
+            .and_then(|t| pin::parse_fingerprint(&t.fingerprint()));
+        let peers = crate::image_peers::ImagePeers::new(
+            instance.id.clone(),
+            inv.clone(),
+            image_store.clone(),
+            config.image_peers.clone(),
+            peer_pin,
+        )
+        .map_err(StartError::Boot)?;
+        peers.reconcile().await;
         let state = AppState {
             inv: inv.clone(),
             http_metrics: http_metrics.clone(),
@@ -322,6 +335,7 @@ impl Server {
                 tickets: crate::console::ticket::TicketKeys::new(console_ticket_key),
                 tls: tls.clone(),
             }),
+            peers: peers.clone(),
         };
         let auth_limiter = state.auth_limiter.clone();
         let boot_app = crate::routes::boot_router(state.clone(), config.boot_https_port);
@@ -330,6 +344,7 @@ impl Server {
         let console_state = state.clone();
         let app = crate::routes::router(state);
         let mut background = Vec::new();
+        background.push(peers.spawn_prefetcher(shutdown.clone()));
         background.push(
             instance
                 .clone()

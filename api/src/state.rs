@@ -37,4 +37,6 @@ pub struct AppState {
     pub consoles: Arc<crate::console::ConsoleHub>,
     /// Which instance brokers a console, and the tickets instances proxy them with.
     pub console_routing: Arc<crate::console::route::ConsoleRouting>,
+    /// Blobs fetched from and served to other instances.
+    pub peers: Arc<crate::image_peers::ImagePeers>,
 }

@@ -5,6 +5,9 @@
 //! knows bytes. It knows nothing of HTTP or the database.
 
 pub mod index;
+mod partial;
+
+pub use partial::PartialBlob;
 
 use futures::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
@@ -147,10 +150,10 @@ pub fn parse_digest(s: &str) -> Result<String> {
 /// A content-addressed store under one directory.
 #[derive(Debug, Clone)]
 pub struct ImageStore {
-    root: PathBuf,
+    pub(crate) root: PathBuf,
 }
 
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
+pub(crate) fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
     move |source| Error::Io {
         path: path.display().to_string(),
         source,

@@ -17,6 +17,7 @@ mod error;
 mod export;
 mod export_catalog;
 mod export_history;
+mod image_copies;
 mod images;
 mod instances;
 mod job_console;
@@ -47,6 +48,7 @@ pub use export::{
     ExportSetting, ExportSite, ExportToken, ExportUser, ImportSummary, InventoryExport,
     EXPORT_FORMAT, EXPORT_VERSION,
 };
+pub use image_copies::{BlobHolder, CopyState, CopyUpdate, ImageCopy};
 pub use images::{Image, NewImage};
 pub use instances::{
     InstanceStatus, InstancesReport, JobWakeups, NewInstance, SiteScope, CLAIM_TTL_MS,

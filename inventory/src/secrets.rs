@@ -24,6 +24,8 @@ pub struct SecretBox {
     /// A sub-key of the secret key for agent boot tokens, so the encryption key itself
     /// never keys a MAC.
     agent_token_key: [u8; 32],
+    /// A sub-key for requests between instances (every instance has the same secret key).
+    peer_request_key: [u8; 32],
 }
 
 impl std::fmt::Debug for SecretBox {
@@ -38,6 +40,7 @@ impl SecretBox {
         SecretBox {
             cipher: ChaCha20Poly1305::new(Key::from_slice(&key)),
             agent_token_key: hmac_sha256(&key, &[b"rackshare sub-key: agent-token"]),
+            peer_request_key: hmac_sha256(&key, &[b"rackshare sub-key: peer-request"]),
         }
     }
 
@@ -175,6 +178,23 @@ impl SecretBox {
             ],
         );
         format!("rsat_{}", hex::encode(mac))
+    }
+}
+
+impl SecretBox {
+    /// The signature of a request from one instance to another: HMAC-SHA256 under the
+    /// peer-request sub-key of the request's canonical `text` (method, path, instance,
+    /// expiry), hex. Only holders of the shared secret key can make one.
+    pub fn peer_request_signature(&self, text: &str) -> String {
+        hex::encode(hmac_sha256(
+            &self.peer_request_key,
+            &[b"peer-request|", text.as_bytes()],
+        ))
+    }
+
+    /// Whether `signature` is the peer-request signature of `text` (constant time).
+    pub fn verify_peer_request(&self, text: &str, signature: &str) -> bool {
+        ct_eq(&self.peer_request_signature(text), signature)
     }
 }
 

@@ -143,6 +143,12 @@ pub struct ServeSettings {
     /// Length of the failed-authentication window, in seconds; each window with failures is one audit event [default: 60]
     #[arg(long)]
     pub auth_failure_window_secs: Option<u64>,
+    /// Image blobs fetched from other instances at once (a blob this instance lacks is fetched once, however many agents ask) [default: 2]
+    #[arg(long)]
+    pub image_peer_transfers: Option<usize>,
+    /// Bytes per second one fetch from another instance may take, so a thin uplink keeps room; 0: no cap [default: 0]
+    #[arg(long)]
+    pub image_peer_rate: Option<u64>,
 }
 
 /// One `[[pxe-subnet]]` of the config file: a segment whose DHCP relay forwards to rackshare
@@ -293,6 +299,8 @@ impl ServeSettings {
             auth_failure_window_secs: self
                 .auth_failure_window_secs
                 .or(file.auth_failure_window_secs),
+            image_peer_transfers: self.image_peer_transfers.or(file.image_peer_transfers),
+            image_peer_rate: self.image_peer_rate.or(file.image_peer_rate),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
             no_tls: self.no_tls || file.no_tls,
@@ -371,6 +379,15 @@ fn load(args: ServeArgs) -> anyhow::Result<(api::Config, String)> {
             bail!("--auth-failure-window-secs must be between 1 and 86400");
         }
         config.auth_limit.window_ms = i64::try_from(secs * 1000).unwrap_or(i64::MAX);
+    }
+    if let Some(n) = s.image_peer_transfers {
+        if !(1..=64).contains(&n) {
+            bail!("--image-peer-transfers must be between 1 and 64");
+        }
+        config.image_peers.max_transfers = n;
+    }
+    if let Some(rate) = s.image_peer_rate {
+        config.image_peers.max_bytes_per_sec = rate;
     }
     if let Some(m) = &s.metrics_listen {
         config.metrics_listen = match m.trim() {

@@ -217,7 +217,7 @@ pub async fn image(
         .image_id
         .ok_or_else(|| ApiError::not_found(format!("job {} has no image", job.id)))?;
     let img = st.inv.image_by_id(iid).await?;
-    let path = st.images.path(&img.sha256).map_err(ApiError::internal)?;
+    let path = crate::image_peers::local_blob(&st, &img, Some(job.id)).await?;
     crate::boot::serve_file(path, req).await
 }
 

@@ -11,8 +11,8 @@ use axum::response::Response;
 use axum::Json;
 use futures::TryStreamExt;
 use images::{ImageFormat, StoredBlob};
-use inventory::{Image, NewImage, Role};
-use serde::Deserialize;
+use inventory::{Image, ImageCopy, NewImage, Role};
+use serde::{Deserialize, Serialize};
 
 /// Who may add images: everyone; members only for their own group.
 const ADDERS: &[Role] = &[Role::Admin, Role::Staff, Role::Technician, Role::Member];
@@ -139,6 +139,7 @@ async fn register(
     };
     match st.inv.add_image(c.name(), &new).await {
         Ok(i) => {
+            st.peers.record_held(&blob.sha256, i.size_bytes).await;
             index_in_background(st, &blob.sha256, format);
             Ok(i)
         }
@@ -307,15 +308,66 @@ pub async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<Vec<Imag
     Ok(Json(images))
 }
 
+/// An image as `image show` gives it: the catalog entry and where its bytes are.
+#[derive(Serialize)]
+pub struct ImageView {
+    #[serde(flatten)]
+    image: Image,
+    /// Each instance's copy of the bytes (held, wanted, fetching with progress, failed).
+    copies: Vec<ImageCopy>,
+}
+
 pub async fn show(
     State(st): State<AppState>,
     c: Caller,
     Path(reference): Path<String>,
     ApiQuery(q): ApiQuery<ImageScopeQuery>,
-) -> Result<Json<Image>, ApiError> {
-    Ok(Json(
-        visible_image(&st, &c, &reference, q.group.as_deref()).await?,
-    ))
+) -> Result<Json<ImageView>, ApiError> {
+    let image = visible_image(&st, &c, &reference, q.group.as_deref()).await?;
+    let copies = st.inv.image_copies(&image.sha256).await?;
+    Ok(Json(ImageView { image, copies }))
+}
+
+/// The body of `POST /api/v1/images/{ref}/prefetch`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefetchRequest {
+    /// The site whose instances fetch the bytes.
+    site: String,
+}
+
+/// Who may warm a site: staff roles; members for their own group's images.
+const PREFETCHERS: &[Role] = &[Role::Admin, Role::Staff, Role::Technician];
+
+/// `POST /api/v1/images/{ref}/prefetch`: every live instance of the site fetches the image's
+/// bytes now (before a reimage wave), each once; `image show` follows the progress.
+pub async fn prefetch(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(reference): Path<String>,
+    ApiQuery(q): ApiQuery<ImageScopeQuery>,
+    ApiJson(b): ApiJson<PrefetchRequest>,
+) -> Result<(StatusCode, Json<ImageView>), ApiError> {
+    let image = visible_image(&st, &c, &reference, q.group.as_deref()).await?;
+    let allowed: &[Role] = if image.owner_group.is_some() {
+        ADDERS
+    } else {
+        PREFETCHERS
+    };
+    c.require(&st, allowed, "image.prefetch", &reference)
+        .await?;
+    st.inv
+        .request_prefetch(
+            c.name(),
+            &reference,
+            image.owner_group.clone(),
+            &image.sha256,
+            image.size_bytes,
+            &b.site,
+        )
+        .await?;
+    let copies = st.inv.image_copies(&image.sha256).await?;
+    Ok((StatusCode::ACCEPTED, Json(ImageView { image, copies })))
 }
 
 pub async fn remove(
@@ -337,6 +389,7 @@ pub async fn remove(
         if let Err(e) = st.images.remove(&img.sha256).await {
             tracing::warn!(image = %reference, error = %e, "could not remove image bytes");
         }
+        st.peers.forget_unused(&img.sha256).await;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -350,6 +403,6 @@ pub async fn content(
     req: Request,
 ) -> Result<Response, ApiError> {
     let img = visible_image(&st, &c, &reference, q.group.as_deref()).await?;
-    let path = st.images.path(&img.sha256).map_err(store_error)?;
+    let path = crate::image_peers::local_blob(&st, &img, None).await?;
     crate::boot::serve_file(path, req).await
 }

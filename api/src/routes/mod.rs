@@ -11,6 +11,7 @@ pub(crate) mod images;
 pub(crate) mod jobs;
 pub(crate) mod leases;
 pub(crate) mod machines;
+mod peer;
 pub(crate) mod people;
 pub(crate) mod power;
 pub(crate) mod reports;
@@ -65,6 +66,8 @@ pub fn router(state: AppState) -> Router {
             get(images::show).delete(images::remove),
         )
         .route("/images/{reference}/content", get(images::content))
+        .route("/images/{reference}/prefetch", post(images::prefetch))
+        .route("/peer/blobs/{sha256}", get(peer::blob))
         .route("/groups", get(people::list_groups).post(people::add_group))
         .route(
             "/groups/{name}",

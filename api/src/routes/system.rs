@@ -21,6 +21,7 @@ pub async fn healthz(State(st): State<AppState>) -> Result<Json<Value>, ApiError
 pub async fn metrics(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
     let mut out = String::new();
     st.http_metrics.render(&mut out);
+    st.peers.metrics.render(&mut out);
     st.pxe_metrics.render_prometheus(&mut out);
     let rec = st.consoles.recording_counters();
     for (name, help, n) in [
