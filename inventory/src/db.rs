@@ -124,10 +124,17 @@ impl Inventory {
                     .connect_with(opts)
                     .await?
             }
+            // Through a failover (a restart, a Patroni switchover) every pooled connection
+            // dies: each is pinged before it is handed out and a dead one replaced, idle ones
+            // are recycled, and a caller waits at most 5 s for one, so an API write answers
+            // 503 promptly and the workers' retries (`Inventory::retrying`) ride it out.
             Backend::Postgres => {
                 AnyPoolOptions::new()
                     .max_connections(16)
-                    .acquire_timeout(Duration::from_secs(30))
+                    .test_before_acquire(true)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .idle_timeout(Duration::from_secs(60))
+                    .max_lifetime(Duration::from_secs(30 * 60))
                     .connect_with(opts)
                     .await?
             }

@@ -149,7 +149,7 @@ impl Inventory {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(scope)
     }
 
@@ -161,7 +161,7 @@ impl Inventory {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -231,7 +231,7 @@ impl Inventory {
                 }
             }
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         held.sort_unstable();
         Ok(held)
     }
@@ -279,7 +279,7 @@ impl Inventory {
             .await?
             .rows_affected();
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(n == 1)
     }
 
@@ -301,7 +301,7 @@ impl Inventory {
             .bind(holder)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -325,7 +325,7 @@ impl Inventory {
                 .bind(name)
                 .fetch_one(&mut *tx)
                 .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.secrets.open(&sealed).map_err(|_| {
             Error::Secret(format!(
                 "the database's shared {name} was sealed under another secret key: every instance needs the same RACKSHARE_SECRET_KEY (or secret.key)"

@@ -131,7 +131,7 @@ pub(crate) async fn audit_refused_key(
             })),
     )
     .await?;
-    tx.commit().await?;
+    crate::retry::commit(tx).await?;
     Ok(())
 }
 
@@ -191,7 +191,7 @@ impl Inventory {
             )
             .await?;
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.user_ssh_keys(user).await
     }
 
@@ -244,7 +244,7 @@ impl Inventory {
                 .detail(serde_json::json!({"fingerprint": fp})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -313,7 +313,7 @@ impl Inventory {
                 .await?;
             }
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 }

@@ -24,7 +24,7 @@ use crate::config::{DhcpMode, PoolConfig};
 use crate::dhcp::packet::{client_info, parse_request, Request};
 use crate::directory::{MachineDirectory, MachineEntry};
 use crate::events::{BootEvent, BootEvents};
-use crate::lease::{AddressLease, AddressLeaseChange};
+use crate::lease::{AddressLease, AddressLeaseChange, LostLease};
 use crate::mac::MacAddr;
 use crate::metrics::{DropReason, Metrics};
 use table::AddressLeaseTable;
@@ -75,6 +75,9 @@ pub enum DhcpOutcome {
         changes: Vec<AddressLeaseChange>,
         /// Reply to send once stored.
         reply: Option<Reply>,
+        /// What to send instead if a shared store refuses the lease (another instance holds
+        /// the address): a NAK, so the client asks again and is offered another address.
+        refusal: Option<Reply>,
     },
 }
 
@@ -279,6 +282,32 @@ impl DhcpCore {
                 tracing::warn!(%mac, "recording discovered machine failed: {e}");
             }
         });
+    }
+
+    /// Takes in leases a shared store holds (written by other instances): their addresses
+    /// are no longer offered to anyone else.
+    pub fn merge_stored(&self, leases: Vec<AddressLease>) {
+        let mut t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        for l in leases {
+            t.merge_stored(l);
+        }
+    }
+
+    /// The store refused these leases: the table forgets them and learns their holders.
+    pub fn lost(&self, lost: &[LostLease]) {
+        let mut t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        for l in lost {
+            t.lose(&l.key, l.ip, l.holder.clone());
+        }
+    }
+
+    /// Another instance serves the same segment: start the address search elsewhere in
+    /// each pool, so the two rarely offer the same address to two clients.
+    pub fn spread_cursors(&self) {
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .spread_cursors();
     }
 
     /// Number of leases in memory (bound, released or declined).
