@@ -164,7 +164,7 @@ async fn two_instances_on_one_segment_never_give_one_address_twice() {
     }
     let db = common::fresh_postgres().await;
     let a = instance_in(&ns_a, &db, None);
-    let mut b = instance_in(&ns_b, &db, Some(&a.data_dir()));
+    let b = instance_in(&ns_b, &db, Some(&a.data_dir()));
 
     // Round 1: 200 clients, both servers answering every DISCOVER.
     let leases = lab.path("dhclient.leases");

@@ -263,7 +263,7 @@ async fn run_inner(
         let (reply_tx, reply_rx) = mpsc::unbounded_channel();
         let sender_task = tokio::spawn(reply_sender(reply_rx, Arc::clone(&senders)));
         if lease_store.shared() && matches!(config.mode, DhcpMode::Authoritative { .. }) {
-            core.spread_cursors();
+            core.share_store();
             tasks.spawn(shared_lease_sync(
                 Arc::clone(&lease_store),
                 Arc::clone(&core),

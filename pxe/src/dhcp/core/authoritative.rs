@@ -285,7 +285,11 @@ impl DhcpCore {
         DhcpOutcome::Durable {
             changes,
             reply: self.encode(&m, dest, Port::Dhcp, MessageType::Ack),
-            refusal: self.nak_reply(req, "address taken by another server's lease"),
+            refusal: if self.shared_store.load(Ordering::Relaxed) {
+                self.nak_reply(req, "address taken by another server's lease")
+            } else {
+                None
+            },
         }
     }
 }

@@ -13,7 +13,7 @@ pub use reply::reply_destination;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -123,6 +123,9 @@ pub struct DhcpCore {
     events: BootEvents,
     table: Mutex<AddressLeaseTable>,
     seen: Mutex<HashSet<MacAddr>>,
+    /// Other instances share the lease store: a REQUEST's ACK carries its NAK in case the
+    /// store refuses it.
+    shared_store: AtomicBool,
 }
 
 impl DhcpCore {
@@ -145,6 +148,7 @@ impl DhcpCore {
             events: BootEvents::off(),
             table: Mutex::new(table),
             seen: Mutex::new(HashSet::new()),
+            shared_store: AtomicBool::new(false),
         }
     }
 
@@ -301,9 +305,11 @@ impl DhcpCore {
         }
     }
 
-    /// Another instance serves the same segment: start the address search elsewhere in
-    /// each pool, so the two rarely offer the same address to two clients.
-    pub fn spread_cursors(&self) {
+    /// Other instances may serve the same segment from the same store: prepare a NAK with
+    /// every ACK (the store may refuse the lease), and start the address search elsewhere in
+    /// each pool, so two instances rarely offer the same address to two clients.
+    pub fn share_store(&self) {
+        self.shared_store.store(true, Ordering::Relaxed);
         self.table
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

@@ -300,7 +300,7 @@ impl AddressLeaseTable {
         if self
             .by_key
             .get(&key)
-            .is_some_and(|l| l.ip == lease.ip && l.expires_at >= lease.expires_at)
+            .is_some_and(|l| l.expires_at >= lease.expires_at)
         {
             return;
         }

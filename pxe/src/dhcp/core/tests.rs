@@ -720,6 +720,7 @@ fn decline_hold_is_the_configured_one() {
 #[test]
 fn a_refused_lease_is_naked_and_another_instances_lease_is_not_offered() {
     let c = core(StaticDirectory::new(), vec![pool()]);
+    c.share_store();
     let a = [2, 0, 0, 0, 7, 1];
     let offer = reply_of(&run(&c, &req_from(a, None, MessageType::Discover))).0;
     let ip = offer.yiaddr();
