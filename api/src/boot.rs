@@ -8,11 +8,10 @@ use axum::extract::Request;
 use axum::response::Response;
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use inventory::{DhcpLease, DhcpLeaseChange, Inventory, MacAddress, MachineState, NewMachine};
+use inventory::{Inventory, MacAddress, MachineState, NewMachine};
 use pxe::{
-    AddressLease, AddressLeaseChange, AddressLeaseKey, AddressLeaseState, AddressLeaseStore,
-    AddressLeaseStoreError, AgentMode, BootIntent, ClientArch, ClientInfo, DirectoryError, MacAddr,
-    MachineDirectory, MachineEntry,
+    AgentMode, BootIntent, ClientArch, ClientInfo, DirectoryError, MacAddr, MachineDirectory,
+    MachineEntry,
 };
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -164,82 +163,6 @@ impl MachineDirectory for InventoryDirectory {
                 Err(inventory::Error::Conflict { .. }) => Ok(()),
                 Err(e) => Err(DirectoryError(e.to_string())),
             }
-        }
-        .boxed()
-    }
-}
-
-/// The inventory's `dhcp_leases` table as the boot server's lease store.
-pub struct InventoryAddressLeaseStore {
-    /// The inventory.
-    pub inv: Inventory,
-}
-
-impl AddressLeaseStore for InventoryAddressLeaseStore {
-    fn load(&self) -> BoxFuture<'_, Result<Vec<AddressLease>, AddressLeaseStoreError>> {
-        async move {
-            let rows = self
-                .inv
-                .dhcp_leases()
-                .await
-                .map_err(|e| AddressLeaseStoreError::Other(e.to_string()))?;
-            let mut out = Vec::with_capacity(rows.len());
-            for r in rows {
-                // A row that does not parse is skipped, not fatal: the address is re-leased.
-                let (Ok(key), Ok(ip)) =
-                    (r.key.parse::<AddressLeaseKey>(), r.ip.parse::<Ipv4Addr>())
-                else {
-                    tracing::warn!(key = %r.key, ip = %r.ip, "skipping a damaged DHCP lease row");
-                    continue;
-                };
-                // The stored hardware address; a MAC key is one too. `id:` rows from before
-                // schema 0005 have none until the client renews, declined holds never do.
-                let mac = match (r.mac.as_deref().map(str::parse::<MacAddr>), &key) {
-                    (Some(Ok(m)), _) => m,
-                    (_, AddressLeaseKey::Mac(m)) => *m,
-                    _ => MacAddr([0; 6]),
-                };
-                out.push(AddressLease {
-                    mac,
-                    ip,
-                    hostname: r.hostname,
-                    client_id: r.client_id,
-                    expires_at: r.expires_at,
-                    state: AddressLeaseState::from_column(&r.state),
-                });
-            }
-            Ok(out)
-        }
-        .boxed()
-    }
-
-    fn commit(
-        &self,
-        changes: Vec<AddressLeaseChange>,
-    ) -> BoxFuture<'_, Result<(), AddressLeaseStoreError>> {
-        async move {
-            let batch: Vec<DhcpLeaseChange> = changes
-                .into_iter()
-                .map(|c| match c {
-                    AddressLeaseChange::Delete { key } => DhcpLeaseChange::Delete {
-                        key: key.to_string(),
-                    },
-                    AddressLeaseChange::Upsert(l) => DhcpLeaseChange::Upsert(DhcpLease {
-                        key: l.key().to_string(),
-                        // A declined hold belongs to nobody (decision 23).
-                        mac: (l.state != AddressLeaseState::Declined).then(|| l.mac.to_string()),
-                        ip: l.ip.to_string(),
-                        hostname: l.hostname,
-                        client_id: l.client_id,
-                        state: l.state.as_str().into(),
-                        expires_at: l.expires_at,
-                    }),
-                })
-                .collect();
-            self.inv
-                .apply_dhcp_lease_changes(&batch)
-                .await
-                .map_err(|e| AddressLeaseStoreError::Other(e.to_string()))
         }
         .boxed()
     }
@@ -580,7 +503,7 @@ pub async fn start(
     events: pxe::BootEvents,
 ) -> Result<tokio::task::JoinHandle<Result<(), pxe::PxeError>>, crate::StartError> {
     let directory = Arc::new(InventoryDirectory::new(inv.clone(), seen));
-    let leases = Arc::new(InventoryAddressLeaseStore { inv });
+    let leases = Arc::new(crate::dhcp_store::InventoryAddressLeaseStore::new(inv));
     pxe::start(cfg, directory, leases, metrics, events, shutdown)
         .await
         .map_err(|e| crate::StartError::Boot(e.to_string()))
@@ -709,58 +632,5 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains('\n'));
-    }
-
-    /// The inventory store keeps MAC-keyed, client-id-keyed and declined leases apart and
-    /// loads them back with the same keys and states.
-    #[tokio::test]
-    async fn lease_store_round_trips_lease_keys() {
-        let dir = tempfile::tempdir().expect("tmp");
-        let url = format!("sqlite://{}", dir.path().join("inv.db").display());
-        let inv = Inventory::open(&url, inventory::SecretBox::from_key([7; 32]))
-            .await
-            .expect("open");
-        let store = InventoryAddressLeaseStore { inv };
-        let mac = MacAddr([2, 0, 0, 0, 0, 1]);
-        let lease = |ip: [u8; 4], client_id: Option<&str>, state| AddressLease {
-            mac,
-            ip: Ipv4Addr::from(ip),
-            hostname: None,
-            client_id: client_id.map(str::to_string),
-            expires_at: 5,
-            state,
-        };
-        let by_mac = lease([10, 0, 0, 1], None, AddressLeaseState::Bound);
-        let by_id = lease([10, 0, 0, 2], Some("00786978"), AddressLeaseState::Bound);
-        let declined = lease([10, 0, 0, 3], None, AddressLeaseState::Declined);
-        store
-            .commit(vec![
-                AddressLeaseChange::Upsert(by_mac.clone()),
-                AddressLeaseChange::Upsert(by_id.clone()),
-                AddressLeaseChange::Upsert(declined.clone()),
-            ])
-            .await
-            .expect("commit");
-        let mut got = store.load().await.expect("load");
-        got.sort_by_key(|l| l.ip);
-        let keys: Vec<(AddressLeaseKey, AddressLeaseState)> =
-            got.iter().map(|l| (l.key(), l.state)).collect();
-        assert_eq!(
-            keys,
-            [
-                (by_mac.key(), AddressLeaseState::Bound),
-                (by_id.key(), AddressLeaseState::Bound),
-                (declined.key(), AddressLeaseState::Declined),
-            ]
-        );
-        // The chaddr of MAC- and client-id-keyed leases is stored; a declined hold has none.
-        assert_eq!(got[0].mac, mac);
-        assert_eq!(got[1].mac, mac);
-        assert_eq!(got[2].mac, MacAddr([0; 6]));
-        store
-            .commit(vec![AddressLeaseChange::Delete { key: by_id.key() }])
-            .await
-            .expect("delete");
-        assert_eq!(store.load().await.expect("load").len(), 2);
     }
 }

@@ -107,6 +107,30 @@ impl From<inventory::Error> for ApiError {
                 message,
                 field: Some("state".into()),
             },
+            // A failover (or the database down): say so and ask for a retry, never a 500
+            // with a driver's message. A commit whose outcome is unknown says to look first.
+            E::CommitOutcomeUnknown(_) => {
+                tracing::warn!(error = %message, "database connection lost during a commit");
+                ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "database_unavailable",
+                    message: "the database connection was lost while saving; the change may or \
+                              may not have been made: check, then retry"
+                        .into(),
+                    field: None,
+                }
+            }
+            other if inventory::unavailable(&other) => {
+                tracing::warn!(error = %other, "database unavailable");
+                ApiError {
+                    status: StatusCode::SERVICE_UNAVAILABLE,
+                    code: "database_unavailable",
+                    message: "the database is unavailable (restarting or failing over); nothing \
+                              was changed: retry in a few seconds"
+                        .into(),
+                    field: None,
+                }
+            }
             other => ApiError::internal(other),
         }
     }

@@ -128,7 +128,10 @@ impl Instance {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        if let Err(e) = inv.instance_heartbeat(&self.id).await {
+                        let beat = inv
+                            .retrying("the instance heartbeat", || inv.instance_heartbeat(&self.id))
+                            .await;
+                        if let Err(e) = beat {
                             tracing::warn!(error = %e, "cannot renew the instance's heartbeat");
                         }
                     }

@@ -10,6 +10,7 @@ mod boot_events;
 mod claim;
 mod config;
 pub mod console;
+mod dhcp_store;
 
 pub mod console_ssh;
 mod engine;

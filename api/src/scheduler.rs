@@ -17,7 +17,11 @@ pub const LEASE_TICK: Duration = Duration::from_secs(2);
 /// more than one step's worth), at most `rounds` times.
 pub async fn catch_up(inv: &Inventory, rounds: usize) {
     for _ in 0..rounds {
-        match inv.lease_tick(now_ms()).await {
+        // Through a failover the step runs again (it is one transaction, and rolled back).
+        match inv
+            .retrying("the lease scheduler's step", || inv.lease_tick(now_ms()))
+            .await
+        {
             Ok(t) if t.is_empty() => return,
             Ok(t) => tracing::info!(
                 ended = ?t.ended, started = ?t.started, served = ?t.served, lapsed = ?t.lapsed,

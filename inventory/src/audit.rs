@@ -228,7 +228,7 @@ impl Inventory {
     pub async fn record(&self, ev: NewAuditEvent) -> Result<()> {
         let mut tx = self.begin_write().await?;
         record_in(&mut tx, &ev).await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 

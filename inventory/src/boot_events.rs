@@ -97,7 +97,7 @@ impl Inventory {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 

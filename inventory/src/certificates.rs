@@ -79,7 +79,7 @@ impl Inventory {
         .bind(to_json(signature))
         .fetch_one(&mut *tx)
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(id)
     }
 

@@ -68,7 +68,7 @@ impl Inventory {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -125,7 +125,7 @@ impl Inventory {
             .bind(machine_id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(n.unwrap_or(0))
     }
 }

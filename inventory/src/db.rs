@@ -142,6 +142,10 @@ impl Inventory {
                 let pool = sqlite(SQLITE_READERS).connect_with(opts).await?;
                 (pool, writer.clone(), writer)
             }
+            // Through a failover (a restart, a Patroni switchover) every pooled connection
+            // dies: each is pinged before it is handed out and a dead one replaced, idle ones
+            // are recycled, and a caller waits at most 5 s for one, so an API write answers
+            // 503 promptly and the workers' retries (`Inventory::retrying`) ride it out.
             Backend::Postgres => {
                 let postgres = |connections: u32| {
                     AnyPoolOptions::new()
@@ -151,6 +155,14 @@ impl Inventory {
                 let leasing = postgres(1).connect_with(opts.clone()).await?;
                 let pool = postgres(16).connect_with(opts).await?;
                 (pool.clone(), pool, leasing)
+                AnyPoolOptions::new()
+                    .max_connections(16)
+                    .test_before_acquire(true)
+                    .acquire_timeout(Duration::from_secs(5))
+                    .idle_timeout(Duration::from_secs(60))
+                    .max_lifetime(Duration::from_secs(30 * 60))
+                    .connect_with(opts)
+                    .await?
             }
         };
         Ok(Inventory {

@@ -155,7 +155,7 @@ impl Inventory {
                 .execute(&mut *tx)
                 .await?;
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(wh)
     }
 

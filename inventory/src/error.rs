@@ -77,6 +77,10 @@ pub enum Error {
     /// The database driver failed.
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// The connection failed while a COMMIT was under way: the change may or may not have
+    /// been saved, so it is never retried blindly (see [`crate::retryable`]).
+    #[error("the database connection was lost while saving; the change may or may not have been saved: {0}")]
+    CommitOutcomeUnknown(String),
     /// Migrations failed.
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),

@@ -667,7 +667,7 @@ impl Inventory {
         for k in &x.trust_keys {
             crate::certificates::insert_trust_key(&mut tx, k).await?;
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(summary)
     }
 }

@@ -115,7 +115,7 @@ impl Inventory {
                 .detail(serde_json::json!({"sha256": i.sha256, "size_bytes": i.size_bytes, "format": i.format})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.image(i.owner_group.as_deref(), &i.name, Some(&i.version))
             .await
     }
@@ -219,7 +219,7 @@ impl Inventory {
             .group(img.owner_group.clone()),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(shared > 0)
     }
 }

@@ -165,7 +165,7 @@ impl Inventory {
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(scope)
     }
 
@@ -177,7 +177,7 @@ impl Inventory {
             .bind(id)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -261,7 +261,7 @@ impl Inventory {
                 }
             }
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         held.sort_unstable();
         Ok(held)
     }
@@ -309,7 +309,7 @@ impl Inventory {
             .await?
             .rows_affected();
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(n == 1)
     }
 
@@ -331,7 +331,7 @@ impl Inventory {
             .bind(holder)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -355,7 +355,7 @@ impl Inventory {
                 .bind(name)
                 .fetch_one(&mut *tx)
                 .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.secrets.open(&sealed).map_err(|_| {
             Error::Secret(format!(
                 "the database's shared {name} was sealed under another secret key: every instance needs the same RACKSHARE_SECRET_KEY (or secret.key)"

@@ -26,6 +26,7 @@ mod leases;
 mod machines;
 mod model;
 mod people;
+mod retry;
 mod secrets;
 mod sessions;
 mod sites;
@@ -39,7 +40,7 @@ pub use certificates::{StoredCertificate, TrustKey};
 pub use clock::{fmt_utc, month_bounds, now_ms, utc_ms};
 pub use console_recordings::{ConsoleChunk, CONSOLE_RECORDING_BYTES};
 pub use db::{Backend, Inventory};
-pub use dhcp::{DhcpLease, DhcpLeaseChange, DhcpLeaseInfo};
+pub use dhcp::{DhcpLease, DhcpLeaseChange, DhcpLeaseInfo, DhcpLeaseLost, DHCP_REREAD_MS};
 pub use energy::{energy_split, EnergySplit, MeterSample, PowerSample};
 pub use error::{Error, Result};
 pub use export::{
@@ -71,6 +72,7 @@ pub use model::{
     Bmc, BmcProtocol, Disk, MacAddress, Machine, MemberGroup, Nic, Rack, Role, Site, User,
 };
 pub use people::{ApiToken, IssuedToken, NewUser, TokenOwner, UserChange};
+pub use retry::{retryable, unavailable, RETRY_ATTEMPTS};
 pub use secrets::{token_prefix, SecretBox};
 pub use sessions::{
     check_password_rules, hash_password, looks_like_api_token, verify_password, IssuedSession,

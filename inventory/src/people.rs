@@ -143,7 +143,7 @@ impl Inventory {
                 .detail(serde_json::json!({"role": u.role})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(User {
             id,
             name: u.name.clone(),
@@ -212,7 +212,7 @@ impl Inventory {
                 .detail(serde_json::json!({"user": user})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(IssuedToken {
             token,
             prefix,
@@ -307,7 +307,7 @@ impl Inventory {
             &NewAuditEvent::ok(actor, "token.revoke", "token", prefix),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -394,7 +394,7 @@ impl Inventory {
                 .detail(serde_json::json!({"role": u.role})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(User { disabled_at, ..u })
     }
 

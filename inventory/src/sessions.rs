@@ -205,7 +205,7 @@ impl Inventory {
                 .detail(serde_json::json!({"change_required": change_required})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -234,7 +234,7 @@ impl Inventory {
                 .detail(serde_json::json!({"sessions_ended": ended})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -270,7 +270,7 @@ impl Inventory {
                 .detail(serde_json::json!({"method": method})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(IssuedSession { cookie, id })
     }
 
@@ -389,7 +389,7 @@ impl Inventory {
             &NewAuditEvent::ok(actor, "session.revoke", "session", &id.to_string()),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 }

@@ -68,7 +68,7 @@ impl Inventory {
             &NewAuditEvent::ok(actor, "site.create", "site", name),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(Site {
             id,
             name: name.into(),
@@ -126,7 +126,7 @@ impl Inventory {
             &NewAuditEvent::ok(actor, "rack.create", "rack", &format!("{site}/{name}")),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(Rack {
             id,
             site: site.into(),
@@ -189,7 +189,7 @@ impl Inventory {
             &NewAuditEvent::ok(actor, "group.create", "group", name).group(Some(name.into())),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(MemberGroup {
             id,
             name: name.into(),
@@ -284,7 +284,7 @@ impl Inventory {
                 })),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 }

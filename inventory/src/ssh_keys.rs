@@ -175,7 +175,7 @@ pub(crate) async fn audit_refused_key(
             })),
     )
     .await?;
-    tx.commit().await?;
+    crate::retry::commit(tx).await?;
     Ok(())
 }
 
@@ -235,7 +235,7 @@ impl Inventory {
             )
             .await?;
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.user_ssh_keys(user).await
     }
 
@@ -288,7 +288,7 @@ impl Inventory {
                 .detail(serde_json::json!({"fingerprint": fp})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -357,7 +357,7 @@ impl Inventory {
                 .await?;
             }
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 }

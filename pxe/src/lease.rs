@@ -191,6 +191,26 @@ pub enum AddressLeaseChange {
         #[serde(alias = "mac")]
         key: AddressLeaseKey,
     },
+    /// Delete `key`'s row on `ip` if it is still expired or released: the table reclaims the
+    /// address, but a store shared with other instances may hold a renewal it has not seen.
+    Reclaim {
+        /// The key whose stale lease gives way.
+        key: AddressLeaseKey,
+        /// The address it held.
+        ip: Ipv4Addr,
+    },
+}
+
+/// An upsert the store refused: another client holds the address, live (a store shared by
+/// several instances decides; the ACK must become a NAK).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LostLease {
+    /// The client that asked.
+    pub key: AddressLeaseKey,
+    /// The address it asked for.
+    pub ip: Ipv4Addr,
+    /// The lease that holds the address.
+    pub holder: AddressLease,
 }
 
 /// Error from a lease store.
@@ -206,14 +226,26 @@ pub enum AddressLeaseStoreError {
 
 /// Durable lease storage. `load` runs once at start; `commit` gets batches of changes
 /// (group commit) and must return only once they are durable: ACKs wait for it.
+///
+/// A store may be *shared* by several instances serving one segment: it then decides who
+/// gets an address (an upsert on an address another key holds live is refused and returned),
+/// and [`refresh`](AddressLeaseStore::refresh) tells each instance what the others wrote.
 pub trait AddressLeaseStore: Send + Sync + 'static {
     /// All leases (any state).
     fn load(&self) -> BoxFuture<'_, Result<Vec<AddressLease>, AddressLeaseStoreError>>;
-    /// Applies `changes` in order, atomically and durably.
+    /// Applies `changes` in order, atomically and durably; returns the upserts it refused.
     fn commit(
         &self,
         changes: Vec<AddressLeaseChange>,
-    ) -> BoxFuture<'_, Result<(), AddressLeaseStoreError>>;
+    ) -> BoxFuture<'_, Result<Vec<LostLease>, AddressLeaseStoreError>>;
+    /// Whether other instances write to this store too.
+    fn shared(&self) -> bool {
+        false
+    }
+    /// The leases written (by anyone) since the last call; repeats are harmless.
+    fn refresh(&self) -> BoxFuture<'_, Result<Vec<AddressLease>, AddressLeaseStoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
 }
 
 /// Append-only JSON-lines lease file, fsync'd once per batch; compacted on load and whenever
@@ -281,7 +313,10 @@ impl FileAddressLeaseStore {
                         Ok(AddressLeaseChange::Upsert(l)) => {
                             map.insert(l.key(), l);
                         }
-                        Ok(AddressLeaseChange::Delete { key }) => {
+                        Ok(
+                            AddressLeaseChange::Delete { key }
+                            | AddressLeaseChange::Reclaim { key, .. },
+                        ) => {
                             map.remove(&key);
                         }
                         Err(e) => {
@@ -334,7 +369,8 @@ impl FileAddressLeaseStore {
                 AddressLeaseChange::Upsert(l) => {
                     st.live.insert(l.key(), l.clone());
                 }
-                AddressLeaseChange::Delete { key } => {
+                // One writer: what the table reclaims is reclaimable here too.
+                AddressLeaseChange::Delete { key } | AddressLeaseChange::Reclaim { key, .. } => {
                     st.live.remove(key);
                 }
             }
@@ -369,12 +405,14 @@ impl AddressLeaseStore for FileAddressLeaseStore {
     fn commit(
         &self,
         changes: Vec<AddressLeaseChange>,
-    ) -> BoxFuture<'_, Result<(), AddressLeaseStoreError>> {
+    ) -> BoxFuture<'_, Result<Vec<LostLease>, AddressLeaseStoreError>> {
         let this = self.clone();
         Box::pin(async move {
             tokio::task::spawn_blocking(move || this.commit_blocking(&changes))
                 .await
-                .map_err(|e| AddressLeaseStoreError::Other(e.to_string()))?
+                .map_err(|e| AddressLeaseStoreError::Other(e.to_string()))??;
+            // One instance owns the file: the table's decision is the only one.
+            Ok(Vec::new())
         })
     }
 }
@@ -390,8 +428,8 @@ impl AddressLeaseStore for NullAddressLeaseStore {
     fn commit(
         &self,
         _changes: Vec<AddressLeaseChange>,
-    ) -> BoxFuture<'_, Result<(), AddressLeaseStoreError>> {
-        Box::pin(async { Ok(()) })
+    ) -> BoxFuture<'_, Result<Vec<LostLease>, AddressLeaseStoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 }
 

@@ -37,7 +37,7 @@ pub use events::{BootEvent, BootEventSink, BootEventSinkError, BootEvents};
 pub use files::{check_tftp_root, populate_tftp_root, RootCheck, DEBIAN_IPXE_DIR};
 pub use lease::{
     AddressLease, AddressLeaseChange, AddressLeaseKey, AddressLeaseState, AddressLeaseStore,
-    AddressLeaseStoreError, FileAddressLeaseStore, NullAddressLeaseStore,
+    AddressLeaseStoreError, FileAddressLeaseStore, LostLease, NullAddressLeaseStore,
 };
 pub use mac::MacAddr;
 pub use metrics::{DropReason, Metrics};
@@ -262,8 +262,17 @@ async fn run_inner(
         let (tx, rx) = mpsc::channel(16 * 1024);
         let (reply_tx, reply_rx) = mpsc::unbounded_channel();
         let sender_task = tokio::spawn(reply_sender(reply_rx, Arc::clone(&senders)));
+        if lease_store.shared() && matches!(config.mode, DhcpMode::Authoritative { .. }) {
+            core.share_store();
+            tasks.spawn(shared_lease_sync(
+                Arc::clone(&lease_store),
+                Arc::clone(&core),
+                shutdown.clone(),
+            ));
+        }
         let writer = tokio::spawn(lease_writer(
             lease_store,
+            Arc::clone(&core),
             rx,
             reply_tx,
             Arc::clone(&metrics),
@@ -296,6 +305,42 @@ async fn run_inner(
     }
     tracing::info!(interface = %config.interface, "PXE boot server stopped");
     Ok(())
+}
+
+/// How often an instance on a shared lease store reads what the others wrote.
+const SHARED_LEASE_SYNC: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// On a store shared with other instances: every second, the leases they wrote go into
+/// this instance's table, so it stops offering their addresses (the store still refuses a
+/// lease it has not seen yet; this only keeps such refusals rare).
+async fn shared_lease_sync(
+    store: Arc<dyn AddressLeaseStore>,
+    core: Arc<DhcpCore>,
+    shutdown: CancellationToken,
+) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(SHARED_LEASE_SYNC) => {}
+        }
+        match store.refresh().await {
+            Ok(leases) => {
+                if failing {
+                    tracing::info!("reading other instances' DHCP leases works again");
+                    failing = false;
+                }
+                core.merge_stored(leases);
+            }
+            Err(e) if !failing => {
+                failing = true;
+                tracing::warn!(
+                    "cannot read other instances' DHCP leases ({e}); retrying every second"
+                );
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 #[doc(hidden)]

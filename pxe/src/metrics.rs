@@ -92,6 +92,10 @@ pub struct Metrics {
     pub lease_writes: AtomicU64,
     /// Lease store commit failures.
     pub lease_store_errors: AtomicU64,
+    /// Leases the store refused because another instance holds the address (NAKed).
+    pub lease_conflicts: AtomicU64,
+    /// ACKs withheld because the lease store could not commit (the clients retry).
+    pub acks_withheld: AtomicU64,
     /// TFTP read requests accepted.
     pub tftp_transfers: AtomicU64,
     /// TFTP transfers completed.
@@ -220,6 +224,16 @@ impl Metrics {
             "rackshare_lease_store_errors_total",
             "Lease store commit failures.",
             g(&self.lease_store_errors),
+        );
+        counter(
+            "rackshare_lease_conflicts_total",
+            "Leases refused by the store because another instance holds the address (NAKed).",
+            g(&self.lease_conflicts),
+        );
+        counter(
+            "rackshare_dhcp_acks_withheld_total",
+            "ACKs withheld because the lease store could not commit.",
+            g(&self.acks_withheld),
         );
         counter(
             "rackshare_tftp_transfers_total",

@@ -23,7 +23,6 @@ mod store;
 
 use self::bmc::BmcActions;
 use self::steps::{Attempt, StepCtx, StepFailure, StepOutcome};
-use self::store::retry_write;
 use crate::bmc_service::BmcService;
 use crate::instance::Instance;
 use ::bmc::PowerAction;
@@ -368,7 +367,9 @@ impl Conductor {
                     return;
                 }
                 if !(resumed && spec.name.is_agent_step()) {
-                    attempt = match retry_write("a step start", || self.inv.begin_step(id, seq))
+                    attempt = match self
+                        .inv
+                        .retrying("a step start", || self.inv.begin_step(id, seq))
                         .await
                     {
                         Ok(a) => a,
@@ -392,10 +393,12 @@ impl Conductor {
                 .await;
                 resumed = false;
                 let end = end_of_attempt(spec, attempt, res);
-                let recorded = retry_write("a step end", || {
-                    self.inv.end_step(id, seq, end.state, end.error.as_deref())
-                })
-                .await;
+                let recorded = self
+                    .inv
+                    .retrying("a step end", || {
+                        self.inv.end_step(id, seq, end.state, end.error.as_deref())
+                    })
+                    .await;
                 if let Err(e) = recorded {
                     let why = format!("cannot record the end of step {}: {e}", spec.name);
                     self.fail(&job, &why).await;
@@ -470,6 +473,14 @@ impl Conductor {
                 .finish_job(job.id, state, error, Some(machine_to), reason)
         })
         .await;
+        store::attach_console(&self.inv, job).await;
+        let written = self
+            .inv
+            .retrying("the end of a job", || {
+                self.inv
+                    .finish_job(job.id, state, error, Some(machine_to), reason)
+            })
+            .await;
         if let Err(e) = written {
             tracing::error!(job = job.id, error = %e, "cannot record that the job {state}");
         }
@@ -493,8 +504,10 @@ impl Conductor {
     async fn cancel(&self, job: &Job, by: &str) {
         // No new boot tokens while the machine is powered off; ending the job disarms too,
         // so a failure here only narrows nothing.
-        if let Err(e) =
-            retry_write("disarming the agent", || self.inv.arm_agent(job.id, false)).await
+        if let Err(e) = self
+            .inv
+            .retrying("disarming the agent", || self.inv.arm_agent(job.id, false))
+            .await
         {
             tracing::warn!(job = job.id, error = %e, "cannot disarm the agent before cancelling");
         }

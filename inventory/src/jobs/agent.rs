@@ -54,7 +54,7 @@ impl Inventory {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -141,7 +141,7 @@ impl Inventory {
         .bind(format!("agent claimed the job (NICs {})", macs.join(", ")))
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(AgentClaim {
             job: self.job(id).await?,
             session,
@@ -193,7 +193,7 @@ impl Inventory {
             .execute(&mut *tx)
             .await?;
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -254,7 +254,7 @@ impl Inventory {
             )
             .await?;
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -279,7 +279,7 @@ impl Inventory {
                 .fetch_optional(&mut *tx)
                 .await?
                 .flatten();
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         match stored {
             Some(t) => crate::db::from_json("jobs.agent_challenge", &t),
             None => Err(Error::not_found("job", id.to_string())),
@@ -309,7 +309,7 @@ impl Inventory {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 }

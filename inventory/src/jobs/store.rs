@@ -212,7 +212,7 @@ impl Inventory {
     pub async fn create_job(&self, actor: &str, job: &NewJob) -> Result<Job> {
         let mut tx = self.begin_write().await?;
         let id = insert_job_tx(&mut tx, actor, job).await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.job(id).await
     }
 
@@ -306,7 +306,7 @@ impl Inventory {
             .bind(message)
             .execute(&mut *tx)
             .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -369,7 +369,7 @@ impl Inventory {
                 .group(job.member_group.clone()),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.job(id).await
     }
 
@@ -385,7 +385,7 @@ impl Inventory {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(n == 1)
     }
 
@@ -415,7 +415,7 @@ impl Inventory {
                 .bind(seq)
                 .fetch_one(&mut *tx)
                 .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(attempts)
     }
 
@@ -439,7 +439,7 @@ impl Inventory {
         .bind(seq)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -508,7 +508,7 @@ impl Inventory {
             .detail(serde_json::json!({"error": error, "machine_state": machine_to})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 }

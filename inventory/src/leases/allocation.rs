@@ -148,7 +148,7 @@ impl Inventory {
         if state == LeaseState::Active {
             self.assign(&mut tx, actor, id, group, &picked, now).await?;
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.lease(id).await
     }
 

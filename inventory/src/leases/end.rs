@@ -82,7 +82,7 @@ impl Inventory {
                 .detail(serde_json::json!({"from": l.ends_at, "to": ends_at})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.lease(id).await
     }
 
@@ -108,7 +108,7 @@ impl Inventory {
         }
         self.end_lease_tx(&mut tx, actor, &row.lease, reason, note, now_ms())
             .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.lease(id).await
     }
 

@@ -132,7 +132,7 @@ impl Inventory {
                 .detail(serde_json::json!({"site": p.site, "after_secs": p.after_secs})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.lease_policy().await
     }
 
@@ -205,7 +205,7 @@ impl Inventory {
                 .detail(serde_json::json!({"error": error})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -232,7 +232,7 @@ impl Inventory {
                 .detail(serde_json::json!({"idle_secs": idle_ms / 1000, "error": error})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 }

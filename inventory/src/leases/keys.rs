@@ -78,7 +78,7 @@ impl Inventory {
             )
             .await?;
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(keys)
     }
 
@@ -117,7 +117,7 @@ impl Inventory {
                 .detail(serde_json::json!({"fingerprints": removed})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(keys)
     }
 }

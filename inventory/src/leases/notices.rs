@@ -109,7 +109,7 @@ impl Inventory {
                 .detail(serde_json::json!({"url": url})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -222,7 +222,7 @@ impl Inventory {
             )
             .await?;
         }
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 }

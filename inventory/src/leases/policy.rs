@@ -53,7 +53,7 @@ impl Inventory {
                 .detail(serde_json::json!({"max_lease_hours": p.max_lease_hours})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.lease_policy().await
     }
 

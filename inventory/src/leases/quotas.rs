@@ -225,7 +225,7 @@ impl Inventory {
                 .detail(serde_json::json!(q)),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.group_quota(group).await
     }
 }

@@ -91,7 +91,7 @@ impl Inventory {
         for g in groups {
             let mut tx = self.pool.begin().await?;
             let (used, booked) = self.machine_ms(&mut tx, g.id, from, to, now, None).await?;
-            tx.commit().await?;
+            crate::retry::commit(tx).await?;
             let held = sqlx::query(
                 "SELECT lm.lease_id, m.name AS machine_name, lm.allocated_at, lm.released_at FROM lease_machines lm \
                  JOIN leases l ON l.id = lm.lease_id JOIN machines m ON m.id = lm.machine_id \

@@ -78,7 +78,7 @@ impl Inventory {
                 .detail(serde_json::json!({"starts_at": starts_at, "ends_at": ends_at, "from": if l.waiting { "waitlist" } else { "reservation" }})),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(true)
     }
 
@@ -159,7 +159,7 @@ impl Inventory {
         };
         self.end_lease_tx(&mut tx, "scheduler", l, EndReason::Expired, note, now)
             .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(true)
     }
 

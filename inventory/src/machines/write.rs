@@ -153,7 +153,7 @@ impl Inventory {
             })),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.machine(&m.name).await
     }
 
@@ -252,7 +252,7 @@ impl Inventory {
                 })),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.machine(name).await
     }
 
@@ -294,7 +294,7 @@ impl Inventory {
             &NewAuditEvent::ok(actor, "machine.delete", "machine", name),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         Ok(())
     }
 
@@ -327,7 +327,7 @@ impl Inventory {
             TransitionAudit::Transition(None),
         )
         .await?;
-        tx.commit().await?;
+        crate::retry::commit(tx).await?;
         self.machine(name).await
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::dhcp::core::{DhcpCore, DhcpOutcome, Port, Reply};
 use crate::error::PxeError;
-use crate::lease::{AddressLeaseChange, AddressLeaseStore};
+use crate::lease::{AddressLeaseChange, AddressLeaseKey, AddressLeaseStore};
 use crate::metrics::{DropReason, Metrics};
 
 /// Receive and send buffer of the well-known-port sockets (DHCP 67/4011, TFTP 69).
@@ -168,10 +168,12 @@ impl Senders {
     }
 }
 
-/// Work for the lease writer: changes to make durable, then a reply to send.
+/// Work for the lease writer: changes to make durable, then a reply to send (or the
+/// refusal, when a shared store gives the address to another instance's client).
 pub(crate) struct Pending {
     pub changes: Vec<AddressLeaseChange>,
     pub reply: Option<Reply>,
+    pub refusal: Option<Reply>,
 }
 
 /// Group commit: takes everything queued, stores it in one batch, then hands the replies to
@@ -179,31 +181,86 @@ pub(crate) struct Pending {
 /// the load and a reply waits at most about two commits.
 pub(crate) async fn lease_writer(
     store: Arc<dyn AddressLeaseStore>,
+    core: Arc<DhcpCore>,
     mut rx: mpsc::Receiver<Pending>,
     replies: mpsc::UnboundedSender<Vec<Reply>>,
     metrics: Arc<Metrics>,
 ) {
+    let shared = store.shared();
     let mut batch: Vec<Pending> = Vec::with_capacity(1024);
     while rx.recv_many(&mut batch, 4096).await > 0 {
+        // Which addresses each packet's lease asks for: a shared store may refuse some.
+        let asked: Vec<Vec<(AddressLeaseKey, Ipv4Addr)>> = if shared {
+            batch
+                .iter()
+                .map(|p| {
+                    p.changes
+                        .iter()
+                        .filter_map(|c| match c {
+                            AddressLeaseChange::Upsert(l) => Some((l.key(), l.ip)),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let changes: Vec<AddressLeaseChange> = batch
             .iter_mut()
             .flat_map(|p| std::mem::take(&mut p.changes))
             .collect();
         let n = changes.len() as u64;
         match store.commit(changes).await {
-            Ok(()) => {
+            Ok(lost) => {
                 metrics.lease_batches.fetch_add(1, Ordering::Relaxed);
                 metrics.lease_writes.fetch_add(n, Ordering::Relaxed);
-                // Durable now: only from here may the ACKs leave.
-                let out: Vec<Reply> = batch.drain(..).filter_map(|p| p.reply).collect();
+                let refused = |i: usize| {
+                    !lost.is_empty()
+                        && asked.get(i).is_some_and(|a| {
+                            a.iter()
+                                .any(|(k, ip)| lost.iter().any(|l| l.key == *k && l.ip == *ip))
+                        })
+                };
+                // Durable now: only from here may the ACKs leave. A refused lease's ACK
+                // never does: its client is NAKed and asks again.
+                let mut out = Vec::with_capacity(batch.len());
+                for (i, p) in batch.drain(..).enumerate() {
+                    if refused(i) {
+                        metrics.lease_conflicts.fetch_add(1, Ordering::Relaxed);
+                        metrics.leases_nak.fetch_add(1, Ordering::Relaxed);
+                        out.extend(p.refusal);
+                    } else {
+                        out.extend(p.reply);
+                    }
+                }
+                if !lost.is_empty() {
+                    tracing::info!(
+                        refused = lost.len(),
+                        "another instance holds the addresses of {} leases in this batch; \
+                         their clients are NAKed and will be offered other addresses",
+                        lost.len()
+                    );
+                    core.lost(&lost);
+                }
                 if !out.is_empty() && replies.send(out).is_err() {
                     tracing::warn!("reply sender gone; ACKs dropped");
                 }
             }
             Err(e) => {
-                // No ACK without a durable lease: the clients retry.
+                // No ACK without a durable lease: the clients retry. On a shared store an
+                // ACK we cannot record could hand out an address another instance gives
+                // away next, so withholding is the only safe answer.
                 metrics.lease_store_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!("lease store commit failed ({n} changes): {e}");
+                let withheld = batch.iter().filter(|p| p.reply.is_some()).count();
+                metrics
+                    .acks_withheld
+                    .fetch_add(withheld as u64, Ordering::Relaxed);
+                tracing::error!(
+                    "the lease store could not record {n} lease changes ({e}); {withheld} \
+                     DHCP ACKs withheld: no address is handed out unless it is stored, and \
+                     the clients will ask again"
+                );
                 batch.clear();
             }
         }
@@ -275,8 +332,17 @@ pub(crate) async fn dhcp_loop(
             tracing::trace!(%src, ?ifindex, ?outcome, "DHCP packet");
             match outcome {
                 DhcpOutcome::Reply(r) => senders.send(&r).await,
-                DhcpOutcome::Durable { changes, reply } => {
-                    if writer.send(Pending { changes, reply }).await.is_err() {
+                DhcpOutcome::Durable {
+                    changes,
+                    reply,
+                    refusal,
+                } => {
+                    let pending = Pending {
+                        changes,
+                        reply,
+                        refusal,
+                    };
+                    if writer.send(pending).await.is_err() {
                         tracing::warn!("lease writer gone; reply dropped");
                     }
                 }

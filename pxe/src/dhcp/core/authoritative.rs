@@ -140,6 +140,7 @@ impl DhcpCore {
         DhcpOutcome::Durable {
             changes: vec![AddressLeaseChange::Upsert(l)],
             reply: None,
+            refusal: None,
         }
     }
 
@@ -180,6 +181,7 @@ impl DhcpCore {
                 AddressLeaseChange::Upsert(held),
             ],
             reply: None,
+            refusal: None,
         }
     }
 
@@ -283,6 +285,11 @@ impl DhcpCore {
         DhcpOutcome::Durable {
             changes,
             reply: self.encode(&m, dest, Port::Dhcp, MessageType::Ack),
+            refusal: if self.shared_store.load(Ordering::Relaxed) {
+                self.nak_reply(req, "address taken by another server's lease")
+            } else {
+                None
+            },
         }
     }
 }

@@ -13,7 +13,7 @@ pub use reply::reply_destination;
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -24,7 +24,7 @@ use crate::config::{DhcpMode, PoolConfig};
 use crate::dhcp::packet::{client_info, parse_request, Request};
 use crate::directory::{MachineDirectory, MachineEntry};
 use crate::events::{BootEvent, BootEvents};
-use crate::lease::{AddressLease, AddressLeaseChange};
+use crate::lease::{AddressLease, AddressLeaseChange, LostLease};
 use crate::mac::MacAddr;
 use crate::metrics::{DropReason, Metrics};
 use table::AddressLeaseTable;
@@ -75,6 +75,9 @@ pub enum DhcpOutcome {
         changes: Vec<AddressLeaseChange>,
         /// Reply to send once stored.
         reply: Option<Reply>,
+        /// What to send instead if a shared store refuses the lease (another instance holds
+        /// the address): a NAK, so the client asks again and is offered another address.
+        refusal: Option<Reply>,
     },
 }
 
@@ -120,6 +123,9 @@ pub struct DhcpCore {
     events: BootEvents,
     table: Mutex<AddressLeaseTable>,
     seen: Mutex<HashSet<MacAddr>>,
+    /// Other instances share the lease store: a REQUEST's ACK carries its NAK in case the
+    /// store refuses it.
+    shared_store: AtomicBool,
 }
 
 impl DhcpCore {
@@ -142,6 +148,7 @@ impl DhcpCore {
             events: BootEvents::off(),
             table: Mutex::new(table),
             seen: Mutex::new(HashSet::new()),
+            shared_store: AtomicBool::new(false),
         }
     }
 
@@ -279,6 +286,34 @@ impl DhcpCore {
                 tracing::warn!(%mac, "recording discovered machine failed: {e}");
             }
         });
+    }
+
+    /// Takes in leases a shared store holds (written by other instances): their addresses
+    /// are no longer offered to anyone else.
+    pub fn merge_stored(&self, leases: Vec<AddressLease>) {
+        let mut t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        for l in leases {
+            t.merge_stored(l);
+        }
+    }
+
+    /// The store refused these leases: the table forgets them and learns their holders.
+    pub fn lost(&self, lost: &[LostLease]) {
+        let mut t = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        for l in lost {
+            t.lose(&l.key, l.ip, l.holder.clone());
+        }
+    }
+
+    /// Other instances may serve the same segment from the same store: prepare a NAK with
+    /// every ACK (the store may refuse the lease), and start the address search elsewhere in
+    /// each pool, so two instances rarely offer the same address to two clients.
+    pub fn share_store(&self) {
+        self.shared_store.store(true, Ordering::Relaxed);
+        self.table
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .spread_cursors();
     }
 
     /// Number of leases in memory (bound, released or declined).

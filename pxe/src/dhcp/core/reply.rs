@@ -164,13 +164,21 @@ impl DhcpCore {
 
     pub(super) fn nak(&self, req: &Request, why: &str) -> DhcpOutcome {
         self.metrics.leases_nak.fetch_add(1, Ordering::Relaxed);
+        match self.nak_reply(req, why) {
+            Some(r) => DhcpOutcome::Reply(r),
+            None => DhcpOutcome::Silent,
+        }
+    }
+
+    /// A NAK for `req`, encoded, not counted (the caller counts it if it is sent).
+    pub(super) fn nak_reply(&self, req: &Request, why: &str) -> Option<Reply> {
         let mut m = self.base_reply(req, MessageType::Nak);
         m.opts_mut().insert(DhcpOption::Message(why.to_string()));
         if !req.msg.giaddr().is_unspecified() {
             m.set_flags(Flags::default().set_broadcast());
         }
         let dest = reply_destination(&req.msg, MessageType::Nak, Ipv4Addr::UNSPECIFIED);
-        self.send_now(&m, dest, Port::Dhcp, MessageType::Nak)
+        self.encode(&m, dest, Port::Dhcp, MessageType::Nak)
     }
 }
 

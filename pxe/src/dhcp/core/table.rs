@@ -289,6 +289,54 @@ impl AddressLeaseTable {
         }
     }
 
+    /// Takes in a lease the store holds (written by another instance on a shared store, or
+    /// this one's own, read back): the store's row wins over what the table believes, unless
+    /// the table already has something newer for that key or that address.
+    pub(super) fn merge_stored(&mut self, lease: AddressLease) {
+        if !self.pools.iter().any(|p| p.cfg.contains_subnet(lease.ip)) {
+            return;
+        }
+        let key = lease.key();
+        if self
+            .by_key
+            .get(&key)
+            .is_some_and(|l| l.expires_at >= lease.expires_at)
+        {
+            return;
+        }
+        if let Some(other) = self.by_ip.get(&lease.ip).filter(|k| **k != key) {
+            if self
+                .by_key
+                .get(other)
+                .is_some_and(|l| l.expires_at > lease.expires_at)
+            {
+                return;
+            }
+        }
+        self.put(key, lease);
+    }
+
+    /// The store refused `key`'s lease on `ip` because `holder` has it: forget the binding
+    /// the table made and learn the holder's, so the next DISCOVER is offered another address.
+    pub(super) fn lose(&mut self, key: &AddressLeaseKey, ip: Ipv4Addr, holder: AddressLease) {
+        if self.by_key.get(key).is_some_and(|l| l.ip == ip) {
+            self.remove(key);
+        }
+        self.drop_offer(key);
+        let holder_key = holder.key();
+        self.put(holder_key, holder);
+    }
+
+    /// Starts each pool's search for a free address at a point of its own derived from the
+    /// server's address, so two instances on one segment mostly offer different addresses
+    /// (the store still decides when they do not).
+    pub(super) fn spread_cursors(&mut self) {
+        let seed = u32::from(self.server_ip).wrapping_mul(0x9e37_79b9);
+        for p in &mut self.pools {
+            p.cursor = (seed >> 7) % p.size.max(1);
+        }
+    }
+
     /// Binds `lease` to `key`; returns the store changes (a displaced lease's delete first).
     pub(super) fn bind(
         &mut self,
@@ -297,8 +345,11 @@ impl AddressLeaseTable {
     ) -> Vec<AddressLeaseChange> {
         let mut changes = Vec::with_capacity(2);
         self.drop_offer(&key);
-        if let Some((other, _)) = self.put(key, lease.clone()) {
-            changes.push(AddressLeaseChange::Delete { key: other });
+        if let Some((other, old)) = self.put(key, lease.clone()) {
+            changes.push(AddressLeaseChange::Reclaim {
+                key: other,
+                ip: old.ip,
+            });
         }
         changes.push(AddressLeaseChange::Upsert(lease));
         changes

@@ -192,6 +192,7 @@ fn dora_renew_release_decline() {
         DhcpOutcome::Durable {
             changes,
             reply: None,
+            ..
         } => {
             assert!(
                 matches!(&changes[..], [AddressLeaseChange::Upsert(l)] if l.state == AddressLeaseState::Released)
@@ -416,9 +417,9 @@ fn a_table_loads_only_the_leases_of_its_own_subnets() {
         assert!(pool().contains_range(ip), "{ip}");
         let changes = t.bind(key, lease_of(mac(n), ip, i64::MAX));
         assert!(
-            changes
-                .iter()
-                .all(|c| !matches!(c, AddressLeaseChange::Delete { key } if *key == theirs.key())),
+            changes.iter().all(
+                |c| !matches!(c, AddressLeaseChange::Reclaim { key, .. } if *key == theirs.key())
+            ),
             "{changes:?}"
         );
     }
@@ -447,7 +448,7 @@ fn allocation_and_reclaim() {
         None,
         "pool full"
     );
-    // An expired lease of another client is reclaimed with a Delete first.
+    // An expired lease of another client is reclaimed with a Reclaim first.
     t.drop_offer(&keys[0]);
     let changes = t.bind(keys[0].clone(), lease_of(macs[0], a, 0));
     assert_eq!(changes.len(), 1);
@@ -458,8 +459,9 @@ fn allocation_and_reclaim() {
     let changes = t.bind(keys[3].clone(), lease_of(macs[3], ip, i64::MAX));
     assert_eq!(
         changes[0],
-        AddressLeaseChange::Delete {
-            key: keys[0].clone()
+        AddressLeaseChange::Reclaim {
+            key: keys[0].clone(),
+            ip: a
         }
     );
     // Reservation outside the range but in the subnet.
@@ -495,7 +497,13 @@ fn expired_leases_are_reclaimed_only_when_no_address_is_free_oldest_first() {
     // The pool has no free address left: the oldest expiry (B's) goes first.
     assert_eq!(t.allocate(&key(4), m(4), 0, None, None), Some(ip(11)));
     let changes = t.bind(key(4), lease_of(m(4), ip(11), now + 3_600_000));
-    assert_eq!(changes[0], AddressLeaseChange::Delete { key: key(2) });
+    assert_eq!(
+        changes[0],
+        AddressLeaseChange::Reclaim {
+            key: key(2),
+            ip: ip(11)
+        }
+    );
     // A client whose own lease expired gets its address back (it is still free for it).
     assert_eq!(t.allocate(&key(1), m(1), 0, None, None), Some(ip(10)));
     assert_eq!(t.allocate(&key(5), m(5), 0, None, None), Some(ip(10)));
@@ -531,10 +539,15 @@ fn dora(
     r.opts_mut().insert(DhcpOption::ServerIdentifier(SRV));
     r.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
     match run(c, &r) {
-        DhcpOutcome::Durable { changes, reply } => {
+        DhcpOutcome::Durable {
+            changes,
+            reply,
+            refusal,
+        } => {
             let (ack, _) = reply_of(&DhcpOutcome::Durable {
                 changes: changes.clone(),
                 reply,
+                refusal,
             });
             assert_eq!(ack.opts().msg_type(), Some(MessageType::Ack));
             assert_eq!(ack.yiaddr(), ip);
@@ -596,7 +609,7 @@ fn apply(store: &mut HashMap<AddressLeaseKey, AddressLease>, changes: &[AddressL
                 store.retain(|_, o| o.ip != l.ip);
                 store.insert(l.key(), l.clone());
             }
-            AddressLeaseChange::Delete { key } => {
+            AddressLeaseChange::Delete { key } | AddressLeaseChange::Reclaim { key, .. } => {
                 store.remove(key);
             }
         }
@@ -620,6 +633,7 @@ fn declined_address_is_persisted_and_stays_out_after_a_restart() {
     let DhcpOutcome::Durable {
         changes,
         reply: None,
+        ..
     } = run(&c, &d)
     else {
         panic!("DECLINE must be stored")
@@ -698,4 +712,53 @@ fn decline_hold_is_the_configured_one() {
             held.expires_at
         );
     }
+}
+
+/// Two instances on one segment: a lease the shared store refused (another instance's client
+/// holds the address) comes back as a NAK, and the table then offers the client another
+/// address; an address another instance leased, read back from the store, is offered to nobody.
+#[test]
+fn a_refused_lease_is_naked_and_another_instances_lease_is_not_offered() {
+    let c = core(StaticDirectory::new(), vec![pool()]);
+    c.share_store();
+    let a = [2, 0, 0, 0, 7, 1];
+    let offer = reply_of(&run(&c, &req_from(a, None, MessageType::Discover))).0;
+    let ip = offer.yiaddr();
+    let mut r = req_from(a, None, MessageType::Request);
+    r.opts_mut().insert(DhcpOption::ServerIdentifier(SRV));
+    r.opts_mut().insert(DhcpOption::RequestedIpAddress(ip));
+    let DhcpOutcome::Durable {
+        refusal: Some(nak), ..
+    } = run(&c, &r)
+    else {
+        panic!("a REQUEST's outcome carries its refusal")
+    };
+    let nak = dhcproto::v4::Message::decode(&mut dhcproto::Decoder::new(&nak.bytes)).expect("nak");
+    assert_eq!(nak.opts().msg_type(), Some(MessageType::Nak));
+    // The store says another instance's client (b) holds `ip`.
+    let holder = lease_of(MacAddr([2, 0, 0, 0, 7, 2]), ip, now_ms() + 600_000);
+    c.lost(&[crate::lease::LostLease {
+        key: AddressLeaseKey::Mac(MacAddr(a)),
+        ip,
+        holder,
+    }]);
+    let again = reply_of(&run(&c, &req_from(a, None, MessageType::Discover))).0;
+    assert_ne!(
+        again.yiaddr(),
+        ip,
+        "offered the address the store gave away"
+    );
+    // Another instance's lease read back from the store: nobody is offered its address.
+    let other_ip = again.yiaddr();
+    c.merge_stored(vec![lease_of(
+        MacAddr([2, 0, 0, 0, 7, 3]),
+        other_ip,
+        now_ms() + 600_000,
+    )]);
+    let third = reply_of(&run(
+        &c,
+        &req_from([2, 0, 0, 0, 7, 4], None, MessageType::Discover),
+    ))
+    .0;
+    assert!(third.yiaddr() != other_ip && third.yiaddr() != ip);
 }
