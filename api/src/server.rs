@@ -328,7 +328,6 @@ impl Server {
                 ..crate::web::WebState::new(tls.is_some(), crate::web::WebState::default().lifetime)
             }),
             consoles,
-            consoles: Arc::new(crate::console::ConsoleHub::default()),
             console_routing: Arc::new(crate::console::route::ConsoleRouting {
                 instance_id: instance.id.clone(),
                 scope: instance.scope.clone(),

@@ -48,6 +48,8 @@ pub async fn console_ssh_host_key(
         write_private(&path, shared.as_bytes())?;
     }
     Ok(key)
+}
+
 /// The shared secret name of the key console tickets are signed with (hex).
 const CONSOLE_TICKET_KEY: &str = "console_ticket_key";
 

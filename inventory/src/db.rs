@@ -150,19 +150,14 @@ impl Inventory {
                 let postgres = |connections: u32| {
                     AnyPoolOptions::new()
                         .max_connections(connections)
-                        .acquire_timeout(Duration::from_secs(30))
+                        .test_before_acquire(true)
+                        .acquire_timeout(Duration::from_secs(5))
+                        .idle_timeout(Duration::from_secs(60))
+                        .max_lifetime(Duration::from_secs(30 * 60))
                 };
                 let leasing = postgres(1).connect_with(opts.clone()).await?;
                 let pool = postgres(16).connect_with(opts).await?;
                 (pool.clone(), pool, leasing)
-                AnyPoolOptions::new()
-                    .max_connections(16)
-                    .test_before_acquire(true)
-                    .acquire_timeout(Duration::from_secs(5))
-                    .idle_timeout(Duration::from_secs(60))
-                    .max_lifetime(Duration::from_secs(30 * 60))
-                    .connect_with(opts)
-                    .await?
             }
         };
         Ok(Inventory {

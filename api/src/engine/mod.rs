@@ -468,12 +468,6 @@ impl Conductor {
             );
             return;
         }
-        let written = retry_write("the end of a job", || {
-            self.inv
-                .finish_job(job.id, state, error, Some(machine_to), reason)
-        })
-        .await;
-        store::attach_console(&self.inv, job).await;
         let written = self
             .inv
             .retrying("the end of a job", || {

@@ -17,9 +17,9 @@ mod render;
 pub(crate) mod session;
 mod staff;
 mod staff_dhcp;
+mod staff_groups;
 mod staff_jobs;
 mod staff_machines;
-mod staff_groups;
 mod staff_ops;
 mod tokens;
 
