@@ -1,7 +1,7 @@
 //! The inventory's `dhcp_leases` table as the boot server's lease store: the io seam between
 //! the sans-IO DHCP core (`pxe`) and the database. On PostgreSQL the store is *shared* (other
 //! instances may serve the same segment): the database decides who gets an address and the
-//! boot server reads back what the others wrote (decision 52 (D)).
+//! boot server reads back what the others wrote (decision 58).
 
 use futures::future::BoxFuture;
 use futures::FutureExt;

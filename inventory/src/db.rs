@@ -28,7 +28,7 @@ pub struct Inventory {
     pub(crate) pool: AnyPool,
     /// Where write transactions begin ([`Inventory::begin_write`]). On SQLite its one
     /// connection: writers queue in order in this process instead of retrying on
-    /// busy_timeout, which is neither fair nor free (decision 52 (F)). On PostgreSQL `pool`.
+    /// busy_timeout, which is neither fair nor free (decision 54). On PostgreSQL `pool`.
     pub(crate) writer: AnyPool,
     /// Where lease writes begin (`leases::begin_lease_write`). On PostgreSQL its one
     /// connection: lease writes are serialised anyway (decision 18), and waiting here holds

@@ -41,7 +41,7 @@ pub async fn list(
     Ok(resp)
 }
 
-/// The unpaged list streams as the database renders it (decision 52 (F)): the same document
+/// The unpaged list streams as the database renders it (decision 54): the same document
 /// as one string, but never all of it in memory. The first chunk is awaited before answering,
 /// so a failure to start is still a JSON error; a later one aborts the response.
 async fn whole_list(

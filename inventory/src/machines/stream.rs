@@ -1,7 +1,7 @@
 //! The machine list as a stream: the database renders each machine's JSON object, one row
 //! each, and they are joined here into the very document [`Inventory::machines_json_for`]
 //! builds as one string — without ever holding the whole list (7.8 MiB at 10,000 machines)
-//! in the database engine, in the service and in the HTTP layer at once (decision 52 (F)).
+//! in the database engine, in the service and in the HTTP layer at once (decision 54).
 
 use super::*;
 use crate::{Backend, Inventory};
