@@ -5,41 +5,10 @@
 
 mod common;
 
-use common::Service;
+use common::{pxe_udhcpc, Service};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use testkit::netns::{require, Lab};
-
-/// One DHCP exchange from `ns` with a PXE vendor class (BIOS, arch 0) and option 93.
-fn pxe_udhcpc(lab: &Lab, ns: &str) {
-    let out = lab.exec(
-        ns,
-        &[
-            "udhcpc",
-            "-f",
-            "-q",
-            "-n",
-            "-i",
-            "eth0",
-            "-s",
-            "/bin/true",
-            "-V",
-            "PXEClient:Arch:00000:UNDI:002001",
-            "-x",
-            "0x5d:0000",
-            "-t",
-            "5",
-            "-T",
-            "1",
-        ],
-        Duration::from_secs(20),
-    );
-    assert!(
-        out.status.success(),
-        "udhcpc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 /// `GET path` with the admin's (or `token`'s) bearer token, from the server's namespace.
 fn api_get(lab: &Lab, s: &Service, token: &str, path: &str) -> (u16, Value) {

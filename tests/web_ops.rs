@@ -7,80 +7,12 @@
 
 mod common;
 
+use common::browser::{browser, click, fill, start_driver, wait_for_next_page};
 use common::{Db, Service};
-use fantoccini::{Client, ClientBuilder, Locator};
+use fantoccini::{Client, Locator};
 use serde_json::{json, Value};
 use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-
-const CHROMIUM: &str = "/usr/bin/chromium";
-const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
-
-/// chromedriver as a child process, killed on drop.
-struct Driver {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Driver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn start_driver() -> Driver {
-    for (path, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
-        assert!(
-            std::path::Path::new(path).exists(),
-            "{path} is missing: install Debian's {package} (apt-get install chromium chromium-driver)"
-        );
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port");
-    let child = Command::new(CHROMEDRIVER)
-        .arg(format!("--port={port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start chromedriver");
-    let driver = Driver {
-        child,
-        url: format!("http://127.0.0.1:{port}"),
-    };
-    let http = reqwest::Client::new();
-    for _ in 0..100 {
-        if let Ok(r) = http.get(format!("{}/status", driver.url)).send().await {
-            if r.status().is_success() {
-                return driver;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("chromedriver did not answer on {}", driver.url);
-}
-
-async fn browser(driver: &Driver) -> Client {
-    let mut caps = serde_json::Map::new();
-    caps.insert(
-        "goog:chromeOptions".into(),
-        json!({
-            "binary": CHROMIUM,
-            "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=360,900",
-                     "--no-first-run", "--disable-extensions", "--disable-background-networking",
-                     "--disable-component-update", "--disable-sync"],
-        }),
-    );
-    ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps)
-        .connect(&driver.url)
-        .await
-        .expect("a Chromium session")
-}
 
 /// Saves a screenshot, after checking the page fits the phone-sized window (no sideways
 /// scrolling of the page itself; wide tables scroll in their own box).
@@ -97,48 +29,7 @@ async fn shot(c: &Client, name: &str) {
         page <= window,
         "{name}: {page} px wide in a {window} px window"
     );
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/screenshots");
-    std::fs::create_dir_all(&dir).expect("screenshot dir");
-    let png = c.screenshot().await.expect("screenshot");
-    std::fs::write(dir.join(format!("web-ops-{name}-360px.png")), png).expect("save screenshot");
-}
-
-async fn fill(c: &Client, id: &str, text: &str) {
-    let e = c
-        .find(Locator::Id(id))
-        .await
-        .unwrap_or_else(|e| panic!("field #{id}: {e}"));
-    e.clear().await.expect("clear");
-    e.send_keys(text).await.expect("type");
-}
-
-/// Waits (bounded) until the page that was `old` has been replaced and the new one loaded.
-async fn next_page(c: &Client, old: fantoccini::elements::Element) {
-    for _ in 0..400 {
-        if old.tag_name().await.is_err() {
-            for _ in 0..200 {
-                let ready = c.execute("return document.readyState", vec![]).await;
-                if ready.ok().as_ref().and_then(Value::as_str) == Some("complete") {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-            }
-            panic!("the next page did not finish loading");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("the form did not lead to another page");
-}
-
-async fn click(c: &Client, css: &str) {
-    let old = c.find(Locator::Css("html")).await.expect("page");
-    c.find(Locator::Css(css))
-        .await
-        .unwrap_or_else(|e| panic!("{css}: {e}"))
-        .click()
-        .await
-        .expect("click");
-    next_page(c, old).await;
+    common::browser::shot(c, &format!("web-ops-{name}-360px")).await;
 }
 
 async fn text(c: &Client, css: &str) -> String {
@@ -292,7 +183,7 @@ async fn staff_run_the_cooperative_from_the_ops_pages() {
     )
     .await;
 
-    let c = browser(&driver).await;
+    let c = browser(&driver, 360).await;
     sign_in_with_token(&c, &s, &admin).await;
     let staff_cookie = c
         .get_named_cookie("rs_session")
@@ -348,7 +239,7 @@ async fn staff_run_the_cooperative_from_the_ops_pages() {
     let field = c.find(Locator::Id("p-max")).await.expect("field");
     field.clear().await.expect("clear");
     field.send_keys("48\u{e007}").await.expect("type and Enter");
-    next_page(&c, old).await;
+    wait_for_next_page(&c, old).await;
     assert_eq!(text(&c, "#max-length").await, "48 hours");
     fill(&c, "p-idle", "90").await;
     click(&c, "#save-idle").await;

@@ -13,7 +13,7 @@ mod common;
 use common::browser::{
     browser, click, fill, option_values, shot, start_driver, text_of_page, wait_for_text,
 };
-use common::{agent_call, agent_claim, boot_token, serve_in_lab};
+use common::{agent_call, agent_claim, boot_token, pxe_udhcpc, serve_in_lab};
 use fantoccini::{Client, Locator};
 use inventory::MachineState;
 use serde_json::{json, Value};
@@ -61,37 +61,6 @@ async fn api_ok(
         "{method} {path}: {status} {v}"
     );
     v
-}
-
-/// One DHCP exchange from `ns` with a PXE vendor class, as firmware makes it.
-fn pxe_udhcpc(lab: &Lab, ns: &str) {
-    let out = lab.exec(
-        ns,
-        &[
-            "udhcpc",
-            "-f",
-            "-q",
-            "-n",
-            "-i",
-            "eth0",
-            "-s",
-            "/bin/true",
-            "-V",
-            "PXEClient:Arch:00000:UNDI:002001",
-            "-x",
-            "0x5d:0000",
-            "-t",
-            "5",
-            "-T",
-            "1",
-        ],
-        Duration::from_secs(20),
-    );
-    assert!(
-        out.status.success(),
-        "udhcpc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The offered next states on a machine's timeline page.

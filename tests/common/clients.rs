@@ -169,3 +169,34 @@ pub fn machine_host(lab: &Lab, mac: &str) -> String {
     }
     ns
 }
+
+/// One DHCP exchange from `ns` with a PXE vendor class (BIOS, arch 0) and option 93.
+pub fn pxe_udhcpc(lab: &Lab, ns: &str) {
+    let out = lab.exec(
+        ns,
+        &[
+            "udhcpc",
+            "-f",
+            "-q",
+            "-n",
+            "-i",
+            "eth0",
+            "-s",
+            "/bin/true",
+            "-V",
+            "PXEClient:Arch:00000:UNDI:002001",
+            "-x",
+            "0x5d:0000",
+            "-t",
+            "5",
+            "-T",
+            "1",
+        ],
+        Duration::from_secs(20),
+    );
+    assert!(
+        out.status.success(),
+        "udhcpc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
