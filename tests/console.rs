@@ -56,7 +56,7 @@ fn free_port(udp: bool) -> u16 {
 
 /// `ipmi_sim` and the VM behind its SOL payload; both killed on drop.
 struct SolBmc {
-    sim: Child,
+    _sim: testkit::ipmi_sol::IpmiSolSim,
     vm: Child,
     _dir: tempfile::TempDir,
     lan_port: u16,
@@ -66,10 +66,8 @@ struct SolBmc {
 
 impl Drop for SolBmc {
     fn drop(&mut self) {
-        for child in [&mut self.sim, &mut self.vm] {
-            let _already_gone = child.kill();
-            let _reaped = child.wait();
-        }
+        let _already_gone = self.vm.kill();
+        let _reaped = self.vm.wait();
     }
 }
 
@@ -129,48 +127,15 @@ impl SolBmc {
         });
         assert!(listening, "QEMU's serial port never listened");
         std::thread::sleep(Duration::from_millis(500));
-        let lan = format!(
-            r#"name "rsconsole"
-set_working_mc 0x20
-  startlan 1
-    addr 127.0.0.1 {lan_port}
-    priv_limit admin
-    allowed_auths_callback none md2 md5 straight
-    allowed_auths_user none md2 md5 straight
-    allowed_auths_operator none md2 md5 straight
-    allowed_auths_admin none md2 md5 straight
-    guid a123456789abcdefa123456789abcdef
-  endlan
-  sol "tcp:127.0.0.1:{sol_port}" 115200
-  startcmd "sleep 86400"
-  startnow true
-  poweroff_wait 2
-  kill_wait 2
-  user 2 true  "admin" "{BMC_PASSWORD}" admin 10 none md2 md5 straight
-"#,
+        let sim = testkit::ipmi_sol::IpmiSolSim::start(
+            dir.path(),
+            "rsconsole",
+            lan_port,
+            sol_port,
+            BMC_PASSWORD,
         );
-        std::fs::write(dir.path().join("lan.conf"), lan).expect("lan.conf");
-        std::fs::write(
-            dir.path().join("cmds.emu"),
-            "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n",
-        )
-        .expect("emu");
-        std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
-        let sim = Command::new("ipmi_sim")
-            .arg("-c")
-            .arg(dir.path().join("lan.conf"))
-            .arg("-f")
-            .arg(dir.path().join("cmds.emu"))
-            .arg("-s")
-            .arg(dir.path().join("state"))
-            .arg("-n")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn ipmi_sim");
         let bmc = SolBmc {
-            sim,
+            _sim: sim,
             vm,
             _dir: dir,
             lan_port,

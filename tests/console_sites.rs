@@ -15,8 +15,7 @@ use common::Service;
 use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -75,71 +74,26 @@ fn serve_serial() -> u16 {
     port
 }
 
-/// `ipmi_sim` with SOL to the serial endpoint; killed on drop.
+/// `ipmi_sim` with SOL to the serial endpoint; killed on drop (its whole process group).
 struct SolBmc {
-    sim: Child,
+    _sim: testkit::ipmi_sol::IpmiSolSim,
     _dir: tempfile::TempDir,
     lan_port: u16,
 }
 
-impl Drop for SolBmc {
-    fn drop(&mut self) {
-        // The whole group: ipmi_sim's `startcmd` child would outlive it, holding every
-        // descriptor the test inherited (the heavy-test lock among them).
-        let group = nix::unistd::Pid::from_raw(self.sim.id() as i32);
-        let _already_gone = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
-        let _reaped = self.sim.wait();
-    }
-}
-
 fn start_bmc(ipmitool: &str) -> SolBmc {
-    tool("ipmi_sim", "openipmi");
     let dir = tempfile::tempdir().expect("tempdir");
     let sol_port = serve_serial();
     let lan_port = free_port(true);
-    let lan = format!(
-        r#"name "rssites"
-set_working_mc 0x20
-  startlan 1
-    addr 127.0.0.1 {lan_port}
-    priv_limit admin
-    allowed_auths_callback none md2 md5 straight
-    allowed_auths_user none md2 md5 straight
-    allowed_auths_operator none md2 md5 straight
-    allowed_auths_admin none md2 md5 straight
-    guid a123456789abcdefa123456789abcdef
-  endlan
-  sol "tcp:127.0.0.1:{sol_port}" 115200
-  startcmd "sleep 86400"
-  startnow true
-  poweroff_wait 2
-  kill_wait 2
-  user 2 true  "admin" "{BMC_PASSWORD}" admin 10 none md2 md5 straight
-"#
+    let sim = testkit::ipmi_sol::IpmiSolSim::start(
+        dir.path(),
+        "rssites",
+        lan_port,
+        sol_port,
+        BMC_PASSWORD,
     );
-    std::fs::write(dir.path().join("lan.conf"), lan).expect("lan.conf");
-    std::fs::write(
-        dir.path().join("cmds.emu"),
-        "mc_setbmc 0x20\nmc_add 0x20 0 no-device-sdrs 0x23 9 8 0x9f 0x1291 0xf02 persist_sdr\nmc_enable 0x20\n",
-    )
-    .expect("emu");
-    std::fs::create_dir_all(dir.path().join("state")).expect("state dir");
-    let sim = Command::new("ipmi_sim")
-        .arg("-c")
-        .arg(dir.path().join("lan.conf"))
-        .arg("-f")
-        .arg(dir.path().join("cmds.emu"))
-        .arg("-s")
-        .arg(dir.path().join("state"))
-        .arg("-n")
-        .process_group(0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn ipmi_sim");
     let bmc = SolBmc {
-        sim,
+        _sim: sim,
         _dir: dir,
         lan_port,
     };

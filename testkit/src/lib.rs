@@ -4,6 +4,7 @@
 
 pub mod fake_redfish;
 pub mod fake_redfish_fleet;
+pub mod ipmi_sol;
 pub mod netns;
 pub mod vmlab;
 
