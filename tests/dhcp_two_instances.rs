@@ -47,6 +47,9 @@ fn instance_in(ns: &str, db: &str, key_from: Option<&Path>) -> Service {
         "10.77.0.10-10.77.0.250",
         "--pxe-router",
         "10.77.0.1",
+        // Each instance hears the other answer on the segment; the probe that refuses
+        // authoritative mode then is for a foreign server, and this one is ours (README).
+        "--pxe-force",
     ]
     .iter()
     .map(|s| s.to_string())

@@ -384,6 +384,8 @@ async fn staff_run_the_cooperative_from_the_ops_pages() {
         assert_eq!(r.status().as_u16(), 404, "{path}");
     }
     shot(&c, "member-404").await;
+    // An error page has no header and so no form token: take ana's from her overview.
+    visit(&c, &s, "/").await;
     let r = raw_http()
         .post(format!("{}/groups/a/quota", s.url))
         .header("Cookie", format!("rs_session={ana_cookie}"))

@@ -519,7 +519,9 @@ async fn staff_enrol_edit_move_and_follow_jobs_in_a_real_browser() {
     assert!(text_of_page(&c).await.contains("Not allowed"));
     shot(&c, "staff-member-refused").await;
 
-    // Back as staff: cancel the job after a confirmation.
+    // Back as staff: cancel the job after a confirmation. (An error page has no header:
+    // sign out from the overview.)
+    c.goto(&format!("{base}/")).await.expect("goto");
     click(&c, "header button[type=submit]").await;
     fill(&c, "token", &sam).await;
     click(&c, "#sign-in-token").await;

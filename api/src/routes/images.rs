@@ -346,8 +346,9 @@ pub async fn prefetch(
     c: Caller,
     Path(reference): Path<String>,
     ApiQuery(q): ApiQuery<ImageScopeQuery>,
-    ApiJson(b): ApiJson<PrefetchRequest>,
+    body: axum::extract::Request,
 ) -> Result<(StatusCode, Json<ImageView>), ApiError> {
+    // Visibility and role before the body is read: a foreign image is a 404 whatever is sent.
     let image = visible_image(&st, &c, &reference, q.group.as_deref()).await?;
     let allowed: &[Role] = if image.owner_group.is_some() {
         ADDERS
@@ -356,6 +357,9 @@ pub async fn prefetch(
     };
     c.require(&st, allowed, "image.prefetch", &reference)
         .await?;
+    let ApiJson(b) =
+        <ApiJson<PrefetchRequest> as axum::extract::FromRequest<()>>::from_request(body, &())
+            .await?;
     st.inv
         .request_prefetch(
             c.name(),
